@@ -1,0 +1,166 @@
+"""Python entry points of the compiled operators: input checks, autograd, fake impls, backend choice.
+
+``backend`` is one of ``"auto"`` (compiled when the extension loaded and supports the device,
+else the reference with a warning), ``"fused"`` (compiled, error if unavailable) or
+``"reference"`` (pure PyTorch, :mod:`cina_ext.reference`).
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from . import reference
+from ._extension import extension_error, has_extension, has_cuda_kernels
+
+__all__ = ["attention_hinge", "has_extension", "has_cuda_kernels", "extension_error", "resolve_backend"]
+
+BACKENDS = ("auto", "fused", "reference")
+_LOSS_CODES = {"hinge": 0, "squared_hinge": 1}
+_FLOAT_DTYPES = (torch.float32, torch.float64)
+_warned_fallback = False
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """Map ``backend`` to ``"fused"`` or ``"reference"`` for tensors on ``device``."""
+    global _warned_fallback
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "reference":
+        return "reference"
+    ok = has_extension() and (device.type == "cpu" or (device.type == "cuda" and has_cuda_kernels()))
+    if ok:
+        return "fused"
+    if backend == "fused":
+        if not has_extension():
+            raise RuntimeError(f"backend='fused' requested but the compiled extension is unavailable: {extension_error()}")
+        raise RuntimeError(f"backend='fused' requested but the compiled extension has no kernels for device {device}")
+    if not _warned_fallback:
+        reason = extension_error() if not has_extension() else f"no compiled kernels for {device}"
+        warnings.warn(f"cina_ext: falling back to the PyTorch reference ({reason})", RuntimeWarning, stacklevel=3)
+        _warned_fallback = True
+    return "reference"
+
+
+def _check_attention_inputs(K, V, W, b, lam, mask, loss):
+    if loss not in _LOSS_CODES:
+        raise ValueError(f"loss must be one of {tuple(_LOSS_CODES)}, got {loss!r}")
+    for name, t in (("K", K), ("V", V), ("W", W), ("b", b)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if K.dim() != 3:
+        raise ValueError(f"K must have shape (B, N, D), got {tuple(K.shape)}")
+    Bsz, N, D = K.shape
+    if K.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"K must be float32 or float64, got {K.dtype}")
+    for name, t, shape in (("V", V, (Bsz, N)), ("W", W, (Bsz, N)), ("b", b, (Bsz,))):
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{name} must have shape {shape} to match K {tuple(K.shape)}, got {tuple(t.shape)}")
+        if t.dtype != K.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but K has {K.dtype}; all float inputs must share a dtype")
+        if t.device != K.device:
+            raise ValueError(f"{name} is on {t.device} but K is on {K.device}")
+    if mask is not None:
+        if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+            raise TypeError("mask must be a bool tensor of shape (B, N)")
+        if tuple(mask.shape) != (Bsz, N):
+            raise ValueError(f"mask must have shape {(Bsz, N)}, got {tuple(mask.shape)}")
+        if mask.device != K.device:
+            raise ValueError(f"mask is on {mask.device} but K is on {K.device}")
+    if isinstance(lam, Tensor):
+        if lam.dim() > 1 or (lam.dim() == 1 and lam.shape[0] != Bsz):
+            raise ValueError(f"lam must be a float or a tensor of shape ({Bsz},), got {tuple(lam.shape)}")
+        if lam.device != K.device:
+            raise ValueError(f"lam is on {lam.device} but K is on {K.device}")
+        if not torch.compiler.is_compiling() and bool((lam <= 0).any()):
+            raise ValueError("lam must be positive")
+    else:
+        if not (float(lam) > 0 and math.isfinite(float(lam))):
+            raise ValueError(f"lam must be a positive finite number, got {lam!r}")
+
+
+def attention_hinge(
+    K: Tensor,
+    V: Tensor,
+    W: Tensor,
+    b: Tensor,
+    lam: Union[float, Tensor],
+    mask: Optional[Tensor] = None,
+    *,
+    scale: Optional[float] = None,
+    loss: str = "hinge",
+    backend: str = "auto",
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Fused masked tied-key attention + penalised hinge loss (kernels.md §1).
+
+    Returns ``(loss (B,), out (B, N), lse (B, N))``, differentiable in ``K``, ``V`` and ``b``
+    (``lse`` is differentiable in ``K`` as well).  Never materialises the N x N scores on the
+    compiled path.  When no input requires a gradient (or grad mode is off) the forward-only
+    path runs and no gradient work is done.
+    """
+    _check_attention_inputs(K, V, W, b, lam, mask, loss)
+    Bsz, N, D = K.shape
+    if scale is None:
+        scale = 1.0 / math.sqrt(D) if D > 0 else 1.0
+    if resolve_backend(backend, K.device) == "reference":
+        return reference.attention_hinge(K, V, W, b, lam, mask, scale=scale, loss=loss)
+    if mask is None:
+        mask = torch.ones(Bsz, N, dtype=torch.bool, device=K.device)
+    lam_t = reference._lam_tensor(lam, Bsz, K).contiguous()
+    need_aux = torch.is_grad_enabled() and (K.requires_grad or V.requires_grad or b.requires_grad)
+    loss_t, out, lse, _, _ = torch.ops.cina.attention_hinge_fwd(
+        K.contiguous(), V.contiguous(), W.contiguous(), b.contiguous(), lam_t, mask.contiguous(),
+        float(scale), _LOSS_CODES[loss], bool(need_aux),
+    )
+    return loss_t, out, lse
+
+
+# --- autograd and fake (meta) implementations of the compiled operators -------------------------
+
+def _register() -> None:
+    if not has_extension():
+        return
+
+    @torch.library.register_fake("cina::attention_hinge_fwd")
+    def _fwd_fake(K, V, W, b, lam, mask, scale, loss_kind, need_aux):
+        Bsz, N, D = K.shape
+        aux_shape = (Bsz, N, D) if need_aux else (0,)
+        return (
+            K.new_empty((Bsz,)), K.new_empty((Bsz, N)), K.new_empty((Bsz, N)),
+            K.new_empty(aux_shape), K.new_empty(aux_shape),
+        )
+
+    @torch.library.register_fake("cina::attention_hinge_bwd")
+    def _bwd_fake(K, V, W, b, lam, mask, out, lse, A, Bk, g_loss, g_out, g_lse, scale, loss_kind):
+        return torch.empty_like(K), torch.empty_like(V), torch.empty_like(b)
+
+    def _setup_context(ctx, inputs, output):
+        K, V, W, b, lam, mask, scale, loss_kind, need_aux = inputs
+        loss_t, out, lse, A, Bk = output
+        ctx.save_for_backward(K, V, W, b, lam, mask, out, lse, A, Bk)
+        ctx.scale = scale
+        ctx.loss_kind = loss_kind
+        ctx.need_aux = need_aux
+
+    def _backward(ctx, g_loss, g_out, g_lse, g_A, g_Bk):
+        K, V, W, b, lam, mask, out, lse, A, Bk = ctx.saved_tensors
+        if not ctx.need_aux:
+            raise RuntimeError(
+                "cina::attention_hinge_fwd was called with need_aux=False; call it with need_aux=True "
+                "to differentiate it (cina_ext.ops.attention_hinge does this automatically)"
+            )
+        g_loss = torch.zeros_like(b) if g_loss is None else g_loss.contiguous()
+        g_out = torch.zeros_like(V) if g_out is None else g_out.contiguous()
+        g_lse = torch.zeros_like(V) if g_lse is None else g_lse.contiguous()
+        dK, dV, db = torch.ops.cina.attention_hinge_bwd(
+            K, V, W, b, lam, mask, out, lse, A, Bk, g_loss, g_out, g_lse, ctx.scale, ctx.loss_kind
+        )
+        return dK, dV, None, db, None, None, None, None, None
+
+    torch.library.register_autograd("cina::attention_hinge_fwd", _backward, setup_context=_setup_context)
+
+
+_register()

@@ -1,0 +1,161 @@
+"""Pure-PyTorch twins of every compiled operator: the ground truth for tests.
+
+Everything here materialises what it needs (the N x N score matrix included), is batched over
+datasets, honours a (B, N) boolean mask, works in float32 and float64 and is differentiable
+with autograd.  The compiled operators in :mod:`cina_ext.ops` must reproduce these results.
+
+Conventions shared with :mod:`cina_ext.ops` (see kernels.md §1):
+
+* ``K`` (B, N, D) keys (queries are tied to keys), ``V`` (B, N) scalar values,
+  ``W`` (B, N) signs in {-1, +1}, ``b`` (B,) intercepts, ``lam`` float or (B,),
+  ``mask`` (B, N) bool (True = real unit) or None (all real).
+* Outputs ``(loss, out, lse)``: ``loss`` (B,) = sum over valid rows of hinge + penalty,
+  ``out`` (B, N) the attention output ``o = softmax(S) V``, ``lse`` (B, N) the row log-normaliser.
+  Padded rows have ``out = 0`` and ``lse = 0`` and take no part in anything.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "attention_hinge",
+    "readout_alpha",
+    "readout_weights",
+    "effect_from_weights",
+]
+
+LOSS_KINDS = ("hinge", "squared_hinge")
+
+
+def _lam_tensor(lam: Union[float, Tensor], B: int, like: Tensor) -> Tensor:
+    if isinstance(lam, Tensor):
+        lam_t = lam.to(device=like.device, dtype=like.dtype)
+        if lam_t.dim() == 0:
+            lam_t = lam_t.expand(B)
+    else:
+        lam_t = torch.full((B,), float(lam), device=like.device, dtype=like.dtype)
+    return lam_t
+
+
+def attention_hinge(
+    K: Tensor,
+    V: Tensor,
+    W: Tensor,
+    b: Tensor,
+    lam: Union[float, Tensor],
+    mask: Optional[Tensor] = None,
+    *,
+    scale: Optional[float] = None,
+    loss: str = "hinge",
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Masked tied-key softmax attention with scalar values and the penalised hinge loss (eq. L).
+
+    Returns ``(loss, out, lse)``; see the module docstring for shapes.  Materialises the
+    (B, N, N) score matrix: this is the ground truth, not the fast path.
+    """
+    if loss not in LOSS_KINDS:
+        raise ValueError(f"loss must be one of {LOSS_KINDS}, got {loss!r}")
+    Bsz, N, D = K.shape
+    if scale is None:
+        scale = 1.0 / math.sqrt(D) if D > 0 else 1.0
+    if mask is None:
+        mask = torch.ones(Bsz, N, dtype=torch.bool, device=K.device)
+    lam_t = _lam_tensor(lam, Bsz, K)
+
+    S = scale * torch.matmul(K, K.transpose(-1, -2))  # (B, N, N)
+    pair = mask.unsqueeze(-1) & mask.unsqueeze(-2)
+    S = S.masked_fill(~pair, float("-inf"))
+    # rows with no valid column (padded rows) would give -inf - (-inf) = NaN: give them a zero row
+    row_valid = mask
+    S_safe = torch.where(row_valid.unsqueeze(-1), S, torch.zeros_like(S))
+    lse = torch.logsumexp(S_safe, dim=-1)
+    P = torch.exp(S_safe - lse.unsqueeze(-1))
+    P = P.masked_fill(~pair, 0.0)
+    Vm = torch.where(mask, V, torch.zeros_like(V))
+    out = torch.matmul(P, Vm.unsqueeze(-1)).squeeze(-1)
+    out = torch.where(row_valid, out, torch.zeros_like(out))
+    lse = torch.where(row_valid, lse, torch.zeros_like(lse))
+
+    r = 1.0 - W * (out + b.unsqueeze(-1))
+    if loss == "hinge":
+        hinge = torch.relu(r)
+    else:
+        hinge = 0.5 * torch.relu(r) ** 2
+    # c_i = (lam/2) h_i computed in log-space: exp(lse_i + log(lam/2))
+    c = torch.exp(lse + torch.log(lam_t / 2).unsqueeze(-1))
+    pen = c * Vm * out
+    per_row = torch.where(row_valid, hinge + pen, torch.zeros_like(hinge))
+    return per_row.sum(-1), out, lse
+
+
+def readout_alpha(
+    V: Tensor,
+    W: Tensor,
+    lse: Tensor,
+    lam: Union[float, Tensor],
+    mask: Optional[Tensor] = None,
+    *,
+    loss: str = "hinge",
+) -> Tensor:
+    """Dual variables from the attention values (eq. R): ``alpha = clip(lam V h W)``.
+
+    ``h = exp(lse)`` is never formed: ``lam |V| h = exp(log lam + log|V| + lse)`` so that large
+    scores cannot overflow.  Clipped to [0, 1] for the hinge, [0, inf) for the squared hinge.
+    Padded units get 0.
+    """
+    if loss not in LOSS_KINDS:
+        raise ValueError(f"loss must be one of {LOSS_KINDS}, got {loss!r}")
+    Bsz = V.shape[0]
+    lam_t = _lam_tensor(lam, Bsz, V)
+    signed = V * W
+    mag = torch.exp(torch.log(lam_t).unsqueeze(-1) + torch.log(signed.abs().clamp_min(torch.finfo(V.dtype).tiny)) + lse)
+    alpha = torch.where(signed > 0, mag, torch.zeros_like(mag))
+    if loss == "hinge":
+        alpha = alpha.clamp(max=1.0)
+    if mask is not None:
+        alpha = torch.where(mask, alpha, torch.zeros_like(alpha))
+    return alpha
+
+
+def readout_weights(alpha: Tensor, W: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+    """Normalise non-negative dual variables per treatment arm so each arm sums to one.
+
+    Raises ``ValueError`` if an arm of some dataset has zero total weight (the estimate would be
+    undefined; never returned as NaN).
+    """
+    if mask is None:
+        mask = torch.ones_like(W, dtype=torch.bool)
+    a = torch.where(mask, alpha.clamp_min(0), torch.zeros_like(alpha))
+    treated = (W > 0) & mask
+    control = (W < 0) & mask
+    s1 = torch.where(treated, a, torch.zeros_like(a)).sum(-1, keepdim=True)
+    s0 = torch.where(control, a, torch.zeros_like(a)).sum(-1, keepdim=True)
+    if bool((s1 <= 0).any()) or bool((s0 <= 0).any()):
+        bad = torch.nonzero(((s1 <= 0) | (s0 <= 0)).squeeze(-1)).flatten().tolist()
+        raise ValueError(
+            f"read-out weights of a treatment arm sum to zero in dataset(s) {bad}: "
+            "the balancing problem gave no weight to one arm (lam too large or an arm empty)"
+        )
+    return torch.where(treated, a / s1, torch.where(control, a / s0, torch.zeros_like(a)))
+
+
+def effect_from_weights(weights: Tensor, W: Tensor, Y: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+    """``tau_hat = sum_i a_i W_i Y_i`` per dataset (weights already normalised per arm)."""
+    prod = weights * W * Y
+    if mask is not None:
+        prod = torch.where(mask, prod, torch.zeros_like(prod))
+    return prod.sum(-1)
+
+
+def __getattr__(name: str):
+    # The exact batched box-QP solver lives in its own module (it is long); re-export it here so
+    # that every operator's twin is reachable as ``cina_ext.reference.<name>``.
+    if name in ("qp_solve", "dual_solve", "gram", "QPResult", "BalanceResult"):
+        from . import reference_qp
+
+        return getattr(reference_qp, name)
+    raise AttributeError(name)
