@@ -236,3 +236,37 @@ def test_d_zero_refused_by_operator():
         torch.ops.cina.attention_hinge_fwd(K, V, V, torch.zeros(1, dtype=torch.float64),
                                            torch.ones(1, dtype=torch.float64),
                                            torch.ones(1, 3, dtype=torch.bool), 1.0, 0, False)
+
+
+def test_baseline_cpu_variant_matches_reference():
+    """The SSE2 baseline build (used on CPUs without AVX2) passes the float64 parity check too."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import torch
+        from cina_ext import ops, reference
+        g = torch.Generator().manual_seed(0)
+        K = torch.randn(2, 133, 5, generator=g, dtype=torch.float64, requires_grad=True)
+        V = torch.randn(2, 133, generator=g, dtype=torch.float64, requires_grad=True)
+        W = torch.randint(0, 2, (2, 133), generator=g).double() * 2 - 1
+        b = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+        mask = torch.rand(2, 133, generator=g) > 0.1
+        for dt in (torch.float64, torch.float32):
+            args = [t.detach().to(dt).requires_grad_(t.requires_grad) for t in (K, V, W, b)]
+            f = ops.attention_hinge(*args, 0.1, mask, backend="fused")
+            r = reference.attention_hinge(*args, 0.1, mask)
+            gf = torch.autograd.grad(f[0].sum() + f[1].sum(), (args[0], args[1], args[3]))
+            gr = torch.autograd.grad(r[0].sum() + r[1].sum(), (args[0], args[1], args[3]))
+            tol = 1e-10 if dt == torch.float64 else 2e-4
+            for x, y in zip(list(f) + list(gf), list(r) + list(gr)):
+                assert (x - y).abs().max() <= tol * max(1.0, y.abs().max()), (dt, (x - y).abs().max())
+        print("OK")
+        """
+    )
+    env = dict(os.environ, CINA_CPU_BASELINE="1")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0 and "OK" in res.stdout, res.stderr
