@@ -1,0 +1,48 @@
+"""Datasets for cina-ext: synthetic families with known truth and offline real benchmarks.
+
+Synthetic (always available): :func:`make_setoguchi`, :func:`make_er_dataset` (and the
+:class:`ERSCM` behind it), :func:`sample_datasets` for many datasets (in- or out-of-distribution).
+Real / semi-synthetic (files inside installed packages, extra ``[data]``): :func:`load_lalonde`,
+:func:`load_nsw`, :func:`load_ihdp`. :func:`load_dataset` resolves a name.
+"""
+from __future__ import annotations
+
+from .synthetic import (
+    MECHANISMS_ID,
+    MECHANISMS_OOD,
+    SETOGUCHI_ALPHA,
+    SETOGUCHI_BETA,
+    SETOGUCHI_ETA,
+    SETOGUCHI_GAMMA,
+    SETOGUCHI_SCENARIOS,
+    SETTINGS,
+    CausalDataset,
+    ERSCM,
+    make_er_dataset,
+    make_er_scm,
+    make_setoguchi,
+    sample_datasets,
+    setoguchi_scenario_terms,
+)
+from .real import (
+    DATA_EXTRA_HINT,
+    DATASETS,
+    IHDP_COVARIATES,
+    LALONDE_BENCHMARK_ATT,
+    LALONDE_COVARIATES,
+    data_available,
+    list_datasets,
+    load_dataset,
+    load_ihdp,
+    load_lalonde,
+    load_nsw,
+)
+
+__all__ = [
+    "CausalDataset", "ERSCM",
+    "make_setoguchi", "make_er_dataset", "make_er_scm", "sample_datasets", "setoguchi_scenario_terms",
+    "load_lalonde", "load_nsw", "load_ihdp", "load_dataset", "list_datasets", "data_available",
+    "SETOGUCHI_SCENARIOS", "SETOGUCHI_BETA", "SETOGUCHI_ALPHA", "SETOGUCHI_GAMMA", "SETOGUCHI_ETA",
+    "MECHANISMS_ID", "MECHANISMS_OOD", "SETTINGS", "DATASETS", "DATA_EXTRA_HINT",
+    "LALONDE_BENCHMARK_ATT", "LALONDE_COVARIATES", "IHDP_COVARIATES",
+]
