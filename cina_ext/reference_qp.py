@@ -1,0 +1,864 @@
+"""Pure-PyTorch reference of the batched box-QP balancing solver (kernels.md §2).
+
+This module is the ground truth that the compiled C++/CUDA solvers are compared to.  It solves,
+for a batch of B independent datasets padded to N units,
+
+    min_x  1/2 x'Qx - p'x     s.t.  lower <= x <= upper   (upper may be +inf)
+                                    [ c'x = d ]            (at most one equality, optional)
+
+exactly to a tolerance on the KKT conditions, vectorised across the batch with torch ops:
+
+* without the equality: greedy coordinate descent.  Each step picks, per dataset, the coordinate
+  with the largest projected-gradient violation and minimises exactly along it
+  (``x_i <- clip(x_i - G_i / Q_ii)``); the gradient ``G = Qx - p`` is maintained with a rank-1
+  column update.
+* with the equality: SMO two-coordinate steps along ``e_i / c_i - e_j / c_j`` (which keeps
+  ``c'x`` constant for any non-zero ``c``), ``i`` the maximal violator and ``j`` chosen by the
+  second-order rule (largest predicted decrease ``b_ij^2 / a_ij``, as LIBSVM's WSS2), exact line
+  search clipped to the box.  Coordinates with ``c_i = 0`` (not touched by the equality) take
+  single-coordinate steps whenever they are the worst violators.
+
+Curvatures below ``tau = 1e-12 * max_i Q_ii`` are floored to ``tau`` (``Q_ii ~ 0`` or duplicated
+units), which only shortens a step.  The gradient is recomputed exactly (``Qx - p``) before a
+dataset is declared converged, periodically, and when a step makes no progress, so rounding drift
+(float32) cannot fake convergence.  A dataset that stops because of ``max_iter`` or lack of
+progress is reported with ``converged = False``.
+
+KKT violation (``QPResult.kkt``):
+
+* no equality: ``max_i |PG_i|`` with the projected gradient ``PG_i = G_i`` at free coordinates,
+  ``min(G_i, 0)`` at the lower bound, ``max(G_i, 0)`` at the upper bound.
+* with the equality (``c_i != 0``): ``max(0, m - M)`` with ``m = max_{i in I_up} -G_i / c_i``,
+  ``M = min_{j in I_low} -G_j / c_j`` (``I_up``: coordinates along which ``c_i x_i`` can increase,
+  ``I_low``: decrease).  The KKT conditions hold iff ``m <= M``; every multiplier in ``[m, M]``
+  then certifies optimality.  For ``c`` in {-1, +1} this is LIBSVM's stopping criterion, and the
+  violation of each coordinate's condition at ``nu = (m + M) / 2`` is at most half of it.
+  Coordinates with ``c_i = 0`` add their ``|PG_i|``.
+
+Multiplier convention (``QPResult.nu``): the gradient of ``1/2 x'Qx - p'x + nu (c'x - d)``
+vanishes at free coordinates, i.e. ``nu = -G_i / c_i`` there (averaged over the free coordinates;
+``(m + M) / 2`` when no coordinate is free).  For the SVM dual of method.md §2 (``c = W``) this
+``nu`` is the intercept ``b`` of the decision function ``f(x) = sum_j alpha_j W_j k(x_j, x) / lam
++ b``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import torch
+from torch import Tensor
+
+__all__ = ["QPResult", "BalanceResult", "qp_solve", "gram", "dual_solve"]
+
+KERNELS = ("linear", "rbf", "cina", "precomputed")
+ESTIMANDS = ("overlap", "ate", "att")
+LOSSES = ("hinge", "squared_hinge")
+_FLOATS = (torch.float32, torch.float64)
+_TAU_REL = 1e-12
+_MAX_FAILED_CONFIRM = 20
+_MAX_STAGNANT_WINDOWS = 3
+
+
+@dataclass
+class QPResult:
+    """Solution of a batch of box QPs (see the module docstring for the conventions)."""
+
+    x: Tensor  # (B, N) solution; padded units 0
+    nu: Tensor  # (B,) multiplier of c'x = d (0 without the equality)
+    objective: Tensor  # (B,) 1/2 x'Qx - p'x
+    kkt: Tensor  # (B,) KKT violation at return
+    iterations: Tensor  # (B,) int64
+    converged: Tensor  # (B,) bool
+
+
+@dataclass
+class BalanceResult:
+    """Balancing weights from :func:`dual_solve`."""
+
+    weights: Tensor  # (B, N) non-negative, summing to 1 within each arm; padded 0
+    alpha: Tensor  # (B, N) raw QP solution (see dual_solve)
+    intercept: Tensor  # (B,) SVM intercept b for "overlap" (= QPResult.nu); 0 for ate/att
+    objective: Tensor  # (B,)
+    kkt: Tensor  # (B,)
+    iterations: Tensor  # (B,)
+    converged: Tensor  # (B,)
+    estimand: str
+
+
+# ----------------------------------------------------------------------------------------------
+# validation helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_tensor(t, name: str, ndim: int) -> Tensor:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
+    return t
+
+
+def _check_float(t: Tensor, name: str) -> None:
+    if t.dtype not in _FLOATS:
+        raise TypeError(f"{name} must be float32 or float64, got {t.dtype}")
+
+
+def _check_mask(mask, B: int, N: int, device) -> Tensor:
+    if mask is None:
+        return torch.ones(B, N, dtype=torch.bool, device=device)
+    _check_tensor(mask, "mask", 2)
+    if mask.dtype != torch.bool:
+        raise TypeError(f"mask must be a bool tensor (True = real unit), got {mask.dtype}")
+    if tuple(mask.shape) != (B, N):
+        raise ValueError(f"mask must have shape {(B, N)}, got {tuple(mask.shape)}")
+    return mask.to(device)
+
+
+def _check_finite(t: Tensor, name: str, mask: Optional[Tensor] = None) -> None:
+    bad = ~torch.isfinite(t)
+    if mask is not None:
+        bad = bad & mask
+    if bool(bad.any()):
+        raise ValueError(f"{name} contains NaN or Inf")
+
+
+def _bound_tensor(v, name: str, B: int, N: int, like: Tensor, allow: float) -> Tensor:
+    """Float or (B, N) tensor -> (B, N) tensor; NaN refused, only the infinity ``allow`` accepted."""
+    if isinstance(v, Tensor):
+        if v.dim() == 0:
+            t = v.to(dtype=like.dtype, device=like.device).expand(B, N)
+        elif tuple(v.shape) == (B, N):
+            t = v.to(dtype=like.dtype, device=like.device)
+        else:
+            raise ValueError(f"{name} must be a float or a tensor of shape {(B, N)}, got {tuple(v.shape)}")
+    elif isinstance(v, (int, float)) and not isinstance(v, bool):
+        t = torch.full((B, N), float(v), dtype=like.dtype, device=like.device)
+    else:
+        raise TypeError(f"{name} must be a float or a tensor, got {type(v).__name__}")
+    if bool(torch.isnan(t).any()):
+        raise ValueError(f"{name} contains NaN")
+    if bool((torch.isinf(t) & (t != allow)).any()):
+        raise ValueError(f"{name} may only contain {allow} as an infinite value")
+    return t
+
+
+def _lam_vector(lam, B: int, like: Tensor) -> Tensor:
+    if isinstance(lam, Tensor):
+        if lam.dim() == 0:
+            lt = lam.to(dtype=like.dtype, device=like.device).expand(B)
+        elif tuple(lam.shape) == (B,):
+            lt = lam.to(dtype=like.dtype, device=like.device)
+        else:
+            raise ValueError(f"lam must be a float or a tensor of shape {(B,)}, got {tuple(lam.shape)}")
+    elif isinstance(lam, (int, float)) and not isinstance(lam, bool):
+        lt = torch.full((B,), float(lam), dtype=like.dtype, device=like.device)
+    else:
+        raise TypeError(f"lam must be a float or a tensor, got {type(lam).__name__}")
+    if not bool(torch.isfinite(lt).all()) or bool((lt <= 0).any()):
+        raise ValueError("lam must be finite and > 0")
+    return lt
+
+
+# ----------------------------------------------------------------------------------------------
+# feasible starting point for {lower <= x <= upper, c'x = d}
+# ----------------------------------------------------------------------------------------------
+
+
+def _feasible_start(lo: Tensor, up: Tensor, c: Tensor, d: Tensor, valid: Tensor) -> Tensor:
+    """A point of the box satisfying c'x = d (to rounding), built exactly.
+
+    x(s) = clip(s c, lo, up) makes c'x(s) continuous, piecewise linear and non-decreasing in s.
+    The breakpoints lo_i / c_i, up_i / c_i are sorted and searched (binary search, vectorised over
+    the batch); on the bracketing linear piece the set of clipped coordinates is fixed, and the
+    linear equation for s is solved in closed form.  Clipped coordinates are exactly at their
+    bounds.  Examples: the simplex (c = 1, d = 1, [0, inf)) gives x = 1/n; c = W, d = 0 with
+    [0, 1] gives x = 0.  Coordinates with c_i = 0 are set to clip(0, lo, up).
+    """
+    B, N = c.shape
+    dt = c.dtype
+    inf = math.inf
+    act = valid & (c != 0)
+    x_fixed = torch.where(valid, torch.clamp(torch.zeros_like(lo), lo, up), torch.zeros_like(lo))
+    x_fixed = torch.where(act, torch.zeros_like(x_fixed), x_fixed)
+    zero_c = torch.where(valid & (c == 0), x_fixed, torch.zeros_like(x_fixed))  # contributes 0 to c'x
+
+    cs = torch.where(act, c, torch.ones_like(c))
+
+    def f(s: Tensor) -> Tensor:  # s (B,) -> c'x(s)
+        xs = torch.clamp(s.unsqueeze(-1) * cs, lo, up)
+        return torch.where(act, c * xs, torch.zeros_like(xs)).sum(-1)
+
+    # limits of f
+    lim_lo = torch.where(act, c * torch.where(c > 0, lo, up), torch.zeros_like(c))
+    lim_hi = torch.where(act, c * torch.where(c > 0, up, lo), torch.zeros_like(c))
+    f_min = lim_lo.nan_to_num(nan=0.0).sum(-1)  # may be -inf
+    f_max = lim_hi.nan_to_num(nan=0.0).sum(-1)  # may be +inf
+    lo_f = torch.where(torch.isfinite(lo), lo, torch.zeros_like(lo))
+    up_f = torch.where(torch.isfinite(up), up, torch.zeros_like(up))
+    size = torch.where(act, (c * lo_f).abs() + (c * up_f).abs(), torch.zeros_like(c)).sum(-1)
+    slack = 1e3 * torch.finfo(dt).eps * (1.0 + d.abs() + size)
+    if bool(((d < f_min - slack) | (d > f_max + slack)).any()):
+        bad = torch.nonzero((d < f_min - slack) | (d > f_max + slack)).flatten().tolist()
+        raise ValueError(f"the equality c'x = d cannot be met inside the bounds in dataset(s) {bad}")
+    d = torch.minimum(torch.maximum(d, f_min), f_max)
+    if N == 0:
+        return torch.zeros_like(c)
+
+    bp = torch.cat([lo / cs, up / cs], dim=-1)
+    bp = torch.where(torch.cat([act, act], -1) & torch.isfinite(bp), bp, torch.full_like(bp, inf))
+    bp, _ = torch.sort(bp, dim=-1)
+    n_fin = torch.isfinite(bp).sum(-1)  # (B,)
+    # binary search for the largest k with f(bp[k]) <= d (k = -1: none)
+    lo_k = torch.full((B,), -1, dtype=torch.long, device=c.device)
+    hi_k = n_fin.clone()
+    for _ in range(2 * N.bit_length() + 4):
+        run = hi_k - lo_k > 1
+        if not bool(run.any()):
+            break
+        mid = torch.div(lo_k + hi_k, 2, rounding_mode="floor")
+        midc = mid.clamp(0, 2 * N - 1)
+        s_mid = bp.gather(1, midc.unsqueeze(-1)).squeeze(-1)
+        ok = f(torch.where(run, s_mid, torch.zeros_like(s_mid))) <= d
+        lo_k = torch.where(run & ok, mid, lo_k)
+        hi_k = torch.where(run & ~ok, mid, hi_k)
+    last = (n_fin - 1).clamp_min(0)
+    bp_last = bp.gather(1, last.unsqueeze(-1)).squeeze(-1)
+    bp_first = bp[:, 0]
+    s_lo = bp.gather(1, lo_k.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    s_hi = bp.gather(1, hi_k.clamp(0, 2 * N - 1).unsqueeze(-1)).squeeze(-1)
+    none_fin = n_fin == 0
+    s_cls = torch.where(
+        none_fin,
+        torch.zeros_like(d),
+        torch.where(lo_k < 0, bp_first - 1, torch.where(hi_k >= n_fin, bp_last + 1, 0.5 * (s_lo + s_hi))),
+    )
+    # classify on the bracketing piece: free coordinates strictly inside their box
+    y = s_cls.unsqueeze(-1) * cs
+    free = act & (y > lo) & (y < up)
+    fixed_val = torch.clamp(y, lo, up)
+    fixed_sum = torch.where(act & ~free, c * fixed_val, torch.zeros_like(c)).sum(-1)
+    slope = torch.where(free, c * c, torch.zeros_like(c)).sum(-1)
+    s = (d - fixed_sum) / torch.where(slope > 0, slope, torch.ones_like(slope))
+    x_act = torch.where(free, s.unsqueeze(-1) * c, fixed_val)
+    # a bracket whose left end meets d exactly: use it (keeps breakpoint solutions exact)
+    exact_left = (lo_k >= 0) & (f(torch.where(lo_k >= 0, s_lo, torch.zeros_like(s_lo))) == d)
+    x_left = torch.clamp(s_lo.unsqueeze(-1) * cs, lo, up)
+    x_act = torch.where(exact_left.unsqueeze(-1), x_left, x_act)
+    x_act = torch.clamp(x_act, lo, up)
+    return torch.where(act, x_act, zero_c)
+
+
+# ----------------------------------------------------------------------------------------------
+# the solver
+# ----------------------------------------------------------------------------------------------
+
+
+class _State:
+    """Tensors of the active datasets (row r of each is dataset ``rows[r]`` of the batch)."""
+
+    __slots__ = ("rows", "x", "G", "p", "lo", "up", "invc", "neg_invc", "dinv", "cpos", "pair",
+                 "single", "diag", "tau")
+
+    def subset(self, keep: Tensor) -> "_State":
+        s = _State()
+        for name in self.__slots__:
+            v = getattr(self, name)
+            setattr(s, name, v[keep] if v is not None else None)
+        return s
+
+
+_NEG_INF = -math.inf
+_POS_INF = math.inf
+
+
+def _scan(st: _State, has_pair: bool, has_single: bool, mixed: bool):
+    """KKT violation (nA,) and the working-set candidates of the active datasets.
+
+    Padded units have lo = up = x = 0, so they belong to no working set without extra masking.
+    """
+    x, G = st.x, st.G
+    can_inc = x < st.up
+    can_dec = x > st.lo
+    pair_info = single_info = None
+    kkt = None
+    if has_pair:
+        vals = G * st.neg_invc  # -G_i / c_i
+        I_up = torch.where(st.cpos, can_inc, can_dec)
+        I_low = torch.where(st.cpos, can_dec, can_inc)
+        if mixed:
+            I_up = I_up & st.pair
+            I_low = I_low & st.pair
+        up_vals = torch.where(I_up, vals, _NEG_INF)
+        i = up_vals.argmax(-1, keepdim=True)  # (argmax + gather: max(dim) is slow on CPU here)
+        m = up_vals.gather(1, i).squeeze(-1)
+        i = i.squeeze(-1)
+        Mv = torch.where(I_low, vals, _POS_INF).amin(-1)
+        kkt = (m - Mv).clamp_min(0)
+        pair_info = (vals, I_low, m, i, kkt)
+    if has_single:
+        pg = torch.where(st.single, G, 0.0) if mixed else G
+        pg = torch.where(can_dec, pg, pg.clamp(max=0))
+        pg = torch.where(can_inc, pg, pg.clamp(min=0))
+        apg = pg.abs()
+        k = apg.argmax(-1, keepdim=True)
+        sv = apg.gather(1, k).squeeze(-1)
+        k = k.squeeze(-1)
+        single_info = (pg, k, sv)
+        kkt = sv if kkt is None else torch.maximum(kkt, sv)
+    return kkt, pair_info, single_info
+
+
+def _nu(x, G, lo, up, invc, cpos, pair) -> Tensor:
+    """Equality multiplier: mean of -G_i/c_i over free coordinates, else midpoint of [m, M]."""
+    vals = -G * invc
+    free = pair & (x > lo) & (x < up)
+    nfree = free.sum(-1)
+    nu_free = torch.where(free, vals, 0.0).sum(-1) / nfree.clamp_min(1).to(vals.dtype)
+    can_inc = x < up
+    can_dec = x > lo
+    I_up = pair & torch.where(cpos, can_inc, can_dec)
+    I_low = pair & torch.where(cpos, can_dec, can_inc)
+    m = torch.where(I_up, vals, _NEG_INF).amax(-1)
+    M = torch.where(I_low, vals, _POS_INF).amin(-1)
+    fm, fM = torch.isfinite(m), torch.isfinite(M)
+    mid = torch.where(fm & fM, 0.5 * (m + M), torch.where(fm, m, torch.where(fM, M, torch.zeros_like(m))))
+    return torch.where(nfree > 0, nu_free, mid)
+
+
+def _refresh(Q: Tensor, st: _State, sel: Optional[Tensor] = None) -> None:
+    """Recompute G = Qx - p exactly for the selected active datasets (all when sel is None)."""
+    if sel is None:
+        st.G = torch.bmm(Q[st.rows], st.x.unsqueeze(-1)).squeeze(-1) - st.p
+        return
+    ids = torch.nonzero(sel).flatten()
+    if ids.numel() == 0:
+        return
+    st.G[ids] = torch.bmm(Q[st.rows[ids]], st.x[ids].unsqueeze(-1)).squeeze(-1) - st.p[ids]
+
+
+def _stagnation(st: _State, kkt: Tensor, sel: Tensor, best: Tensor, count: Tensor, qmax: Tensor, eps: float):
+    """Count checks (exact gradient, kkt >= tol) at which the KKT violation failed to halve.
+
+    Only checks at which the violation is already at the rounding level of the gradient,
+    ``eps * (max|Q| * ||x||_1 + max|p|)``, count: there the requested tol is below what the
+    dtype can certify (typically float32 with a tight tol), and the solver stops (unconverged)
+    instead of wandering in rounding noise until max_iter.  Never triggers at ordinary float64
+    tolerances.
+    """
+    floor = eps * (qmax * st.x.abs().sum(-1) + st.p.abs().amax(-1))
+    better = kkt < 0.5 * best
+    best = torch.where(sel & better, kkt, best)
+    at_floor = kkt <= floor
+    count = torch.where(sel, torch.where(better | ~at_floor, torch.zeros_like(count), count + 1), count)
+    return best, count
+
+
+def _rows_of(Q: Tensor, rows: Tensor, idx: Tensor) -> Tensor:
+    """Q[rows[r], idx[r], :] for every r, as (nA, N) (index_select on a flat view: fast)."""
+    n = Q.shape[-1]
+    return Q.view(-1, n).index_select(0, rows * n + idx)
+
+
+def _step(Q: Tensor, st: _State, has_pair: bool, has_single: bool, mixed: bool, pair_info, single_info):
+    """One working-set step on every active dataset (all have kkt >= tol > 0).
+
+    A step moves coordinates (i, j) along the direction (u_i, u_j) by t = min(t*, t_max), with
+    t* = slope / curvature the exact line minimiser and t_max the largest step inside the box;
+    the coordinate that limits t_max is put exactly on its bound.  Returns the progress flag (nA,).
+    """
+    x, G, rows = st.x, st.G, st.rows
+    use_pair = None
+    if has_pair:
+        vals, I_low, m, i_p, pv = pair_info
+        i1 = i_p.unsqueeze(-1)
+        Qi = _rows_of(Q, rows, i_p)  # (nA, N): row i of Q
+        ici = st.invc.gather(1, i1)  # (nA, 1)
+        # curvature along e_i/c_i - e_j/c_j, for every j
+        a = (st.diag.gather(1, i1) * ici * ici + st.dinv) - Qi * ((2.0 * ici) * st.invc)
+        a = torch.maximum(a, st.tau)
+        b = m.unsqueeze(-1) - vals  # decrease rate along the direction
+        gain = torch.where(I_low & (b > 0), b * b / a, _NEG_INF)
+        j_p = gain.argmax(-1, keepdim=True)
+        t_p = b.gather(1, j_p) / a.gather(1, j_p)
+        ij = torch.cat([i1, j_p], 1)  # (nA, 2)
+        u = torch.cat([ici, st.neg_invc.gather(1, j_p)], 1)
+        tstar = t_p
+    if has_single:
+        pg, k, sv = single_info
+        k1 = k.unsqueeze(-1)
+        pgk = pg.gather(1, k1)
+        us = -torch.sign(pgk)
+        ts = pgk.abs() / torch.maximum(st.diag.gather(1, k1), st.tau)
+        if has_pair:
+            use_pair = (pv >= sv).unsqueeze(-1)
+            ij = torch.where(use_pair, ij, k1)
+            u = torch.where(use_pair, u, torch.cat([us, torch.zeros_like(us)], 1))
+            tstar = torch.where(use_pair, t_p, ts)
+            Qi = torch.where(use_pair, Qi, _rows_of(Q, rows, k))
+        else:
+            ij, u, tstar, Qi = k1, us, ts, _rows_of(Q, rows, k)
+
+    xs = x.gather(1, ij)
+    los = st.lo.gather(1, ij)
+    ups = st.up.gather(1, ij)
+    room = torch.where(u > 0, ups - xs, torch.where(u < 0, los - xs, _POS_INF))
+    tm = (room / torch.where(u != 0, u, 1.0)).clamp_min(0)  # largest feasible step per coordinate
+    t = torch.minimum(tstar, tm.amin(-1, keepdim=True))
+    xn = xs + t * u
+    hit = t == tm
+    xn = torch.where(hit & (u > 0), ups, torch.where(hit & (u < 0), los, xn))
+    xn = torch.minimum(torch.maximum(xn, los), ups)
+    dx = xn - xs
+    if use_pair is not None:  # single steps in a mixed batch: both slots name coordinate k
+        xn = torch.where(use_pair, xn, xn[:, :1])
+        dx = torch.where(use_pair, dx, torch.cat([dx[:, :1], torch.zeros_like(dx[:, :1])], 1))
+    x.scatter_(1, ij, xn)
+    G.addcmul_(dx[:, :1], Qi)
+    if ij.shape[1] == 2:
+        G.addcmul_(dx[:, 1:], _rows_of(Q, rows, ij[:, 1]))
+    return (dx != 0).any(-1)
+
+
+def qp_solve(
+    Q: Tensor,
+    p: Tensor,
+    lower: Union[float, Tensor] = 0.0,
+    upper: Union[float, Tensor] = float("inf"),
+    c: Optional[Tensor] = None,
+    d: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
+    *,
+    tol: float = 1e-6,
+    max_iter: int = 100_000,
+    x0: Optional[Tensor] = None,
+) -> QPResult:
+    """Solve a batch of ``min 1/2 x'Qx - p'x`` s.t. ``lower <= x <= upper`` [and ``c'x = d``].
+
+    Q (B, N, N) symmetric PSD, p (B, N), lower/upper float or (B, N) (lower may be -inf, upper
+    +inf), c (B, N) and d (B,) together or not at all, mask (B, N) bool (True = real unit).
+    float32 or float64 (all float inputs must share Q's dtype; no silent conversion).  x0 (B, N)
+    is an optional feasible start (box and equality); without it a feasible start is built
+    (clip(0) without the equality; see :func:`_feasible_start` with it).  Padded units take no
+    part and return x = 0.  See the module docstring for the algorithm, the KKT measure and the
+    multiplier convention.
+
+    ``converged`` is True only where the KKT violation of the returned point, recomputed from the
+    exact gradient, is below ``tol``.  Datasets stop unconverged at ``max_iter``, after steps
+    that make no representable progress, or when the violation stagnates at the rounding level
+    of the gradient (float32 cannot certify tolerances much below ``eps * max|Q| * ||x||_1``;
+    use e.g. ``tol=1e-4`` there).  Cost: O(N) torch ops per iteration per dataset, batched.
+    """
+    _check_tensor(Q, "Q", 3)
+    _check_tensor(p, "p", 2)
+    _check_float(Q, "Q")
+    if p.dtype != Q.dtype:
+        raise TypeError(f"p must have Q's dtype {Q.dtype}, got {p.dtype}")
+    B, N, N2 = Q.shape
+    if N != N2:
+        raise ValueError(f"Q must be square per dataset, got shape {tuple(Q.shape)}")
+    if tuple(p.shape) != (B, N):
+        raise ValueError(f"p must have shape {(B, N)}, got {tuple(p.shape)}")
+    if (c is None) != (d is None):
+        raise ValueError("c and d must be given together (equality c'x = d) or not at all")
+    if isinstance(tol, bool) or not (isinstance(tol, (int, float)) and tol > 0 and math.isfinite(tol)):
+        raise ValueError(f"tol must be a positive finite number, got {tol!r}")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 0:
+        raise ValueError(f"max_iter must be a non-negative int, got {max_iter!r}")
+    dev, dt = Q.device, Q.dtype
+    mask = _check_mask(mask, B, N, dev)
+    pair_m = mask.unsqueeze(-1) & mask.unsqueeze(-2)
+    _check_finite(Q, "Q", pair_m)
+    _check_finite(p, "p", mask)
+    lo = _bound_tensor(lower, "lower", B, N, p, -math.inf)
+    up = _bound_tensor(upper, "upper", B, N, p, math.inf)
+    if bool((mask & (lo > up)).any()):
+        raise ValueError("lower must be <= upper at every real unit")
+    has_eq = c is not None
+    if has_eq:
+        _check_tensor(c, "c", 2)
+        if c.dtype != dt:
+            raise TypeError(f"c must have Q's dtype {dt}, got {c.dtype}")
+        if tuple(c.shape) != (B, N):
+            raise ValueError(f"c must have shape {(B, N)}, got {tuple(c.shape)}")
+        _check_finite(c, "c", mask)
+        if isinstance(d, (int, float)) and not isinstance(d, bool):
+            d = torch.full((B,), float(d), dtype=dt, device=dev)
+        _check_tensor(d, "d", 1)
+        if d.dtype != dt:
+            raise TypeError(f"d must have Q's dtype {dt}, got {d.dtype}")
+        if tuple(d.shape) != (B,):
+            raise ValueError(f"d must have shape {(B,)}, got {tuple(d.shape)}")
+        _check_finite(d, "d")
+
+    with torch.no_grad():
+        zero = torch.zeros((), dtype=dt, device=dev)
+        Qm = torch.where(pair_m, Q, zero)
+        scale = Qm.abs().amax(dim=(-1, -2)).clamp_min(torch.finfo(dt).tiny) if N > 0 else None
+        if N > 0:
+            asym = (Qm - Qm.transpose(-1, -2)).abs().amax(dim=(-1, -2))
+            if bool((asym > math.sqrt(torch.finfo(dt).eps) * scale).any()):
+                raise ValueError("Q must be symmetric")
+            Qm = (0.5 * (Qm + Qm.transpose(-1, -2))).contiguous()
+        pm = torch.where(mask, p, zero)
+        lo = torch.where(mask, lo, zero)
+        up = torch.where(mask, up, zero)
+        if has_eq:
+            cm = torch.where(mask, c, zero)
+            dv = d.clone()
+        else:
+            cm = torch.zeros_like(pm)
+            dv = torch.zeros(B, dtype=dt, device=dev)
+        pair = mask & (cm != 0)
+        single = mask & (cm == 0)
+        invc = torch.where(pair, 1.0 / torch.where(pair, cm, torch.ones_like(cm)), zero)
+
+        # starting point
+        if x0 is not None:
+            _check_tensor(x0, "x0", 2)
+            if x0.dtype != dt or tuple(x0.shape) != (B, N):
+                raise ValueError(f"x0 must be a {dt} tensor of shape {(B, N)}")
+            _check_finite(x0, "x0", mask)
+            x = torch.where(mask, x0, zero).clone()
+            span = (up - lo).abs()
+            span = torch.where(torch.isfinite(span), span, torch.ones_like(span))
+            eps_b = 1e3 * torch.finfo(dt).eps * (1 + x.abs() + span)
+            if bool((mask & ((x < lo - eps_b) | (x > up + eps_b))).any()):
+                raise ValueError("x0 is outside the bounds")
+            x = torch.minimum(torch.maximum(x, lo), up)
+            if has_eq:
+                res = (cm * x).sum(-1) - dv
+                lim = math.sqrt(torch.finfo(dt).eps) * (1 + dv.abs() + (cm * x).abs().sum(-1))
+                if bool((res.abs() > lim).any()):
+                    raise ValueError("x0 does not satisfy the equality c'x = d")
+        elif has_eq:
+            x = _feasible_start(lo, up, cm, dv, mask)
+        else:
+            x = torch.where(mask, torch.minimum(torch.maximum(torch.zeros_like(lo), lo), up), zero)
+
+        diag = torch.diagonal(Qm, dim1=-2, dim2=-1).clone()
+        dmax = torch.where(mask, diag.abs(), zero).amax(-1) if N > 0 else torch.zeros(B, dtype=dt, device=dev)
+        tau = torch.where(dmax > 0, _TAU_REL * dmax, torch.full_like(dmax, _TAU_REL)).unsqueeze(-1)
+
+        # padded units are fixed at 0 (lo = up = 0) and so belong to no working set
+        single = single & (lo < up)
+        has_pair = bool(pair.any())
+        has_single = bool(single.any())
+        mixed = has_pair and has_single
+
+        x_out = x.clone()
+        iters = torch.zeros(B, dtype=torch.long, device=dev)
+        conv = torch.zeros(B, dtype=torch.bool, device=dev)
+        stall = torch.zeros(B, dtype=torch.long, device=dev)  # consecutive steps without progress
+        nfail = torch.zeros(B, dtype=torch.long, device=dev)  # failed convergence confirmations
+        best = torch.full((B,), math.inf, dtype=dt, device=dev)  # best exact KKT seen at those
+        nwin = torch.zeros(B, dtype=torch.long, device=dev)  # stagnant periodic-refresh windows
+        best_win = torch.full((B,), math.inf, dtype=dt, device=dev)
+        eps = torch.finfo(dt).eps
+        qmax_all = scale if scale is not None else torch.zeros(B, dtype=dt, device=dev)
+
+        def qmax_a(s_: _State) -> Tensor:
+            return qmax_all[s_.rows]
+
+        st = _State()
+        st.rows = torch.arange(B, device=dev)
+        st.x, st.p, st.lo, st.up = x, pm, lo, up
+        st.invc, st.neg_invc = invc, -invc
+        st.dinv = diag * invc * invc
+        st.cpos = cm > 0
+        st.pair, st.single = pair, single
+        st.diag, st.tau = diag, tau
+        st.G = None
+        n_active = B if (N > 0 and (has_pair or has_single)) else 0
+        if n_active == 0:
+            conv[:] = True
+        else:
+            _refresh(Qm, st)
+        refresh_every = max(1000, 5 * N)
+        since_refresh = 0
+        it = 0  # every active dataset takes one step per stepping round: a shared counter
+
+        while n_active > 0:
+            kkt, pair_info, single_info = _scan(st, has_pair, has_single, mixed)
+            cand = kkt < tol
+            refreshed = False
+            if bool(cand.any()):
+                # looks converged: confirm on the exact gradient
+                _refresh(Qm, st, cand)
+                kkt, pair_info, single_info = _scan(st, has_pair, has_single, mixed)
+                failed = cand & (kkt >= tol)
+                cand = kkt < tol
+                refreshed = True
+                if bool(failed.any()):
+                    best, nfail = _stagnation(st, kkt, failed, best, nfail, qmax_a(st), eps)
+            fin = cand
+            if it >= max_iter:
+                fin = torch.ones_like(cand)
+            else:
+                give_up = (stall >= 3) | (nfail >= _MAX_FAILED_CONFIRM) | (nwin >= _MAX_STAGNANT_WINDOWS)
+                if bool(give_up.any()):
+                    fin = fin | give_up
+            if bool(fin.any()):
+                ids = st.rows[fin]
+                x_out[ids] = st.x[fin]
+                iters[ids] = it
+                conv[ids] = cand[fin]
+                keep = ~fin
+                n_active = int(keep.sum())
+                if n_active == 0:
+                    break
+                st = st.subset(keep)
+                stall, nfail, best = stall[keep], nfail[keep], best[keep]
+                nwin, best_win = nwin[keep], best_win[keep]
+                continue
+            if refreshed:
+                continue
+            progress = _step(Qm, st, has_pair, has_single, mixed, pair_info, single_info)
+            it += 1
+            since_refresh += 1
+            if not bool(progress.all()):
+                # no representable progress (rounding): recompute the gradient; give up after 3
+                stall = torch.where(progress, torch.zeros_like(stall), stall + 1)
+                _refresh(Qm, st, ~progress)
+            elif bool((stall > 0).any()):
+                stall.zero_()
+            if since_refresh >= refresh_every:
+                _refresh(Qm, st)
+                since_refresh = 0
+                kkt_ex, _, _ = _scan(st, has_pair, has_single, mixed)
+                best_win, nwin = _stagnation(st, kkt_ex, kkt_ex >= tol, best_win, nwin, qmax_a(st), eps)
+
+        # final certificate on the returned point (exact gradient)
+        x_out = torch.where(mask, x_out, zero)
+        Qx = torch.bmm(Qm, x_out.unsqueeze(-1)).squeeze(-1)
+        G = Qx - pm
+        fin_st = _State()
+        fin_st.x, fin_st.G, fin_st.lo, fin_st.up = x_out, G, lo, up
+        fin_st.invc, fin_st.neg_invc, fin_st.cpos, fin_st.pair, fin_st.single = invc, -invc, cm > 0, pair, single
+        if has_pair or has_single:
+            kkt_final, _, _ = _scan(fin_st, has_pair, has_single, mixed)
+        else:
+            kkt_final = torch.zeros(B, dtype=dt, device=dev)
+        if has_eq and N > 0:
+            nu = _nu(x_out, G, lo, up, invc, cm > 0, pair)
+        else:
+            nu = torch.zeros(B, dtype=dt, device=dev)
+        objective = 0.5 * (x_out * Qx).sum(-1) - (pm * x_out).sum(-1)
+        conv = conv & (kkt_final < tol)
+    return QPResult(x=x_out, nu=nu, objective=objective, kkt=kkt_final, iterations=iters, converged=conv)
+
+# ----------------------------------------------------------------------------------------------
+# kernels
+# ----------------------------------------------------------------------------------------------
+
+
+def _scalar_or_batch(v, name: str, B: int, like: Tensor) -> Tensor:
+    if isinstance(v, Tensor):
+        if v.dim() == 0:
+            t = v.to(dtype=like.dtype, device=like.device).expand(B)
+        elif tuple(v.shape) == (B,):
+            t = v.to(dtype=like.dtype, device=like.device)
+        else:
+            raise ValueError(f"{name} must be a float or a tensor of shape {(B,)}, got {tuple(v.shape)}")
+    elif isinstance(v, (int, float)) and not isinstance(v, bool):
+        t = torch.full((B,), float(v), dtype=like.dtype, device=like.device)
+    else:
+        raise TypeError(f"{name} must be a float or a tensor, got {type(v).__name__}")
+    if not bool(torch.isfinite(t).all()) or bool((t <= 0).any()):
+        raise ValueError(f"{name} must be finite and > 0")
+    return t
+
+
+def gram(
+    X: Tensor,
+    kernel: str = "rbf",
+    *,
+    gamma: Union[None, float, Tensor] = None,
+    scale: Optional[float] = None,
+    mask: Optional[Tensor] = None,
+) -> Tensor:
+    """Batched Gram matrices (B, N, N); rows and columns of padded units are 0.
+
+    * ``"linear"``: ``X X'``.
+    * ``"rbf"``: ``exp(-gamma ||x_i - x_j||^2)``.  Default ``gamma`` per dataset:
+      ``1 / (p * v)`` with ``v`` the mean over the p features of the per-feature population
+      variance (ddof = 0) over the valid units (``gamma = 1`` when ``v = 0``).  For standardised or
+      centred features this is sklearn's ``gamma="scale"`` (sklearn uses the variance of all
+      entries of X pooled, which also counts the spread between feature means).
+    * ``"cina"``: X are attention keys (B, N, D); ``s = scale X X'`` (default scale 1/sqrt(D)),
+      ``lse_i = logsumexp_{j valid} s_ij``, ``k_ij = exp(s_ij - lse_i - lse_j)``: the kernel
+      ``E_ij / (h_i h_j)`` of method.md §3, computed in log-space.
+    * ``"precomputed"``: X is already the (B, N, N) Gram matrix (masked and returned).
+    """
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    _check_tensor(X, "X", 3)
+    _check_float(X, "X")
+    B, N = X.shape[0], X.shape[1]
+    mask = _check_mask(mask, B, N, X.device)
+    pair = mask.unsqueeze(-1) & mask.unsqueeze(-2)
+    zero = torch.zeros((), dtype=X.dtype, device=X.device)
+    if kernel == "precomputed":
+        if X.shape[2] != N:
+            raise ValueError(f'kernel="precomputed" needs X of shape (B, N, N), got {tuple(X.shape)}')
+        _check_finite(X, "X", pair)
+        return torch.where(pair, X, zero)
+    _check_finite(X, "X", mask.unsqueeze(-1).expand_as(X))
+    Xm = torch.where(mask.unsqueeze(-1), X, zero)
+    if kernel == "linear":
+        K = Xm @ Xm.transpose(-1, -2)
+    elif kernel == "rbf":
+        n = mask.sum(-1).clamp_min(1).to(X.dtype)  # (B,)
+        mean = Xm.sum(1) / n.unsqueeze(-1)  # (B, p)
+        Xc = torch.where(mask.unsqueeze(-1), X - mean.unsqueeze(1), zero)
+        if gamma is None:
+            pdim = X.shape[2]
+            var = (Xc * Xc).sum(1) / n.unsqueeze(-1)  # (B, p) per-feature variance
+            v = var.mean(-1) if pdim > 0 else torch.zeros(B, dtype=X.dtype, device=X.device)
+            g = torch.where(v > 0, 1.0 / (max(pdim, 1) * v.clamp_min(torch.finfo(X.dtype).tiny)),
+                            torch.ones_like(v))
+        else:
+            g = _scalar_or_batch(gamma, "gamma", B, X)
+        sq = (Xc * Xc).sum(-1)
+        D2 = (sq.unsqueeze(-1) + sq.unsqueeze(-2) - 2.0 * (Xc @ Xc.transpose(-1, -2))).clamp_min(0)
+        D2 = D2 - torch.diag_embed(torch.diagonal(D2, dim1=-2, dim2=-1))  # exact zeros on the diagonal
+        K = torch.exp(-g.view(B, 1, 1) * D2)
+    else:  # cina
+        Dk = X.shape[2]
+        sc = (1.0 / math.sqrt(Dk) if Dk > 0 else 1.0) if scale is None else float(scale)
+        S = sc * (Xm @ Xm.transpose(-1, -2))
+        S = torch.where(pair, S, torch.full_like(S, -math.inf))
+        S_safe = torch.where(mask.unsqueeze(-1), S, torch.zeros_like(S))
+        lse = torch.logsumexp(S_safe, dim=-1)
+        lse = torch.where(mask, lse, zero)
+        K = torch.exp(S - lse.unsqueeze(-1) - lse.unsqueeze(-2))
+    return torch.where(pair, K, zero)
+
+
+# ----------------------------------------------------------------------------------------------
+# balancing problems
+# ----------------------------------------------------------------------------------------------
+
+
+def dual_solve(
+    X: Tensor,
+    W: Tensor,
+    lam: Union[float, Tensor],
+    *,
+    kernel: str = "rbf",
+    gamma: Union[None, float, Tensor] = None,
+    scale: Optional[float] = None,
+    estimand: str = "overlap",
+    intercept: bool = True,
+    loss: str = "hinge",
+    mask: Optional[Tensor] = None,
+    tol: float = 1e-6,
+    max_iter: int = 100_000,
+) -> BalanceResult:
+    """Exact balancing weights for a batch of datasets (method.md §2, §6; kernels.md §2).
+
+    X (B, N, p) features (keys for ``kernel="cina"``, the (B, N, N) Gram for "precomputed"),
+    W (B, N) in {-1, +1} (treated = +1), lam float or (B,) > 0.
+
+    * ``"overlap"`` (the SVM dual, method.md §2): ``Q = (W W') * K / lam``, ``p = 1``,
+      ``0 <= alpha <= 1``, ``W'alpha = 0`` when ``intercept``.  ``loss="squared_hinge"``:
+      ``Q = (W W') * (K + lam I) / lam`` (= ``(W W') * K / lam + I``), ``alpha >= 0``: the dual of
+      ``(lam/2)||beta||^2 + sum_i 1/2 [1 - W_i f(x_i)]_+^2``, i.e. method.md's
+      ``1'alpha - alpha'(Q_K + lam I) alpha / (2 lam)``.  ``alpha`` are the dual variables on the
+      scale of eq. R (``alpha = lam * |dual_coef_|`` of ``SVC(C=1/lam)``), ``intercept`` is ``b``
+      in ``f(x_i) = sum_j alpha_j W_j k_ij / lam + b`` (``b = nu`` of the QP, which equals
+      ``SVC.intercept_``), weights = alpha normalised per arm.
+    * ``"ate"``: per arm a, ``min 1/2 w'(2 K_aa + 2 lam I) w - 2 kbar_a'w`` on the simplex, with
+      ``kbar_a[i]`` the mean of ``K_ij`` over all valid units j.  ``alpha`` holds each arm's
+      solution at its units; objective = sum, kkt = max, iterations = max, converged = all over
+      the two arms.
+    * ``"att"``: the control arm against the treated mean (``kbar`` over treated units); treated
+      weights ``1/n1``.
+    """
+    if estimand not in ESTIMANDS:
+        raise ValueError(f"estimand must be one of {ESTIMANDS}, got {estimand!r}")
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    _check_tensor(X, "X", 3)
+    _check_float(X, "X")
+    B, N = X.shape[0], X.shape[1]
+    _check_tensor(W, "W", 2)
+    if tuple(W.shape) != (B, N):
+        raise ValueError(f"W must have shape {(B, N)}, got {tuple(W.shape)}")
+    if W.dtype == torch.bool or W.is_complex():
+        raise TypeError(f"W must hold the signs -1/+1 as numbers, got {W.dtype}")
+    mask = _check_mask(mask, B, N, X.device)
+    Wf = W.to(dtype=X.dtype, device=X.device)
+    if bool((mask & ~((Wf == 1) | (Wf == -1))).any()):
+        raise ValueError("W must be -1 (control) or +1 (treated) at every real unit")
+    Wf = torch.where(mask, Wf, torch.zeros_like(Wf))
+    treated = mask & (Wf > 0)
+    control = mask & (Wf < 0)
+    n1 = treated.sum(-1)
+    n0 = control.sum(-1)
+    if bool(((n1 == 0) | (n0 == 0)).any()):
+        bad = torch.nonzero((n1 == 0) | (n0 == 0)).flatten().tolist()
+        raise ValueError(f"dataset(s) {bad} have an empty treatment arm among the real units")
+    lam_t = _lam_vector(lam, B, X)
+    K = gram(X, kernel, gamma=gamma, scale=scale, mask=mask)
+    dt, dev = X.dtype, X.device
+    zero = torch.zeros((), dtype=dt, device=dev)
+    eye = torch.eye(N, dtype=dt, device=dev).expand(B, N, N)
+
+    if estimand == "overlap":
+        WW = Wf.unsqueeze(-1) * Wf.unsqueeze(-2)
+        Kq = K + lam_t.view(B, 1, 1) * eye if loss == "squared_hinge" else K
+        Q = WW * Kq / lam_t.view(B, 1, 1)
+        p = torch.where(mask, torch.ones_like(Wf), zero)
+        upper = 1.0 if loss == "hinge" else math.inf
+        if intercept:
+            res = qp_solve(Q, p, 0.0, upper, c=Wf, d=torch.zeros(B, dtype=dt, device=dev), mask=mask,
+                           tol=tol, max_iter=max_iter)
+            b = res.nu
+        else:
+            res = qp_solve(Q, p, 0.0, upper, mask=mask, tol=tol, max_iter=max_iter)
+            b = torch.zeros(B, dtype=dt, device=dev)
+        from .reference import readout_weights
+
+        weights = readout_weights(res.x, Wf, mask)
+        return BalanceResult(weights=weights, alpha=res.x, intercept=b, objective=res.objective,
+                             kkt=res.kkt, iterations=res.iterations, converged=res.converged,
+                             estimand=estimand)
+
+    Qa = 2.0 * (K + lam_t.view(B, 1, 1) * eye)
+    Kv = torch.where(mask.unsqueeze(-2), K, zero)
+    if estimand == "ate":
+        kbar = Kv.sum(-1) / mask.sum(-1, keepdim=True).to(dt)
+        Qs = torch.cat([Qa, Qa], 0)
+        ps = torch.cat([2.0 * kbar, 2.0 * kbar], 0)
+        ms = torch.cat([treated, control], 0)
+        ones = torch.where(ms, torch.ones_like(ps), zero)
+        res = qp_solve(Qs, ps, 0.0, math.inf, c=ones, d=torch.ones(2 * B, dtype=dt, device=dev), mask=ms,
+                       tol=tol, max_iter=max_iter)
+        x1, x0 = res.x[:B], res.x[B:]
+        alpha = torch.where(treated, x1, torch.where(control, x0, zero))
+        s1 = torch.where(treated, x1, zero).sum(-1, keepdim=True)
+        s0 = torch.where(control, x0, zero).sum(-1, keepdim=True)
+        weights = torch.where(treated, x1 / s1, torch.where(control, x0 / s0, zero))
+        return BalanceResult(
+            weights=weights, alpha=alpha, intercept=torch.zeros(B, dtype=dt, device=dev),
+            objective=res.objective[:B] + res.objective[B:],
+            kkt=torch.maximum(res.kkt[:B], res.kkt[B:]),
+            iterations=torch.maximum(res.iterations[:B], res.iterations[B:]),
+            converged=res.converged[:B] & res.converged[B:], estimand=estimand)
+
+    # att: controls balanced to the treated mean
+    kbar = torch.where(treated.unsqueeze(-2), K, zero).sum(-1) / n1.unsqueeze(-1).to(dt)
+    ones = torch.where(control, torch.ones_like(Wf), zero)
+    res = qp_solve(Qa, 2.0 * kbar, 0.0, math.inf, c=ones, d=torch.ones(B, dtype=dt, device=dev), mask=control,
+                   tol=tol, max_iter=max_iter)
+    tw = (1.0 / n1.to(dt)).unsqueeze(-1)
+    alpha = torch.where(treated, tw.expand(B, N), torch.where(control, res.x, zero))
+    s0 = torch.where(control, res.x, zero).sum(-1, keepdim=True)
+    weights = torch.where(treated, tw.expand(B, N), torch.where(control, res.x / s0, zero))
+    return BalanceResult(weights=weights, alpha=alpha, intercept=torch.zeros(B, dtype=dt, device=dev),
+                         objective=res.objective, kkt=res.kkt, iterations=res.iterations,
+                         converged=res.converged, estimand=estimand)
