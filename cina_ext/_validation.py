@@ -1,0 +1,360 @@
+"""Input checking and conversion shared by every estimator.
+
+Every public estimator calls :func:`check_design` on ``fit(X, T)`` and :func:`check_outcome` on
+``ate(Y)``.  The result is a canonical numpy representation (``X`` float64 ``(N, p)``, ``T`` int8
+``(N,)`` in {0, 1}) plus the column names and the torch device the inputs lived on (if any).
+
+Accepted inputs
+---------------
+* numpy arrays, torch tensors (any device, but all tensors of one call on the same device),
+  pandas ``DataFrame`` / ``Series`` (column names are kept and carried into the diagnostics),
+  plain Python lists.
+* ``X``: 2-D, numeric or bool columns.  A 1-D ``X`` is refused (as scikit-learn does): reshape a
+  single covariate with ``X.reshape(-1, 1)``.
+* ``T``: 1-D (or an ``(N, 1)`` column), binary.  Accepted codings (**choice**):
+
+  - bool (True = treated);
+  - numbers in {0, 1} (ints or floats that are exactly 0.0 / 1.0);
+  - numbers in {-1, +1}, the sign convention ``W = 2T - 1`` of the method (+1 = treated).
+
+  Anything else (a third level such as {0, 1, 2}, fractional values such as 0.5, strings,
+  categoricals) is refused with an error naming the offending values.
+* ``Y``: 1-D (or ``(N, 1)``), numeric, finite, same length as ``T``.
+
+Refused with a clear exception (never a silent NaN later)
+---------------------------------------------------------
+``ValueError``: NaN or Inf anywhere (the column is named), wrong number of dimensions, mismatched
+lengths, a non-binary treatment, an empty treatment arm, an arm with fewer than
+``MIN_ARM_SIZE`` (= 2) units, no covariate columns, a constant covariate column (named: it
+carries no information, cannot be standardised and makes the balance table undefined — drop it;
+**choice**: refuse rather than drop silently), tensors on different devices.
+
+``TypeError``: object / string / categorical / datetime / complex columns (the column is named),
+unsupported container types.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, List, Optional, Sequence
+
+import numpy as np
+
+__all__ = [
+    "MIN_ARM_SIZE",
+    "DesignData",
+    "check_design",
+    "check_outcome",
+    "check_estimand",
+    "arm_sizes",
+]
+
+MIN_ARM_SIZE = 2
+ESTIMANDS = ("ate", "att", "overlap")
+
+
+@dataclass
+class DesignData:
+    """Validated design: ``X`` float64 (N, p), ``T`` int8 (N,) in {0, 1}."""
+
+    X: np.ndarray
+    T: np.ndarray
+    feature_names: List[str]
+    has_names: bool = False            # True when the names came from the input (pandas)
+    device: Optional[Any] = None       # torch.device of tensor inputs, else None
+    index: Optional[Any] = field(default=None, repr=False)  # pandas index of the rows, if any
+
+    @property
+    def n(self) -> int:
+        return int(self.X.shape[0])
+
+    @property
+    def W(self) -> np.ndarray:
+        return 2.0 * self.T.astype(np.float64) - 1.0
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+def _is_torch(obj) -> bool:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(obj, torch.Tensor)
+
+
+def _is_pandas(obj) -> bool:
+    mod = type(obj).__module__
+    return mod.startswith("pandas")
+
+
+def _tensor_devices(**named) -> Optional[Any]:
+    """Return the common device of the torch tensors among ``named`` or raise ValueError."""
+    devices = {name: t.device for name, t in named.items() if _is_torch(t)}
+    if not devices:
+        return None
+    distinct = set(str(d) for d in devices.values())
+    if len(distinct) > 1:
+        desc = ", ".join(f"{k} on {v}" for k, v in devices.items())
+        raise ValueError(f"input tensors are on different devices ({desc}); move them to one device")
+    return next(iter(devices.values()))
+
+
+def _tensor_to_numpy(t, name: str) -> np.ndarray:
+    import torch
+
+    if t.is_complex():
+        raise TypeError(f"{name} has complex dtype {t.dtype}; a real numeric tensor is required")
+    if t.device.type == "meta":
+        raise ValueError(f"{name} is a meta tensor (no data)")
+    t = t.detach()
+    if t.dtype == torch.bfloat16 or t.dtype == torch.float16:
+        t = t.to(torch.float32)
+    return t.cpu().numpy()
+
+
+def _check_numeric_array(arr: np.ndarray, name: str, col_names: Optional[Sequence[str]] = None) -> None:
+    kind = arr.dtype.kind
+    if kind in "biuf":
+        return
+    if kind == "c":
+        raise TypeError(f"{name} has complex dtype {arr.dtype}; real numbers are required")
+    if kind in "OUSV":
+        # find the offending column for a helpful message
+        if arr.ndim == 2 and col_names is not None:
+            for j in range(arr.shape[1]):
+                try:
+                    np.asarray(arr[:, j], dtype=np.float64)
+                except (TypeError, ValueError):
+                    raise TypeError(
+                        f"{name} column {col_names[j]!r} is not numeric (dtype {arr.dtype}, e.g. "
+                        f"value {arr[0, j]!r}); encode it numerically (e.g. pandas.get_dummies)"
+                    ) from None
+        raise TypeError(
+            f"{name} has non-numeric dtype {arr.dtype}; convert strings/objects to numbers "
+            "(e.g. pandas.get_dummies for categories)"
+        )
+    raise TypeError(f"{name} has unsupported dtype {arr.dtype}; a numeric array is required")
+
+
+def _frame_to_numpy(df, name: str):
+    """DataFrame -> (float64 array, column names), naming bad columns."""
+    import pandas as pd
+    from pandas.api import types as pdt
+
+    names = [str(c) for c in df.columns]
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"{name} has duplicated column names {dup}")
+    cols = []
+    for c, label in zip(df.columns, names):
+        s = df[c]
+        if isinstance(s, pd.DataFrame):  # pragma: no cover - duplicated labels caught above
+            raise ValueError(f"{name} has duplicated column {label!r}")
+        dt = s.dtype
+        if isinstance(dt, pd.CategoricalDtype):
+            raise TypeError(
+                f"{name} column {label!r} is categorical; encode it numerically (e.g. pandas.get_dummies)"
+            )
+        if pdt.is_datetime64_any_dtype(dt) or pdt.is_timedelta64_dtype(dt):
+            raise TypeError(f"{name} column {label!r} has datetime dtype {dt}; convert it to a number")
+        if pdt.is_complex_dtype(dt):
+            raise TypeError(f"{name} column {label!r} has complex dtype {dt}")
+        if not (pdt.is_bool_dtype(dt) or pdt.is_numeric_dtype(dt)):
+            example = s.iloc[0] if len(s) else None
+            raise TypeError(
+                f"{name} column {label!r} is not numeric (dtype {dt}, e.g. value {example!r}); "
+                "encode it numerically (e.g. pandas.get_dummies)"
+            )
+        cols.append(s.to_numpy(dtype=np.float64, na_value=np.nan))
+    arr = np.column_stack(cols) if cols else np.empty((len(df), 0), dtype=np.float64)
+    return arr, names
+
+
+def _as_2d_float(X, name: str = "X"):
+    """Convert X to float64 (N, p); returns (array, names, has_names, index)."""
+    names = None
+    has_names = False
+    index = None
+    if _is_torch(X):
+        arr = _tensor_to_numpy(X, name)
+    elif _is_pandas(X):
+        import pandas as pd
+
+        if isinstance(X, pd.Series):
+            raise ValueError(
+                f"{name} must be 2-D (N, p); got a pandas Series: use a DataFrame (X.to_frame()) "
+                "for a single covariate"
+            )
+        if not isinstance(X, pd.DataFrame):
+            raise TypeError(f"{name} must be a DataFrame, array or tensor, got {type(X).__name__}")
+        arr, names = _frame_to_numpy(X, name)
+        has_names = True
+        index = X.index
+    elif isinstance(X, (np.ndarray, list, tuple)):
+        try:
+            arr = np.asarray(X)
+        except ValueError as exc:
+            raise ValueError(f"{name} could not be converted to an array: {exc}") from None
+    elif np.isscalar(X) or X is None:
+        raise TypeError(f"{name} must be an array-like of shape (N, p), got {type(X).__name__}")
+    else:
+        try:
+            arr = np.asarray(X)
+        except Exception as exc:  # noqa: BLE001
+            raise TypeError(f"{name} of type {type(X).__name__} cannot be converted to an array: {exc}") from None
+    if arr.ndim != 2:
+        hint = " (reshape a single covariate with X.reshape(-1, 1))" if arr.ndim == 1 else ""
+        raise ValueError(f"{name} must be 2-D (N, p), got {arr.ndim}-D with shape {arr.shape}{hint}")
+    if names is None:
+        names = [f"x{j}" for j in range(arr.shape[1])]
+    _check_numeric_array(arr, name, names)
+    arr = np.ascontiguousarray(arr, dtype=np.float64)
+    return arr, names, has_names, index
+
+
+def _as_1d(v, name: str):
+    """Convert a vector-like to a 1-D numpy array (dtype preserved where sensible)."""
+    if _is_torch(v):
+        arr = _tensor_to_numpy(v, name)
+    elif _is_pandas(v):
+        import pandas as pd
+        from pandas.api import types as pdt
+
+        if isinstance(v, pd.DataFrame):
+            if v.shape[1] != 1:
+                raise ValueError(f"{name} must be 1-D, got a DataFrame with {v.shape[1]} columns")
+            v = v.iloc[:, 0]
+        if not isinstance(v, pd.Series):
+            raise TypeError(f"{name} must be a Series, array or tensor, got {type(v).__name__}")
+        dt = v.dtype
+        if isinstance(dt, pd.CategoricalDtype):
+            raise TypeError(f"{name} is categorical; encode it numerically (0/1 for a treatment)")
+        if not (pdt.is_bool_dtype(dt) or pdt.is_numeric_dtype(dt)) or pdt.is_complex_dtype(dt):
+            example = v.iloc[0] if len(v) else None
+            raise TypeError(f"{name} is not numeric (dtype {dt}, e.g. value {example!r})")
+        if pdt.is_bool_dtype(dt) and not v.isna().any():
+            arr = v.to_numpy(dtype=bool)
+        else:
+            arr = v.to_numpy(dtype=np.float64, na_value=np.nan)
+    elif np.isscalar(v) or v is None:
+        raise TypeError(f"{name} must be a 1-D array-like, got {type(v).__name__}")
+    else:
+        try:
+            arr = np.asarray(v)
+        except Exception as exc:  # noqa: BLE001
+            raise TypeError(f"{name} of type {type(v).__name__} cannot be converted to an array: {exc}") from None
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D (N,), got {arr.ndim}-D with shape {arr.shape}")
+    _check_numeric_array(arr, name)
+    return arr
+
+
+def _check_finite(arr: np.ndarray, name: str, col_names: Optional[Sequence[str]] = None) -> None:
+    if arr.dtype.kind != "f":
+        return
+    finite = np.isfinite(arr)
+    if finite.all():
+        return
+    bad = ~finite
+    what = "NaN" if np.isnan(arr[bad]).any() else "Inf"
+    if np.isnan(arr[bad]).any() and np.isinf(arr[bad]).any():
+        what = "NaN and Inf"
+    if arr.ndim == 2:
+        cols = np.nonzero(bad.any(axis=0))[0]
+        labels = [col_names[j] if col_names is not None else str(j) for j in cols]
+        raise ValueError(
+            f"{name} contains {what} values in column(s) {labels} "
+            f"({int(bad.sum())} entries); impute or drop them before estimating"
+        )
+    raise ValueError(f"{name} contains {what} values ({int(bad.sum())} entries); impute or drop them")
+
+
+def _binary_treatment(t: np.ndarray) -> np.ndarray:
+    if t.dtype.kind == "b":
+        return t.astype(np.int8)
+    _check_finite(t.astype(np.float64) if t.dtype.kind in "iu" else t, "T")
+    values = np.unique(t)
+    vals = set(float(v) for v in values)
+    if vals <= {0.0, 1.0}:
+        return (t == 1).astype(np.int8)
+    if vals <= {-1.0, 1.0}:
+        return (t == 1).astype(np.int8)
+    shown = sorted(vals)[:6]
+    raise ValueError(
+        f"treatment T must be binary: bool, 0/1, or -1/+1 (+1 = treated); got values {shown}"
+        + (" ..." if len(vals) > 6 else "")
+    )
+
+
+def arm_sizes(T: np.ndarray):
+    n1 = int(np.sum(T == 1))
+    return n1, int(T.shape[0] - n1)
+
+
+def _check_arms(T: np.ndarray, min_arm: int = MIN_ARM_SIZE) -> None:
+    n1, n0 = arm_sizes(T)
+    for label, code, n in (("treated", 1, n1), ("control", 0, n0)):
+        if n == 0:
+            raise ValueError(
+                f"the {label} arm (T == {code}) is empty: both treated and control units are needed"
+            )
+        if n < min_arm:
+            raise ValueError(
+                f"the {label} arm (T == {code}) has only {n} unit(s); at least {min_arm} per arm are needed"
+            )
+
+
+def _check_constant_columns(X: np.ndarray, names: Sequence[str]) -> None:
+    if X.shape[0] == 0:
+        return
+    const = np.nonzero(np.all(X == X[0:1, :], axis=0))[0]
+    if const.size:
+        labels = [names[j] for j in const]
+        raise ValueError(
+            f"covariate column(s) {labels} are constant (e.g. all values {X[0, const[0]]!r}): a constant "
+            "column carries no information and cannot be standardised or balanced; drop it"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# public entry points
+
+def check_design(X, T, *, min_arm: int = MIN_ARM_SIZE, allow_constant: bool = False) -> DesignData:
+    """Validate and convert ``(X, T)``; see the module docstring for the rules.
+
+    Returns a :class:`DesignData` with ``X`` float64 (N, p) and ``T`` int8 (N,) in {0, 1}.
+    """
+    device = _tensor_devices(X=X, T=T)
+    Xa, names, has_names, index = _as_2d_float(X, "X")
+    Ta = _as_1d(T, "T")
+    if Xa.shape[0] != Ta.shape[0]:
+        raise ValueError(f"X and T have mismatched lengths: X has {Xa.shape[0]} rows, T has {Ta.shape[0]}")
+    if Xa.shape[1] == 0:
+        raise ValueError("X has no covariate columns (shape (N, 0))")
+    _check_finite(Xa, "X", names)
+    Tb = _binary_treatment(Ta)
+    _check_arms(Tb, min_arm)
+    if not allow_constant:
+        _check_constant_columns(Xa, names)
+    return DesignData(X=Xa, T=Tb, feature_names=list(names), has_names=has_names, device=device, index=index)
+
+
+def check_outcome(Y, n: int, *, device=None) -> np.ndarray:
+    """Validate an outcome vector of length ``n``; returns float64 (n,)."""
+    if device is not None and _is_torch(Y) and str(Y.device) != str(device):
+        raise ValueError(f"Y is on {Y.device} but the design (X, T) was on {device}; use one device")
+    Ya = _as_1d(Y, "Y")
+    if Ya.shape[0] != n:
+        raise ValueError(f"Y has length {Ya.shape[0]} but the fitted design has {n} units (mismatched lengths)")
+    Ya = Ya.astype(np.float64)
+    _check_finite(Ya, "Y")
+    return Ya
+
+
+def check_estimand(estimand, allowed: Sequence[str] = ESTIMANDS) -> str:
+    if not isinstance(estimand, str) or estimand.lower() not in allowed:
+        raise ValueError(f"estimand must be one of {tuple(allowed)}, got {estimand!r}")
+    return estimand.lower()

