@@ -2,35 +2,49 @@
 //
 // Design (kernels.md §1; the CPU twin is csrc/attention_hinge/cpu.cpp, same semantics):
 //
-// * One "pass" kernel, templated on the element type T (float: fp32 accumulation; double: fp64),
-//   on the padded feature width DP (16, 32, 64 or 128: D is zero-padded to DP in shared memory)
-//   and on the mode (forward without auxiliaries, forward with A/Bk, backward column pass).
-// * Grid: one thread block per (dataset, tile of kBM = 64 rows), flattened into blockIdx.x.
-//   256 threads = 16 row groups (ty) x 16 lanes (tx).  The block's 64 own rows are staged in
-//   shared memory once; the other units of the dataset are streamed in tiles of kBN = 64
-//   columns (keys staged in shared memory).  Thread (ty, tx) computes the 4 x 4 scores of rows
-//   ty*4 .. ty*4+3 and columns tx, tx+16, tx+32, tx+48, so each row lives in the 16 lanes of one
-//   half-warp: row maxima and sums are half-warp shuffles, no shared-memory reductions.
+// * One "pass" kernel per variant, templated on the element type T (float: fp32 accumulation;
+//   double: fp64), on the padded feature width DP (16, 32, 64 or 128: D is zero-padded to DP in
+//   shared memory) and on the mode (forward without auxiliaries, forward with A/Bk, backward
+//   column pass).
+// * Grid: one thread block per (dataset, tile of kBM = 64 rows[, column split]), flattened into
+//   blockIdx.x.  The block's 64 own rows are staged in shared memory once; the other units of
+//   the dataset are streamed in tiles of kBN = 64 (keys staged in shared memory).
+// * SIMT variant (float and double): 256 threads = 16 row groups (ty) x 16 lanes (tx); thread
+//   (ty, tx) computes the 4 x 4 scores of rows ty*4 .. ty*4+3 and columns tx, tx+16, tx+32,
+//   tx+48, so each row lives in the 16 lanes of one half-warp: row maxima and sums are half-warp
+//   shuffles.  With auxiliaries / in the backward, the tile probabilities go through a
+//   warp-private shared buffer and the same threads accumulate P @ [a K, b K] for their rows.
+// * Tensor-core variants (float only, attn_pass_tc_kernel): 4 warps x 16 rows, scores and
+//   P @ [a K, b K] on mma.sync.m16n8k8 TF32 (fp32 accumulate), probabilities kept in registers
+//   as the A operand (k index permuted, no shuffles).  "tf32x3" splits each operand into two
+//   TF32 parts (3 mma per product: about fp32 accuracy, the parity rule); "tf32" is plain TF32.
 // * Forward: online softmax in the log2 domain (scores pre-multiplied by scale*log2(e), one FMA
-//   per score), per-lane partial sums l, o (kept in double for float), merged at the end by a
-//   fixed butterfly -> deterministic.  With need_aux, the tile probabilities go through a
-//   warp-private shared buffer and the same threads accumulate A = P (v*K) and Bk = P K for
-//   their rows (4 rows x DP/16 features per thread).  Nothing of size N x N exists anywhere.
+//   per score), per-lane partial sums l, o in double, merged at the end by a fixed butterfly ->
+//   deterministic.  Nothing of size N x N exists anywhere.
 // * Backward: a prep kernel turns the per-unit inputs into (g, delta, -lse*log2(e), gL c o)
 //   (a B*N workspace from the stream-ordered allocator), then the column pass: the block's 64
 //   units play j, streamed units play i, P_ij = exp2(s_ij*scale*log2e - lse_i*log2e) <= 1 (no
 //   running max needed), C1_j = sum_i P_ij g_i k_i, C2_j = sum_i P_ij delta_i k_i,
-//   sum_i P_ij g_i; dK, dV are written once per unit by the block that owns it (no atomics).
-// * Masks: arbitrary bool masks.  Masked columns get a -inf score (zero key, zero value), and a
-//   column tile with no valid unit is skipped after reading its 64 mask bytes (so prefix masks /
-//   variable lengths cost nothing past each dataset's last unit); a row tile with no valid unit
-//   only writes zeros.  Padded rows get out = lse = 0, A = Bk = 0, dK = dV = 0.
+//   sum_i P_ij g_i; dK, dV are written once per unit (no atomics).
+// * Column splits: when B * ceil(N / 64) blocks would leave SMs idle (e.g. B = 1, N = 4096),
+//   the streamed tiles of each row tile are shared by up to 32 blocks, which write partial
+//   results (max, sums, accumulators) to a workspace; combine_kernel merges them in a fixed
+//   order (deterministic, no atomics).  CINA_ATTENTION_SPLITS = n forces at most n splits.
+// * Masks: arbitrary bool masks.  Masked columns get a -inf score (zero key, zero value; what
+//   the padding holds never matters), and a column tile with no valid unit is skipped after
+//   reading its 64 mask bytes (so prefix masks / variable lengths cost nothing past each
+//   dataset's last unit); a row tile with no valid unit only writes zeros.  Padded rows get
+//   out = lse = 0, A = Bk = 0, dK = dV = 0.
 // * Loss and db: one block per dataset, fixed-order tree reductions in double.
-// * Any N (grid of B * ceil(N / 64) blocks), 1 <= D <= 128 (D > 128 is refused with a message).
+// * Any N (grid of B * ceil(N / 64) * splits blocks), 1 <= D <= 128 (D > 128 is refused).
+// * Variant choice: CINA_ATTENTION_KERNEL = auto (default: simt) | simt | tf32x3 | tf32, read at
+//   every call; float64 always runs the SIMT kernels.
+// * Every launch is checked (cudaGetLastError); errors come back as strings, never crashes.
 //
 // The file is pure CUDA (no torch headers).  It is also compiled on the host, with
 // CINA_EMULATE defined, by tests/cuda_emulator/emulator.cpp, which runs these very kernels with
-// one std::thread per CUDA thread so that the index logic is tested without a GPU.
+// one std::thread per CUDA thread (and an emulated mma.sync), so that the index logic is tested
+// without a GPU (tests/test_cuda_emulator.py).
 #ifndef CINA_WITH_CUDA
 #define CINA_WITH_CUDA 1
 #endif
@@ -40,7 +54,9 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <string>
+#include <type_traits>
 
 #ifndef CINA_EMULATE
 #include <cuda_runtime.h>
@@ -86,6 +102,15 @@ inline void rt_free(void* p, void* stream) {
 }
 inline const char* rt_memset(void* p, size_t bytes, void* stream) {
   return rt_check(cudaMemsetAsync(p, 0, bytes, static_cast<cudaStream_t>(stream)), "cudaMemsetAsync");
+}
+inline int rt_sm_count() {
+  int dev = 0, n = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
+      n <= 0) {
+    cudaGetLastError();  // clear
+    return 132;
+  }
+  return n;
 }
 template <typename Kernel>
 inline const char* rt_set_max_dyn_smem(Kernel kern, size_t bytes) {
@@ -228,6 +253,16 @@ struct PassArgs {
   int D;
   T sl2;    // scale * log2(e)
   T scale;  // backward: the factor of dK
+  // column splits: with nsplit > 1 the columns of a row tile are shared by nsplit blocks that
+  // write partial results (relative to their own running max) for combine_kernel to merge
+  int nsplit;
+  int64_t tiles_per_split;  // streamed tiles per split
+  int64_t total;            // B * N
+  T* part_m;                // [nsplit][B*N]  running max (log2 units; forward)
+  double* part_l;           // [nsplit][B*N]  sum P (forward)
+  double* part_o;           // [nsplit][B*N]  sum P v (forward) or sum_i P_ij g_i (backward)
+  T* part_a1;               // [nsplit][B*N][D]
+  T* part_a2;               // [nsplit][B*N][D]
 };
 
 // d index of the k-th accumulator column of lane tx (k < DP/16): vectors of VW consecutive
@@ -269,7 +304,8 @@ CINA_KERNEL(kThreads) attn_pass_kernel(const PassArgs<T> a) {
   const int tx = tid & 15, ty = tid >> 4, warp = tid >> 5, hw = ty & 1;
   const int64_t N = a.N;
   const int D = a.D;
-  const int64_t blk = blockIdx.x;
+  const int64_t blk = static_cast<int64_t>(blockIdx.x) / a.nsplit;
+  const int64_t split = static_cast<int64_t>(blockIdx.x) - blk * a.nsplit;
   const int64_t bi = blk / a.row_tiles;
   const int64_t r0 = (blk - bi * a.row_tiles) * kBM;
   const int64_t base = bi * N;  // first unit of the dataset
@@ -281,7 +317,8 @@ CINA_KERNEL(kThreads) attn_pass_kernel(const PassArgs<T> a) {
     rval[tid] = my_valid;
   }
   if (!__syncthreads_or(my_valid)) {
-    // no valid row in this tile: zeros, nothing else
+    // no valid row in this tile: zeros (with splits the combine kernel writes them)
+    if (a.nsplit > 1) return;
     for (int64_t idx = tid; idx < nrows * D; idx += kThreads) {
       const int64_t e = (base + r0) * D + idx;
       if constexpr (MODE == kBwd) {
@@ -326,13 +363,16 @@ CINA_KERNEL(kThreads) attn_pass_kernel(const PassArgs<T> a) {
     }
   }
 
-  for (int64_t c0 = 0; c0 < N; c0 += kBN) {
+  const int64_t c_begin = split * a.tiles_per_split * kBN;
+  const int64_t c_stop = c_begin + a.tiles_per_split * kBN;
+  const int64_t c_end = c_stop < N ? c_stop : N;
+  for (int64_t c0 = c_begin; c0 < c_end; c0 += kBN) {
     __syncthreads();  // the previous tile's Kc / column data / Ps are no longer read
     int cv = 0;
     if (tid < kBN) {
       const int64_t col = c0 + tid;
       T bias = neg_inf<T>(), va = T(0), vb = T(0);
-      if (col < N && a.mask[base + col]) {
+      if (col < c_end && a.mask[base + col]) {
         cv = 1;
         if constexpr (MODE == kBwd) {
           const UnitBwd<T> u = a.unit[base + col];
@@ -464,6 +504,28 @@ CINA_KERNEL(kThreads) attn_pass_kernel(const PassArgs<T> a) {
     if (r >= nrows) continue;
     const bool valid = rval[r] != 0;
     const int64_t e = base + r0 + r;
+    if (a.nsplit > 1) {  // partial results for combine_kernel (which also writes padded rows)
+      if (!valid) continue;
+      const int64_t pe = split * a.total + e;
+      if (tx == 0) {
+        if constexpr (MODE != kBwd) {
+          a.part_m[pe] = m[i];
+          a.part_l[pe] = lt;
+        }
+        a.part_o[pe] = ot;
+      }
+      if constexpr (kAcc) {
+#pragma unroll
+        for (int k = 0; k < TD; ++k) {
+          const int d = acc_col<DP>(k, tx);
+          if (d < D) {
+            a.part_a1[pe * D + d] = acc1[i][k];
+            a.part_a2[pe * D + d] = acc2[i][k];
+          }
+        }
+      }
+      continue;
+    }
     if constexpr (MODE == kBwd) {
       UnitBwd<T> u{T(0), T(0), T(0), T(0)};
       T vj = T(0);
@@ -500,6 +562,462 @@ CINA_KERNEL(kThreads) attn_pass_kernel(const PassArgs<T> a) {
             a.Bk[e * D + d] = valid ? acc2[i][k] * inv : T(0);
           }
         }
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// tensor-core pass (float only): mma.sync.m16n8k8 TF32 with fp32 accumulation
+//
+// Same blocking as the SIMT pass (64 own rows, streamed tiles of 64 units), 4 warps; warp w owns
+// rows 16w .. 16w+15.  Scores S (16 x 64 per warp) = Q Kc^T are 8 x (DP/8) mma; the
+// probabilities stay in the accumulator registers and are used directly as the A operand of
+// P @ [a K, b K] (2 x 8 x (DP/8) mma): the accumulator holds columns (2t, 2t+1) where the A
+// operand expects (t, t+4), so the k index of the second product is permuted — k slot t is
+// column 2t and slot t+4 is column 2t+1 — in both operands (the B fragment reads key rows
+// 2t and 2t+1), which leaves the product unchanged and needs no shuffle.
+// NSPLIT = 3: "3xTF32" — every fp32 operand x = hi + lo with hi = tf32(x), lo = tf32(x - hi), and
+// a b ~ lo_a hi_b + hi_a lo_b + hi_a hi_b: about fp32 accuracy (the parity rule).  NSPLIT = 1:
+// plain TF32 (10-bit mantissa operands): fastest, TF32 accuracy (like torch's
+// allow_tf32 / float32_matmul_precision("high")).
+
+CINA_DEV uint32_t to_tf32(float x) {
+#ifdef CINA_EMULATE
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0x1000u) & 0xffffe000u;  // round half away from 0
+  return u;
+#else
+  uint32_t u;
+  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(u) : "f"(x));
+  return u;
+#endif
+}
+CINA_DEV float tf32_value(uint32_t u) {
+#ifdef CINA_EMULATE
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+#else
+  return __uint_as_float(u);
+#endif
+}
+// d += a b  (A 16x8 row, B 8x8 col, fp32 accumulate)
+CINA_DEV void mma_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+#ifdef CINA_EMULATE
+  const float c[4] = {d[0], d[1], d[2], d[3]};
+  CINA_EMU_MMA_TF32(d, a, b, c);
+#else
+  asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+template <int NSPLIT, int NV>
+CINA_DEV void split_tf32(const float (&x)[NV], uint32_t (&hi)[NV], uint32_t (&lo)[NV]) {
+#pragma unroll
+  for (int i = 0; i < NV; ++i) {
+    hi[i] = to_tf32(x[i]);
+    if constexpr (NSPLIT == 3) lo[i] = to_tf32(x[i] - tf32_value(hi[i]));
+  }
+}
+template <int NSPLIT>
+CINA_DEV void mma_split(float (&d)[4], const uint32_t (&ahi)[4], const uint32_t (&alo)[4],
+                        const uint32_t (&bhi)[2], const uint32_t (&blo)[2]) {
+  if constexpr (NSPLIT == 3) {
+    mma_tf32(d, alo, bhi);  // small terms first
+    mma_tf32(d, ahi, blo);
+  }
+  mma_tf32(d, ahi, bhi);
+}
+
+// butterfly over the 4 lanes of a quad (lanes 4g .. 4g+3 hold one row in the mma layouts)
+template <typename T>
+CINA_DEV T quad_max(T v) {
+  v = dmax(v, __shfl_xor_sync(0xffffffffu, v, 1));
+  v = dmax(v, __shfl_xor_sync(0xffffffffu, v, 2));
+  return v;
+}
+template <typename T>
+CINA_DEV T quad_sum(T v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 1);
+  v += __shfl_xor_sync(0xffffffffu, v, 2);
+  return v;
+}
+
+constexpr int kTcThreads = 128;  // 4 warps x 16 rows
+
+template <int DP>
+constexpr size_t tc_smem_bytes() {
+  return sizeof(float) * (size_t(kBM + kBN) * (DP + 4) + 3 * size_t(kBN)) + sizeof(int) * size_t(kBM + kBN);
+}
+
+template <int DP, int MODE, int NSPLIT>
+CINA_KERNEL(kTcThreads) attn_pass_tc_kernel(const PassArgs<float> a) {
+  constexpr int LD = DP + 4;  // row stride: conflict-free fragment loads (see the bank notes)
+  constexpr bool kAcc = MODE != kFwdPlain;
+  constexpr int KS = DP / 8;   // k steps of the score product
+  constexpr int NT = kBN / 8;  // 8-column tiles of a streamed tile
+  constexpr int DN = DP / 8;   // 8-feature tiles of the accumulators
+  static_assert(kBM == 4 * 16, "4 warps x 16 rows");
+
+  CINA_DYN_SMEM(smem_raw);
+  float* Kr = reinterpret_cast<float*>(smem_raw);  // [kBM][LD]
+  float* Kc = Kr + kBM * LD;                       // [kBN][LD]
+  float* cbias = Kc + kBN * LD;                    // [kBN]
+  float* ca = cbias + kBN;                         // [kBN]
+  float* cb = ca + kBN;                            // [kBN]
+  int* rval = reinterpret_cast<int*>(cb + kBN);    // [kBM]
+  int* cval = rval + kBM;                          // [kBN]
+
+  const int tid = threadIdx.x;
+  const int warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+  const int64_t N = a.N;
+  const int D = a.D;
+  const int64_t blk = static_cast<int64_t>(blockIdx.x) / a.nsplit;
+  const int64_t split = static_cast<int64_t>(blockIdx.x) - blk * a.nsplit;
+  const int64_t bi = blk / a.row_tiles;
+  const int64_t r0 = (blk - bi * a.row_tiles) * kBM;
+  const int64_t base = bi * N;
+  const int64_t nrows = (N - r0 < kBM) ? (N - r0) : kBM;
+  const int rA = warp * 16 + g;  // this lane's two rows: rA and rA + 8
+
+  int my_valid = 0;
+  if (tid < kBM) {
+    my_valid = (tid < nrows && a.mask[base + r0 + tid]) ? 1 : 0;
+    rval[tid] = my_valid;
+  }
+  if (!__syncthreads_or(my_valid)) {
+    if (a.nsplit > 1) return;  // the combine kernel writes the zeros
+    for (int64_t idx = tid; idx < nrows * D; idx += kTcThreads) {
+      const int64_t e = (base + r0) * D + idx;
+      if constexpr (MODE == kBwd) {
+        a.dK[e] = 0.f;
+      } else if constexpr (MODE == kFwdAux) {
+        a.A[e] = 0.f;
+        a.Bk[e] = 0.f;
+      }
+    }
+    for (int64_t r = tid; r < nrows; r += kTcThreads) {
+      const int64_t e = base + r0 + r;
+      if constexpr (MODE == kBwd) {
+        a.dV[e] = 0.f;
+      } else {
+        a.out[e] = 0.f;
+        a.lse[e] = 0.f;
+      }
+    }
+    return;
+  }
+
+  for (int idx = tid; idx < kBM * DP; idx += kTcThreads) {
+    const int r = idx / DP, d = idx % DP;
+    float v = 0.f;
+    if (d < D && rval[r]) v = a.K[(base + r0 + r) * D + d];
+    Kr[r * LD + d] = v;
+  }
+
+  float m[2] = {neg_inf<float>(), neg_inf<float>()};
+  double l[2] = {0.0, 0.0}, o[2] = {0.0, 0.0};
+  float acc1[DN][4], acc2[DN][4];
+#pragma unroll
+  for (int n = 0; n < DN; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      acc1[n][e] = 0.f;
+      acc2[n][e] = 0.f;
+    }
+
+  const int64_t c_begin = split * a.tiles_per_split * kBN;
+  const int64_t c_stop = c_begin + a.tiles_per_split * kBN;
+  const int64_t c_end = c_stop < N ? c_stop : N;
+  for (int64_t c0 = c_begin; c0 < c_end; c0 += kBN) {
+    __syncthreads();
+    int cv = 0;
+    if (tid < kBN) {
+      const int64_t col = c0 + tid;
+      float bias = neg_inf<float>(), va = 0.f, vb = 0.f;
+      if (col < c_end && a.mask[base + col]) {
+        cv = 1;
+        if constexpr (MODE == kBwd) {
+          const UnitBwd<float> u = a.unit[base + col];
+          bias = u.bias;
+          va = u.g;
+          vb = u.dl;
+        } else {
+          bias = 0.f;
+          va = a.V[base + col];
+        }
+      }
+      cbias[tid] = bias;
+      ca[tid] = va;
+      cb[tid] = vb;
+      cval[tid] = cv;
+    }
+    if (!__syncthreads_or(cv)) continue;
+    for (int idx = tid; idx < kBN * DP; idx += kTcThreads) {
+      const int c = idx / DP, d = idx % DP;
+      float v = 0.f;
+      if (d < D && cval[c]) v = a.K[(base + c0 + c) * D + d];
+      Kc[c * LD + d] = v;
+    }
+    __syncthreads();
+
+    // S = Q Kc^T: s[nt] holds (rA, 8nt+2t), (rA, 8nt+2t+1), (rA+8, 8nt+2t), (rA+8, 8nt+2t+1)
+    float s[NT][4];
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[nt][e] = 0.f;
+#pragma unroll
+    for (int ks = 0; ks < KS; ++ks) {
+      const float* q0 = Kr + rA * LD + ks * 8 + t;
+      const float qa[4] = {q0[0], q0[8 * LD], q0[4], q0[8 * LD + 4]};
+      uint32_t ahi[4], alo[4];
+      split_tf32<NSPLIT>(qa, ahi, alo);
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        const float* k0 = Kc + (nt * 8 + g) * LD + ks * 8 + t;
+        const float kb[2] = {k0[0], k0[4]};
+        uint32_t bhi[2], blo[2];
+        split_tf32<NSPLIT>(kb, bhi, blo);
+        mma_split<NSPLIT>(s[nt], ahi, alo, bhi, blo);
+      }
+    }
+
+    float cav[NT][2];
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      const int c = nt * 8 + 2 * t;
+      const float b0 = cbias[c], b1 = cbias[c + 1];
+      cav[nt][0] = ca[c];
+      cav[nt][1] = ca[c + 1];
+      s[nt][0] = fmaf(s[nt][0], a.sl2, b0);
+      s[nt][1] = fmaf(s[nt][1], a.sl2, b1);
+      s[nt][2] = fmaf(s[nt][2], a.sl2, b0);
+      s[nt][3] = fmaf(s[nt][3], a.sl2, b1);
+    }
+
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {  // h = 0: row rA (elements 0, 1); h = 1: row rA + 8 (2, 3)
+      if constexpr (MODE == kBwd) {
+        float os = 0.f;
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const float p = exp2f(s[nt][2 * h + e]);
+            s[nt][2 * h + e] = p;
+            os = fmaf(p, cav[nt][e], os);
+          }
+        o[h] += static_cast<double>(os);
+      } else {
+        float mx = neg_inf<float>();
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * h], s[nt][2 * h + 1]));
+        mx = quad_max(mx);
+        const float m_new = fmaxf(m[h], mx);
+        const float m_ref = (m_new == neg_inf<float>()) ? 0.f : m_new;
+        const float alpha = (m[h] == m_new) ? 1.f : exp2f(m[h] - m_ref);
+        float ls = 0.f, os = 0.f;
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const float p = exp2f(s[nt][2 * h + e] - m_ref);
+            s[nt][2 * h + e] = p;
+            ls += p;
+            os = fmaf(p, cav[nt][e], os);
+          }
+        l[h] = l[h] * static_cast<double>(alpha) + static_cast<double>(ls);
+        o[h] = o[h] * static_cast<double>(alpha) + static_cast<double>(os);
+        m[h] = m_new;
+        if constexpr (kAcc) {
+#pragma unroll
+          for (int n = 0; n < DN; ++n) {
+            acc1[n][2 * h] *= alpha;
+            acc1[n][2 * h + 1] *= alpha;
+            acc2[n][2 * h] *= alpha;
+            acc2[n][2 * h + 1] *= alpha;
+          }
+        }
+      }
+    }
+
+    if constexpr (kAcc) {
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {  // k chunk = columns 8nt .. 8nt+7 (permuted, see above)
+        const int c = nt * 8 + 2 * t;
+        const float va0 = cav[nt][0], va1 = cav[nt][1];
+        const float vb0 = (MODE == kBwd) ? cb[c] : 1.f;
+        const float vb1 = (MODE == kBwd) ? cb[c + 1] : 1.f;
+        // A fragment: a0 = (rA, slot t) = col 2t; a1 = (rA+8, col 2t); a2 = (rA, col 2t+1); a3 = (rA+8, col 2t+1)
+        const float pa[4] = {s[nt][0] * va0, s[nt][2] * va0, s[nt][1] * va1, s[nt][3] * va1};
+        const float pb[4] = {s[nt][0] * vb0, s[nt][2] * vb0, s[nt][1] * vb1, s[nt][3] * vb1};
+        uint32_t pahi[4], palo[4], pbhi[4], pblo[4];
+        split_tf32<NSPLIT>(pa, pahi, palo);
+        split_tf32<NSPLIT>(pb, pbhi, pblo);
+#pragma unroll
+        for (int n = 0; n < DN; ++n) {
+          // B fragment: b0 = (slot t, feature g) = Kc[col 2t][8n+g]; b1 = (slot t+4) = Kc[col 2t+1][8n+g]
+          const float* k0 = Kc + c * LD + n * 8 + g;
+          const float kb[2] = {k0[0], k0[LD]};
+          uint32_t bhi[2], blo[2];
+          split_tf32<NSPLIT>(kb, bhi, blo);
+          mma_split<NSPLIT>(acc1[n], pahi, palo, bhi, blo);
+          mma_split<NSPLIT>(acc2[n], pbhi, pblo, bhi, blo);
+        }
+      }
+    }
+  }
+
+  // write-back: lane holds rows rA (h = 0) and rA + 8 (h = 1), accumulator features 8n+2t, +1
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const double lt = quad_sum(l[h]);
+    const double ot = quad_sum(o[h]);
+    const int r = rA + 8 * h;
+    if (r >= nrows) continue;
+    const bool valid = rval[r] != 0;
+    const int64_t e = base + r0 + r;
+    if (a.nsplit > 1) {  // partial results for combine_kernel
+      if (!valid) continue;
+      const int64_t pe = split * a.total + e;
+      if (t == 0) {
+        if constexpr (MODE != kBwd) {
+          a.part_m[pe] = m[h];
+          a.part_l[pe] = lt;
+        }
+        a.part_o[pe] = ot;
+      }
+      if constexpr (kAcc) {
+#pragma unroll
+        for (int n = 0; n < DN; ++n)
+#pragma unroll
+          for (int q = 0; q < 2; ++q) {
+            const int d = n * 8 + 2 * t + q;
+            if (d < D) {
+              a.part_a1[pe * D + d] = acc1[n][2 * h + q];
+              a.part_a2[pe * D + d] = acc2[n][2 * h + q];
+            }
+          }
+      }
+      continue;
+    }
+    if constexpr (MODE == kBwd) {
+      UnitBwd<float> u{0.f, 0.f, 0.f, 0.f};
+      float vj = 0.f;
+      if (valid) {
+        u = a.unit[e];
+        vj = a.V[e];
+      }
+      if (t == 0) a.dV[e] = valid ? static_cast<float>(ot) + u.co : 0.f;
+#pragma unroll
+      for (int n = 0; n < DN; ++n)
+#pragma unroll
+        for (int q = 0; q < 2; ++q) {
+          const int d = n * 8 + 2 * t + q;
+          if (d < D) {
+            float val = 0.f;
+            if (valid) {
+              const float query_side = u.g * a.A_in[e * D + d] - u.dl * a.Bk_in[e * D + d];
+              const float key_side = vj * acc1[n][2 * h + q] - acc2[n][2 * h + q];
+              val = a.scale * (query_side + key_side);
+            }
+            a.dK[e * D + d] = val;
+          }
+        }
+    } else {
+      if (t == 0) {
+        a.out[e] = valid ? static_cast<float>(ot / lt) : 0.f;
+        a.lse[e] = valid ? static_cast<float>((static_cast<double>(m[h]) + log2(lt)) * kLn2) : 0.f;
+      }
+      if constexpr (kAcc) {
+        const float inv = valid ? static_cast<float>(1.0 / lt) : 0.f;
+#pragma unroll
+        for (int n = 0; n < DN; ++n)
+#pragma unroll
+          for (int q = 0; q < 2; ++q) {
+            const int d = n * 8 + 2 * t + q;
+            if (d < D) {
+              a.A[e * D + d] = valid ? acc1[n][2 * h + q] * inv : 0.f;
+              a.Bk[e * D + d] = valid ? acc2[n][2 * h + q] * inv : 0.f;
+            }
+          }
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// merge of the column splits (fixed order over the splits: deterministic)
+
+template <typename T, int MODE>
+CINA_KERNEL(256) combine_kernel(const PassArgs<T> a) {
+  constexpr bool kAcc = MODE != kFwdPlain;
+  const int64_t D = a.D;
+  const int64_t W = kAcc ? D : 1;  // threads per unit
+  const int64_t total = a.total;
+  const int S = a.nsplit;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total * W; idx += stride) {
+    const int64_t e = idx / W;
+    const int64_t d = idx - e * W;
+    const bool valid = a.mask[e];
+    if constexpr (MODE == kBwd) {
+      if (!valid) {
+        if (d == 0) a.dV[e] = T(0);
+        a.dK[e * D + d] = T(0);
+        continue;
+      }
+      double cg = 0.0, s1 = 0.0, s2 = 0.0;
+      for (int s = 0; s < S; ++s) {
+        const int64_t pe = s * total + e;
+        cg += a.part_o[pe];
+        s1 += static_cast<double>(a.part_a1[pe * D + d]);
+        s2 += static_cast<double>(a.part_a2[pe * D + d]);
+      }
+      const UnitBwd<T> u = a.unit[e];
+      if (d == 0) a.dV[e] = static_cast<T>(cg) + u.co;
+      const T query_side = u.g * a.A_in[e * D + d] - u.dl * a.Bk_in[e * D + d];
+      const T key_side = a.V[e] * static_cast<T>(s1) - static_cast<T>(s2);
+      a.dK[e * D + d] = a.scale * (query_side + key_side);
+    } else {
+      if (!valid) {
+        if (d == 0) {
+          a.out[e] = T(0);
+          a.lse[e] = T(0);
+        }
+        if constexpr (kAcc) {
+          a.A[e * D + d] = T(0);
+          a.Bk[e * D + d] = T(0);
+        }
+        continue;
+      }
+      T mx = neg_inf<T>();
+      for (int s = 0; s < S; ++s) mx = dmax(mx, a.part_m[s * total + e]);
+      double l = 0.0, o = 0.0, s1 = 0.0, s2 = 0.0;
+      for (int s = 0; s < S; ++s) {
+        const int64_t pe = s * total + e;
+        const T ms = a.part_m[pe];
+        if (ms == neg_inf<T>()) continue;  // this split saw no valid column
+        const double w = exp2(static_cast<double>(ms) - static_cast<double>(mx));
+        l += w * a.part_l[pe];
+        o += w * a.part_o[pe];
+        if constexpr (kAcc) {
+          s1 += w * static_cast<double>(a.part_a1[pe * D + d]);
+          s2 += w * static_cast<double>(a.part_a2[pe * D + d]);
+        }
+      }
+      if (d == 0) {
+        a.out[e] = static_cast<T>(o / l);
+        a.lse[e] = static_cast<T>((static_cast<double>(mx) + log2(l)) * kLn2);
+      }
+      if constexpr (kAcc) {
+        a.A[e * D + d] = static_cast<T>(s1 / l);
+        a.Bk[e * D + d] = static_cast<T>(s2 / l);
       }
     }
   }
@@ -590,18 +1108,133 @@ const char* launch_pass(const PassArgs<T>& args, int64_t B, void* stream) {
   if (smem > 48 * 1024) {
     if (const char* e = rt_set_max_dyn_smem(kern, smem)) return e;
   }
-  const int64_t blocks = B * args.row_tiles;
+  const int64_t blocks = B * args.row_tiles * args.nsplit;
   if (blocks > 2147483647LL) return fail("cina attention_hinge (CUDA): B * ceil(N / 64) exceeds 2^31 - 1 blocks");
   CINA_LAUNCH(kern, dim3(static_cast<unsigned>(blocks)), dim3(kThreads), smem, stream, args);
   return rt_check_launch("cina attention_hinge (CUDA): pass kernel launch");
 }
 
+// Kernel variant, from the environment variable CINA_ATTENTION_KERNEL (read at every call):
+//   auto (or unset): kDefaultVariant;  simt: the SIMT kernels;
+//   tf32x3: tensor cores, 3xTF32 split (about fp32 accuracy);  tf32: tensor cores, plain TF32.
+// The tensor-core variants apply to float32; float64 always runs the SIMT kernels.
+enum Variant : int { kSimt = 0, kTf32 = 1, kTf32x3 = 3 };
+constexpr int kDefaultVariant = kSimt;
+
+inline const char* read_variant(int* variant) {
+  const char* s = std::getenv("CINA_ATTENTION_KERNEL");
+  if (s == nullptr || *s == '\0' || std::strcmp(s, "auto") == 0) {
+    *variant = kDefaultVariant;
+  } else if (std::strcmp(s, "simt") == 0) {
+    *variant = kSimt;
+  } else if (std::strcmp(s, "tf32x3") == 0) {
+    *variant = kTf32x3;
+  } else if (std::strcmp(s, "tf32") == 0) {
+    *variant = kTf32;
+  } else {
+    return fail(std::string("cina attention_hinge (CUDA): CINA_ATTENTION_KERNEL must be one of auto, simt, "
+                            "tf32x3, tf32; got '") + s + "'");
+  }
+  return nullptr;
+}
+
+// Column splits (CINA_ATTENTION_SPLITS: unset / 0 / auto = heuristic, n >= 1 = at most n).
+// Heuristic: a grid of fewer than 2 blocks per SM leaves the GPU idle (e.g. B = 1, N = 4096 has
+// 64 row tiles), so the columns of each row tile are split until about 4 blocks per SM exist,
+// keeping at least 4 streamed tiles per split.
+inline const char* choose_splits(int64_t row_blocks, int64_t col_tiles, int* nsplit, int64_t* tiles_per_split) {
+  int64_t want = 0;
+  const char* s = std::getenv("CINA_ATTENTION_SPLITS");
+  if (s != nullptr && *s != '\0' && std::strcmp(s, "auto") != 0) {
+    char* end = nullptr;
+    const long v = std::strtol(s, &end, 10);
+    if (end == s || *end != '\0' || v < 0 || v > 1024)
+      return fail(std::string("cina attention_hinge (CUDA): CINA_ATTENTION_SPLITS must be auto or an integer "
+                              "in [0, 1024]; got '") + s + "'");
+    want = v;
+  }
+  if (want == 0) {
+    const int64_t sms = rt_sm_count();
+    if (row_blocks >= 2 * sms) {
+      want = 1;
+    } else {
+      want = (4 * sms + row_blocks - 1) / row_blocks;
+      const int64_t cap = col_tiles / 4 > 1 ? col_tiles / 4 : 1;
+      if (want > cap) want = cap;
+      if (want > 32) want = 32;
+    }
+  }
+  if (want < 1) want = 1;
+  if (want > col_tiles) want = col_tiles;
+  *tiles_per_split = (col_tiles + want - 1) / want;
+  *nsplit = static_cast<int>((col_tiles + *tiles_per_split - 1) / *tiles_per_split);  // no empty split
+  return nullptr;
+}
+
+template <int DP, int MODE, int NSPLIT>
+const char* launch_pass_tc(const PassArgs<float>& args, int64_t B, void* stream) {
+  auto kern = &attn_pass_tc_kernel<DP, MODE, NSPLIT>;
+  constexpr size_t smem = tc_smem_bytes<DP>();
+  if (smem > 48 * 1024) {
+    if (const char* e = rt_set_max_dyn_smem(kern, smem)) return e;
+  }
+  const int64_t blocks = B * args.row_tiles * args.nsplit;
+  if (blocks > 2147483647LL) return fail("cina attention_hinge (CUDA): B * ceil(N / 64) exceeds 2^31 - 1 blocks");
+  CINA_LAUNCH(kern, dim3(static_cast<unsigned>(blocks)), dim3(kTcThreads), smem, stream, args);
+  return rt_check_launch("cina attention_hinge (CUDA): tensor-core pass kernel launch");
+}
+
+template <int MODE, int NSPLIT>
+const char* dispatch_pass_tc(const PassArgs<float>& args, int64_t B, void* stream) {
+  if (args.D <= 16) return launch_pass_tc<16, MODE, NSPLIT>(args, B, stream);
+  if (args.D <= 32) return launch_pass_tc<32, MODE, NSPLIT>(args, B, stream);
+  if (args.D <= 64) return launch_pass_tc<64, MODE, NSPLIT>(args, B, stream);
+  return launch_pass_tc<128, MODE, NSPLIT>(args, B, stream);
+}
+
 template <typename T, int MODE>
-const char* dispatch_pass(const PassArgs<T>& args, int64_t B, void* stream) {
+const char* dispatch_pass(const PassArgs<T>& args, int64_t B, int variant, void* stream) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (variant == kTf32x3) return dispatch_pass_tc<MODE, 3>(args, B, stream);
+    if (variant == kTf32) return dispatch_pass_tc<MODE, 1>(args, B, stream);
+  }
   if (args.D <= 16) return launch_pass<T, 16, MODE>(args, B, stream);
   if (args.D <= 32) return launch_pass<T, 32, MODE>(args, B, stream);
   if (args.D <= 64) return launch_pass<T, 64, MODE>(args, B, stream);
   return launch_pass<T, 128, MODE>(args, B, stream);
+}
+
+// The pass, split or not; with splits, the partial buffers are carved out of `ws` (sized by
+// split_workspace_bytes) and combine_kernel writes the outputs.
+template <typename T>
+size_t split_workspace_bytes(const PassArgs<T>& args, bool acc) {
+  if (args.nsplit <= 1) return 0;
+  const size_t n = static_cast<size_t>(args.nsplit) * static_cast<size_t>(args.total);
+  const size_t units = 2 * sizeof(double) + sizeof(T) + (acc ? 2 * sizeof(T) * static_cast<size_t>(args.D) : 0);
+  return n * units + 256;
+}
+
+template <typename T, int MODE>
+const char* run_pass(PassArgs<T>& args, int64_t B, int variant, void* ws, void* stream) {
+  constexpr bool kAcc = MODE != kFwdPlain;
+  if (args.nsplit > 1) {
+    const size_t n = static_cast<size_t>(args.nsplit) * static_cast<size_t>(args.total);
+    char* p = static_cast<char*>(ws);
+    args.part_l = reinterpret_cast<double*>(p);
+    args.part_o = args.part_l + n;
+    p = reinterpret_cast<char*>(args.part_o + n);
+    args.part_m = reinterpret_cast<T*>(p);
+    args.part_a1 = args.part_m + n;
+    args.part_a2 = args.part_a1 + (kAcc ? n * static_cast<size_t>(args.D) : 0);
+  }
+  if (const char* e = dispatch_pass<T, MODE>(args, B, variant, stream)) return e;
+  if (args.nsplit <= 1) return nullptr;
+  const int64_t work = args.total * (kAcc ? args.D : 1);
+  int64_t blocks = (work + 255) / 256;
+  if (blocks > 65536) blocks = 65536;
+  auto ck = &combine_kernel<T, MODE>;
+  CINA_LAUNCH(ck, dim3(static_cast<unsigned>(blocks)), dim3(256), 0, stream, args);
+  return rt_check_launch("cina attention_hinge (CUDA): combine kernel launch");
 }
 
 inline const char* check_shape(AttentionHingeShape s, int64_t loss_kind) {
@@ -609,9 +1242,26 @@ inline const char* check_shape(AttentionHingeShape s, int64_t loss_kind) {
     return fail("cina attention_hinge (CUDA): the CUDA kernels support 1 <= D <= 128 features, got D = " +
                 std::to_string(s.D) + " (reduce the key dimension or use the CPU / reference backend)");
   if (s.B < 0 || s.N < 0) return fail("cina attention_hinge (CUDA): negative size");
+  if (s.B > 2147483647LL) return fail("cina attention_hinge (CUDA): B exceeds 2^31 - 1");
   if (loss_kind != kHinge && loss_kind != kSquaredHinge)
     return fail("cina attention_hinge (CUDA): loss_kind must be 0 (hinge) or 1 (squared hinge)");
   return nullptr;
+}
+
+template <typename T>
+void init_args(PassArgs<T>& args, const T* K, const T* V, const bool* mask, AttentionHingeShape shape,
+               double scale) {
+  args.K = K;
+  args.V = V;
+  args.mask = mask;
+  args.N = shape.N;
+  args.row_tiles = (shape.N + kBM - 1) / kBM;
+  args.D = static_cast<int>(shape.D);
+  args.sl2 = static_cast<T>(scale * kLog2e);
+  args.scale = static_cast<T>(scale);
+  args.total = shape.B * shape.N;
+  args.nsplit = 1;
+  args.tiles_per_split = args.row_tiles;  // column tiles = row tiles
 }
 
 }  // namespace cuda_detail
@@ -623,32 +1273,34 @@ const char* attention_hinge_fwd_cuda(const T* K, const T* V, const T* W, const T
                                      T* A, T* Bk, void* stream) {
   using namespace cuda_detail;
   if (const char* e = check_shape(shape, loss_kind)) return e;
+  int variant = kDefaultVariant;
+  if (const char* e = read_variant(&variant)) return e;
   const int64_t B = shape.B, N = shape.N;
   if (B == 0) return nullptr;
   if (N == 0) return rt_memset(loss, sizeof(T) * static_cast<size_t>(B), stream);
 
   PassArgs<T> args{};
-  args.K = K;
-  args.V = V;
-  args.mask = mask;
+  init_args(args, K, V, mask, shape, scale);
   args.out = out;
   args.lse = lse;
   args.A = A;
   args.Bk = Bk;
-  args.N = N;
-  args.row_tiles = (N + kBM - 1) / kBM;
-  args.D = static_cast<int>(shape.D);
-  args.sl2 = static_cast<T>(scale * kLog2e);
-  args.scale = static_cast<T>(scale);
-  const char* err = need_aux ? dispatch_pass<T, kFwdAux>(args, B, stream)
-                             : dispatch_pass<T, kFwdPlain>(args, B, stream);
-  if (err) return err;
-
-  if (B > 2147483647LL) return fail("cina attention_hinge (CUDA): B exceeds 2^31 - 1");
-  auto lk = &loss_kernel<T>;
-  CINA_LAUNCH(lk, dim3(static_cast<unsigned>(B)), dim3(kRedThreads), kRedThreads * sizeof(double), stream,
-              V, W, b, lam, mask, out, lse, N, static_cast<int>(loss_kind), loss);
-  return rt_check_launch("cina attention_hinge (CUDA): loss kernel launch");
+  if (const char* e = choose_splits(B * args.row_tiles, args.row_tiles, &args.nsplit, &args.tiles_per_split))
+    return e;
+  void* ws = nullptr;
+  if (const size_t bytes = split_workspace_bytes(args, need_aux)) {
+    if (const char* e = rt_malloc(&ws, bytes, stream)) return e;
+  }
+  const char* err = need_aux ? run_pass<T, kFwdAux>(args, B, variant, ws, stream)
+                             : run_pass<T, kFwdPlain>(args, B, variant, ws, stream);
+  if (!err) {
+    auto lk = &loss_kernel<T>;
+    CINA_LAUNCH(lk, dim3(static_cast<unsigned>(B)), dim3(kRedThreads), kRedThreads * sizeof(double), stream,
+                V, W, b, lam, mask, out, lse, N, static_cast<int>(loss_kind), loss);
+    err = rt_check_launch("cina attention_hinge (CUDA): loss kernel launch");
+  }
+  rt_free(ws, stream);  // stream-ordered: released after the kernels that use it
+  return err;
 }
 
 template <typename T>
@@ -659,15 +1311,27 @@ const char* attention_hinge_bwd_cuda(const T* K, const T* V, const T* W, const T
                                      int64_t loss_kind, T* dK, T* dV, T* db, void* stream) {
   using namespace cuda_detail;
   if (const char* e = check_shape(shape, loss_kind)) return e;
+  int variant = kDefaultVariant;
+  if (const char* e = read_variant(&variant)) return e;
   const int64_t B = shape.B, N = shape.N;
   if (B == 0) return nullptr;
   if (N == 0) return rt_memset(db, sizeof(T) * static_cast<size_t>(B), stream);
-  if (B > 2147483647LL) return fail("cina attention_hinge (CUDA): B exceeds 2^31 - 1");
 
+  PassArgs<T> args{};
+  init_args(args, K, V, mask, shape, scale);
+  args.A_in = A;
+  args.Bk_in = Bk;
+  args.dK = dK;
+  args.dV = dV;
+  if (const char* e = choose_splits(B * args.row_tiles, args.row_tiles, &args.nsplit, &args.tiles_per_split))
+    return e;
+  // one allocation: per-unit scalars, then (with splits) the partial results
   const int64_t total = B * N;
+  const size_t unit_bytes = (sizeof(UnitBwd<T>) * static_cast<size_t>(total) + 255) / 256 * 256;
   void* ws = nullptr;
-  if (const char* e = rt_malloc(&ws, sizeof(UnitBwd<T>) * static_cast<size_t>(total), stream)) return e;
+  if (const char* e = rt_malloc(&ws, unit_bytes + split_workspace_bytes(args, true), stream)) return e;
   UnitBwd<T>* unit = static_cast<UnitBwd<T>*>(ws);
+  args.unit = unit;
 
   const char* err = nullptr;
   {
@@ -684,23 +1348,7 @@ const char* attention_hinge_bwd_cuda(const T* K, const T* V, const T* W, const T
                 W, b, mask, out, g_loss, N, static_cast<int>(loss_kind), db);
     err = rt_check_launch("cina attention_hinge_bwd (CUDA): db kernel launch");
   }
-  if (!err) {
-    PassArgs<T> args{};
-    args.K = K;
-    args.V = V;
-    args.mask = mask;
-    args.unit = unit;
-    args.A_in = A;
-    args.Bk_in = Bk;
-    args.dK = dK;
-    args.dV = dV;
-    args.N = N;
-    args.row_tiles = (N + kBM - 1) / kBM;
-    args.D = static_cast<int>(shape.D);
-    args.sl2 = static_cast<T>(scale * kLog2e);
-    args.scale = static_cast<T>(scale);
-    err = dispatch_pass<T, kBwd>(args, B, stream);
-  }
+  if (!err) err = run_pass<T, kBwd>(args, B, variant, static_cast<char*>(ws) + unit_bytes, stream);
   rt_free(ws, stream);  // stream-ordered: released after the kernels that use it
   return err;
 }

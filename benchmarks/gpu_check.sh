@@ -1,0 +1,202 @@
+#!/usr/bin/env bash
+# One script for the GPU machine (build.md): build, GPU tests, compute-sanitizer, benchmarks.
+#
+#   benchmarks/gpu_check.sh OUTDIR
+#
+# Steps (each time-limited; a failed step does not stop the next ones):
+#   env        nvidia-smi, versions                          -> OUTDIR/nvidia-smi.txt, env.log
+#   build      pip install --no-build-isolation --no-deps -e . (CUDA kernels ON, sm_90a)
+#   import     the build has CUDA kernels and sees the GPU
+#   tests      pytest tests/test_ops_cuda.py                  -> tests.log, tests.xml
+#   memcheck   compute-sanitizer memcheck  benchmarks/sanitizer_cases.py
+#   bench      benchmarks/bench_attention.py --quick          -> OUTDIR/bench/results.{json,md,png}
+#   racecheck  compute-sanitizer racecheck benchmarks/sanitizer_cases.py --quick
+#   synccheck  compute-sanitizer synccheck benchmarks/sanitizer_cases.py --quick
+#   suite      the rest of the test suite, minus slow tests (only if time is left)
+# then OUTDIR/report.md.  The whole run stays inside GPU_CHECK_SECONDS (default 450 s): a step
+# gets at most what is left, and steps are skipped once the budget is spent.
+# GPU_CHECK_STEPS=build,tests,... runs only the steps named (e.g. a rerun on a warm machine);
+# PYTHON overrides the interpreter (default python3).
+# Exit status: 0 when every selected step passed, else the number of steps that failed or were
+# skipped for lack of time.
+set -u
+
+OUT=${1:?usage: benchmarks/gpu_check.sh OUTDIR}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+PY=${PYTHON:-python3}
+BUDGET=${GPU_CHECK_SECONDS:-450}
+STEPS=${GPU_CHECK_STEPS:-env,build,import,tests,memcheck,bench,racecheck,synccheck,suite}
+START=$(date +%s)
+export OUT ROOT PY
+
+declare -a NAMES STATUS RCS SECS
+elapsed() { echo $(( $(date +%s) - START )); }
+
+# step NAME MAX_SECONDS FUNCTION  (an exported function, run by bash under timeout;
+# stdout+stderr -> OUTDIR/NAME.log)
+step() {
+  local name=$1 max=$2 fn=$3
+  if [[ ",$STEPS," != *",$name,"* ]]; then
+    echo "[gpu_check] $name: not selected"
+    return 0
+  fi
+  local left=$(( BUDGET - $(elapsed) ))
+  if (( left < 15 )); then
+    NAMES+=("$name"); STATUS+=("SKIPPED (time budget)"); RCS+=("-"); SECS+=(0)
+    echo "[gpu_check] $name: skipped (budget spent)"
+    return 0
+  fi
+  local t=$(( max < left ? max : left ))
+  echo "[gpu_check] $name (limit ${t}s) ..."
+  local t0
+  t0=$(date +%s)
+  STEP_LIMIT=$t timeout -k 10 "$t" bash -c "$fn" >"$OUT/$name.log" 2>&1
+  local rc=$?
+  local dt=$(( $(date +%s) - t0 ))
+  local st=PASS
+  if (( rc == 124 || rc == 137 )); then st="TIMEOUT (${t}s)"; elif (( rc != 0 )); then st=FAIL; fi
+  NAMES+=("$name"); STATUS+=("$st"); RCS+=("$rc"); SECS+=("$dt")
+  echo "[gpu_check] $name: $st (rc $rc, ${dt}s)"
+  return 0
+}
+
+# compute-sanitizer: check only our kernels (namespace cina::cuda_detail) when the tool can filter
+SAN=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+SAN_FILTER=""
+if "$SAN" --help 2>&1 | grep -q -- "--kernel-name"; then
+  SAN_FILTER="--kernel-name kns=cuda_detail"
+elif "$SAN" --help 2>&1 | grep -q -- "--filter"; then
+  SAN_FILTER="--filter kns=cuda_detail"
+fi
+export SAN SAN_FILTER
+
+env_info() {
+  nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,power.limit --format=csv 2>&1
+  echo "--- python / torch"
+  "$PY" -c "import sys, torch; print(sys.version); print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available()); print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no device')"
+  echo "--- nvcc / cmake / sanitizer"
+  (nvcc --version || /usr/local/cuda/bin/nvcc --version) 2>&1 | tail -2
+  cmake --version 2>&1 | head -1
+  "$SAN" --version 2>&1 | head -2
+  echo "sanitizer filter: ${SAN_FILTER:-none}"
+  echo "--- source"
+  (git -C "$ROOT" rev-parse HEAD && git -C "$ROOT" status --short | head -30) 2>/dev/null || echo "(no git)"
+  nproc
+}
+
+build() {
+  CINA_WITH_CUDA=ON "$PY" -m pip install --no-build-isolation --no-deps -v -e . \
+    -Cbuild-dir=build/gpu -Ccmake.define.CMAKE_CUDA_ARCHITECTURES=90a
+}
+
+import_check() {
+  cd /tmp && "$PY" -c "
+import torch, cina_ext.ops as o
+assert o.has_extension(), o.extension_error()
+assert o.has_cuda_kernels(), 'built without CUDA kernels'
+assert torch.cuda.is_available(), 'no CUDA device'
+print('cina_ext CUDA kernels loaded on', torch.cuda.get_device_name(0))"
+}
+
+tests() {
+  "$PY" -m pytest -q -rfE --durations=15 -p no:cacheprovider --junitxml="$OUT/tests.xml" tests/test_ops_cuda.py
+  local rc=$?
+  # all skipped (no device / no CUDA kernels) is a failure here, not a pass
+  "$PY" -c "
+import sys, xml.etree.ElementTree as ET
+r = ET.parse(sys.argv[1]).getroot()
+s = r if r.tag == 'testsuite' else r.find('testsuite')
+n, k = int(s.get('tests', 0)), int(s.get('skipped', 0))
+print(f'junit: {n} tests, {k} skipped')
+sys.exit(3 if n == 0 or k == n else 0)" "$OUT/tests.xml" || return 3
+  return $rc
+}
+
+memcheck() {
+  "$SAN" --tool memcheck --error-exitcode 99 $SAN_FILTER "$PY" benchmarks/sanitizer_cases.py
+}
+racecheck() {
+  "$SAN" --tool racecheck --error-exitcode 99 $SAN_FILTER "$PY" benchmarks/sanitizer_cases.py --quick
+}
+synccheck() {
+  "$SAN" --tool synccheck --error-exitcode 99 $SAN_FILTER "$PY" benchmarks/sanitizer_cases.py --quick
+}
+
+bench() {
+  # leave the script time to write its outputs before the step's own limit
+  local total=$(( ${STEP_LIMIT:-170} - 25 ))
+  (( total < 20 )) && total=20
+  "$PY" benchmarks/bench_attention.py --quick --device cuda --out "$OUT/bench" --total-seconds "$total"
+}
+
+suite() {
+  "$PY" -m pytest -q -x -p no:cacheprovider -m "not slow" tests \
+    --ignore=tests/test_ops_cuda.py --ignore=tests/test_cuda_emulator.py
+}
+
+export -f env_info build import_check tests memcheck racecheck synccheck bench suite
+
+step env 60 env_info
+step build 300 build
+step import 60 import_check
+step tests 170 tests
+step memcheck 110 memcheck
+step bench 170 bench
+step racecheck 100 racecheck
+step synccheck 60 synccheck
+step suite 90 suite
+
+# ---- report ----------------------------------------------------------------------------------
+REPORT="$OUT/report.md"
+FAILED=0
+{
+  echo "# cina-ext GPU check"
+  echo
+  echo "$(date -u '+%Y-%m-%d %H:%M:%S UTC'), total $(elapsed) s (budget ${BUDGET} s)"
+  echo
+  echo '```'
+  grep -v '^---' "$OUT/env.log" 2>/dev/null | head -12
+  echo '```'
+  echo
+  echo "| step | status | rc | seconds | log |"
+  echo "|---|---|---:|---:|---|"
+  for i in "${!NAMES[@]}"; do
+    echo "| ${NAMES[$i]} | ${STATUS[$i]} | ${RCS[$i]} | ${SECS[$i]} | ${NAMES[$i]}.log |"
+    [[ "${STATUS[$i]}" == PASS ]] || FAILED=$((FAILED + 1))
+  done
+  echo
+  echo "## GPU tests (tests/test_ops_cuda.py)"
+  echo '```'
+  grep -E "^(FAILED|ERROR)|passed|failed|error|skipped" "$OUT/tests.log" 2>/dev/null | tail -40
+  echo '```'
+  echo
+  echo "## compute-sanitizer"
+  for s in memcheck racecheck synccheck; do
+    echo "### $s"
+    echo '```'
+    grep -E "SUMMARY|sanitizer_cases:|FAIL|Invalid|Race|hazard|Barrier" "$OUT/$s.log" 2>/dev/null | head -20
+    echo '```'
+  done
+  echo
+  echo "## Benchmarks (quick)"
+  if [[ -f "$OUT/bench/results.md" ]]; then
+    sed 1d "$OUT/bench/results.md"
+    [[ -f "$OUT/bench/results.png" ]] && echo && echo "Plot: bench/results.png"
+  else
+    echo "(no results; see bench.log)"
+    tail -20 "$OUT/bench.log" 2>/dev/null
+  fi
+  echo
+  echo "## Build (tail)"
+  echo '```'
+  grep -E "error|warning: |cina_ext:|Successfully" "$OUT/build.log" 2>/dev/null | tail -15
+  echo '```'
+  echo
+  echo "Exit status: $FAILED step(s) failed or skipped."
+} >"$REPORT"
+echo "[gpu_check] report: $REPORT ($FAILED step(s) failed or skipped, $(elapsed) s)"
+exit "$FAILED"

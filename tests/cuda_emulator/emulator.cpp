@@ -1,0 +1,292 @@
+// Host emulation of the CUDA kernels of csrc/attention_hinge/cuda.cu, for machines without a GPU.
+//
+// cuda.cu is compiled as plain C++ with CINA_EMULATE defined.  Every CUDA thread of a block is a
+// std::thread; __syncthreads / __syncthreads_or are block barriers, __syncwarp a warp barrier,
+// __shfl_xor_sync an exchange through a per-warp buffer between two warp barriers, and the
+// inline-PTX tensor-core instructions (mma.sync) are emulated by gathering the fragments of the
+// 32 lanes, multiplying the matrices in the layouts that the PTX ISA documents, and scattering the
+// result fragments back.  Shared memory is filled with NaN before each block (so a read of
+// something never written poisons the results) and followed by guard bytes that are checked
+// after the block (overflow of the dynamic shared-memory size).  The opt-in shared-memory limit
+// of an H100 (227 KiB) is enforced.  Blocks run one after the other.
+//
+// This is a test of the kernels' index logic, synchronisation structure and arithmetic; it is
+// not a model of timing, of memory coalescing or of every race (compute-sanitizer on a GPU is).
+// Built and driven by tests/test_cuda_emulator.py through ctypes.
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#define CINA_EMULATE 1
+#define CINA_WITH_CUDA 1
+
+// ---- CUDA vocabulary -------------------------------------------------------------------------
+struct dim3 {
+  unsigned x, y, z;
+  constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+struct alignas(16) float4 { float x, y, z, w; };
+struct alignas(8) float2 { float x, y; };
+struct alignas(16) double2 { double x, y; };
+struct alignas(8) uint2 { unsigned x, y; };
+struct alignas(16) uint4 { unsigned x, y, z, w; };
+
+using std::exp2;
+using std::log2;
+inline float exp2f(float x) { return std::exp2(x); }
+inline float fmaxf(float a, float b) { return std::fmax(a, b); }
+inline float fmaf(float a, float b, float c) { return std::fma(a, b, c); }
+
+namespace emu {
+constexpr size_t kSmemOptinLimit = 232448;  // H100 / H200: 227 KiB per block
+constexpr size_t kGuard = 4096;
+
+struct Block {
+  Block(unsigned nthreads, size_t smem_bytes)
+      : bar(nthreads), nthreads(nthreads), smem_bytes(smem_bytes) {
+    const unsigned nwarps = (nthreads + 31) / 32;
+    for (unsigned w = 0; w < nwarps; ++w) {
+      const unsigned lanes = std::min(32u, nthreads - 32 * w);
+      warp_bar.emplace_back(std::make_unique<std::barrier<>>(lanes));
+    }
+    xch.resize(nwarps);
+    mma.resize(nwarps);
+    const size_t total = smem_bytes + kGuard;
+    smem = static_cast<unsigned char*>(std::aligned_alloc(128, (total + 127) / 128 * 128));
+    std::memset(smem, 0xFF, total);  // NaN for float and double
+  }
+  ~Block() { std::free(smem); }
+  bool guard_intact() const {
+    for (size_t i = 0; i < kGuard; ++i)
+      if (smem[smem_bytes + i] != 0xFF) return false;
+    return true;
+  }
+  std::barrier<> bar;
+  std::vector<std::unique_ptr<std::barrier<>>> warp_bar;
+  std::vector<std::array<uint64_t, 32>> xch;
+  struct MmaScratch {
+    std::array<std::array<uint32_t, 8>, 32> a, b;
+    std::array<std::array<float, 4>, 32> c;
+  };
+  std::vector<MmaScratch> mma;
+  std::atomic<int> flag{0};
+  unsigned nthreads;
+  size_t smem_bytes;
+  unsigned char* smem;
+};
+
+thread_local Block* blk = nullptr;
+thread_local unsigned tid = 0;
+
+inline void warp_sync() { blk->warp_bar[tid / 32]->arrive_and_wait(); }
+
+template <class F>
+void launch(dim3 grid, dim3 block, size_t smem, F f);
+}  // namespace emu
+
+thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
+
+inline void __syncthreads() { emu::blk->bar.arrive_and_wait(); }
+inline int __syncthreads_or(int p) {
+  __syncthreads();
+  if (emu::tid == 0) emu::blk->flag.store(0);
+  __syncthreads();
+  if (p) emu::blk->flag.store(1);
+  __syncthreads();
+  const int r = emu::blk->flag.load();
+  __syncthreads();
+  return r;
+}
+inline void __syncwarp(unsigned = 0xffffffffu) { emu::warp_sync(); }
+template <typename T>
+inline T __shfl_xor_sync(unsigned, T v, int lane_mask, int width = 32) {
+  static_assert(sizeof(T) <= 8, "shuffle of more than 8 bytes");
+  auto& x = emu::blk->xch[emu::tid / 32];
+  const unsigned lane = emu::tid % 32;
+  uint64_t bits = 0;
+  std::memcpy(&bits, &v, sizeof(T));
+  x[lane] = bits;
+  emu::warp_sync();
+  unsigned src = lane ^ static_cast<unsigned>(lane_mask);
+  if ((src / width) != (lane / width)) src = lane;  // outside the segment: own value
+  T r;
+  std::memcpy(&r, &x[src], sizeof(T));
+  emu::warp_sync();
+  return r;
+}
+
+// ---- tensor-core emulation (PTX ISA "Matrix fragments for mma.m16n8k8", .tf32 and .f32) -----
+// A (16x8, row): a0:(g, t) a1:(g+8, t) a2:(g, t+4) a3:(g+8, t+4)      g = lane/4, t = lane%4
+// B (8x8, col):  b0:(t, g) b1:(t+4, g)                                 (row k, column n)
+// C/D (16x8):    c0:(g, 2t) c1:(g, 2t+1) c2:(g+8, 2t) c3:(g+8, 2t+1)
+// tf32 operands: the low 13 mantissa bits are ignored by the hardware (truncation); the
+// emulator does the same, so a kernel that forgets to round would still be visible in accuracy.
+namespace emu {
+inline float tf32_trunc(uint32_t bits) {
+  bits &= 0xFFFFE000u;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+inline void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],
+                             const float (&c)[4]) {
+  auto& s = blk->mma[tid / 32];
+  const unsigned lane = tid % 32;
+  for (int i = 0; i < 4; ++i) s.a[lane][i] = a[i];
+  for (int i = 0; i < 2; ++i) s.b[lane][i] = b[i];
+  for (int i = 0; i < 4; ++i) s.c[lane][i] = c[i];
+  warp_sync();
+  float A[16][8], Bm[8][8], C[16][8];
+  for (unsigned l = 0; l < 32; ++l) {
+    const unsigned g = l / 4, t = l % 4;
+    A[g][t] = tf32_trunc(s.a[l][0]);
+    A[g + 8][t] = tf32_trunc(s.a[l][1]);
+    A[g][t + 4] = tf32_trunc(s.a[l][2]);
+    A[g + 8][t + 4] = tf32_trunc(s.a[l][3]);
+    Bm[t][g] = tf32_trunc(s.b[l][0]);
+    Bm[t + 4][g] = tf32_trunc(s.b[l][1]);
+    C[g][2 * t] = s.c[l][0];
+    C[g][2 * t + 1] = s.c[l][1];
+    C[g + 8][2 * t] = s.c[l][2];
+    C[g + 8][2 * t + 1] = s.c[l][3];
+  }
+  warp_sync();
+  const unsigned g = lane / 4, t = lane % 4;
+  auto dot = [&](unsigned r, unsigned n) {
+    double acc = C[r][n];
+    for (int k = 0; k < 8; ++k) acc += static_cast<double>(A[r][k]) * Bm[k][n];
+    return static_cast<float>(acc);
+  };
+  d[0] = dot(g, 2 * t);
+  d[1] = dot(g, 2 * t + 1);
+  d[2] = dot(g + 8, 2 * t);
+  d[3] = dot(g + 8, 2 * t + 1);
+}
+}  // namespace emu
+
+#define CINA_DEV inline
+#define CINA_KERNEL(threads) void
+#define CINA_DYN_SMEM(name) unsigned char* name = emu::blk->smem
+#define CINA_EMU_MMA_TF32(d, a, b, c) emu::mma_m16n8k8_tf32(d, a, b, c)
+
+// ---- runtime shim used by the host half of cuda.cu --------------------------------------------
+namespace cina {
+namespace cuda_detail {
+inline const char* rt_check_launch(const char*) { return nullptr; }
+inline int rt_sm_count() {  // an H100 SXM, or CINA_EMU_SMS (to steer the split heuristic in tests)
+  const char* s = std::getenv("CINA_EMU_SMS");
+  return s ? std::atoi(s) : 132;
+}
+inline const char* rt_malloc(void** p, size_t bytes, void*) {
+  *p = std::malloc(bytes > 0 ? bytes : 1);
+  std::memset(*p, 0xFF, bytes);
+  return *p ? nullptr : "malloc failed";
+}
+inline void rt_free(void* p, void*) { std::free(p); }
+inline const char* rt_memset(void* p, size_t bytes, void*) {
+  std::memset(p, 0, bytes);
+  return nullptr;
+}
+template <typename Kernel>
+inline const char* rt_set_max_dyn_smem(Kernel, size_t bytes) {
+  if (bytes > emu::kSmemOptinLimit) return "emulator: dynamic shared memory above the H100 opt-in limit";
+  return nullptr;
+}
+}  // namespace cuda_detail
+}  // namespace cina
+#define CINA_LAUNCH(kern, grid, block, smem, stream, ...) \
+  emu::launch((grid), (block), (smem), [&]() { kern(__VA_ARGS__); })
+
+namespace emu {
+thread_local std::string launch_error;
+template <class F>
+void launch(dim3 grid, dim3 block, size_t smem, F f) {
+  if (smem > kSmemOptinLimit) {
+    launch_error = "emulator: launch with too much shared memory";
+    return;
+  }
+  const unsigned nt = block.x * block.y * block.z;
+  for (unsigned bz = 0; bz < grid.z; ++bz)
+    for (unsigned by = 0; by < grid.y; ++by)
+      for (unsigned bx = 0; bx < grid.x; ++bx) {
+        Block b(nt, smem);
+        std::vector<std::thread> threads;
+        threads.reserve(nt);
+        for (unsigned t = 0; t < nt; ++t) {
+          threads.emplace_back([&, t]() {
+            blk = &b;
+            tid = t;
+            threadIdx = dim3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y));
+            blockIdx = dim3(bx, by, bz);
+            blockDim = block;
+            gridDim = grid;
+            f();
+          });
+        }
+        for (auto& th : threads) th.join();
+        if (!b.guard_intact()) launch_error = "emulator: shared memory written past the dynamic size";
+      }
+}
+}  // namespace emu
+
+#include "attention_hinge/cuda.cu"
+
+// ---- C entry points for ctypes ------------------------------------------------------------------
+namespace {
+template <typename T>
+const char* fwd(const T* K, const T* V, const T* W, const T* b, const T* lam, const bool* mask,
+                int64_t B, int64_t N, int64_t D, double scale, int64_t loss_kind, int need_aux,
+                T* loss, T* out, T* lse, T* A, T* Bk) {
+  emu::launch_error.clear();
+  const char* e = cina::attention_hinge_fwd_cuda<T>(K, V, W, b, lam, mask, {B, N, D}, scale, loss_kind,
+                                                    need_aux != 0, loss, out, lse, A, Bk, nullptr);
+  if (e) return e;
+  return emu::launch_error.empty() ? nullptr : emu::launch_error.c_str();
+}
+template <typename T>
+const char* bwd(const T* K, const T* V, const T* W, const T* b, const T* lam, const bool* mask,
+                const T* out, const T* lse, const T* A, const T* Bk, const T* gL, const T* gO,
+                const T* gLse, int64_t B, int64_t N, int64_t D, double scale, int64_t loss_kind,
+                T* dK, T* dV, T* db) {
+  emu::launch_error.clear();
+  const char* e = cina::attention_hinge_bwd_cuda<T>(K, V, W, b, lam, mask, out, lse, A, Bk, gL, gO, gLse,
+                                                    {B, N, D}, scale, loss_kind, dK, dV, db, nullptr);
+  if (e) return e;
+  return emu::launch_error.empty() ? nullptr : emu::launch_error.c_str();
+}
+}  // namespace
+
+extern "C" {
+const char* emu_fwd_f32(const float* K, const float* V, const float* W, const float* b, const float* lam,
+                        const bool* mask, int64_t B, int64_t N, int64_t D, double scale, int64_t loss_kind,
+                        int need_aux, float* loss, float* out, float* lse, float* A, float* Bk) {
+  return fwd<float>(K, V, W, b, lam, mask, B, N, D, scale, loss_kind, need_aux, loss, out, lse, A, Bk);
+}
+const char* emu_fwd_f64(const double* K, const double* V, const double* W, const double* b, const double* lam,
+                        const bool* mask, int64_t B, int64_t N, int64_t D, double scale, int64_t loss_kind,
+                        int need_aux, double* loss, double* out, double* lse, double* A, double* Bk) {
+  return fwd<double>(K, V, W, b, lam, mask, B, N, D, scale, loss_kind, need_aux, loss, out, lse, A, Bk);
+}
+const char* emu_bwd_f32(const float* K, const float* V, const float* W, const float* b, const float* lam,
+                        const bool* mask, const float* out, const float* lse, const float* A, const float* Bk,
+                        const float* gL, const float* gO, const float* gLse, int64_t B, int64_t N, int64_t D,
+                        double scale, int64_t loss_kind, float* dK, float* dV, float* db) {
+  return bwd<float>(K, V, W, b, lam, mask, out, lse, A, Bk, gL, gO, gLse, B, N, D, scale, loss_kind, dK, dV, db);
+}
+const char* emu_bwd_f64(const double* K, const double* V, const double* W, const double* b, const double* lam,
+                        const bool* mask, const double* out, const double* lse, const double* A, const double* Bk,
+                        const double* gL, const double* gO, const double* gLse, int64_t B, int64_t N, int64_t D,
+                        double scale, int64_t loss_kind, double* dK, double* dV, double* db) {
+  return bwd<double>(K, V, W, b, lam, mask, out, lse, A, Bk, gL, gO, gLse, B, N, D, scale, loss_kind, dK, dV, db);
+}
+}
