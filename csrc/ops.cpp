@@ -11,6 +11,7 @@
 #endif
 
 #include "attention_hinge/attention_hinge.h"
+#include "qp_solve/glue.h"
 
 // An importable (empty) Python module: loading it runs the static registrations below.
 extern "C" PyObject* PyInit__C(void) {
@@ -151,11 +152,26 @@ TORCH_LIBRARY(cina, m) {
       "attention_hinge_bwd(Tensor K, Tensor V, Tensor W, Tensor b, Tensor lam, Tensor mask, "
       "Tensor out, Tensor lse, Tensor A, Tensor Bk, Tensor g_loss, Tensor g_out, Tensor g_lse, "
       "float scale, int loss_kind) -> (Tensor, Tensor, Tensor)");
+  // batched box-QP / balancing dual solver (csrc/qp_solve)
+  m.def(
+      "qp_solve_batch(Tensor X, int kind, Tensor gamma, float scale, Tensor lse, Tensor src, "
+      "Tensor mask, Tensor? sign, Tensor qscale, Tensor diag_add, Tensor p, Tensor lo, Tensor up, "
+      "Tensor? c, Tensor? d, Tensor? x0, Tensor tol, Tensor max_iter, int cache_bytes, "
+      "bool shrinking, int inner_min_units) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("qp_kernel_lse(Tensor X, Tensor mask, float scale) -> Tensor");
+  m.def(
+      "qp_kernel_rowsum(Tensor X, int kind, Tensor gamma, float scale, Tensor lse, "
+      "Tensor rowmask, Tensor colmask) -> Tensor");
+  m.def("qp_check_dense(Tensor A, Tensor mask) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(cina, CPU, m) {
   m.impl("attention_hinge_fwd", &attention_hinge_fwd);
   m.impl("attention_hinge_bwd", &attention_hinge_bwd);
+  m.impl("qp_solve_batch", &qp_solve_batch);
+  m.impl("qp_kernel_lse", &qp_kernel_lse);
+  m.impl("qp_kernel_rowsum", &qp_kernel_rowsum);
+  m.impl("qp_check_dense", &qp_check_dense);
 }
 
 #ifdef CINA_WITH_CUDA

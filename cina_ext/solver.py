@@ -1,0 +1,615 @@
+"""Batched box-QP / balancing dual solver: the compiled operator behind the reference's API.
+
+:func:`qp_solve` and :func:`dual_solve` have the signatures of :mod:`cina_ext.reference_qp` (the
+pure-PyTorch ground truth) plus ``backend="auto" | "fused" | "reference"`` and a few options of
+the compiled solver.  They return the reference's :class:`QPResult` / :class:`BalanceResult`.
+
+The compiled CPU solver (csrc/qp_solve) works on one dataset per thread (or, for a few large
+datasets, inside a dataset), keeps the gradient in double, computes kernel columns on the fly from
+the features (``linear``, ``rbf``, ``cina``: memory O(N p) per dataset plus a column cache bounded
+by ``cache_mb``) and uses coordinate descent without the equality constraint and SMO with
+second-order working-set selection (LIBSVM's WSS2) with it.  Conventions (KKT measure, multiplier
+``nu``, iteration counting, feasible start, the "ate"/"att" arm problems) are the reference's.
+
+Differences from the reference worth knowing:
+
+* ``tol`` and ``max_iter`` may also be per-dataset tensors of shape (B,) (compiled backend only).
+* ``dual_solve`` accepts a warm start ``x0`` (the ``alpha`` of a previous solve); it is clipped
+  to the box and, when it violates the equality, repaired (overlap: the heavier arm scaled down to
+  the lighter one's sum; ate/att: each arm normalised to sum 1).
+* On float32 the gradient is accumulated in double, so the reported KKT violation is the exact one
+  for the returned (float32) point and the float32 matrix entries.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Optional, Union
+
+import torch
+from torch import Tensor
+
+from . import reference_qp
+from ._extension import extension_error, has_extension
+from .reference_qp import BalanceResult, QPResult
+
+__all__ = ["qp_solve", "dual_solve", "QPResult", "BalanceResult", "DEFAULT_CACHE_MB", "solver_backend"]
+
+BACKENDS = ("auto", "fused", "reference")
+KERNELS = ("linear", "rbf", "cina", "precomputed")
+ESTIMANDS = ("overlap", "ate", "att")
+LOSSES = ("hinge", "squared_hinge")
+_KIND = {"precomputed": 0, "linear": 1, "rbf": 2, "cina": 3}
+_FLOATS = (torch.float32, torch.float64)
+DEFAULT_CACHE_MB = 1024
+_INNER_MIN_UNITS = 8192
+_warned = False
+
+
+# ------------------------------------------------------------------------------------------------
+# backend choice
+# ------------------------------------------------------------------------------------------------
+
+
+def _has_kernel(device: torch.device) -> bool:
+    if not has_extension():
+        return False
+    if device.type == "cpu":
+        return True
+    try:
+        return bool(torch._C._dispatch_has_kernel_for_dispatch_key("cina::qp_solve_batch", device.type.upper()))
+    except Exception:  # pragma: no cover - private API changed
+        return False
+
+
+def solver_backend(backend: str, device: torch.device) -> str:
+    """``"fused"`` or ``"reference"`` for a solve on ``device`` (errors / warns like ``ops``)."""
+    global _warned
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "reference":
+        return "reference"
+    if _has_kernel(device):
+        return "fused"
+    reason = (f"the compiled extension is unavailable: {extension_error()}" if not has_extension()
+              else f"the compiled solver has no kernel for device {device}")
+    if backend == "fused":
+        raise RuntimeError(f"backend='fused' requested but {reason}")
+    if not _warned:
+        warnings.warn(f"cina_ext: QP solver falling back to the PyTorch reference ({reason})", RuntimeWarning,
+                      stacklevel=3)
+        _warned = True
+    return "reference"
+
+
+# ------------------------------------------------------------------------------------------------
+# validation helpers
+# ------------------------------------------------------------------------------------------------
+
+
+def _tensor(t, name: str, ndim: int) -> Tensor:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
+    return t
+
+
+def _float(t: Tensor, name: str) -> None:
+    if t.dtype not in _FLOATS:
+        raise TypeError(f"{name} must be float32 or float64, got {t.dtype}")
+
+
+def _same_dtype(t: Tensor, name: str, dt: torch.dtype) -> None:
+    if t.dtype != dt:
+        raise TypeError(f"{name} must have dtype {dt} (like the matrix / features), got {t.dtype}; no silent conversion")
+
+
+def _mask(mask, B: int, N: int, device) -> Tensor:
+    if mask is None:
+        return torch.ones(B, N, dtype=torch.bool, device=device)
+    _tensor(mask, "mask", 2)
+    if mask.dtype != torch.bool:
+        raise TypeError(f"mask must be a bool tensor (True = real unit), got {mask.dtype}")
+    if tuple(mask.shape) != (B, N):
+        raise ValueError(f"mask must have shape {(B, N)}, got {tuple(mask.shape)}")
+    if mask.device != device:
+        raise ValueError(f"mask is on {mask.device} but the data are on {device}")
+    return mask
+
+
+def _finite(t: Tensor, name: str, where: Optional[Tensor] = None) -> None:
+    bad = ~torch.isfinite(t)
+    if where is not None:
+        bad = bad & where
+    if bool(bad.any()):
+        rows = torch.nonzero(bad.reshape(bad.shape[0], -1).any(-1)).flatten().tolist()
+        raise ValueError(f"{name} contains NaN or Inf (dataset(s) {rows[:10]})")
+
+
+def _bound(v, name: str, B: int, N: int, like: Tensor, allow: float) -> Tensor:
+    if isinstance(v, Tensor):
+        if v.dim() == 0:
+            t = v.to(dtype=like.dtype, device=like.device).expand(B, N)
+        elif tuple(v.shape) == (B, N):
+            if v.dtype not in _FLOATS and v.is_floating_point():
+                raise TypeError(f"{name} must be float32 or float64, got {v.dtype}")
+            t = v.to(dtype=like.dtype, device=like.device)
+        else:
+            raise ValueError(f"{name} must be a float or a tensor of shape {(B, N)}, got {tuple(v.shape)}")
+    elif isinstance(v, (int, float)) and not isinstance(v, bool):
+        t = torch.full((B, N), float(v), dtype=like.dtype, device=like.device)
+    else:
+        raise TypeError(f"{name} must be a float or a tensor, got {type(v).__name__}")
+    if bool(torch.isnan(t).any()):
+        raise ValueError(f"{name} contains NaN")
+    if bool((torch.isinf(t) & (t != allow)).any()):
+        raise ValueError(f"{name} may only contain {allow} as an infinite value")
+    return t
+
+
+def _per_dataset(v, name: str, B: int, like: Tensor, *, positive: bool = True) -> Tensor:
+    """float or (B,) tensor -> (B,) float64 tensor on the CPU, finite and > 0."""
+    if isinstance(v, Tensor):
+        if v.dim() == 0:
+            t = v.detach().to(torch.float64).expand(B)
+        elif tuple(v.shape) == (B,):
+            t = v.detach().to(torch.float64)
+        else:
+            raise ValueError(f"{name} must be a float or a tensor of shape {(B,)}, got {tuple(v.shape)}")
+    elif isinstance(v, (int, float)) and not isinstance(v, bool):
+        t = torch.full((B,), float(v), dtype=torch.float64)
+    else:
+        raise TypeError(f"{name} must be a float or a tensor, got {type(v).__name__}")
+    t = t.cpu().contiguous()
+    if not bool(torch.isfinite(t).all()) or (positive and bool((t <= 0).any())):
+        raise ValueError(f"{name} must be finite and > 0")
+    return t
+
+
+def _tol_vector(tol, B: int) -> Tensor:
+    if isinstance(tol, Tensor):
+        return _per_dataset(tol, "tol", B, None)
+    if isinstance(tol, bool) or not (isinstance(tol, (int, float)) and tol > 0 and math.isfinite(tol)):
+        raise ValueError(f"tol must be a positive finite number, got {tol!r}")
+    return torch.full((B,), float(tol), dtype=torch.float64)
+
+
+def _iter_vector(max_iter, B: int) -> Tensor:
+    if isinstance(max_iter, Tensor):
+        if max_iter.dtype.is_floating_point or max_iter.dtype == torch.bool:
+            raise ValueError(f"max_iter must be an int or an integer tensor of shape {(B,)}, got {max_iter.dtype}")
+        t = max_iter.detach().to(torch.int64).cpu()
+        if t.dim() == 0:
+            t = t.expand(B)
+        if tuple(t.shape) != (B,):
+            raise ValueError(f"max_iter must be an int or a tensor of shape {(B,)}, got {tuple(t.shape)}")
+        if bool((t < 0).any()):
+            raise ValueError("max_iter must be non-negative")
+        return t.contiguous()
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 0:
+        raise ValueError(f"max_iter must be a non-negative int, got {max_iter!r}")
+    return torch.full((B,), max_iter, dtype=torch.int64)
+
+
+def _scalar_of(t: Tensor, name: str):
+    """The common value of a per-dataset tensor (the reference takes one value for the batch)."""
+    if t.numel() == 0:
+        return None
+    v = t[0].item()
+    if bool((t != t[0]).any()):
+        raise ValueError(f"per-dataset {name} needs backend='fused' (the reference takes one value)")
+    return v
+
+
+def _cache_bytes(cache_mb) -> int:
+    mb = DEFAULT_CACHE_MB if cache_mb is None else cache_mb
+    if isinstance(mb, bool) or not isinstance(mb, (int, float)) or not (mb > 0) or not math.isfinite(mb):
+        raise ValueError(f"cache_mb must be a positive number, got {cache_mb!r}")
+    return max(int(mb * 2**20), 1)
+
+
+def _check_feasible(lo: Tensor, up: Tensor, c: Tensor, d: Tensor, mask: Tensor) -> None:
+    """Refuse {lo <= x <= up, c'x = d} that is empty (same slack as the reference)."""
+    dt = c.dtype
+    act = mask & (c != 0)
+    zero = torch.zeros((), dtype=dt, device=c.device)
+    lim_lo = torch.where(act, c * torch.where(c > 0, lo, up), zero).nan_to_num(nan=0.0)
+    lim_hi = torch.where(act, c * torch.where(c > 0, up, lo), zero).nan_to_num(nan=0.0)
+    f_min, f_max = lim_lo.sum(-1), lim_hi.sum(-1)
+    fin_lo = torch.where(torch.isfinite(lo), lo, zero)
+    fin_up = torch.where(torch.isfinite(up), up, zero)
+    slack = 1e3 * torch.finfo(dt).eps * (1.0 + d.abs() + torch.where(act, (c * fin_lo).abs() + (c * fin_up).abs(), zero).sum(-1))
+    bad = (d < f_min - slack) | (d > f_max + slack)
+    if bool(bad.any()):
+        raise ValueError(f"the equality c'x = d cannot be met inside the bounds in dataset(s) {torch.nonzero(bad).flatten().tolist()}")
+
+
+def _check_dense(A: Tensor, mask: Tensor, name: str, what: str = "symmetric") -> None:
+    asym, finite = torch.ops.cina.qp_check_dense(A, mask)
+    if not bool(finite.all()):
+        raise ValueError(f"{name} contains NaN or Inf (dataset(s) {torch.nonzero(~finite).flatten().tolist()[:10]})")
+    tolr = math.sqrt(torch.finfo(A.dtype).eps)
+    if bool((asym > tolr).any()):
+        raise ValueError(f"{name} must be {what} (max relative asymmetry {float(asym.max()):.3g} in dataset(s) "
+                         f"{torch.nonzero(asym > tolr).flatten().tolist()[:10]})")
+
+
+def _run(X, kind, gamma, scale, lse, src, mask, sign, qscale, diag_add, p, lo, up, c, d, x0, tol, max_iter,
+         cache_bytes, shrinking, inner_min_units):
+    empty = torch.zeros(0, dtype=torch.float64)
+    x, nu, obj, kkt, it, conv = torch.ops.cina.qp_solve_batch(
+        X.contiguous(), int(kind), empty if gamma is None else gamma, float(scale),
+        empty.reshape(0, 0) if lse is None else lse, src.contiguous(), mask.contiguous(),
+        None if sign is None else sign.contiguous(), qscale.contiguous(), diag_add.contiguous(),
+        p.contiguous(), lo.contiguous(), up.contiguous(), None if c is None else c.contiguous(),
+        None if d is None else d.contiguous(), None if x0 is None else x0.contiguous(), tol.contiguous(),
+        max_iter.contiguous(), int(cache_bytes), bool(shrinking), int(inner_min_units))
+    return x, nu, obj, kkt, it, conv
+
+
+# ------------------------------------------------------------------------------------------------
+# generic batched QP
+# ------------------------------------------------------------------------------------------------
+
+
+def qp_solve(
+    Q: Tensor,
+    p: Tensor,
+    lower: Union[float, Tensor] = 0.0,
+    upper: Union[float, Tensor] = float("inf"),
+    c: Optional[Tensor] = None,
+    d: Union[None, float, Tensor] = None,
+    mask: Optional[Tensor] = None,
+    *,
+    tol: Union[float, Tensor] = 1e-6,
+    max_iter: Union[int, Tensor] = 100_000,
+    x0: Optional[Tensor] = None,
+    backend: str = "auto",
+    cache_mb: Optional[float] = None,
+    shrinking: bool = True,
+    _inner_min_units: int = _INNER_MIN_UNITS,
+) -> QPResult:
+    """Solve a batch of ``min 1/2 x'Qx - p'x`` s.t. ``lower <= x <= upper`` [and ``c'x = d``].
+
+    Same contract as :func:`cina_ext.reference_qp.qp_solve` (Q (B, N, N) symmetric PSD, p (B, N),
+    bounds float or (B, N), c (B, N) with d float or (B,), mask (B, N), x0 (B, N) feasible warm
+    start; float32 or float64, all float inputs in Q's dtype).  ``tol`` / ``max_iter`` may be
+    per-dataset (B,) tensors.  ``backend``: "auto" (compiled if available, else the reference with
+    a warning), "fused" (compiled or error), "reference".  ``cache_mb`` bounds the column cache
+    (only used when Q must be gathered: padded datasets).  ``shrinking`` toggles the working-set
+    shrinking of the compiled solver.
+    """
+    _tensor(Q, "Q", 3)
+    _tensor(p, "p", 2)
+    _float(Q, "Q")
+    _same_dtype(p, "p", Q.dtype)
+    B, N, N2 = Q.shape
+    if N != N2:
+        raise ValueError(f"Q must be square per dataset, got shape {tuple(Q.shape)}")
+    if tuple(p.shape) != (B, N):
+        raise ValueError(f"p must have shape {(B, N)}, got {tuple(p.shape)}")
+    if p.device != Q.device:
+        raise ValueError(f"p is on {p.device} but Q is on {Q.device}")
+    if (c is None) != (d is None):
+        raise ValueError("c and d must be given together (equality c'x = d) or not at all")
+    tol_v = _tol_vector(tol, B)
+    it_v = _iter_vector(max_iter, B)
+    cache_bytes = _cache_bytes(cache_mb)
+    mode = solver_backend(backend, Q.device)
+    if mode == "reference":
+        ref_tol = _scalar_of(tol_v, "tol") if isinstance(tol, Tensor) else tol
+        ref_it = _scalar_of(it_v, "max_iter") if isinstance(max_iter, Tensor) else max_iter
+        return reference_qp.qp_solve(Q, p, lower, upper, c, d, mask, tol=1e-6 if ref_tol is None else ref_tol,
+                                     max_iter=0 if ref_it is None else int(ref_it), x0=x0)
+    dt, dev = Q.dtype, Q.device
+    mask = _mask(mask, B, N, dev)
+    _finite(p, "p", mask)
+    lo = _bound(lower, "lower", B, N, p, -math.inf)
+    up = _bound(upper, "upper", B, N, p, math.inf)
+    if bool((mask & (lo > up)).any()):
+        raise ValueError("lower must be <= upper at every real unit")
+    if c is not None:
+        _tensor(c, "c", 2)
+        _same_dtype(c, "c", dt)
+        if tuple(c.shape) != (B, N):
+            raise ValueError(f"c must have shape {(B, N)}, got {tuple(c.shape)}")
+        _finite(c, "c", mask)
+        if isinstance(d, (int, float)) and not isinstance(d, bool):
+            d = torch.full((B,), float(d), dtype=dt, device=dev)
+        _tensor(d, "d", 1)
+        _same_dtype(d, "d", dt)
+        if tuple(d.shape) != (B,):
+            raise ValueError(f"d must have shape {(B,)}, got {tuple(d.shape)}")
+        _finite(d, "d")
+    if N > 0:
+        _check_dense(Q.contiguous(), mask.contiguous(), "Q")
+    zero = torch.zeros((), dtype=dt, device=dev)
+    lo = torch.where(mask, lo, zero)
+    up = torch.where(mask, up, zero)
+    cm = torch.where(mask, c, zero) if c is not None else None
+    if x0 is not None:
+        x0 = _check_x0(x0, B, N, dt, mask, lo, up, cm, d)
+    elif cm is not None:
+        _check_feasible(lo, up, cm, d, mask)
+    ones = torch.ones(B, dtype=torch.float64)
+    x, nu, obj, kkt, it, conv = _run(
+        Q, 0, None, 1.0, None, torch.arange(B, dtype=torch.int64), mask, None, ones, torch.zeros(B, dtype=torch.float64),
+        torch.where(mask, p, zero), lo, up, cm, d, x0, tol_v, it_v, cache_bytes, shrinking, _inner_min_units)
+    return QPResult(x=x, nu=nu, objective=obj, kkt=kkt, iterations=it, converged=conv)
+
+
+def _check_x0(x0, B, N, dt, mask, lo, up, cm, d) -> Tensor:
+    _tensor(x0, "x0", 2)
+    if x0.dtype != dt or tuple(x0.shape) != (B, N):
+        raise ValueError(f"x0 must be a {dt} tensor of shape {(B, N)}")
+    _finite(x0, "x0", mask)
+    zero = torch.zeros((), dtype=dt, device=x0.device)
+    x = torch.where(mask, x0, zero)
+    span = (up - lo).abs()
+    span = torch.where(torch.isfinite(span), span, torch.ones_like(span))
+    eps_b = 1e3 * torch.finfo(dt).eps * (1 + x.abs() + span)
+    if bool((mask & ((x < lo - eps_b) | (x > up + eps_b))).any()):
+        raise ValueError("x0 is outside the bounds")
+    x = torch.minimum(torch.maximum(x, lo), up)
+    if cm is not None:
+        res = (cm * x).sum(-1) - d
+        lim = math.sqrt(torch.finfo(dt).eps) * (1 + d.abs() + (cm * x).abs().sum(-1))
+        if bool((res.abs() > lim).any()):
+            raise ValueError("x0 does not satisfy the equality c'x = d")
+    return x
+
+
+# ------------------------------------------------------------------------------------------------
+# balancing problems
+# ------------------------------------------------------------------------------------------------
+
+
+def _rbf_gamma(X: Tensor, mask: Tensor) -> Tensor:
+    """The reference's default: 1 / (p * mean per-feature population variance over valid units)."""
+    B, _, pdim = X.shape
+    Xd = X.to(torch.float64)
+    m = mask.unsqueeze(-1)
+    n = mask.sum(-1).clamp_min(1).to(torch.float64)
+    Xm = torch.where(m, Xd, torch.zeros((), dtype=torch.float64))
+    mean = Xm.sum(1) / n.unsqueeze(-1)
+    Xc = torch.where(m, Xd - mean.unsqueeze(1), torch.zeros((), dtype=torch.float64))
+    var = (Xc * Xc).sum(1) / n.unsqueeze(-1)
+    v = var.mean(-1) if pdim > 0 else torch.zeros(B, dtype=torch.float64)
+    g = torch.where(v > 0, 1.0 / (max(pdim, 1) * v.clamp_min(torch.finfo(X.dtype).tiny)), torch.ones_like(v))
+    return g.cpu().contiguous()
+
+
+def _readout(alpha: Tensor, treated: Tensor, control: Tensor, conv: Tensor) -> Tensor:
+    """Per-arm normalisation of alpha (as reference.readout_weights).  An arm with no weight is an
+    error for a converged dataset; for one that did not converge (flagged) its weights are 0."""
+    zero = torch.zeros((), dtype=alpha.dtype, device=alpha.device)
+    a = alpha.clamp_min(0)
+    s1 = torch.where(treated, a, zero).sum(-1, keepdim=True)
+    s0 = torch.where(control, a, zero).sum(-1, keepdim=True)
+    empty = ((s1 <= 0) | (s0 <= 0)).squeeze(-1)
+    if bool((empty & conv).any()):
+        bad = torch.nonzero(empty & conv).flatten().tolist()
+        raise ValueError(
+            f"read-out weights of a treatment arm sum to zero in dataset(s) {bad}: "
+            "the balancing problem gave no weight to one arm (lam too large or an arm empty)")
+    w = torch.where(treated, a / s1.clamp_min(torch.finfo(a.dtype).tiny),
+                    torch.where(control, a / s0.clamp_min(torch.finfo(a.dtype).tiny), zero))
+    return torch.where(empty.unsqueeze(-1), zero, w)
+
+
+def dual_solve(
+    X: Tensor,
+    W: Tensor,
+    lam: Union[float, Tensor],
+    *,
+    kernel: str = "rbf",
+    gamma: Union[None, float, Tensor] = None,
+    scale: Optional[float] = None,
+    estimand: str = "overlap",
+    intercept: bool = True,
+    loss: str = "hinge",
+    mask: Optional[Tensor] = None,
+    tol: Union[float, Tensor] = 1e-6,
+    max_iter: Union[int, Tensor] = 100_000,
+    x0: Optional[Tensor] = None,
+    backend: str = "auto",
+    cache_mb: Optional[float] = None,
+    shrinking: bool = True,
+    _inner_min_units: int = _INNER_MIN_UNITS,
+) -> BalanceResult:
+    """Exact balancing weights for a batch of datasets (method.md §2, §6; kernels.md §2).
+
+    Same contract as :func:`cina_ext.reference_qp.dual_solve`: X (B, N, p) features (keys for
+    ``kernel="cina"``, the (B, N, N) Gram for ``"precomputed"``), W (B, N) in {-1, +1}, lam float
+    or (B,) > 0; ``estimand`` "overlap" (SVM dual, Q = (W W') * K / lam, 0 <= alpha <= 1 [or
+    squared hinge], W'alpha = 0 with ``intercept``), "ate" (each arm against the full-sample
+    kernel mean on the simplex), "att" (controls against the treated mean).  The compiled path
+    never forms the (B, N, N) Gram for feature kernels: columns are computed on the fly and cached
+    up to ``cache_mb`` per dataset being solved.  ``x0`` (B, N): optional warm start (an ``alpha``
+    of a previous solve, repaired if infeasible; see the module docstring).
+    """
+    if estimand not in ESTIMANDS:
+        raise ValueError(f"estimand must be one of {ESTIMANDS}, got {estimand!r}")
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    _tensor(X, "X", 3)
+    _float(X, "X")
+    B, N = X.shape[0], X.shape[1]
+    tol_v = _tol_vector(tol, B)
+    it_v = _iter_vector(max_iter, B)
+    cache_bytes = _cache_bytes(cache_mb)
+    mode = solver_backend(backend, X.device)
+    if mode == "reference":
+        if x0 is not None:
+            raise ValueError("x0 (warm start) needs backend='fused'; the reference dual_solve has none")
+        return reference_qp.dual_solve(
+            X, W, lam, kernel=kernel, gamma=gamma, scale=scale, estimand=estimand, intercept=intercept, loss=loss,
+            mask=mask, tol=_scalar_of(tol_v, "tol") if isinstance(tol, Tensor) else tol,
+            max_iter=_scalar_of(it_v, "max_iter") if isinstance(max_iter, Tensor) else max_iter)
+    dt, dev = X.dtype, X.device
+    _tensor(W, "W", 2)
+    if tuple(W.shape) != (B, N):
+        raise ValueError(f"W must have shape {(B, N)}, got {tuple(W.shape)}")
+    if W.dtype == torch.bool or W.is_complex():
+        raise TypeError(f"W must hold the signs -1/+1 as numbers, got {W.dtype}")
+    mask = _mask(mask, B, N, dev)
+    Wf = W.to(dtype=dt, device=dev)
+    if bool((mask & ~((Wf == 1) | (Wf == -1))).any()):
+        raise ValueError("W must be -1 (control) or +1 (treated) at every real unit")
+    zero = torch.zeros((), dtype=dt, device=dev)
+    Wf = torch.where(mask, Wf, zero)
+    treated = mask & (Wf > 0)
+    control = mask & (Wf < 0)
+    n1, n0 = treated.sum(-1), control.sum(-1)
+    if bool(((n1 == 0) | (n0 == 0)).any()):
+        bad = torch.nonzero((n1 == 0) | (n0 == 0)).flatten().tolist()
+        raise ValueError(f"dataset(s) {bad} have an empty treatment arm among the real units")
+    lam_v = _per_dataset(lam, "lam", B, X)
+    Xc = X.contiguous()
+    kind = _KIND[kernel]
+    g_v = None
+    sc = 1.0
+    lse = None
+    if kernel == "precomputed":
+        if X.shape[2] != N:
+            raise ValueError(f'kernel="precomputed" needs X of shape (B, N, N), got {tuple(X.shape)}')
+        if N > 0:
+            _check_dense(Xc, mask.contiguous(), "X (the precomputed Gram matrix)")
+    else:
+        _finite(X, "X", mask.unsqueeze(-1).expand_as(X))
+        if kernel == "rbf":
+            g_v = _rbf_gamma(X, mask) if gamma is None else _per_dataset(gamma, "gamma", B, X)
+        elif kernel == "cina":
+            Dk = X.shape[2]
+            sc = (1.0 / math.sqrt(Dk) if Dk > 0 else 1.0) if scale is None else float(scale)
+            if not math.isfinite(sc):
+                raise ValueError(f"scale must be finite, got {scale!r}")
+            lse = torch.ops.cina.qp_kernel_lse(Xc, mask.contiguous(), sc)
+    if x0 is not None:
+        _tensor(x0, "x0", 2)
+        if tuple(x0.shape) != (B, N):
+            raise ValueError(f"x0 must have shape {(B, N)}, got {tuple(x0.shape)}")
+        _finite(x0.to(dt), "x0", mask)
+        x0 = torch.where(mask, x0.to(dtype=dt, device=dev), zero)
+    mask_c = mask.contiguous()
+    ar = torch.arange(B, dtype=torch.int64)
+
+    if estimand == "overlap":
+        upper = 1.0 if loss == "hinge" else math.inf
+        lo = torch.zeros(B, N, dtype=dt, device=dev)
+        up = torch.where(mask, torch.full_like(lo, upper), zero)
+        p = torch.where(mask, torch.ones_like(lo), zero)
+        c = Wf if intercept else None
+        d = torch.zeros(B, dtype=dt, device=dev) if intercept else None
+        xs = None
+        if x0 is not None:
+            xs = torch.minimum(torch.maximum(x0, lo), up)
+            if intercept:  # repair W'x = 0 (when off by more than rounding): scale the heavier arm down
+                s1 = torch.where(treated, xs, zero).sum(-1, keepdim=True)
+                s0 = torch.where(control, xs, zero).sum(-1, keepdim=True)
+                off = (s1 - s0).abs() > math.sqrt(torch.finfo(dt).eps) * (1 + s1 + s0)
+                target = torch.minimum(s1, s0)
+                f1 = torch.where(off & (s1 > 0), target / s1.clamp_min(torch.finfo(dt).tiny), torch.ones_like(s1))
+                f0 = torch.where(off & (s0 > 0), target / s0.clamp_min(torch.finfo(dt).tiny), torch.ones_like(s0))
+                xs = torch.where(treated, xs * f1, torch.where(control, xs * f0, zero))
+                s1 = torch.where(treated, xs, zero).sum(-1)
+                s0 = torch.where(control, xs, zero).sum(-1)
+                bad = (s1 - s0).abs() > math.sqrt(torch.finfo(dt).eps) * (1 + s1 + s0)
+                xs = torch.where(bad.unsqueeze(-1), zero, xs)  # still infeasible: cold start (x = 0)
+        x, nu, obj, kkt, it, conv = _run(
+            Xc, kind, g_v, sc, lse, ar, mask_c, Wf, 1.0 / lam_v,
+            torch.full((B,), 1.0 if loss == "squared_hinge" else 0.0, dtype=torch.float64),
+            p, lo, up, c, d, xs, tol_v, it_v, cache_bytes, shrinking, _inner_min_units)
+        weights = _readout(x, treated, control, conv)
+        b = nu if intercept else torch.zeros(B, dtype=dt, device=dev)
+        return BalanceResult(weights=weights, alpha=x, intercept=b, objective=obj, kkt=kkt, iterations=it,
+                             converged=conv, estimand=estimand)
+
+    empty = torch.zeros(0, dtype=torch.float64)
+    g_arg = g_v if g_v is not None else empty
+    lse_arg = lse if lse is not None else empty.reshape(0, 0)
+    if estimand == "ate":
+        rows = torch.ops.cina.qp_kernel_rowsum(Xc, kind, g_arg, sc, lse_arg, mask_c, mask_c)
+        kbar = (rows / mask.sum(-1, keepdim=True).to(torch.float64)).to(dt)
+        pm = torch.cat([treated, control], 0)
+        src = torch.cat([ar, ar])
+        pvec = torch.where(pm, 2.0 * torch.cat([kbar, kbar], 0), zero)
+        lam2 = torch.cat([lam_v, lam_v])
+    else:  # att: controls against the treated mean
+        rows = torch.ops.cina.qp_kernel_rowsum(Xc, kind, g_arg, sc, lse_arg, control.contiguous(), treated.contiguous())
+        kbar = (rows / n1.unsqueeze(-1).to(torch.float64)).to(dt)
+        pm = control
+        src = ar
+        pvec = torch.where(pm, 2.0 * kbar, zero)
+        lam2 = lam_v
+    P = pm.shape[0]
+    lo = torch.zeros(P, N, dtype=dt, device=dev)
+    up = torch.where(pm, torch.full_like(lo, math.inf), zero)
+    cvec = torch.where(pm, torch.ones_like(lo), zero)
+    dvec = torch.ones(P, dtype=dt, device=dev)
+    xs = None
+    if x0 is not None:  # each arm normalised to sum 1 (uniform where it has no mass)
+        xa = torch.cat([x0, x0], 0) if estimand == "ate" else x0
+        xa = torch.where(pm, xa.clamp_min(0), zero)
+        s = xa.sum(-1, keepdim=True)
+        uni = torch.where(pm, 1.0 / pm.sum(-1, keepdim=True).clamp_min(1).to(dt), zero)
+        off = (s - 1).abs() > math.sqrt(torch.finfo(dt).eps) * (1 + s)
+        xs = torch.where(s > 0, torch.where(off, xa / s.clamp_min(torch.finfo(dt).tiny), xa), uni)
+    tol2 = torch.cat([tol_v, tol_v]) if estimand == "ate" else tol_v
+    it2 = torch.cat([it_v, it_v]) if estimand == "ate" else it_v
+    x, nu, obj, kkt, it, conv = _run(
+        Xc, kind, g_v, sc, lse, src, pm.contiguous(), None, torch.full((P,), 2.0, dtype=torch.float64),
+        2.0 * lam2, pvec, lo, up, cvec, dvec, xs, tol2, it2, cache_bytes, shrinking, _inner_min_units)
+    if estimand == "ate":
+        x1, x0_ = x[:B], x[B:]
+        alpha = torch.where(treated, x1, torch.where(control, x0_, zero))
+        s1 = torch.where(treated, x1, zero).sum(-1, keepdim=True)
+        s0 = torch.where(control, x0_, zero).sum(-1, keepdim=True)
+        weights = torch.where(treated, x1 / s1, torch.where(control, x0_ / s0, zero))
+        return BalanceResult(weights=weights, alpha=alpha, intercept=torch.zeros(B, dtype=dt, device=dev),
+                             objective=obj[:B] + obj[B:], kkt=torch.maximum(kkt[:B], kkt[B:]),
+                             iterations=torch.maximum(it[:B], it[B:]), converged=conv[:B] & conv[B:],
+                             estimand=estimand)
+    tw = (1.0 / n1.to(dt)).unsqueeze(-1).expand(B, N)
+    alpha = torch.where(treated, tw, torch.where(control, x, zero))
+    s0 = torch.where(control, x, zero).sum(-1, keepdim=True)
+    weights = torch.where(treated, tw, torch.where(control, x / s0, zero))
+    return BalanceResult(weights=weights, alpha=alpha, intercept=torch.zeros(B, dtype=dt, device=dev),
+                         objective=obj, kkt=kkt, iterations=it, converged=conv, estimand=estimand)
+
+
+# ------------------------------------------------------------------------------------------------
+# fake (meta) implementations: shapes only, for torch.compile / opcheck
+# ------------------------------------------------------------------------------------------------
+
+
+def _register_fakes() -> None:
+    if not has_extension():
+        return
+    try:
+        @torch.library.register_fake("cina::qp_solve_batch")
+        def _solve_fake(X, kind, gamma, scale, lse, src, mask, sign, qscale, diag_add, p, lo, up, c, d, x0, tol,
+                        max_iter, cache_bytes, shrinking, inner_min_units):
+            P, N = mask.shape
+            return (X.new_empty((P, N)), X.new_empty((P,)), X.new_empty((P,)), X.new_empty((P,)),
+                    X.new_empty((P,), dtype=torch.int64), X.new_empty((P,), dtype=torch.bool))
+
+        @torch.library.register_fake("cina::qp_kernel_lse")
+        def _lse_fake(X, mask, scale):
+            return X.new_empty(mask.shape, dtype=torch.float64)
+
+        @torch.library.register_fake("cina::qp_kernel_rowsum")
+        def _rowsum_fake(X, kind, gamma, scale, lse, rowmask, colmask):
+            return X.new_empty(rowmask.shape, dtype=torch.float64)
+
+        @torch.library.register_fake("cina::qp_check_dense")
+        def _check_fake(A, mask):
+            return A.new_empty((A.shape[0],), dtype=torch.float64), A.new_empty((A.shape[0],), dtype=torch.bool)
+    except RuntimeError:  # pragma: no cover - already registered (module reloaded)
+        pass
+
+
+_register_fakes()
