@@ -164,3 +164,10 @@ def _register() -> None:
 
 
 _register()
+
+
+# The batched box-QP / balancing-dual solver: same names and signatures as the reference twins
+# (cina_ext.reference.qp_solve / dual_solve), compiled kernels in csrc/qp_solve.
+from .solver import dual_solve, qp_solve  # noqa: E402
+
+__all__ += ["qp_solve", "dual_solve"]

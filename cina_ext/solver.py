@@ -19,6 +19,12 @@ Differences from the reference worth knowing:
   the lighter one's sum; ate/att: each arm normalised to sum 1).
 * On float32 the gradient is accumulated in double, so the reported KKT violation is the exact one
   for the returned (float32) point and the float32 matrix entries.
+* A dataset that did not converge and whose read-out leaves an arm without weight (e.g.
+  ``max_iter=0``) gets weights 0 on that arm and ``converged=False`` instead of an error (the
+  error remains for a converged dataset, as in the reference).
+* The gradient is updated in double and not recomputed from scratch before declaring convergence
+  (the reference recomputes it because it accumulates in the input dtype); with shrinking, the
+  gradients of the shrunk units are rebuilt exactly and the KKT test runs on all units.
 """
 from __future__ import annotations
 
@@ -238,6 +244,9 @@ def _check_dense(A: Tensor, mask: Tensor, name: str, what: str = "symmetric") ->
 def _run(X, kind, gamma, scale, lse, src, mask, sign, qscale, diag_add, p, lo, up, c, d, x0, tol, max_iter,
          cache_bytes, shrinking, inner_min_units):
     empty = torch.zeros(0, dtype=torch.float64)
+    det = lambda t: None if t is None else t.detach().contiguous()  # noqa: E731  (no autograd here)
+    X, gamma, lse, sign, p, lo, up, c, d, x0 = (det(t) for t in (X, gamma, lse, sign, p, lo, up, c, d, x0))
+    qscale, diag_add = qscale.detach(), diag_add.detach()
     x, nu, obj, kkt, it, conv = torch.ops.cina.qp_solve_batch(
         X.contiguous(), int(kind), empty if gamma is None else gamma, float(scale),
         empty.reshape(0, 0) if lse is None else lse, src.contiguous(), mask.contiguous(),
@@ -323,7 +332,7 @@ def qp_solve(
             raise ValueError(f"d must have shape {(B,)}, got {tuple(d.shape)}")
         _finite(d, "d")
     if N > 0:
-        _check_dense(Q.contiguous(), mask.contiguous(), "Q")
+        _check_dense(Q.detach().contiguous(), mask.contiguous(), "Q")
     zero = torch.zeros((), dtype=dt, device=dev)
     lo = torch.where(mask, lo, zero)
     up = torch.where(mask, up, zero)
@@ -368,7 +377,7 @@ def _check_x0(x0, B, N, dt, mask, lo, up, cm, d) -> Tensor:
 def _rbf_gamma(X: Tensor, mask: Tensor) -> Tensor:
     """The reference's default: 1 / (p * mean per-feature population variance over valid units)."""
     B, _, pdim = X.shape
-    Xd = X.to(torch.float64)
+    Xd = X.detach().to(torch.float64)
     m = mask.unsqueeze(-1)
     n = mask.sum(-1).clamp_min(1).to(torch.float64)
     Xm = torch.where(m, Xd, torch.zeros((), dtype=torch.float64))
@@ -477,7 +486,7 @@ def dual_solve(
         if X.shape[2] != N:
             raise ValueError(f'kernel="precomputed" needs X of shape (B, N, N), got {tuple(X.shape)}')
         if N > 0:
-            _check_dense(Xc, mask.contiguous(), "X (the precomputed Gram matrix)")
+            _check_dense(Xc.detach(), mask.contiguous(), "X (the precomputed Gram matrix)")
     else:
         _finite(X, "X", mask.unsqueeze(-1).expand_as(X))
         if kernel == "rbf":
@@ -487,7 +496,7 @@ def dual_solve(
             sc = (1.0 / math.sqrt(Dk) if Dk > 0 else 1.0) if scale is None else float(scale)
             if not math.isfinite(sc):
                 raise ValueError(f"scale must be finite, got {scale!r}")
-            lse = torch.ops.cina.qp_kernel_lse(Xc, mask.contiguous(), sc)
+            lse = torch.ops.cina.qp_kernel_lse(Xc.detach(), mask.contiguous(), sc)
     if x0 is not None:
         _tensor(x0, "x0", 2)
         if tuple(x0.shape) != (B, N):
@@ -532,14 +541,15 @@ def dual_solve(
     g_arg = g_v if g_v is not None else empty
     lse_arg = lse if lse is not None else empty.reshape(0, 0)
     if estimand == "ate":
-        rows = torch.ops.cina.qp_kernel_rowsum(Xc, kind, g_arg, sc, lse_arg, mask_c, mask_c)
+        rows = torch.ops.cina.qp_kernel_rowsum(Xc.detach(), kind, g_arg, sc, lse_arg, mask_c, mask_c)
         kbar = (rows / mask.sum(-1, keepdim=True).to(torch.float64)).to(dt)
         pm = torch.cat([treated, control], 0)
         src = torch.cat([ar, ar])
         pvec = torch.where(pm, 2.0 * torch.cat([kbar, kbar], 0), zero)
         lam2 = torch.cat([lam_v, lam_v])
     else:  # att: controls against the treated mean
-        rows = torch.ops.cina.qp_kernel_rowsum(Xc, kind, g_arg, sc, lse_arg, control.contiguous(), treated.contiguous())
+        rows = torch.ops.cina.qp_kernel_rowsum(Xc.detach(), kind, g_arg, sc, lse_arg, control.contiguous(),
+                                               treated.contiguous())
         kbar = (rows / n1.unsqueeze(-1).to(torch.float64)).to(dt)
         pm = control
         src = ar

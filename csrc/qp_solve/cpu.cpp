@@ -32,7 +32,7 @@
 //
 // Threads: at::parallel_for, one task per thread pulling problems from a shared counter; with
 // fewer problems than threads and n >= inner_min_units, the block passes and the kernel columns
-// of one problem are split across threads instead.  at::parallel_for is OpenMP code inlined from
+// of one problem are split across threads instead, while timing shows that this pays (probe()).  at::parallel_for is OpenMP code inlined from
 // torch's headers, so this file must be compiled with -fopenmp (CMakeLists.txt does; the runtime
 // is torch's libgomp) or it runs serially.
 #include "qp_solve/qp_solve.h"
@@ -207,7 +207,7 @@ inline void kernel_block(int64_t kind, const CompactFeatures& f, const double* x
 // to the next (a batch of small datasets would otherwise map, fault in and unmap a fresh buffer
 // per dataset, and the threads would contend in the kernel's page-fault path); larger caches
 // are owned by their problem and freed with it.
-constexpr size_t kKeepBytes = size_t(64) << 20;
+constexpr size_t kKeepBytes = size_t(16) << 20;
 
 template <typename T>
 T* cache_storage(int64_t count, std::unique_ptr<T[]>& own) {
@@ -604,24 +604,41 @@ class Solver {
  private:
   // Inner parallelism pays only when the threads are really there: a step synchronises them a few
   // times, and on a machine whose cores are taken by other work each synchronisation can cost a
-  // scheduler time slice.  Every kProbeEvery steps, time kProbe steps with the threads and kProbe
-  // without, and keep the faster.  Results do not depend on the choice (same blocks either way).
-  static constexpr int64_t kProbe = 16, kProbeEvery = 2048;
+  // scheduler time slice.  So it is measured: kProbe steps without threads, then up to kProbe with
+  // them, abandoned as soon as they are slower; threads are kept only when they win.  The next
+  // probe comes kProbeEvery steps later, or twice as late as the last one after a loss.  Results
+  // do not depend on the choice (the blocks are the same either way).
+  static constexpr int64_t kProbe = 8, kProbeEvery = 2048, kProbeMax = int64_t(1) << 17;
   void probe(int64_t it) {
     using clock = std::chrono::steady_clock;
-    const int64_t pos = it % kProbeEvery;
-    if (pos == 0) {
-      par_ = true;
-      probe_t0_ = clock::now();
-    } else if (pos == kProbe) {
-      probe_par_ = std::chrono::duration<double>(clock::now() - probe_t0_).count();
+    auto since = [&] { return std::chrono::duration<double>(clock::now() - probe_t0_).count(); };
+    if (probe_phase_ == 0) {
+      if (it < probe_next_) return;
+      probe_phase_ = 1;
       par_ = false;
       probe_t0_ = clock::now();
-    } else if (pos == 2 * kProbe) {
-      const double ser = std::chrono::duration<double>(clock::now() - probe_t0_).count();
-      par_ = probe_par_ < 0.9 * ser;
-      if (par_) ++par_windows_;
+      probe_it0_ = it;
+    } else if (probe_phase_ == 1) {
+      if (it - probe_it0_ < kProbe) return;
+      probe_ser_ = since();
+      probe_phase_ = 2;
+      par_ = true;
+      probe_t0_ = clock::now();
+      probe_it0_ = it;
+    } else {
+      const double t = since();
+      const bool lost = t > 0.9 * probe_ser_;
+      if (!lost && it - probe_it0_ < kProbe) return;
       ++windows_;
+      probe_phase_ = 0;
+      if (lost) {
+        par_ = false;
+        probe_every_ = std::min(kProbeMax, 2 * probe_every_);
+      } else {
+        ++par_windows_;
+        probe_every_ = kProbeEvery;
+      }
+      probe_next_ = it + probe_every_;
     }
   }
 
@@ -741,19 +758,31 @@ class Solver {
   void rebuild(const std::vector<int64_t>& rows) {
     if (rows.empty()) return;
     const int64_t nr = static_cast<int64_t>(rows.size());
-    std::vector<double> acc(nr);
-    for (int64_t t = 0; t < nr; ++t) acc[t] = Gb_[rows[t]];
+    std::vector<int64_t> fr;
+    for (int64_t j = 0; j < n_; ++j)
+      if (x_[j] != 0.0 && !inb_[j]) fr.push_back(j);
     const int64_t* r = rows.data();
-    for (int64_t j = 0; j < n_; ++j) {
-      const double xj = x_[j];
-      if (xj == 0.0 || inb_[j]) continue;
-      const T* col = cols_.get(j, par_);
-      double* a = acc.data();
+    if (cols_.prefetch(fr, par_)) {
+      // all free columns cached: one pass over blocks of rows (a single parallel region)
       for_blocks(nr, par_, [&](int64_t, int64_t lo, int64_t hi) {
-        for (int64_t t = lo; t < hi; ++t) a[t] += xj * static_cast<double>(col[r[t]]);
+        for (int64_t t = lo; t < hi; ++t) {
+          const int64_t k = r[t];
+          double a = Gb_[k];
+          for (const int64_t j : fr) a += x_[j] * static_cast<double>(cols_.peek(j)[k]);
+          G_[k] = a - p_[k];
+        }
       });
+    } else {
+      // too many to cache at once: column by column, in the same order (same sums)
+      std::vector<double> acc(nr);
+      for (int64_t t = 0; t < nr; ++t) acc[t] = Gb_[r[t]];
+      for (const int64_t j : fr) {
+        const double xj = x_[j];
+        const T* col = cols_.get(j, false);
+        for (int64_t t = 0; t < nr; ++t) acc[t] += xj * static_cast<double>(col[r[t]]);
+      }
+      for (int64_t t = 0; t < nr; ++t) G_[r[t]] = acc[t] - p_[r[t]];
     }
-    for (int64_t t = 0; t < nr; ++t) G_[rows[t]] = acc[t] - p_[rows[t]];
     ++n_refresh_;
   }
 
@@ -1077,7 +1106,8 @@ class Solver {
   int64_t q_;
   bool par_ = false, par_allowed_ = false;
   std::chrono::steady_clock::time_point probe_t0_;
-  double probe_par_ = 0.0;
+  double probe_ser_ = 0.0;
+  int64_t probe_phase_ = 0, probe_it0_ = 0, probe_next_ = 0, probe_every_ = kProbeEvery;
   int64_t windows_ = 0, par_windows_ = 0;
   std::vector<int64_t> idx_;
   int64_t n_ = 0;

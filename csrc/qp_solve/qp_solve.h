@@ -31,9 +31,11 @@
 //     problem that reaches max_iter steps or stalls is reported not converged.
 // KKT violation, multiplier nu and iteration counting follow cina_ext/reference_qp.py exactly.
 //
-// Threads: at::parallel_for across problems; a problem with many units and few problems beside it
-// is parallelised inside (column computation and the per-step passes over the units), in fixed
-// blocks combined in a fixed order, so results do not depend on the thread count.
+// Threads: at::parallel_for across problems (each thread pulls problems from a shared counter);
+// a problem with many units and fewer problems than threads is parallelised inside (kernel
+// columns, gradient rebuilds and the per-step passes over the units), in fixed blocks combined in
+// a fixed order, so results do not depend on the thread count.  Inside a problem the threads are
+// used only while timing shows that they pay (see Solver::probe in cpu.cpp).
 #pragma once
 #include <cstdint>
 
