@@ -6,7 +6,7 @@ VENV_CUDA ?= .venv-cuda
 # a multi-GB CUDA build).  The CUDA build check uses the CUDA 13.0 build of torch 2.14.1.
 TORCH_CPU ?= torch==2.13.0
 TORCH_CUDA ?= torch==2.14.1
-BUILD_TOOLS = scikit-build-core>=0.10 ninja "cmake>=3.26"
+BUILD_TOOLS = "scikit-build-core>=0.10" ninja "cmake>=3.26"
 PY = $(VENV)/bin/python
 PYC = $(VENV_CUDA)/bin/python
 CUDA_HOME ?= /usr/local/cuda
