@@ -9,6 +9,7 @@ _LAZY = {
     # estimators
     "CInA": "estimators", "KernelBalancing": "estimators", "DifferenceInMeans": "estimators",
     "IPW": "estimators", "SelfNormalizedIPW": "estimators", "DoubleML": "estimators",
+    "CInAZeroShot": "zeroshot",
 }
 
 
