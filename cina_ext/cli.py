@@ -532,7 +532,75 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object (for scripts)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or notes")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("train", help="train the zero-shot CInA model (works under torchrun)",
+                       description="Algorithm 2: train the zero-shot CInA model on streamed synthetic datasets. "
+                                   "Seeded and resumable (atomic checkpoints). Under torchrun each process "
+                                   "trains on its slice of the global batch with DistributedDataParallel.")
+    p.add_argument("--out", required=True, metavar="PATH", help="checkpoint file to write (and resume from)")
+    p.add_argument("--steps", type=int, default=1000, help="optimizer steps (default: 1000)")
+    p.add_argument("--batch-size", type=int, default=16, help="datasets per step, over all processes (default: 16)")
+    p.add_argument("--n-min", type=int, default=64, help="smallest dataset (default: 64 units)")
+    p.add_argument("--n-max", type=int, default=256, help="largest dataset (default: 256 units)")
+    p.add_argument("--families", nargs="+", default=["setoguchi", "er"], choices=["setoguchi", "er"])
+    p.add_argument("--setting", default="id", choices=["id", "ood"], help="data setting (default: id)")
+    p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (default: 3e-4)")
+    p.add_argument("--warmup-steps", type=int, default=50)
+    p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (default: 100)")
+    p.add_argument("--no-resume", action="store_true", help="start afresh even if --out exists")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--json", action="store_true", help="print one JSON object (for scripts)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train)
     return parser
+
+
+def _cmd_train(args) -> int:
+    """``cina train``: thin wrapper over cina_ext.zeroshot.train_zero_shot (torchrun-aware)."""
+    import torch
+    import torch.distributed as dist
+
+    from .zeroshot import ZeroShotConfig, train_zero_shot
+
+    if args.n_min < 2 or args.n_max < args.n_min:
+        raise CLIError(f"need 2 <= --n-min <= --n-max, got {args.n_min} and {args.n_max}")
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    started_here = False
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        # launched by torchrun: one process per GPU (or per CPU slot with gloo)
+        dist.init_process_group(backend="nccl" if device == "cuda" else "gloo")
+        started_here = True
+        if device == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    config = ZeroShotConfig(
+        families=tuple(args.families), setting=args.setting, n_range=(args.n_min, args.n_max),
+        batch_size=args.batch_size, steps=args.steps, lr=args.lr, warmup_steps=args.warmup_steps,
+        seed=args.seed, dtype=args.dtype, device=device, checkpoint_path=args.out,
+        checkpoint_every=args.checkpoint_every, resume=not args.no_resume,
+        progress=not (args.quiet or args.json) and rank == 0,
+    )
+    t0 = time.perf_counter()
+    try:
+        _, history = train_zero_shot(config)
+    finally:
+        if started_here:
+            dist.destroy_process_group()
+    seconds = time.perf_counter() - t0
+    if rank == 0:
+        losses = history.get("loss", [])
+        payload = {"checkpoint": args.out, "steps": len(losses), "final_loss": losses[-1] if losses else None,
+                   "first_loss": losses[0] if losses else None, "seconds": seconds, "device": device}
+        if args.json:
+            print(json.dumps(payload))
+        else:
+            print(f"trained {payload['steps']} steps in {seconds:.1f} s on {device}; loss "
+                  f"{payload['first_loss']:.4g} -> {payload['final_loss']:.4g}; checkpoint {args.out}")
+    return 0
 
 
 def _warning_lines(records) -> List[str]:
@@ -555,7 +623,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return code if isinstance(code, int) else (0 if code is None else 2)
     if not getattr(args, "command", None):
         parser.print_usage(sys.stderr)
-        print("cina: error: a command is required (estimate or demo); see 'cina --help'", file=sys.stderr)
+        print("cina: error: a command is required (estimate, demo or train); see 'cina --help'", file=sys.stderr)
         return 2
     debug = bool(os.environ.get("CINA_DEBUG"))
     args._payload = None
