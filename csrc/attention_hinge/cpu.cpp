@@ -12,7 +12,6 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -24,61 +23,14 @@
 #define CINA_CPU_VARIANT base
 #endif
 
+#include "common/fast_exp.h"
+
 namespace cina {
 namespace CINA_CPU_VARIANT {
 namespace {
 
 constexpr int64_t kRowBlock = 16;
 constexpr int64_t kColBlock = 128;
-
-// exp() for the hot loops, written branch-free so that the compiler vectorises the loops that call
-// it (std::exp is a scalar library call and dominated the run time).  Range reduction
-// x = n ln2 + r with |r| <= ln2/2 (ln2 split in a high and a low part), a Taylor polynomial for e^r
-// (degree 7 for float: relative error < 2e-7; degree 13 for double: < 2e-16), then 2^n through the
-// exponent bits.  Arguments below the underflow limit give exactly 0 (masked or far-off scores).
-inline float fast_exp(float x) {
-  const float lo = -87.0f, hi = 88.0f;
-  const bool under = x < lo;
-  x = std::min(std::max(x, lo), hi);
-  const float n = std::nearbyint(x * 1.44269504088896341f);
-  const float r = (x - n * 0.693145751953125f) - n * 1.428606765330187045e-06f;
-  float p = 1.0f / 5040.0f;
-  p = p * r + 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  const float result = p * std::bit_cast<float>(bits);
-  return under ? 0.0f : result;
-}
-
-inline double fast_exp(double x) {
-  const double lo = -708.0, hi = 709.0;
-  const bool under = x < lo;
-  x = std::min(std::max(x, lo), hi);
-  const double n = std::nearbyint(x * 1.4426950408889634074);
-  const double r = (x - n * 6.93147180369123816490e-01) - n * 1.90821492927058770002e-10;
-  double p = 1.0 / 6227020800.0;  // 1/13!
-  p = p * r + 1.0 / 479001600.0;
-  p = p * r + 1.0 / 39916800.0;
-  p = p * r + 1.0 / 3628800.0;
-  p = p * r + 1.0 / 362880.0;
-  p = p * r + 1.0 / 40320.0;
-  p = p * r + 1.0 / 5040.0;
-  p = p * r + 1.0 / 720.0;
-  p = p * r + 1.0 / 120.0;
-  p = p * r + 1.0 / 24.0;
-  p = p * r + 1.0 / 6.0;
-  p = p * r + 0.5;
-  p = p * r + 1.0;
-  p = p * r + 1.0;
-  const int64_t bits = (static_cast<int64_t>(n) + 1023) << 52;
-  const double result = p * std::bit_cast<double>(bits);
-  return under ? 0.0 : result;
-}
 
 // sign(x) * exp(log_c + log|x|): the product c * x with c = exp(log_c) formed without overflow
 // when x is small, and exactly 0 when x == 0 (never inf * 0 = NaN).
@@ -214,7 +166,7 @@ void attention_hinge_fwd_cpu(const T* K, const T* V, const T* W, const T* b, con
           const T* vj = vals + col0;
 #pragma omp simd reduction(+ : lsum, osum)
           for (int64_t cc = 0; cc < nc; ++cc) {
-            const T e = fast_exp(srow[cc] - mt);
+            const T e = exp_or_zero(srow[cc] - mt);
             p[cc] = e;
             lsum += e;
             osum += e * vj[cc];
@@ -341,7 +293,7 @@ void attention_hinge_bwd_cpu(const T* K, const T* V, const T* W, const T* b, con
           const T* di = dl + i0;
 #pragma omp simd reduction(+ : gs)
           for (int64_t cc = 0; cc < ni; ++cc) {
-            const T pij = fast_exp(srow[cc] - lsi[cc]);  // <= 1: never overflows
+            const T pij = exp_or_zero(srow[cc] - lsi[cc]);  // <= 1: never overflows
             q1[cc] = pij * gi[cc];
             q2[cc] = pij * di[cc];
             gs += q1[cc];

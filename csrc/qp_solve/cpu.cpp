@@ -57,6 +57,8 @@
 #define CINA_CPU_VARIANT base
 #endif
 
+#include "common/fast_exp.h"
+
 namespace cina {
 namespace CINA_CPU_VARIANT {
 namespace {
@@ -66,43 +68,14 @@ constexpr int64_t kBlock = 512;     // units per block of the block-wise passes
 constexpr double kTauRel = 1e-12;   // curvature floor relative to max Q_ii
 constexpr int64_t kShrinkEvery = 1000;
 
-// exp(x) for double, branch-free so that the loops calling it vectorise.  x = n ln2 + r with
-// |r| <= ln2/2 (n found with the 1.5 * 2^52 rounding trick, ln2 split into a high and a low part),
-// e^r by its Taylor polynomial of degree 13 (relative error < 1e-17 on that range), 2^n through the
-// exponent bits.  Valid for x in [-708, 709]: callers clamp first (vexp_inplace), in a separate
-// loop, because a clamp or select inside this function makes GCC keep a branch (the polynomial
-// "could trap" under -ftrapping-math) and give up vectorising.
-inline double vexp_core(double x) {
-  const double shifter = 6755399441055744.0;  // 1.5 * 2^52
-  const double t = x * 1.4426950408889634074 + shifter;
-  const double nd = t - shifter;
-  const double r = (x - nd * 6.93147180369123816490e-01) - nd * 1.90821492927058770002e-10;
-  double p = 1.0 / 6227020800.0;
-  p = p * r + 1.0 / 479001600.0;
-  p = p * r + 1.0 / 39916800.0;
-  p = p * r + 1.0 / 3628800.0;
-  p = p * r + 1.0 / 362880.0;
-  p = p * r + 1.0 / 40320.0;
-  p = p * r + 1.0 / 5040.0;
-  p = p * r + 1.0 / 720.0;
-  p = p * r + 1.0 / 120.0;
-  p = p * r + 1.0 / 24.0;
-  p = p * r + 1.0 / 6.0;
-  p = p * r + 0.5;
-  p = p * r + 1.0;
-  p = p * r + 1.0;
-  const int64_t ni = std::bit_cast<int64_t>(t) - std::bit_cast<int64_t>(shifter);
-  return p * std::bit_cast<double>((ni + 1023) << 52);
-}
-
 // v[t] <- exp(v[t]); arguments below -708 give exp(-708) ~ 3e-308 (0 after rounding to float).
 inline void vexp_inplace(double* v, int64_t len) {
   for (int64_t t = 0; t < len; ++t) v[t] = std::min(std::max(v[t], -708.0), 709.0);
-  for (int64_t t = 0; t < len; ++t) v[t] = vexp_core(v[t]);
+  for (int64_t t = 0; t < len; ++t) v[t] = exp_core(v[t]);
 }
 
 // exp of one value (scalar paths: diagonal entries)
-inline double vexp(double x) { return vexp_core(std::min(std::max(x, -708.0), 709.0)); }
+inline double vexp(double x) { return exp_core(std::min(std::max(x, -708.0), 709.0)); }
 
 // Run f(block, begin, end) over the fixed blocks of [0, n); on torch's pool when `par`.
 template <typename F>
