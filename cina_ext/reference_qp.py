@@ -121,7 +121,8 @@ def _check_finite(t: Tensor, name: str, mask: Optional[Tensor] = None) -> None:
     if mask is not None:
         bad = bad & mask
     if bool(bad.any()):
-        raise ValueError(f"{name} contains NaN or Inf")
+        rows = torch.nonzero(bad.reshape(bad.shape[0], -1).any(-1)).flatten().tolist()
+        raise ValueError(f"{name} contains NaN or Inf (dataset(s) {rows[:10]})")
 
 
 def _bound_tensor(v, name: str, B: int, N: int, like: Tensor, allow: float) -> Tensor:

@@ -93,17 +93,11 @@ def solver_backend(backend: str, device: torch.device) -> str:
 # ------------------------------------------------------------------------------------------------
 
 
-def _tensor(t, name: str, ndim: int) -> Tensor:
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dim() != ndim:
-        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
-    return t
-
-
-def _float(t: Tensor, name: str) -> None:
-    if t.dtype not in _FLOATS:
-        raise TypeError(f"{name} must be float32 or float64, got {t.dtype}")
+# The structural checks are the reference's (one definition, one set of messages); the compiled
+# path adds what it needs on top: no silent dtype conversion, no silent device move.
+_tensor = reference_qp._check_tensor
+_float = reference_qp._check_float
+_finite = reference_qp._check_finite
 
 
 def _same_dtype(t: Tensor, name: str, dt: torch.dtype) -> None:
@@ -113,45 +107,17 @@ def _same_dtype(t: Tensor, name: str, dt: torch.dtype) -> None:
 
 def _mask(mask, B: int, N: int, device) -> Tensor:
     if mask is None:
-        return torch.ones(B, N, dtype=torch.bool, device=device)
-    _tensor(mask, "mask", 2)
-    if mask.dtype != torch.bool:
-        raise TypeError(f"mask must be a bool tensor (True = real unit), got {mask.dtype}")
-    if tuple(mask.shape) != (B, N):
-        raise ValueError(f"mask must have shape {(B, N)}, got {tuple(mask.shape)}")
+        return reference_qp._check_mask(None, B, N, device)
+    reference_qp._check_mask(mask, B, N, mask.device if isinstance(mask, Tensor) else device)
     if mask.device != device:
         raise ValueError(f"mask is on {mask.device} but the data are on {device}")
     return mask
 
 
-def _finite(t: Tensor, name: str, where: Optional[Tensor] = None) -> None:
-    bad = ~torch.isfinite(t)
-    if where is not None:
-        bad = bad & where
-    if bool(bad.any()):
-        rows = torch.nonzero(bad.reshape(bad.shape[0], -1).any(-1)).flatten().tolist()
-        raise ValueError(f"{name} contains NaN or Inf (dataset(s) {rows[:10]})")
-
-
 def _bound(v, name: str, B: int, N: int, like: Tensor, allow: float) -> Tensor:
-    if isinstance(v, Tensor):
-        if v.dim() == 0:
-            t = v.to(dtype=like.dtype, device=like.device).expand(B, N)
-        elif tuple(v.shape) == (B, N):
-            if v.dtype not in _FLOATS and v.is_floating_point():
-                raise TypeError(f"{name} must be float32 or float64, got {v.dtype}")
-            t = v.to(dtype=like.dtype, device=like.device)
-        else:
-            raise ValueError(f"{name} must be a float or a tensor of shape {(B, N)}, got {tuple(v.shape)}")
-    elif isinstance(v, (int, float)) and not isinstance(v, bool):
-        t = torch.full((B, N), float(v), dtype=like.dtype, device=like.device)
-    else:
-        raise TypeError(f"{name} must be a float or a tensor, got {type(v).__name__}")
-    if bool(torch.isnan(t).any()):
-        raise ValueError(f"{name} contains NaN")
-    if bool((torch.isinf(t) & (t != allow)).any()):
-        raise ValueError(f"{name} may only contain {allow} as an infinite value")
-    return t
+    if isinstance(v, Tensor) and tuple(v.shape) == (B, N) and v.is_floating_point() and v.dtype not in _FLOATS:
+        raise TypeError(f"{name} must be float32 or float64, got {v.dtype}")
+    return reference_qp._bound_tensor(v, name, B, N, like, allow)
 
 
 def _per_dataset(v, name: str, B: int, like: Tensor, *, positive: bool = True) -> Tensor:
