@@ -171,3 +171,13 @@ _register()
 from .solver import dual_solve, qp_solve  # noqa: E402
 
 __all__ += ["qp_solve", "dual_solve"]
+
+# Packed layout (offsets instead of padding + mask) for many datasets of different sizes.
+from .packed import (  # noqa: E402
+    attention_hinge_packed,
+    dual_solve_packed,
+    offsets_from_lengths,
+    qp_solve_packed,
+)
+
+__all__ += ["attention_hinge_packed", "dual_solve_packed", "qp_solve_packed", "offsets_from_lengths"]

@@ -1,0 +1,571 @@
+"""Packed layout with offsets: many small datasets of different sizes without a padded batch.
+
+**The layout.**  ``B`` datasets with ``n_0, ..., n_{B-1}`` units are stored back to back along the
+first dimension: per-unit tensors have shape ``(total, ...)`` with ``total = sum_b n_b``, and the
+units of dataset ``b`` are rows ``offsets[b] : offsets[b + 1]``.  ``offsets`` is a 1-D int64
+tensor of length ``B + 1`` on the data's device, starting at 0, non-decreasing and ending at
+``total`` (:func:`offsets_from_lengths` builds it; every function here validates it).  Datasets of
+length 0 and 1 are allowed.  Per-dataset quantities (``b``, ``lam``, the solver's intercept,
+objective, ...) have shape ``(B,)``.  :func:`qp_solve_packed` also takes the matrices ``Q`` packed:
+the ``n_b x n_b`` blocks flattened row-major and concatenated, shape ``(sum_b n_b**2,)``.
+
+**Conversions.**  :func:`pad_packed` turns ``(total, ...)`` into the padded ``(B, Nmax, ...)`` plus
+the bool ``mask`` (``True`` = real unit) used by :mod:`cina_ext.ops` and :mod:`cina_ext.solver`;
+:func:`unpack_padded` goes back.  Both are pure index arithmetic (one ``repeat_interleave``, one
+scatter / gather; no Python loop over datasets), differentiable, and run on any device.
+
+**Length buckets.**  Padding a batch whose lengths vary widely wastes memory and work (attention
+costs ``O(N^2)`` per dataset).  The packed operators therefore sort the datasets by length and cut
+them greedily into buckets: a bucket starts at the shortest remaining dataset (length ``L``) and
+takes every dataset of length ``<= ratio * L`` (:func:`length_buckets`).  Each bucket is padded to
+its own longest dataset, so every dataset is padded to at most ``ratio`` times its length: the
+padded size of each bucket (and of the whole call) is at most ``ratio`` x its number of real units
+(``ratio**2`` x the real attention work).  The default ``ratio`` is :data:`DEFAULT_BUCKET_RATIO`
+= 1.5; the number of buckets is at most about ``log(max n / min n) / log(ratio) + 1``, i.e. a few
+padded calls per packed call.  ``bucket=False`` makes a single padded call (padded to the longest
+dataset); ``bucket=<float > 1>`` chooses another ratio.  Empty datasets form their own bucket and
+go through the padded operator with zero padded length, so they are treated exactly like fully
+masked rows there (attention: loss 0, no outputs, zero gradients).
+
+Results never depend on the bucketing: each dataset is computed independently by the padded
+operators (up to floating-point summation order).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from . import ops, solver
+
+__all__ = [
+    "DEFAULT_BUCKET_RATIO",
+    "offsets_from_lengths",
+    "lengths_from_offsets",
+    "check_offsets",
+    "length_buckets",
+    "pad_packed",
+    "unpack_padded",
+    "attention_hinge_packed",
+    "dual_solve_packed",
+    "qp_solve_packed",
+    "PackedBalanceResult",
+    "PackedQPResult",
+]
+
+DEFAULT_BUCKET_RATIO = 1.5
+
+
+# ------------------------------------------------------------------------------------------------
+# offsets
+# ------------------------------------------------------------------------------------------------
+
+
+def offsets_from_lengths(lengths: Union[Sequence[int], Tensor], *, device=None) -> Tensor:
+    """``[0, n_0, n_0 + n_1, ...]`` as an int64 tensor (on ``device``, else ``lengths``' device / CPU)."""
+    if isinstance(lengths, Tensor):
+        if lengths.dim() != 1:
+            raise ValueError(f"lengths must be 1-D, got shape {tuple(lengths.shape)}")
+        if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
+            raise TypeError(f"lengths must hold integers, got {lengths.dtype}")
+        n = lengths.to(dtype=torch.int64, device=device if device is not None else lengths.device)
+    else:
+        vals = list(lengths)
+        for v in vals:
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise TypeError(f"lengths must be integers, got {v!r} ({type(v).__name__})")
+        n = torch.tensor(vals, dtype=torch.int64, device=device)
+    if n.numel() and bool((n < 0).any()):
+        raise ValueError(f"lengths must be non-negative, got {n.tolist()[:20]}")
+    return torch.cat([n.new_zeros(1), torch.cumsum(n, 0)])
+
+
+def _check_offsets_structure(offsets, device, name: str) -> None:
+    if not isinstance(offsets, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor (int64, shape (B + 1,)), got {type(offsets).__name__}; "
+                        "build it with offsets_from_lengths")
+    if offsets.dtype != torch.int64:
+        raise TypeError(f"{name} must have dtype torch.int64, got {offsets.dtype}")
+    if offsets.dim() != 1:
+        raise ValueError(f"{name} must be 1-D of shape (B + 1,), got shape {tuple(offsets.shape)}")
+    if offsets.numel() == 0:
+        raise ValueError(f"{name} must have at least one entry (0); got an empty tensor")
+    if device is not None and offsets.device != torch.device(device):
+        raise ValueError(f"{name} is on {offsets.device} but the data are on {device}")
+
+
+def check_offsets(offsets, total: int, device: Optional[torch.device] = None, *, name: str = "offsets") -> int:
+    """Validate ``offsets`` for ``total`` packed units on ``device``; return the number of datasets B.
+
+    ``offsets`` must be a 1-D int64 tensor on ``device``, start at 0, be non-decreasing and end at
+    ``total``: ``TypeError`` for a wrong type / dtype, ``ValueError`` otherwise.
+    """
+    _check_offsets_structure(offsets, device, name)
+    first = int(offsets[0])
+    if first != 0:
+        raise ValueError(f"{name} must start at 0, got {first}")
+    if offsets.numel() > 1:
+        steps = offsets[1:] - offsets[:-1]
+        if bool((steps < 0).any()):
+            bad = int(torch.nonzero(steps < 0)[0])
+            raise ValueError(f"{name} must be non-decreasing; {name}[{bad + 1}] = {int(offsets[bad + 1])} < "
+                             f"{name}[{bad}] = {int(offsets[bad])}")
+    last = int(offsets[-1])
+    if last != total:
+        raise ValueError(f"{name}[-1] = {last} must equal the number of packed units ({total})")
+    return offsets.numel() - 1
+
+
+def lengths_from_offsets(offsets: Tensor) -> Tensor:
+    """Per-dataset lengths ``offsets[1:] - offsets[:-1]`` (no validation)."""
+    return offsets[1:] - offsets[:-1]
+
+
+# ------------------------------------------------------------------------------------------------
+# index arithmetic
+# ------------------------------------------------------------------------------------------------
+
+
+def _layout(starts: Tensor, lens: Tensor, count: int) -> Tuple[Tensor, Tensor, Tensor]:
+    """For datasets starting at ``starts`` with lengths ``lens`` (``count = lens.sum()`` units):
+    ``(seg, pos, src)`` with ``seg[u]`` the (local) dataset of unit u, ``pos[u]`` its position in the
+    dataset and ``src[u]`` its row in the packed tensor.  Units in dataset order."""
+    nb = lens.numel()
+    dev = lens.device
+    seg = torch.repeat_interleave(torch.arange(nb, device=dev), lens, output_size=count)
+    local_start = torch.cumsum(lens, 0) - lens
+    pos = torch.arange(count, device=dev) - local_start[seg]
+    src = starts[seg] + pos
+    return seg, pos, src
+
+
+def _scatter_pad(rows: Tensor, seg: Tensor, pos: Tensor, nb: int, nmax: int, fill=0.0) -> Tensor:
+    out = rows.new_full((nb, nmax) + tuple(rows.shape[1:]), fill)
+    return out.index_put((seg, pos), rows)
+
+
+def _max_len(lens: Tensor) -> int:
+    return int(lens.max()) if lens.numel() else 0
+
+
+def pad_packed(x: Tensor, offsets: Tensor, *, max_len: Optional[int] = None, fill: float = 0.0
+               ) -> Tuple[Tensor, Tensor]:
+    """Packed ``x`` (total, ...) -> ``(padded (B, Nmax, ...), mask (B, Nmax) bool)``.
+
+    ``Nmax`` is the longest dataset, or ``max_len`` when given (must be >= it; saves a device
+    sync).  Padded entries hold ``fill``.  Differentiable in ``x``.
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() < 1:
+        raise ValueError("x must have a leading unit dimension (total, ...)")
+    total = x.shape[0]
+    B = check_offsets(offsets, total, x.device)
+    lens = lengths_from_offsets(offsets)
+    longest = _max_len(lens)
+    if max_len is None:
+        nmax = longest
+    else:
+        if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < longest:
+            raise ValueError(f"max_len must be an int >= the longest dataset ({longest}), got {max_len!r}")
+        nmax = max_len
+    seg, pos, src = _layout(offsets[:-1], lens, total)
+    padded = _scatter_pad(x, seg, pos, B, nmax, fill)
+    mask = torch.arange(nmax, device=x.device).unsqueeze(0) < lens.unsqueeze(1)
+    return padded, mask
+
+
+def unpack_padded(x_padded: Tensor, offsets: Tensor) -> Tensor:
+    """Padded ``x_padded`` (B, N, ...) -> packed (total, ...): the first ``n_b`` entries of row b.
+
+    Inverse of :func:`pad_packed` (padded entries are dropped).  Differentiable.
+    """
+    if not isinstance(x_padded, Tensor):
+        raise TypeError(f"x_padded must be a torch.Tensor, got {type(x_padded).__name__}")
+    if x_padded.dim() < 2:
+        raise ValueError(f"x_padded must have shape (B, N, ...), got {tuple(x_padded.shape)}")
+    _check_offsets_structure(offsets, x_padded.device, "offsets")
+    B = offsets.numel() - 1
+    if x_padded.shape[0] != B:
+        raise ValueError(f"x_padded has {x_padded.shape[0]} datasets but offsets describe {B}")
+    total = int(offsets[-1])
+    check_offsets(offsets, total, x_padded.device)
+    lens = lengths_from_offsets(offsets)
+    if _max_len(lens) > x_padded.shape[1]:
+        raise ValueError(f"x_padded has padded length {x_padded.shape[1]} but the longest dataset has "
+                         f"{_max_len(lens)} units")
+    seg, pos, _ = _layout(offsets[:-1], lens, total)
+    return x_padded[seg, pos]
+
+
+# ------------------------------------------------------------------------------------------------
+# length buckets
+# ------------------------------------------------------------------------------------------------
+
+
+def _ratio(bucket) -> Optional[float]:
+    if bucket is True:
+        return DEFAULT_BUCKET_RATIO
+    if bucket is False or bucket is None:
+        return None
+    if isinstance(bucket, (int, float)) and math.isfinite(bucket) and bucket > 1:
+        return float(bucket)
+    raise ValueError(f"bucket must be True, False or a ratio > 1, got {bucket!r}")
+
+
+def length_buckets(lengths: Tensor, ratio: Optional[float] = DEFAULT_BUCKET_RATIO) -> List[Tuple[Tensor, int]]:
+    """Group datasets by length: a list of ``(dataset indices (int64, CPU), padded length)``.
+
+    Datasets are sorted by length (stable); a bucket starts at the shortest remaining dataset
+    (length L) and takes every dataset of length ``<= floor(ratio * L)``; its padded length is its
+    longest member.  Empty datasets get their own bucket (padded length 0).  ``ratio=None``: one
+    bucket with everything.  The loop runs once per bucket, not per dataset.
+    """
+    n = lengths.detach().to("cpu", torch.int64)
+    B = n.numel()
+    if B == 0:
+        return []
+    if ratio is None:
+        return [(torch.arange(B), int(n.max()))]
+    s, order = torch.sort(n, stable=True)
+    out = []
+    i = 0
+    while i < B:
+        L0 = int(s[i])
+        limit = 0 if L0 == 0 else int(math.floor(ratio * L0))
+        j = int(torch.searchsorted(s, torch.tensor(limit), right=True))
+        j = max(j, i + 1)
+        out.append((order[i:j], int(s[j - 1])))
+        i = j
+    return out
+
+
+def _bucket_plan(offsets: Tensor, bucket, dev) -> List[Tuple[Tensor, Tensor, int, int]]:
+    """Per bucket: (dataset indices on dev, starts, padded length, number of units)."""
+    lens = lengths_from_offsets(offsets)
+    lens_cpu = lens.detach().cpu()
+    plan = []
+    for ds, nmax in length_buckets(lens_cpu, _ratio(bucket)):
+        count = int(lens_cpu[ds].sum())
+        plan.append((ds.to(dev), nmax, count))
+    return plan
+
+
+def _per_dataset_slice(v, ds: Tensor, B: int, name: str):
+    """Slice a per-dataset argument (float, 0-d or (B,) tensor) to a bucket."""
+    if isinstance(v, Tensor) and v.dim() == 1:
+        if v.shape[0] != B:
+            raise ValueError(f"{name} must be a scalar or a tensor of shape ({B},), got {tuple(v.shape)}")
+        return v[ds.to(v.device)]
+    return v
+
+
+def _annotate(e: Exception, ds: Tensor) -> Exception:
+    ids = ds.tolist()
+    more = "" if len(ids) <= 20 else f", ... ({len(ids)} in all)"
+    return type(e)(f"{e} [dataset numbers are within a length bucket holding packed datasets "
+                   f"{ids[:20]}{more}, in that order]")
+
+
+# ------------------------------------------------------------------------------------------------
+# attention + hinge
+# ------------------------------------------------------------------------------------------------
+
+
+def attention_hinge_packed(
+    K: Tensor,
+    V: Tensor,
+    W: Tensor,
+    b: Tensor,
+    lam: Union[float, Tensor],
+    offsets: Tensor,
+    *,
+    scale: Optional[float] = None,
+    loss: str = "hinge",
+    backend: str = "auto",
+    bucket: Union[bool, float] = True,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """:func:`cina_ext.ops.attention_hinge` on packed datasets (see the module docstring).
+
+    K (total, D) keys, V (total,) values, W (total,) signs, b (B,) intercepts, lam float, 0-d or
+    (B,) tensor, offsets (B + 1,) int64.  Returns ``(loss (B,), out (total,), lse (total,))``,
+    equal to the padded operator's per dataset; differentiable in K, V and b (through the padding).
+    ``scale`` defaults to 1/sqrt(D) for every dataset.  ``bucket``: see :func:`length_buckets`.
+    """
+    for name, t in (("K", K), ("V", V), ("W", W), ("b", b)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if K.dim() != 2:
+        raise ValueError(f"K must have the packed shape (total, D), got {tuple(K.shape)}")
+    total, D = K.shape
+    for name, t in (("V", V), ("W", W)):
+        if tuple(t.shape) != (total,):
+            raise ValueError(f"{name} must have the packed shape ({total},) to match K {tuple(K.shape)}, "
+                             f"got {tuple(t.shape)}")
+    B = check_offsets(offsets, total, K.device)
+    if tuple(b.shape) != (B,):
+        raise ValueError(f"b must have shape ({B},) (one intercept per dataset), got {tuple(b.shape)}")
+    if isinstance(lam, Tensor) and lam.dim() == 1 and lam.shape[0] != B:
+        raise ValueError(f"lam must be a float or a tensor of shape ({B},), got {tuple(lam.shape)}")
+    if scale is None:
+        scale = 1.0 / math.sqrt(D) if D > 0 else 1.0
+    dev = K.device
+    lens = lengths_from_offsets(offsets)
+    starts = offsets[:-1]
+    losses, ds_all, outs, lses, src_all = [], [], [], [], []
+    for ds, nmax, count in _bucket_plan(offsets, bucket, dev):
+        nb = ds.numel()
+        seg, pos, src = _layout(starts[ds], lens[ds], count)
+        Kp = _scatter_pad(K[src], seg, pos, nb, nmax)
+        Vp = _scatter_pad(V[src], seg, pos, nb, nmax)
+        Wp = _scatter_pad(W[src], seg, pos, nb, nmax)
+        mask = torch.arange(nmax, device=dev).unsqueeze(0) < lens[ds].unsqueeze(1)
+        lam_b = _per_dataset_slice(lam, ds, B, "lam")
+        try:
+            l_b, o_b, s_b = ops.attention_hinge(Kp, Vp, Wp, b[ds], lam_b, mask, scale=scale, loss=loss,
+                                                backend=backend)
+        except (ValueError, TypeError) as e:
+            raise _annotate(e, ds.cpu()) from e
+        losses.append(l_b)
+        ds_all.append(ds)
+        outs.append(o_b[seg, pos])
+        lses.append(s_b[seg, pos])
+        src_all.append(src)
+    if B == 0:
+        z = K.new_zeros(0)
+        return z, K.new_zeros(total), K.new_zeros(total)
+    loss_out = b.new_zeros(B).index_copy(0, torch.cat(ds_all), torch.cat(losses))
+    src_cat = torch.cat(src_all)
+    out = V.new_zeros(total).index_copy(0, src_cat, torch.cat(outs))
+    lse = V.new_zeros(total).index_copy(0, src_cat, torch.cat(lses))
+    return loss_out, out, lse
+
+
+# ------------------------------------------------------------------------------------------------
+# solvers
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PackedBalanceResult:
+    """:class:`cina_ext.reference_qp.BalanceResult` in the packed layout."""
+
+    weights: Tensor  # (total,) non-negative, summing to 1 within each arm of each dataset
+    alpha: Tensor  # (total,) raw QP solution
+    intercept: Tensor  # (B,)
+    objective: Tensor  # (B,)
+    kkt: Tensor  # (B,)
+    iterations: Tensor  # (B,)
+    converged: Tensor  # (B,)
+    estimand: str
+    offsets: Tensor  # (B + 1,)
+
+
+@dataclass
+class PackedQPResult:
+    """:class:`cina_ext.reference_qp.QPResult` in the packed layout."""
+
+    x: Tensor  # (total,)
+    nu: Tensor  # (B,)
+    objective: Tensor  # (B,)
+    kkt: Tensor  # (B,)
+    iterations: Tensor  # (B,)
+    converged: Tensor  # (B,)
+    offsets: Tensor  # (B + 1,)
+
+
+def _assemble(B: int, total: int, parts, unit_fields, ds_fields, like: Tensor):
+    """Scatter bucket results back: unit fields to (total,), per-dataset fields to (B,)."""
+    out = {}
+    dev = like.device
+    ds_cat = torch.cat([p[0] for p in parts]) if parts else torch.zeros(0, dtype=torch.int64, device=dev)
+    src_cat = torch.cat([p[1] for p in parts]) if parts else torch.zeros(0, dtype=torch.int64, device=dev)
+    for f in unit_fields:
+        vals = [p[2][f] for p in parts]
+        if vals:
+            v = torch.cat([t.to(dev) for t in vals])
+            out[f] = v.new_zeros(total).index_copy(0, src_cat, v)
+        else:
+            out[f] = like.new_zeros(total)
+    for f in ds_fields:
+        vals = [p[3][f] for p in parts]
+        if vals:
+            v = torch.cat([t.to(dev) for t in vals])
+            out[f] = v.new_zeros(B).index_copy(0, ds_cat, v)
+        else:
+            dt = {"iterations": torch.int64, "converged": torch.bool}.get(f, like.dtype)
+            out[f] = torch.zeros(B, dtype=dt, device=dev)
+    return out
+
+
+def dual_solve_packed(
+    X: Tensor,
+    W: Tensor,
+    offsets: Tensor,
+    lam: Union[float, Tensor],
+    *,
+    bucket: Union[bool, float] = True,
+    gamma: Union[None, float, Tensor] = None,
+    tol: Union[float, Tensor] = 1e-6,
+    max_iter: Union[int, Tensor] = 100_000,
+    x0: Optional[Tensor] = None,
+    **kwargs,
+) -> PackedBalanceResult:
+    """:func:`cina_ext.solver.dual_solve` on packed datasets.
+
+    X (total, p) features (keys for ``kernel="cina"``), W (total,) in {-1, +1}, offsets (B + 1,)
+    int64, lam float or (B,).  ``gamma``, ``tol``, ``max_iter`` may be per dataset ((B,) tensors);
+    ``x0`` is packed (total,).  Other keyword arguments (``kernel``, ``scale``, ``estimand``,
+    ``intercept``, ``loss``, ``backend``, ``cache_mb``, ``shrinking``) go to ``dual_solve``
+    unchanged.  ``kernel="precomputed"`` is not available here (use :func:`qp_solve_packed` or
+    the padded solver).  Returns a :class:`PackedBalanceResult`: ``weights`` and ``alpha`` (total,),
+    the other fields (B,), the same numbers as ``dual_solve`` per dataset.
+    """
+    if kwargs.get("kernel") == "precomputed":
+        raise ValueError('kernel="precomputed" has no packed form in dual_solve_packed; use qp_solve_packed '
+                         "(Q packed as flattened blocks) or cina_ext.solver.dual_solve on a padded batch")
+    if "mask" in kwargs:
+        raise TypeError("dual_solve_packed takes offsets, not a mask")
+    for name, t in (("X", X), ("W", W)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if X.dim() != 2:
+        raise ValueError(f"X must have the packed shape (total, p), got {tuple(X.shape)}")
+    total = X.shape[0]
+    if tuple(W.shape) != (total,):
+        raise ValueError(f"W must have the packed shape ({total},) to match X {tuple(X.shape)}, got {tuple(W.shape)}")
+    B = check_offsets(offsets, total, X.device)
+    if x0 is not None and (not isinstance(x0, Tensor) or tuple(x0.shape) != (total,)):
+        raise ValueError(f"x0 must be a packed tensor of shape ({total},)")
+    dev = X.device
+    lens = lengths_from_offsets(offsets)
+    starts = offsets[:-1]
+    # checks that need the global dataset numbers (the padded solver would number within a bucket)
+    if W.dtype == torch.bool or W.is_complex():
+        raise TypeError(f"W must hold the signs -1/+1 as numbers, got {W.dtype}")
+    Wd = W.to(dev)
+    if bool((~((Wd == 1) | (Wd == -1))).any()):
+        raise ValueError("W must be -1 (control) or +1 (treated) at every unit")
+    seg_all = torch.repeat_interleave(torch.arange(B, device=dev), lens, output_size=total)
+    n1 = torch.zeros(B, dtype=torch.int64, device=dev).index_add_(0, seg_all, (Wd > 0).to(torch.int64))
+    n0 = lens - n1
+    if B and bool(((n1 == 0) | (n0 == 0)).any()):
+        bad = torch.nonzero((n1 == 0) | (n0 == 0)).flatten().tolist()
+        raise ValueError(f"dataset(s) {bad[:20]} have an empty treatment arm (a dataset needs at least one "
+                         "treated and one control unit)")
+    parts = []
+    estimand = kwargs.get("estimand", "overlap")
+    for ds, nmax, count in _bucket_plan(offsets, bucket, dev):
+        nb = ds.numel()
+        seg, pos, src = _layout(starts[ds], lens[ds], count)
+        Xp = _scatter_pad(X[src], seg, pos, nb, nmax)
+        Wp = _scatter_pad(Wd[src], seg, pos, nb, nmax, 1.0)
+        mask = torch.arange(nmax, device=dev).unsqueeze(0) < lens[ds].unsqueeze(1)
+        x0p = None if x0 is None else _scatter_pad(x0[src], seg, pos, nb, nmax)
+        try:
+            r = solver.dual_solve(
+                Xp, Wp, _per_dataset_slice(lam, ds, B, "lam"), gamma=_per_dataset_slice(gamma, ds, B, "gamma"),
+                tol=_per_dataset_slice(tol, ds, B, "tol"), max_iter=_per_dataset_slice(max_iter, ds, B, "max_iter"),
+                x0=x0p, mask=mask, **kwargs)
+        except (ValueError, TypeError) as e:
+            raise _annotate(e, ds.cpu()) from e
+        estimand = r.estimand
+        parts.append((ds, src, {"weights": r.weights[seg, pos], "alpha": r.alpha[seg, pos]},
+                      {"intercept": r.intercept, "objective": r.objective, "kkt": r.kkt,
+                       "iterations": r.iterations, "converged": r.converged}))
+    f = _assemble(B, total, parts, ("weights", "alpha"),
+                  ("intercept", "objective", "kkt", "iterations", "converged"), X)
+    return PackedBalanceResult(estimand=estimand, offsets=offsets, **f)
+
+
+def _pad_unit_arg(v, name: str, total: int, src, seg, pos, nb, nmax):
+    """float / 0-d tensor passes through; a packed (total,) tensor is padded to the bucket."""
+    if isinstance(v, Tensor) and v.dim() >= 1:
+        if tuple(v.shape) != (total,):
+            raise ValueError(f"{name} must be a float or a packed tensor of shape ({total},), got {tuple(v.shape)}")
+        return _scatter_pad(v[src], seg, pos, nb, nmax)
+    return v
+
+
+def qp_solve_packed(
+    Q: Tensor,
+    p: Tensor,
+    offsets: Tensor,
+    lower: Union[float, Tensor] = 0.0,
+    upper: Union[float, Tensor] = float("inf"),
+    c: Optional[Tensor] = None,
+    d: Union[None, float, Tensor] = None,
+    *,
+    bucket: Union[bool, float] = True,
+    tol: Union[float, Tensor] = 1e-6,
+    max_iter: Union[int, Tensor] = 100_000,
+    x0: Optional[Tensor] = None,
+    **kwargs,
+) -> PackedQPResult:
+    """:func:`cina_ext.solver.qp_solve` on packed datasets.
+
+    ``Q`` (sum_b n_b**2,): the blocks ``Q_b`` (n_b x n_b) flattened row-major and concatenated in
+    dataset order; p (total,); lower / upper float or (total,); c (total,) with d float or (B,)
+    (together or not at all); x0 (total,); tol / max_iter scalars or (B,).  Other keyword
+    arguments (``backend``, ``cache_mb``, ``shrinking``) go to ``qp_solve``.  Returns a
+    :class:`PackedQPResult` (``x`` (total,), the rest (B,)).
+    """
+    if "mask" in kwargs:
+        raise TypeError("qp_solve_packed takes offsets, not a mask")
+    for name, t in (("Q", Q), ("p", p)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if p.dim() != 1:
+        raise ValueError(f"p must have the packed shape (total,), got {tuple(p.shape)}")
+    total = p.shape[0]
+    B = check_offsets(offsets, total, p.device)
+    dev = p.device
+    lens = lengths_from_offsets(offsets)
+    sq = lens * lens
+    qoff = torch.cumsum(sq, 0) - sq
+    qtotal = int(sq.sum()) if B else 0
+    if Q.dim() != 1 or Q.shape[0] != qtotal:
+        raise ValueError(f"Q must be packed as the flattened n_b x n_b blocks, shape ({qtotal},) for these offsets, "
+                         f"got {tuple(Q.shape)}")
+    if Q.device != dev:
+        raise ValueError(f"Q is on {Q.device} but p is on {dev}")
+    if (c is None) != (d is None):
+        raise ValueError("c and d must be given together (equality c'x = d) or not at all")
+    if c is not None and (not isinstance(c, Tensor) or tuple(c.shape) != (total,)):
+        raise ValueError(f"c must be a packed tensor of shape ({total},)")
+    if x0 is not None and (not isinstance(x0, Tensor) or tuple(x0.shape) != (total,)):
+        raise ValueError(f"x0 must be a packed tensor of shape ({total},)")
+    starts = offsets[:-1]
+    parts = []
+    for ds, nmax, count in _bucket_plan(offsets, bucket, dev):
+        nb = ds.numel()
+        ln = lens[ds]
+        seg, pos, src = _layout(starts[ds], ln, count)
+        ar = torch.arange(nmax, device=dev)
+        valid = (ar.view(1, -1, 1) < ln.view(-1, 1, 1)) & (ar.view(1, 1, -1) < ln.view(-1, 1, 1))
+        qidx = qoff[ds].view(-1, 1, 1) + ar.view(1, -1, 1) * ln.view(-1, 1, 1) + ar.view(1, 1, -1)
+        if qtotal:
+            Qp = torch.where(valid, Q[qidx.clamp(0, qtotal - 1)], torch.zeros((), dtype=Q.dtype, device=dev))
+        else:
+            Qp = Q.new_zeros(nb, nmax, nmax)
+        mask = ar.unsqueeze(0) < ln.unsqueeze(1)
+        args = [_pad_unit_arg(v, n, total, src, seg, pos, nb, nmax) for v, n in ((lower, "lower"), (upper, "upper"))]
+        cp = None if c is None else _scatter_pad(c[src], seg, pos, nb, nmax)
+        dp = d[ds.to(d.device)] if isinstance(d, Tensor) and d.dim() == 1 else d
+        if isinstance(d, Tensor) and d.dim() == 1 and d.shape[0] != B:
+            raise ValueError(f"d must be a float or a tensor of shape ({B},), got {tuple(d.shape)}")
+        x0p = None if x0 is None else _scatter_pad(x0[src], seg, pos, nb, nmax)
+        try:
+            r = solver.qp_solve(Qp, _scatter_pad(p[src], seg, pos, nb, nmax), args[0], args[1], cp, dp, mask,
+                                tol=_per_dataset_slice(tol, ds, B, "tol"),
+                                max_iter=_per_dataset_slice(max_iter, ds, B, "max_iter"), x0=x0p, **kwargs)
+        except (ValueError, TypeError) as e:
+            raise _annotate(e, ds.cpu()) from e
+        parts.append((ds, src, {"x": r.x[seg, pos]},
+                      {"nu": r.nu, "objective": r.objective, "kkt": r.kkt, "iterations": r.iterations,
+                       "converged": r.converged}))
+    f = _assemble(B, total, parts, ("x",), ("nu", "objective", "kkt", "iterations", "converged"), p)
+    return PackedQPResult(offsets=offsets, **f)
