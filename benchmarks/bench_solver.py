@@ -197,6 +197,11 @@ def main(argv=None):
         notes.append("cuda: skipped (" + ("no GPU" if not torch.cuda.is_available()
                                            else "this build has no CUDA kernel for the solver") + ")")
 
+    if cuda_ok and "cuda" in methods:  # warm-up: CUDA context, module load, allocator pools
+        Xw, Ww = make_data(2, 64)
+        solver.dual_solve(Xw.cuda(), Ww.cuda(), 1.0, kernel="rbf", backend="fused")
+        torch.cuda.synchronize()
+
     rows = []
     history = {}  # (method, problem, B) -> list of (N, time) for extrapolation
 

@@ -7,9 +7,11 @@
 #   env        nvidia-smi, versions                          -> OUTDIR/nvidia-smi.txt, env.log
 #   build      pip install --no-build-isolation --no-deps -e . (CUDA kernels ON, sm_90a)
 #   import     the build has CUDA kernels and sees the GPU
-#   tests      pytest tests/test_ops_cuda.py                  -> tests.log, tests.xml
-#   memcheck   compute-sanitizer memcheck  benchmarks/sanitizer_cases.py
+#   tests      pytest tests/test_ops_cuda.py tests/test_solver_cuda.py -> tests.log, tests.xml
+#   memcheck   compute-sanitizer memcheck  benchmarks/sanitizer_cases.py (attention + QP solver)
 #   bench      benchmarks/bench_attention.py --quick          -> OUTDIR/bench/results.{json,md,png}
+#   bench_solver  benchmarks/bench_solver.py --quick (sklearn, cpu, cuda; overlap; short cases)
+#                                                             -> OUTDIR/solver/solver.{json,md,png}
 #   racecheck  compute-sanitizer racecheck benchmarks/sanitizer_cases.py --quick
 #   synccheck  compute-sanitizer synccheck benchmarks/sanitizer_cases.py --quick
 #   suite      the rest of the test suite, minus slow tests (only if time is left)
@@ -28,7 +30,7 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 PY=${PYTHON:-python3}
 BUDGET=${GPU_CHECK_SECONDS:-450}
-STEPS=${GPU_CHECK_STEPS:-env,build,import,tests,memcheck,bench,racecheck,synccheck,suite}
+STEPS=${GPU_CHECK_STEPS:-env,build,import,tests,memcheck,bench,bench_solver,racecheck,synccheck,suite}
 START=$(date +%s)
 export OUT ROOT PY
 
@@ -103,7 +105,8 @@ print('cina_ext CUDA kernels loaded on', torch.cuda.get_device_name(0))"
 }
 
 tests() {
-  "$PY" -m pytest -q -rfE --durations=15 -p no:cacheprovider --junitxml="$OUT/tests.xml" tests/test_ops_cuda.py
+  "$PY" -m pytest -q -rfE --durations=15 -p no:cacheprovider --junitxml="$OUT/tests.xml" tests/test_ops_cuda.py \
+    tests/test_solver_cuda.py
   local rc=$?
   # all skipped (no device / no CUDA kernels) is a failure here, not a pass
   "$PY" -c "
@@ -133,12 +136,19 @@ bench() {
   "$PY" benchmarks/bench_attention.py --quick --device cuda --out "$OUT/bench" --total-seconds "$total"
 }
 
+bench_solver() {
+  # the spec's targets: one dataset of 2e4 units and a batch of 1024 x 1000, against sklearn
+  "$PY" benchmarks/bench_solver.py --quick --out "$OUT/solver" --methods sklearn,cpu,cuda \
+    --problems overlap --cases 1x2000,1x20000,64x1000,1024x1000 --max-n 20000 --max-n-sklearn 20000 \
+    --max-n-reference 0 --max-seconds 40
+}
+
 suite() {
   "$PY" -m pytest -q -x -p no:cacheprovider -m "not slow" tests \
     --ignore=tests/test_ops_cuda.py --ignore=tests/test_cuda_emulator.py
 }
 
-export -f env_info build import_check tests memcheck racecheck synccheck bench suite
+export -f env_info build import_check tests memcheck racecheck synccheck bench bench_solver suite
 
 step env 60 env_info
 step build 300 build
@@ -146,6 +156,7 @@ step import 60 import_check
 step tests 170 tests
 step memcheck 110 memcheck
 step bench 170 bench
+step bench_solver 100 bench_solver
 step racecheck 100 racecheck
 step synccheck 60 synccheck
 step suite 90 suite
@@ -169,7 +180,7 @@ FAILED=0
     [[ "${STATUS[$i]}" == PASS ]] || FAILED=$((FAILED + 1))
   done
   echo
-  echo "## GPU tests (tests/test_ops_cuda.py)"
+  echo "## GPU tests (tests/test_ops_cuda.py, tests/test_solver_cuda.py)"
   echo '```'
   grep -E "^(FAILED|ERROR)|passed|failed|error|skipped" "$OUT/tests.log" 2>/dev/null | tail -40
   echo '```'
@@ -178,7 +189,7 @@ FAILED=0
   for s in memcheck racecheck synccheck; do
     echo "### $s"
     echo '```'
-    grep -E "SUMMARY|sanitizer_cases:|FAIL|Invalid|Race|hazard|Barrier" "$OUT/$s.log" 2>/dev/null | head -20
+    grep -E "SUMMARY|sanitizer_cases:|FAIL|Invalid|Race|hazard|Barrier|^solver" "$OUT/$s.log" 2>/dev/null | head -24
     echo '```'
   done
   echo
@@ -189,6 +200,14 @@ FAILED=0
   else
     echo "(no results; see bench.log)"
     tail -20 "$OUT/bench.log" 2>/dev/null
+  fi
+  echo
+  echo "## Solver benchmark (quick)"
+  if [[ -f "$OUT/solver/solver.md" ]]; then
+    sed 1d "$OUT/solver/solver.md"
+  else
+    echo "(no results; see bench_solver.log)"
+    tail -20 "$OUT/bench_solver.log" 2>/dev/null
   fi
   echo
   echo "## Build (tail)"

@@ -3,8 +3,12 @@
 Runs the CUDA kernels of cina::attention_hinge on small masked cases — forward with and without
 the auxiliaries, backward — for float32 (every kernel variant: simt, tf32x3, tf32) and float64,
 and checks the results against the compiled CPU operator (so a sanitizer run also says whether
-the numbers were right).  Inputs are made on the CPU and copied, so that the only kernels launched
-are ours plus a few of torch's fills.  Exit status 0 when every case matched, 1 otherwise.
+the numbers were right).  Then the batched QP solver (csrc/qp_solve/cuda.cu) on a few tiny
+masked problems (overlap with the equality, ate arm problems with the cina kernel's helper
+kernels, a box-only and a general-equality generic QP; float32 and float64; a 2-slot column
+cache), checked against the compiled CPU solver.  ``--part attention|solver|all`` selects the
+cases.  Inputs are made on the CPU and copied, so that the only kernels launched are ours plus a
+few of torch's fills.  Exit status 0 when every case matched, 1 otherwise.
 
     compute-sanitizer --tool memcheck python3 benchmarks/sanitizer_cases.py [--quick]
 """
@@ -55,17 +59,23 @@ def run_case(K, V, W, b, lam, mask, device, scale, loss_kind):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer cases (for racecheck)")
+    ap.add_argument("--part", choices=("attention", "solver", "all"), default="all", help="which operators")
     opts = ap.parse_args()
     from cina_ext import ops  # noqa: F401  (registers the operators)
 
     if not (torch.cuda.is_available() and ops.has_cuda_kernels()):
         print("sanitizer_cases: no CUDA device or no CUDA kernels in this build", file=sys.stderr)
         return 1
+    failures = 0
+    if opts.part in ("solver", "all"):
+        failures += solver_cases(opts.quick)
+    if opts.part == "solver":
+        print("sanitizer_cases:", "OK" if failures == 0 else f"{failures} FAILURES")
+        return 0 if failures == 0 else 1
     shapes = [(3, 70, 5), (3, 33, 40), (2, 130, 128)]
     if opts.quick:
         shapes = [(3, 70, 5), (2, 65, 128)]
     names = ("loss", "out", "lse", "A", "Bk", "dK", "dV", "db", "loss(plain)", "out(plain)", "lse(plain)")
-    failures = 0
     runs = [(torch.float64, "simt")] + [(torch.float32, v) for v in ("simt", "tf32x3", "tf32")]
     # splits 1: the unsplit column pass; 3: split pass + combine kernel
     plan = [(dt, v, sp, i, shape) for dt, v in runs for sp in ("1", "3") for i, shape in enumerate(shapes)]
@@ -93,6 +103,57 @@ def main() -> int:
         print(f"case {tag}: worst relative error {worst:.3g}")
     print("sanitizer_cases:", "OK" if failures == 0 else f"{failures} FAILURES")
     return 0 if failures == 0 else 1
+
+
+def solver_cases(quick: bool) -> int:
+    """Tiny solves on the GPU against the compiled CPU solver (no shrinking: the same algorithm)."""
+    from cina_ext import solver
+
+    if not solver._has_kernel(torch.device("cuda")):
+        print("FAIL solver: this build has no CUDA kernel for the QP solver")
+        return 1
+    failures = 0
+    g = torch.Generator().manual_seed(3)
+    B, N = 3, 45
+    X = torch.randn(B, N, 5, generator=g, dtype=torch.float64)
+    W = (torch.rand(B, N, generator=g) < 0.4).to(torch.float64) * 2 - 1
+    W[:, 0], W[:, 1] = 1.0, -1.0
+    mask = torch.rand(B, N, generator=g) > 0.2
+    mask[:, :2] = True
+    mask[2, 20:] = False
+    plan = [("overlap", "rbf", torch.float64, 1024), ("ate", "cina", torch.float64, 1024),
+            ("overlap", "linear", torch.float32, 0.0002)]  # 2 cache slots
+    if quick:
+        plan = plan[:1]
+    for est, kernel, dtype, cache_mb in plan:
+        tol = 1e-8 if dtype == torch.float64 else 1e-4
+        args = dict(kernel=kernel, estimand=est, tol=tol, backend="fused", cache_mb=cache_mb)
+        gpu = solver.dual_solve(X.to(dtype).cuda(), W.to(dtype).cuda(), 0.3, mask=mask.cuda(), **args)
+        torch.cuda.synchronize()
+        cpu = solver.dual_solve(X.to(dtype), W.to(dtype), 0.3, mask=mask, shrinking=False, **args)
+        err = ((gpu.objective.cpu() - cpu.objective).abs() / cpu.objective.abs().clamp_min(1e-12)).max().item()
+        ok = bool(gpu.converged.all()) and err <= (1e-8 if dtype == torch.float64 else 1e-4)
+        print(f"solver {est} {kernel} {dtype} cache_mb={cache_mb}: objective rel. error {err:.3g}, "
+              f"iterations {gpu.iterations.tolist()} (cpu {cpu.iterations.tolist()})")
+        if not ok:
+            print(f"FAIL solver {est} {kernel} {dtype}")
+            failures += 1
+    if not quick:  # box-only generic QP (coordinate descent) and a general equality
+        A = torch.randn(2, 20, 20, generator=g, dtype=torch.float64)
+        Q = A @ A.transpose(1, 2) / 20 + 0.05 * torch.eye(20, dtype=torch.float64)
+        p = torch.randn(2, 20, generator=g, dtype=torch.float64)
+        c = torch.randn(2, 20, generator=g, dtype=torch.float64)
+        d = torch.tensor([0.2, -0.1], dtype=torch.float64)
+        for cc, dd in ((None, None), (c, d)):
+            gpu = solver.qp_solve(Q.cuda(), p.cuda(), -1.0, 1.0, None if cc is None else cc.cuda(),
+                                  None if dd is None else dd.cuda(), tol=1e-9, backend="fused")
+            cpu = solver.qp_solve(Q, p, -1.0, 1.0, cc, dd, tol=1e-9, backend="fused", shrinking=False)
+            err = (gpu.objective.cpu() - cpu.objective).abs().max().item()
+            print(f"solver generic qp equality={cc is not None}: objective error {err:.3g}")
+            if err > 1e-9 or not bool(gpu.converged.all()):
+                print("FAIL solver generic qp")
+                failures += 1
+    return failures
 
 
 if __name__ == "__main__":

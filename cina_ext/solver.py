@@ -11,6 +11,12 @@ by ``cache_mb``) and uses coordinate descent without the equality constraint and
 second-order working-set selection (LIBSVM's WSS2) with it.  Conventions (KKT measure, multiplier
 ``nu``, iteration counting, feasible start, the "ate"/"att" arm problems) are the reference's.
 
+CUDA tensors run the CUDA twin (csrc/qp_solve/cuda.cu; builds with CUDA kernels): one thread block
+per dataset, gradient in double, kernel columns computed on the fly by the block and cached in
+device memory, the same algorithm without shrinking (``shrinking`` is ignored there).  Every tensor
+argument must be on the data's device (a clear error otherwise; per-dataset parameters given as
+floats or CPU tensors, such as ``lam``, ``gamma``, ``tol``, ``max_iter``, are moved).
+
 Differences from the reference worth knowing:
 
 * ``tol`` and ``max_iter`` may also be per-dataset tensors of shape (B,) (compiled backend only).
@@ -103,6 +109,12 @@ _finite = reference_qp._check_finite
 def _same_dtype(t: Tensor, name: str, dt: torch.dtype) -> None:
     if t.dtype != dt:
         raise TypeError(f"{name} must have dtype {dt} (like the matrix / features), got {t.dtype}; no silent conversion")
+
+
+def _same_device(t, name: str, device) -> None:
+    """A tensor argument must already be on the data's device (no silent copies between devices)."""
+    if isinstance(t, Tensor) and t.device != device:
+        raise ValueError(f"{name} is on {t.device} but the data are on {device}; move it to {device} first")
 
 
 def _mask(mask, B: int, N: int, device) -> Tensor:
@@ -209,10 +221,13 @@ def _check_dense(A: Tensor, mask: Tensor, name: str, what: str = "symmetric") ->
 
 def _run(X, kind, gamma, scale, lse, src, mask, sign, qscale, diag_add, p, lo, up, c, d, x0, tol, max_iter,
          cache_bytes, shrinking, inner_min_units):
-    empty = torch.zeros(0, dtype=torch.float64)
-    det = lambda t: None if t is None else t.detach().contiguous()  # noqa: E731  (no autograd here)
+    dev = X.device
+    empty = torch.zeros(0, dtype=torch.float64, device=dev)
+    # (no autograd here; the per-dataset parameters built on the CPU go to the data's device)
+    det = lambda t: None if t is None else t.detach().to(dev).contiguous()  # noqa: E731
     X, gamma, lse, sign, p, lo, up, c, d, x0 = (det(t) for t in (X, gamma, lse, sign, p, lo, up, c, d, x0))
-    qscale, diag_add = qscale.detach(), diag_add.detach()
+    src, tol, max_iter = det(src), det(tol), det(max_iter)
+    qscale, diag_add = det(qscale), det(diag_add)
     x, nu, obj, kkt, it, conv = torch.ops.cina.qp_solve_batch(
         X.contiguous(), int(kind), empty if gamma is None else gamma, float(scale),
         empty.reshape(0, 0) if lse is None else lse, src.contiguous(), mask.contiguous(),
@@ -266,6 +281,9 @@ def qp_solve(
         raise ValueError(f"p must have shape {(B, N)}, got {tuple(p.shape)}")
     if p.device != Q.device:
         raise ValueError(f"p is on {p.device} but Q is on {Q.device}")
+    for name, t in (("c", c), ("d", d), ("x0", x0), ("lower", lower), ("upper", upper)):
+        if not (isinstance(t, Tensor) and t.dim() == 0):  # 0-dim bounds act as scalars
+            _same_device(t, name, Q.device)
     if (c is None) != (d is None):
         raise ValueError("c and d must be given together (equality c'x = d) or not at all")
     tol_v = _tol_vector(tol, B)
@@ -430,6 +448,8 @@ def dual_solve(
         raise ValueError(f"W must have shape {(B, N)}, got {tuple(W.shape)}")
     if W.dtype == torch.bool or W.is_complex():
         raise TypeError(f"W must hold the signs -1/+1 as numbers, got {W.dtype}")
+    _same_device(W, "W", dev)
+    _same_device(x0, "x0", dev)
     mask = _mask(mask, B, N, dev)
     Wf = W.to(dtype=dt, device=dev)
     if bool((mask & ~((Wf == 1) | (Wf == -1))).any()):
@@ -503,8 +523,8 @@ def dual_solve(
         return BalanceResult(weights=weights, alpha=x, intercept=b, objective=obj, kkt=kkt, iterations=it,
                              converged=conv, estimand=estimand)
 
-    empty = torch.zeros(0, dtype=torch.float64)
-    g_arg = g_v if g_v is not None else empty
+    empty = torch.zeros(0, dtype=torch.float64, device=dev)
+    g_arg = g_v.to(dev) if g_v is not None else empty
     lse_arg = lse if lse is not None else empty.reshape(0, 0)
     if estimand == "ate":
         rows = torch.ops.cina.qp_kernel_rowsum(Xc.detach(), kind, g_arg, sc, lse_arg, mask_c, mask_c)

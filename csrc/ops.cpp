@@ -178,6 +178,11 @@ TORCH_LIBRARY_IMPL(cina, CPU, m) {
 TORCH_LIBRARY_IMPL(cina, CUDA, m) {
   m.impl("attention_hinge_fwd", &attention_hinge_fwd);
   m.impl("attention_hinge_bwd", &attention_hinge_bwd);
+  // the QP glue branches on the device itself (csrc/qp_solve/glue.cpp -> cuda.cu)
+  m.impl("qp_solve_batch", &qp_solve_batch);
+  m.impl("qp_kernel_lse", &qp_kernel_lse);
+  m.impl("qp_kernel_rowsum", &qp_kernel_rowsum);
+  m.impl("qp_check_dense", &qp_check_dense);
 }
 #endif
 

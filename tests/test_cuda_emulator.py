@@ -26,13 +26,14 @@ from cina_ext import reference
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "tests" / "cuda_emulator" / "emulator.cpp"
+EMU_HEADER = ROOT / "tests" / "cuda_emulator" / "emulator.h"
 KERNEL = ROOT / "csrc" / "attention_hinge" / "cuda.cu"
 HEADER = ROOT / "csrc" / "attention_hinge" / "attention_hinge.h"
 CXX = os.environ.get("CXX") or shutil.which("g++") or shutil.which("clang++")
 
 
 def _build() -> ctypes.CDLL:
-    digest = hashlib.sha256(b"".join(p.read_bytes() for p in (SRC, KERNEL, HEADER))).hexdigest()[:16]
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in (SRC, EMU_HEADER, KERNEL, HEADER))).hexdigest()[:16]
     out_dir = ROOT / "build" / "emulator"
     out_dir.mkdir(parents=True, exist_ok=True)
     lib = out_dir / f"libcina_emu_{digest}.so"

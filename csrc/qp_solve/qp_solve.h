@@ -115,11 +115,23 @@ void qp_check_dense_cpu(const T* A, const bool* mask, int64_t S, int64_t N, doub
                         bool* finite);
 
 #ifdef CINA_WITH_CUDA
-// CUDA twin (not built yet): same contract with device pointers, launched on `stream` (a
-// cudaStream_t passed as void*).  Returns a non-empty message on a launch/configuration error.
+// CUDA twin (csrc/qp_solve/cuda.cu): same contract with device pointers, launched on `stream` (a
+// cudaStream_t passed as void*), asynchronous.  One thread block per problem (a persistent grid
+// pulling problems from a counter); the algorithm, KKT measure, nu, iteration counting and stop
+// rules are the CPU solver's without shrinking (QPOptions::shrinking and inner_min_units are not
+// used); cache_bytes bounds the column cache of each resident block.  Returns nullptr, or a
+// message on a launch / allocation error.
 template <typename T>
 const char* qp_solve_cuda(const QPSource<T>& source, const QPProblems<T>& problems,
                           const QPOptions& opt, const QPOutputs<T>& out, void* stream);
+
+// CUDA twins of qp_kernel_lse_cpu and qp_kernel_rowsum_cpu (device pointers, on `stream`).
+template <typename T>
+const char* qp_kernel_lse_cuda(const T* X, const bool* mask, int64_t S, int64_t N, int64_t D,
+                               double scale, double* lse, void* stream);
+template <typename T>
+const char* qp_kernel_rowsum_cuda(const QPSource<T>& source, const bool* rowmask,
+                                  const bool* colmask, double* out, void* stream);
 #endif
 
 }  // namespace cina

@@ -1,0 +1,1077 @@
+// CUDA implementation of the batched box-QP / balancing dual solver (contract in qp_solve.h; the
+// CPU twin is csrc/qp_solve/cpu.cpp, the ground truth cina_ext/reference_qp.py).
+//
+// Design:
+// * One thread block per problem.  The grid is persistent: min(P, SMs x resident blocks per SM)
+//   blocks, each pulling problems from a global counter (problems differ widely in cost; results
+//   do not depend on which block solves which problem).
+// * Per block a workspace in global memory (one allocation per call, stream ordered): the valid
+//   units of the problem are compacted (index list idx, order preserved), their features
+//   gathered and transposed (D x n, double) so that a kernel column is a coalesced pass, and the
+//   state kept in double: x, the gradient G = Qx - p, bounds, 1/c, diag(Q), signs and per-unit
+//   flags (pair / single / I_up / I_low membership).
+// * Unit k belongs to thread k % blockDim.x for the whole solve: it computes the entries of every
+//   kernel column at its units, updates G there, and is the only thread that reads them in the
+//   passes, so column computation needs no barrier.  Scalars of a step (the chosen coordinates,
+//   the step length, the new x values) are computed by thread 0 and broadcast through shared
+//   memory.  Every block-wide reduction (argmax / argmin with first-index tie-breaking, sums) is a
+//   warp butterfly followed by an in-order fold over the warps, read identically by all threads:
+//   every thread takes the same decisions, and results are deterministic for a given block size.
+// * Kernel columns: computed on the fly (dense: gathered from the given matrix) and kept in a
+//   per-block column cache in global memory (FIFO eviction that never evicts the column in use),
+//   sized from QPOptions::cache_bytes and the free device memory.  Cached or not, a column holds
+//   the same values (rounded to T, as in the CPU solver).
+// * Algorithm: the CPU solver's without shrinking (shrinking changes the cost of a step, not the
+//   iterates): greedy coordinate descent on coordinates with c_i = 0, SMO with LIBSVM's WSS2
+//   second-order choice of j on coordinates with c_i != 0, curvature floored at
+//   tau = 1e-12 max Q_ii, gradient updated in double after every step and rebuilt from scratch
+//   after a step without representable progress; feasible start built as the CPU solver and the
+//   reference do (sorted breakpoints: bitonic sort in the workspace, then binary search); same
+//   KKT measure, multiplier nu, iteration counting, stop rules (tol; max_iter; 3 steps without
+//   progress; stagnation at the rounding level of T) and not-converged flag.
+// * Helper operators: qp_kernel_lse_cuda (row log-sum-exp of the cina scores, online, one thread
+//   per row) and qp_kernel_rowsum_cuda (row sums of the kernel, one thread per row).
+//
+// The file is pure CUDA (no torch headers).  Compiled on the host with CINA_EMULATE defined by
+// tests/cuda_emulator/qp_emulator.cpp (one std::thread per CUDA thread), so that the very kernels
+// are tested without a GPU (tests/test_qp_cuda_emulator.py).
+#ifndef CINA_WITH_CUDA
+#define CINA_WITH_CUDA 1
+#endif
+#include "qp_solve/qp_solve.h"
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <string>
+
+#ifndef CINA_EMULATE
+#include <cuda_runtime.h>
+#define CINA_DEV __device__ __forceinline__
+#define CINA_KERNEL(threads) __global__ void __launch_bounds__(threads)
+#define CINA_DYN_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
+#define CINA_QP_HD __host__ __device__ __forceinline__
+#else
+#define CINA_QP_HD inline
+#endif
+// (under CINA_EMULATE the emulator defines CINA_DEV, CINA_KERNEL, CINA_DYN_SMEM, dim3,
+//  threadIdx/blockIdx/..., __syncthreads, __shfl_xor_sync, atomicAdd, CINA_LAUNCH and the
+//  cina::qp_cuda_detail::rt_* functions before including this file)
+
+namespace cina {
+namespace qp_cuda_detail {
+
+inline const char* fail(const std::string& msg) {
+  thread_local std::string last;
+  last = msg;
+  return last.c_str();
+}
+
+}  // namespace qp_cuda_detail
+}  // namespace cina
+
+#ifndef CINA_EMULATE
+namespace cina {
+namespace qp_cuda_detail {
+
+inline const char* rt_check(cudaError_t e, const char* what) {
+  if (e == cudaSuccess) return nullptr;
+  return fail(std::string(what) + ": " + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")");
+}
+inline const char* rt_check_launch(const char* what) { return rt_check(cudaGetLastError(), what); }
+inline const char* rt_malloc(void** p, size_t bytes, void* stream) {
+  return rt_check(cudaMallocAsync(p, bytes, static_cast<cudaStream_t>(stream)),
+                  "cudaMallocAsync (QP solver workspace)");
+}
+inline void rt_free(void* p, void* stream) {
+  if (p != nullptr) cudaFreeAsync(p, static_cast<cudaStream_t>(stream));
+}
+inline const char* rt_memset(void* p, size_t bytes, void* stream) {
+  return rt_check(cudaMemsetAsync(p, 0, bytes, static_cast<cudaStream_t>(stream)), "cudaMemsetAsync");
+}
+inline int rt_sm_count() {
+  int dev = 0, n = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n <= 0) {
+    cudaGetLastError();
+    return 132;
+  }
+  return n;
+}
+inline size_t rt_free_memory() {
+  size_t fr = 0, tot = 0;
+  if (cudaMemGetInfo(&fr, &tot) != cudaSuccess) {
+    cudaGetLastError();
+    return size_t(1) << 30;
+  }
+  return fr;
+}
+template <typename Kernel>
+inline int rt_blocks_per_sm(Kernel kern, int threads, size_t smem) {
+  int nb = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&nb, kern, threads, smem) != cudaSuccess || nb <= 0) {
+    cudaGetLastError();
+    return 1;
+  }
+  return nb;
+}
+
+}  // namespace qp_cuda_detail
+}  // namespace cina
+#define CINA_LAUNCH(kern, grid, block, smem, stream, ...) \
+  kern<<<(grid), (block), (smem), static_cast<cudaStream_t>(stream)>>>(__VA_ARGS__)
+#endif
+
+namespace cina {
+namespace qp_cuda_detail {
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+constexpr double kTauRel = 1e-12;
+constexpr int kMaxThreads = 1024;
+constexpr int kRowThreads = 128;  // helper kernels: one thread per row
+
+template <typename T>
+struct Eps;
+template <>
+struct Eps<float> {
+  static constexpr double value = 1.1920928955078125e-07;
+};
+template <>
+struct Eps<double> {
+  static constexpr double value = 2.220446049250313080847e-16;
+};
+
+// std::min / std::max semantics (the CPU solver's), usable on the device
+CINA_QP_HD double dmin(double a, double b) { return (b < a) ? b : a; }
+CINA_QP_HD double dmax(double a, double b) { return (a < b) ? b : a; }
+CINA_QP_HD double clip(double v, double l, double u) { return dmin(dmax(v, l), u); }
+CINA_QP_HD bool finite(double v) { return v == v && v != kInf && v != -kInf; }
+CINA_QP_HD double exp_clamped(double v) { return exp(dmin(dmax(v, -708.0), 709.0)); }
+
+// Unit flags
+enum : unsigned char { kPair = 1, kSingle = 2, kCpos = 4, kCanInc = 8, kCanDec = 16 };
+CINA_QP_HD bool in_up(unsigned char f) {
+  return (f & kPair) && ((f & kCpos) ? (f & kCanInc) : (f & kCanDec));
+}
+CINA_QP_HD bool in_low(unsigned char f) {
+  return (f & kPair) && ((f & kCpos) ? (f & kCanDec) : (f & kCanInc));
+}
+// projected gradient of a single coordinate: clamp(g, pl, ph) (pl = -inf when it can increase,
+// ph = +inf when it can decrease, else 0)
+CINA_QP_HD double proj_grad(double g, unsigned char f) {
+  if (!(f & kSingle)) return 0.0;
+  const double pl = (f & kCanInc) ? -kInf : 0.0;
+  const double ph = (f & kCanDec) ? kInf : 0.0;
+  return dmin(dmax(g, pl), ph);
+}
+
+// Per-block workspace layout (byte offsets), identical on host and device.
+struct Layout {
+  int64_t x, G, p, lo, up, c, invc, diag, sgn, lse, Xt, bp, idx, slot, owner, flags, cache, total;
+};
+CINA_QP_HD int64_t align256(int64_t v) { return (v + 255) & ~int64_t(255); }
+CINA_QP_HD Layout make_layout(int64_t N, int64_t D, bool feats, int64_t cap, int64_t m2, int64_t tsize) {
+  Layout L{};
+  int64_t o = 0;
+  const int64_t nd = align256(N * 8);
+  L.x = o; o += nd;
+  L.G = o; o += nd;
+  L.p = o; o += nd;
+  L.lo = o; o += nd;
+  L.up = o; o += nd;
+  L.c = o; o += nd;
+  L.invc = o; o += nd;
+  L.diag = o; o += nd;
+  L.sgn = o; o += nd;
+  L.lse = o; o += nd;
+  L.Xt = o; o += feats ? align256(N * D * 8) : 0;
+  L.bp = o; o += align256(m2 * 8);
+  L.idx = o; o += align256(N * 4);
+  L.slot = o; o += align256(N * 4);
+  L.owner = o; o += align256(cap * 4);
+  L.flags = o; o += align256(N);
+  L.cache = o; o += align256(cap * N * tsize);
+  L.total = o > 0 ? o : 256;
+  return L;
+}
+
+template <typename T>
+struct QPArgs {
+  QPSource<T> S;
+  QPProblems<T> pb;
+  QPOutputs<T> out;
+  unsigned char* ws;    // gridDim.x blocks of block_bytes
+  int64_t block_bytes;
+  int64_t cap;          // cache slots per block (>= 2)
+  int64_t m2;           // sort buffer length (power of two >= 2N) when there is an equality, else 0
+  int* counter;         // next problem
+};
+
+// Shared memory: reduction scratch (one entry per warp), step control, scan scratch.
+struct Red {
+  double m, M, s;
+  int im, is;
+};
+struct Ctl {
+  int q, n, used, victim;
+  int slot_a, need_a, slot_b, need_b, progress;
+  double dxa, dxb;
+};
+inline size_t smem_bytes(int nt) { return 32 * sizeof(Red) + sizeof(Ctl) + sizeof(int) * (nt + 1); }
+
+// first-index argmax / argmin combination (symmetric: both orders give the same result)
+CINA_QP_HD void take_max(double& v, int& i, double v2, int i2) {
+  if (i2 >= 0 && (i < 0 || v2 > v || (v2 == v && i2 < i))) {
+    v = v2;
+    i = i2;
+  }
+}
+
+template <typename T>
+struct BlockSolver {
+  // problem and source
+  QPSource<T> S;
+  QPProblems<T> pb;
+  QPOutputs<T> out;
+  int nt, tid, lane, warp, nwarps;
+  Red* red;
+  Ctl* ctl;
+  int* scan;
+  // workspace
+  double *x, *G, *p, *lo, *up, *c, *invc, *diag, *sgn, *lse, *Xt, *bp;
+  int *idx, *slot, *owner;
+  unsigned char* fl;
+  T* cache;
+  int64_t cap, m2;
+  // problem scalars (uniform across the block)
+  int64_t q, N, n, src;
+  int kind;
+  double qscale, diag_add, gamma, scale;
+  const T* Xs;  // the problem's source dataset
+  bool has_eq, has_pair, has_single;
+  double tau, qmax, pmax;
+  // state of the last pass (uniform)
+  double m, M, sv, pv, kkt;
+  int i_, k_;
+
+  // ---- block-wide reductions (every thread gets the same bits) ------------------------------
+  CINA_DEV Red reduce(Red r) {
+    for (int o = 16; o >= 1; o >>= 1) {
+      const double m2v = __shfl_xor_sync(0xffffffffu, r.m, o);
+      const int im2 = __shfl_xor_sync(0xffffffffu, r.im, o);
+      const double M2 = __shfl_xor_sync(0xffffffffu, r.M, o);
+      const double s2 = __shfl_xor_sync(0xffffffffu, r.s, o);
+      const int is2 = __shfl_xor_sync(0xffffffffu, r.is, o);
+      take_max(r.m, r.im, m2v, im2);
+      r.M = dmin(r.M, M2);
+      take_max(r.s, r.is, s2, is2);
+    }
+    if (lane == 0) red[warp] = r;
+    __syncthreads();
+    Red res = red[0];
+    for (int w = 1; w < nwarps; ++w) {
+      const Red t = red[w];
+      take_max(res.m, res.im, t.m, t.im);
+      res.M = dmin(res.M, t.M);
+      take_max(res.s, res.is, t.s, t.is);
+    }
+    __syncthreads();
+    return res;
+  }
+  CINA_DEV void argmax(double& v, int& i) {
+    for (int o = 16; o >= 1; o >>= 1) {
+      const double v2 = __shfl_xor_sync(0xffffffffu, v, o);
+      const int i2 = __shfl_xor_sync(0xffffffffu, i, o);
+      take_max(v, i, v2, i2);
+    }
+    if (lane == 0) {
+      red[warp].m = v;
+      red[warp].im = i;
+    }
+    __syncthreads();
+    v = red[0].m;
+    i = red[0].im;
+    for (int w = 1; w < nwarps; ++w) take_max(v, i, red[w].m, red[w].im);
+    __syncthreads();
+  }
+  CINA_DEV double sum(double v) {
+    for (int o = 16; o >= 1; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    if (lane == 0) red[warp].m = v;
+    __syncthreads();
+    double r = red[0].m;
+    for (int w = 1; w < nwarps; ++w) r += red[w].m;
+    __syncthreads();
+    return r;
+  }
+  CINA_DEV double max_all(double v) {
+    for (int o = 16; o >= 1; o >>= 1) v = dmax(v, __shfl_xor_sync(0xffffffffu, v, o));
+    if (lane == 0) red[warp].m = v;
+    __syncthreads();
+    double r = red[0].m;
+    for (int w = 1; w < nwarps; ++w) r = dmax(r, red[w].m);
+    __syncthreads();
+    return r;
+  }
+
+  // ---- kernel entries -------------------------------------------------------------------------
+  // k(unit k, unit j) of the source kernel (not scaled, no sign), k != j
+  CINA_DEV double kval(int k, int j) const {
+    if (kind == kQPDense) return static_cast<double>(Xs[static_cast<int64_t>(idx[j]) * N + idx[k]]);
+    const int64_t D = S.D;
+    const double* r = Xt + k;
+    const double* qv = Xt + j;
+    double v = 0.0;
+    int64_t d = 0;
+    if (kind == kQPRbf) {
+      for (; d + 4 <= D; d += 4) {
+        const double e0 = r[d * n] - qv[d * n], e1 = r[(d + 1) * n] - qv[(d + 1) * n];
+        const double e2 = r[(d + 2) * n] - qv[(d + 2) * n], e3 = r[(d + 3) * n] - qv[(d + 3) * n];
+        v += (e0 * e0 + e1 * e1) + (e2 * e2 + e3 * e3);
+      }
+      for (; d < D; ++d) {
+        const double e0 = r[d * n] - qv[d * n];
+        v += e0 * e0;
+      }
+      return exp_clamped(v * -gamma);
+    }
+    for (; d + 4 <= D; d += 4)
+      v += (r[d * n] * qv[d * n] + r[(d + 1) * n] * qv[(d + 1) * n]) +
+           (r[(d + 2) * n] * qv[(d + 2) * n] + r[(d + 3) * n] * qv[(d + 3) * n]);
+    for (; d < D; ++d) v += r[d * n] * qv[d * n];
+    if (kind == kQPCina) return exp_clamped(scale * v - lse[k] - lse[j]);
+    return v;
+  }
+  // k(k, k) (the CPU solver's kdiag)
+  CINA_DEV double kdiag(int k) const {
+    if (kind == kQPDense) return static_cast<double>(Xs[static_cast<int64_t>(idx[k]) * N + idx[k]]);
+    if (kind == kQPRbf) return 1.0;
+    double v = 0.0;
+    for (int64_t d = 0; d < S.D; ++d) {
+      const double xv = Xt[d * n + k];
+      v += xv * xv;
+    }
+    if (kind == kQPCina) v = exp_clamped(scale * v - lse[k] - lse[k]);
+    return v;
+  }
+  // Q_kj rounded to T (the value a column holds)
+  CINA_DEV double qentry(int k, int j) const {
+    if (k == j) return diag[k];
+    return static_cast<double>(static_cast<T>((qscale * sgn[j]) * sgn[k] * kval(k, j)));
+  }
+  CINA_DEV void fetch(int j, int s) {
+    T* col = cache + static_cast<int64_t>(s) * n;
+    for (int k = tid; k < n; k += nt) col[k] = static_cast<T>(qentry(k, j));
+  }
+  // cache slot of column j (thread 0 only); `protect` is a slot that must not be evicted
+  CINA_DEV void lookup(int j, int protect, int& s_out, int& need) {
+    int s = slot[j];
+    if (s >= 0) {
+      s_out = s;
+      need = 0;
+      return;
+    }
+    if (ctl->used < cap) {
+      s = ctl->used++;
+    } else {
+      s = ctl->victim;
+      if (s == protect) s = (s + 1) % static_cast<int>(cap);
+      ctl->victim = (s + 1) % static_cast<int>(cap);
+      slot[owner[s]] = -1;
+    }
+    owner[s] = j;
+    slot[j] = s;
+    s_out = s;
+    need = 1;
+  }
+
+  CINA_DEV void set_flags(int k) {
+    unsigned char f = fl[k] & (kPair | kSingle | kCpos);
+    if (x[k] < up[k]) f |= kCanInc;
+    if (x[k] > lo[k]) f |= kCanDec;
+    fl[k] = f;
+  }
+
+  // ---- set-up ---------------------------------------------------------------------------------
+  // Returns false for an empty problem (outputs written).
+  CINA_DEV bool setup() {
+    N = pb.N;
+    const int64_t row = q * N;
+    for (int64_t i = tid; i < N; i += nt) out.x[row + i] = T(0);
+    // compaction of the mask (contiguous chunks per thread, exclusive scan by thread 0)
+    const int64_t chunk = (N + nt - 1) / nt;
+    const int64_t beg = tid * chunk < N ? tid * chunk : N;
+    const int64_t end = beg + chunk < N ? beg + chunk : N;
+    int cnt = 0;
+    for (int64_t i = beg; i < end; ++i) cnt += pb.mask[row + i] ? 1 : 0;
+    scan[tid] = cnt;
+    __syncthreads();
+    if (tid == 0) {
+      int acc = 0;
+      for (int t = 0; t < nt; ++t) {
+        const int v = scan[t];
+        scan[t] = acc;
+        acc += v;
+      }
+      ctl->n = acc;
+    }
+    __syncthreads();
+    int off = scan[tid];
+    n = ctl->n;
+    for (int64_t i = beg; i < end; ++i)
+      if (pb.mask[row + i]) idx[off++] = static_cast<int>(i);
+    __syncthreads();
+    if (n == 0) {
+      if (tid == 0) {
+        out.nu[q] = T(0);
+        out.objective[q] = T(0);
+        out.kkt[q] = T(0);
+        out.iterations[q] = 0;
+        out.converged[q] = true;
+      }
+      return false;
+    }
+    src = pb.src[q];
+    qscale = pb.qscale[q];
+    diag_add = pb.diag_add[q];
+    gamma = kind == kQPRbf ? S.gamma[src] : 0.0;
+    scale = S.scale;
+    Xs = S.X + src * S.N * S.D;
+    has_eq = pb.c != nullptr;
+    double dm = 0.0, pm = 0.0, hp = 0.0, hs = 0.0;
+    for (int k = tid; k < n; k += nt) {
+      const int64_t o = row + idx[k];
+      p[k] = static_cast<double>(pb.p[o]);
+      lo[k] = static_cast<double>(pb.lo[o]);
+      up[k] = static_cast<double>(pb.up[o]);
+      const double ck = has_eq ? static_cast<double>(pb.c[o]) : 0.0;
+      c[k] = ck;
+      sgn[k] = pb.sign != nullptr ? static_cast<double>(pb.sign[o]) : 1.0;
+      if (kind == kQPCina) lse[k] = S.lse[src * S.N + idx[k]];
+      if (kind != kQPDense) {
+        const T* xr = Xs + static_cast<int64_t>(idx[k]) * S.D;
+        for (int64_t d = 0; d < S.D; ++d) Xt[d * n + k] = static_cast<double>(xr[d]);
+      }
+      unsigned char f = 0;
+      if (ck != 0.0) {
+        f = kPair | (ck > 0 ? kCpos : 0);
+        invc[k] = 1.0 / ck;
+        hp = 1.0;
+      } else {
+        invc[k] = 0.0;
+        if (lo[k] < up[k]) {
+          f = kSingle;
+          hs = 1.0;
+        }
+      }
+      fl[k] = f;
+      const double dk = static_cast<double>(
+          static_cast<T>((qscale * sgn[k]) * sgn[k] * kdiag(k) + diag_add));
+      diag[k] = dk;
+      dm = dmax(dm, dk < 0 ? -dk : dk);
+      pm = dmax(pm, p[k] < 0 ? -p[k] : p[k]);
+      slot[k] = -1;
+    }
+    dm = max_all(dm);
+    pmax = max_all(pm);
+    has_pair = max_all(hp) > 0;
+    has_single = max_all(hs) > 0;
+    tau = dm > 0 ? kTauRel * dm : kTauRel;
+    qmax = dm;
+    // starting point
+    if (pb.x0 != nullptr) {
+      for (int k = tid; k < n; k += nt) x[k] = clip(static_cast<double>(pb.x0[row + idx[k]]), lo[k], up[k]);
+    } else if (has_eq) {
+      feasible_start(static_cast<double>(pb.d[q]));
+    } else {
+      for (int k = tid; k < n; k += nt) x[k] = clip(0.0, lo[k], up[k]);
+    }
+    for (int k = tid; k < n; k += nt) {
+      x[k] = static_cast<double>(static_cast<T>(x[k]));
+      set_flags(k);
+    }
+    if (tid == 0) {
+      ctl->used = 0;
+      ctl->victim = 0;
+    }
+    __syncthreads();
+    return true;
+  }
+
+  // c'x(s) with x(s) = clip(s c, lo, up) over the coordinates of the equality
+  CINA_DEV double f_of(double s) {
+    double acc = 0.0;
+    for (int k = tid; k < n; k += nt)
+      if (c[k] != 0.0) acc += c[k] * clip(s * c[k], lo[k], up[k]);
+    return sum(acc);
+  }
+
+  // The CPU solver's / reference's construction: sorted breakpoints, binary search for the
+  // linear piece of c'x(s) that reaches d, closed form on it.
+  CINA_DEV void feasible_start(double d) {
+    double fmn = 0.0, fmx = 0.0, nfl = 0.0;
+    int64_t len = 2;
+    while (len < 2 * n) len <<= 1;
+    for (int k = tid; k < n; k += nt) {
+      const double ck = c[k];
+      double a = kInf, b = kInf;
+      if (ck != 0.0) {
+        fmn += ck * (ck > 0 ? lo[k] : up[k]);
+        fmx += ck * (ck > 0 ? up[k] : lo[k]);
+        a = lo[k] / ck;
+        b = up[k] / ck;
+        if (!finite(a)) a = kInf;
+        else nfl += 1.0;
+        if (!finite(b)) b = kInf;
+        else nfl += 1.0;
+      }
+      bp[2 * k] = a;
+      bp[2 * k + 1] = b;
+    }
+    for (int64_t i = 2 * n + tid; i < len; i += nt) bp[i] = kInf;
+    fmn = sum(fmn);
+    fmx = sum(fmx);
+    const int64_t nf = static_cast<int64_t>(sum(nfl));
+    if (fmn == fmn) d = dmax(d, fmn);
+    if (fmx == fmx) d = dmin(d, fmx);
+    // bitonic sort, ascending (the padding +inf goes last)
+    for (int64_t kk = 2; kk <= len; kk <<= 1) {
+      for (int64_t jj = kk >> 1; jj > 0; jj >>= 1) {
+        for (int64_t i = tid; i < len; i += nt) {
+          const int64_t l = i ^ jj;
+          if (l > i) {
+            const bool asc = (i & kk) == 0;
+            const double u = bp[i], v = bp[l];
+            if ((u > v) == asc) {
+              bp[i] = v;
+              bp[l] = u;
+            }
+          }
+        }
+        __syncthreads();
+      }
+    }
+    int64_t lk = -1, hk = nf;
+    while (hk - lk > 1) {
+      const int64_t mid = (lk + hk) / 2;
+      if (f_of(bp[mid]) <= d) lk = mid;
+      else hk = mid;
+    }
+    double s_cls;
+    if (nf == 0) s_cls = 0.0;
+    else if (lk < 0) s_cls = bp[0] - 1.0;
+    else if (hk >= nf) s_cls = bp[nf - 1] + 1.0;
+    else s_cls = 0.5 * (bp[lk] + bp[hk]);
+    double fixed = 0.0, slope = 0.0;
+    for (int k = tid; k < n; k += nt) {
+      const double ck = c[k];
+      if (ck == 0.0) continue;
+      const double y = s_cls * ck;
+      if (y > lo[k] && y < up[k]) slope += ck * ck;
+      else fixed += ck * clip(y, lo[k], up[k]);
+    }
+    fixed = sum(fixed);
+    slope = sum(slope);
+    const double s = (d - fixed) / (slope > 0 ? slope : 1.0);
+    const double left = lk >= 0 ? bp[lk] : 0.0;
+    const bool exact_left = lk >= 0 && f_of(left) == d;
+    for (int k = tid; k < n; k += nt) {
+      const double ck = c[k];
+      if (ck == 0.0) {
+        x[k] = clip(0.0, lo[k], up[k]);
+        continue;
+      }
+      double v;
+      if (exact_left) {
+        v = clip(left * ck, lo[k], up[k]);
+      } else {
+        const double y = s_cls * ck;
+        v = (y > lo[k] && y < up[k]) ? s * ck : clip(y, lo[k], up[k]);
+      }
+      x[k] = clip(v, lo[k], up[k]);
+    }
+    __syncthreads();  // bp is read by every thread above; nothing else reuses it
+  }
+
+  // ---- passes ---------------------------------------------------------------------------------
+  // G += dxa Q_a (+ dxb Q_b) at the units of this thread, then the block-wide maxima / minima.
+  template <int NCOL>
+  CINA_DEV void pass(int sa, double dxa, int sb, double dxb) {
+    const T* Qa = cache + static_cast<int64_t>(sa < 0 ? 0 : sa) * n;
+    const T* Qb = cache + static_cast<int64_t>(sb < 0 ? 0 : sb) * n;
+    Red r{-kInf, kInf, 0.0, -1, -1};
+    for (int k = tid; k < n; k += nt) {
+      double g = G[k];
+      if (NCOL >= 1) g = g + dxa * static_cast<double>(Qa[k]);
+      if (NCOL >= 2) g = g + dxb * static_cast<double>(Qb[k]);
+      if (NCOL >= 1) G[k] = g;
+      const unsigned char f = fl[k];
+      if (f & kPair) {
+        const double v = -g * invc[k];
+        if (in_up(f) && v > r.m) {
+          r.m = v;
+          r.im = k;
+        }
+        if (in_low(f)) r.M = dmin(r.M, v);
+      } else if (f & kSingle) {
+        const double pg = proj_grad(g, f);
+        const double a = pg < 0 ? -pg : pg;
+        if (a > r.s) {
+          r.s = a;
+          r.is = k;
+        }
+      }
+    }
+    r = reduce(r);
+    m = r.m;
+    M = r.M;
+    sv = r.s;
+    i_ = has_pair ? r.im : -1;
+    k_ = has_single ? r.is : -1;
+    pv = has_pair ? dmax(0.0, m - M) : 0.0;
+    if (pv != pv) pv = 0.0;
+    kkt = dmax(pv, has_single ? sv : 0.0);
+  }
+
+  // G = Qx - p from scratch (columns of the non-zero coordinates, in increasing order), then a scan
+  CINA_DEV void refresh() {
+    for (int k = tid; k < n; k += nt) {
+      double acc = 0.0;
+      for (int j = 0; j < n; ++j) {
+        const double xj = x[j];
+        if (xj == 0.0) continue;
+        const int s = slot[j];
+        const double qv = s >= 0 ? static_cast<double>(cache[static_cast<int64_t>(s) * n + k]) : qentry(k, j);
+        acc += xj * qv;
+      }
+      G[k] = acc - p[k];
+    }
+    __syncthreads();
+    pass<0>(-1, 0.0, -1, 0.0);
+  }
+
+  // WSS2: j maximising b_j^2 / a_j over I_low with b_j > 0 (first index on ties); -1 if none
+  CINA_DEV int select_j(int a, int sa) {
+    const T* Qa = cache + static_cast<int64_t>(sa) * n;
+    const double ici = invc[a];
+    const double qi_term = diag[a] * ici * ici;
+    const double twoici = 2.0 * ici;
+    double best = -kInf;
+    int bi = -1;
+    for (int k = tid; k < n; k += nt) {
+      if (!in_low(fl[k])) continue;
+      const double bk = m + G[k] * invc[k];
+      if (!(bk > 0.0)) continue;
+      double ak = (qi_term + diag[k] * invc[k] * invc[k]) - static_cast<double>(Qa[k]) * (twoici * invc[k]);
+      ak = dmax(ak, tau);
+      const double v = bk * bk / ak;
+      if (v > best) {
+        best = v;
+        bi = k;
+      }
+    }
+    argmax(best, bi);
+    return bi;
+  }
+
+  // thread 0: the scalar part of a step (the CPU solver's step()), x and flags of a and b updated
+  CINA_DEV void step_scalars(int a, int b, int sa) {
+    double ua, ub = 0.0, tstar;
+    if (b >= 0) {
+      const double ici = invc[a];
+      const double bb = m - (-G[b] * invc[b]);
+      double aa = (diag[a] * ici * ici + diag[b] * invc[b] * invc[b]) -
+                  static_cast<double>(cache[static_cast<int64_t>(sa) * n + b]) * ((2.0 * ici) * invc[b]);
+      aa = dmax(aa, tau);
+      tstar = bb / aa;
+      ua = ici;
+      ub = -invc[b];
+    } else {
+      const double pg = proj_grad(G[a], fl[a]);
+      ua = pg > 0 ? -1.0 : (pg < 0 ? 1.0 : 0.0);
+      tstar = (pg < 0 ? -pg : pg) / dmax(diag[a], tau);
+    }
+    const double tma = tmax(a, ua), tmb = b >= 0 ? tmax(b, ub) : kInf;
+    const double t = dmin(tstar, dmin(tma, tmb));
+    const double dxa = move(a, ua, tma, t);
+    const double dxb = b >= 0 ? move(b, ub, tmb, t) : 0.0;
+    ctl->dxa = dxa;
+    ctl->dxb = dxb;
+    ctl->progress = (dxa != 0.0 || dxb != 0.0) ? 1 : 0;
+  }
+  CINA_DEV double tmax(int u, double dir) const {
+    if (dir == 0.0) return kInf;
+    const double room = dir > 0 ? up[u] - x[u] : lo[u] - x[u];
+    return dmax(room / dir, 0.0);
+  }
+  CINA_DEV double move(int u, double dir, double tm, double t) {
+    double xn = x[u] + t * dir;
+    if (t == tm) xn = dir > 0 ? up[u] : (dir < 0 ? lo[u] : xn);
+    xn = clip(xn, lo[u], up[u]);
+    xn = static_cast<double>(static_cast<T>(xn));
+    const double dx = xn - x[u];
+    x[u] = xn;
+    set_flags(u);
+    return dx;
+  }
+
+  // One step; false when no representable progress was made (or no candidate).
+  CINA_DEV bool step() {
+    const bool use_pair = has_pair && (!has_single || pv >= sv);
+    const int a = use_pair ? i_ : k_;
+    if (a < 0) return false;
+    if (tid == 0) lookup(a, -1, ctl->slot_a, ctl->need_a);
+    __syncthreads();
+    const int sa = ctl->slot_a;
+    if (ctl->need_a) fetch(a, sa);
+    int b = -1;
+    if (use_pair) {
+      b = select_j(a, sa);  // (its barriers also publish column a)
+      if (b < 0) return false;
+    }
+    if (tid == 0) {
+      step_scalars(a, b, sa);
+      if (ctl->progress && b >= 0) lookup(b, sa, ctl->slot_b, ctl->need_b);
+    }
+    __syncthreads();
+    const double dxa = ctl->dxa, dxb = ctl->dxb;
+    const bool progress = ctl->progress != 0;
+    if (!progress) return false;
+    if (b >= 0) {
+      const int sb = ctl->slot_b;
+      if (ctl->need_b) fetch(b, sb);
+      pass<2>(sa, dxa, sb, dxb);
+    } else {
+      pass<1>(sa, dxa, -1, 0.0);
+    }
+    return true;
+  }
+
+  // Stagnation at the rounding level of T (the CPU solver's / reference's rule)
+  CINA_DEV void stagnant(double& best, int64_t& count) {
+    double l1 = 0.0;
+    for (int k = tid; k < n; k += nt) l1 += x[k] < 0 ? -x[k] : x[k];
+    l1 = sum(l1);
+    const double floor = Eps<T>::value * (qmax * l1 + pmax);
+    const bool better = kkt < 0.5 * best;
+    if (better) best = kkt;
+    count = (better || kkt > floor) ? 0 : count + 1;
+  }
+
+  CINA_DEV void finish(int64_t it, bool conv) {
+    double obj = 0.0, s = 0.0, nf = 0.0;
+    for (int k = tid; k < n; k += nt) {
+      obj += x[k] * (0.5 * (G[k] + p[k]) - p[k]);
+      if ((fl[k] & kPair) && x[k] > lo[k] && x[k] < up[k]) {
+        s += -G[k] * invc[k];
+        nf += 1.0;
+      }
+      out.x[q * N + idx[k]] = static_cast<T>(x[k]);
+    }
+    obj = sum(obj);
+    double nu = 0.0;
+    if (has_eq) {
+      s = sum(s);
+      nf = sum(nf);
+      if (nf > 0) {
+        nu = s / nf;
+      } else {
+        const bool fm = finite(m), fM = finite(M);
+        nu = fm && fM ? 0.5 * (m + M) : (fm ? m : (fM ? M : 0.0));
+      }
+    }
+    if (tid == 0) {
+      out.nu[q] = static_cast<T>(nu);
+      out.objective[q] = static_cast<T>(obj);
+      out.kkt[q] = static_cast<T>(kkt);
+      out.iterations[q] = it;
+      out.converged[q] = conv;
+    }
+  }
+
+  CINA_DEV void run() {
+    if (!setup()) return;
+    if (!has_pair && !has_single) {
+      refresh();
+      finish(0, true);
+      return;
+    }
+    refresh();
+    const double tol = pb.tol[q];
+    const int64_t max_iter = pb.max_iter[q];
+    int64_t it = 0, stall = 0, nwin = 0, since_window = 0;
+    const int64_t window = n * 5 > 1000 ? n * 5 : 1000;
+    double best_win = kInf;
+    bool conv = false;
+    while (true) {
+      if (kkt < tol) {
+        conv = true;
+        break;
+      }
+      if (it >= max_iter) break;
+      if (stall >= 3 || nwin >= 3) break;
+      if (++since_window >= window) {
+        since_window = 0;
+        stagnant(best_win, nwin);
+      }
+      const bool progress = step();
+      ++it;
+      if (!progress) {
+        ++stall;
+        refresh();
+      } else {
+        stall = 0;
+      }
+    }
+    finish(it, conv && kkt < tol);
+  }
+};
+
+template <typename T>
+CINA_KERNEL(kMaxThreads) qp_solve_kernel(QPArgs<T> A) {
+  CINA_DYN_SMEM(smem_raw);
+  BlockSolver<T> s;
+  s.S = A.S;
+  s.pb = A.pb;
+  s.out = A.out;
+  s.nt = blockDim.x;
+  s.tid = threadIdx.x;
+  s.lane = s.tid % 32;
+  s.warp = s.tid / 32;
+  s.nwarps = (s.nt + 31) / 32;
+  s.red = reinterpret_cast<Red*>(smem_raw);
+  s.ctl = reinterpret_cast<Ctl*>(smem_raw + 32 * sizeof(Red));
+  s.scan = reinterpret_cast<int*>(smem_raw + 32 * sizeof(Red) + sizeof(Ctl));
+  s.kind = static_cast<int>(A.S.kind);
+  s.cap = A.cap;
+  s.m2 = A.m2;
+  const bool feats = A.S.kind != kQPDense;
+  const Layout L = make_layout(A.pb.N, A.S.D, feats, A.cap, A.m2, static_cast<int64_t>(sizeof(T)));
+  unsigned char* base = A.ws + static_cast<int64_t>(blockIdx.x) * A.block_bytes;
+  s.x = reinterpret_cast<double*>(base + L.x);
+  s.G = reinterpret_cast<double*>(base + L.G);
+  s.p = reinterpret_cast<double*>(base + L.p);
+  s.lo = reinterpret_cast<double*>(base + L.lo);
+  s.up = reinterpret_cast<double*>(base + L.up);
+  s.c = reinterpret_cast<double*>(base + L.c);
+  s.invc = reinterpret_cast<double*>(base + L.invc);
+  s.diag = reinterpret_cast<double*>(base + L.diag);
+  s.sgn = reinterpret_cast<double*>(base + L.sgn);
+  s.lse = reinterpret_cast<double*>(base + L.lse);
+  s.Xt = reinterpret_cast<double*>(base + L.Xt);
+  s.bp = reinterpret_cast<double*>(base + L.bp);
+  s.idx = reinterpret_cast<int*>(base + L.idx);
+  s.slot = reinterpret_cast<int*>(base + L.slot);
+  s.owner = reinterpret_cast<int*>(base + L.owner);
+  s.fl = base + L.flags;
+  s.cache = reinterpret_cast<T*>(base + L.cache);
+  while (true) {
+    if (s.tid == 0) s.ctl->q = atomicAdd(A.counter, 1);
+    __syncthreads();
+    const int64_t q = s.ctl->q;
+    __syncthreads();
+    if (q >= A.pb.P) break;
+    s.q = q;
+    s.run();
+    __syncthreads();
+  }
+}
+
+// ---- helper kernels: one thread per row ----------------------------------------------------------
+
+template <typename T>
+CINA_DEV double dot_rows(const T* a, const T* b, int64_t D) {
+  double v = 0.0;
+  int64_t d = 0;
+  for (; d + 4 <= D; d += 4)
+    v += (static_cast<double>(a[d]) * static_cast<double>(b[d]) +
+          static_cast<double>(a[d + 1]) * static_cast<double>(b[d + 1])) +
+         (static_cast<double>(a[d + 2]) * static_cast<double>(b[d + 2]) +
+          static_cast<double>(a[d + 3]) * static_cast<double>(b[d + 3]));
+  for (; d < D; ++d) v += static_cast<double>(a[d]) * static_cast<double>(b[d]);
+  return v;
+}
+template <typename T>
+CINA_DEV double sqdist_rows(const T* a, const T* b, int64_t D) {
+  double v = 0.0;
+  int64_t d = 0;
+  for (; d + 4 <= D; d += 4) {
+    const double e0 = static_cast<double>(a[d]) - static_cast<double>(b[d]);
+    const double e1 = static_cast<double>(a[d + 1]) - static_cast<double>(b[d + 1]);
+    const double e2 = static_cast<double>(a[d + 2]) - static_cast<double>(b[d + 2]);
+    const double e3 = static_cast<double>(a[d + 3]) - static_cast<double>(b[d + 3]);
+    v += (e0 * e0 + e1 * e1) + (e2 * e2 + e3 * e3);
+  }
+  for (; d < D; ++d) {
+    const double e0 = static_cast<double>(a[d]) - static_cast<double>(b[d]);
+    v += e0 * e0;
+  }
+  return v;
+}
+
+template <typename T>
+CINA_KERNEL(kRowThreads) qp_lse_kernel(const T* X, const bool* mask, int64_t N, int64_t D,
+                                       int64_t tiles, double scale, double* lse) {
+  const int64_t s = blockIdx.x / tiles;
+  const int64_t i = (blockIdx.x % tiles) * blockDim.x + threadIdx.x;
+  if (i >= N) return;
+  const bool* ms = mask + s * N;
+  if (!ms[i]) {
+    lse[s * N + i] = 0.0;
+    return;
+  }
+  const T* Xs = X + s * N * D;
+  const T* xi = Xs + i * D;
+  double mx = -kInf, acc = 0.0;
+  for (int64_t j = 0; j < N; ++j) {
+    if (!ms[j]) continue;
+    const double v = scale * dot_rows(xi, Xs + j * D, D);
+    if (v > mx) {  // online log-sum-exp
+      acc = acc * exp(mx - v) + 1.0;
+      mx = v;
+    } else {
+      acc += exp(v - mx);
+    }
+  }
+  lse[s * N + i] = mx + log(acc);
+}
+
+template <typename T>
+CINA_KERNEL(kRowThreads) qp_rowsum_kernel(QPSource<T> src, const bool* rowmask, const bool* colmask,
+                                          int64_t tiles, double* out) {
+  const int64_t N = src.N, D = src.D;
+  const int64_t s = blockIdx.x / tiles;
+  const int64_t i = (blockIdx.x % tiles) * blockDim.x + threadIdx.x;
+  if (i >= N) return;
+  if (!rowmask[s * N + i]) {
+    out[s * N + i] = 0.0;
+    return;
+  }
+  const bool* cm = colmask + s * N;
+  const T* Xs = src.X + s * N * D;
+  double acc = 0.0;
+  if (src.kind == kQPDense) {
+    const T* row = Xs + i * N;
+    for (int64_t j = 0; j < N; ++j)
+      if (cm[j]) acc += static_cast<double>(row[j]);
+  } else {
+    const T* xi = Xs + i * D;
+    const double g = src.kind == kQPRbf ? src.gamma[s] : 0.0;
+    const double li = src.kind == kQPCina ? src.lse[s * N + i] : 0.0;
+    for (int64_t j = 0; j < N; ++j) {
+      if (!cm[j]) continue;
+      const T* xj = Xs + j * D;
+      double v;
+      if (src.kind == kQPRbf) v = exp_clamped(sqdist_rows(xj, xi, D) * -g);
+      else if (src.kind == kQPCina) v = exp_clamped(src.scale * dot_rows(xj, xi, D) - src.lse[s * N + j] - li);
+      else v = dot_rows(xj, xi, D);
+      acc += v;
+    }
+  }
+  out[s * N + i] = acc;
+}
+
+}  // namespace qp_cuda_detail
+
+// ---- host entry points --------------------------------------------------------------------------
+
+namespace {
+int qp_threads(int64_t N) {
+  if (const char* e = std::getenv("CINA_QP_THREADS")) {
+    const int v = std::atoi(e);
+    if (v >= 32 && v <= qp_cuda_detail::kMaxThreads && v % 32 == 0) return v;
+    return -1;
+  }
+  int64_t t = 32 * ((N + 255) / 256);  // about 8 units per thread
+  if (t < 64) t = 64;
+  if (t > qp_cuda_detail::kMaxThreads) t = qp_cuda_detail::kMaxThreads;
+  return static_cast<int>(t);
+}
+}  // namespace
+
+template <typename T>
+const char* qp_solve_cuda(const QPSource<T>& source, const QPProblems<T>& problems,
+                          const QPOptions& opt, const QPOutputs<T>& out, void* stream) {
+  using namespace qp_cuda_detail;
+  const int64_t P = problems.P, N = problems.N;
+  if (P <= 0) return nullptr;
+  if (source.N != N) return fail("cina qp_solve (CUDA): source and problems disagree on N");
+  if (N >= (int64_t(1) << 31) / 2) return fail("cina qp_solve (CUDA): N too large");
+  const int nt = qp_threads(N);
+  if (nt < 0) return fail("cina qp_solve (CUDA): CINA_QP_THREADS must be a multiple of 32 in [32, 1024]");
+  const bool feats = source.kind != kQPDense;
+  int64_t m2 = 0;
+  if (problems.c != nullptr) {
+    m2 = 2;
+    while (m2 < 2 * N) m2 <<= 1;
+  }
+  const size_t smem = smem_bytes(nt);
+  const int64_t per_sm = rt_blocks_per_sm(qp_solve_kernel<T>, nt, smem);
+  int64_t grid = static_cast<int64_t>(rt_sm_count()) * per_sm;
+  if (grid > P) grid = P;
+  if (grid < 1) grid = 1;
+  // column cache: the per-problem budget for each resident block, within a quarter of the free
+  // device memory and 4 GiB in all; at least two slots (the two columns of an SMO step)
+  int64_t cap = 2;
+  if (feats && N > 0) {
+    const double col = static_cast<double>(N) * sizeof(T);
+    double budget = static_cast<double>(opt.cache_bytes) * static_cast<double>(grid);
+    const double free_q = 0.25 * static_cast<double>(rt_free_memory());
+    if (budget > free_q) budget = free_q;
+    if (budget > 4.0 * (int64_t(1) << 30)) budget = 4.0 * (int64_t(1) << 30);
+    const double per_block = budget / static_cast<double>(grid) / col;
+    cap = per_block >= static_cast<double>(N) ? N : static_cast<int64_t>(per_block);
+    if (cap < 2) cap = 2;
+  }
+  const Layout L = make_layout(N, source.D, feats, cap, m2, static_cast<int64_t>(sizeof(T)));
+  const int64_t block_bytes = L.total;
+  const size_t total = static_cast<size_t>(grid * block_bytes) + 256;
+  void* ws = nullptr;
+  if (const char* e = rt_malloc(&ws, total, stream)) return e;
+  int* counter = reinterpret_cast<int*>(static_cast<unsigned char*>(ws) + grid * block_bytes);
+  if (const char* e = rt_memset(counter, sizeof(int), stream)) {
+    rt_free(ws, stream);
+    return e;
+  }
+  QPArgs<T> args{source, problems, out, static_cast<unsigned char*>(ws), block_bytes, cap, m2, counter};
+  CINA_LAUNCH(qp_solve_kernel<T>, dim3(static_cast<unsigned>(grid)), dim3(nt), smem, stream, args);
+  const char* err = rt_check_launch("cina qp_solve (CUDA): solver kernel launch");
+  rt_free(ws, stream);
+  return err;
+}
+
+template <typename T>
+const char* qp_kernel_lse_cuda(const T* X, const bool* mask, int64_t S, int64_t N, int64_t D,
+                               double scale, double* lse, void* stream) {
+  using namespace qp_cuda_detail;
+  if (S <= 0 || N <= 0) return nullptr;
+  const int64_t tiles = (N + kRowThreads - 1) / kRowThreads;
+  CINA_LAUNCH(qp_lse_kernel<T>, dim3(static_cast<unsigned>(S * tiles)), dim3(kRowThreads), 0, stream,
+              X, mask, N, D, tiles, scale, lse);
+  return rt_check_launch("cina qp_kernel_lse (CUDA): kernel launch");
+}
+
+template <typename T>
+const char* qp_kernel_rowsum_cuda(const QPSource<T>& source, const bool* rowmask,
+                                  const bool* colmask, double* out, void* stream) {
+  using namespace qp_cuda_detail;
+  const int64_t S = source.S, N = source.N;
+  if (S <= 0 || N <= 0) return nullptr;
+  const int64_t tiles = (N + kRowThreads - 1) / kRowThreads;
+  CINA_LAUNCH(qp_rowsum_kernel<T>, dim3(static_cast<unsigned>(S * tiles)), dim3(kRowThreads), 0, stream,
+              source, rowmask, colmask, tiles, out);
+  return rt_check_launch("cina qp_kernel_rowsum (CUDA): kernel launch");
+}
+
+#define CINA_QP_CUDA_INSTANTIATE(T)                                                             \
+  template const char* qp_solve_cuda<T>(const QPSource<T>&, const QPProblems<T>&,               \
+                                        const QPOptions&, const QPOutputs<T>&, void*);          \
+  template const char* qp_kernel_lse_cuda<T>(const T*, const bool*, int64_t, int64_t, int64_t,  \
+                                             double, double*, void*);                           \
+  template const char* qp_kernel_rowsum_cuda<T>(const QPSource<T>&, const bool*, const bool*,   \
+                                                double*, void*);
+CINA_QP_CUDA_INSTANTIATE(float)
+CINA_QP_CUDA_INSTANTIATE(double)
+#undef CINA_QP_CUDA_INSTANTIATE
+
+}  // namespace cina

@@ -1,0 +1,209 @@
+// Host emulation of CUDA for machines without a GPU: the vocabulary shared by the kernel
+// emulators (emulator.cpp: csrc/attention_hinge/cuda.cu; qp_emulator.cpp: csrc/qp_solve/cuda.cu).
+// See emulator.cpp for what is emulated and how.
+#pragma once
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#define CINA_EMULATE 1
+#define CINA_WITH_CUDA 1
+
+// ---- CUDA vocabulary -------------------------------------------------------------------------
+struct dim3 {
+  unsigned x, y, z;
+  constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+struct alignas(16) float4 { float x, y, z, w; };
+struct alignas(8) float2 { float x, y; };
+struct alignas(16) double2 { double x, y; };
+struct alignas(8) uint2 { unsigned x, y; };
+struct alignas(16) uint4 { unsigned x, y, z, w; };
+
+using std::exp2;
+using std::log2;
+inline float exp2f(float x) { return std::exp2(x); }
+inline float fmaxf(float a, float b) { return std::fmax(a, b); }
+inline float fmaf(float a, float b, float c) { return std::fma(a, b, c); }
+
+namespace emu {
+constexpr size_t kSmemOptinLimit = 232448;  // H100 / H200: 227 KiB per block
+constexpr size_t kGuard = 4096;
+
+struct Block {
+  Block(unsigned nthreads, size_t smem_bytes)
+      : bar(nthreads), nthreads(nthreads), smem_bytes(smem_bytes) {
+    const unsigned nwarps = (nthreads + 31) / 32;
+    for (unsigned w = 0; w < nwarps; ++w) {
+      const unsigned lanes = std::min(32u, nthreads - 32 * w);
+      warp_bar.emplace_back(std::make_unique<std::barrier<>>(lanes));
+    }
+    xch.resize(nwarps);
+    mma.resize(nwarps);
+    const size_t total = smem_bytes + kGuard;
+    smem = static_cast<unsigned char*>(std::aligned_alloc(128, (total + 127) / 128 * 128));
+    std::memset(smem, 0xFF, total);  // NaN for float and double
+  }
+  ~Block() { std::free(smem); }
+  bool guard_intact() const {
+    for (size_t i = 0; i < kGuard; ++i)
+      if (smem[smem_bytes + i] != 0xFF) return false;
+    return true;
+  }
+  std::barrier<> bar;
+  std::vector<std::unique_ptr<std::barrier<>>> warp_bar;
+  std::vector<std::array<uint64_t, 32>> xch;
+  struct MmaScratch {
+    std::array<std::array<uint32_t, 8>, 32> a, b;
+    std::array<std::array<float, 4>, 32> c;
+  };
+  std::vector<MmaScratch> mma;
+  std::atomic<int> flag{0};
+  unsigned nthreads;
+  size_t smem_bytes;
+  unsigned char* smem;
+};
+
+thread_local Block* blk = nullptr;
+thread_local unsigned tid = 0;
+
+inline void warp_sync() { blk->warp_bar[tid / 32]->arrive_and_wait(); }
+
+template <class F>
+void launch(dim3 grid, dim3 block, size_t smem, F f);
+}  // namespace emu
+
+thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
+
+inline void __syncthreads() { emu::blk->bar.arrive_and_wait(); }
+inline int __syncthreads_or(int p) {
+  __syncthreads();
+  if (emu::tid == 0) emu::blk->flag.store(0);
+  __syncthreads();
+  if (p) emu::blk->flag.store(1);
+  __syncthreads();
+  const int r = emu::blk->flag.load();
+  __syncthreads();
+  return r;
+}
+inline void __syncwarp(unsigned = 0xffffffffu) { emu::warp_sync(); }
+template <typename T>
+inline T __shfl_xor_sync(unsigned, T v, int lane_mask, int width = 32) {
+  static_assert(sizeof(T) <= 8, "shuffle of more than 8 bytes");
+  auto& x = emu::blk->xch[emu::tid / 32];
+  const unsigned lane = emu::tid % 32;
+  uint64_t bits = 0;
+  std::memcpy(&bits, &v, sizeof(T));
+  x[lane] = bits;
+  emu::warp_sync();
+  unsigned src = lane ^ static_cast<unsigned>(lane_mask);
+  if ((src / width) != (lane / width)) src = lane;  // outside the segment: own value
+  T r;
+  std::memcpy(&r, &x[src], sizeof(T));
+  emu::warp_sync();
+  return r;
+}
+
+// ---- tensor-core emulation (PTX ISA "Matrix fragments for mma.m16n8k8", .tf32 and .f32) -----
+// A (16x8, row): a0:(g, t) a1:(g+8, t) a2:(g, t+4) a3:(g+8, t+4)      g = lane/4, t = lane%4
+// B (8x8, col):  b0:(t, g) b1:(t+4, g)                                 (row k, column n)
+// C/D (16x8):    c0:(g, 2t) c1:(g, 2t+1) c2:(g+8, 2t) c3:(g+8, 2t+1)
+// tf32 operands: the low 13 mantissa bits are ignored by the hardware (truncation); the
+// emulator does the same, so a kernel that forgets to round would still be visible in accuracy.
+namespace emu {
+inline float tf32_trunc(uint32_t bits) {
+  bits &= 0xFFFFE000u;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+inline void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],
+                             const float (&c)[4]) {
+  auto& s = blk->mma[tid / 32];
+  const unsigned lane = tid % 32;
+  for (int i = 0; i < 4; ++i) s.a[lane][i] = a[i];
+  for (int i = 0; i < 2; ++i) s.b[lane][i] = b[i];
+  for (int i = 0; i < 4; ++i) s.c[lane][i] = c[i];
+  warp_sync();
+  float A[16][8], Bm[8][8], C[16][8];
+  for (unsigned l = 0; l < 32; ++l) {
+    const unsigned g = l / 4, t = l % 4;
+    A[g][t] = tf32_trunc(s.a[l][0]);
+    A[g + 8][t] = tf32_trunc(s.a[l][1]);
+    A[g][t + 4] = tf32_trunc(s.a[l][2]);
+    A[g + 8][t + 4] = tf32_trunc(s.a[l][3]);
+    Bm[t][g] = tf32_trunc(s.b[l][0]);
+    Bm[t + 4][g] = tf32_trunc(s.b[l][1]);
+    C[g][2 * t] = s.c[l][0];
+    C[g][2 * t + 1] = s.c[l][1];
+    C[g + 8][2 * t] = s.c[l][2];
+    C[g + 8][2 * t + 1] = s.c[l][3];
+  }
+  warp_sync();
+  const unsigned g = lane / 4, t = lane % 4;
+  auto dot = [&](unsigned r, unsigned n) {
+    double acc = C[r][n];
+    for (int k = 0; k < 8; ++k) acc += static_cast<double>(A[r][k]) * Bm[k][n];
+    return static_cast<float>(acc);
+  };
+  d[0] = dot(g, 2 * t);
+  d[1] = dot(g, 2 * t + 1);
+  d[2] = dot(g + 8, 2 * t);
+  d[3] = dot(g + 8, 2 * t + 1);
+}
+}  // namespace emu
+
+#define CINA_DEV inline
+#define CINA_KERNEL(threads) void
+#define CINA_DYN_SMEM(name) unsigned char* name = emu::blk->smem
+#define CINA_EMU_MMA_TF32(d, a, b, c) emu::mma_m16n8k8_tf32(d, a, b, c)
+
+
+// 32-bit atomics (blocks run one after the other; threads of a block concurrently)
+inline int atomicAdd(int* p, int v) { return std::atomic_ref<int>(*p).fetch_add(v); }
+
+// ---- launches -----------------------------------------------------------------------------------
+#define CINA_LAUNCH(kern, grid, block, smem, stream, ...) \
+  emu::launch((grid), (block), (smem), [&]() { kern(__VA_ARGS__); })
+
+namespace emu {
+thread_local std::string launch_error;
+template <class F>
+void launch(dim3 grid, dim3 block, size_t smem, F f) {
+  if (smem > kSmemOptinLimit) {
+    launch_error = "emulator: launch with too much shared memory";
+    return;
+  }
+  const unsigned nt = block.x * block.y * block.z;
+  for (unsigned bz = 0; bz < grid.z; ++bz)
+    for (unsigned by = 0; by < grid.y; ++by)
+      for (unsigned bx = 0; bx < grid.x; ++bx) {
+        Block b(nt, smem);
+        std::vector<std::thread> threads;
+        threads.reserve(nt);
+        for (unsigned t = 0; t < nt; ++t) {
+          threads.emplace_back([&, t]() {
+            blk = &b;
+            tid = t;
+            threadIdx = dim3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y));
+            blockIdx = dim3(bx, by, bz);
+            blockDim = block;
+            gridDim = grid;
+            f();
+          });
+        }
+        for (auto& th : threads) th.join();
+        if (!b.guard_intact()) launch_error = "emulator: shared memory written past the dynamic size";
+      }
+}
+}  // namespace emu
