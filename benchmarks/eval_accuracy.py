@@ -1,19 +1,26 @@
-"""Accuracy of every estimator against known answers: synthetic families and LaLonde.
+"""Paper-style accuracy table: every estimator, including zero-shot CInA, against known answers.
 
-    python benchmarks/eval_accuracy.py [--n 500] [--count 10] [--quick] [--out benchmarks/results]
+    python benchmarks/eval_accuracy.py [--n 500] [--count 20] [--ihdp 10] [--zs PATH] [--zs-s PATH]
+                                       [--quick] [--out benchmarks/results]
 
-Rows: each method with the estimand it targets.  Columns: mean absolute error of the estimate
-against the truth *for that estimand* on ``count`` seeded Setoguchi datasets (scenarios A-G,
-heterogeneous effect) and ``count`` random-ER-graph datasets; |estimate - 1794| on LaLonde-CPS and
-LaLonde-PSID (an ATT benchmark: every method is run with estimand "att" there, where it applies);
-and the mean wall time per dataset.  Writes eval_accuracy.json and eval_accuracy.md.
-A separate table times CInA (Algorithm 1) against KernelBalancing at N = 500 and 2000.
+Columns (mean absolute error of the estimate against the truth of its estimand):
+  * Setoguchi / ER, "ID": ``count`` held-out datasets drawn from the zero-shot training prior
+    (``sample_datasets(..., setting="id")``, seeds the training stream never uses);
+  * Setoguchi / ER, "OOD": the held-out settings (``setting="ood"``: shifted coefficients and
+    heterogeneous effects; denser graphs, unseen mechanisms and noise laws);
+  * IHDP-A / IHDP-B: ``ihdp`` replications of each response surface (econml covariates);
+  * LaLonde-CPS / -PSID: |estimate - 1794| on the full data (an ATT benchmark).
+The estimand is the ATE on synthetic data and IHDP and the ATT on LaLonde, for every method.
+Rows: naive, IPW, SN-IPW, DoubleML, KernelBalancing, CInA (Algorithm 1, exact bilevel), CInA-ZS
+(the shipped zero-shot model unless ``--zs``), CInA-ZS refined by 50 solver iterations, and
+CInA-ZS-S (``--zs-s``; the row is left out without it).  Time: mean wall seconds per dataset on
+the synthetic sets (fit + estimate; the zero-shot rows run batched with ``estimate_many`` and
+report the batch time divided by the number of datasets).  Writes eval_accuracy.json and .md.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import sys
@@ -25,20 +32,14 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from cina_ext.data import make_er_dataset, make_setoguchi  # noqa: E402
+from cina_ext.data import sample_datasets  # noqa: E402
 from cina_ext.estimators import make_estimator  # noqa: E402
 
-# (row label, method name, estimand on synthetic data, estimand on LaLonde)
-ROWS = [
-    ("naive", "naive", "ate", "att"),
-    ("IPW", "ipw", "ate", "att"),
-    ("SN-IPW", "snipw", "ate", "att"),
-    ("DoubleML", "dml", "ate", "att"),
-    ("KernelBalancing", "kernel", "ate", "att"),
-    ("KernelBalancing (overlap)", "kernel", "overlap", "overlap"),
-    ("CInA (Alg. 1)", "cina", "ate", "att"),
-    ("CInA (Alg. 1, overlap)", "cina", "overlap", "overlap"),
-]
+EVAL_SEED = 424242  # the training stream seeds with SeedSequence([seed, step, index]): disjoint
+PER_DATASET = [("naive", "naive"), ("IPW", "ipw"), ("SN-IPW", "snipw"), ("DoubleML", "dml"),
+               ("KernelBalancing", "kernel"), ("CInA (Alg. 1)", "cina")]
+COLUMNS = ["setoguchi-id", "er-id", "setoguchi-ood", "er-ood", "ihdp-a", "ihdp-b", "lalonde-cps", "lalonde-psid"]
+SYNTHETIC = COLUMNS[:4]
 
 
 def machine() -> str:
@@ -53,113 +54,136 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
-def run_one(method, estimand, ds, seed):
-    est = make_estimator(method, estimand=estimand, random_state=seed)
-    X = ds.X
+def build_sets(count: int, n: int, ihdp: int, with_real: bool):
+    sets, estimands = {}, {}
+    for j, col in enumerate(SYNTHETIC):
+        fam, setting = col.split("-")
+        sets[col] = list(sample_datasets(fam, count, (n, n), seed=EVAL_SEED + j, setting=setting))
+        estimands[col] = "ate"
+    if with_real:
+        try:
+            from cina_ext.data import load_ihdp, load_lalonde
+
+            for s in ("a", "b"):
+                sets[f"ihdp-{s}"] = [load_ihdp(s.upper(), seed=r) for r in range(ihdp)]
+                estimands[f"ihdp-{s}"] = "ate"
+            for c in ("cps", "psid"):
+                sets[f"lalonde-{c}"] = [load_lalonde(controls=c)]
+                estimands[f"lalonde-{c}"] = "att"
+        except ImportError as exc:
+            print(f"IHDP/LaLonde skipped: {exc}")
+    return sets, estimands
+
+
+def truth(ds, estimand):
+    if ds.name.startswith("lalonde") or "lalonde" in str(ds.meta.get("source", "")).lower():
+        return 1794.34
+    return ds.truth(estimand)
+
+
+def is_lalonde(col):
+    return col.startswith("lalonde")
+
+
+def run_per_dataset(method, estimand, datasets, col):
+    vals, times = [], []
+    for i, ds in enumerate(datasets):
+        est = make_estimator(method, estimand=estimand, random_state=i)
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            est.fit(ds.X, ds.T)
+            vals.append(float(est.ate(ds.Y)))
+        times.append(time.perf_counter() - t0)
+    return np.asarray(vals), times
+
+
+def run_zero_shot(path, estimand, datasets, refine=0):
+    from cina_ext.zeroshot import CInAZeroShot
+
+    est = CInAZeroShot.from_pretrained(path, estimand=estimand, refine=refine, batch_size=32)
+    est.estimate_many(datasets[:1])  # warm-up (first call builds kernels / allocations)
     t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        est.fit(X, ds.T)
-        value = float(est.ate(ds.Y))
-    return value, time.perf_counter() - t0
-
-
-def synthetic(count, n, quick):
-    sets = {"setoguchi": [], "er": []}
-    for s in range(count):
-        sets["setoguchi"].append(make_setoguchi(n, scenario="ABCDEFG"[s % 7], seed=1000 + s, heterogeneous=True))
-        sets["er"].append(make_er_dataset(n, d=8, seed=2000 + s))
-    return sets
+    vals = est.estimate_many(datasets)
+    dt = time.perf_counter() - t0
+    return np.asarray(vals), [dt / len(datasets)] * len(datasets)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=500, help="units per synthetic dataset")
-    ap.add_argument("--count", type=int, default=10, help="datasets per synthetic family")
-    ap.add_argument("--lalonde-n", type=int, default=0,
-                    help="subsample LaLonde to this many units (all 185 treated kept); 0 = full data")
-    ap.add_argument("--timing-n", type=int, nargs="*", default=[500, 2000])
-    ap.add_argument("--quick", action="store_true", help="3 datasets per family, n=200, no LaLonde")
+    ap.add_argument("--n", type=int, default=500, help="units per synthetic dataset (default: 500)")
+    ap.add_argument("--count", type=int, default=20, help="datasets per synthetic column (default: 20)")
+    ap.add_argument("--ihdp", type=int, default=10, help="IHDP replications per surface (default: 10)")
+    ap.add_argument("--zs", default=None, help="zero-shot checkpoint (default: the shipped model)")
+    ap.add_argument("--zs-s", default=None, help="ZS-S checkpoint (row omitted if not given)")
+    ap.add_argument("--refine", type=int, default=50, help="solver iterations of the refined ZS row (0: no row)")
+    ap.add_argument("--skip", nargs="*", default=[], help="row labels to leave out (e.g. DoubleML)")
+    ap.add_argument("--quick", action="store_true", help="4 datasets per column, n=200, no real data")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args(argv)
     if args.quick:
-        args.count, args.n, args.timing_n = 3, 200, [200]
+        args.count, args.n = 4, 200
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    sets, estimands = build_sets(args.count, args.n, args.ihdp, not args.quick)
 
-    sets = synthetic(args.count, args.n, args.quick)
-    lalonde = {}
-    if not args.quick:
-        try:
-            from cina_ext.data import load_lalonde
+    from cina_ext.zeroshot import pretrained_path
 
-            for c in ("cps", "psid"):
-                ds = load_lalonde(controls=c)
-                if args.lalonde_n and ds.n > args.lalonde_n:
-                    ds = ds.subsample(args.lalonde_n, seed=0, keep_treated=True)
-                lalonde[f"lalonde-{c}"] = ds
-        except ImportError as exc:
-            print(f"LaLonde skipped: {exc}")
+    zs_path = args.zs or pretrained_path()
+    rows = [(label, "per", method) for label, method in PER_DATASET]
+    rows.append(("CInA-ZS", "zs", (zs_path, 0)))
+    if args.refine:
+        rows.append((f"CInA-ZS + {args.refine} solver iterations", "zs", (zs_path, args.refine)))
+    if args.zs_s:
+        rows.append(("CInA-ZS-S", "zs", (args.zs_s, 0)))
+    rows = [r for r in rows if r[0] not in set(args.skip)]
 
     results = []
-    for label, method, est_syn, est_lal in ROWS:
-        row = {"method": label, "estimand": est_syn, "estimand_lalonde": est_lal}
-        times = []
-        for fam, dss in sets.items():
-            errs = []
-            for i, ds in enumerate(dss):
-                truth = ds.truth(est_syn)
-                try:
-                    val, dt = run_one(method, est_syn, ds, i)
-                except Exception as exc:  # a failing method is reported, not hidden
-                    print(f"{label} on {fam}[{i}] failed: {exc}")
-                    continue
-                times.append(dt)
-                if truth is not None:
-                    errs.append(abs(val - truth))
-            row[f"mae_{fam}"] = float(np.mean(errs)) if errs else None
-        for name, ds in lalonde.items():
+    for label, kind, spec in rows:
+        row = {"method": label}
+        syn_times = []
+        for col, dss in sets.items():
+            est = estimands[col]
             try:
-                val, dt = run_one(method, est_lal, ds, 0)
-                row[f"abs_err_{name}"] = abs(val - 1794.34)
-                row[f"estimate_{name}"] = val
-                row[f"time_{name}"] = dt
-            except Exception as exc:
-                print(f"{label} on {name} failed: {exc}")
-                row[f"abs_err_{name}"] = None
-        row["mean_time_s"] = float(np.mean(times)) if times else None
+                if kind == "per":
+                    vals, times = run_per_dataset(spec, est, dss, col)
+                else:
+                    vals, times = run_zero_shot(spec[0], est, dss, refine=spec[1])
+            except Exception as exc:  # a failing method is reported, not hidden
+                print(f"{label} on {col} failed: {type(exc).__name__}: {exc}")
+                row[col] = None
+                continue
+            tr = np.asarray([1794.34 if is_lalonde(col) else d.truth(est) for d in dss])
+            row[col] = float(np.mean(np.abs(vals - tr)))
+            row[f"{col}_estimates"] = vals.tolist()
+            if col in SYNTHETIC:
+                syn_times += times
+            else:
+                row[f"{col}_time_s"] = float(np.mean(times))
+        row["time_per_dataset_s"] = float(np.mean(syn_times)) if syn_times else None
         results.append(row)
-        print(json.dumps(row))
+        print(json.dumps({k: v for k, v in row.items() if not k.endswith("_estimates")}), flush=True)
 
-    timing = []
-    for n in args.timing_n:
-        ds = make_setoguchi(n, scenario="G", seed=7, heterogeneous=True)
-        for label, method in (("CInA (Alg. 1)", "cina"), ("KernelBalancing", "kernel")):
-            for estimand in ("overlap", "ate"):
-                _, dt = run_one(method, estimand, ds, 0)
-                timing.append({"method": label, "estimand": estimand, "n": n, "seconds": dt})
-                print(json.dumps(timing[-1]))
+    meta = {"machine": machine(), "n": args.n, "count": args.count, "ihdp_replications": args.ihdp,
+            "zs": zs_path, "zs_s": args.zs_s, "eval_seed": EVAL_SEED,
+            "sizes": {c: [d.n for d in v][:1] for c, v in sets.items()}}
+    (out / "eval_accuracy.json").write_text(json.dumps({"meta": meta, "rows": results}, indent=2))
 
-    meta = {"machine": machine(), "n": args.n, "count": args.count,
-            "lalonde_sizes": {k: v.n for k, v in lalonde.items()}}
-    (out / "eval_accuracy.json").write_text(json.dumps({"meta": meta, "accuracy": results, "timing": timing}, indent=2))
+    def fmt(x):
+        if x is None:
+            return "-"
+        return f"{x:.3f}" if abs(x) < 100 else f"{x:.0f}"
 
-    def fmt(x, digits=3):
-        return "-" if x is None else (f"{x:.{digits}f}" if abs(x) < 100 else f"{x:.0f}")
-
+    cols = [c for c in COLUMNS if c in sets]
     lines = [f"Machine: {meta['machine']}", "",
-             f"MAE over {args.count} datasets per family (n = {args.n}), truth for the row's estimand; "
-             f"LaLonde: |estimate - 1794| (sizes {meta['lalonde_sizes']})", "",
-             "| method | estimand (synthetic / LaLonde) | Setoguchi MAE | ER MAE | LaLonde-CPS | LaLonde-PSID | time / dataset (s) |",
-             "|---|---|---|---|---|---|---|"]
+             f"MAE of the ATE ({args.count} held-out datasets of n = {args.n} per synthetic column, "
+             f"{args.ihdp} IHDP replications per surface); LaLonde: |ATT estimate - 1794|.", "",
+             "| method | " + " | ".join(cols) + " | time / dataset (s) |",
+             "|---|" + "---|" * (len(cols) + 1)]
     for r in results:
-        lines.append(f"| {r['method']} | {r['estimand']} / {r['estimand_lalonde']} | {fmt(r['mae_setoguchi'])} | "
-                     f"{fmt(r['mae_er'])} | {fmt(r.get('abs_err_lalonde-cps'))} | {fmt(r.get('abs_err_lalonde-psid'))} | "
-                     f"{fmt(r['mean_time_s'], 2)} |")
-    lines += ["", "Wall time of one fit + estimate (Setoguchi G):", "",
-              "| method | estimand | N | seconds |", "|---|---|---|---|"]
-    for t in timing:
-        lines.append(f"| {t['method']} | {t['estimand']} | {t['n']} | {t['seconds']:.2f} |")
+        t = r["time_per_dataset_s"]
+        lines.append(f"| {r['method']} | " + " | ".join(fmt(r.get(c)) for c in cols)
+                     + f" | {'-' if t is None else f'{t:.4f}'} |")
     (out / "eval_accuracy.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

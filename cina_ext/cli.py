@@ -1,7 +1,7 @@
 """The ``cina`` command line.
 
     cina estimate FILE.csv --treatment COL --outcome COL [--covariates C1 C2 ...]
-                  [--method cina|kernel|naive|ipw|snipw|dml] [--estimand ate|att|overlap]
+                  [--method cina|kernel|naive|ipw|snipw|dml|zero-shot] [--estimand ate|att|overlap]
                   [--n-bootstrap N] [--alpha 0.05] [--seed S] [--dropna] [--json] [--quiet]
     cina demo [--dataset auto|lalonde-cps|lalonde-psid|ihdp-a|ihdp-b|setoguchi|er]
               [--n N] [--seed S] [--methods M ...] [--estimand E] [--n-bootstrap N] [--json] [--quiet]
@@ -30,7 +30,7 @@ from . import __version__
 
 __all__ = ["main", "build_parser", "CLIError", "ALL_METHODS", "ESTIMANDS"]
 
-ALL_METHODS = ("cina", "kernel", "naive", "ipw", "snipw", "dml")
+ALL_METHODS = ("cina", "kernel", "naive", "ipw", "snipw", "dml", "zero-shot")
 ESTIMANDS = ("ate", "att", "overlap")
 DEMO_DATASETS = ("auto", "lalonde-cps", "lalonde-psid", "nsw", "ihdp-a", "ihdp-b", "setoguchi", "er")
 #: methods whose bootstrap interval is cheap enough to compute by default in ``cina demo``
@@ -548,6 +548,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-steps", type=int, default=50)
     p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (default: 100)")
     p.add_argument("--no-resume", action="store_true", help="start afresh even if --out exists")
+    p.add_argument("--estimands", nargs="+", default=["ate", "att"], choices=["ate", "att", "overlap"],
+                   help="estimands the model learns (default: ate att; the first is its default). "
+                        "'overlap' alone trains eq. L of the paper")
+    p.add_argument("--supervised-weight", type=float, default=0.0,
+                   help="ZS-S: weight of |tau_hat - tau| / sd(Y) on the synthetic datasets' known truth "
+                        "(default: 0, self-supervised)")
+    p.add_argument("--d-model", type=int, default=64, help="transformer width (default: 64)")
+    p.add_argument("--layers", type=int, default=2, help="transformer encoder layers (default: 2)")
+    p.add_argument("--heads", type=int, default=4, help="attention heads (default: 4)")
+    p.add_argument("--amp", default="none", choices=["none", "bf16"],
+                   help="mixed precision for the encoder (default: none)")
+    p.add_argument("--export", metavar="PATH", default=None,
+                   help="also write a slim inference-only copy of the final model here (the format of the "
+                        "model shipped in the package)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
@@ -562,10 +576,18 @@ def _cmd_train(args) -> int:
     import torch
     import torch.distributed as dist
 
-    from .zeroshot import ZeroShotConfig, train_zero_shot
+    from .zeroshot import ZeroShotConfig, export_checkpoint, train_zero_shot
 
     if args.n_min < 2 or args.n_max < args.n_min:
         raise CLIError(f"need 2 <= --n-min <= --n-max, got {args.n_min} and {args.n_max}")
+    estimands = tuple(dict.fromkeys(args.estimands))
+    if "overlap" in estimands and len(estimands) > 1:
+        raise CLIError("--estimands: 'overlap' (eq. L) cannot be combined with ate/att in one model")
+    if args.supervised_weight < 0 or not math.isfinite(args.supervised_weight):
+        raise CLIError(f"--supervised-weight must be >= 0, got {args.supervised_weight}")
+    if args.d_model < 1 or args.heads < 1 or args.layers < 0 or args.d_model % args.heads:
+        raise CLIError(f"need --d-model divisible by --heads and --layers >= 0, got {args.d_model}, "
+                       f"{args.heads}, {args.layers}")
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -582,6 +604,9 @@ def _cmd_train(args) -> int:
         batch_size=args.batch_size, steps=args.steps, lr=args.lr, warmup_steps=args.warmup_steps,
         seed=args.seed, dtype=args.dtype, device=device, checkpoint_path=args.out,
         checkpoint_every=args.checkpoint_every, resume=not args.no_resume,
+        supervised_weight=args.supervised_weight, amp=args.amp,
+        model=dict(estimands=estimands, d_model=args.d_model, n_layers=args.layers, n_heads=args.heads,
+                   dim_feedforward=2 * args.d_model),
         progress=not (args.quiet or args.json) and rank == 0,
     )
     t0 = time.perf_counter()
@@ -591,10 +616,13 @@ def _cmd_train(args) -> int:
         if started_here:
             dist.destroy_process_group()
     seconds = time.perf_counter() - t0
+    if rank == 0 and args.export:
+        export_checkpoint(args.out, args.export)
     if rank == 0:
         losses = history.get("loss", [])
         payload = {"checkpoint": args.out, "steps": len(losses), "final_loss": losses[-1] if losses else None,
-                   "first_loss": losses[0] if losses else None, "seconds": seconds, "device": device}
+                   "first_loss": losses[0] if losses else None, "seconds": seconds, "device": device,
+                   "export": args.export}
         if args.json:
             print(json.dumps(payload))
         else:

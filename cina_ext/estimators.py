@@ -69,7 +69,7 @@ __all__ = [
     "METHODS",
 ]
 
-METHODS = ("cina", "kernel", "naive", "ipw", "snipw", "dml")
+METHODS = ("cina", "kernel", "naive", "ipw", "snipw", "dml", "zero-shot")
 
 _ESTIMAND_LABEL = {"ate": "ATE", "att": "ATT", "overlap": "ATO (overlap)"}
 
@@ -258,10 +258,13 @@ class _WeightingEstimator(BaseEstimator):
     def _details(self) -> Dict[str, Any]:
         return {}
 
+    def _resolve_estimand(self):
+        return getattr(self, "estimand", "ate")
+
     # -- public API ------------------------------------------------------------------------
     def fit(self, X, T):
         """Validate ``(X, T)`` and compute the balancing weights ``weights_`` (no outcome used)."""
-        estimand = check_estimand(getattr(self, "estimand", "ate"), self._allowed_estimands)
+        estimand = check_estimand(self._resolve_estimand(), self._allowed_estimands)
         data = check_design(X, T)
         self._check_params()
         seed = _seed_from(getattr(self, "random_state", None))
@@ -1193,9 +1196,16 @@ def make_estimator(name: str, *, estimand: Optional[str] = None, random_state=No
     ones raise ``TypeError`` naming the estimator).
     """
     key = str(name).lower()
-    if key not in _REGISTRY:
+    if key == "zero-shot":  # CInAZeroShot, the shipped model unless model/checkpoint is given
+        from .zeroshot import CInAZeroShot, pretrained_path
+
+        cls = CInAZeroShot
+        if kwargs.get("model") is None and kwargs.get("checkpoint") is None:
+            kwargs["checkpoint"] = pretrained_path()
+    elif key not in _REGISTRY:
         raise ValueError(f"unknown method {name!r}; choose one of {METHODS}")
-    cls = _REGISTRY[key]
+    else:
+        cls = _REGISTRY[key]
     params = set(inspect.signature(cls.__init__).parameters) - {"self"}
     bad = sorted(set(kwargs) - params)
     if bad:

@@ -35,21 +35,23 @@ Choices (documented here, method.md marks them as ours)
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
 import random
+import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-from sklearn.base import BaseEstimator
 
 from . import ops
 from . import reference
-from ._validation import check_design, check_outcome
+from ._validation import check_design, check_estimand, check_outcome
+from .estimators import _WeightingEstimator
 
 __all__ = [
     "CInAZeroShotModel",
@@ -61,6 +63,7 @@ __all__ = [
 ]
 
 DEFAULT_LAM = 0.01  # relative; lam_abs = lam / n_valid (module docstring)
+DEFAULT_BALANCE_LAM = 0.01  # ate/att: ridge on the weights, the KernelBalancing default
 _SD_FLOOR = 1e-8
 
 
@@ -78,8 +81,16 @@ class CInAZeroShotModel(nn.Module):
 
     def __init__(self, max_features: int = 32, d_model: int = 64, n_heads: int = 4, n_layers: int = 2,
                  dim_feedforward: int = 128, key_dim: int = 16, dropout: float = 0.0,
-                 lam: float = DEFAULT_LAM, loss: str = "hinge"):
+                 lam: float = DEFAULT_LAM, loss: str = "hinge", estimands: Sequence[str] = ("ate", "att"),
+                 balance_lam: float = DEFAULT_BALANCE_LAM, unroll: int = 4):
         super().__init__()
+        estimands = (estimands,) if isinstance(estimands, str) else tuple(str(e) for e in estimands)
+        if not estimands or len(set(estimands)) != len(estimands) or not (
+                estimands == ("overlap",) or set(estimands) <= {"ate", "att"}):
+            raise ValueError(f"estimands must be ('overlap',) or a non-empty subset of ('ate', 'att') without "
+                             f"repeats, got {estimands!r}")
+        if not (float(balance_lam) > 0 and math.isfinite(float(balance_lam))):
+            raise ValueError(f"balance_lam must be a positive finite number, got {balance_lam!r}")
         if int(max_features) < 1:
             raise ValueError(f"max_features must be >= 1, got {max_features}")
         if not (float(lam) > 0 and math.isfinite(float(lam))):
@@ -90,7 +101,14 @@ class CInAZeroShotModel(nn.Module):
             raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
         self.config = dict(max_features=int(max_features), d_model=int(d_model), n_heads=int(n_heads),
                            n_layers=int(n_layers), dim_feedforward=int(dim_feedforward),
-                           key_dim=int(key_dim), dropout=float(dropout), lam=float(lam), loss=str(loss))
+                           key_dim=int(key_dim), dropout=float(dropout), lam=float(lam), loss=str(loss),
+                           estimands=estimands, balance_lam=float(balance_lam), unroll=int(unroll))
+        if int(unroll) < 0:
+            raise ValueError(f"unroll must be >= 0, got {unroll!r}")
+        self.unroll = int(unroll) if estimands != ("overlap",) else 0
+        self.estimands = estimands
+        self.balancing = estimands != ("overlap",)
+        self.balance_lam = float(balance_lam)
         self.max_features = int(max_features)
         self.lam = float(lam)
         self.loss_kind = str(loss)
@@ -105,7 +123,16 @@ class CInAZeroShotModel(nn.Module):
         self.key_head = nn.Sequential(nn.Linear(self.max_features, d_model), nn.GELU(), nn.Linear(d_model, key_dim),
                                       nn.LayerNorm(key_dim, elementwise_affine=False))
         self.value_head = nn.Sequential(nn.Linear(d_model, d_model), nn.GELU(), nn.Linear(d_model, 1))
-        self.intercept_head = nn.Sequential(nn.Linear(d_model, d_model), nn.GELU(), nn.Linear(d_model, 1))
+        # overlap: one intercept b; ate/att: one offset nu per arm (treated, control)
+        self.intercept_head = nn.Sequential(nn.Linear(d_model, d_model), nn.GELU(),
+                                            nn.Linear(d_model, 2 if self.balancing else 1))
+        if self.balancing:
+            # which estimand the weights are for (added to every token), and a key temperature:
+            # scores are t^2 K_i.K_j / sqrt(key_dim) with t = exp(log_t) in [1/4, 4]
+            self.emb_estimand = nn.Parameter(torch.randn(len(estimands), d_model) * 0.1)
+            self.log_key_temp = nn.Parameter(torch.zeros(()))
+            # step sizes of the unrolled witness (mirror-descent) steps of balance_weights
+            self.unroll_step = nn.Parameter(torch.zeros(self.unroll))
         with torch.no_grad():  # start with alpha ~ softplus(0) h / N, no unit dominating
             self.value_head[-1].weight.mul_(0.1)
 
@@ -158,55 +185,187 @@ class CInAZeroShotModel(nn.Module):
         return Z
 
     # -- the network ---------------------------------------------------------------------------
+    def estimand_index(self, estimand, B: int, device) -> Tensor:
+        """(B,) index into ``self.estimands`` from None (the first), a name, or names/indices per dataset."""
+        if estimand is None:
+            return torch.zeros(B, dtype=torch.long, device=device)
+        if isinstance(estimand, str):
+            estimand = [estimand] * B
+        if isinstance(estimand, Tensor):
+            idx = estimand.to(device=device, dtype=torch.long).reshape(-1)
+        else:
+            names = list(estimand)
+            bad = [e for e in names if e not in self.estimands]
+            if bad:
+                raise ValueError(f"this model was trained for the estimand(s) {self.estimands}, not {bad[0]!r}")
+            idx = torch.tensor([self.estimands.index(e) for e in names], dtype=torch.long, device=device)
+        if idx.numel() != B or bool(((idx < 0) | (idx >= len(self.estimands))).any()):
+            raise ValueError(f"estimand must give one of {self.estimands} for each of the {B} datasets")
+        return idx
+
     def forward(self, X: Tensor, W: Tensor, mask: Optional[Tensor] = None,
-                feature_mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
+                feature_mask: Optional[Tensor] = None, estimand=None) -> Tuple[Tensor, Tensor, Tensor]:
+        """``(K, V, b)``.  Overlap models: ``b`` (B,) is eq. L's intercept and ``sign(V) = W``.
+        ate/att models: ``V`` is free, ``b`` (B, 2) holds the per-arm offsets (treated, control)
+        and ``estimand`` (None = the first of ``self.estimands``, a name, or one per dataset)
+        selects the target population."""
         mask, feature_mask = self._check(X, W, mask, feature_mask)
         Z = self.standardise(X, mask, feature_mask)
         Wz = torch.where(mask, W, torch.zeros_like(W))
         h = self.emb_x(Z) + Wz.unsqueeze(-1) * self.emb_w
+        if self.balancing:
+            h = h + self.emb_estimand[self.estimand_index(estimand, X.shape[0], X.device)].unsqueeze(1)
         pad = ~mask
         for layer in self.layers:
             h = layer(h, src_key_padding_mask=pad)
         h = self.norm(h)
         h = torch.where(mask.unsqueeze(-1), h, torch.zeros_like(h))
         K = self.key_head(Z)
+        if self.balancing:
+            K = K * self.log_key_temp.clamp(-math.log(4.0), math.log(4.0)).exp()
         K = torch.where(mask.unsqueeze(-1), K, torch.zeros_like(K))
+        n = mask.sum(-1, keepdim=True).to(h.dtype)
+        pooled = h.sum(1) / n
+        if self.balancing:
+            V = torch.where(mask, self.value_head(h).squeeze(-1), torch.zeros_like(W))
+            return K, V, self.intercept_head(pooled)
         # sign(V) = W (the sign of the optimal V, eq. R with alpha >= 0), so alpha > 0 for every unit
         V = Wz * torch.nn.functional.softplus(self.value_head(h).squeeze(-1)) / self.lam
         V = torch.where(mask, V, torch.zeros_like(V))
-        n = mask.sum(-1, keepdim=True).to(h.dtype)
-        pooled = h.sum(1) / n
         b = self.intercept_head(pooled).squeeze(-1)
         return K, V, b
 
-    # -- objective and read-out ----------------------------------------------------------------
+    # -- objective and read-out: overlap (eq. L / eq. R) ------------------------------------------
     def lam_abs(self, mask: Tensor, dtype: torch.dtype) -> Tensor:
         """Absolute penalty per dataset, ``lam / n_valid`` (B,)."""
         return self.lam / mask.sum(-1).to(dtype)
 
     def objective(self, K: Tensor, V: Tensor, b: Tensor, W: Tensor, mask: Tensor, *,
                   backend: str = "auto") -> Tensor:
-        """Mean over datasets of eq. L / n_valid, from the outputs of :meth:`forward`."""
+        """Mean over datasets of eq. L / n_valid, from the outputs of :meth:`forward` (overlap models)."""
+        if self.balancing:
+            raise ValueError("objective() is eq. L of an overlap model; this model targets "
+                             f"{self.estimands}: use balance_weights() and balance_objective()")
         lam = self.lam_abs(mask, K.dtype)
         Wz = torch.where(mask, W, torch.ones_like(W))
         L, _, _ = ops.attention_hinge(K, V, Wz, b, lam, mask, loss=self.loss_kind, backend=backend)
         return (L / mask.sum(-1).to(L.dtype)).mean()
 
+    # -- read-out and objective: ate / att (method.md §6) ---------------------------------------
+    def balance_weights(self, K: Tensor, V: Tensor, b: Tensor, W: Tensor, mask: Tensor, est_idx: Tensor, *,
+                        backend: str = "auto") -> Tensor:
+        """ATE/ATT analogue of eq. R, computed by the fused attention operator (method.md §6).
+
+        The KKT conditions of the balancing problem say the optimal weights are a monotone function
+        of the MMD witness ``g = softmax(S) V`` plus a per-arm offset.  So: (1) the heads give
+        ``V`` and the offsets ``nu``; ``w`` = per-arm softmax of ``[softmax(S) V]_i + nu_arm(i)``;
+        (2) ``unroll`` witness steps refine it inside the network, each one attention call with the
+        same keys: ``d^a = w 1[arm a] - m`` (``m`` the target distribution: uniform over all units
+        for "ate", over the treated for "att"), ``g^a = softmax(S) d^a`` (the witness of arm a's
+        imbalance in the learned kernel), ``log w_i -= eta_t n [g^{a(i)}]_i`` and renormalise per
+        arm (exponentiated-gradient steps with learned step sizes ``eta_t``).  Every step is one
+        fixed layer of the forward pass, not a per-dataset optimisation.  Each arm sums to one;
+        for "att" the treated get ``1/n1``.
+        """
+        B = K.shape[0]
+        Wz = torch.where(mask, W, torch.ones_like(W))
+        zero_b = torch.zeros(B, dtype=K.dtype, device=K.device)
+        one_b = torch.ones_like(zero_b)
+        _, out, _ = ops.attention_hinge(K, V, Wz, zero_b, one_b, mask, loss=self.loss_kind, backend=backend)
+        treated = mask & (W > 0)
+        control = mask & (W < 0)
+        nu = torch.where(treated, b[:, 0:1], b[:, 1:2])
+        logits = out + nu
+        w = _arm_softmax(logits, treated, control)
+        mf = mask.to(K.dtype)
+        n = mf.sum(-1, keepdim=True)
+        is_att = torch.zeros(B, 1, dtype=torch.bool, device=K.device)
+        if "att" in self.estimands:
+            is_att = (est_idx == self.estimands.index("att")).unsqueeze(-1)
+        t1 = treated.to(K.dtype)
+        t0 = control.to(K.dtype)
+        target = torch.where(is_att, t1 / t1.sum(-1, keepdim=True), mf / n)
+        if self.unroll:
+            K2 = torch.cat([K, K], 0)
+            W2 = torch.cat([Wz, Wz], 0)
+            m2 = torch.cat([mask, mask], 0)
+            z2 = torch.cat([zero_b, zero_b], 0)
+            o2 = torch.cat([one_b, one_b], 0)
+            for t in range(self.unroll):
+                d = torch.cat([w * t1 - target, w * t0 - target], 0)
+                _, g, _ = ops.attention_hinge(K2, d, W2, z2, o2, m2, loss=self.loss_kind, backend=backend)
+                g = torch.where(treated, g[:B], g[B:]) * n
+                eta = torch.nn.functional.softplus(self.unroll_step[t])
+                logits = logits - eta * g
+                w = _arm_softmax(logits, treated, control)
+        n1 = t1.sum(-1, keepdim=True)
+        return torch.where(is_att & treated, 1.0 / n1, w)
+
+    def balance_objective(self, X: Tensor, W: Tensor, mask: Tensor, feature_mask: Tensor, w: Tensor,
+                          est_idx: Tensor) -> Tensor:
+        """Per-dataset balancing objective (B,) of weights ``w`` (method.md §6), >= 0.
+
+        ate: ``sum_a MMD^2(arm a weighted by w, whole sample) + balance_lam ||w_a||^2``; att: the
+        same for the control arm against the treated.  MMD with the RBF kernel
+        ``exp(-||z - z'||^2 / p)`` on the per-dataset standardised covariates ``z`` (``p`` valid
+        covariates): the problem :class:`cina_ext.estimators.KernelBalancing` solves exactly with
+        its defaults, so its optimum is the exact solver's objective (plus a constant).
+        """
+        Z = self.standardise(X, mask, feature_mask)
+        p = feature_mask.sum(-1).to(Z.dtype).clamp_min(1.0)
+        sq = (Z * Z).sum(-1)
+        D2 = (sq.unsqueeze(-1) + sq.unsqueeze(-2) - 2.0 * Z @ Z.transpose(-1, -2)).clamp_min(0.0)
+        Kr = torch.exp(-D2 / p.view(-1, 1, 1))
+        mf = mask.to(Z.dtype)
+        t1 = (mask & (W > 0)).to(Z.dtype)
+        t0 = (mask & (W < 0)).to(Z.dtype)
+        w = w * mf
+
+        def mmd(weights: Tensor, target: Tensor) -> Tensor:
+            d = weights - target
+            return (d.unsqueeze(-2) @ Kr @ d.unsqueeze(-1)).reshape(-1)
+
+        all_mean = mf / mf.sum(-1, keepdim=True)
+        ate = (mmd(w * t1, all_mean) + mmd(w * t0, all_mean)
+               + self.balance_lam * ((w * t1) ** 2 + (w * t0) ** 2).sum(-1))
+        if "att" not in self.estimands:
+            return ate
+        treated_mean = t1 / t1.sum(-1, keepdim=True)
+        att = mmd(w * t0, treated_mean) + self.balance_lam * ((w * t0) ** 2).sum(-1)
+        return torch.where(est_idx == self.estimands.index("att"), att, ate)
+
+    # -- both kinds ------------------------------------------------------------------------------
     def loss(self, X: Tensor, W: Tensor, mask: Optional[Tensor] = None, feature_mask: Optional[Tensor] = None,
-             *, backend: str = "auto") -> Tensor:
-        """Training loss: mean over datasets of eq. L / n_valid (scalar)."""
+             *, estimand=None, backend: str = "auto") -> Tensor:
+        """Self-supervised training loss (scalar): mean over datasets of eq. L / n_valid (overlap)
+        or of :meth:`balance_objective` (ate/att)."""
         mask, feature_mask = self._check(X, W, mask, feature_mask)
-        K, V, b = self(X, W, mask, feature_mask)
-        return self.objective(K, V, b, W, mask, backend=backend)
+        if not self.balancing:
+            K, V, b = self(X, W, mask, feature_mask)
+            return self.objective(K, V, b, W, mask, backend=backend)
+        idx = self.estimand_index(estimand, X.shape[0], X.device)
+        K, V, b = self(X, W, mask, feature_mask, idx)
+        w = self.balance_weights(K, V, b, W, mask, idx, backend=backend)
+        return self.balance_objective(X, W, mask, feature_mask, w, idx).mean()
 
     @torch.no_grad()
     def weights(self, X: Tensor, W: Tensor, mask: Optional[Tensor] = None, feature_mask: Optional[Tensor] = None,
-                *, backend: str = "auto", return_alpha: bool = False):
-        """Eq. R read-out: per-arm normalised balancing weights (B, N), estimand "overlap".
+                *, estimand=None, backend: str = "auto", return_alpha: bool = False):
+        """Balancing weights (B, N), non-negative, summing to one in each arm.
 
-        Raises ``ValueError`` if an arm of some dataset gets zero total weight.
+        Overlap models: the eq. R read-out (``alpha`` = the dual variables).  ate/att models:
+        :meth:`balance_weights` (``alpha`` = the weights themselves, the solver's convention for
+        these estimands, so they can warm-start :func:`cina_ext.solver.dual_solve`).  Raises
+        ``ValueError`` if an arm of some dataset gets zero total weight.
         """
         mask, feature_mask = self._check(X, W, mask, feature_mask)
+        if self.balancing:
+            idx = self.estimand_index(estimand, X.shape[0], X.device)
+            K, V, b = self(X, W, mask, feature_mask, idx)
+            w = self.balance_weights(K, V, b, W, mask, idx, backend=backend)
+            return (w, w) if return_alpha else w
+        if estimand not in (None, "overlap"):
+            raise ValueError(f"this model was trained for the estimand(s) {self.estimands}, not {estimand!r}")
         K, V, b = self(X, W, mask, feature_mask)
         lam = self.lam_abs(mask, K.dtype)
         Wz = torch.where(mask, W, torch.ones_like(W))
@@ -214,6 +373,22 @@ class CInAZeroShotModel(nn.Module):
         alpha = reference.readout_alpha(V, Wz, lse, lam, mask, loss=self.loss_kind)
         w = reference.readout_weights(alpha, Wz, mask)
         return (w, alpha) if return_alpha else w
+
+
+def _arm_softmax(logits: Tensor, treated: Tensor, control: Tensor) -> Tensor:
+    """Softmax of ``logits`` over the treated units and, separately, over the control units (0 elsewhere)."""
+    neg = torch.full_like(logits, float("-inf"))
+    l1 = torch.where(treated, logits, neg)
+    l0 = torch.where(control, logits, neg)
+    # an arm without units gives a row of -inf: keep it finite (its weights are zero anyway)
+    m1 = l1.amax(-1, keepdim=True).clamp_min(-1e30)
+    m0 = l0.amax(-1, keepdim=True).clamp_min(-1e30)
+    e1 = torch.exp(l1 - m1)
+    e0 = torch.exp(l0 - m0)
+    tiny = torch.finfo(logits.dtype).tiny
+    s1 = e1.sum(-1, keepdim=True).clamp_min(tiny)
+    s0 = e0.sum(-1, keepdim=True).clamp_min(tiny)
+    return torch.where(treated, e1 / s1, torch.where(control, e0 / s0, torch.zeros_like(logits)))
 
 
 # =============================================================================================
@@ -282,6 +457,8 @@ class ZeroShotConfig:
     resume: bool = True           # resume from checkpoint_path if it exists
     stop_after: Optional[int] = None  # stop (and checkpoint) once this step count is reached
     progress: bool = False
+    supervised_weight: float = 0.0  # ZS-S: weight of |tau_hat - tau| / sd(Y) (0 = self-supervised ZS)
+    amp: str = "none"             # "bf16": encoder under torch.autocast(bfloat16); final layer in dtype
 
     @classmethod
     def from_any(cls, config) -> "ZeroShotConfig":
@@ -309,16 +486,37 @@ class ZeroShotConfig:
             raise ValueError("families must name at least one synthetic family")
         if self.checkpoint_every < 0:
             raise ValueError("checkpoint_every must be >= 0")
+        if not (self.supervised_weight >= 0 and math.isfinite(self.supervised_weight)):
+            raise ValueError(f"supervised_weight must be a finite number >= 0, got {self.supervised_weight!r}")
+        if self.amp not in ("none", "bf16"):
+            raise ValueError(f"amp must be 'none' or 'bf16', got {self.amp!r}")
 
 
-def _draw_dataset(cfg: ZeroShotConfig, step: int, index: int):
+def _draw_dataset(cfg: ZeroShotConfig, step: int, index: int, n_estimands: int = 1):
+    """Dataset ``index`` of step ``step`` and the index of the estimand it trains (pure function)."""
     from .data import sample_datasets
 
     ss = np.random.SeedSequence([int(cfg.seed), int(step), int(index)])
     fam_rng = np.random.default_rng(ss.spawn(1)[0])
     family = cfg.families[int(fam_rng.integers(0, len(cfg.families)))]
+    est = int(fam_rng.integers(0, max(1, int(n_estimands))))
     n_range = tuple(cfg.n_range) if not isinstance(cfg.n_range, int) else cfg.n_range
-    return next(iter(sample_datasets(family, 1, n_range, seed=ss, setting=cfg.setting)))
+    return next(iter(sample_datasets(family, 1, n_range, seed=ss, setting=cfg.setting))), est
+
+
+def _collate_outcomes(batch, estimands: Sequence[str], est_idx: Sequence[int], N: int, *, dtype, device):
+    """Outcomes (B, N), truth (B,) for each dataset's estimand (NaN if unknown), sd(Y) (B,)."""
+    Y = np.zeros((len(batch), N))
+    tau = np.full(len(batch), np.nan)
+    sd = np.ones(len(batch))
+    for i, (d, e) in enumerate(zip(batch, est_idx)):
+        Y[i, :d.n] = d.Y
+        t = d.truth(estimands[e])
+        tau[i] = np.nan if t is None else float(t)
+        s = float(np.std(d.Y))
+        sd[i] = s if s > 1e-12 else 1.0
+    return (torch.as_tensor(Y, dtype=dtype, device=device), torch.as_tensor(tau, dtype=dtype, device=device),
+            torch.as_tensor(sd, dtype=dtype, device=device))
 
 
 def _lr_lambda(cfg: ZeroShotConfig):
@@ -358,6 +556,28 @@ def load_checkpoint(path: str, *, map_location="cpu") -> Dict[str, Any]:
     if not isinstance(ckpt, dict) or "model_state" not in ckpt or "model_config" not in ckpt:
         raise ValueError(f"{path!r} is not a CInA zero-shot checkpoint (missing model_state/model_config)")
     return ckpt
+
+
+def export_checkpoint(src: str, dst: str) -> Dict[str, Any]:
+    """Write a slim, inference-only copy of a training checkpoint (the shipped-model format).
+
+    Keeps the weights (float32), the model and training configurations, the step count, the
+    training time and a summary of the loss history; drops the optimizer, scheduler and RNG
+    states.  Returns the dict written.
+    """
+    ckpt = load_checkpoint(src)
+    hist = ckpt.get("history", {}).get("loss", [])
+    slim = {
+        "kind": "cina_ext.zeroshot", "model_config": ckpt["model_config"], "dtype": "float32",
+        "model_state": {k: (v.float() if v.is_floating_point() else v) for k, v in ckpt["model_state"].items()},
+        "step": int(ckpt.get("step", 0)), "train_config": ckpt.get("train_config"),
+        "train_seconds": ckpt.get("train_seconds"), "world_size": ckpt.get("world_size"),
+        "torch": ckpt.get("torch"),
+        "loss_summary": {"first_100": float(np.mean(hist[:100])) if hist else None,
+                         "last_100": float(np.mean(hist[-100:])) if hist else None},
+    }
+    _save_atomic(slim, dst)
+    return slim
 
 
 def model_from_checkpoint(ckpt: Union[str, Dict[str, Any]], *, map_location="cpu") -> CInAZeroShotModel:
@@ -401,6 +621,7 @@ def train_zero_shot(config=None) -> Tuple[CInAZeroShotModel, Dict[str, List[floa
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
     history: Dict[str, List[float]] = {"step": [], "loss": [], "lr": []}
     step = 0
+    seconds_before = 0.0  # training time of earlier runs of a resumed schedule
 
     if cfg.checkpoint_path and cfg.resume and os.path.isfile(cfg.checkpoint_path):
         ckpt = load_checkpoint(cfg.checkpoint_path, map_location=device)
@@ -412,6 +633,8 @@ def train_zero_shot(config=None) -> Tuple[CInAZeroShotModel, Dict[str, List[floa
         _set_rng_state(ckpt["rng_state"])
         step = int(ckpt["step"])
         history = {k: list(v) for k, v in ckpt["history"].items()}
+        seconds_before = float(ckpt.get("train_seconds", 0.0))
+    started = time.perf_counter()
 
     net: nn.Module = model
     if distributed:
@@ -425,6 +648,8 @@ def train_zero_shot(config=None) -> Tuple[CInAZeroShotModel, Dict[str, List[floa
             "optimizer_state": opt.state_dict(), "scheduler_state": sched.state_dict(),
             "rng_state": _rng_state(), "step": step, "history": history,
             "train_config": dataclasses.asdict(cfg), "kind": "cina_ext.zeroshot",
+            "train_seconds": seconds_before + time.perf_counter() - started, "world_size": world,
+            "torch": torch.__version__,
         }, cfg.checkpoint_path)
 
     end = cfg.steps if cfg.stop_after is None else min(cfg.steps, int(cfg.stop_after))
@@ -438,12 +663,34 @@ def train_zero_shot(config=None) -> Tuple[CInAZeroShotModel, Dict[str, List[floa
 
     per = cfg.batch_size // world
     model.train()
+    if cfg.supervised_weight > 0 and not model.balancing:
+        raise ValueError("supervised_weight (ZS-S) needs an ate/att model (model estimands), not an overlap one")
+    amp = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if cfg.amp == "bf16"
+           else contextlib.nullcontext())
     while step < end:
         idx = range(rank * per, (rank + 1) * per)
-        batch = [_draw_dataset(cfg, step, i) for i in idx]
+        drawn = [_draw_dataset(cfg, step, i, len(model.estimands)) for i in idx]
+        batch = [d for d, _ in drawn]
         X, W, mask, fmask = collate_datasets(batch, dtype=dtype, device=device)
-        K, V, b = net(X, W, mask, fmask)
-        loss = model.objective(K, V, b, W, mask, backend=cfg.backend)
+        if model.balancing:
+            est_idx = torch.tensor([e for _, e in drawn], dtype=torch.long, device=device)
+            with amp:
+                K, V, b = net(X, W, mask, fmask, est_idx)
+            K, V, b = K.to(dtype), V.to(dtype), b.to(dtype)
+            w = model.balance_weights(K, V, b, W, mask, est_idx, backend=cfg.backend)
+            loss = model.balance_objective(X, W, mask, fmask, w, est_idx).mean()
+            if cfg.supervised_weight > 0:  # ZS-S (method.md §5): |tau_hat - tau| on datasets with known truth
+                Y, tau, sdY = _collate_outcomes(batch, model.estimands, [e for _, e in drawn], X.shape[1],
+                                                dtype=dtype, device=device)
+                tau_hat = (w * torch.where(mask, W, torch.zeros_like(W)) * Y).sum(-1)
+                known = torch.isfinite(tau)
+                err = torch.where(known, (tau_hat - torch.nan_to_num(tau)).abs() / sdY, torch.zeros_like(tau))
+                loss = loss + cfg.supervised_weight * err.mean()
+        else:
+            with amp:
+                K, V, b = net(X, W, mask, fmask)
+            K, V, b = K.to(dtype), V.to(dtype), b.to(dtype)
+            loss = model.objective(K, V, b, W, mask, backend=cfg.backend)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip and cfg.grad_clip > 0:
@@ -478,29 +725,56 @@ def train_zero_shot(config=None) -> Tuple[CInAZeroShotModel, Dict[str, List[floa
 # estimator (Algorithm 3)
 # =============================================================================================
 
-class CInAZeroShot(BaseEstimator):
+PRETRAINED_FILE = "cina_zs_ate.pt"
+
+
+def pretrained_path() -> str:
+    """Path of the model shipped inside the package (see docs/model_card.md)."""
+    # next to this module: the source tree for an editable install, site-packages for a wheel
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained", PRETRAINED_FILE)
+
+
+class CInAZeroShot(_WeightingEstimator):
     """Zero-shot CInA estimator (Algorithm 3): one forward pass gives the balancing weights.
 
     ``model``: a trained :class:`CInAZeroShotModel`, or ``checkpoint``: a path written by
-    :func:`train_zero_shot`.  Estimand ``"overlap"`` (method.md §6).  ``fit(X, T)`` sets
-    ``weights_`` (non-negative, summing to one in each arm); ``ate(Y)`` returns
-    ``sum_i w_i W_i Y_i``.  ``estimate_many(datasets)`` does many datasets in padded batches.
+    :func:`train_zero_shot`; :meth:`from_pretrained` with no path loads the model shipped in the
+    package (ATE by default, ATT on request; see docs/model_card.md).  ``estimand``: None = the
+    model's first estimand, else one it was trained for ("ate"/"att", or "overlap" for eq.-L
+    models).  ``refine``: after the forward pass, run up to this many iterations of the exact
+    solver on the balancing problem the model was trained on (RBF kernel, ``balance_lam``),
+    warm-started at the network's weights (method.md §7.2, "amortised + refined"; ate/att models
+    only); 0 = pure zero-shot.  The shared interface applies: ``fit(X, T)`` sets ``weights_``
+    (non-negative, one per arm), ``ate(Y)``, ``ate_interval(Y)`` (bootstrap: one forward pass per
+    resample), ``balance()``, ``summary()``; ``estimate_many(datasets)`` does many datasets in
+    padded batches.  Diagnostics after ``fit``: ``balance_objective_`` (the training objective of
+    the weights returned; ate/att models), and with ``refine``: ``raw_weights_``,
+    ``raw_balance_objective_``, ``refine_kkt_``, ``refine_converged_``, ``refine_iterations_``.
     """
 
-    estimand = "overlap"
+    _allowed_estimands = ("ate", "att", "overlap")
+    _method_name = "zero-shot"
 
     def __init__(self, model: Optional[CInAZeroShotModel] = None, checkpoint: Optional[str] = None,
-                 backend: str = "auto", batch_size: int = 32):
+                 estimand: Optional[str] = None, refine: int = 0, backend: str = "auto", batch_size: int = 32,
+                 random_state=None, verbose: bool = False):
         self.model = model
         self.checkpoint = checkpoint
+        self.estimand = estimand
+        self.refine = refine
         self.backend = backend
         self.batch_size = batch_size
+        self.random_state = random_state
+        self.verbose = verbose
 
     @classmethod
     def from_pretrained(cls, path: Optional[str] = None, **kwargs) -> "CInAZeroShot":
+        """Load ``path`` (a :func:`train_zero_shot` checkpoint) or, with None, the shipped model."""
         if path is None:
-            raise ValueError("no pretrained CInA zero-shot model ships with cina-ext yet: train one with "
-                             "cina_ext.zeroshot.train_zero_shot(config) (set checkpoint_path) and pass that path")
+            path = pretrained_path()
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"the pretrained model {PRETRAINED_FILE} is missing from this installation "
+                                        f"({path}); reinstall cina-ext or pass the path of a checkpoint")
         est = cls(checkpoint=str(path), **kwargs)
         est._get_model()
         return est
@@ -511,44 +785,100 @@ class CInAZeroShot(BaseEstimator):
                 raise TypeError(f"model must be a CInAZeroShotModel, got {type(self.model).__name__}")
             return self.model
         if self.checkpoint is None:
-            raise ValueError("CInAZeroShot needs a trained model: pass model=... or checkpoint=PATH "
-                             "(no pretrained model ships yet)")
+            raise ValueError("CInAZeroShot needs a trained model: pass model=..., checkpoint=PATH, or use "
+                             "CInAZeroShot.from_pretrained() for the shipped one")
         cached = getattr(self, "_loaded", None)
         if cached is None or cached[0] != self.checkpoint:
             self._loaded = (self.checkpoint, model_from_checkpoint(self.checkpoint))
         return self._loaded[1]
 
-    def _dtype_device(self, model):
+    def _resolve_estimand(self):
+        model = self._get_model()
+        est = model.estimands[0] if self.estimand is None else self.estimand
+        if not isinstance(est, str) or est.lower() not in model.estimands:
+            raise ValueError(f"this zero-shot model was trained for the estimand(s) {model.estimands}; "
+                             f"estimand={self.estimand!r} is not one of them")
+        return est.lower()
+
+    def _check_params(self):
+        if isinstance(self.refine, bool) or not isinstance(self.refine, (int, np.integer)) or self.refine < 0:
+            raise ValueError(f"refine must be an integer >= 0 (solver iterations), got {self.refine!r}")
+        if self.refine and not self._get_model().balancing:
+            raise ValueError("refine needs an ate/att model; this one computes the overlap weights of eq. L")
+
+    @staticmethod
+    def _dtype_device(model):
         p = next(model.parameters())
         return p.dtype, p.device
 
-    def fit(self, X, T):
-        model = self._get_model()
-        dd = check_design(X, T)
-        if dd.X.shape[1] > model.max_features:
-            raise ValueError(f"X has {dd.X.shape[1]} covariates but the model accepts at most "
-                             f"max_features={model.max_features}")
+    def _weights_batch(self, model, items, estimand: str):
+        """Weights (B, N) as float64 numpy for ``items`` = [(X, T)], plus diagnostics per dataset."""
         dtype, device = self._dtype_device(model)
-        Xt, Wt, mask, fm = collate_datasets([(dd.X, dd.T)], dtype=dtype, device=device)
+        for x, _ in items:
+            if x.shape[1] > model.max_features:
+                raise ValueError(f"X has {x.shape[1]} covariates but the model accepts at most "
+                                 f"max_features={model.max_features}")
+        X, W, mask, fm = collate_datasets(items, dtype=dtype, device=device)
         model.eval()
-        w = model.weights(Xt, Wt, mask, fm, backend=self.backend)
-        self.weights_ = w[0].detach().cpu().double().numpy()
-        self.T_ = np.asarray(dd.T, dtype=np.int64)
-        self.n_ = int(self.T_.shape[0])
-        self.feature_names_in_ = dd.feature_names
+        info: Dict[str, Any] = {}
+        with torch.no_grad():
+            w = model.weights(X, W, mask, fm, estimand=estimand, backend=self.backend)
+            if model.balancing:
+                idx = model.estimand_index(estimand, X.shape[0], X.device)
+                info["balance_objective"] = model.balance_objective(X, W, mask, fm, w, idx)
+                if self.refine:
+                    info["raw_weights"] = w.double().cpu().numpy()
+                    info["raw_balance_objective"] = info["balance_objective"]
+                    Z = model.standardise(X, mask, fm).double()
+                    gamma = 1.0 / fm.sum(-1).double().clamp_min(1.0)
+                    from .solver import dual_solve
+
+                    res = dual_solve(Z, W.double(), model.balance_lam, kernel="rbf", gamma=gamma, estimand=estimand,
+                                     mask=mask, x0=w.double(), max_iter=int(self.refine), backend="fused")
+                    w = res.weights.to(dtype)
+                    info["refine_kkt"] = res.kkt
+                    info["refine_converged"] = res.converged
+                    info["refine_iterations"] = res.iterations
+                    info["balance_objective"] = model.balance_objective(X, W, mask, fm, w, idx)
+        return w.double().cpu().numpy(), {k: (v.double().cpu().numpy() if isinstance(v, Tensor) and v.is_floating_point()
+                                              else (v.cpu().numpy() if isinstance(v, Tensor) else v))
+                                          for k, v in info.items()}
+
+    def _fit_core(self, X, T, seed, *, bootstrap=False):
+        model = self._get_model()
+        w, info = self._weights_batch(model, [(X, T)], self.estimand_)
+        state = {"weights": w[0]}
+        for k, v in info.items():
+            state[k] = v[0]
+        return state
+
+    def fit(self, X, T):
+        super().fit(X, T)
+        st = self._state
+        if "balance_objective" in st:
+            self.balance_objective_ = float(st["balance_objective"])
+        if self.refine:
+            self.raw_weights_ = np.asarray(st["raw_weights"])
+            self.raw_balance_objective_ = float(st["raw_balance_objective"])
+            self.refine_kkt_ = float(st["refine_kkt"])
+            self.refine_converged_ = bool(st["refine_converged"])
+            self.refine_iterations_ = int(st["refine_iterations"])
         return self
 
-    def ate(self, Y) -> float:
-        if not hasattr(self, "weights_"):
-            raise ValueError("call fit(X, T) before ate(Y)")
-        Ya = check_outcome(Y, self.n_)
-        Wsign = 2.0 * self.T_ - 1.0
-        return float(np.sum(self.weights_ * Wsign * Ya))
+    def _details(self):
+        d: Dict[str, Any] = {"estimand_trained": list(self._get_model().estimands), "refine": int(self.refine)}
+        if hasattr(self, "balance_objective_"):
+            d["balance_objective"] = self.balance_objective_
+        if self.refine:
+            d.update(raw_balance_objective=self.raw_balance_objective_, refine_kkt=self.refine_kkt_,
+                     refine_converged=self.refine_converged_)
+        return d
 
     def estimate_many(self, datasets: Sequence, Y: Optional[Sequence] = None) -> np.ndarray:
         """Estimates for many datasets (CausalDataset objects or ``(X, T, Y)`` tuples), batched."""
         model = self._get_model()
-        dtype, device = self._dtype_device(model)
+        self._check_params()
+        estimand = check_estimand(self._resolve_estimand(), self._allowed_estimands)
         datasets = list(datasets)
         if Y is not None and len(Y) != len(datasets):
             raise ValueError(f"Y has {len(Y)} entries for {len(datasets)} datasets")
@@ -566,12 +896,13 @@ class CInAZeroShot(BaseEstimator):
             outcomes.append(check_outcome(y, dd.X.shape[0]))
         bs = max(1, int(self.batch_size))
         out = np.empty(len(designs))
-        model.eval()
-        for s in range(0, len(designs), bs):
-            chunk = designs[s:s + bs]
-            Xt, Wt, mask, fm = collate_datasets(chunk, dtype=dtype, device=device)
-            w = model.weights(Xt, Wt, mask, fm, backend=self.backend).detach().cpu().double().numpy()
-            for j, (x, t) in enumerate(chunk):
+        # similar sizes share a batch (less padding); results go back to the caller's order
+        order = sorted(range(len(designs)), key=lambda i: designs[i][0].shape[0])
+        for s in range(0, len(order), bs):
+            ids = order[s:s + bs]
+            w, _ = self._weights_batch(model, [designs[i] for i in ids], estimand)
+            for j, i in enumerate(ids):
+                x, t = designs[i]
                 n = x.shape[0]
-                out[s + j] = float(np.sum(w[j, :n] * (2.0 * t - 1.0) * outcomes[s + j]))
+                out[i] = float(np.sum(w[j, :n] * (2.0 * t - 1.0) * outcomes[i]))
         return out

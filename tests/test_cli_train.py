@@ -19,7 +19,8 @@ def test_train_writes_checkpoint_and_resumes(tmp_path, capsys):
     first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert ckpt.exists() and first["steps"] == 4 and math.isfinite(first["final_loss"])
     # a longer schedule from the same file resumes (the 4 finished steps are not redone)
-    assert main(["train", "--out", str(ckpt), "--steps", "6", *SMALL]) == 0
+    slim = tmp_path / "zs_slim.pt"
+    assert main(["train", "--out", str(ckpt), "--steps", "6", "--export", str(slim), *SMALL]) == 0
     second = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert second["steps"] == 6 and second["first_loss"] == first["first_loss"]
     ds = make_setoguchi(80, scenario="A", seed=3)
@@ -28,6 +29,32 @@ def test_train_writes_checkpoint_and_resumes(tmp_path, capsys):
     assert np.all(w >= 0)
     assert np.isclose(w[ds.T == 1].sum(), 1.0) and np.isclose(w[ds.T == 0].sum(), 1.0)
     assert math.isfinite(est.ate(ds.Y))
+    assert est.estimand_ == "ate"  # the default model learns ate (first) and att
+    # the slim export drops the optimizer state and serves the same weights
+    assert slim.stat().st_size < 0.6 * ckpt.stat().st_size
+    est2 = CInAZeroShot.from_pretrained(str(slim)).fit(ds.X, ds.T)
+    np.testing.assert_allclose(est2.weights_, w, atol=1e-6)
+    att = CInAZeroShot.from_pretrained(str(slim), estimand="att").fit(ds.X, ds.T)
+    np.testing.assert_allclose(att.weights_[ds.T == 1], 1.0 / np.sum(ds.T == 1))
+
+
+def test_train_supervised_overlap_and_bad_options(tmp_path, capsys):
+    out = tmp_path / "s.pt"
+    assert main(["train", "--out", str(out), "--steps", "2", "--supervised-weight", "1", "--layers", "1",
+                 "--d-model", "16", "--heads", "2", *SMALL]) == 0
+    from cina_ext.zeroshot import load_checkpoint
+
+    ck = load_checkpoint(str(out))
+    assert ck["train_config"]["supervised_weight"] == 1.0 and ck["model_config"]["d_model"] == 16
+    assert ck["train_seconds"] > 0
+    capsys.readouterr()
+    assert main(["train", "--out", str(tmp_path / "o.pt"), "--steps", "2", "--estimands", "overlap", *SMALL]) == 0
+    capsys.readouterr()
+    rc = main(["train", "--out", str(tmp_path / "b.pt"), "--steps", "1", "--estimands", "overlap", "ate"])
+    assert rc == 1 and "overlap" in capsys.readouterr().err
+    rc = main(["train", "--out", str(tmp_path / "b.pt"), "--steps", "1", "--supervised-weight", "1",
+               "--estimands", "overlap", *SMALL])
+    assert rc == 1 and "supervised" in capsys.readouterr().err
 
 
 def test_train_rejects_bad_sizes(tmp_path, capsys):

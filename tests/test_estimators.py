@@ -384,15 +384,18 @@ def test_ate_interval_progress_bar_respects_verbose(capsys):
 
 
 def test_make_estimator():
-    assert set(METHODS) == {"cina", "kernel", "naive", "ipw", "snipw", "dml"}
+    from cina_ext.zeroshot import CInAZeroShot, pretrained_path
+
+    assert set(METHODS) == {"cina", "kernel", "naive", "ipw", "snipw", "dml", "zero-shot"}
     kinds = {"cina": CInA, "kernel": KernelBalancing, "naive": DifferenceInMeans, "ipw": IPW,
-             "snipw": SelfNormalizedIPW, "dml": DoubleML}
+             "snipw": SelfNormalizedIPW, "dml": DoubleML, "zero-shot": CInAZeroShot}
     for name in METHODS:
         est = make_estimator(name, random_state=5)
         assert type(est) is kinds[name]
         assert est.random_state == 5
     assert make_estimator("kernel", estimand="att", lam=0.3).get_params()["lam"] == 0.3
     assert make_estimator("cina", estimand="overlap").estimand == "overlap"
+    assert make_estimator("zero-shot", estimand="att").checkpoint == pretrained_path()
     with pytest.raises(ValueError, match="unknown method"):
         make_estimator("svm")
     with pytest.raises(TypeError, match="unexpected parameter"):
