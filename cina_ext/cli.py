@@ -557,6 +557,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--d-model", type=int, default=64, help="transformer width (default: 64)")
     p.add_argument("--layers", type=int, default=2, help="transformer encoder layers (default: 2)")
     p.add_argument("--heads", type=int, default=4, help="attention heads (default: 4)")
+    p.add_argument("--unroll", type=int, default=8,
+                   help="witness steps of the ate/att read-out, each one attention pass (default: 8)")
     p.add_argument("--amp", default="none", choices=["none", "bf16"],
                    help="mixed precision for the encoder (default: none)")
     p.add_argument("--export", metavar="PATH", default=None,
@@ -585,6 +587,8 @@ def _cmd_train(args) -> int:
         raise CLIError("--estimands: 'overlap' (eq. L) cannot be combined with ate/att in one model")
     if args.supervised_weight < 0 or not math.isfinite(args.supervised_weight):
         raise CLIError(f"--supervised-weight must be >= 0, got {args.supervised_weight}")
+    if args.unroll < 0:
+        raise CLIError(f"--unroll must be >= 0, got {args.unroll}")
     if args.d_model < 1 or args.heads < 1 or args.layers < 0 or args.d_model % args.heads:
         raise CLIError(f"need --d-model divisible by --heads and --layers >= 0, got {args.d_model}, "
                        f"{args.heads}, {args.layers}")
@@ -606,7 +610,7 @@ def _cmd_train(args) -> int:
         checkpoint_every=args.checkpoint_every, resume=not args.no_resume,
         supervised_weight=args.supervised_weight, amp=args.amp,
         model=dict(estimands=estimands, d_model=args.d_model, n_layers=args.layers, n_heads=args.heads,
-                   dim_feedforward=2 * args.d_model),
+                   dim_feedforward=2 * args.d_model, unroll=args.unroll),
         progress=not (args.quiet or args.json) and rank == 0,
     )
     t0 = time.perf_counter()

@@ -130,6 +130,38 @@ def test_balance_objective_matches_independent_formula_and_exact_solver(estimand
     np.testing.assert_allclose(est.weights_, kb.weights_, atol=1e-4)
 
 
+def test_sdpa_encoder_layer_matches_the_torch_module():
+    from cina_ext.zeroshot import _encoder_layer
+
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True, norm_first=True).double()
+    h = torch.randn(3, 11, 16, dtype=torch.float64)
+    mask = torch.ones(3, 11, dtype=torch.bool)
+    mask[1, 7:] = False
+    mask[2, 1:] = False
+    want = layer(h, src_key_padding_mask=~mask)
+    got = _encoder_layer(layer, h, mask[:, None, None, :])
+    torch.testing.assert_close(got[mask], want[mask], atol=1e-12, rtol=1e-10)
+
+
+def test_unrolled_steps_dense_and_flash_paths_agree():
+    m = _model(5, estimands=BALANCE, unroll=3)
+    ds = _datasets(3, seed=9)
+    X, W, mask, fm = collate_datasets(ds, dtype=torch.float64)
+    idx = torch.tensor([0, 1, 0])
+    outs = []
+    for dense in (True, False):
+        m.materialise_unroll = dense
+        m.zero_grad()
+        K, V, b = m(X, W, mask, fm, idx)
+        w = m.balance_weights(K, V, b, W, mask, idx)
+        m.balance_objective(X, W, mask, fm, w, idx).sum().backward()
+        outs.append((w.detach(), [p.grad.clone() for p in m.parameters() if p.grad is not None]))
+    torch.testing.assert_close(outs[0][0], outs[1][0], atol=1e-12, rtol=1e-9)
+    for g1, g2 in zip(outs[0][1], outs[1][1]):
+        torch.testing.assert_close(g1, g2, atol=1e-10, rtol=1e-7)
+
+
 def test_standardisation_is_affine_invariant():
     m = _model(2)
     d = _datasets(1, seed=2)[0]
