@@ -13,7 +13,7 @@ Columns (mean absolute error of the estimate against the truth of its estimand):
 The estimand is the ATE on synthetic data and IHDP and the ATT on LaLonde, for every method.
 Rows: naive, IPW, SN-IPW, DoubleML, KernelBalancing, CInA (Algorithm 1, exact bilevel), CInA-ZS
 (the shipped zero-shot model unless ``--zs``), CInA-ZS refined by 50 solver iterations, and
-CInA-ZS-S (``--zs-s``; the row is left out without it).  Time: mean wall seconds per dataset on
+CInA-ZS-S (the shipped supervised model unless ``--zs-s``).  Time: mean wall seconds per dataset on
 the synthetic sets (fit + estimate; the zero-shot rows run batched with ``estimate_many`` and
 report the batch time divided by the number of datasets).  Writes eval_accuracy.json and .md.
 """
@@ -115,7 +115,7 @@ def main(argv=None):
     ap.add_argument("--count", type=int, default=20, help="datasets per synthetic column (default: 20)")
     ap.add_argument("--ihdp", type=int, default=10, help="IHDP replications per surface (default: 10)")
     ap.add_argument("--zs", default=None, help="zero-shot checkpoint (default: the shipped model)")
-    ap.add_argument("--zs-s", default=None, help="ZS-S checkpoint (row omitted if not given)")
+    ap.add_argument("--zs-s", default=None, help="ZS-S checkpoint (default: the shipped ZS-S model; 'none': no row)")
     ap.add_argument("--refine", type=int, default=50, help="solver iterations of the refined ZS row (0: no row)")
     ap.add_argument("--skip", nargs="*", default=[], help="row labels to leave out (e.g. DoubleML)")
     ap.add_argument("--quick", action="store_true", help="4 datasets per column, n=200, no real data")
@@ -130,6 +130,10 @@ def main(argv=None):
     from cina_ext.zeroshot import pretrained_path
 
     zs_path = args.zs or pretrained_path()
+    if args.zs_s is None:
+        args.zs_s = pretrained_path("zs-s")
+    elif args.zs_s == "none":
+        args.zs_s = None
     rows = [(label, "per", method) for label, method in PER_DATASET]
     rows.append(("CInA-ZS", "zs", (zs_path, 0)))
     if args.refine:

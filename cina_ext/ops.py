@@ -54,8 +54,8 @@ def _check_attention_inputs(K, V, W, b, lam, mask, loss):
     if K.dim() != 3:
         raise ValueError(f"K must have shape (B, N, D), got {tuple(K.shape)}")
     Bsz, N, D = K.shape
-    if K.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"K must be float32 or float64, got {K.dtype}")
+    if K.dtype not in _FLOAT_DTYPES and K.dtype != torch.bfloat16:
+        raise TypeError(f"K must be float32, float64 or bfloat16, got {K.dtype}")
     for name, t, shape in (("V", V, (Bsz, N)), ("W", W, (Bsz, N)), ("b", b, (Bsz,))):
         if tuple(t.shape) != shape:
             raise ValueError(f"{name} must have shape {shape} to match K {tuple(K.shape)}, got {tuple(t.shape)}")
@@ -99,9 +99,13 @@ def attention_hinge(
     Returns ``(loss (B,), out (B, N), lse (B, N))``, differentiable in ``K``, ``V`` and ``b``
     (``lse`` is differentiable in ``K`` as well).  Never materialises the N x N scores on the
     compiled path.  When no input requires a gradient (or grad mode is off) the forward-only
-    path runs and no gradient work is done.
+    path runs and no gradient work is done.  bfloat16 inputs (all of K, V, W, b) are computed in
+    float32 -- upcast on entry, float32 accumulation, float32 outputs; their gradients come back
+    in bfloat16 through the upcast.
     """
     _check_attention_inputs(K, V, W, b, lam, mask, loss)
+    if K.dtype == torch.bfloat16:
+        K, V, W, b = (t.float() for t in (K, V, W, b))
     Bsz, N, D = K.shape
     if scale is None:
         scale = 1.0 / math.sqrt(D) if D > 0 else 1.0

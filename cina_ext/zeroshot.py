@@ -433,9 +433,11 @@ def _encoder_layer(layer: nn.TransformerEncoderLayer, h: Tensor, attn_mask: Tens
 
 def _attention_rows(K: Tensor, lse: Tensor, mask: Tensor, pair_col: Tensor, scale: float, i0: int, i1: int) -> Tensor:
     """Rows ``i0:i1`` of the masked attention matrix ``exp(scale K K' - lse)`` (B, i1 - i0, N)."""
-    S = scale * (K[:, i0:i1] @ K.transpose(-1, -2)) - lse[:, i0:i1].unsqueeze(-1)
-    pair = mask[:, i0:i1].unsqueeze(-1) & pair_col
-    return torch.exp(S.masked_fill(~pair, float("-inf")))
+    # one fused (B, r, N) pass for scale K K' - lse; the mask only where padding exists
+    S = torch.baddbmm(-lse[:, i0:i1].unsqueeze(-1), K[:, i0:i1], K.transpose(-1, -2), alpha=scale)
+    if not bool(mask.all()):
+        S = S.masked_fill(~(mask[:, i0:i1].unsqueeze(-1) & pair_col), float("-inf"))
+    return torch.exp(S)
 
 
 def _arm_softmax(logits: Tensor, treated: Tensor, control: Tensor) -> Tensor:
@@ -788,13 +790,17 @@ def train_zero_shot(config=None) -> Tuple[CInAZeroShotModel, Dict[str, List[floa
 # estimator (Algorithm 3)
 # =============================================================================================
 
-PRETRAINED_FILE = "cina_zs_ate.pt"
+PRETRAINED_FILE = "cina_zs_ate.pt"  # the default: self-supervised (CInA-ZS)
+PRETRAINED_FILES = {"zs": PRETRAINED_FILE, "zs-s": "cina_zs_s_ate.pt"}  # zs-s: the supervised variant
 
 
-def pretrained_path() -> str:
-    """Path of the model shipped inside the package (see docs/model_card.md)."""
+def pretrained_path(variant: str = "zs") -> str:
+    """Path of a model shipped inside the package: ``"zs"`` (default) or ``"zs-s"`` (see
+    docs/model_card.md)."""
+    if variant not in PRETRAINED_FILES:
+        raise ValueError(f"variant must be one of {tuple(PRETRAINED_FILES)}, got {variant!r}")
     # next to this module: the source tree for an editable install, site-packages for a wheel
-    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained", PRETRAINED_FILE)
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained", PRETRAINED_FILES[variant])
 
 
 class CInAZeroShot(_WeightingEstimator):

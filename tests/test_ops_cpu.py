@@ -270,3 +270,27 @@ def test_baseline_cpu_variant_matches_reference():
     env = dict(os.environ, CINA_CPU_BASELINE="1")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0 and "OK" in res.stdout, res.stderr
+
+
+def test_bfloat16_inputs_compute_in_float32_with_gradients():
+    torch.manual_seed(3)
+    B, N, D = 2, 37, 8
+    K = torch.randn(B, N, D).bfloat16().requires_grad_()
+    V = (torch.randn(B, N) / N).bfloat16().requires_grad_()
+    W = (torch.randint(0, 2, (B, N)) * 2 - 1).bfloat16()
+    b = torch.zeros(B).bfloat16().requires_grad_()
+    mask = torch.ones(B, N, dtype=torch.bool)
+    mask[1, 30:] = False
+    loss, out, lse = ops.attention_hinge(K, V, W, b, 1e-2, mask)
+    assert loss.dtype == out.dtype == lse.dtype == torch.float32
+    K32, V32, b32 = (t.detach().float().requires_grad_() for t in (K, V, b))
+    ref = reference.attention_hinge(K32, V32, W.float(), b32, 1e-2, mask)
+    for got, want in zip((loss, out, lse), ref):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    (loss.sum() + out.sum()).backward()
+    (ref[0].sum() + ref[1].sum()).backward()
+    assert K.grad.dtype == torch.bfloat16
+    for g, g32 in ((K.grad, K32.grad), (V.grad, V32.grad), (b.grad, b32.grad)):
+        torch.testing.assert_close(g.float(), g32.bfloat16().float(), atol=1e-2, rtol=2e-2)
+    with pytest.raises(TypeError, match="share a dtype"):
+        ops.attention_hinge(K.detach(), V.detach().float(), W, b.detach(), 1e-2)
