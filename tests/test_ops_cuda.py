@@ -152,7 +152,8 @@ def test_arbitrary_masks_and_padding_garbage(variant):
     assert (out[~mask] == 0).all() and (lse[~mask] == 0).all()
     assert (dK[~mask] == 0).all() and (dV[~mask] == 0).all()
     k = K[1, 137].double()
-    assert math.isclose(lse[1, 137].item(), (k @ k).item() / 4.0, rel_tol=1e-5)  # scale 1/sqrt(16)
+    # scale 1/sqrt(16); plain TF32 rounds the operands to 10 mantissa bits (measured 2e-4 on an H200)
+    assert math.isclose(lse[1, 137].item(), (k @ k).item() / 4.0, rel_tol=2e-3 if variant == "tf32" else 1e-5)
     assert math.isclose(out[1, 137].item(), V[1, 137].item(), rel_tol=1e-6)
     ref64 = run(to64((leaf(K), leaf(V), W, leaf(b), lam, mask)), "reference")
     tol = TF32_TOL if variant == "tf32" else 1e-4
@@ -263,7 +264,9 @@ def test_column_splits_agree(variant, dtype, monkeypatch):
     for splits in ("1", "auto", "5", "47"):
         monkeypatch.setenv("CINA_ATTENTION_SPLITS", splits)
         results[splits] = run(case, "fused")
-    tol = 1e-12 if dtype == torch.float64 else 2e-6
+    # tensor-core variants: another split changes which products are rounded together (measured
+    # on an H200: 1.9e-5 tf32x3, 9.6e-6 tf32 for dK); SIMT float32 stays at 2e-6
+    tol = 1e-12 if dtype == torch.float64 else (2e-6 if variant == "simt" else 1e-4)
     for splits in ("auto", "5", "47"):
         for name, x, y in zip(NAMES, results[splits], results["1"]):
             err = (x - y).abs().max().item() / max(1.0, y.abs().max().item())
