@@ -12,53 +12,18 @@ build/emulator/ under a hash of its sources (first build ~20 s).
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import math
-import os
-import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
 import torch
 
 from cina_ext import reference
 
-ROOT = Path(__file__).resolve().parents[1]
-SRC = ROOT / "tests" / "cuda_emulator" / "emulator.cpp"
-EMU_HEADER = ROOT / "tests" / "cuda_emulator" / "emulator.h"
-KERNEL = ROOT / "csrc" / "attention_hinge" / "cuda.cu"
-HEADER = ROOT / "csrc" / "attention_hinge" / "attention_hinge.h"
-CXX = os.environ.get("CXX") or shutil.which("g++") or shutil.which("clang++")
+from _emulator import CSRC, CXX, EMU_DIR, loader
 
-
-def _build() -> ctypes.CDLL:
-    digest = hashlib.sha256(b"".join(p.read_bytes() for p in (SRC, EMU_HEADER, KERNEL, HEADER))).hexdigest()[:16]
-    out_dir = ROOT / "build" / "emulator"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    lib = out_dir / f"libcina_emu_{digest}.so"
-    if not lib.exists():
-        tmp = lib.with_suffix(f".{os.getpid()}.tmp")
-        cmd = [CXX, "-std=c++20", "-O2", "-pthread", "-shared", "-fPIC", "-Wno-unknown-pragmas",
-               f"-I{ROOT / 'csrc'}", str(SRC), "-o", str(tmp)]
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-        if res.returncode != 0:
-            raise RuntimeError(f"emulator build failed:\n{res.stderr[-4000:]}")
-        os.replace(tmp, lib)
-    dll = ctypes.CDLL(str(lib))
-    for name in ("emu_fwd_f32", "emu_fwd_f64", "emu_bwd_f32", "emu_bwd_f64"):
-        getattr(dll, name).restype = ctypes.c_char_p
-    return dll
-
-
-_LIB = None
-
-
-def lib() -> ctypes.CDLL:
-    global _LIB
-    if _LIB is None:
-        _LIB = _build()
-    return _LIB
+lib = loader("libcina_emu", EMU_DIR / "emulator.cpp",
+             [CSRC / "attention_hinge" / "cuda.cu", CSRC / "attention_hinge" / "attention_hinge.h"],
+             ["emu_fwd_f32", "emu_fwd_f64", "emu_bwd_f32", "emu_bwd_f64"])
 
 
 pytestmark = pytest.mark.skipif(CXX is None, reason="no C++ compiler for the CUDA emulator")

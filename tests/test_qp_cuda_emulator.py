@@ -13,12 +13,8 @@ threads (CINA_QP_THREADS).  The library is cached in build/emulator/ under a has
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import math
-import os
-import shutil
-import subprocess
-from pathlib import Path
+from functools import partial
 
 import numpy as np
 import pytest
@@ -28,10 +24,10 @@ from cina_ext import reference_qp as R
 from cina_ext import solver
 from cina_ext._extension import extension_error, has_extension
 
-ROOT = Path(__file__).resolve().parents[1]
-SRCS = [ROOT / "tests" / "cuda_emulator" / "qp_emulator.cpp", ROOT / "tests" / "cuda_emulator" / "emulator.h",
-        ROOT / "csrc" / "qp_solve" / "cuda.cu", ROOT / "csrc" / "qp_solve" / "qp_solve.h"]
-CXX = os.environ.get("CXX") or shutil.which("g++") or shutil.which("clang++")
+import _solver_cases
+from _emulator import CSRC, CXX, EMU_DIR, fma_flags, loader
+from _solver_cases import kkt_pair
+
 F64, F32 = torch.float64, torch.float32
 INF = math.inf
 
@@ -40,35 +36,13 @@ pytestmark = [
     pytest.mark.skipif(not has_extension(), reason=f"compiled extension missing: {extension_error()}"),
 ]
 
-
-def _build() -> ctypes.CDLL:
-    digest = hashlib.sha256(b"".join(p.read_bytes() for p in SRCS)).hexdigest()[:16]
-    out_dir = ROOT / "build" / "emulator"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    lib = out_dir / f"libcina_qp_emu_{digest}.so"
-    if not lib.exists():
-        tmp = lib.with_suffix(f".{os.getpid()}.tmp")
-        cmd = [CXX, "-std=c++20", "-O2", "-pthread", "-shared", "-fPIC", "-Wno-unknown-pragmas",
-               f"-I{ROOT / 'csrc'}", str(SRCS[0]), "-o", str(tmp)]
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-        if res.returncode != 0:
-            raise RuntimeError(f"QP emulator build failed:\n{res.stderr[-4000:]}")
-        os.replace(tmp, lib)
-    dll = ctypes.CDLL(str(lib))
-    for suf in ("f32", "f64"):
-        for name in ("emu_qp_solve_", "emu_qp_lse_", "emu_qp_rowsum_"):
-            getattr(dll, name + suf).restype = ctypes.c_char_p
-    return dll
-
-
-_LIB = None
-
-
-def lib() -> ctypes.CDLL:
-    global _LIB
-    if _LIB is None:
-        _LIB = _build()
-    return _LIB
+_QP_DEPS = [CSRC / "qp_solve" / "cuda.cu", CSRC / "qp_solve" / "qp_solve.h"]
+_QP_ENTRIES = [name + suf for suf in ("f32", "f64") for name in ("emu_qp_solve_", "emu_qp_lse_", "emu_qp_rowsum_")]
+lib = loader("libcina_qp_emu", EMU_DIR / "qp_emulator.cpp", _QP_DEPS, _QP_ENTRIES, label="QP emulator")
+# the same kernels compiled to round like the GPU (a*b+c contracted into fused multiply-adds)
+_FMA = fma_flags()
+lib_fma = loader("libcina_qp_emu_fma", EMU_DIR / "qp_emulator.cpp", _QP_DEPS, _QP_ENTRIES,
+                 label="QP emulator (FMA)", flags=_FMA or ())
 
 
 _P = ctypes.c_void_p
@@ -84,8 +58,9 @@ def _ptr(t):
 
 
 def emu_qp_solve_batch(X, kind, gamma, scale, lse, src, mask, sign, qscale, diag_add, p, lo, up, c, d, x0, tol,
-                       max_iter, cache_bytes, shrinking, inner_min_units):
-    """Same arguments and results as torch.ops.cina.qp_solve_batch, run on the emulated kernel."""
+                       max_iter, cache_bytes, shrinking, inner_min_units, *, emu=None):
+    """Same arguments and results as torch.ops.cina.qp_solve_batch, run on the emulated kernel
+    (`emu`: the emulator library, lib() by default)."""
     X = X.contiguous()
     S, N, D = X.shape
     P = mask.shape[0]
@@ -107,7 +82,8 @@ def emu_qp_solve_batch(X, kind, gamma, scale, lse, src, mask, sign, qscale, diag
     kkt = torch.full((P,), float("nan"), dtype=dt)
     it = torch.full((P,), -7, dtype=torch.int64)
     conv = torch.zeros(P, dtype=torch.bool)
-    fn = lib().emu_qp_solve_f32 if dt == F32 else lib().emu_qp_solve_f64
+    dll = lib() if emu is None else emu
+    fn = dll.emu_qp_solve_f32 if dt == F32 else dll.emu_qp_solve_f64
     err = fn(_I(kind), _I(S), _I(N), _I(D), _ptr(X), _ptr(gamma), _D(scale), _ptr(lse), _I(P),
              _ptr(c_(src, torch.int64)), _ptr(c_(mask)), _ptr(c_(sign)), _ptr(c_(qscale, F64)),
              _ptr(c_(diag_add, F64)), _ptr(c_(p)), _ptr(c_(lo)), _ptr(c_(up)), _ptr(c_(c)), _ptr(c_(d)),
@@ -161,30 +137,18 @@ def cpu_solve(fn, *args, **kw):
     return fn(*args, backend="fused", shrinking=False, **kw)
 
 
-def make_data(B, N, p=5, *, seed=0, shift=0.7, frac=0.4, dtype=F64):
-    g = torch.Generator().manual_seed(seed)
-    X = torch.randn(B, N, p, generator=g, dtype=F64)
-    T = torch.rand(B, N, generator=g) < frac
-    T[:, 0], T[:, 1] = True, False
-    X = X + shift * T.unsqueeze(-1).to(F64)
-    W = T.to(F64) * 2 - 1
-    return X.to(dtype), W.to(dtype)
+make_data = partial(_solver_cases.make_data, p=5)
 
 
 def kkt_from_scratch(Q, p, x, lo, up, c=None):
     """KKT violation of x (reference_qp's measure), numpy float64, from the explicit Q."""
+    if c is not None:
+        return kkt_pair(Q, p, x, lo, up, c)
     Q, p, x, lo, up = (np.asarray(a, dtype=float) for a in (Q, p, x, lo, up))
     G = Q @ x - p
-    if c is None:
-        pg = np.where(x > lo, G, np.minimum(G, 0))
-        pg = np.where(x < up, pg, np.maximum(pg, 0))
-        return float(np.abs(pg).max(initial=0.0))
-    c = np.asarray(c, dtype=float)
-    v = -G / c
-    inc, dec = x < up, x > lo
-    I_up = np.where(c > 0, inc, dec)
-    I_low = np.where(c > 0, dec, inc)
-    return max(0.0, v[I_up].max(initial=-np.inf) - v[I_low].min(initial=np.inf))
+    pg = np.where(x > lo, G, np.minimum(G, 0))
+    pg = np.where(x < up, pg, np.maximum(pg, 0))
+    return float(np.abs(pg).max(initial=0.0))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -295,6 +259,30 @@ def test_emulated_generic_qp_box_and_general_equality(emulated, dtype):
     assert torch.allclose((c * res.x).sum(-1).double(), d.double(), atol=1e-12 if dtype == F64 else 1e-5)
     if dtype == F64:
         assert torch.allclose(res.nu, ref.nu, atol=1e-6)
+
+
+@pytest.mark.parametrize("rounding", ["plain", "fma"])
+def test_emulated_general_equality_small_c_converges(emulated, monkeypatch, rounding):
+    """Regression (found on an H200): with fused multiply-adds the WSS2 choice took a coordinate
+    with a small c_i as its own partner (a null step) and the solve ran to max_iter at kkt 4e-9.
+    Through the emulated kernel, plain and compiled to round like the GPU (FMA contraction, where
+    the GPU's iteration counts of problems 0 and 1 are reproduced exactly): every problem
+    converges at tol=1e-9 to the reference's objective."""
+    if rounding == "fma":
+        if fma_flags() is None:
+            pytest.skip("no FMA instructions on this machine")
+        dll = lib_fma()
+        monkeypatch.setattr(solver, "_run", lambda *a: emu_qp_solve_batch(*a, emu=dll))
+    Q, p, lo, up, c, d = _solver_cases.small_c_equality_case()
+    ref = R.qp_solve(Q, p, lo, up, c=c, d=d, tol=1e-9)
+    res = solver.qp_solve(Q, p, lo, up, c, d, tol=1e-9, backend="fused")
+    assert bool(res.converged.all()), (res.iterations, res.kkt)
+    assert bool((res.kkt < 1e-9).all())
+    assert bool((res.iterations < 5000).all()), res.iterations
+    assert torch.allclose(res.objective, ref.objective, rtol=1e-12, atol=0.0)
+    assert torch.allclose((c * res.x).sum(-1), d, atol=1e-12)
+    if rounding == "fma":
+        assert res.iterations[:2].tolist() == [999, 394]  # the H200's counts
 
 
 def test_emulated_feasible_start_general(emulated):

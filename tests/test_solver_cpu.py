@@ -6,6 +6,7 @@ qpsolvers) and the pure-PyTorch reference (cina_ext.reference_qp), never from th
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 import pytest
@@ -14,6 +15,9 @@ import torch
 from cina_ext import reference_qp as R
 from cina_ext import solver
 from cina_ext._extension import extension_error, has_extension
+
+import _solver_cases
+from _solver_cases import kkt_pair
 
 pytestmark = pytest.mark.skipif(not has_extension(), reason=f"compiled extension missing: {extension_error()}")
 
@@ -26,14 +30,7 @@ INF = math.inf
 # ----------------------------------------------------------------------------------------------
 
 
-def make_data(B, N, p=4, *, seed=0, shift=0.7, frac=0.4, dtype=F64):
-    g = torch.Generator().manual_seed(seed)
-    X = torch.randn(B, N, p, generator=g, dtype=F64)
-    T = torch.rand(B, N, generator=g) < frac
-    T[:, 0], T[:, 1] = True, False  # both arms present
-    X = X + shift * T.unsqueeze(-1).to(F64)
-    W = T.to(F64) * 2 - 1
-    return X.to(dtype), W.to(dtype)
+make_data = partial(_solver_cases.make_data, p=4)
 
 
 def clarabel_qp(Q, p, lo, up, c=None, d=None):
@@ -93,16 +90,6 @@ def per_arm(a, W):
         m = W == s
         w[m] = a[m] / a[m].sum()
     return w
-
-
-def kkt_pair(Q, p, x, lo, up, c):
-    """max(0, m - M) of the equality-constrained box QP, from scratch (numpy, float64)."""
-    Q, p, x, lo, up, c = (np.asarray(a, dtype=float) for a in (Q, p, x, lo, up, c))
-    v = -(Q @ x - p) / c
-    inc, dec = x < up, x > lo
-    I_up = np.where(c > 0, inc, dec)
-    I_low = np.where(c > 0, dec, inc)
-    return max(0.0, v[I_up].max(initial=-np.inf) - v[I_low].min(initial=np.inf))
 
 
 def random_psd(n, rank=None, *, seed=0, dtype=F64):
@@ -411,6 +398,28 @@ def test_float32_tight_tol_stops_unconverged():
     assert bool((res.iterations < 100_000).all())
     ok = solver.dual_solve(X, W, 1e-3, tol=1e-3, backend="fused")
     assert bool(ok.converged.all()) and torch.allclose(ok.objective, res.objective, rtol=1e-3)
+
+
+@pytest.mark.parametrize("shrinking", [False, True])
+def test_general_equality_small_c_converges(shrinking):
+    """Regression (found on an H200, reproduced by the CPU solver): a coordinate with a small c_i
+    (~0.004) was chosen as its own WSS2 partner (the fused b_i = m - val(i) left a rounding residual
+    instead of 0), a null step repeated until max_iter with the KKT violation stuck at 4e-9.  Every
+    problem converges at tol=1e-9 to the reference's objective, well before max_iter."""
+    Q, p, lo, up, c, d = _solver_cases.small_c_equality_case()
+    ref = R.qp_solve(Q, p, lo, up, c=c, d=d, tol=1e-9)
+    assert bool(ref.converged.all())
+    res = solver.qp_solve(Q, p, lo, up, c, d, tol=1e-9, backend="fused", shrinking=shrinking)
+    assert bool(res.converged.all()), (res.iterations, res.kkt)
+    assert bool((res.kkt < 1e-9).all())
+    assert bool((res.iterations < 5000).all()), res.iterations
+    assert torch.allclose(res.objective, ref.objective, rtol=1e-12, atol=0.0)
+    assert torch.allclose((c * res.x).sum(-1), d, atol=1e-12)
+    for b in range(3):  # the problem that cycled, alone
+        one = solver.qp_solve(Q[b:b + 1], p[b:b + 1], lo[b:b + 1], up[b:b + 1], c[b:b + 1], d[b:b + 1],
+                              tol=1e-9, backend="fused", shrinking=shrinking)
+        assert bool(one.converged.all())
+        assert torch.allclose(one.objective, ref.objective[b:b + 1], rtol=1e-12, atol=0.0)
 
 
 def test_warm_start_x0():

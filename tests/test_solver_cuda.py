@@ -8,6 +8,7 @@ benchmarks/gpu_check.sh.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 import pytest
@@ -16,6 +17,9 @@ import torch
 from cina_ext import reference_qp as R
 from cina_ext import solver
 from cina_ext._extension import has_extension
+
+import _solver_cases
+from _solver_cases import kkt_pair
 
 CUDA_OK = torch.cuda.is_available() and has_extension() and solver._has_kernel(torch.device("cuda"))
 pytestmark = [
@@ -27,23 +31,7 @@ INF = math.inf
 DEV = "cuda"
 
 
-def make_data(B, N, p=6, *, seed=0, shift=0.7, frac=0.4, dtype=F64):
-    g = torch.Generator().manual_seed(seed)
-    X = torch.randn(B, N, p, generator=g, dtype=F64)
-    T = torch.rand(B, N, generator=g) < frac
-    T[:, 0], T[:, 1] = True, False
-    X = X + shift * T.unsqueeze(-1).to(F64)
-    W = T.to(F64) * 2 - 1
-    return X.to(dtype), W.to(dtype)
-
-
-def kkt_pair(Q, p, x, lo, up, c):
-    Q, p, x, lo, up, c = (np.asarray(a, dtype=float) for a in (Q, p, x, lo, up, c))
-    v = -(Q @ x - p) / c
-    inc, dec = x < up, x > lo
-    I_up = np.where(c > 0, inc, dec)
-    I_low = np.where(c > 0, dec, inc)
-    return max(0.0, v[I_up].max(initial=-np.inf) - v[I_low].min(initial=np.inf))
+make_data = partial(_solver_cases.make_data, p=6)
 
 
 def cuda_and_cpu(fn, X, W, *args, **kw):

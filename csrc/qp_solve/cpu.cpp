@@ -27,8 +27,10 @@
 // Shrinking changes the cost of a step, never the stopping test.
 //
 // Stopping: KKT violation < tol (converged); max_iter steps; 3 consecutive steps without
-// representable progress; or stagnation at the rounding level of the dtype (the reference's rule:
-// a tol that float32 cannot certify) -- the last three reported not converged.
+// representable progress; stagnation at the rounding level of the dtype (the reference's rule:
+// a tol that float32 cannot certify); or a stuck solve: kStuckWindows windows of max(1000, 5n)
+// steps in a row in which neither the KKT violation reached a new minimum nor the steps decreased
+// the objective beyond its rounding level (a cycle) -- the last four reported not converged.
 //
 // Threads: at::parallel_for, one task per thread pulling problems from a shared counter; with
 // fewer problems than threads and n >= inner_min_units, the block passes and the kernel columns
@@ -67,6 +69,7 @@ constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr int64_t kBlock = 512;     // units per block of the block-wise passes
 constexpr double kTauRel = 1e-12;   // curvature floor relative to max Q_ii
 constexpr int64_t kShrinkEvery = 1000;
+constexpr int64_t kStuckWindows = 8;  // windows without progress before a solve counts as stuck
 
 // v[t] <- exp(v[t]); arguments below -708 give exp(-708) ~ 3e-308 (0 after rounding to float).
 inline void vexp_inplace(double* v, int64_t len) {
@@ -519,8 +522,20 @@ class Solver {
     // Stagnation (as the reference): checks at which the KKT violation sits at the rounding level
     // of the gradient and failed to halve; the requested tol is then below what the dtype can
     // certify (float32 with a tight tol) and the problem stops, reported not converged.
-    int64_t nfail = 0, nwin = 0;
-    double best_fail = kInf, best_win = kInf;
+    int64_t nfail = 0, nwin = 0, nstuck = 0;
+    double best_fail = kInf, best_win = kInf, best_stuck = kInf;
+    // Stuck (a cycle, or progress below the rounding of the objective): kStuckWindows windows in a
+    // row in which the KKT violation did not reach a new minimum (by 0.1%) and the steps did not
+    // decrease the objective by more than its rounding level; stops, reported not converged.
+    auto stuck = [&]() {
+      double scale = 0.0;
+      for (int64_t k = 0; k < n; ++k) scale += std::abs(x_[k]) * (std::abs(0.5 * (G_[k] + p_[k])) + std::abs(p_[k]));
+      const bool kkt_better = kkt_ < (1.0 - 1e-3) * best_stuck;
+      if (kkt_better) best_stuck = kkt_;
+      const bool obj_better = dec_ > std::numeric_limits<double>::epsilon() * scale;
+      dec_ = 0.0;
+      nstuck = (kkt_better || obj_better) ? 0 : nstuck + 1;
+    };
     auto stagnant = [&](double& best, int64_t& count) {
       double xl1 = 0.0;
       for (int64_t k = 0; k < n; ++k) xl1 += std::abs(x_[k]);
@@ -542,10 +557,11 @@ class Solver {
         }
       }
       if (it >= max_iter) break;
-      if (stall >= 3 || nfail >= 20 || nwin >= 3) break;
+      if (stall >= 3 || nfail >= 20 || nwin >= 3 || nstuck >= kStuckWindows) break;
       if (++since_window >= window) {
         since_window = 0;
         stagnant(best_win, nwin);
+        stuck();
       }
       if (opt_.shrinking && ++since_shrink >= shrink_every) {
         since_shrink = 0;
@@ -870,7 +886,9 @@ class Solver {
       Qa = cols_.get(a, par_);
       const double ici = invc_[a];
       b = select_j(a, Qa, ici);
-      if (b < 0) return false;  // no partner (cannot happen while kkt >= tol): counts as a stall
+      // no partner (cannot happen while kkt >= tol), or i itself (a null step; excluded by
+      // select_j): counts as a stall
+      if (b < 0 || b == a) return false;
       const double bb = m_ - val(b);
       double aa = (cols_.diag(a) * ici * ici + dinv_[b]) - static_cast<double>(Qa[b]) * ((2.0 * ici) * invc_[b]);
       aa = std::max(aa, tau_);
@@ -907,6 +925,13 @@ class Solver {
     const double dxa = move(a, ua, tma);
     const double dxb = b >= 0 ? move(b, ub, tmb) : 0.0;
     if (dxa == 0.0 && dxb == 0.0) return false;
+    // decrease of the objective made by this step (O(1), from the gradient before the update):
+    // the stuck-window test in run() sums it
+    {
+      double df = dxa * (G_[a] + 0.5 * dxa * cols_.diag(a));
+      if (b >= 0) df += dxb * ((G_[b] + 0.5 * dxb * cols_.diag(b)) + dxa * static_cast<double>(Qa[b]));
+      dec_ -= df;
+    }
     bound_change(a, xa0, Qa);
     if (b >= 0) bound_change(b, xb0, Qb);
     if (b >= 0) pass_any<2>(Qa, dxa, Qb, dxb);
@@ -928,8 +953,15 @@ class Solver {
   }
 
   // WSS2 gains b^2 / a of the units [lo, hi) of the active list (positions), given i (m, its
-  // column, 1/c_i): -inf outside I_low or where b <= 0.  Not inlined: the block pass and the
-  // search inside the winning block run this same code, so they see the same values.
+  // column, 1/c_i): -inf outside I_low or where b <= 0.  The candidate test is the comparison
+  // val(k) < m, not b > 0: b = m - val(k) may be evaluated as one fused multiply-add (the avx2
+  // variant is built with -mfma, the GPU contracts too), which leaves the rounding residual of
+  // val(i) instead of an exact 0 at k = i (and at ties with i).  i itself then became its own
+  // partner whenever c_i was small (all true partners have curvature ~ Q_ii / c_i^2, so their
+  // gains fell below residual^2 / tau): a null step (x_i += t/c_i, then -= t/c_i) repeated until
+  // max_iter.  The comparison is exact, so i and ties are excluded as in the reference.
+  // Not inlined: the block pass and the search inside the winning block run this same code, so
+  // they see the same values.
   struct GainArgs {
     const double *G, *invc, *dinv, *lowm;
     const int64_t* act;
@@ -946,20 +978,22 @@ class Solver {
       const Q* q = Qi + lo;
 #pragma omp simd reduction(max : gb)
       for (int64_t t = 0; t < len; ++t) {
-        const double bk = g.m + G[t] * invc[t];
+        const double vk = -G[t] * invc[t];
+        const double bk = g.m - vk;
         double ak = (g.qi_term + dinv[t]) - static_cast<double>(q[t]) * (g.twoici * invc[t]);
         ak = std::max(ak, g.tau);
-        const double v = (lowm[t] == 0.0 && bk > 0.0) ? bk * bk / ak : -kInf;
+        const double v = (lowm[t] == 0.0 && vk < g.m) ? bk * bk / ak : -kInf;
         out[t] = v;
         gb = std::max(gb, v);
       }
     } else {
       for (int64_t t = 0; t < len; ++t) {
         const int64_t k = g.act[lo + t];
-        const double bk = g.m + g.G[k] * g.invc[k];
+        const double vk = -g.G[k] * g.invc[k];
+        const double bk = g.m - vk;
         double ak = (g.qi_term + g.dinv[k]) - static_cast<double>(Qi[k]) * (g.twoici * g.invc[k]);
         ak = std::max(ak, g.tau);
-        const double v = (g.lowm[k] == 0.0 && bk > 0.0) ? bk * bk / ak : -kInf;
+        const double v = (g.lowm[k] == 0.0 && vk < g.m) ? bk * bk / ak : -kInf;
         out[t] = v;
         gb = std::max(gb, v);
       }
@@ -1095,6 +1129,7 @@ class Solver {
   double qmax_ = 0.0, pmax_ = 0.0;
   double tau_ = kTauRel, m_ = -kInf, M_ = kInf, sv_ = 0.0, pv_ = 0.0, kkt_ = 0.0;
   int64_t i_ = -1, k_ = -1;
+  double dec_ = 0.0;  // objective decrease accumulated by the steps since the last window check
 };
 
 // Compact index lists of the masked units of every dataset.

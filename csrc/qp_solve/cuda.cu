@@ -28,7 +28,8 @@
 //   after a step without representable progress; feasible start built as the CPU solver and the
 //   reference do (sorted breakpoints: bitonic sort in the workspace, then binary search); same
 //   KKT measure, multiplier nu, iteration counting, stop rules (tol; max_iter; 3 steps without
-//   progress; stagnation at the rounding level of T) and not-converged flag.
+//   progress; stagnation at the rounding level of T; kStuckWindows windows without progress, a
+//   cycle) and not-converged flag.
 // * Helper operators: qp_kernel_lse_cuda (row log-sum-exp of the cina scores, online, one thread
 //   per row) and qp_kernel_rowsum_cuda (row sums of the kernel, one thread per row).
 //
@@ -40,6 +41,8 @@
 #endif
 #include "qp_solve/qp_solve.h"
 
+#include "common/cuda_rt.h"
+
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -47,87 +50,22 @@
 #include <string>
 
 #ifndef CINA_EMULATE
-#include <cuda_runtime.h>
-#define CINA_DEV __device__ __forceinline__
-#define CINA_KERNEL(threads) __global__ void __launch_bounds__(threads)
-#define CINA_DYN_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
 #define CINA_QP_HD __host__ __device__ __forceinline__
 #else
 #define CINA_QP_HD inline
 #endif
 // (under CINA_EMULATE the emulator defines CINA_DEV, CINA_KERNEL, CINA_DYN_SMEM, dim3,
 //  threadIdx/blockIdx/..., __syncthreads, __shfl_xor_sync, atomicAdd, CINA_LAUNCH and the
-//  cina::qp_cuda_detail::rt_* functions before including this file)
+//  cina::cuda_rt::rt_* functions before including this file; see common/cuda_rt.h)
 
 namespace cina {
 namespace qp_cuda_detail {
 
-inline const char* fail(const std::string& msg) {
-  thread_local std::string last;
-  last = msg;
-  return last.c_str();
-}
-
-}  // namespace qp_cuda_detail
-}  // namespace cina
-
-#ifndef CINA_EMULATE
-namespace cina {
-namespace qp_cuda_detail {
-
-inline const char* rt_check(cudaError_t e, const char* what) {
-  if (e == cudaSuccess) return nullptr;
-  return fail(std::string(what) + ": " + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")");
-}
-inline const char* rt_check_launch(const char* what) { return rt_check(cudaGetLastError(), what); }
-inline const char* rt_malloc(void** p, size_t bytes, void* stream) {
-  return rt_check(cudaMallocAsync(p, bytes, static_cast<cudaStream_t>(stream)),
-                  "cudaMallocAsync (QP solver workspace)");
-}
-inline void rt_free(void* p, void* stream) {
-  if (p != nullptr) cudaFreeAsync(p, static_cast<cudaStream_t>(stream));
-}
-inline const char* rt_memset(void* p, size_t bytes, void* stream) {
-  return rt_check(cudaMemsetAsync(p, 0, bytes, static_cast<cudaStream_t>(stream)), "cudaMemsetAsync");
-}
-inline int rt_sm_count() {
-  int dev = 0, n = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n <= 0) {
-    cudaGetLastError();
-    return 132;
-  }
-  return n;
-}
-inline size_t rt_free_memory() {
-  size_t fr = 0, tot = 0;
-  if (cudaMemGetInfo(&fr, &tot) != cudaSuccess) {
-    cudaGetLastError();
-    return size_t(1) << 30;
-  }
-  return fr;
-}
-template <typename Kernel>
-inline int rt_blocks_per_sm(Kernel kern, int threads, size_t smem) {
-  int nb = 0;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&nb, kern, threads, smem) != cudaSuccess || nb <= 0) {
-    cudaGetLastError();
-    return 1;
-  }
-  return nb;
-}
-
-}  // namespace qp_cuda_detail
-}  // namespace cina
-#define CINA_LAUNCH(kern, grid, block, smem, stream, ...) \
-  kern<<<(grid), (block), (smem), static_cast<cudaStream_t>(stream)>>>(__VA_ARGS__)
-#endif
-
-namespace cina {
-namespace qp_cuda_detail {
+using namespace ::cina::cuda_rt;  // fail, rt_* (common/cuda_rt.h)
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr double kTauRel = 1e-12;
+constexpr int64_t kStuckWindows = 8;  // windows without progress before a solve counts as stuck
 constexpr int kMaxThreads = 1024;
 constexpr int kRowThreads = 128;  // helper kernels: one thread per row
 
@@ -216,7 +154,7 @@ struct Red {
 struct Ctl {
   int q, n, used, victim;
   int slot_a, need_a, slot_b, need_b, progress;
-  double dxa, dxb;
+  double dxa, dxb, df;
 };
 inline size_t smem_bytes(int nt) { return 32 * sizeof(Red) + sizeof(Ctl) + sizeof(int) * (nt + 1); }
 
@@ -253,6 +191,7 @@ struct BlockSolver {
   double tau, qmax, pmax;
   // state of the last pass (uniform)
   double m, M, sv, pv, kkt;
+  double dec;  // objective decrease of the steps since the last window check (same in all threads)
   int i_, k_;
 
   // ---- block-wide reductions (every thread gets the same bits) ------------------------------
@@ -660,8 +599,13 @@ struct BlockSolver {
     int bi = -1;
     for (int k = tid; k < n; k += nt) {
       if (!in_low(fl[k])) continue;
-      const double bk = m + G[k] * invc[k];
-      if (!(bk > 0.0)) continue;
+      // candidate test by comparison (exact), not b > 0: b = m - val(k) is contracted into an FMA,
+      // which leaves the rounding residual of val(a) at k = a (and at ties) instead of 0; with a
+      // small c_a, a then won as its own partner (every true partner has curvature ~ Q_aa / c_a^2)
+      // and the solve repeated a null step until max_iter (the CPU solver's select_j, same fix)
+      const double vk = -G[k] * invc[k];
+      if (!(vk < m)) continue;
+      const double bk = m - vk;
       double ak = (qi_term + diag[k] * invc[k] * invc[k]) - static_cast<double>(Qa[k]) * (twoici * invc[k]);
       ak = dmax(ak, tau);
       const double v = bk * bk / ak;
@@ -695,8 +639,12 @@ struct BlockSolver {
     const double t = dmin(tstar, dmin(tma, tmb));
     const double dxa = move(a, ua, tma, t);
     const double dxb = b >= 0 ? move(b, ub, tmb, t) : 0.0;
+    // objective change of the step (for the stuck-window test; G is not updated yet)
+    double df = dxa * (G[a] + 0.5 * dxa * diag[a]);
+    if (b >= 0) df += dxb * ((G[b] + 0.5 * dxb * diag[b]) + dxa * static_cast<double>(cache[static_cast<int64_t>(sa) * n + b]));
     ctl->dxa = dxa;
     ctl->dxb = dxb;
+    ctl->df = df;
     ctl->progress = (dxa != 0.0 || dxb != 0.0) ? 1 : 0;
   }
   CINA_DEV double tmax(int u, double dir) const {
@@ -727,7 +675,7 @@ struct BlockSolver {
     int b = -1;
     if (use_pair) {
       b = select_j(a, sa);  // (its barriers also publish column a)
-      if (b < 0) return false;
+      if (b < 0 || b == a) return false;
     }
     if (tid == 0) {
       step_scalars(a, b, sa);
@@ -737,6 +685,7 @@ struct BlockSolver {
     const double dxa = ctl->dxa, dxb = ctl->dxb;
     const bool progress = ctl->progress != 0;
     if (!progress) return false;
+    dec -= ctl->df;  // every thread: the same sum
     if (b >= 0) {
       const int sb = ctl->slot_b;
       if (ctl->need_b) fetch(b, sb);
@@ -756,6 +705,22 @@ struct BlockSolver {
     const bool better = kkt < 0.5 * best;
     if (better) best = kkt;
     count = (better || kkt > floor) ? 0 : count + 1;
+  }
+
+  // Stuck (the CPU solver's rule): a window in which the KKT violation reached no new minimum
+  // (by 0.1%) and the steps decreased the objective by no more than its rounding level
+  CINA_DEV void stuck(double& best, int64_t& count) {
+    double scale = 0.0;
+    for (int k = tid; k < n; k += nt) {
+      const double h = 0.5 * (G[k] + p[k]);
+      scale += (x[k] < 0 ? -x[k] : x[k]) * ((h < 0 ? -h : h) + (p[k] < 0 ? -p[k] : p[k]));
+    }
+    scale = sum(scale);
+    const bool kkt_better = kkt < (1.0 - 1e-3) * best;
+    if (kkt_better) best = kkt;
+    const bool obj_better = dec > Eps<double>::value * scale;
+    dec = 0.0;
+    count = (kkt_better || obj_better) ? 0 : count + 1;
   }
 
   CINA_DEV void finish(int64_t it, bool conv) {
@@ -799,9 +764,10 @@ struct BlockSolver {
     refresh();
     const double tol = pb.tol[q];
     const int64_t max_iter = pb.max_iter[q];
-    int64_t it = 0, stall = 0, nwin = 0, since_window = 0;
+    int64_t it = 0, stall = 0, nwin = 0, nstuck = 0, since_window = 0;
     const int64_t window = n * 5 > 1000 ? n * 5 : 1000;
-    double best_win = kInf;
+    double best_win = kInf, best_stuck = kInf;
+    dec = 0.0;
     bool conv = false;
     while (true) {
       if (kkt < tol) {
@@ -809,10 +775,11 @@ struct BlockSolver {
         break;
       }
       if (it >= max_iter) break;
-      if (stall >= 3 || nwin >= 3) break;
+      if (stall >= 3 || nwin >= 3 || nstuck >= kStuckWindows) break;
       if (++since_window >= window) {
         since_window = 0;
         stagnant(best_win, nwin);
+        stuck(best_stuck, nstuck);
       }
       const bool progress = step();
       ++it;
@@ -1027,7 +994,7 @@ const char* qp_solve_cuda(const QPSource<T>& source, const QPProblems<T>& proble
   const int64_t block_bytes = L.total;
   const size_t total = static_cast<size_t>(grid * block_bytes) + 256;
   void* ws = nullptr;
-  if (const char* e = rt_malloc(&ws, total, stream)) return e;
+  if (const char* e = rt_malloc(&ws, total, stream, "QP solver workspace")) return e;
   int* counter = reinterpret_cast<int*>(static_cast<unsigned char*>(ws) + grid * block_bytes);
   if (const char* e = rt_memset(counter, sizeof(int), stream)) {
     rt_free(ws, stream);

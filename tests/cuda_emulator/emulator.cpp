@@ -12,35 +12,10 @@
 //
 // This is a test of the kernels' index logic, synchronisation structure and arithmetic; it is
 // not a model of timing, of memory coalescing or of every race (compute-sanitizer on a GPU is).
-// Built and driven by tests/test_cuda_emulator.py through ctypes.
+// Built by tests/_emulator.py and driven by tests/test_cuda_emulator.py through ctypes.
 #include "emulator.h"
 
-// ---- runtime shim used by the host half of cuda.cu --------------------------------------------
-namespace cina {
-namespace cuda_detail {
-inline const char* rt_check_launch(const char*) { return nullptr; }
-inline int rt_sm_count() {  // an H100 SXM, or CINA_EMU_SMS (to steer the split heuristic in tests)
-  const char* s = std::getenv("CINA_EMU_SMS");
-  return s ? std::atoi(s) : 132;
-}
-inline const char* rt_malloc(void** p, size_t bytes, void*) {
-  *p = std::malloc(bytes > 0 ? bytes : 1);
-  std::memset(*p, 0xFF, bytes);
-  return *p ? nullptr : "malloc failed";
-}
-inline void rt_free(void* p, void*) { std::free(p); }
-inline const char* rt_memset(void* p, size_t bytes, void*) {
-  std::memset(p, 0, bytes);
-  return nullptr;
-}
-template <typename Kernel>
-inline const char* rt_set_max_dyn_smem(Kernel, size_t bytes) {
-  if (bytes > emu::kSmemOptinLimit) return "emulator: dynamic shared memory above the H100 opt-in limit";
-  return nullptr;
-}
-}  // namespace cuda_detail
-}  // namespace cina
-
+// (the runtime shim of the host half, cina::cuda_rt::rt_*, is in emulator.h)
 #include "attention_hinge/cuda.cu"
 
 // ---- C entry points for ctypes ------------------------------------------------------------------

@@ -207,3 +207,41 @@ void launch(dim3 grid, dim3 block, size_t smem, F f) {
       }
 }
 }  // namespace emu
+
+// ---- runtime shim used by the host halves of the kernel files (csrc/common/cuda_rt.h) ---------
+// Workspaces come back filled with 0xFF bytes (NaN), so a read of anything the kernels did not
+// write poisons the results.  CINA_EMU_SMS steers the SM count (grid / split heuristics),
+// CINA_EMU_FREE_BYTES the free memory (to force a small QP column cache in tests).
+namespace cina {
+namespace cuda_rt {
+inline const char* rt_check_launch(const char*) { return nullptr; }
+inline int rt_sm_count() {  // an H100 SXM, or CINA_EMU_SMS
+  const char* s = std::getenv("CINA_EMU_SMS");
+  return s ? std::atoi(s) : 132;
+}
+inline size_t rt_free_memory() {
+  const char* s = std::getenv("CINA_EMU_FREE_BYTES");
+  return s ? static_cast<size_t>(std::atoll(s)) : (size_t(1) << 30);
+}
+template <typename Kernel>
+inline int rt_blocks_per_sm(Kernel, int, size_t smem) {
+  return smem > emu::kSmemOptinLimit ? 0 : 1;
+}
+template <typename Kernel>
+inline const char* rt_set_max_dyn_smem(Kernel, size_t bytes) {
+  if (bytes > emu::kSmemOptinLimit) return "emulator: dynamic shared memory above the H100 opt-in limit";
+  return nullptr;
+}
+inline const char* rt_malloc(void** p, size_t bytes, void*, const char*) {
+  *p = std::malloc(bytes > 0 ? bytes : 1);
+  if (*p == nullptr) return "malloc failed";
+  std::memset(*p, 0xFF, bytes);
+  return nullptr;
+}
+inline void rt_free(void* p, void*) { std::free(p); }
+inline const char* rt_memset(void* p, size_t bytes, void*) {
+  std::memset(p, 0, bytes);
+  return nullptr;
+}
+}  // namespace cuda_rt
+}  // namespace cina

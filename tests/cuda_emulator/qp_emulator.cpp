@@ -7,40 +7,12 @@
 // problem counter then hands every problem to the first block; CINA_EMU_SMS / CINA_QP_THREADS
 // steer the grid and block sizes).
 //
-// Built and driven by tests/test_qp_cuda_emulator.py through ctypes.
+// Built by tests/_emulator.py and driven by tests/test_qp_cuda_emulator.py through ctypes.
 #include "emulator.h"
 
 #include "qp_solve/qp_solve.h"
 
-namespace cina {
-namespace qp_cuda_detail {
-inline const char* rt_check_launch(const char*) { return nullptr; }
-inline int rt_sm_count() {
-  const char* s = std::getenv("CINA_EMU_SMS");
-  return s ? std::atoi(s) : 132;
-}
-inline size_t rt_free_memory() {
-  const char* s = std::getenv("CINA_EMU_FREE_BYTES");  // to force a small column cache in tests
-  return s ? static_cast<size_t>(std::atoll(s)) : (size_t(1) << 30);
-}
-template <typename Kernel>
-inline int rt_blocks_per_sm(Kernel, int, size_t smem) {
-  return smem > emu::kSmemOptinLimit ? 0 : 1;
-}
-inline const char* rt_malloc(void** p, size_t bytes, void*) {
-  *p = std::malloc(bytes > 0 ? bytes : 1);
-  if (*p == nullptr) return "malloc failed";
-  std::memset(*p, 0xFF, bytes);
-  return nullptr;
-}
-inline void rt_free(void* p, void*) { std::free(p); }
-inline const char* rt_memset(void* p, size_t bytes, void*) {
-  std::memset(p, 0, bytes);
-  return nullptr;
-}
-}  // namespace qp_cuda_detail
-}  // namespace cina
-
+// (the runtime shim of the host half, cina::cuda_rt::rt_*, is in emulator.h)
 #include "qp_solve/cuda.cu"
 
 // ---- C entry points for ctypes ------------------------------------------------------------------

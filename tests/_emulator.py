@@ -1,0 +1,80 @@
+"""Build and load the CPU emulators of the CUDA kernels (tests/cuda_emulator/), for the emulator tests
+(tests/test_cuda_emulator.py, tests/test_qp_cuda_emulator.py).
+
+An emulator is one C++ file that includes tests/cuda_emulator/emulator.h and a kernel file of csrc/;
+it is compiled into a shared library, cached in build/emulator/ under a hash of its sources (the
+file itself, the headers and the kernel file it includes), and loaded through ctypes.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+from functools import cache
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+EMU_DIR = ROOT / "tests" / "cuda_emulator"
+CSRC = ROOT / "csrc"
+# sources every emulator depends on: the CUDA vocabulary and runtime shim, the shared runtime helpers
+COMMON_SOURCES = (EMU_DIR / "emulator.h", CSRC / "common" / "cuda_rt.h")
+CXX = os.environ.get("CXX") or shutil.which("g++") or shutil.which("clang++")
+
+
+def fma_flags() -> tuple[str, ...] | None:
+    """Compiler flags that make the emulator round like the GPU (a*b+c contracted into fused
+    multiply-adds), or None where this machine has no FMA instructions."""
+    mach = platform.machine().lower()
+    if mach in ("x86_64", "amd64"):
+        try:
+            flags = Path("/proc/cpuinfo").read_text().split()
+        except OSError:
+            return None
+        return ("-mfma", "-ffp-contract=fast") if "fma" in flags else None
+    if mach in ("aarch64", "arm64"):
+        return ("-ffp-contract=fast",)
+    return None
+
+
+def build(stem: str, main: Path, deps: Sequence[Path], entry_points: Iterable[str], *,
+          label: str = "emulator", flags: Sequence[str] = ()) -> ctypes.CDLL:
+    """Compile `main` (cached as build/emulator/{stem}_{hash}.so, the hash over `main`, `deps`,
+    COMMON_SOURCES and the flags), load it and declare the C entry points as returning error
+    strings.  `flags`: extra compiler flags of this library (e.g. fma_flags())."""
+    # CINA_EMU_CXXFLAGS: extra compiler flags, e.g. "-mfma -ffp-contract=fast" to round like the
+    # GPU, which contracts a*b+c into fused multiply-adds (part of the cache key)
+    extra = [*flags, *os.environ.get("CINA_EMU_CXXFLAGS", "").split()]
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in (main, *deps, *COMMON_SOURCES))
+                            + " ".join(extra).encode()).hexdigest()[:16]
+    out_dir = ROOT / "build" / "emulator"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lib = out_dir / f"{stem}_{digest}.so"
+    if not lib.exists():
+        tmp = lib.with_suffix(f".{os.getpid()}.tmp")
+        cmd = [CXX, "-std=c++20", "-O2", "-pthread", "-shared", "-fPIC", "-Wno-unknown-pragmas",
+               *extra, f"-I{CSRC}", str(main), "-o", str(tmp)]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        if res.returncode != 0:
+            raise RuntimeError(f"{label} build failed:\n{res.stderr[-4000:]}")
+        os.replace(tmp, lib)
+    dll = ctypes.CDLL(str(lib))
+    for name in entry_points:
+        getattr(dll, name).restype = ctypes.c_char_p
+    return dll
+
+
+def loader(stem: str, main: Path, deps: Sequence[Path], entry_points: Iterable[str], *,
+           label: str = "emulator", flags: Sequence[str] = ()) -> Callable[[], ctypes.CDLL]:
+    """A function returning the emulator library, built on first use (then the same object)."""
+    entry_points = tuple(entry_points)
+    flags = tuple(flags)
+
+    @cache
+    def lib() -> ctypes.CDLL:
+        return build(stem, main, deps, entry_points, label=label, flags=flags)
+
+    return lib
