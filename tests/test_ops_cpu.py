@@ -212,7 +212,7 @@ def test_torch_compile_matches_eager():
     [
         (lambda a: a.update(K=a["K"][0]), ValueError, "K must have shape"),
         (lambda a: a.update(V=a["V"][:, :-1]), ValueError, "V must have shape"),
-        (lambda a: a.update(K=a["K"].to(torch.int64)), TypeError, "float32 or float64"),
+        (lambda a: a.update(K=a["K"].to(torch.int64)), TypeError, "float32, float64 or bfloat16"),
         (lambda a: a.update(V=a["V"].float()), TypeError, "dtype"),
         (lambda a: a.update(mask=a["mask"].float()), TypeError, "mask"),
         (lambda a: a.update(lam=-1.0), ValueError, "lam"),
