@@ -4,6 +4,8 @@
 
 #include <cstdlib>
 
+#include "common/cpu_variant.h"
+
 namespace cina {
 
 #define CINA_DECLARE_VARIANT(NS)                                                                 \
@@ -24,7 +26,6 @@ CINA_DECLARE_VARIANT(avx2)
 
 bool cpu_uses_avx2() {
 #ifdef CINA_HAVE_AVX2_VARIANT
-  // CINA_CPU_BASELINE=1 forces the baseline build (tests compare both variants).
   static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
                          std::getenv("CINA_CPU_BASELINE") == nullptr;
   return ok;

@@ -4,7 +4,6 @@
 // to csrc/qp_solve/cuda.cu (device guard, current stream); every tensor must then be on X's device.
 #include "qp_solve/glue.h"
 
-#include <cstdlib>
 #include <limits>
 #include <optional>
 
@@ -13,6 +12,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #endif
 
+#include "common/cpu_variant.h"
 #include "qp_solve/qp_solve.h"
 
 namespace cina {
@@ -37,19 +37,9 @@ CINA_QP_DECLARE_VARIANT(avx2)
 
 namespace {
 
-bool qp_use_avx2() {
-#ifdef CINA_HAVE_AVX2_VARIANT
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                         std::getenv("CINA_CPU_BASELINE") == nullptr;
-  return ok;
-#else
-  return false;
-#endif
-}
-
 #ifdef CINA_HAVE_AVX2_VARIANT
 #define CINA_QP_CALL(fn, ...) \
-  (qp_use_avx2() ? avx2::fn(__VA_ARGS__) : base::fn(__VA_ARGS__))
+  (cpu_uses_avx2() ? avx2::fn(__VA_ARGS__) : base::fn(__VA_ARGS__))
 #else
 #define CINA_QP_CALL(fn, ...) base::fn(__VA_ARGS__)
 #endif
