@@ -19,6 +19,7 @@ import torch
 
 from cina_ext import reference
 
+from _attention_cases import make_attention_case
 from _emulator import CSRC, CXX, EMU_DIR, loader
 
 lib = loader("libcina_emu", EMU_DIR / "emulator.cpp",
@@ -69,19 +70,9 @@ def emu_backward(K, V, W, b, lam, mask, out, lse, A, Bk, gL, gO, gLse, scale, lo
     return dK, dV, db
 
 
-def make_case(B, N, D, dtype, *, seed=0, key_scale=1.0, pad_frac=0.2, garbage_padding=True):
-    g = torch.Generator().manual_seed(seed)
-    K = (torch.randn(B, N, D, generator=g, dtype=torch.float64) * key_scale).to(dtype)
-    V = (torch.randn(B, N, generator=g, dtype=torch.float64) / max(N, 1) * 4).to(dtype)
-    W = (torch.randint(0, 2, (B, N), generator=g) * 2 - 1).to(dtype)
-    b = (torch.randn(B, generator=g, dtype=torch.float64) * 0.1).to(dtype)
-    lam = (torch.rand(B, generator=g, dtype=torch.float64) * 0.5 + 0.01).to(dtype)
-    mask = torch.rand(B, N, generator=g) >= pad_frac
-    if garbage_padding:  # padded units must take no part, whatever they hold
-        K[~mask] = float("nan")
-        V[~mask] = float("inf")
-        W[~mask] = float("nan")
-    return K, V, W, b, lam, mask
+def make_case(B, N, D, dtype, *, garbage_padding=True, **kw):
+    # padded units hold NaN / Inf by default: they must take no part, whatever they hold
+    return make_attention_case(B, N, D, dtype, garbage_padding=garbage_padding, **kw)
 
 
 def reference_all(K, V, W, b, lam, mask, scale, loss, wL, wO, wLse):

@@ -17,6 +17,8 @@ import torch
 
 from cina_ext import ops, reference
 
+from _attention_cases import make_attention_case
+
 CUDA_OK = torch.cuda.is_available() and ops.has_cuda_kernels()
 pytestmark = [
     pytest.mark.cuda,
@@ -36,15 +38,8 @@ def variant(request, monkeypatch):
     return request.param
 
 
-def make_case(B, N, D, dtype, *, seed=0, key_scale=1.0, pad_frac=0.2, requires_grad=True, device=DEV):
-    g = torch.Generator().manual_seed(seed)
-    K = (torch.randn(B, N, D, generator=g, dtype=torch.float64) * key_scale).to(dtype)
-    V = (torch.randn(B, N, generator=g, dtype=torch.float64) / max(N, 1) * 4).to(dtype)
-    W = (torch.randint(0, 2, (B, N), generator=g) * 2 - 1).to(dtype)
-    b = (torch.randn(B, generator=g, dtype=torch.float64) * 0.1).to(dtype)
-    lam = (torch.rand(B, generator=g, dtype=torch.float64) * 0.5 + 0.01).to(dtype)
-    mask = torch.rand(B, N, generator=g) >= pad_frac
-    K, V, W, b, lam, mask = (t.to(device) for t in (K, V, W, b, lam, mask))
+def make_case(B, N, D, dtype, *, requires_grad=True, device=DEV, **kw):
+    K, V, W, b, lam, mask = (t.to(device) for t in make_attention_case(B, N, D, dtype, **kw))
     for t in (K, V, b):
         t.requires_grad_(requires_grad)
     return K, V, W, b, lam, mask
