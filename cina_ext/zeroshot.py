@@ -884,13 +884,9 @@ class CInAZeroShot(_WeightingEstimator):
     def _weights_batch(self, model, items, estimand: str, diagnostics: bool = True):
         """Weights (B, N) as float64 numpy for ``items`` = [(X, T)], plus diagnostics per dataset."""
         dtype, device = self._dtype_device(model)
-        for x, _ in items:
-            if x.shape[1] > model.max_features:
-                raise ValueError(f"X has {x.shape[1]} covariates but the model accepts at most "
-                                 f"max_features={model.max_features}")
-        X, W, mask, fm = collate_datasets(items, dtype=dtype, device=device)
+        X, W, mask, fm = collate_datasets(items, dtype=dtype, device=device)  # the model checks X
         model.eval()
-        info: Dict[str, Any] = {}
+        info: Dict[str, Tensor] = {}
         # the objective forms the (B, N, N) RBF Gram matrix: a diagnostic for moderate N only
         diagnostics = diagnostics and X.shape[0] * X.shape[1] ** 2 <= MATERIALISE_LIMIT
         with torch.no_grad():
@@ -900,7 +896,7 @@ class CInAZeroShot(_WeightingEstimator):
                 if diagnostics:
                     info["balance_objective"] = model.balance_objective(X, W, mask, fm, w, idx)
                 if self.refine:
-                    info["raw_weights"] = w.double().cpu().numpy()
+                    info["raw_weights"] = w
                     if diagnostics:
                         info["raw_balance_objective"] = info["balance_objective"]
                     Z = model.standardise(X, mask, fm).double()
@@ -909,15 +905,17 @@ class CInAZeroShot(_WeightingEstimator):
 
                     res = dual_solve(Z, W.double(), model.balance_lam, kernel="rbf", gamma=gamma, estimand=estimand,
                                      mask=mask, x0=w.double(), max_iter=int(self.refine), backend="fused")
-                    w = res.weights.to(dtype)
+                    w = res.weights  # float64, as the solver returns it
                     info["refine_kkt"] = res.kkt
                     info["refine_converged"] = res.converged
                     info["refine_iterations"] = res.iterations
                     if diagnostics:
-                        info["balance_objective"] = model.balance_objective(X, W, mask, fm, w, idx)
-        return w.double().cpu().numpy(), {k: (v.double().cpu().numpy() if isinstance(v, Tensor) and v.is_floating_point()
-                                              else (v.cpu().numpy() if isinstance(v, Tensor) else v))
-                                          for k, v in info.items()}
+                        info["balance_objective"] = model.balance_objective(X, W, mask, fm, w.to(dtype), idx)
+
+        def to_numpy(t: Tensor) -> np.ndarray:
+            return (t.double() if t.is_floating_point() else t).cpu().numpy()
+
+        return to_numpy(w), {k: to_numpy(v) for k, v in info.items()}
 
     def _fit_core(self, X, T, seed, *, bootstrap=False):
         model = self._get_model()

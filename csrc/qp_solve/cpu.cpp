@@ -255,22 +255,12 @@ class Columns {
   // calls (the cache never evicts its most recently used column).
   const T* get(int64_t j, bool par) {
     if (direct_) return A_ + j * N_;
-    int64_t sl = slot_[j];
+    const int64_t sl = slot_[j];
     if (sl >= 0) {
       touch(sl);
       return buf_ + sl * n_;
     }
-    if (used_ < cap_) {
-      sl = used_++;
-    } else {
-      sl = tail_;
-      unlink(sl);
-      slot_[owner_[sl]] = -1;
-    }
-    owner_[sl] = j;
-    slot_[j] = static_cast<int32_t>(sl);
-    push_front(sl);
-    T* col = buf_ + sl * n_;
+    T* col = buf_ + claim(j) * n_;
     compute(j, col, par);
     ++computed_;
     return col;
@@ -337,22 +327,12 @@ class Columns {
     if (static_cast<int64_t>(js.size()) > cap_) return false;
     std::vector<std::pair<int64_t, T*>> todo;
     for (const int64_t j : js) {
-      int64_t sl = slot_[j];
+      const int64_t sl = slot_[j];
       if (sl >= 0) {
         touch(sl);
         continue;
       }
-      if (used_ < cap_) {
-        sl = used_++;
-      } else {
-        sl = tail_;
-        unlink(sl);
-        slot_[owner_[sl]] = -1;
-      }
-      owner_[sl] = j;
-      slot_[j] = static_cast<int32_t>(sl);
-      push_front(sl);
-      todo.push_back({j, buf_ + sl * n_});
+      todo.push_back({j, buf_ + claim(j) * n_});
     }
     const int64_t nt = static_cast<int64_t>(todo.size());
     auto body = [&](int64_t a, int64_t b) {
@@ -373,6 +353,22 @@ class Columns {
   }
 
  private:
+  // A slot for column j, most recently used: a free one, else the least recently used column's.
+  int64_t claim(int64_t j) {
+    int64_t sl;
+    if (used_ < cap_) {
+      sl = used_++;
+    } else {
+      sl = tail_;
+      unlink(sl);
+      slot_[owner_[sl]] = -1;
+    }
+    owner_[sl] = j;
+    slot_[j] = static_cast<int32_t>(sl);
+    push_front(sl);
+    return sl;
+  }
+
   void unlink(int64_t s) {
     const int64_t p = prev_[s], nx = next_[s];
     if (p >= 0) next_[p] = nx; else head_ = nx;
