@@ -9,8 +9,10 @@ probability sigmoid(x_0 - x_1 / 2), RBF kernel with the reference's default gamm
 * ``cpu[T threads]`` — cina_ext.solver.dual_solve(backend="fused") on the CPU, with all of torch's
                         threads and, up to --max-n-sklearn units, with one thread (the per-core
                         comparison with sklearn);
-* ``cuda``           — the same on the GPU when a CUDA build of the solver exists (skipped cleanly
-                        otherwise), and the reference on the GPU.
+* ``cuda[block]``, ``cuda[ws]`` — the same on the GPU when a CUDA build of the solver exists
+                        (skipped cleanly otherwise), with each algorithm forced: one block per
+                        problem, or the working-set decomposition (the default from 4096 units);
+                        the reference on the GPU.
 
 Cases: one dataset of N in {1e3, 1e4, 2e4, 1e5} units, and batches of {64, 1024} datasets x 1000
 units; problems "overlap" (the SVM dual, lam = 1 i.e. C = 1) and "ate" (per-arm simplex problems,
@@ -156,6 +158,19 @@ def run_solver(fn, X, W, lam, tol, estimand, **kw):
 # ---------------------------------------------------------------------------------------------
 
 
+def with_env(var, value, fn):
+    """fn() with the environment variable var set to value (restored afterwards)."""
+    old = os.environ.get(var)
+    os.environ[var] = value
+    try:
+        return fn()
+    finally:
+        if old is None:
+            os.environ.pop(var, None)
+        else:
+            os.environ[var] = old
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description="Benchmarks of the batched balancing dual solver")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="output directory")
@@ -232,8 +247,12 @@ def main(argv=None):
                     plan.append(("cpu[1 thread]", ("threads1", fused)))
             if cuda_ok and "cuda" in methods:
                 Xc, Wc = X.cuda(), W.cuda()
-                plan.append(("cuda", lambda: run_solver(solver.dual_solve, Xc, Wc, lam, args.tol, problem,
-                                                         backend="fused")))
+                # each algorithm forced (CINA_QP_CUDA_ALGO), side by side; the default ("auto") is
+                # the working-set decomposition from 4096 units, one block per problem below
+                for algo in ("block", "ws"):
+                    plan.append((f"cuda[{algo}]", lambda algo=algo: with_env(
+                        "CINA_QP_CUDA_ALGO", algo,
+                        lambda: run_solver(solver.dual_solve, Xc, Wc, lam, args.tol, problem, backend="fused"))))
             if torch.cuda.is_available() and "cuda" in methods and 4 * B * N * N * 8 < 0.25 * torch.cuda.get_device_properties(0).total_memory \
                     and N <= args.max_n_reference:
                 Xc, Wc = X.cuda(), W.cuda()

@@ -14,6 +14,8 @@
 #                                                             -> OUTDIR/solver/solver.{json,md,png}
 #   racecheck  compute-sanitizer racecheck benchmarks/sanitizer_cases.py --quick
 #   synccheck  compute-sanitizer synccheck benchmarks/sanitizer_cases.py --quick
+#   profile    ncu (speed of light, occupancy, warp stalls) on benchmarks/profile_cases.py:
+#              attention fwd+bwd 1 x 32768 x 16 (tf32, tf32x3), solver N = 20000 (working set)
 #   suite      the rest of the test suite, minus slow tests (only if time is left)
 # then OUTDIR/report.md.  The whole run stays inside GPU_CHECK_SECONDS (default 450 s): a step
 # gets at most what is left, and steps are skipped once the budget is spent.
@@ -30,7 +32,7 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 PY=${PYTHON:-python3}
 BUDGET=${GPU_CHECK_SECONDS:-450}
-STEPS=${GPU_CHECK_STEPS:-env,build,import,tests,memcheck,bench,bench_solver,racecheck,synccheck,suite}
+STEPS=${GPU_CHECK_STEPS:-env,build,import,tests,memcheck,bench,bench_solver,racecheck,synccheck,profile,suite}
 START=$(date +%s)
 export OUT ROOT PY
 
@@ -139,8 +141,22 @@ bench() {
 bench_solver() {
   # the spec's targets: one dataset of 2e4 units and a batch of 1024 x 1000, against sklearn
   "$PY" benchmarks/bench_solver.py --quick --out "$OUT/solver" --methods sklearn,cpu,cuda \
-    --problems overlap --cases 1x2000,1x20000,64x1000,1024x1000 --max-n 20000 --max-n-sklearn 20000 \
-    --max-n-reference 0 --max-seconds 40
+    --problems overlap --cases 1x2000,1x20000,1x100000,64x1000,1024x1000 --max-n 100000 --max-n-sklearn 20000 \
+    --max-n-reference 0 --max-seconds 20
+}
+
+profile() {
+  # Nsight Compute on one call of each hot kernel (benchmarks/profile_cases.py): the attention
+  # kernels (tf32 and tf32x3) and a few rounds of the working-set solver's kernels
+  local NCU
+  NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
+  local SECT="--section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats --section SchedulerStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis"
+  for v in tf32 tf32x3; do
+    echo "=== attention $v"
+    "$NCU" --profile-from-start off $SECT -k regex:attention -c 4 "$PY" benchmarks/profile_cases.py attention --variant $v
+  done
+  echo "=== solver (working set)"
+  "$NCU" --profile-from-start off $SECT -k regex:ws_ -c 8 "$PY" benchmarks/profile_cases.py solver
 }
 
 suite() {
@@ -148,7 +164,7 @@ suite() {
     --ignore=tests/test_ops_cuda.py --ignore=tests/test_cuda_emulator.py
 }
 
-export -f env_info build import_check tests memcheck racecheck synccheck bench bench_solver suite
+export -f env_info build import_check tests memcheck racecheck synccheck bench bench_solver profile suite
 
 step env 60 env_info
 step build 300 build
@@ -159,6 +175,7 @@ step bench 170 bench
 step bench_solver 100 bench_solver
 step racecheck 100 racecheck
 step synccheck 60 synccheck
+step profile 90 profile
 step suite 90 suite
 
 # ---- report ----------------------------------------------------------------------------------

@@ -125,7 +125,16 @@ def solver_cases(quick: bool) -> int:
             ("overlap", "linear", torch.float32, 0.0002)]  # 2 cache slots
     if quick:
         plan = plan[:1]
-    for est, kernel, dtype, cache_mb in plan:
+    # both algorithms: one block per problem, and the working-set decomposition (forced, with a
+    # working set of 8 so that these small problems take many select / solve / update rounds)
+    algos = [("block", None), ("ws", "8")]
+    plan = [(algo, ws) + case for algo, ws in algos for case in plan]
+    for algo, ws, est, kernel, dtype, cache_mb in plan:
+        os.environ["CINA_QP_CUDA_ALGO"] = algo
+        if ws is None:
+            os.environ.pop("CINA_QP_WS_SIZE", None)
+        else:
+            os.environ["CINA_QP_WS_SIZE"] = ws
         tol = 1e-8 if dtype == torch.float64 else 1e-4
         args = dict(kernel=kernel, estimand=est, tol=tol, backend="fused", cache_mb=cache_mb)
         gpu = solver.dual_solve(X.to(dtype).cuda(), W.to(dtype).cuda(), 0.3, mask=mask.cuda(), **args)
@@ -133,11 +142,13 @@ def solver_cases(quick: bool) -> int:
         cpu = solver.dual_solve(X.to(dtype), W.to(dtype), 0.3, mask=mask, shrinking=False, **args)
         err = ((gpu.objective.cpu() - cpu.objective).abs() / cpu.objective.abs().clamp_min(1e-12)).max().item()
         ok = bool(gpu.converged.all()) and err <= (1e-8 if dtype == torch.float64 else 1e-4)
-        print(f"solver {est} {kernel} {dtype} cache_mb={cache_mb}: objective rel. error {err:.3g}, "
+        print(f"solver[{algo}] {est} {kernel} {dtype} cache_mb={cache_mb}: objective rel. error {err:.3g}, "
               f"iterations {gpu.iterations.tolist()} (cpu {cpu.iterations.tolist()})")
         if not ok:
-            print(f"FAIL solver {est} {kernel} {dtype}")
+            print(f"FAIL solver[{algo}] {est} {kernel} {dtype}")
             failures += 1
+    os.environ.pop("CINA_QP_CUDA_ALGO", None)
+    os.environ.pop("CINA_QP_WS_SIZE", None)
     if not quick:  # box-only generic QP (coordinate descent) and a general equality
         A = torch.randn(2, 20, 20, generator=g, dtype=torch.float64)
         Q = A @ A.transpose(1, 2) / 20 + 0.05 * torch.eye(20, dtype=torch.float64)

@@ -117,9 +117,12 @@ def emu_rowsum(X, kind, gamma, scale, lse, rowmask, colmask):
     return out
 
 
-@pytest.fixture
-def emulated(monkeypatch):
-    """Route the compiled front end's operator call to the emulated CUDA kernel."""
+@pytest.fixture(params=["block", "ws"])
+def emulated(request, monkeypatch):
+    """Route the compiled front end's operator call to the emulated CUDA kernel, with each of the two
+    algorithms: "block" (one block per problem, the CPU solver's iterates) and "ws" (working-set
+    decomposition, the large-problem path) with a working set of 8 units, so that these small
+    problems take many select / solve / update rounds."""
     real = solver._run
     calls = []
 
@@ -129,7 +132,10 @@ def emulated(monkeypatch):
 
     monkeypatch.setattr(solver, "_run", fake_run)
     monkeypatch.setenv("CINA_QP_THREADS", "32")
-    return {"calls": calls, "real": real}
+    monkeypatch.setenv("CINA_QP_CUDA_ALGO", request.param)
+    if request.param == "ws":
+        monkeypatch.setenv("CINA_QP_WS_SIZE", "8")
+    return {"calls": calls, "real": real, "algo": request.param}
 
 
 def cpu_solve(fn, *args, **kw):
@@ -178,10 +184,14 @@ def test_emulated_dual_matches_cpu_and_reference(emulated, kernel, estimand):
     assert torch.allclose(got.objective, cpu.objective, rtol=1e-10, atol=1e-13)
     if kernel != "linear":  # (cina: a nearly flat kernel, alpha determined to ~sqrt(tol) only)
         assert torch.allclose(got.alpha, cpu.alpha, atol=1e-4 if kernel == "cina" else 1e-6)
-    # iterations: equal up to rounding-level differences in the choice of pairs near the end (the
-    # CPU solver and the reference differ from each other by as much)
-    lim = 0.25 * torch.maximum(got.iterations, cpu.iterations).double() + 3
-    assert bool(((got.iterations - cpu.iterations).abs().double() <= lim).all())
+    if emulated["algo"] == "block":
+        # iterations: equal up to rounding-level differences in the choice of pairs near the end
+        # (the CPU solver and the reference differ from each other by as much)
+        lim = 0.25 * torch.maximum(got.iterations, cpu.iterations).double() + 3
+        assert bool(((got.iterations - cpu.iterations).abs().double() <= lim).all())
+    else:
+        # other iterates (sub-problems over 8 units), of the same order of steps
+        assert bool((got.iterations <= 4 * cpu.iterations + 50).all()), (got.iterations, cpu.iterations)
 
 
 @pytest.mark.parametrize("threads", ["32", "64", "96"])
@@ -281,7 +291,7 @@ def test_emulated_general_equality_small_c_converges(emulated, monkeypatch, roun
     assert bool((res.iterations < 5000).all()), res.iterations
     assert torch.allclose(res.objective, ref.objective, rtol=1e-12, atol=0.0)
     assert torch.allclose((c * res.x).sum(-1), d, atol=1e-12)
-    if rounding == "fma":
+    if rounding == "fma" and emulated["algo"] == "block":
         assert res.iterations[:2].tolist() == [999, 394]  # the H200's counts
 
 
@@ -385,3 +395,54 @@ def test_emulated_helper_kernels(dtype, kernel):
     got = emu_rowsum(Xk, kind, gamma, scale, lse, mask, col)
     assert torch.allclose(got, ref, rtol=1e-12, atol=1e-12)
     assert (got[~mask] == 0).all()
+
+
+@pytest.mark.parametrize("size", ["2", "5", "64"])
+def test_emulated_working_set_sizes(monkeypatch, size):
+    """The working-set solver with the smallest working set (one pair per round), an odd size and
+    one larger than the problem (a single round solves most), on scattered masks, the three
+    estimands' problems and a general QP with single coordinates beside the pairs."""
+    monkeypatch.setattr(solver, "_run", emu_qp_solve_batch)
+    monkeypatch.setenv("CINA_QP_THREADS", "32")
+    monkeypatch.setenv("CINA_QP_CUDA_ALGO", "ws")
+    monkeypatch.setenv("CINA_QP_WS_SIZE", size)
+    B, N = 2, 28
+    X, W = make_data(B, N, seed=31)
+    g = torch.Generator().manual_seed(32)
+    mask = torch.rand(B, N, generator=g) > 0.3
+    mask[:, :2] = True
+    Xp = torch.where(mask.unsqueeze(-1), X, torch.full_like(X, float("nan")))
+    for est in ("overlap", "ate", "att"):
+        res = solver.dual_solve(Xp, W, 0.1, estimand=est, mask=mask, tol=1e-8)
+        assert bool(res.converged.all()) and float(res.kkt.max()) < 1e-8
+        assert (res.alpha[~mask] == 0).all()
+        for b in range(B):
+            m = mask[b]
+            one = R.dual_solve(X[b:b + 1, m], W[b:b + 1, m], 0.1, estimand=est, tol=1e-10)
+            assert torch.allclose(res.objective[b], one.objective[0], rtol=1e-8)
+            assert torch.allclose(res.weights[b, m], one.weights[0], atol=1e-5)
+    # box + general equality with some c_i = 0: pairs and single coordinates in one working set
+    A = torch.randn(2, 18, 18, generator=g, dtype=F64)
+    Q = A @ A.transpose(1, 2) / 18 + 0.05 * torch.eye(18, dtype=F64)
+    p = torch.randn(2, 18, generator=g, dtype=F64)
+    c = torch.randn(2, 18, generator=g, dtype=F64)
+    c[:, 4:9] = 0.0
+    d = torch.tensor([0.2, -0.4], dtype=F64)
+    res = solver.qp_solve(Q, p, -1.0, 1.0, c=c, d=d, tol=1e-9)
+    ref = R.qp_solve(Q, p, torch.full_like(p, -1.0), torch.full_like(p, 1.0), c=c, d=d, tol=1e-11)
+    assert bool(res.converged.all())
+    assert torch.allclose(res.objective, ref.objective, rtol=1e-9)
+    assert torch.allclose((c * res.x).sum(-1), d, atol=1e-12)
+    assert float(res.kkt.max()) <= 1e-9
+
+
+@pytest.mark.parametrize("var,value", [("CINA_QP_CUDA_ALGO", "fast"), ("CINA_QP_WS_SIZE", "1"),
+                                       ("CINA_QP_WS_SIZE", "4096")])
+def test_emulated_bad_algorithm_settings_raise(monkeypatch, var, value):
+    monkeypatch.setattr(solver, "_run", emu_qp_solve_batch)
+    monkeypatch.setenv("CINA_QP_THREADS", "32")
+    monkeypatch.setenv("CINA_QP_CUDA_ALGO", "ws")
+    monkeypatch.setenv(var, value)
+    X, W = make_data(1, 10, seed=1)
+    with pytest.raises(RuntimeError, match=var):
+        solver.dual_solve(X, W, 0.1)

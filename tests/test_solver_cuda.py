@@ -199,3 +199,70 @@ def test_device_mismatch_errors():
         e = torch.zeros(0, dtype=F64, device=DEV)
         torch.ops.cina.qp_kernel_rowsum(X.to(DEV), 1, e, 1.0, e.reshape(0, 0), torch.ones(1, 20, dtype=torch.bool),
                                         torch.ones(1, 20, dtype=torch.bool, device=DEV))
+
+
+# ---- the working-set algorithm (default from 4096 units; forced here at smaller sizes) ---------
+
+
+def check_optimum(gpu, cpu, *, rtol, atol_w, weights=True):
+    """Same optimum as the CPU solver (the iterates differ: no iteration comparison)."""
+    assert gpu.alpha.device.type == "cuda"
+    assert bool(gpu.converged.all()) and bool(cpu.converged.all())
+    assert torch.allclose(gpu.objective.cpu(), cpu.objective, rtol=rtol, atol=1e-12)
+    if weights:
+        assert torch.allclose(gpu.weights.cpu(), cpu.weights, atol=atol_w)
+
+
+@pytest.mark.parametrize("size", ["8", "256"])
+@pytest.mark.parametrize("kernel", ["rbf", "cina", "precomputed"])
+@pytest.mark.parametrize("estimand", ["overlap", "ate", "att"])
+def test_working_set_matches_cpu(monkeypatch, size, kernel, estimand):
+    monkeypatch.setenv("CINA_QP_CUDA_ALGO", "ws")
+    monkeypatch.setenv("CINA_QP_WS_SIZE", size)
+    B, N = 3, 700
+    X, W = make_data(B, N, seed=40)
+    g = torch.Generator().manual_seed(41)
+    mask = torch.rand(B, N, generator=g) > 0.2
+    mask[:, :2] = True
+    mask[2, 300:] = False
+    Xin = R.gram(X, "rbf", gamma=0.3, mask=mask) if kernel == "precomputed" else X
+    gpu, cpu = cuda_and_cpu(solver.dual_solve, Xin, W, 0.2, kernel=kernel, estimand=estimand, tol=1e-8,
+                            mask=mask)
+    check_optimum(gpu, cpu, rtol=1e-8, atol_w=1e-4 if kernel == "cina" else 1e-5)
+    assert (gpu.alpha.cpu()[~mask] == 0).all()
+    assert bool((gpu.kkt.cpu() < 1e-8).all())
+
+
+def test_working_set_is_the_default_for_large_problems(monkeypatch):
+    monkeypatch.delenv("CINA_QP_CUDA_ALGO", raising=False)
+    X, W = make_data(1, 6000, p=10, seed=42)
+    gpu, cpu = cuda_and_cpu(solver.dual_solve, X, W, 1.0, tol=1e-3)
+    check_optimum(gpu, cpu, rtol=1e-5, atol_w=1e-3)
+    # the default at 6000 units is the working set (deterministic: forced, the same bits), and
+    # the block algorithm reaches the same optimum
+    monkeypatch.setenv("CINA_QP_CUDA_ALGO", "ws")
+    ws = solver.dual_solve(X.to(DEV), W.to(DEV), 1.0, tol=1e-3, backend="fused")
+    assert torch.equal(ws.alpha, gpu.alpha) and torch.equal(ws.iterations, gpu.iterations)
+    monkeypatch.setenv("CINA_QP_CUDA_ALGO", "block")
+    blk = solver.dual_solve(X.to(DEV), W.to(DEV), 1.0, tol=1e-3, backend="fused")
+    assert torch.allclose(blk.objective, gpu.objective, rtol=1e-5)
+    monkeypatch.delenv("CINA_QP_CUDA_ALGO")
+    ate = solver.dual_solve(X.to(DEV), W.to(DEV), 0.01, estimand="ate", tol=1e-6, backend="fused")
+    ate_cpu = solver.dual_solve(X, W, 0.01, estimand="ate", tol=1e-6, backend="fused")
+    assert bool(ate.converged.all()) and torch.allclose(ate.objective.cpu(), ate_cpu.objective, rtol=1e-7)
+
+
+def test_working_set_generic_qp_and_float32(monkeypatch):
+    monkeypatch.setenv("CINA_QP_CUDA_ALGO", "ws")
+    monkeypatch.setenv("CINA_QP_WS_SIZE", "16")
+    Q, p, lo, up, c, d = _solver_cases.small_c_equality_case()
+    res = solver.qp_solve(Q.to(DEV), p.to(DEV), lo.to(DEV), up.to(DEV), c.to(DEV), d.to(DEV), tol=1e-9, backend="fused")
+    ref = R.qp_solve(Q, p, lo, up, c=c, d=d, tol=1e-10)
+    assert bool(res.converged.all()) and bool((res.kkt < 1e-9).all())
+    assert torch.allclose(res.objective.cpu(), ref.objective, rtol=1e-10)
+    assert torch.allclose((c * res.x.cpu()).sum(-1), d, atol=1e-12)
+    X, W = make_data(2, 400, seed=43, dtype=F32)
+    res = solver.dual_solve(X.to(DEV), W.to(DEV), 0.1, tol=1e-4, backend="fused")
+    ref = R.dual_solve(X.double(), W.double(), 0.1, tol=1e-10)
+    assert res.alpha.dtype == F32 and bool(res.converged.all())
+    assert torch.allclose(res.objective.double().cpu(), ref.objective, rtol=1e-4)

@@ -48,6 +48,13 @@ inline void rt_free(void* p, void* stream) {
 inline const char* rt_memset(void* p, size_t bytes, void* stream) {
   return rt_check(cudaMemsetAsync(p, 0, bytes, static_cast<cudaStream_t>(stream)), "cudaMemsetAsync");
 }
+// Blocking copy of a few bytes device -> host (waits for the work queued on `stream` before it).
+inline const char* rt_read(void* dst, const void* src, size_t bytes, void* stream) {
+  cudaStream_t st = static_cast<cudaStream_t>(stream);
+  if (const char* e = rt_check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, st), "cudaMemcpyAsync"))
+    return e;
+  return rt_check(cudaStreamSynchronize(st), "cudaStreamSynchronize");
+}
 inline int rt_sm_count() {
   int dev = 0, n = 0;
   if (cudaGetDevice(&dev) != cudaSuccess ||

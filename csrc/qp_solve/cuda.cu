@@ -156,7 +156,7 @@ struct Ctl {
   int slot_a, need_a, slot_b, need_b, progress;
   double dxa, dxb, df;
 };
-inline size_t smem_bytes(int nt) { return 32 * sizeof(Red) + sizeof(Ctl) + sizeof(int) * (nt + 1); }
+CINA_QP_HD size_t smem_bytes(int nt) { return 32 * sizeof(Red) + sizeof(Ctl) + sizeof(int) * (nt + 1); }
 
 // first-index argmax / argmin combination (symmetric: both orders give the same result)
 CINA_QP_HD void take_max(double& v, int& i, double v2, int i2) {
@@ -844,6 +844,540 @@ CINA_KERNEL(kMaxThreads) qp_solve_kernel(QPArgs<T> A) {
   }
 }
 
+// ---- working-set decomposition (large problems) -------------------------------------------------
+//
+// One block per problem is bound by one SM: at N = 20000 a step costs ~60 us of passes over the
+// units.  For large problems the solve is split the way GPU SVM solvers do it (decomposition with
+// a working set, as in ThunderSVM): per outer iteration
+//   1. ws_select_kernel (one block per problem): the KKT test on all units (stop rules as above,
+//      counted in steps), then the working set B: the q/2 largest violators of I_up and the q/2 of
+//      I_low by -G_i/c_i (a radix select on float keys, ties by index; single coordinates by
+//      |projected gradient|), and its q x q block of Q (rounded to T, as a column would be);
+//   2. ws_solve_kernel (one block per problem, one thread per unit of B): the sub-problem over B
+//      with everything else fixed, by the very BlockSolver steps (WSS2 SMO / greedy CD) on shared
+//      memory copies, to max(tol, 0.1 KKT) or a step cap; the changes dx_B are written out;
+//   3. ws_update_kernel (many blocks per problem): G += Q[:, B] dx_B over all units, the kernel
+//      entries computed on the fly (or G = Qx - p from scratch after a solve without progress).
+// Iterates differ from the block solver's (the optimum does not): the KKT violation, nu, the
+// objective and the converged flag are computed exactly as there, `iterations` counts the
+// sub-problem steps and max_iter bounds them.
+constexpr int kWsLists = 3;          // up (pairs), low (pairs), single coordinates
+constexpr int kWsMaxSize = 512;      // largest working set (shared memory of the solve kernel)
+constexpr int kWsUpdateThreads = 256;
+constexpr int kWsLocalStepsPerUnit = 20;  // step cap of a sub-problem: 20 |B| (at least 200)
+
+// Per-problem state kept between the launches (global memory).
+struct WsCtl {
+  int64_t n, it, since_window, nwin, nstuck, noprog;
+  int status;   // 0 active, 1 done (outputs written)
+  int refresh;  // the next update rebuilds G from scratch
+  int nb;       // working-set size
+  int has_pair, has_single;
+  double tau, qmax, pmax, ltol, best_win, best_stuck, dec;
+};
+
+struct WsLayout {
+  Layout base;
+  int64_t keys, wsidx, wsdx, qbb, xb, sb, lb, db, ib, total;
+};
+CINA_QP_HD WsLayout make_ws_layout(int64_t N, int64_t D, bool feats, int64_t m2, int64_t qws, int64_t tsize) {
+  WsLayout W{};
+  W.base = make_layout(N, D, feats, 0, m2, tsize);
+  int64_t o = W.base.total;
+  W.keys = o; o += align256(kWsLists * N * 4);
+  W.wsidx = o; o += align256(qws * 4);
+  W.wsdx = o; o += align256(qws * 8);
+  W.qbb = o; o += align256(qws * qws * tsize);
+  // the working set's features (D x qws), signs, lse, diagonal and source indices, gathered so
+  // that Q_BB is computed from a few contiguous kilobytes instead of scattered columns of Xt
+  W.xb = o; o += feats ? align256(qws * D * 8) : 0;
+  W.sb = o; o += align256(qws * 8);
+  W.lb = o; o += align256(qws * 8);
+  W.db = o; o += align256(qws * 8);
+  W.ib = o; o += align256(qws * 4);
+  W.total = o;
+  return W;
+}
+
+template <typename T>
+struct WsArgs {
+  QPSource<T> S;
+  QPProblems<T> pb;
+  QPOutputs<T> out;
+  unsigned char* ws;   // one region of pbytes per problem of the group
+  int64_t pbytes;
+  int64_t m2;
+  int64_t qws;         // working-set size
+  int64_t p0;          // first problem of the group
+  WsCtl* ctl;          // per problem of the group
+  int* active;         // problems still active after the last select (for the host's stop test)
+};
+
+// shared memory: Red[32], Ctl, scan (nt + 1 ints), then the kernel's own arrays
+inline size_t ws_smem_select(int nt) { return smem_bytes(nt) + sizeof(int) * (kWsLists * 256 + 32 * kWsLists + 2 * kWsLists); }
+inline size_t ws_smem_solve(int nt, int64_t qws) {
+  return smem_bytes(nt) + static_cast<size_t>(qws) * (6 * sizeof(double) + sizeof(int) + 1) + 16;
+}
+
+// monotone map of a key to uint32 (larger key, larger code); 0 is kept for "not a candidate"
+CINA_DEV uint32_t order_key(double v) {
+  const float f = static_cast<float>(v);
+  uint32_t b;
+#ifdef CINA_EMULATE
+  std::memcpy(&b, &f, 4);
+#else
+  b = __float_as_uint(f);
+#endif
+  b = (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+  return b == 0u ? 1u : b;
+}
+
+// Binds a BlockSolver to problem g of the group (workspace pointers, shared scratch); the
+// problem's scalars come from ws_load after the set-up.
+template <typename T>
+CINA_DEV WsLayout ws_bind(BlockSolver<T>& s, const WsArgs<T>& A, int64_t g, unsigned char* smem) {
+  s.S = A.S;
+  s.pb = A.pb;
+  s.out = A.out;
+  s.nt = blockDim.x;
+  s.tid = threadIdx.x;
+  s.lane = s.tid % 32;
+  s.warp = s.tid / 32;
+  s.nwarps = (s.nt + 31) / 32;
+  if (smem != nullptr) {  // (the update kernel has no shared scratch)
+    s.red = reinterpret_cast<Red*>(smem);
+    s.ctl = reinterpret_cast<Ctl*>(smem + 32 * sizeof(Red));
+    s.scan = reinterpret_cast<int*>(smem + 32 * sizeof(Red) + sizeof(Ctl));
+  }
+  s.kind = static_cast<int>(A.S.kind);
+  s.cap = 0;
+  s.m2 = A.m2;
+  const bool feats = A.S.kind != kQPDense;
+  const WsLayout W = make_ws_layout(A.pb.N, A.S.D, feats, A.m2, A.qws, static_cast<int64_t>(sizeof(T)));
+  const Layout& L = W.base;
+  unsigned char* base = A.ws + g * A.pbytes;
+  s.x = reinterpret_cast<double*>(base + L.x);
+  s.G = reinterpret_cast<double*>(base + L.G);
+  s.p = reinterpret_cast<double*>(base + L.p);
+  s.lo = reinterpret_cast<double*>(base + L.lo);
+  s.up = reinterpret_cast<double*>(base + L.up);
+  s.c = reinterpret_cast<double*>(base + L.c);
+  s.invc = reinterpret_cast<double*>(base + L.invc);
+  s.diag = reinterpret_cast<double*>(base + L.diag);
+  s.sgn = reinterpret_cast<double*>(base + L.sgn);
+  s.lse = reinterpret_cast<double*>(base + L.lse);
+  s.Xt = reinterpret_cast<double*>(base + L.Xt);
+  s.bp = reinterpret_cast<double*>(base + L.bp);
+  s.idx = reinterpret_cast<int*>(base + L.idx);
+  s.slot = reinterpret_cast<int*>(base + L.slot);
+  s.owner = reinterpret_cast<int*>(base + L.owner);
+  s.fl = base + L.flags;
+  s.cache = reinterpret_cast<T*>(base + W.qbb);
+  s.q = A.p0 + g;
+  return W;
+}
+
+// the problem's scalars (what BlockSolver::setup derived), from the per-problem state
+template <typename T>
+CINA_DEV void ws_load(BlockSolver<T>& s, const WsCtl& c) {
+  s.N = s.pb.N;
+  s.n = c.n;
+  s.src = s.pb.src[s.q];
+  s.qscale = s.pb.qscale[s.q];
+  s.diag_add = s.pb.diag_add[s.q];
+  s.gamma = s.kind == kQPRbf ? s.S.gamma[s.src] : 0.0;
+  s.scale = s.S.scale;
+  s.Xs = s.S.X + s.src * s.S.N * s.S.D;
+  s.has_eq = s.pb.c != nullptr;
+  s.has_pair = c.has_pair != 0;
+  s.has_single = c.has_single != 0;
+  s.tau = c.tau;
+  s.qmax = c.qmax;
+  s.pmax = c.pmax;
+  s.dec = c.dec;
+}
+
+// Set-up of every problem of the group: the block solver's set-up (compaction, gathered
+// features, bounds, feasible start), G = -p; the first update adds Qx.
+template <typename T>
+CINA_KERNEL(kMaxThreads) ws_setup_kernel(WsArgs<T> A) {
+  CINA_DYN_SMEM(smem_raw);
+  const int64_t g = blockIdx.x;
+  BlockSolver<T> s;
+  ws_bind(s, A, g, smem_raw);
+  const bool ok = s.setup();
+  if (ok)
+    for (int64_t k = s.tid; k < s.n; k += s.nt) s.G[k] = -s.p[k];
+  if (s.tid == 0) {
+    WsCtl c{};
+    c.n = ok ? s.n : 0;
+    c.status = ok ? 0 : 1;
+    c.refresh = 1;
+    c.has_pair = ok && s.has_pair ? 1 : 0;
+    c.has_single = ok && s.has_single ? 1 : 0;
+    c.tau = ok ? s.tau : 0.0;
+    c.qmax = ok ? s.qmax : 0.0;
+    c.pmax = ok ? s.pmax : 0.0;
+    c.best_win = kInf;
+    c.best_stuck = kInf;
+    A.ctl[g] = c;
+  }
+}
+
+// G += Q[:, B] dx_B (or G = Qx - p from scratch), one thread per unit, many blocks per problem.
+template <typename T>
+CINA_KERNEL(kWsUpdateThreads) ws_update_kernel(WsArgs<T> A) {
+  const int64_t g = blockIdx.y;
+  const WsCtl c = A.ctl[g];
+  if (c.status != 0) return;
+  const int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (k >= c.n) return;
+  BlockSolver<T> s;
+  const WsLayout W = ws_bind(s, A, g, nullptr);
+  ws_load(s, c);
+  unsigned char* base = A.ws + g * A.pbytes;
+  const int kk = static_cast<int>(k);
+  if (c.refresh) {
+    double acc = 0.0;
+    for (int64_t j = 0; j < c.n; ++j) {
+      const double xj = s.x[j];
+      if (xj != 0.0) acc += xj * s.qentry(kk, static_cast<int>(j));
+    }
+    s.G[k] = acc - s.p[k];
+  } else {
+    const int* wsidx = reinterpret_cast<const int*>(base + W.wsidx);
+    const double* wsdx = reinterpret_cast<const double*>(base + W.wsdx);
+    double acc = 0.0;
+    for (int e = 0; e < c.nb; ++e) {
+      const double d = wsdx[e];
+      if (d != 0.0) acc += d * s.qentry(kk, wsidx[e]);
+    }
+    s.G[k] += acc;
+  }
+}
+
+// block-wide exclusive scan of kWsLists counters (deterministic); tot gets the sums
+CINA_DEV void ws_scan(int (&v)[kWsLists], int (&tot)[kWsLists], int* wsum, int lane, int warp, int nwarps) {
+  int pre[kWsLists], all[kWsLists];
+  for (int L = 0; L < kWsLists; ++L) pre[L] = all[L] = v[L];
+  for (int o = 1; o < 32; o <<= 1)
+    for (int L = 0; L < kWsLists; ++L) {
+      const int t = __shfl_xor_sync(0xffffffffu, all[L], o);
+      if (lane & o) pre[L] += t;
+      all[L] += t;
+    }
+  if (lane == 0)
+    for (int L = 0; L < kWsLists; ++L) wsum[warp * kWsLists + L] = all[L];
+  __syncthreads();
+  for (int L = 0; L < kWsLists; ++L) {
+    int before = 0, sum = 0;
+    for (int w = 0; w < nwarps; ++w) {
+      const int t = wsum[w * kWsLists + L];
+      if (w < warp) before += t;
+      sum += t;
+    }
+    v[L] = before + pre[L] - v[L];
+    tot[L] = sum;
+  }
+  __syncthreads();
+}
+
+// The KKT test and stop rules, then the working set and its block of Q.
+template <typename T>
+CINA_KERNEL(kMaxThreads) ws_select_kernel(WsArgs<T> A) {
+  CINA_DYN_SMEM(smem_raw);
+  const int64_t g = blockIdx.x;
+  const WsCtl c = A.ctl[g];
+  if (c.status != 0) return;
+  BlockSolver<T> s;
+  const WsLayout W = ws_bind(s, A, g, smem_raw);
+  ws_load(s, c);
+  int* hist = reinterpret_cast<int*>(smem_raw + smem_bytes(s.nt));
+  int* wsum = hist + kWsLists * 256;
+  int* found = wsum + 32 * kWsLists;  // per list: digit, remaining count
+  unsigned char* base = A.ws + g * A.pbytes;
+  uint32_t* keys = reinterpret_cast<uint32_t*>(base + W.keys);
+  int* wsidx = reinterpret_cast<int*>(base + W.wsidx);
+  T* qbb = s.cache;
+  const int64_t n = s.n, q = s.q;
+  WsCtl cn = c;  // the new state (thread 0 writes it)
+  cn.refresh = 0;
+  const double tol = A.pb.tol[q];
+  const int64_t max_iter = A.pb.max_iter[q];
+  s.template pass<0>(-1, 0.0, -1, 0.0);
+  bool stop = false, conv = false;
+  if (!s.has_pair && !s.has_single) {
+    stop = conv = true;  // every unit fixed: the start is the solution
+    s.kkt = 0.0;
+  } else if (s.kkt < tol) {
+    stop = conv = true;
+  } else if (c.it >= max_iter || c.noprog >= 3 || c.nwin >= 3 || c.nstuck >= kStuckWindows) {
+    stop = true;
+  } else {
+    const int64_t window = n * 5 > 1000 ? n * 5 : 1000;
+    if (c.since_window >= window) {
+      s.stagnant(cn.best_win, cn.nwin);
+      s.stuck(cn.best_stuck, cn.nstuck);
+      cn.dec = s.dec;
+      cn.since_window = 0;
+      stop = cn.nwin >= 3 || cn.nstuck >= kStuckWindows;
+    }
+  }
+  if (stop) {
+    s.finish(c.it, conv && (s.kkt < tol || (!s.has_pair && !s.has_single)));
+    if (s.tid == 0) {
+      cn.status = 1;
+      A.ctl[g] = cn;
+    }
+    return;
+  }
+  // candidate keys
+  const int qws = static_cast<int>(A.qws);
+  int quota[kWsLists];
+  if (s.has_pair && s.has_single) {
+    // both kinds of coordinates: a quarter of the set for each pair list, or, in a set too small
+    // to split, the kind that holds the largest violation (the step the block solver would take)
+    const int h = qws >= 4 ? qws / 4 : (s.pv >= s.sv ? 1 : 0);
+    quota[0] = quota[1] = h;
+    quota[2] = qws - 2 * h;
+  } else if (s.has_pair) {
+    quota[0] = qws / 2;
+    quota[1] = qws - qws / 2;
+    quota[2] = 0;
+  } else {
+    quota[0] = quota[1] = 0;
+    quota[2] = qws;
+  }
+  int cnt[kWsLists] = {0, 0, 0};
+  for (int64_t k = s.tid; k < n; k += s.nt) {
+    const unsigned char f = s.fl[k];
+    uint32_t ku = 0, kl = 0, ks = 0;
+    if (f & kPair) {
+      // keys relative to the extremes of the other side (v - M, m - v): a float then still
+      // orders violations of the size of tol, where v itself agrees to 8 digits across units
+      const double v = -s.G[k] * s.invc[k];
+      if (in_up(f)) ku = order_key(v - s.M);
+      if (in_low(f)) kl = order_key(s.m - v);
+    } else if (f & kSingle) {
+      const double pg = proj_grad(s.G[k], f);
+      if (pg != 0.0) ks = order_key(pg < 0 ? -pg : pg);
+    }
+    if (quota[0] == 0) ku = 0;
+    if (quota[1] == 0) kl = 0;
+    if (quota[2] == 0) ks = 0;
+    keys[k] = ku;
+    keys[n + k] = kl;
+    keys[2 * n + k] = ks;
+    cnt[0] += ku != 0;
+    cnt[1] += kl != 0;
+    cnt[2] += ks != 0;
+  }
+  int tot[kWsLists];
+  ws_scan(cnt, tot, wsum, s.lane, s.warp, s.nwarps);
+  // radix select (8-bit digits, most significant first) of the quota-th largest key per list:
+  // thr = that key, need = how many of the keys equal to thr are taken (the first by index)
+  uint32_t thr[kWsLists];
+  int need[kWsLists];
+  bool sel[kWsLists];
+  for (int L = 0; L < kWsLists; ++L) {
+    sel[L] = tot[L] > quota[L];
+    thr[L] = 0;
+    need[L] = sel[L] ? quota[L] : 0;
+  }
+  if (sel[0] || sel[1] || sel[2]) {
+    for (int pass = 0; pass < 4; ++pass) {
+      const int shift = 24 - 8 * pass;
+      const uint32_t hi = pass == 0 ? 0u : (0xFFFFFFFFu << (shift + 8));
+      for (int i = s.tid; i < kWsLists * 256; i += s.nt) hist[i] = 0;
+      __syncthreads();
+      for (int64_t k = s.tid; k < n; k += s.nt)
+        for (int L = 0; L < kWsLists; ++L) {
+          if (!sel[L]) continue;
+          const uint32_t key = keys[L * n + k];
+          if (key != 0u && (key & hi) == (thr[L] & hi)) atomicAdd(&hist[L * 256 + ((key >> shift) & 255u)], 1);
+        }
+      __syncthreads();
+      for (int L = s.warp; L < kWsLists; L += s.nwarps) {
+        if (!sel[L]) continue;
+        const int want = need[L];
+        int s8 = 0;
+        for (int b = 0; b < 8; ++b) s8 += hist[L * 256 + 8 * s.lane + b];
+        int pre = s8, all = s8;
+        for (int o = 1; o < 32; o <<= 1) {
+          const int t = __shfl_xor_sync(0xffffffffu, all, o);
+          if (s.lane & o) pre += t;
+          all += t;
+        }
+        const int above = all - pre;  // keys in the bins of the higher lanes
+        if (above < want && want <= above + s8) {
+          int acc = above;
+          for (int b = 7; b >= 0; --b) {
+            const int h = hist[L * 256 + 8 * s.lane + b];
+            if (acc + h >= want) {
+              found[2 * L] = 8 * s.lane + b;
+              found[2 * L + 1] = want - acc;
+              break;
+            }
+            acc += h;
+          }
+        }
+      }
+      __syncthreads();
+      for (int L = 0; L < kWsLists; ++L) {
+        if (!sel[L]) continue;
+        thr[L] |= static_cast<uint32_t>(found[2 * L]) << shift;
+        need[L] = found[2 * L + 1];
+      }
+      __syncthreads();
+    }
+  }
+  // the working set, in index order: keys above thr, and the first `need` keys equal to thr
+  const int64_t chunk = (n + s.nt - 1) / s.nt;
+  const int64_t beg = s.tid * chunk < n ? s.tid * chunk : n;
+  const int64_t end = beg + chunk < n ? beg + chunk : n;
+  int eq[kWsLists] = {0, 0, 0};
+  for (int64_t k = beg; k < end; ++k)
+    for (int L = 0; L < kWsLists; ++L)
+      if (sel[L] && keys[L * n + k] == thr[L]) ++eq[L];
+  int etot[kWsLists];
+  ws_scan(eq, etot, wsum, s.lane, s.warp, s.nwarps);
+  int cnt_sel[kWsLists] = {0, 0, 0};
+  {
+    int r[kWsLists] = {eq[0], eq[1], eq[2]};
+    for (int64_t k = beg; k < end; ++k) {
+      bool take = false;
+      for (int L = 0; L < kWsLists; ++L) {
+        const uint32_t key = keys[L * n + k];
+        if (key > thr[L]) take = true;
+        else if (sel[L] && key == thr[L] && r[L]++ < need[L]) take = true;
+      }
+      cnt_sel[0] += take ? 1 : 0;
+    }
+  }
+  int nbt[kWsLists];
+  ws_scan(cnt_sel, nbt, wsum, s.lane, s.warp, s.nwarps);
+  {
+    int r[kWsLists] = {eq[0], eq[1], eq[2]};
+    int o = cnt_sel[0];
+    for (int64_t k = beg; k < end; ++k) {
+      bool take = false;
+      for (int L = 0; L < kWsLists; ++L) {
+        const uint32_t key = keys[L * n + k];
+        if (key > thr[L]) take = true;
+        else if (sel[L] && key == thr[L] && r[L]++ < need[L]) take = true;
+      }
+      if (take) wsidx[o++] = static_cast<int>(k);
+    }
+  }
+  const int nb = nbt[0];
+  __syncthreads();
+  // Q_BB, column j at qbb + j nb (the layout of a cached column), from the gathered working set
+  BlockSolver<T> v = s;
+  v.n = nb;
+  v.Xt = reinterpret_cast<double*>(base + W.xb);
+  v.sgn = reinterpret_cast<double*>(base + W.sb);
+  v.lse = reinterpret_cast<double*>(base + W.lb);
+  v.diag = reinterpret_cast<double*>(base + W.db);
+  v.idx = reinterpret_cast<int*>(base + W.ib);
+  const int64_t D = s.kind == kQPDense ? 0 : A.S.D;
+  for (int r = s.tid; r < nb; r += s.nt) {
+    const int k = wsidx[r];
+    for (int64_t d = 0; d < D; ++d) v.Xt[d * nb + r] = s.Xt[d * n + k];
+    v.sgn[r] = s.sgn[k];
+    v.lse[r] = s.kind == kQPCina ? s.lse[k] : 0.0;
+    v.diag[r] = s.diag[k];
+    v.idx[r] = s.idx[k];
+  }
+  __syncthreads();
+  for (int64_t e = s.tid; e < static_cast<int64_t>(nb) * nb; e += s.nt) {
+    const int r = static_cast<int>(e % nb), col = static_cast<int>(e / nb);
+    qbb[e] = static_cast<T>(v.qentry(r, col));
+  }
+  if (s.tid == 0) {
+    cn.nb = nb;
+    cn.ltol = dmax(tol, 0.1 * s.kkt);
+    A.ctl[g] = cn;
+    atomicAdd(A.active, 1);
+  }
+}
+
+// The sub-problem over the working set, in shared memory, by the block solver's own steps.
+template <typename T>
+CINA_KERNEL(kWsMaxSize) ws_solve_kernel(WsArgs<T> A) {
+  CINA_DYN_SMEM(smem_raw);
+  const int64_t g = blockIdx.x;
+  const WsCtl c = A.ctl[g];
+  if (c.status != 0) return;
+  BlockSolver<T> s;  // the whole problem (its arrays in the workspace)
+  const WsLayout W = ws_bind(s, A, g, smem_raw);
+  ws_load(s, c);
+  unsigned char* base = A.ws + g * A.pbytes;
+  const int* wsidx = reinterpret_cast<const int*>(base + W.wsidx);
+  double* wsdx = reinterpret_cast<double*>(base + W.wsdx);
+  const int nb = c.nb;
+  const int64_t qws = A.qws;
+  BlockSolver<T> loc = s;  // the sub-problem: same scalars, arrays in shared memory
+  // (smem_bytes is 4 mod 8: the double arrays start at the next 16-byte boundary; the +16 of
+  // ws_smem_solve pays for it)
+  unsigned char* sm = smem_raw + ((smem_bytes(s.nt) + 15) & ~static_cast<size_t>(15));
+  loc.x = reinterpret_cast<double*>(sm);
+  loc.G = loc.x + qws;
+  loc.lo = loc.G + qws;
+  loc.up = loc.lo + qws;
+  loc.invc = loc.up + qws;
+  loc.diag = loc.invc + qws;
+  loc.slot = reinterpret_cast<int*>(loc.diag + qws);
+  loc.fl = reinterpret_cast<unsigned char*>(loc.slot + qws);
+  loc.n = nb;
+  loc.cap = nb;
+  loc.dec = 0.0;
+  for (int k = s.tid; k < nb; k += s.nt) {
+    const int j = wsidx[k];
+    loc.x[k] = s.x[j];
+    loc.G[k] = s.G[j];
+    loc.lo[k] = s.lo[j];
+    loc.up[k] = s.up[j];
+    loc.invc[k] = s.invc[j];
+    loc.diag[k] = s.diag[j];
+    loc.fl[k] = s.fl[j];
+    loc.slot[k] = k;  // every column of Q_BB is "cached"
+  }
+  __syncthreads();
+  loc.template pass<0>(-1, 0.0, -1, 0.0);
+  const int64_t room = A.pb.max_iter[s.q] - c.it;
+  int64_t cap = static_cast<int64_t>(nb) * kWsLocalStepsPerUnit;
+  if (cap < 200) cap = 200;
+  if (cap > room) cap = room;
+  int64_t steps = 0;
+  bool any = false, failed = false;
+  while (steps < cap && !(loc.kkt < c.ltol)) {
+    const bool progress = loc.step();
+    ++steps;
+    if (!progress) {
+      failed = true;
+      break;
+    }
+    any = true;
+  }
+  __syncthreads();
+  for (int k = s.tid; k < nb; k += s.nt) {
+    const int j = wsidx[k];
+    wsdx[k] = loc.x[k] - s.x[j];
+    s.x[j] = loc.x[k];
+    s.fl[j] = loc.fl[k];
+  }
+  if (s.tid == 0) {
+    WsCtl cn = c;
+    cn.it += steps;
+    cn.since_window += steps;
+    cn.dec = c.dec + loc.dec;
+    cn.noprog = any ? 0 : c.noprog + 1;
+    cn.refresh = failed ? 1 : 0;  // a step without representable progress: G from scratch (as
+                                  // the block solver does after one)
+    A.ctl[g] = cn;
+  }
+}
+
 // ---- helper kernels: one thread per row ----------------------------------------------------------
 
 template <typename T>
@@ -956,6 +1490,77 @@ int qp_threads(int64_t N) {
 }
 }  // namespace
 
+// Which algorithm: CINA_QP_CUDA_ALGO = "block" (one block per problem) | "ws" (working-set
+// decomposition) | unset / "auto": "ws" from kWsMinUnits padded units.  Returns 0, 1 or -1 (bad).
+constexpr int64_t kWsMinUnits = 4096;
+static int qp_algo(int64_t N) {
+  if (const char* e = std::getenv("CINA_QP_CUDA_ALGO")) {
+    if (std::strcmp(e, "block") == 0) return 0;
+    if (std::strcmp(e, "ws") == 0) return 1;
+    if (std::strcmp(e, "auto") != 0 && e[0] != '\0') return -1;
+  }
+  return N >= kWsMinUnits ? 1 : 0;
+}
+// working-set size: CINA_QP_WS_SIZE (2 .. 512), default 256
+static int64_t qp_ws_size() {
+  if (const char* e = std::getenv("CINA_QP_WS_SIZE")) {
+    const long v = std::atol(e);
+    return (v >= 2 && v <= qp_cuda_detail::kWsMaxSize) ? v : -1;
+  }
+  return 256;
+}
+
+// The working-set solver (see ws_select_kernel): problems in groups that fit a quarter of the
+// free memory; per group a host loop of (select, solve, update) launches that reads the number of
+// active problems every few iterations.
+template <typename T>
+const char* qp_solve_cuda_ws(const QPSource<T>& source, const QPProblems<T>& problems,
+                             const QPOutputs<T>& out, void* stream, int nt, int64_t m2) {
+  using namespace qp_cuda_detail;
+  const int64_t P = problems.P, N = problems.N;
+  const int64_t qws = qp_ws_size();
+  if (qws < 0) return fail("cina qp_solve (CUDA): CINA_QP_WS_SIZE must be an integer in [2, 512]");
+  const bool feats = source.kind != kQPDense;
+  const WsLayout W = make_ws_layout(N, source.D, feats, m2, qws, static_cast<int64_t>(sizeof(T)));
+  const int64_t pbytes = W.total;
+  int64_t group = static_cast<int64_t>(0.25 * static_cast<double>(rt_free_memory()) / static_cast<double>(pbytes));
+  if (group > P) group = P;
+  if (group > 65535) group = 65535;  // (grid.y of the update kernel)
+  if (group < 1) group = 1;
+  const size_t total = static_cast<size_t>(group * pbytes) + static_cast<size_t>(group) * sizeof(WsCtl) + 256;
+  void* ws = nullptr;
+  if (const char* e = rt_malloc(&ws, total, stream, "QP working-set solver workspace")) return e;
+  unsigned char* wsb = static_cast<unsigned char*>(ws);
+  WsCtl* ctl = reinterpret_cast<WsCtl*>(wsb + group * pbytes);
+  int* active = reinterpret_cast<int*>(wsb + group * pbytes + group * static_cast<int64_t>(sizeof(WsCtl)));
+  const int nts = static_cast<int>((qws + 31) / 32 * 32);
+  const int ntu = nt < kWsUpdateThreads ? nt : kWsUpdateThreads;  // (small blocks for small problems)
+  const size_t sm_setup = smem_bytes(nt), sm_sel = ws_smem_select(nt), sm_solve = ws_smem_solve(nts, qws);
+  const char* err = nullptr;
+  for (int64_t p0 = 0; p0 < P && err == nullptr; p0 += group) {
+    const int64_t gP = P - p0 < group ? P - p0 : group;
+    WsArgs<T> args{source, problems, out, wsb, pbytes, m2, qws, p0, ctl, active};
+    const dim3 upd(static_cast<unsigned>((N + ntu - 1) / ntu), static_cast<unsigned>(gP));
+    CINA_LAUNCH(ws_setup_kernel<T>, dim3(static_cast<unsigned>(gP)), dim3(nt), sm_setup, stream, args);
+    CINA_LAUNCH(ws_update_kernel<T>, upd, dim3(ntu), 0, stream, args);
+    if ((err = rt_check_launch("cina qp_solve (CUDA): working-set set-up launch"))) break;
+    for (int64_t outer = 0;; ++outer) {
+      const bool check = outer < 4 || outer % 8 == 0;
+      if (check && (err = rt_memset(active, sizeof(int), stream))) break;
+      CINA_LAUNCH(ws_select_kernel<T>, dim3(static_cast<unsigned>(gP)), dim3(nt), sm_sel, stream, args);
+      CINA_LAUNCH(ws_solve_kernel<T>, dim3(static_cast<unsigned>(gP)), dim3(nts), sm_solve, stream, args);
+      CINA_LAUNCH(ws_update_kernel<T>, upd, dim3(ntu), 0, stream, args);
+      if (!check) continue;
+      if ((err = rt_check_launch("cina qp_solve (CUDA): working-set solver launch"))) break;
+      int left = 0;
+      if ((err = rt_read(&left, active, sizeof(int), stream))) break;
+      if (left == 0) break;
+    }
+  }
+  rt_free(ws, stream);
+  return err;
+}
+
 template <typename T>
 const char* qp_solve_cuda(const QPSource<T>& source, const QPProblems<T>& problems,
                           const QPOptions& opt, const QPOutputs<T>& out, void* stream) {
@@ -966,12 +1571,15 @@ const char* qp_solve_cuda(const QPSource<T>& source, const QPProblems<T>& proble
   if (N >= (int64_t(1) << 31) / 2) return fail("cina qp_solve (CUDA): N too large");
   const int nt = qp_threads(N);
   if (nt < 0) return fail("cina qp_solve (CUDA): CINA_QP_THREADS must be a multiple of 32 in [32, 1024]");
+  const int algo = qp_algo(N);
+  if (algo < 0) return fail("cina qp_solve (CUDA): CINA_QP_CUDA_ALGO must be block, ws or auto");
   const bool feats = source.kind != kQPDense;
   int64_t m2 = 0;
   if (problems.c != nullptr) {
     m2 = 2;
     while (m2 < 2 * N) m2 <<= 1;
   }
+  if (algo == 1) return qp_solve_cuda_ws(source, problems, out, stream, nt, m2);
   const size_t smem = smem_bytes(nt);
   const int64_t per_sm = rt_blocks_per_sm(qp_solve_kernel<T>, nt, smem);
   int64_t grid = static_cast<int64_t>(rt_sm_count()) * per_sm;

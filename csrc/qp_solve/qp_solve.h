@@ -116,11 +116,16 @@ void qp_check_dense_cpu(const T* A, const bool* mask, int64_t S, int64_t N, doub
 
 #ifdef CINA_WITH_CUDA
 // CUDA twin (csrc/qp_solve/cuda.cu): same contract with device pointers, launched on `stream` (a
-// cudaStream_t passed as void*), asynchronous.  One thread block per problem (a persistent grid
-// pulling problems from a counter); the algorithm, KKT measure, nu, iteration counting and stop
-// rules are the CPU solver's without shrinking (QPOptions::shrinking and inner_min_units are not
-// used); cache_bytes bounds the column cache of each resident block.  Returns nullptr, or a
-// message on a launch / allocation error.
+// cudaStream_t passed as void*).  Two algorithms (CINA_QP_CUDA_ALGO = block | ws | auto):
+// * "block" (the default below 4096 padded units): one thread block per problem (a persistent
+//   grid pulling problems from a counter), asynchronous; the algorithm, KKT measure, nu,
+//   iteration counting and stop rules are the CPU solver's without shrinking (QPOptions::shrinking
+//   and inner_min_units are not used); cache_bytes bounds the column cache of each resident block;
+// * "ws" (the default from 4096 units): working-set decomposition (select / solve / update
+//   kernels per round, see ws_select_kernel); same KKT measure, nu, objective and flags, other
+//   iterates; iterations count the sub-problem steps.  It waits on the stream every few rounds
+//   (to stop once every problem is done).
+// Returns nullptr, or a message on a launch / allocation error.
 template <typename T>
 const char* qp_solve_cuda(const QPSource<T>& source, const QPProblems<T>& problems,
                           const QPOptions& opt, const QPOutputs<T>& out, void* stream);

@@ -239,6 +239,10 @@ inline const char* rt_malloc(void** p, size_t bytes, void*, const char*) {
   return nullptr;
 }
 inline void rt_free(void* p, void*) { std::free(p); }
+inline const char* rt_read(void* dst, const void* src, size_t bytes, void*) {
+  std::memcpy(dst, src, bytes);
+  return nullptr;
+}
 inline const char* rt_memset(void* p, size_t bytes, void*) {
   std::memset(p, 0, bytes);
   return nullptr;
