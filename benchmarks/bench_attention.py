@@ -132,11 +132,16 @@ def build_fn(method, mode, K, V, W, b, lam=1e-3):
         raise RuntimeError(f"{method}: no value width accepted ({last_err})")
 
     if method.startswith("fused"):
-        variant = method[method.index("[") + 1:-1] if "[" in method else None
+        # fused[VARIANT] or fused[VARIANT/sN]: kernel variant and, optionally, the column splits
+        # forced to at most N (CINA_ATTENTION_SPLITS; "auto" otherwise)
+        spec = method[method.index("[") + 1:-1] if "[" in method else ""
+        variant, _, splits = spec.partition("/s")
+        variant = variant or None
 
         def fn():
             if variant is not None:
                 os.environ["CINA_ATTENTION_KERNEL"] = variant
+            os.environ["CINA_ATTENTION_SPLITS"] = splits or "auto"
             Kx, Vx, bx = (t.detach().requires_grad_(grad) for t in (K, V, b))
             if grad:
                 loss, out, _ = ops.attention_hinge(Kx, Vx, W, bx, lam, backend="fused")
@@ -266,11 +271,15 @@ def run(opts):
     rows = []
     last_time = {}  # (method, mode) -> (N, B, seconds): quadratic extrapolation for skips
     t_start = time.time()
+    # the split sweep (--splits): the tf32 kernel with the column splits forced, on one-dataset
+    # shapes up to 65536 units (where a grid of ceil(N / 64) row tiles leaves SMs under-occupied)
+    sweep = [f"fused[tf32/s{k}]" for k in opts.splits.split(",") if k] if device == "cuda" and fused else []
     for (B, N, D) in shapes:
         K, V, W, b = make_inputs(B, N, D, device)
+        shape_methods = methods + (sweep if B == 1 and N <= 65536 else [])
         for mode in ("fwd", "fwdbwd"):
             exps, flops = nominal_work(B, N, D, mode)
-            for method in methods:
+            for method in shape_methods:
                 row = {"B": B, "N": N, "D": D, "mode": mode, "method": method}
                 est_mem = (4.5 if mode == "fwdbwd" else 2.5) * B * N * N * 4
                 skip = None
@@ -411,6 +420,8 @@ def main(argv=None):
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     ap.add_argument("--variants", default="", help="CUDA kernel variants, comma separated (default: all)")
     ap.add_argument("--shapes", default="", help="override shapes, e.g. 1x4096x32,8x1024x16")
+    ap.add_argument("--splits", default="", help="CUDA: also time the tf32 kernel with the column splits "
+                    "forced to each of these (comma separated, e.g. 1,2,4,8), on B = 1 shapes up to N = 65536")
     ap.add_argument("--reps", type=int, default=0, help="timed repetitions (default 10, quick 3)")
     ap.add_argument("--max-seconds", type=float, default=None,
                     help="skip a case whose extrapolated time exceeds this (default 60, quick 20)")

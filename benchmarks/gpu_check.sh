@@ -135,7 +135,8 @@ bench() {
   # leave the script time to write its outputs before the step's own limit
   local total=$(( ${STEP_LIMIT:-170} - 25 ))
   (( total < 20 )) && total=20
-  "$PY" benchmarks/bench_attention.py --quick --device cuda --out "$OUT/bench" --total-seconds "$total"
+  "$PY" benchmarks/bench_attention.py --quick --device cuda --out "$OUT/bench" --total-seconds "$total" \
+    --splits 1,2,4,8
 }
 
 bench_solver() {

@@ -11,9 +11,13 @@ by ``cache_mb``) and uses coordinate descent without the equality constraint and
 second-order working-set selection (LIBSVM's WSS2) with it.  Conventions (KKT measure, multiplier
 ``nu``, iteration counting, feasible start, the "ate"/"att" arm problems) are the reference's.
 
-CUDA tensors run the CUDA twin (csrc/qp_solve/cuda.cu; builds with CUDA kernels): one thread block
-per dataset, gradient in double, kernel columns computed on the fly by the block and cached in
-device memory, the same algorithm without shrinking (``shrinking`` is ignored there).  Every tensor
+CUDA tensors run the CUDA twin (csrc/qp_solve/cuda.cu; builds with CUDA kernels), gradient in
+double, kernel entries computed on the fly.  Below 4096 (padded) units: one thread block per
+dataset, kernel columns cached in device memory, the same algorithm without shrinking
+(``shrinking`` is ignored there).  From 4096 units: a working-set decomposition (per round the 256
+worst KKT violators, their sub-problem solved in shared memory by the same steps, the gradient of
+all units updated by many blocks): same optimum, KKT measure, ``nu`` and flags, other iterates
+(``iterations`` counts the sub-problem steps).  ``CINA_QP_CUDA_ALGO=block|ws`` forces one.  Every tensor
 argument must be on the data's device (a clear error otherwise; per-dataset parameters given as
 floats or CPU tensors, such as ``lam``, ``gamma``, ``tol``, ``max_iter``, are moved).
 

@@ -558,6 +558,16 @@ CINA_DEV void mma_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 #endif
 }
+// the bits of a float that already is a TF32 value (an mma operand as is)
+CINA_DEV uint32_t f32_bits(float x) {
+#ifdef CINA_EMULATE
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  return u;
+#else
+  return __float_as_uint(x);
+#endif
+}
 template <int NSPLIT, int NV>
 CINA_DEV void split_tf32(const float (&x)[NV], uint32_t (&hi)[NV], uint32_t (&lo)[NV]) {
 #pragma unroll
@@ -592,9 +602,12 @@ CINA_DEV T quad_sum(T v) {
 
 constexpr int kTcThreads = 128;  // 4 warps x 16 rows
 
-template <int DP>
+// keys are staged already split into TF32 parts (hi, and lo for 3xTF32): the conversions happen
+// once per staged element instead of once per fragment load in every warp
+template <int DP, int NSPLIT>
 constexpr size_t tc_smem_bytes() {
-  return sizeof(float) * (size_t(kBM + kBN) * (DP + 4) + 3 * size_t(kBN)) + sizeof(int) * size_t(kBM + kBN);
+  return sizeof(float) * (size_t(kBM + kBN) * (DP + 4) * (NSPLIT == 3 ? 2 : 1) + 3 * size_t(kBN)) +
+         sizeof(int) * size_t(kBM + kBN);
 }
 
 template <int DP, int MODE, int NSPLIT>
@@ -607,9 +620,11 @@ CINA_KERNEL(kTcThreads) attn_pass_tc_kernel(const PassArgs<float> a) {
   static_assert(kBM == 4 * 16, "4 warps x 16 rows");
 
   CINA_DYN_SMEM(smem_raw);
-  float* Kr = reinterpret_cast<float*>(smem_raw);  // [kBM][LD]
+  float* Kr = reinterpret_cast<float*>(smem_raw);  // [kBM][LD]  tf32(k)
   float* Kc = Kr + kBM * LD;                       // [kBN][LD]
-  float* cbias = Kc + kBN * LD;                    // [kBN]
+  float* Krl = Kc + kBN * LD;                      // [kBM][LD]  tf32(k - tf32(k)) (3xTF32 only)
+  float* Kcl = Krl + (NSPLIT == 3 ? kBM * LD : 0); // [kBN][LD]
+  float* cbias = Kcl + (NSPLIT == 3 ? kBN * LD : 0);  // [kBN]
   float* ca = cbias + kBN;                         // [kBN]
   float* cb = ca + kBN;                            // [kBN]
   int* rval = reinterpret_cast<int*>(cb + kBN);    // [kBM]
@@ -659,7 +674,9 @@ CINA_KERNEL(kTcThreads) attn_pass_tc_kernel(const PassArgs<float> a) {
     const int r = idx / DP, d = idx % DP;
     float v = 0.f;
     if (d < D && rval[r]) v = a.K[(base + r0 + r) * D + d];
-    Kr[r * LD + d] = v;
+    const float hi = tf32_value(to_tf32(v));
+    Kr[r * LD + d] = hi;
+    if constexpr (NSPLIT == 3) Krl[r * LD + d] = tf32_value(to_tf32(v - hi));
   }
 
   float m[2] = {neg_inf<float>(), neg_inf<float>()};
@@ -704,7 +721,9 @@ CINA_KERNEL(kTcThreads) attn_pass_tc_kernel(const PassArgs<float> a) {
       const int c = idx / DP, d = idx % DP;
       float v = 0.f;
       if (d < D && cval[c]) v = a.K[(base + c0 + c) * D + d];
-      Kc[c * LD + d] = v;
+      const float hi = tf32_value(to_tf32(v));
+      Kc[c * LD + d] = hi;
+      if constexpr (NSPLIT == 3) Kcl[c * LD + d] = tf32_value(to_tf32(v - hi));
     }
     __syncthreads();
 
@@ -716,16 +735,25 @@ CINA_KERNEL(kTcThreads) attn_pass_tc_kernel(const PassArgs<float> a) {
       for (int e = 0; e < 4; ++e) s[nt][e] = 0.f;
 #pragma unroll
     for (int ks = 0; ks < KS; ++ks) {
-      const float* q0 = Kr + rA * LD + ks * 8 + t;
-      const float qa[4] = {q0[0], q0[8 * LD], q0[4], q0[8 * LD + 4]};
-      uint32_t ahi[4], alo[4];
-      split_tf32<NSPLIT>(qa, ahi, alo);
+      const int qo = rA * LD + ks * 8 + t;
+      uint32_t ahi[4] = {f32_bits(Kr[qo]), f32_bits(Kr[qo + 8 * LD]), f32_bits(Kr[qo + 4]),
+                         f32_bits(Kr[qo + 8 * LD + 4])};
+      uint32_t alo[4] = {0u, 0u, 0u, 0u};
+      if constexpr (NSPLIT == 3) {
+        alo[0] = f32_bits(Krl[qo]);
+        alo[1] = f32_bits(Krl[qo + 8 * LD]);
+        alo[2] = f32_bits(Krl[qo + 4]);
+        alo[3] = f32_bits(Krl[qo + 8 * LD + 4]);
+      }
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
-        const float* k0 = Kc + (nt * 8 + g) * LD + ks * 8 + t;
-        const float kb[2] = {k0[0], k0[4]};
-        uint32_t bhi[2], blo[2];
-        split_tf32<NSPLIT>(kb, bhi, blo);
+        const int ko = (nt * 8 + g) * LD + ks * 8 + t;
+        const uint32_t bhi[2] = {f32_bits(Kc[ko]), f32_bits(Kc[ko + 4])};
+        uint32_t blo[2] = {0u, 0u};
+        if constexpr (NSPLIT == 3) {
+          blo[0] = f32_bits(Kcl[ko]);
+          blo[1] = f32_bits(Kcl[ko + 4]);
+        }
         mma_split<NSPLIT>(s[nt], ahi, alo, bhi, blo);
       }
     }
@@ -805,10 +833,13 @@ CINA_KERNEL(kTcThreads) attn_pass_tc_kernel(const PassArgs<float> a) {
 #pragma unroll
         for (int n = 0; n < DN; ++n) {
           // B fragment: b0 = (slot t, feature g) = Kc[col 2t][8n+g]; b1 = (slot t+4) = Kc[col 2t+1][8n+g]
-          const float* k0 = Kc + c * LD + n * 8 + g;
-          const float kb[2] = {k0[0], k0[LD]};
-          uint32_t bhi[2], blo[2];
-          split_tf32<NSPLIT>(kb, bhi, blo);
+          const int ko = c * LD + n * 8 + g;
+          const uint32_t bhi[2] = {f32_bits(Kc[ko]), f32_bits(Kc[ko + LD])};
+          uint32_t blo[2] = {0u, 0u};
+          if constexpr (NSPLIT == 3) {
+            blo[0] = f32_bits(Kcl[ko]);
+            blo[1] = f32_bits(Kcl[ko + LD]);
+          }
           mma_split<NSPLIT>(acc1[n], pahi, palo, bhi, blo);
           mma_split<NSPLIT>(acc2[n], pbhi, pblo, bhi, blo);
         }
@@ -1119,7 +1150,7 @@ inline const char* choose_splits(int64_t row_blocks, int64_t col_tiles, int* nsp
 template <int DP, int MODE, int NSPLIT>
 const char* launch_pass_tc(const PassArgs<float>& args, int64_t B, void* stream) {
   auto kern = &attn_pass_tc_kernel<DP, MODE, NSPLIT>;
-  constexpr size_t smem = tc_smem_bytes<DP>();
+  constexpr size_t smem = tc_smem_bytes<DP, NSPLIT>();
   if (smem > 48 * 1024) {
     if (const char* e = rt_set_max_dyn_smem(kern, smem)) return e;
   }
