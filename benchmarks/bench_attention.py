@@ -4,7 +4,7 @@ Compares, per shape B x N x D (float32, all units valid):
 
 * ``reference``  — cina_ext.reference.attention_hinge (materialises the N x N scores; autograd);
 * ``fused[...]`` — cina_ext.ops.attention_hinge(backend="fused"); on CUDA one row per kernel
-  variant (CINA_ATTENTION_KERNEL = simt | tf32x3 | tf32), on the CPU the compiled CPU operator;
+  variant (CINA_ATTENTION_KERNEL = simt | tf32x3 | tf32 | tf32x3p | tf32p), on the CPU the compiled CPU operator;
 * ``sdpa-eff-fp32`` / ``sdpa-flash-bf16`` (CUDA only) — torch's scaled_dot_product_attention
   of the same tied-key attention alone (no hinge), memory-efficient backend in fp32 and flash
   backend in bf16; SDPA needs a value matrix, so the scalar value is zero-padded to the width the
@@ -71,7 +71,7 @@ GPU_SHAPES_QUICK = [(1, 4096, 32), (64, 1024, 32), (1, 32768, 16), (4096, 256, 1
                     (1, 1_000_000, 16)]
 CPU_SHAPES_FULL = [(1, 1024, 16), (1, 4096, 16), (8, 1024, 32), (64, 256, 16)]
 CPU_SHAPES_QUICK = [(1, 1024, 16), (8, 1024, 32), (64, 256, 16)]
-VARIANTS = ("simt", "tf32x3", "tf32")
+VARIANTS = ("simt", "tf32x3", "tf32", "tf32x3p", "tf32p")
 
 
 # ---------------------------------------------------------------------------------------------

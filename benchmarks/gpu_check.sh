@@ -15,7 +15,7 @@
 #   racecheck  compute-sanitizer racecheck benchmarks/sanitizer_cases.py --quick
 #   synccheck  compute-sanitizer synccheck benchmarks/sanitizer_cases.py --quick
 #   profile    ncu (speed of light, occupancy, warp stalls) on benchmarks/profile_cases.py:
-#              attention fwd+bwd 1 x 32768 x 16 (tf32, tf32x3), solver N = 20000 (working set)
+#              attention fwd+bwd 1 x 32768 x 16 (tf32x3, tf32, tf32p), solver N = 20000 (working set)
 #   suite      the rest of the test suite, minus slow tests (only if time is left)
 # then OUTDIR/report.md.  The whole run stays inside GPU_CHECK_SECONDS (default 450 s): a step
 # gets at most what is left, and steps are skipped once the budget is spent.
@@ -31,7 +31,7 @@ OUT=$(cd "$OUT" && pwd)
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 PY=${PYTHON:-python3}
-BUDGET=${GPU_CHECK_SECONDS:-450}
+BUDGET=${GPU_CHECK_SECONDS:-540}
 STEPS=${GPU_CHECK_STEPS:-env,build,import,tests,memcheck,bench,bench_solver,racecheck,synccheck,profile,suite}
 START=$(date +%s)
 export OUT ROOT PY
@@ -148,11 +148,11 @@ bench_solver() {
 
 profile() {
   # Nsight Compute on one call of each hot kernel (benchmarks/profile_cases.py): the attention
-  # kernels (tf32 and tf32x3) and a few rounds of the working-set solver's kernels
+  # kernels (tf32x3, tf32, tf32p) and a few rounds of the working-set solver's kernels
   local NCU
   NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
   local SECT="--section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats --section SchedulerStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis"
-  for v in tf32 tf32x3; do
+  for v in tf32x3 tf32 tf32p; do
     echo "=== attention $v"
     "$NCU" --profile-from-start off $SECT -k regex:attention -c 4 "$PY" benchmarks/profile_cases.py attention --variant $v
   done

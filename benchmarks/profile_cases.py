@@ -5,7 +5,7 @@ kernels run as fast as they do (speed of light, occupancy, warp stalls), the inp
 round of kernel work:
 
 * ``attention``: cina_ext.ops.attention_hinge forward + backward at 1 x 32768 x 16, float32, with
-  each CUDA kernel variant (CINA_ATTENTION_KERNEL = tf32x3 | tf32 | simt);
+  a CUDA kernel variant (CINA_ATTENTION_KERNEL, --variant);
 * ``solver``: cina_ext.solver.dual_solve, overlap problem, RBF, one dataset of 20000 units (the
   working-set algorithm: its select / solve / update kernels, a few rounds of them).
 

@@ -76,7 +76,7 @@ def main() -> int:
     if opts.quick:
         shapes = [(3, 70, 5), (2, 65, 128)]
     names = ("loss", "out", "lse", "A", "Bk", "dK", "dV", "db", "loss(plain)", "out(plain)", "lse(plain)")
-    runs = [(torch.float64, "simt")] + [(torch.float32, v) for v in ("simt", "tf32x3", "tf32")]
+    runs = [(torch.float64, "simt")] + [(torch.float32, v) for v in ("simt", "tf32x3", "tf32", "tf32x3p", "tf32p")]
     # splits 1: the unsplit column pass; 3: split pass + combine kernel
     plan = [(dt, v, sp, i, shape) for dt, v in runs for sp in ("1", "3") for i, shape in enumerate(shapes)]
     for dtype, variant, splits, i, (B, N, D) in plan:

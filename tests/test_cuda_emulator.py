@@ -310,3 +310,25 @@ def test_emulated_bad_splits_refused(monkeypatch):
     K, V, W, b, lam, mask = make_case(1, 3, 2, torch.float32, seed=1, garbage_padding=False)
     with pytest.raises(RuntimeError, match="CINA_ATTENTION_SPLITS"):
         emu_forward(K, V, W, b, lam, mask, 0.1, 0, False)
+
+
+@pytest.mark.parametrize("plain,prefetch", [("tf32", "tf32p"), ("tf32x3", "tf32x3p")])
+@pytest.mark.parametrize("splits", ["1", "3"])
+def test_emulated_prefetch_variants_are_bit_identical(monkeypatch, plain, prefetch, splits):
+    """The prefetch variants load the next streamed tile into registers while the current one is
+    computed: the same values reach shared memory, so every output is the same bits as without
+    prefetch.  Garbage padding, a column tile with no valid unit (skipped after its prefetch),
+    a dataset whose last tile is partial, D = 16 and 11 (prefetch) and 20 (falls back)."""
+    monkeypatch.setenv("CINA_ATTENTION_SPLITS", splits)
+    for (B, N, D) in [(2, 330, 16), (1, 150, 11), (1, 70, 20)]:
+        K, V, W, b, lam, mask = make_case(B, N, D, torch.float32, seed=N + D, pad_frac=0.1)
+        if N >= 256:
+            mask[0, 64:128] = False
+            mask[1, 250:] = False
+        monkeypatch.setenv("CINA_ATTENTION_KERNEL", plain)
+        a, ref, aux_a = run_emulated((K, V, W, b, lam, mask))
+        monkeypatch.setenv("CINA_ATTENTION_KERNEL", prefetch)
+        p, _, aux_p = run_emulated((K, V, W, b, lam, mask))
+        for name, x, y in zip(NAMES + ("A", "Bk"), a + list(aux_a), p + list(aux_p)):
+            assert torch.equal(x, y), (name, B, N, D)
+        check_close(p, ref, mask, 3e-5 if plain == "tf32x3" else 1e-2)

@@ -348,3 +348,23 @@ def test_unknown_variant_refused(monkeypatch):
     monkeypatch.setenv("CINA_ATTENTION_SPLITS", "many")
     with pytest.raises(RuntimeError, match="CINA_ATTENTION_SPLITS"):
         ops.attention_hinge(K, V, W, b, lam, mask, backend="fused")
+
+
+@pytest.mark.parametrize("plain,prefetch", [("tf32", "tf32p"), ("tf32x3", "tf32x3p")])
+@pytest.mark.parametrize("splits", ["1", "auto"])
+def test_prefetch_variants_bit_identical(monkeypatch, plain, prefetch, splits):
+    """The prefetch variants stage the same values, one tile earlier: the same bits everywhere
+    (forward, auxiliaries, gradients), with masks, partial and skipped tiles, column splits."""
+    monkeypatch.setenv("CINA_ATTENTION_SPLITS", splits)
+    for (B, N, D) in [(1, 5000, 16), (3, 700, 12), (2, 300, 48)]:
+        K, V, W, b, lam, mask = make_case(B, N, D, torch.float32, requires_grad=False, seed=N + D)
+        mask[0, 64:192] = False
+        outs = []
+        for v in (plain, prefetch):
+            monkeypatch.setenv("CINA_ATTENTION_KERNEL", v)
+            Kg, Vg, bg = (t.clone().requires_grad_(True) for t in (K, V, b))
+            loss, out, lse = ops.attention_hinge(Kg, Vg, W, bg, lam, mask, backend="fused")
+            (loss.sum() + (out * 0.5).sum() + (lse * 0.25).sum()).backward()
+            outs.append((loss, out, lse, Kg.grad, Vg.grad, bg.grad))
+        for name, x, y in zip(NAMES, *outs):
+            assert torch.equal(x, y), (name, B, N, D)

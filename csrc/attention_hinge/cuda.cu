@@ -37,8 +37,10 @@
 //   out = lse = 0, A = Bk = 0, dK = dV = 0.
 // * Loss and db: one block per dataset, fixed-order tree reductions in double.
 // * Any N (grid of B * ceil(N / 64) * splits blocks), 1 <= D <= 128 (D > 128 is refused).
-// * Variant choice: CINA_ATTENTION_KERNEL = auto (default: tf32x3) | simt | tf32x3 | tf32, read
-//   at every call; float64, and tf32x3 with D > 64, run the SIMT kernels.
+// * Variant choice: CINA_ATTENTION_KERNEL = auto (default: tf32x3) | simt | tf32x3 | tf32 |
+//   tf32x3p | tf32p, read at every call; float64, and tf32x3 with D > 64, run the SIMT kernels.
+//   The "p" variants prefetch the next streamed tile into registers during the current one
+//   (D <= 16; same bits as without), to be timed against the plain ones on the GPU.
 // * Every launch is checked (cudaGetLastError); errors come back as strings, never crashes.
 //
 // The file is pure CUDA (no torch headers).  It is also compiled on the host, with
@@ -610,8 +612,14 @@ constexpr size_t tc_smem_bytes() {
          sizeof(int) * size_t(kBM + kBN);
 }
 
-template <int DP, int MODE, int NSPLIT>
-CINA_KERNEL(kTcThreads) attn_pass_tc_kernel(const PassArgs<float> a) {
+// PF (prefetch): the next streamed tile (its column scalars and keys) is loaded into registers
+// while the current one is computed, so a block does not wait on global memory at every tile
+// (instantiated for DP = 16: variants tf32p, tf32x3p; wider keys run the plain kernels).  Left
+// alone, the compiler gives these kernels 126-164 registers (ptxas, sm_90a); they are capped at
+// 128 (4 resident blocks per SM, the occupancy of the plain forward kernels; spills of 0-68
+// bytes per thread).
+template <int DP, int MODE, int NSPLIT, bool PF = false>
+CINA_KERNEL_MIN_BLOCKS(kTcThreads, PF ? 4 : 1) attn_pass_tc_kernel(const PassArgs<float> a) {
   constexpr int LD = DP + 4;  // row stride: conflict-free fragment loads (see the bank notes)
   constexpr bool kAcc = MODE != kFwdPlain;
   constexpr int KS = DP / 8;   // k steps of the score product
@@ -693,39 +701,84 @@ CINA_KERNEL(kTcThreads) attn_pass_tc_kernel(const PassArgs<float> a) {
   const int64_t c_begin = split * a.tiles_per_split * kBN;
   const int64_t c_stop = c_begin + a.tiles_per_split * kBN;
   const int64_t c_end = c_stop < N ? c_stop : N;
+  // the column scalars of unit `col` (bias, value(s), validity)
+  auto column = [&](int64_t col, float& bias, float& va, float& vb, int& cv) {
+    bias = neg_inf<float>();
+    va = 0.f;
+    vb = 0.f;
+    cv = 0;
+    if (col < c_end && a.mask[base + col]) {
+      cv = 1;
+      if constexpr (MODE == kBwd) {
+        const UnitBwd<float> u = a.unit[base + col];
+        bias = u.bias;
+        va = u.g;
+        vb = u.dl;
+      } else {
+        bias = 0.f;
+        va = a.V[base + col];
+      }
+    }
+  };
+  // store a key element of the streamed tile, split into its TF32 parts
+  auto put_key = [&](int c, int d, float v) {
+    const float hi = tf32_value(to_tf32(v));
+    Kc[c * LD + d] = hi;
+    if constexpr (NSPLIT == 3) Kcl[c * LD + d] = tf32_value(to_tf32(v - hi));
+  };
+  constexpr int PFN = PF ? kBN * DP / kTcThreads : 1;  // key elements per thread
+  float pf_k[PFN];
+  float pf_bias = 0.f, pf_va = 0.f, pf_vb = 0.f;
+  int pf_cv = 0;
+  // registers <- tile c0 (keys of masked / padded columns and features d >= D as 0)
+  auto prefetch = [&](int64_t c0) {
+    if (c0 >= c_end) return;
+    if (tid < kBN) column(c0 + tid, pf_bias, pf_va, pf_vb, pf_cv);
+#pragma unroll
+    for (int i = 0; i < PFN; ++i) {
+      const int idx = tid + i * kTcThreads, c = idx / DP, d = idx % DP;
+      const int64_t col = c0 + c;
+      pf_k[i] = (d < D && col < c_end && a.mask[base + col]) ? a.K[(base + col) * D + d] : 0.f;
+    }
+  };
+  if constexpr (PF) prefetch(c_begin);
   for (int64_t c0 = c_begin; c0 < c_end; c0 += kBN) {
     __syncthreads();
     int cv = 0;
-    if (tid < kBN) {
-      const int64_t col = c0 + tid;
-      float bias = neg_inf<float>(), va = 0.f, vb = 0.f;
-      if (col < c_end && a.mask[base + col]) {
-        cv = 1;
-        if constexpr (MODE == kBwd) {
-          const UnitBwd<float> u = a.unit[base + col];
-          bias = u.bias;
-          va = u.g;
-          vb = u.dl;
-        } else {
-          bias = 0.f;
-          va = a.V[base + col];
-        }
+    if constexpr (PF) {
+      if (tid < kBN) {
+        cbias[tid] = pf_bias;
+        ca[tid] = pf_va;
+        cb[tid] = pf_vb;
+        cval[tid] = pf_cv;
+        cv = pf_cv;
       }
-      cbias[tid] = bias;
-      ca[tid] = va;
-      cb[tid] = vb;
-      cval[tid] = cv;
+#pragma unroll
+      for (int i = 0; i < PFN; ++i) {
+        const int idx = tid + i * kTcThreads;
+        put_key(idx / DP, idx % DP, pf_k[i]);
+      }
+      const int any = __syncthreads_or(cv);  // (also publishes the tile)
+      prefetch(c0 + kBN);                    // in flight while this tile is computed
+      if (!any) continue;
+    } else {
+      if (tid < kBN) {
+        float bias, va, vb;
+        column(c0 + tid, bias, va, vb, cv);
+        cbias[tid] = bias;
+        ca[tid] = va;
+        cb[tid] = vb;
+        cval[tid] = cv;
+      }
+      if (!__syncthreads_or(cv)) continue;
+      for (int idx = tid; idx < kBN * DP; idx += kTcThreads) {
+        const int c = idx / DP, d = idx % DP;
+        float v = 0.f;
+        if (d < D && cval[c]) v = a.K[(base + c0 + c) * D + d];
+        put_key(c, d, v);
+      }
+      __syncthreads();
     }
-    if (!__syncthreads_or(cv)) continue;
-    for (int idx = tid; idx < kBN * DP; idx += kTcThreads) {
-      const int c = idx / DP, d = idx % DP;
-      float v = 0.f;
-      if (d < D && cval[c]) v = a.K[(base + c0 + c) * D + d];
-      const float hi = tf32_value(to_tf32(v));
-      Kc[c * LD + d] = hi;
-      if constexpr (NSPLIT == 3) Kcl[c * LD + d] = tf32_value(to_tf32(v - hi));
-    }
-    __syncthreads();
 
     // S = Q Kc^T: s[nt] holds (rA, 8nt+2t), (rA, 8nt+2t+1), (rA+8, 8nt+2t), (rA+8, 8nt+2t+1)
     float s[NT][4];
@@ -1094,7 +1147,7 @@ const char* launch_pass(const PassArgs<T>& args, int64_t B, void* stream) {
 //   simt: the SIMT kernels;
 //   tf32x3: tensor cores, 3xTF32 split (about fp32 accuracy);  tf32: tensor cores, plain TF32.
 // The tensor-core variants apply to float32; float64 always runs the SIMT kernels.
-enum Variant : int { kSimt = 0, kTf32 = 1, kTf32x3 = 3 };
+enum Variant : int { kSimt = 0, kTf32 = 1, kTf32x3 = 3, kTf32p = 11, kTf32x3p = 13 };
 constexpr int kDefaultVariant = kTf32x3;
 
 inline const char* read_variant(int* variant) {
@@ -1107,9 +1160,13 @@ inline const char* read_variant(int* variant) {
     *variant = kTf32x3;
   } else if (std::strcmp(s, "tf32") == 0) {
     *variant = kTf32;
+  } else if (std::strcmp(s, "tf32x3p") == 0) {
+    *variant = kTf32x3p;
+  } else if (std::strcmp(s, "tf32p") == 0) {
+    *variant = kTf32p;
   } else {
     return fail(std::string("cina attention_hinge (CUDA): CINA_ATTENTION_KERNEL must be one of auto, simt, "
-                            "tf32x3, tf32; got '") + s + "'");
+                            "tf32x3, tf32, tf32x3p, tf32p; got '") + s + "'");
   }
   return nullptr;
 }
@@ -1147,9 +1204,9 @@ inline const char* choose_splits(int64_t row_blocks, int64_t col_tiles, int* nsp
   return nullptr;
 }
 
-template <int DP, int MODE, int NSPLIT>
+template <int DP, int MODE, int NSPLIT, bool PF>
 const char* launch_pass_tc(const PassArgs<float>& args, int64_t B, void* stream) {
-  auto kern = &attn_pass_tc_kernel<DP, MODE, NSPLIT>;
+  auto kern = &attn_pass_tc_kernel<DP, MODE, NSPLIT, PF>;
   constexpr size_t smem = tc_smem_bytes<DP, NSPLIT>();
   if (smem > 48 * 1024) {
     if (const char* e = rt_set_max_dyn_smem(kern, smem)) return e;
@@ -1160,12 +1217,13 @@ const char* launch_pass_tc(const PassArgs<float>& args, int64_t B, void* stream)
   return rt_check_launch("cina attention_hinge (CUDA): tensor-core pass kernel launch");
 }
 
-template <int MODE, int NSPLIT>
+template <int MODE, int NSPLIT, bool PF>
 const char* dispatch_pass_tc(const PassArgs<float>& args, int64_t B, void* stream) {
-  if (args.D <= 16) return launch_pass_tc<16, MODE, NSPLIT>(args, B, stream);
-  if (args.D <= 32) return launch_pass_tc<32, MODE, NSPLIT>(args, B, stream);
-  if (args.D <= 64) return launch_pass_tc<64, MODE, NSPLIT>(args, B, stream);
-  return launch_pass_tc<128, MODE, NSPLIT>(args, B, stream);
+  if (args.D <= 16) return launch_pass_tc<16, MODE, NSPLIT, PF>(args, B, stream);
+  // (prefetch only up to D = 16: at D = 32 the capped kernels spill 100-500 bytes per thread)
+  if (args.D <= 32) return launch_pass_tc<32, MODE, NSPLIT, false>(args, B, stream);
+  if (args.D <= 64) return launch_pass_tc<64, MODE, NSPLIT, false>(args, B, stream);
+  return launch_pass_tc<128, MODE, NSPLIT, false>(args, B, stream);
 }
 
 template <typename T, int MODE>
@@ -1173,8 +1231,10 @@ const char* dispatch_pass(const PassArgs<T>& args, int64_t B, int variant, void*
   if constexpr (std::is_same_v<T, float>) {
     // 3xTF32 meets the fp32 parity rule up to D = 64; at D = 128 it measured 10x the fp32
     // reference's error on an H200 (tests/test_ops_cuda.py), so wider keys run the SIMT kernel.
-    if (variant == kTf32x3 && args.D <= 64) return dispatch_pass_tc<MODE, 3>(args, B, stream);
-    if (variant == kTf32) return dispatch_pass_tc<MODE, 1>(args, B, stream);
+    if (variant == kTf32x3 && args.D <= 64) return dispatch_pass_tc<MODE, 3, false>(args, B, stream);
+    if (variant == kTf32x3p && args.D <= 64) return dispatch_pass_tc<MODE, 3, true>(args, B, stream);
+    if (variant == kTf32) return dispatch_pass_tc<MODE, 1, false>(args, B, stream);
+    if (variant == kTf32p) return dispatch_pass_tc<MODE, 1, true>(args, B, stream);
   }
   if (args.D <= 16) return launch_pass<T, 16, MODE>(args, B, stream);
   if (args.D <= 32) return launch_pass<T, 32, MODE>(args, B, stream);

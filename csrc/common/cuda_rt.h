@@ -4,7 +4,7 @@
 // query the device and check launches.  Errors come back as strings, never crashes.
 //
 // Under CINA_EMULATE (the CPU emulator, tests/cuda_emulator/emulator.h) the emulator defines
-// CINA_DEV, CINA_KERNEL, CINA_DYN_SMEM, CINA_LAUNCH and the cina::cuda_rt::rt_* functions before
+// CINA_DEV, CINA_KERNEL, CINA_KERNEL_MIN_BLOCKS, CINA_DYN_SMEM, CINA_LAUNCH and the cina::cuda_rt::rt_* functions before
 // this header is included; only fail() comes from here.
 #pragma once
 
@@ -15,6 +15,8 @@
 #include <cuda_runtime.h>
 #define CINA_DEV __device__ __forceinline__
 #define CINA_KERNEL(threads) __global__ void __launch_bounds__(threads)
+// with a minimum of resident blocks per SM (caps the registers per thread)
+#define CINA_KERNEL_MIN_BLOCKS(threads, blocks) __global__ void __launch_bounds__(threads, blocks)
 #define CINA_DYN_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
 #define CINA_LAUNCH(kern, grid, block, smem, stream, ...) \
   kern<<<(grid), (block), (smem), static_cast<cudaStream_t>(stream)>>>(__VA_ARGS__)

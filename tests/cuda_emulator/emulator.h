@@ -165,6 +165,7 @@ inline void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32
 
 #define CINA_DEV inline
 #define CINA_KERNEL(threads) void
+#define CINA_KERNEL_MIN_BLOCKS(threads, blocks) void
 #define CINA_DYN_SMEM(name) unsigned char* name = emu::blk->smem
 #define CINA_EMU_MMA_TF32(d, a, b, c) emu::mma_m16n8k8_tf32(d, a, b, c)
 
