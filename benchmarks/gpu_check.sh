@@ -17,7 +17,7 @@
 #   profile    ncu (speed of light, occupancy, warp stalls) on benchmarks/profile_cases.py:
 #              attention fwd+bwd 1 x 32768 x 16 (tf32x3, tf32, tf32p), solver N = 20000 (working set)
 #   suite      the rest of the test suite, minus slow tests (only if time is left)
-# then OUTDIR/report.md.  The whole run stays inside GPU_CHECK_SECONDS (default 450 s): a step
+# then OUTDIR/report.md.  The whole run stays inside GPU_CHECK_SECONDS (default 540 s): a step
 # gets at most what is left, and steps are skipped once the budget is spent.
 # GPU_CHECK_STEPS=build,tests,... runs only the steps named (e.g. a rerun on a warm machine);
 # PYTHON overrides the interpreter (default python3).
