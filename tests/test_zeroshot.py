@@ -325,6 +325,10 @@ def _ddp_worker(rank, world, port, cfg, out):
         model, hist = train_zero_shot(cfg)
         if rank == 0:
             torch.save({"state": model.state_dict(), "loss": hist["loss"]}, out)
+        # both ranks leave together: a rank that tears gloo down while its peer is still busy
+        # (here rank 0 saving) can abort the peer ("terminate called without an active
+        # exception", seen once in CI)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
