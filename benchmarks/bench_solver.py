@@ -11,7 +11,8 @@ probability sigmoid(x_0 - x_1 / 2), RBF kernel with the reference's default gamm
                         comparison with sklearn);
 * ``cuda[block]``, ``cuda[ws]`` — the same on the GPU when a CUDA build of the solver exists
                         (skipped cleanly otherwise), with each algorithm forced: one block per
-                        problem, or the working-set decomposition (the default from 4096 units);
+                        problem, or the working-set decomposition (the default from 4096 units;
+                        ``cuda[ws/256]``: a working set of 256 units instead of 512);
                         the reference on the GPU.
 
 Cases: one dataset of N in {1e3, 1e4, 2e4, 1e5} units, and batches of {64, 1024} datasets x 1000
@@ -249,10 +250,12 @@ def main(argv=None):
                 Xc, Wc = X.cuda(), W.cuda()
                 # each algorithm forced (CINA_QP_CUDA_ALGO), side by side; the default ("auto") is
                 # the working-set decomposition from 4096 units, one block per problem below
-                for algo in ("block", "ws"):
-                    plan.append((f"cuda[{algo}]", lambda algo=algo: with_env(
-                        "CINA_QP_CUDA_ALGO", algo,
-                        lambda: run_solver(solver.dual_solve, Xc, Wc, lam, args.tol, problem, backend="fused"))))
+                # (and the working set at 256 units instead of the default 512)
+                for name, algo, size in (("block", "block", "512"), ("ws", "ws", "512"), ("ws/256", "ws", "256")):
+                    plan.append((f"cuda[{name}]", lambda algo=algo, size=size: with_env(
+                        "CINA_QP_CUDA_ALGO", algo, lambda: with_env(
+                            "CINA_QP_WS_SIZE", size,
+                            lambda: run_solver(solver.dual_solve, Xc, Wc, lam, args.tol, problem, backend="fused")))))
             if torch.cuda.is_available() and "cuda" in methods and 4 * B * N * N * 8 < 0.25 * torch.cuda.get_device_properties(0).total_memory \
                     and N <= args.max_n_reference:
                 Xc, Wc = X.cuda(), W.cuda()
