@@ -570,6 +570,13 @@ CINA_DEV uint32_t f32_bits(float x) {
   return __float_as_uint(x);
 #endif
 }
+// a staged key element: hi = tf32(v) at hi[o], and lo = tf32(v - hi) at lo[o] for 3xTF32
+template <int NSPLIT>
+CINA_DEV void stage_tf32(float* hi, float* lo, int o, float v) {
+  const float h = tf32_value(to_tf32(v));
+  hi[o] = h;
+  if constexpr (NSPLIT == 3) lo[o] = tf32_value(to_tf32(v - h));
+}
 template <int NSPLIT, int NV>
 CINA_DEV void split_tf32(const float (&x)[NV], uint32_t (&hi)[NV], uint32_t (&lo)[NV]) {
 #pragma unroll
@@ -682,9 +689,7 @@ CINA_KERNEL_MIN_BLOCKS(kTcThreads, PF ? 4 : 1) attn_pass_tc_kernel(const PassArg
     const int r = idx / DP, d = idx % DP;
     float v = 0.f;
     if (d < D && rval[r]) v = a.K[(base + r0 + r) * D + d];
-    const float hi = tf32_value(to_tf32(v));
-    Kr[r * LD + d] = hi;
-    if constexpr (NSPLIT == 3) Krl[r * LD + d] = tf32_value(to_tf32(v - hi));
+    stage_tf32<NSPLIT>(Kr, Krl, r * LD + d, v);
   }
 
   float m[2] = {neg_inf<float>(), neg_inf<float>()};
@@ -720,12 +725,6 @@ CINA_KERNEL_MIN_BLOCKS(kTcThreads, PF ? 4 : 1) attn_pass_tc_kernel(const PassArg
       }
     }
   };
-  // store a key element of the streamed tile, split into its TF32 parts
-  auto put_key = [&](int c, int d, float v) {
-    const float hi = tf32_value(to_tf32(v));
-    Kc[c * LD + d] = hi;
-    if constexpr (NSPLIT == 3) Kcl[c * LD + d] = tf32_value(to_tf32(v - hi));
-  };
   constexpr int PFN = PF ? kBN * DP / kTcThreads : 1;  // key elements per thread
   float pf_k[PFN];
   float pf_bias = 0.f, pf_va = 0.f, pf_vb = 0.f;
@@ -756,7 +755,7 @@ CINA_KERNEL_MIN_BLOCKS(kTcThreads, PF ? 4 : 1) attn_pass_tc_kernel(const PassArg
 #pragma unroll
       for (int i = 0; i < PFN; ++i) {
         const int idx = tid + i * kTcThreads;
-        put_key(idx / DP, idx % DP, pf_k[i]);
+        stage_tf32<NSPLIT>(Kc, Kcl, (idx / DP) * LD + idx % DP, pf_k[i]);
       }
       const int any = __syncthreads_or(cv);  // (also publishes the tile)
       prefetch(c0 + kBN);                    // in flight while this tile is computed
@@ -775,7 +774,7 @@ CINA_KERNEL_MIN_BLOCKS(kTcThreads, PF ? 4 : 1) attn_pass_tc_kernel(const PassArg
         const int c = idx / DP, d = idx % DP;
         float v = 0.f;
         if (d < D && cval[c]) v = a.K[(base + c0 + c) * D + d];
-        put_key(c, d, v);
+        stage_tf32<NSPLIT>(Kc, Kcl, c * LD + d, v);
       }
       __syncthreads();
     }

@@ -194,6 +194,41 @@ struct BlockSolver {
   double dec;  // objective decrease of the steps since the last window check (same in all threads)
   int i_, k_;
 
+  // ---- binding (the solver kernel and the working-set kernels) -------------------------------
+  // thread indices and, when `smem` is given, the shared scratch: Red[32], Ctl, scan (nt + 1)
+  CINA_DEV void bind_block(unsigned char* smem) {
+    nt = blockDim.x;
+    tid = threadIdx.x;
+    lane = tid % 32;
+    warp = tid / 32;
+    nwarps = (nt + 31) / 32;
+    if (smem != nullptr) {
+      red = reinterpret_cast<Red*>(smem);
+      ctl = reinterpret_cast<Ctl*>(smem + 32 * sizeof(Red));
+      scan = reinterpret_cast<int*>(smem + 32 * sizeof(Red) + sizeof(Ctl));
+    }
+  }
+  // the arrays of one workspace region laid out by L (cache: the column cache)
+  CINA_DEV void bind_workspace(unsigned char* base, const Layout& L) {
+    x = reinterpret_cast<double*>(base + L.x);
+    G = reinterpret_cast<double*>(base + L.G);
+    p = reinterpret_cast<double*>(base + L.p);
+    lo = reinterpret_cast<double*>(base + L.lo);
+    up = reinterpret_cast<double*>(base + L.up);
+    c = reinterpret_cast<double*>(base + L.c);
+    invc = reinterpret_cast<double*>(base + L.invc);
+    diag = reinterpret_cast<double*>(base + L.diag);
+    sgn = reinterpret_cast<double*>(base + L.sgn);
+    lse = reinterpret_cast<double*>(base + L.lse);
+    Xt = reinterpret_cast<double*>(base + L.Xt);
+    bp = reinterpret_cast<double*>(base + L.bp);
+    idx = reinterpret_cast<int*>(base + L.idx);
+    slot = reinterpret_cast<int*>(base + L.slot);
+    owner = reinterpret_cast<int*>(base + L.owner);
+    fl = base + L.flags;
+    cache = reinterpret_cast<T*>(base + L.cache);
+  }
+
   // ---- block-wide reductions (every thread gets the same bits) ------------------------------
   CINA_DEV Red reduce(Red r) {
     for (int o = 16; o >= 1; o >>= 1) {
@@ -801,37 +836,13 @@ CINA_KERNEL(kMaxThreads) qp_solve_kernel(QPArgs<T> A) {
   s.S = A.S;
   s.pb = A.pb;
   s.out = A.out;
-  s.nt = blockDim.x;
-  s.tid = threadIdx.x;
-  s.lane = s.tid % 32;
-  s.warp = s.tid / 32;
-  s.nwarps = (s.nt + 31) / 32;
-  s.red = reinterpret_cast<Red*>(smem_raw);
-  s.ctl = reinterpret_cast<Ctl*>(smem_raw + 32 * sizeof(Red));
-  s.scan = reinterpret_cast<int*>(smem_raw + 32 * sizeof(Red) + sizeof(Ctl));
+  s.bind_block(smem_raw);
   s.kind = static_cast<int>(A.S.kind);
   s.cap = A.cap;
   s.m2 = A.m2;
   const bool feats = A.S.kind != kQPDense;
   const Layout L = make_layout(A.pb.N, A.S.D, feats, A.cap, A.m2, static_cast<int64_t>(sizeof(T)));
-  unsigned char* base = A.ws + static_cast<int64_t>(blockIdx.x) * A.block_bytes;
-  s.x = reinterpret_cast<double*>(base + L.x);
-  s.G = reinterpret_cast<double*>(base + L.G);
-  s.p = reinterpret_cast<double*>(base + L.p);
-  s.lo = reinterpret_cast<double*>(base + L.lo);
-  s.up = reinterpret_cast<double*>(base + L.up);
-  s.c = reinterpret_cast<double*>(base + L.c);
-  s.invc = reinterpret_cast<double*>(base + L.invc);
-  s.diag = reinterpret_cast<double*>(base + L.diag);
-  s.sgn = reinterpret_cast<double*>(base + L.sgn);
-  s.lse = reinterpret_cast<double*>(base + L.lse);
-  s.Xt = reinterpret_cast<double*>(base + L.Xt);
-  s.bp = reinterpret_cast<double*>(base + L.bp);
-  s.idx = reinterpret_cast<int*>(base + L.idx);
-  s.slot = reinterpret_cast<int*>(base + L.slot);
-  s.owner = reinterpret_cast<int*>(base + L.owner);
-  s.fl = base + L.flags;
-  s.cache = reinterpret_cast<T*>(base + L.cache);
+  s.bind_workspace(A.ws + static_cast<int64_t>(blockIdx.x) * A.block_bytes, L);
   while (true) {
     if (s.tid == 0) s.ctl->q = atomicAdd(A.counter, 1);
     __syncthreads();
@@ -939,40 +950,15 @@ CINA_DEV WsLayout ws_bind(BlockSolver<T>& s, const WsArgs<T>& A, int64_t g, unsi
   s.S = A.S;
   s.pb = A.pb;
   s.out = A.out;
-  s.nt = blockDim.x;
-  s.tid = threadIdx.x;
-  s.lane = s.tid % 32;
-  s.warp = s.tid / 32;
-  s.nwarps = (s.nt + 31) / 32;
-  if (smem != nullptr) {  // (the update kernel has no shared scratch)
-    s.red = reinterpret_cast<Red*>(smem);
-    s.ctl = reinterpret_cast<Ctl*>(smem + 32 * sizeof(Red));
-    s.scan = reinterpret_cast<int*>(smem + 32 * sizeof(Red) + sizeof(Ctl));
-  }
+  s.bind_block(smem);  // (the update kernel has no shared scratch: smem == nullptr)
   s.kind = static_cast<int>(A.S.kind);
   s.cap = 0;
   s.m2 = A.m2;
   const bool feats = A.S.kind != kQPDense;
   const WsLayout W = make_ws_layout(A.pb.N, A.S.D, feats, A.m2, A.qws, static_cast<int64_t>(sizeof(T)));
-  const Layout& L = W.base;
   unsigned char* base = A.ws + g * A.pbytes;
-  s.x = reinterpret_cast<double*>(base + L.x);
-  s.G = reinterpret_cast<double*>(base + L.G);
-  s.p = reinterpret_cast<double*>(base + L.p);
-  s.lo = reinterpret_cast<double*>(base + L.lo);
-  s.up = reinterpret_cast<double*>(base + L.up);
-  s.c = reinterpret_cast<double*>(base + L.c);
-  s.invc = reinterpret_cast<double*>(base + L.invc);
-  s.diag = reinterpret_cast<double*>(base + L.diag);
-  s.sgn = reinterpret_cast<double*>(base + L.sgn);
-  s.lse = reinterpret_cast<double*>(base + L.lse);
-  s.Xt = reinterpret_cast<double*>(base + L.Xt);
-  s.bp = reinterpret_cast<double*>(base + L.bp);
-  s.idx = reinterpret_cast<int*>(base + L.idx);
-  s.slot = reinterpret_cast<int*>(base + L.slot);
-  s.owner = reinterpret_cast<int*>(base + L.owner);
-  s.fl = base + L.flags;
-  s.cache = reinterpret_cast<T*>(base + W.qbb);
+  s.bind_workspace(base, W.base);
+  s.cache = reinterpret_cast<T*>(base + W.qbb);  // no column cache: the "columns" are Q_BB
   s.q = A.p0 + g;
   return W;
 }
@@ -1241,9 +1227,9 @@ CINA_KERNEL(kMaxThreads) ws_select_kernel(WsArgs<T> A) {
       if (sel[L] && keys[L * n + k] == thr[L]) ++eq[L];
   int etot[kWsLists];
   ws_scan(eq, etot, wsum, s.lane, s.warp, s.nwarps);
-  int cnt_sel[kWsLists] = {0, 0, 0};
-  {
-    int r[kWsLists] = {eq[0], eq[1], eq[2]};
+  // this thread's chunk, in order: counted first (out == nullptr), then written from `o` on
+  auto walk = [&](int* out, int o) {
+    int r[kWsLists] = {eq[0], eq[1], eq[2]};  // rank among the ties
     for (int64_t k = beg; k < end; ++k) {
       bool take = false;
       for (int L = 0; L < kWsLists; ++L) {
@@ -1251,24 +1237,17 @@ CINA_KERNEL(kMaxThreads) ws_select_kernel(WsArgs<T> A) {
         if (key > thr[L]) take = true;
         else if (sel[L] && key == thr[L] && r[L]++ < need[L]) take = true;
       }
-      cnt_sel[0] += take ? 1 : 0;
+      if (take) {
+        if (out != nullptr) out[o] = static_cast<int>(k);
+        ++o;
+      }
     }
-  }
+    return o;
+  };
+  int cnt_sel[kWsLists] = {walk(nullptr, 0), 0, 0};
   int nbt[kWsLists];
   ws_scan(cnt_sel, nbt, wsum, s.lane, s.warp, s.nwarps);
-  {
-    int r[kWsLists] = {eq[0], eq[1], eq[2]};
-    int o = cnt_sel[0];
-    for (int64_t k = beg; k < end; ++k) {
-      bool take = false;
-      for (int L = 0; L < kWsLists; ++L) {
-        const uint32_t key = keys[L * n + k];
-        if (key > thr[L]) take = true;
-        else if (sel[L] && key == thr[L] && r[L]++ < need[L]) take = true;
-      }
-      if (take) wsidx[o++] = static_cast<int>(k);
-    }
-  }
+  walk(wsidx, cnt_sel[0]);
   const int nb = nbt[0];
   __syncthreads();
   // Q_BB, column j at qbb + j nb (the layout of a cached column), from the gathered working set
