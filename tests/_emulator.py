@@ -40,31 +40,46 @@ def fma_flags() -> tuple[str, ...] | None:
     return None
 
 
+def _compile(stem: str, main: Path, deps: Sequence[Path], *, label: str, flags: Sequence[str],
+             shared: bool, opt: str = "-O2") -> Path:
+    """Compile `main` into build/emulator/{stem}_{hash}[.so], cached under a hash of `main`,
+    `deps`, COMMON_SOURCES and the flags; returns the path."""
+    # CINA_EMU_CXXFLAGS: extra compiler flags, e.g. "-mfma -ffp-contract=fast" to round like the
+    # GPU, which contracts a*b+c into fused multiply-adds (part of the cache key)
+    extra = [opt, *flags, *os.environ.get("CINA_EMU_CXXFLAGS", "").split()]
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in (main, *deps, *COMMON_SOURCES))
+                            + " ".join(extra).encode()).hexdigest()[:16]
+    out_dir = ROOT / "build" / "emulator"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / (f"{stem}_{digest}.so" if shared else f"{stem}_{digest}")
+    if not out.exists():
+        tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
+        cmd = [CXX, "-std=c++20", "-pthread", "-Wno-unknown-pragmas", *(["-shared", "-fPIC"] if shared else []),
+               *extra, f"-I{CSRC}", f"-I{EMU_DIR}", str(main), "-o", str(tmp)]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        if res.returncode != 0:
+            raise RuntimeError(f"{label} build failed:\n{res.stderr[-4000:]}")
+        os.replace(tmp, out)
+    return out
+
+
 def build(stem: str, main: Path, deps: Sequence[Path], entry_points: Iterable[str], *,
           label: str = "emulator", flags: Sequence[str] = ()) -> ctypes.CDLL:
     """Compile `main` (cached as build/emulator/{stem}_{hash}.so, the hash over `main`, `deps`,
     COMMON_SOURCES and the flags), load it and declare the C entry points as returning error
     strings.  `flags`: extra compiler flags of this library (e.g. fma_flags())."""
-    # CINA_EMU_CXXFLAGS: extra compiler flags, e.g. "-mfma -ffp-contract=fast" to round like the
-    # GPU, which contracts a*b+c into fused multiply-adds (part of the cache key)
-    extra = [*flags, *os.environ.get("CINA_EMU_CXXFLAGS", "").split()]
-    digest = hashlib.sha256(b"".join(p.read_bytes() for p in (main, *deps, *COMMON_SOURCES))
-                            + " ".join(extra).encode()).hexdigest()[:16]
-    out_dir = ROOT / "build" / "emulator"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    lib = out_dir / f"{stem}_{digest}.so"
-    if not lib.exists():
-        tmp = lib.with_suffix(f".{os.getpid()}.tmp")
-        cmd = [CXX, "-std=c++20", "-O2", "-pthread", "-shared", "-fPIC", "-Wno-unknown-pragmas",
-               *extra, f"-I{CSRC}", str(main), "-o", str(tmp)]
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-        if res.returncode != 0:
-            raise RuntimeError(f"{label} build failed:\n{res.stderr[-4000:]}")
-        os.replace(tmp, lib)
+    lib = _compile(stem, main, deps, label=label, flags=flags, shared=True)
     dll = ctypes.CDLL(str(lib))
     for name in entry_points:
         getattr(dll, name).restype = ctypes.c_char_p
     return dll
+
+
+def build_executable(stem: str, main: Path, deps: Sequence[Path], *, label: str = "emulator program",
+                     flags: Sequence[str] = (), opt: str = "-O1") -> Path:
+    """Compile the program `main` (e.g. a sanitizer driver of tests/cuda_emulator/) into
+    build/emulator/{stem}_{hash}, cached like the libraries; returns its path."""
+    return _compile(stem, main, deps, label=label, flags=flags, shared=False, opt=opt)
 
 
 def loader(stem: str, main: Path, deps: Sequence[Path], entry_points: Iterable[str], *,

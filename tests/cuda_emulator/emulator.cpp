@@ -8,10 +8,12 @@
 // result fragments back.  Shared memory is filled with NaN before each block (so a read of
 // something never written poisons the results) and followed by guard bytes that are checked
 // after the block (overflow of the dynamic shared-memory size).  The opt-in shared-memory limit
-// of an H100 (227 KiB) is enforced.  Blocks run one after the other.
+// of an H100 (227 KiB) is enforced.  Blocks run one after the other (on one pool of threads per
+// launch).
 //
 // This is a test of the kernels' index logic, synchronisation structure and arithmetic; it is
-// not a model of timing, of memory coalescing or of every race (compute-sanitizer on a GPU is).
+// not a model of timing or of memory coalescing.  Races are found by building it under
+// ThreadSanitizer (tests/test_emulator_sanitizers.py), not by this build.
 // Built by tests/_emulator.py and driven by tests/test_cuda_emulator.py through ctypes.
 #include "emulator.h"
 

@@ -1,0 +1,85 @@
+// Deliberately faulty kernels on the CPU emulator: they show that the sanitizer builds of
+// tests/test_emulator_sanitizers.py do report each class of bug that the sanitizer drivers
+// (san_attention.cpp, san_qp.cpp) are there to catch.  One case per run, chosen by argv[1]:
+//   ok          a correct kernel (a shared-memory exchange with a barrier): no report expected
+//   race        the same exchange without the barrier (ThreadSanitizer: data race)
+//   overflow    a read one element past the dynamic shared memory (AddressSanitizer)
+//   global_oob  a read one element past an input array (AddressSanitizer)
+//   misaligned  a double loaded from a 4-byte aligned shared-memory address (UBSan: alignment)
+//   leak        a workspace that is never freed (LeakSanitizer)
+#include "emulator.h"
+
+#include <cstdio>
+
+namespace {
+
+constexpr int kThreads = 64;
+
+template <bool kSync>
+CINA_KERNEL(kThreads) exchange_kernel(const float* in, float* out) {
+  CINA_DYN_SMEM(smem_raw);
+  float* s = reinterpret_cast<float*>(smem_raw);
+  const int t = threadIdx.x;
+  s[t] = in[t];
+  if constexpr (kSync) __syncthreads();
+  out[blockIdx.x * kThreads + t] = s[(t + 1) % kThreads];
+}
+
+CINA_KERNEL(kThreads) overflow_kernel(const float* in, float* out) {
+  CINA_DYN_SMEM(smem_raw);
+  float* s = reinterpret_cast<float*>(smem_raw);
+  const int t = threadIdx.x;
+  s[t] = in[t];
+  __syncthreads();
+  out[t] = s[t + 1];  // thread 63 reads s[64], one past the kThreads floats
+}
+
+CINA_KERNEL(kThreads) global_oob_kernel(const float* in, float* out) {
+  const int t = threadIdx.x;
+  out[t] = in[t + 1];  // thread 63 reads in[64]
+}
+
+CINA_KERNEL(kThreads) misaligned_kernel(const float* in, float* out) {
+  CINA_DYN_SMEM(smem_raw);
+  const int t = threadIdx.x;
+  if (t == 0) {
+    double* d = reinterpret_cast<double*>(smem_raw + 4);
+    *d = static_cast<double>(in[0]);
+    out[0] = static_cast<float>(*d);
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const char* what = argc > 1 ? argv[1] : "ok";
+  std::vector<float> in(kThreads), out(2 * kThreads, 0.f);
+  for (int i = 0; i < kThreads; ++i) in[i] = static_cast<float>(i);
+  const size_t smem = kThreads * sizeof(float);
+  if (std::strcmp(what, "ok") == 0) {
+    CINA_LAUNCH(exchange_kernel<true>, dim3(2), dim3(kThreads), smem, nullptr, in.data(), out.data());
+    for (int i = 0; i < 2 * kThreads; ++i)
+      if (out[i] != in[(i + 1) % kThreads]) {
+        std::printf("selftest ok: wrong result\n");
+        return 1;
+      }
+  } else if (std::strcmp(what, "race") == 0) {
+    CINA_LAUNCH(exchange_kernel<false>, dim3(2), dim3(kThreads), smem, nullptr, in.data(), out.data());
+  } else if (std::strcmp(what, "overflow") == 0) {
+    CINA_LAUNCH(overflow_kernel, dim3(1), dim3(kThreads), smem, nullptr, in.data(), out.data());
+  } else if (std::strcmp(what, "global_oob") == 0) {
+    CINA_LAUNCH(global_oob_kernel, dim3(1), dim3(kThreads), 0, nullptr, in.data(), out.data());
+  } else if (std::strcmp(what, "misaligned") == 0) {
+    CINA_LAUNCH(misaligned_kernel, dim3(1), dim3(kThreads), 64, nullptr, in.data(), out.data());
+  } else if (std::strcmp(what, "leak") == 0) {
+    void* ws = nullptr;
+    if (cina::cuda_rt::rt_malloc(&ws, 256, nullptr, "selftest workspace")) return 1;
+    std::printf("selftest leak: workspace %p not freed\n", ws);
+    ws = nullptr;
+  } else {
+    std::printf("selftest: unknown case %s\n", what);
+    return 2;
+  }
+  std::printf("selftest %s: done (%g)\n", what, static_cast<double>(out[0]));
+  return 0;
+}
