@@ -90,6 +90,13 @@ def test_faulty_kernel_is_reported(case, kind, marker):
     assert marker in out, out
 
 
+def test_emulator_refuses_big_shared_memory_without_opt_in():
+    """More than 48 KiB of dynamic shared memory needs cudaFuncSetAttribute on a GPU; so in the emulator."""
+    rc, out = _run(_program("san_selftest", EMU_DIR / "san_selftest.cpp", [], "address"), "smem_optin")
+    assert rc == 0, out
+    assert "refused without the opt-in, run with it" in out, out
+
+
 # ---- the kernels of csrc/ under the sanitizers ----------------------------------------------------
 
 def _check_clean(rc, out, summary):

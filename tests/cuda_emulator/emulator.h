@@ -10,7 +10,9 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -49,6 +51,14 @@ inline float fmaf(float a, float b, float c) { return std::fma(a, b, c); }
 
 namespace emu {
 constexpr size_t kSmemOptinLimit = 232448;  // H100 / H200: 227 KiB per block
+constexpr size_t kSmemDefaultLimit = 48 * 1024;  // without cudaFuncSetAttribute
+// per kernel, the dynamic shared memory allowed by rt_set_max_dyn_smem (cudaFuncSetAttribute)
+inline std::mutex smem_optin_mutex;
+inline std::map<const void*, size_t> smem_optin;
+template <class R, class... A>
+const void* kernel_id(R (*f)(A...)) {
+  return reinterpret_cast<const void*>(f);
+}
 constexpr size_t kGuard = 4096;
 
 struct Block {
@@ -103,7 +113,7 @@ thread_local unsigned tid = 0;
 inline void warp_sync() { blk->warp_bar[tid / 32]->arrive_and_wait(); }
 
 template <class F>
-void launch(dim3 grid, dim3 block, size_t smem, F f);
+void launch(dim3 grid, dim3 block, size_t smem, F f, const void* kernel);
 }  // namespace emu
 
 thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
@@ -198,7 +208,7 @@ inline int atomicAdd(int* p, int v) { return std::atomic_ref<int>(*p).fetch_add(
 
 // ---- launches -----------------------------------------------------------------------------------
 #define CINA_LAUNCH(kern, grid, block, smem, stream, ...) \
-  emu::launch((grid), (block), (smem), [&]() { kern(__VA_ARGS__); })
+  emu::launch((grid), (block), (smem), [&]() { kern(__VA_ARGS__); }, emu::kernel_id(kern))
 
 namespace emu {
 thread_local std::string launch_error;
@@ -207,10 +217,26 @@ thread_local std::string launch_error;
 // thread 0 checks the guard bytes and re-fills the shared memory with NaN for the next block.
 // (Creating the threads once per launch instead of once per block makes the emulator several
 // times faster, above all under ThreadSanitizer.)
+// The launch checks of a GPU: the block size (1024 threads), the grid (y and z at most 65535),
+// and the dynamic shared memory (above 48 KiB only after rt_set_max_dyn_smem for this kernel).
 template <class F>
-void launch(dim3 grid, dim3 block, size_t smem, F f) {
+void launch(dim3 grid, dim3 block, size_t smem, F f, const void* kernel) {
   if (smem > kSmemOptinLimit) {
     launch_error = "emulator: launch with too much shared memory";
+    return;
+  }
+  if (smem > kSmemDefaultLimit) {
+    std::lock_guard<std::mutex> lock(smem_optin_mutex);
+    const auto it = smem_optin.find(kernel);
+    if (it == smem_optin.end() || it->second < smem) {
+      launch_error = "emulator: launch with more than 48 KiB of dynamic shared memory without "
+                     "rt_set_max_dyn_smem (cudaFuncSetAttribute) for this kernel";
+      return;
+    }
+  }
+  if (uint64_t(block.x) * block.y * block.z > 1024 || block.z > 64 || grid.y > 65535 || grid.z > 65535 ||
+      grid.x > 2147483647u) {
+    launch_error = "emulator: launch configuration beyond the GPU's limits";
     return;
   }
   const unsigned nt = block.x * block.y * block.z;
@@ -265,8 +291,10 @@ inline int rt_blocks_per_sm(Kernel, int, size_t smem) {
   return smem > emu::kSmemOptinLimit ? 0 : 1;
 }
 template <typename Kernel>
-inline const char* rt_set_max_dyn_smem(Kernel, size_t bytes) {
+inline const char* rt_set_max_dyn_smem(Kernel kern, size_t bytes) {
   if (bytes > emu::kSmemOptinLimit) return "emulator: dynamic shared memory above the H100 opt-in limit";
+  std::lock_guard<std::mutex> lock(emu::smem_optin_mutex);
+  emu::smem_optin[emu::kernel_id(kern)] = bytes;
   return nullptr;
 }
 inline const char* rt_malloc(void** p, size_t bytes, void*, const char*) {

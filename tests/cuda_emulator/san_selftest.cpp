@@ -7,6 +7,8 @@
 //   global_oob  a read one element past an input array (AddressSanitizer)
 //   misaligned  a double loaded from a 4-byte aligned shared-memory address (UBSan: alignment)
 //   leak        a workspace that is never freed (LeakSanitizer)
+//   smem_optin  the emulator's launch check: more than 48 KiB of dynamic shared memory is refused
+//               until rt_set_max_dyn_smem (cudaFuncSetAttribute) allows it, as on a GPU
 #include "emulator.h"
 
 #include <cstdio>
@@ -76,6 +78,22 @@ int main(int argc, char** argv) {
     if (cina::cuda_rt::rt_malloc(&ws, 256, nullptr, "selftest workspace")) return 1;
     std::printf("selftest leak: workspace %p not freed\n", ws);
     ws = nullptr;
+  } else if (std::strcmp(what, "smem_optin") == 0) {
+    const size_t big = 64 * 1024;
+    emu::launch_error.clear();
+    CINA_LAUNCH(exchange_kernel<true>, dim3(1), dim3(kThreads), big, nullptr, in.data(), out.data());
+    if (emu::launch_error.empty()) {
+      std::printf("selftest smem_optin: a 64 KiB launch without the opt-in was not refused\n");
+      return 1;
+    }
+    if (cina::cuda_rt::rt_set_max_dyn_smem(exchange_kernel<true>, big)) return 1;
+    emu::launch_error.clear();
+    CINA_LAUNCH(exchange_kernel<true>, dim3(1), dim3(kThreads), big, nullptr, in.data(), out.data());
+    if (!emu::launch_error.empty() || out[0] != in[1]) {
+      std::printf("selftest smem_optin: the launch after the opt-in failed: %s\n", emu::launch_error.c_str());
+      return 1;
+    }
+    std::printf("selftest smem_optin: refused without the opt-in, run with it\n");
   } else {
     std::printf("selftest: unknown case %s\n", what);
     return 2;
