@@ -15,7 +15,7 @@
 #   racecheck  compute-sanitizer racecheck benchmarks/sanitizer_cases.py --quick
 #   synccheck  compute-sanitizer synccheck benchmarks/sanitizer_cases.py --quick
 #   profile    ncu (speed of light, occupancy, warp stalls) on benchmarks/profile_cases.py:
-#              attention fwd+bwd 1 x 32768 x 16 (tf32x3, tf32, tf32p), solver N = 20000 (working set)
+#              attention fwd+bwd 1 x 32768 x 16 (tf32x3, tf32x3p, tf32, tf32p), solver N = 20000
 #   suite      the rest of the test suite, minus slow tests (only if time is left)
 # then OUTDIR/report.md.  The whole run stays inside GPU_CHECK_SECONDS (default 540 s): a step
 # gets at most what is left, and steps are skipped once the budget is spent.
@@ -148,13 +148,15 @@ bench_solver() {
 
 profile() {
   # Nsight Compute on one call of each hot kernel (benchmarks/profile_cases.py): the attention
-  # kernels (tf32x3, tf32, tf32p) and a few rounds of the working-set solver's kernels
+  # pass kernels (forward with auxiliaries, backward; variants tf32x3, tf32x3p, tf32, tf32p) and a
+  # few rounds of the working-set solver's kernels.  -k matches the kernel's function name
+  # (attn_pass_tc_kernel, ws_select_kernel, ...).
   local NCU
   NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
   local SECT="--section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats --section SchedulerStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis"
-  for v in tf32x3 tf32 tf32p; do
+  for v in tf32x3 tf32x3p tf32 tf32p; do
     echo "=== attention $v"
-    "$NCU" --profile-from-start off $SECT -k regex:attention -c 4 "$PY" benchmarks/profile_cases.py attention --variant $v
+    "$NCU" --profile-from-start off $SECT -k regex:attn_pass -c 2 "$PY" benchmarks/profile_cases.py attention --variant $v
   done
   echo "=== solver (working set)"
   "$NCU" --profile-from-start off $SECT -k regex:ws_ -c 8 "$PY" benchmarks/profile_cases.py solver
