@@ -315,10 +315,10 @@ def test_emulated_bad_splits_refused(monkeypatch):
 @pytest.mark.parametrize("plain,prefetch", [("tf32", "tf32p"), ("tf32x3", "tf32x3p")])
 @pytest.mark.parametrize("splits", ["1", "3"])
 def test_emulated_prefetch_variants_are_bit_identical(monkeypatch, plain, prefetch, splits):
-    """The prefetch variants load the next streamed tile into registers while the current one is
-    computed: the same values reach shared memory, so every output is the same bits as without
-    prefetch.  Garbage padding, a column tile with no valid unit (skipped after its prefetch),
-    a dataset whose last tile is partial, D = 16 and 11 (prefetch) and 20 (falls back)."""
+    """The pipelined ("p") variants copy the next streamed tile into a second buffer (cp.async)
+    while the current one is computed: the same values reach shared memory, so every output is
+    the same bits as without.  Garbage padding, a column tile with no valid unit (skipped after
+    its copy was issued), a dataset whose last tile is partial, D = 16, 11 and 20 (DP = 32)."""
     monkeypatch.setenv("CINA_ATTENTION_SPLITS", splits)
     for (B, N, D) in [(2, 330, 16), (1, 150, 11), (1, 70, 20)]:
         K, V, W, b, lam, mask = make_case(B, N, D, torch.float32, seed=N + D, pad_frac=0.1)

@@ -353,8 +353,9 @@ def test_unknown_variant_refused(monkeypatch):
 @pytest.mark.parametrize("plain,prefetch", [("tf32", "tf32p"), ("tf32x3", "tf32x3p")])
 @pytest.mark.parametrize("splits", ["1", "auto"])
 def test_prefetch_variants_bit_identical(monkeypatch, plain, prefetch, splits):
-    """The prefetch variants stage the same values, one tile earlier: the same bits everywhere
-    (forward, auxiliaries, gradients), with masks, partial and skipped tiles, column splits."""
+    """The pipelined ("p") variants stage the same values, one tile earlier (cp.async into a second
+    buffer): the same bits everywhere (forward, auxiliaries, gradients), with masks, partial and
+    skipped tiles, column splits, D = 16, 12 and 48."""
     monkeypatch.setenv("CINA_ATTENTION_SPLITS", splits)
     for (B, N, D) in [(1, 5000, 16), (3, 700, 12), (2, 300, 48)]:
         K, V, W, b, lam, mask = make_case(B, N, D, torch.float32, requires_grad=False, seed=N + D)

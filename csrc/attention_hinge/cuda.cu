@@ -18,6 +18,14 @@
 //   P @ [a K, b K] on mma.sync.m16n8k8 TF32 (fp32 accumulate), probabilities kept in registers
 //   as the A operand (k index permuted, no shuffles).  "tf32x3" splits each operand into two
 //   TF32 parts (3 mma per product: about fp32 accuracy, the parity rule); "tf32" is plain TF32.
+//   A prep kernel (tc_prep_kernel) writes every unit's key, already split into TF32 parts and
+//   padded to DP features, and its column scalars (bias, values, validity) to a workspace, so
+//   that staging a tile is a run of 16-byte copies; probabilities are rounded to TF32 by an
+//   integer add (the tensor cores ignore the low bits) and exponentials are ex2.approx.ftz.
+//   Per 64-column tile and thread (D = 16, sm_90a SASS) this took the forward-with-auxiliaries
+//   loop from 1136 to about 570 instructions (tf32) and from 1606 to about 980 (tf32x3), the
+//   backward from 1078 to about 460 and from 1491 to about 860, with the same bits in the
+//   emulator; the D = 16 kernels are held to 128 registers (4 resident blocks per SM).
 // * Forward: online softmax in the log2 domain (scores pre-multiplied by scale*log2(e), one FMA
 //   per score), per-lane partial sums l, o in double, merged at the end by a fixed butterfly ->
 //   deterministic.  Nothing of size N x N exists anywhere.
@@ -32,15 +40,16 @@
 //   order (deterministic, no atomics).  CINA_ATTENTION_SPLITS = n forces at most n splits.
 // * Masks: arbitrary bool masks.  Masked columns get a -inf score (zero key, zero value; what
 //   the padding holds never matters), and a column tile with no valid unit is skipped after
-//   reading its 64 mask bytes (so prefix masks / variable lengths cost nothing past each
+//   reading its 64 column flags (so prefix masks / variable lengths cost little past each
 //   dataset's last unit); a row tile with no valid unit only writes zeros.  Padded rows get
 //   out = lse = 0, A = Bk = 0, dK = dV = 0.
 // * Loss and db: one block per dataset, fixed-order tree reductions in double.
 // * Any N (grid of B * ceil(N / 64) * splits blocks), 1 <= D <= 128 (D > 128 is refused).
 // * Variant choice: CINA_ATTENTION_KERNEL = auto (default: tf32x3) | simt | tf32x3 | tf32 |
 //   tf32x3p | tf32p, read at every call; float64, and tf32x3 with D > 64, run the SIMT kernels.
-//   The "p" variants prefetch the next streamed tile into registers during the current one
-//   (D <= 16; same bits as without), to be timed against the plain ones on the GPU.
+//   The "p" variants double-buffer the streamed tiles: the next tile is copied with cp.async
+//   while the current one is computed (same bits as without), to be timed against the plain
+//   ones on the GPU.
 // * Every launch is checked (cudaGetLastError); errors come back as strings, never crashes.
 //
 // The file is pure CUDA (no torch headers).  It is also compiled on the host, with
@@ -179,6 +188,8 @@ CINA_DEV double block_sum(double v, double* red) {
 // ---------------------------------------------------------------------------------------------
 // the pass kernel
 
+struct ColTc;  // column data of the tensor-core passes (below)
+
 template <typename T>
 struct PassArgs {
   const T* K;
@@ -208,6 +219,10 @@ struct PassArgs {
   double* part_o;           // [nsplit][B*N]  sum P v (forward) or sum_i P_ij g_i (backward)
   T* part_a1;               // [nsplit][B*N][D]
   T* part_a2;               // [nsplit][B*N][D]
+  // tensor-core passes: split keys and column data of every unit, datasets padded to
+  // row_tiles * 64 units (tc_prep_kernel)
+  float* ksplit;
+  ColTc* cols;
 };
 
 // d index of the k-th accumulator column of lane tx (k < DP/16): vectors of VW consecutive
@@ -609,41 +624,144 @@ CINA_DEV T quad_sum(T v) {
   return v;
 }
 
-constexpr int kTcThreads = 128;  // 4 warps x 16 rows
-
-// keys are staged already split into TF32 parts (hi, and lo for 3xTF32): the conversions happen
-// once per staged element instead of once per fragment load in every warp
-template <int DP, int NSPLIT>
-constexpr size_t tc_smem_bytes() {
-  return sizeof(float) * (size_t(kBM + kBN) * (DP + 4) * (NSPLIT == 3 ? 2 : 1) + 3 * size_t(kBN)) +
-         sizeof(int) * size_t(kBM + kBN);
+// fast operand rounding for the mma: the bits of x plus half a TF32 unit in the last place.  The
+// tensor cores ignore the 13 low bits of a .tf32 operand, so this is x rounded to nearest, ties
+// away from zero -- cvt.rna.tf32.f32 for every finite x, without its inf / NaN test (2 of the 3
+// instructions of cvt.rna on sm_90; the operands here are finite: probabilities, their products
+// with finite values, and finite keys)
+CINA_DEV uint32_t tf32_bits_rna(float x) { return f32_bits(x) + 0x1000u; }
+// the value of such an operand (its low bits cleared)
+CINA_DEV float tf32_bits_value(uint32_t u) { return tf32_value(u & 0xffffe000u); }
+// split of fragment values: hi = tf32(x) and, for 3xTF32, lo = tf32(x - hi), both as mma operands
+// (the same operand values as split_tf32)
+template <int NSPLIT, int NV>
+CINA_DEV void split_tf32_fast(const float (&x)[NV], uint32_t (&hi)[NV], uint32_t (&lo)[NV]) {
+#pragma unroll
+  for (int i = 0; i < NV; ++i) {
+    hi[i] = tf32_bits_rna(x[i]);
+    if constexpr (NSPLIT == 3) lo[i] = tf32_bits_rna(x[i] - tf32_bits_value(hi[i]));
+  }
 }
 
-// PF (prefetch): the next streamed tile (its column scalars and keys) is loaded into registers
-// while the current one is computed, so a block does not wait on global memory at every tile
-// (instantiated for DP = 16: variants tf32p, tf32x3p; wider keys run the plain kernels).  Left
-// alone, the compiler gives these kernels 126-164 registers (ptxas, sm_90a); they are capped at
-// 128 (4 resident blocks per SM, the occupancy of the plain forward kernels; spills of 0-68
-// bytes per thread).
+// 2^x with flush of subnormal results to zero (ex2.approx.ftz.f32: one MUFU instruction; exp2f
+// adds a range test and two scalings so that results below 2^-126 keep their subnormal value,
+// which a probability relative to a row maximum of 1 never needs)
+CINA_DEV float fexp2(float x) {
+#ifdef CINA_EMULATE
+  const float r = std::exp2(x);
+  return r < 1.17549435e-38f ? 0.f : r;
+#else
+  float r;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(r) : "f"(x));
+  return r;
+#endif
+}
+
+// 16-byte copies from global to shared memory: a plain load / store, or cp.async (the copy
+// proceeds while the thread goes on; async_commit closes a group of copies, async_wait<n> waits
+// until at most n groups are pending).  The emulator copies at once.
+template <bool ASYNC>
+CINA_DEV void copy16(void* dst_smem, const void* src) {
+#ifdef CINA_EMULATE
+  *static_cast<float4*>(dst_smem) = *static_cast<const float4*>(src);
+#else
+  if constexpr (ASYNC) {
+    const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst_smem));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src) : "memory");
+  } else {
+    *static_cast<float4*>(dst_smem) = __ldg(static_cast<const float4*>(src));
+  }
+#endif
+}
+CINA_DEV void async_commit() {
+#ifndef CINA_EMULATE
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+template <int N>
+CINA_DEV void async_wait() {
+#ifndef CINA_EMULATE
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
+}
+
+constexpr int kTcThreads = 128;  // 4 warps x 16 rows
+
+// Per-unit column data of the tensor-core passes, written once per pass by tc_prep_kernel:
+// everything a streamed tile needs, so that staging a tile is a plain 16-byte copy.
+struct alignas(16) ColTc {
+  float bias;   // forward: 0, or -inf for a masked / padded unit; backward: -lse * log2(e)
+  float va;     // forward: v; backward: g
+  float vb;     // backward: delta (forward: unused)
+  float valid;  // 1 or 0
+};
+// floats per unit of the split keys: tf32(k) padded to DP features, then (3xTF32) tf32(k - hi)
+template <int DP, int NSPLIT>
+constexpr int kTcKeyFloats = DP * (NSPLIT == 3 ? 2 : 1);
+
+// The keys split into TF32 parts (zero for masked or padded units and for features d >= D) and
+// the column data, for every unit of every dataset padded to npad = row_tiles * 64 units: the
+// conversions happen once per element and pass, instead of once per staged element in every
+// block (the old kernels' staging loop took about 38 instructions per element).
+template <int DP, int MODE, int NSPLIT>
+CINA_KERNEL(256) tc_prep_kernel(const PassArgs<float> a, int64_t B) {
+  constexpr int KW = kTcKeyFloats<DP, NSPLIT>;
+  const int64_t npad = a.row_tiles * kBM;
+  const int64_t n_elem = B * npad * DP;
+  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * 256 + threadIdx.x; idx < n_elem;
+       idx += static_cast<int64_t>(gridDim.x) * 256) {
+    const int64_t u = idx / DP;
+    const int d = static_cast<int>(idx - u * DP);
+    const int64_t bi = u / npad, n = u - bi * npad;
+    const int64_t e = bi * a.N + n;
+    const bool valid = n < a.N && a.mask[e];
+    const float v = (valid && d < a.D) ? a.K[e * a.D + d] : 0.f;
+    stage_tf32<NSPLIT>(a.ksplit + u * KW, a.ksplit + u * KW + DP, d, v);
+    if (d == 0) {
+      ColTc c{neg_inf<float>(), 0.f, 0.f, 0.f};
+      if (valid) {
+        if constexpr (MODE == kBwd) {
+          const UnitBwd<float> ub = a.unit[e];
+          c = ColTc{ub.bias, ub.g, ub.dl, 1.f};
+        } else {
+          c = ColTc{0.f, a.V[e], 0.f, 1.f};
+        }
+      }
+      a.cols[u] = c;
+    }
+  }
+}
+
+// keys are staged already split into TF32 parts (hi, and lo for 3xTF32) and padded
+template <int DP, int NSPLIT, bool PF>
+constexpr size_t tc_smem_bytes() {
+  constexpr size_t nbuf = PF ? 2 : 1;
+  constexpr size_t parts = NSPLIT == 3 ? 2 : 1;
+  return sizeof(ColTc) * nbuf * kBN + sizeof(float) * (size_t(kBM) + nbuf * kBN) * (DP + 4) * parts +
+         sizeof(int) * size_t(kBM);
+}
+
+// PF (pipelined, variants tf32x3p / tf32p): two buffers for the streamed tiles; the next tile is
+// copied with cp.async while the current one is computed, so a block does not wait on global
+// memory at every tile.  Without PF, each tile is copied (16-byte loads / stores) and then used.
 template <int DP, int MODE, int NSPLIT, bool PF = false>
-CINA_KERNEL_MIN_BLOCKS(kTcThreads, PF ? 4 : 1) attn_pass_tc_kernel(const PassArgs<float> a) {
+CINA_KERNEL_MIN_BLOCKS(kTcThreads, DP <= 16 ? 4 : 1) attn_pass_tc_kernel(const PassArgs<float> a) {
   constexpr int LD = DP + 4;  // row stride: conflict-free fragment loads (see the bank notes)
   constexpr bool kAcc = MODE != kFwdPlain;
   constexpr int KS = DP / 8;   // k steps of the score product
   constexpr int NT = kBN / 8;  // 8-column tiles of a streamed tile
   constexpr int DN = DP / 8;   // 8-feature tiles of the accumulators
+  constexpr int KW = kTcKeyFloats<DP, NSPLIT>;
+  constexpr int NBUF = PF ? 2 : 1;
+  constexpr int PARTS = NSPLIT == 3 ? 2 : 1;
   static_assert(kBM == 4 * 16, "4 warps x 16 rows");
 
   CINA_DYN_SMEM(smem_raw);
-  float* Kr = reinterpret_cast<float*>(smem_raw);  // [kBM][LD]  tf32(k)
-  float* Kc = Kr + kBM * LD;                       // [kBN][LD]
-  float* Krl = Kc + kBN * LD;                      // [kBM][LD]  tf32(k - tf32(k)) (3xTF32 only)
-  float* Kcl = Krl + (NSPLIT == 3 ? kBM * LD : 0); // [kBN][LD]
-  float* cbias = Kcl + (NSPLIT == 3 ? kBN * LD : 0);  // [kBN]
-  float* ca = cbias + kBN;                         // [kBN]
-  float* cb = ca + kBN;                            // [kBN]
-  int* rval = reinterpret_cast<int*>(cb + kBN);    // [kBM]
-  int* cval = rval + kBM;                          // [kBN]
+  ColTc* cs_all = reinterpret_cast<ColTc*>(smem_raw);              // [NBUF][kBN]
+  float* Kr = reinterpret_cast<float*>(cs_all + NBUF * kBN);        // [kBM][LD]  tf32(k)
+  float* Krl = Kr + kBM * LD;                                       // [kBM][LD]  tf32(k - tf32(k)) (3xTF32)
+  float* Kc_all = Kr + PARTS * kBM * LD;                            // [NBUF][PARTS][kBN][LD]
+  int* rval = reinterpret_cast<int*>(Kc_all + NBUF * PARTS * kBN * LD);  // [kBM]
 
   const int tid = threadIdx.x;
   const int warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
@@ -654,12 +772,13 @@ CINA_KERNEL_MIN_BLOCKS(kTcThreads, PF ? 4 : 1) attn_pass_tc_kernel(const PassArg
   const int64_t bi = blk / a.row_tiles;
   const int64_t r0 = (blk - bi * a.row_tiles) * kBM;
   const int64_t base = bi * N;
+  const int64_t ubase = bi * a.row_tiles * kBM;  // this dataset's first unit in ksplit / cols
   const int64_t nrows = (N - r0 < kBM) ? (N - r0) : kBM;
   const int rA = warp * 16 + g;  // this lane's two rows: rA and rA + 8
 
   int my_valid = 0;
   if (tid < kBM) {
-    my_valid = (tid < nrows && a.mask[base + r0 + tid]) ? 1 : 0;
+    my_valid = a.cols[ubase + r0 + tid].valid != 0.f ? 1 : 0;  // (0 past the dataset's end)
     rval[tid] = my_valid;
   }
   if (!__syncthreads_or(my_valid)) {
@@ -685,12 +804,30 @@ CINA_KERNEL_MIN_BLOCKS(kTcThreads, PF ? 4 : 1) attn_pass_tc_kernel(const PassArg
     return;
   }
 
-  for (int idx = tid; idx < kBM * DP; idx += kTcThreads) {
-    const int r = idx / DP, d = idx % DP;
-    float v = 0.f;
-    if (d < D && rval[r]) v = a.K[(base + r0 + r) * D + d];
-    stage_tf32<NSPLIT>(Kr, Krl, r * LD + d, v);
-  }
+  // 16-byte copies of 64 units from ksplit into shared memory: the units' chunks are contiguous
+  // in ksplit, so chunk idx comes from src + 4 idx (a fixed number of copies per thread)
+  constexpr int kChunksPerUnit = KW / 4;
+  constexpr int kCopies = kBN * kChunksPerUnit / kTcThreads;
+  static_assert(kBM == kBN && kCopies * kTcThreads == kBN * kChunksPerUnit, "whole copies per thread");
+  auto copy_keys = [&](float* dst, int64_t u0, auto async) {
+    constexpr bool kAsync = decltype(async)::value;
+    const float* src = a.ksplit + u0 * KW;
+#pragma unroll 1  // (unrolled, the precomputed addresses cost registers that the pass needs)
+    for (int i = 0; i < kCopies; ++i) {
+      const int idx = tid + i * kTcThreads;
+      const int r = idx / kChunksPerUnit, q = idx % kChunksPerUnit;
+      const int part = q / (DP / 4), d4 = q % (DP / 4);
+      copy16<kAsync>(dst + (part * kBN + r) * LD + d4 * 4, src + 4 * idx);
+    }
+  };
+  auto stage_tile = [&](int64_t c0, int buf, auto async) {
+    constexpr bool kAsync = decltype(async)::value;
+    copy_keys(Kc_all + buf * PARTS * kBN * LD, ubase + c0, async);
+    if (tid < kBN) copy16<kAsync>(cs_all + buf * kBN + tid, a.cols + ubase + c0 + tid);
+  };
+  using Sync = std::integral_constant<bool, false>;
+  using Async = std::integral_constant<bool, true>;
+  copy_keys(Kr, ubase + r0, Sync{});  // (published by the first barrier of the loop)
 
   float m[2] = {neg_inf<float>(), neg_inf<float>()};
   double l[2] = {0.0, 0.0}, o[2] = {0.0, 0.0};
@@ -706,78 +843,24 @@ CINA_KERNEL_MIN_BLOCKS(kTcThreads, PF ? 4 : 1) attn_pass_tc_kernel(const PassArg
   const int64_t c_begin = split * a.tiles_per_split * kBN;
   const int64_t c_stop = c_begin + a.tiles_per_split * kBN;
   const int64_t c_end = c_stop < N ? c_stop : N;
-  // the column scalars of unit `col` (bias, value(s), validity)
-  auto column = [&](int64_t col, float& bias, float& va, float& vb, int& cv) {
-    bias = neg_inf<float>();
-    va = 0.f;
-    vb = 0.f;
-    cv = 0;
-    if (col < c_end && a.mask[base + col]) {
-      cv = 1;
-      if constexpr (MODE == kBwd) {
-        const UnitBwd<float> u = a.unit[base + col];
-        bias = u.bias;
-        va = u.g;
-        vb = u.dl;
-      } else {
-        bias = 0.f;
-        va = a.V[base + col];
-      }
-    }
-  };
-  constexpr int PFN = PF ? kBN * DP / kTcThreads : 1;  // key elements per thread
-  float pf_k[PFN];
-  float pf_bias = 0.f, pf_va = 0.f, pf_vb = 0.f;
-  int pf_cv = 0;
-  // registers <- tile c0 (keys of masked / padded columns and features d >= D as 0)
-  auto prefetch = [&](int64_t c0) {
-    if (c0 >= c_end) return;
-    if (tid < kBN) column(c0 + tid, pf_bias, pf_va, pf_vb, pf_cv);
-#pragma unroll
-    for (int i = 0; i < PFN; ++i) {
-      const int idx = tid + i * kTcThreads, c = idx / DP, d = idx % DP;
-      const int64_t col = c0 + c;
-      pf_k[i] = (d < D && col < c_end && a.mask[base + col]) ? a.K[(base + col) * D + d] : 0.f;
-    }
-  };
-  if constexpr (PF) prefetch(c_begin);
-  for (int64_t c0 = c_begin; c0 < c_end; c0 += kBN) {
-    __syncthreads();
-    int cv = 0;
+  if constexpr (PF) {
+    stage_tile(c_begin, 0, Async{});
+    async_commit();
+  }
+  int buf = 0;
+  for (int64_t c0 = c_begin; c0 < c_end; c0 += kBN, buf ^= (NBUF - 1)) {
+    __syncthreads();  // every warp is done with the tile that was in the buffer written next
     if constexpr (PF) {
-      if (tid < kBN) {
-        cbias[tid] = pf_bias;
-        ca[tid] = pf_va;
-        cb[tid] = pf_vb;
-        cval[tid] = pf_cv;
-        cv = pf_cv;
-      }
-#pragma unroll
-      for (int i = 0; i < PFN; ++i) {
-        const int idx = tid + i * kTcThreads;
-        stage_tf32<NSPLIT>(Kc, Kcl, (idx / DP) * LD + idx % DP, pf_k[i]);
-      }
-      const int any = __syncthreads_or(cv);  // (also publishes the tile)
-      prefetch(c0 + kBN);                    // in flight while this tile is computed
-      if (!any) continue;
+      if (c0 + kBN < c_end) stage_tile(c0 + kBN, buf ^ 1, Async{});
+      async_commit();   // (an empty group after the last tile)
+      async_wait<1>();  // this thread's copies of tile c0 have landed
     } else {
-      if (tid < kBN) {
-        float bias, va, vb;
-        column(c0 + tid, bias, va, vb, cv);
-        cbias[tid] = bias;
-        ca[tid] = va;
-        cb[tid] = vb;
-        cval[tid] = cv;
-      }
-      if (!__syncthreads_or(cv)) continue;
-      for (int idx = tid; idx < kBN * DP; idx += kTcThreads) {
-        const int c = idx / DP, d = idx % DP;
-        float v = 0.f;
-        if (d < D && cval[c]) v = a.K[(base + c0 + c) * D + d];
-        stage_tf32<NSPLIT>(Kc, Kcl, c * LD + d, v);
-      }
-      __syncthreads();
+      stage_tile(c0, 0, Sync{});
     }
+    const ColTc* cs = cs_all + buf * kBN;
+    const float* Kc = Kc_all + buf * PARTS * kBN * LD;
+    const float* Kcl = Kc + kBN * LD;  // (3xTF32 only)
+    if (!__syncthreads_or(tid < kBN && cs[tid].valid != 0.f)) continue;  // (also publishes the tile)
 
     // S = Q Kc^T: s[nt] holds (rA, 8nt+2t), (rA, 8nt+2t+1), (rA+8, 8nt+2t), (rA+8, 8nt+2t+1)
     float s[NT][4];
@@ -810,17 +893,20 @@ CINA_KERNEL_MIN_BLOCKS(kTcThreads, PF ? 4 : 1) attn_pass_tc_kernel(const PassArg
       }
     }
 
-    float cav[NT][2];
+    // column data of this lane's columns 8nt+2t, 8nt+2t+1 (two 16-byte loads per nt)
+    float cav[NT][2], cbv[NT][2];
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
       const int c = nt * 8 + 2 * t;
-      const float b0 = cbias[c], b1 = cbias[c + 1];
-      cav[nt][0] = ca[c];
-      cav[nt][1] = ca[c + 1];
-      s[nt][0] = fmaf(s[nt][0], a.sl2, b0);
-      s[nt][1] = fmaf(s[nt][1], a.sl2, b1);
-      s[nt][2] = fmaf(s[nt][2], a.sl2, b0);
-      s[nt][3] = fmaf(s[nt][3], a.sl2, b1);
+      const ColTc c0v = cs[c], c1v = cs[c + 1];
+      cav[nt][0] = c0v.va;
+      cav[nt][1] = c1v.va;
+      cbv[nt][0] = c0v.vb;
+      cbv[nt][1] = c1v.vb;
+      s[nt][0] = fmaf(s[nt][0], a.sl2, c0v.bias);
+      s[nt][1] = fmaf(s[nt][1], a.sl2, c1v.bias);
+      s[nt][2] = fmaf(s[nt][2], a.sl2, c0v.bias);
+      s[nt][3] = fmaf(s[nt][3], a.sl2, c1v.bias);
     }
 
 #pragma unroll
@@ -831,7 +917,7 @@ CINA_KERNEL_MIN_BLOCKS(kTcThreads, PF ? 4 : 1) attn_pass_tc_kernel(const PassArg
         for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
-            const float p = exp2f(s[nt][2 * h + e]);
+            const float p = fexp2(s[nt][2 * h + e]);
             s[nt][2 * h + e] = p;
             os = fmaf(p, cav[nt][e], os);
           }
@@ -843,13 +929,13 @@ CINA_KERNEL_MIN_BLOCKS(kTcThreads, PF ? 4 : 1) attn_pass_tc_kernel(const PassArg
         mx = quad_max(mx);
         const float m_new = fmaxf(m[h], mx);
         const float m_ref = (m_new == neg_inf<float>()) ? 0.f : m_new;
-        const float alpha = (m[h] == m_new) ? 1.f : exp2f(m[h] - m_ref);
+        const float alpha = (m[h] == m_new) ? 1.f : fexp2(m[h] - m_ref);
         float ls = 0.f, os = 0.f;
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
-            const float p = exp2f(s[nt][2 * h + e] - m_ref);
+            const float p = fexp2(s[nt][2 * h + e] - m_ref);
             s[nt][2 * h + e] = p;
             ls += p;
             os = fmaf(p, cav[nt][e], os);
@@ -874,14 +960,14 @@ CINA_KERNEL_MIN_BLOCKS(kTcThreads, PF ? 4 : 1) attn_pass_tc_kernel(const PassArg
       for (int nt = 0; nt < NT; ++nt) {  // k chunk = columns 8nt .. 8nt+7 (permuted, see above)
         const int c = nt * 8 + 2 * t;
         const float va0 = cav[nt][0], va1 = cav[nt][1];
-        const float vb0 = (MODE == kBwd) ? cb[c] : 1.f;
-        const float vb1 = (MODE == kBwd) ? cb[c + 1] : 1.f;
+        const float vb0 = (MODE == kBwd) ? cbv[nt][0] : 1.f;
+        const float vb1 = (MODE == kBwd) ? cbv[nt][1] : 1.f;
         // A fragment: a0 = (rA, slot t) = col 2t; a1 = (rA+8, col 2t); a2 = (rA, col 2t+1); a3 = (rA+8, col 2t+1)
         const float pa[4] = {s[nt][0] * va0, s[nt][2] * va0, s[nt][1] * va1, s[nt][3] * va1};
         const float pb[4] = {s[nt][0] * vb0, s[nt][2] * vb0, s[nt][1] * vb1, s[nt][3] * vb1};
         uint32_t pahi[4], palo[4], pbhi[4], pblo[4];
-        split_tf32<NSPLIT>(pa, pahi, palo);
-        split_tf32<NSPLIT>(pb, pbhi, pblo);
+        split_tf32_fast<NSPLIT>(pa, pahi, palo);
+        split_tf32_fast<NSPLIT>(pb, pbhi, pblo);
 #pragma unroll
         for (int n = 0; n < DN; ++n) {
           // B fragment: b0 = (slot t, feature g) = Kc[col 2t][8n+g]; b1 = (slot t+4) = Kc[col 2t+1][8n+g]
@@ -1204,25 +1290,42 @@ inline const char* choose_splits(int64_t row_blocks, int64_t col_tiles, int* nsp
 }
 
 template <int DP, int MODE, int NSPLIT, bool PF>
-const char* launch_pass_tc(const PassArgs<float>& args, int64_t B, void* stream) {
+const char* launch_pass_tc(PassArgs<float> args, int64_t B, void* stream) {
   auto kern = &attn_pass_tc_kernel<DP, MODE, NSPLIT, PF>;
-  constexpr size_t smem = tc_smem_bytes<DP, NSPLIT>();
+  constexpr size_t smem = tc_smem_bytes<DP, NSPLIT, PF>();
   if (smem > 48 * 1024) {
     if (const char* e = rt_set_max_dyn_smem(kern, smem)) return e;
   }
   const int64_t blocks = B * args.row_tiles * args.nsplit;
   if (blocks > 2147483647LL) return fail("cina attention_hinge (CUDA): B * ceil(N / 64) exceeds 2^31 - 1 blocks");
-  CINA_LAUNCH(kern, dim3(static_cast<unsigned>(blocks)), dim3(kTcThreads), smem, stream, args);
-  return rt_check_launch("cina attention_hinge (CUDA): tensor-core pass kernel launch");
+  // the split keys and column data (stream-ordered workspace, released after the pass)
+  const int64_t units = B * args.row_tiles * kBM;
+  const size_t key_bytes = sizeof(float) * static_cast<size_t>(units) * kTcKeyFloats<DP, NSPLIT>;
+  void* ws = nullptr;
+  if (const char* e = rt_malloc(&ws, key_bytes + sizeof(ColTc) * static_cast<size_t>(units), stream,
+                                "tensor-core key workspace"))
+    return e;
+  args.ksplit = static_cast<float*>(ws);
+  args.cols = reinterpret_cast<ColTc*>(static_cast<char*>(ws) + key_bytes);
+  int64_t prep_blocks = (units * DP + 255) / 256;
+  if (prep_blocks > 65536) prep_blocks = 65536;
+  auto prep = &tc_prep_kernel<DP, MODE, NSPLIT>;
+  CINA_LAUNCH(prep, dim3(static_cast<unsigned>(prep_blocks)), dim3(256), 0, stream, args, B);
+  const char* err = rt_check_launch("cina attention_hinge (CUDA): tensor-core prep kernel launch");
+  if (!err) {
+    CINA_LAUNCH(kern, dim3(static_cast<unsigned>(blocks)), dim3(kTcThreads), smem, stream, args);
+    err = rt_check_launch("cina attention_hinge (CUDA): tensor-core pass kernel launch");
+  }
+  rt_free(ws, stream);
+  return err;
 }
 
 template <int MODE, int NSPLIT, bool PF>
 const char* dispatch_pass_tc(const PassArgs<float>& args, int64_t B, void* stream) {
   if (args.D <= 16) return launch_pass_tc<16, MODE, NSPLIT, PF>(args, B, stream);
-  // (prefetch only up to D = 16: at D = 32 the capped kernels spill 100-500 bytes per thread)
-  if (args.D <= 32) return launch_pass_tc<32, MODE, NSPLIT, false>(args, B, stream);
-  if (args.D <= 64) return launch_pass_tc<64, MODE, NSPLIT, false>(args, B, stream);
-  return launch_pass_tc<128, MODE, NSPLIT, false>(args, B, stream);
+  if (args.D <= 32) return launch_pass_tc<32, MODE, NSPLIT, PF>(args, B, stream);
+  if (args.D <= 64) return launch_pass_tc<64, MODE, NSPLIT, PF>(args, B, stream);
+  return launch_pass_tc<128, MODE, NSPLIT, PF>(args, B, stream);
 }
 
 template <typename T, int MODE>
