@@ -70,15 +70,17 @@ def _run(exe, *args, timeout=1800):
 
 # ---- the sanitizers do catch each class of bug ---------------------------------------------------
 
+@pytest.mark.parametrize("case", ["ok", "async_ok"])
 @pytest.mark.parametrize("kind", ["thread", "address"])
-def test_correct_kernel_is_clean(kind):
-    rc, out = _run(_program("san_selftest", EMU_DIR / "san_selftest.cpp", [], kind), "ok")
+def test_correct_kernel_is_clean(kind, case):
+    rc, out = _run(_program("san_selftest", EMU_DIR / "san_selftest.cpp", [], kind), case)
     assert rc == 0, out
     assert not any(m in out for m in REPORT_MARKERS), out
 
 
 @pytest.mark.parametrize("case, kind, marker", [
     ("race", "thread", "ThreadSanitizer: data race"),
+    ("async_race", "thread", "ThreadSanitizer: data race"),  # cp.async read before its wait
     ("overflow", "address", "AddressSanitizer"),
     ("global_oob", "address", "AddressSanitizer: heap-buffer-overflow"),
     ("misaligned", "address", "misaligned address"),
@@ -95,6 +97,13 @@ def test_emulator_refuses_big_shared_memory_without_opt_in():
     rc, out = _run(_program("san_selftest", EMU_DIR / "san_selftest.cpp", [], "address"), "smem_optin")
     assert rc == 0, out
     assert "refused without the opt-in, run with it" in out, out
+
+
+def test_emulator_refuses_unwaited_async_copies():
+    """A thread that returns with cp.async copies it never waited for fails the launch."""
+    rc, out = _run(_program("san_selftest", EMU_DIR / "san_selftest.cpp", [], "address"), "async_leak")
+    assert rc == 0, out
+    assert "reported: emulator: a thread returned with cp.async copies not waited for" in out, out
 
 
 # ---- the kernels of csrc/ under the sanitizers ----------------------------------------------------

@@ -659,11 +659,16 @@ CINA_DEV float fexp2(float x) {
 
 // 16-byte copies from global to shared memory: a plain load / store, or cp.async (the copy
 // proceeds while the thread goes on; async_commit closes a group of copies, async_wait<n> waits
-// until at most n groups are pending).  The emulator copies at once.
+// until at most n groups are pending).  The emulator writes an async copy's destination both at
+// the copy and at the wait that retires it (emulator.h), so that its race detection sees both ends.
 template <bool ASYNC>
 CINA_DEV void copy16(void* dst_smem, const void* src) {
 #ifdef CINA_EMULATE
-  *static_cast<float4*>(dst_smem) = *static_cast<const float4*>(src);
+  if constexpr (ASYNC) {
+    CINA_EMU_CP_ASYNC16(dst_smem, src);
+  } else {
+    *static_cast<float4*>(dst_smem) = *static_cast<const float4*>(src);
+  }
 #else
   if constexpr (ASYNC) {
     const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst_smem));
@@ -674,13 +679,17 @@ CINA_DEV void copy16(void* dst_smem, const void* src) {
 #endif
 }
 CINA_DEV void async_commit() {
-#ifndef CINA_EMULATE
+#ifdef CINA_EMULATE
+  CINA_EMU_CP_ASYNC_COMMIT();
+#else
   asm volatile("cp.async.commit_group;\n" ::: "memory");
 #endif
 }
 template <int N>
 CINA_DEV void async_wait() {
-#ifndef CINA_EMULATE
+#ifdef CINA_EMULATE
+  CINA_EMU_CP_ASYNC_WAIT(N);
+#else
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 #endif
 }

@@ -110,6 +110,42 @@ struct Block {
 thread_local Block* blk = nullptr;
 thread_local unsigned tid = 0;
 
+// cp.async (16-byte global -> shared copies): the destination is written twice, when the copy is
+// issued (the earliest time a GPU may write it) and again when cp.async.wait_group retires its
+// group (the latest), so that ThreadSanitizer sees a read by another thread that is not ordered
+// after the wait by a barrier (read-after-write) as well as a copy issued before the barrier that
+// protects the buffer's previous readers (write-after-read).  Groups still pending when the
+// kernel returns are an error (the shared memory is gone).
+struct AsyncCopy {
+  void* dst;
+  std::array<unsigned char, 16> data;
+};
+thread_local std::vector<AsyncCopy> async_open;                 // issued, not yet committed
+thread_local std::vector<std::vector<AsyncCopy>> async_groups;  // committed, oldest first
+inline void cp_async16(void* dst, const void* src) {
+  AsyncCopy c{dst, {}};
+  std::memcpy(c.data.data(), src, 16);
+  std::memcpy(dst, c.data.data(), 16);
+  async_open.push_back(c);
+}
+inline void cp_async_commit() {
+  async_groups.push_back(std::move(async_open));
+  async_open.clear();
+}
+inline void cp_async_wait(size_t pending) {
+  while (async_groups.size() > pending) {
+    for (const AsyncCopy& c : async_groups.front()) std::memcpy(c.dst, c.data.data(), 16);
+    async_groups.erase(async_groups.begin());
+  }
+}
+// copies issued but not retired by a wait (an empty committed group needs no wait)
+inline bool cp_async_pending() {
+  if (!async_open.empty()) return true;
+  for (const auto& g : async_groups)
+    if (!g.empty()) return true;
+  return false;
+}
+
 inline void warp_sync() { blk->warp_bar[tid / 32]->arrive_and_wait(); }
 
 template <class F>
@@ -201,6 +237,9 @@ inline void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32
 #define CINA_KERNEL_MIN_BLOCKS(threads, blocks) void
 #define CINA_DYN_SMEM(name) unsigned char* name = emu::blk->smem
 #define CINA_EMU_MMA_TF32(d, a, b, c) emu::mma_m16n8k8_tf32(d, a, b, c)
+#define CINA_EMU_CP_ASYNC16(dst, src) emu::cp_async16(dst, src)
+#define CINA_EMU_CP_ASYNC_COMMIT() emu::cp_async_commit()
+#define CINA_EMU_CP_ASYNC_WAIT(n) emu::cp_async_wait(n)
 
 
 // 32-bit atomics (blocks run one after the other; threads of a block concurrently)
@@ -244,6 +283,7 @@ void launch(dim3 grid, dim3 block, size_t smem, F f, const void* kernel) {
   if (nt == 0 || nblocks == 0) return;
   Block b(nt, smem);
   bool overflow = false;
+  std::atomic<bool> async_leak{false};
   std::vector<std::thread> threads;
   threads.reserve(nt);
   for (unsigned t = 0; t < nt; ++t) {
@@ -257,6 +297,9 @@ void launch(dim3 grid, dim3 block, size_t smem, F f, const void* kernel) {
         blockIdx = dim3(static_cast<unsigned>(k % grid.x), static_cast<unsigned>((k / grid.x) % grid.y),
                         static_cast<unsigned>(k / (uint64_t(grid.x) * grid.y)));
         f();
+        if (cp_async_pending()) async_leak = true;
+        async_open.clear();
+        async_groups.clear();
         b.bar.arrive_and_wait();  // every thread of this block is done
         if (t == 0) {
           if (!b.guard_intact()) overflow = true;
@@ -268,6 +311,7 @@ void launch(dim3 grid, dim3 block, size_t smem, F f, const void* kernel) {
   }
   for (auto& th : threads) th.join();
   if (overflow) launch_error = "emulator: shared memory written past the dynamic size";
+  if (async_leak) launch_error = "emulator: a thread returned with cp.async copies not waited for";
 }
 }  // namespace emu
 

@@ -7,6 +7,9 @@
 //   global_oob  a read one element past an input array (AddressSanitizer)
 //   misaligned  a double loaded from a 4-byte aligned shared-memory address (UBSan: alignment)
 //   leak        a workspace that is never freed (LeakSanitizer)
+//   async_ok    cp.async copies, waited for, then a barrier, then read by other threads: clean
+//   async_race  the same without the wait before the barrier (ThreadSanitizer: data race)
+//   async_leak  a copy never waited for: the emulator fails the launch
 //   smem_optin  the emulator's launch check: more than 48 KiB of dynamic shared memory is refused
 //               until rt_set_max_dyn_smem (cudaFuncSetAttribute) allows it, as on a GPU
 #include "emulator.h"
@@ -25,6 +28,20 @@ CINA_KERNEL(kThreads) exchange_kernel(const float* in, float* out) {
   s[t] = in[t];
   if constexpr (kSync) __syncthreads();
   out[blockIdx.x * kThreads + t] = s[(t + 1) % kThreads];
+}
+
+// cp.async into shared memory (the emulator's model: emulator.h)
+template <bool kWait, bool kWaitAtAll>
+CINA_KERNEL(kThreads) async_kernel(const float* in, float* out) {
+  CINA_DYN_SMEM(smem_raw);
+  float* s = reinterpret_cast<float*>(smem_raw);
+  const int t = threadIdx.x;
+  if (t % 4 == 0) CINA_EMU_CP_ASYNC16(s + t, in + t);  // 16 bytes: s[t .. t+3]
+  CINA_EMU_CP_ASYNC_COMMIT();
+  if constexpr (kWait) CINA_EMU_CP_ASYNC_WAIT(0);
+  __syncthreads();
+  out[blockIdx.x * kThreads + t] = s[(t + 4) % kThreads];
+  if constexpr (!kWait && kWaitAtAll) CINA_EMU_CP_ASYNC_WAIT(0);  // too late: after the readers
 }
 
 CINA_KERNEL(kThreads) overflow_kernel(const float* in, float* out) {
@@ -78,6 +95,29 @@ int main(int argc, char** argv) {
     if (cina::cuda_rt::rt_malloc(&ws, 256, nullptr, "selftest workspace")) return 1;
     std::printf("selftest leak: workspace %p not freed\n", ws);
     ws = nullptr;
+  } else if (std::strcmp(what, "async_ok") == 0 || std::strcmp(what, "async_race") == 0) {
+    if (what[6] == 'o') {
+      CINA_LAUNCH((async_kernel<true, true>), dim3(2), dim3(kThreads), smem, nullptr, in.data(), out.data());
+    } else {
+      CINA_LAUNCH((async_kernel<false, true>), dim3(2), dim3(kThreads), smem, nullptr, in.data(), out.data());
+    }
+    if (!emu::launch_error.empty()) {
+      std::printf("selftest %s: %s\n", what, emu::launch_error.c_str());
+      return 1;
+    }
+    for (int i = 0; i < 2 * kThreads; ++i)
+      if (out[i] != in[(i % kThreads + 4) % kThreads]) {
+        std::printf("selftest %s: wrong result\n", what);
+        return 1;
+      }
+  } else if (std::strcmp(what, "async_leak") == 0) {
+    emu::launch_error.clear();
+    CINA_LAUNCH((async_kernel<false, false>), dim3(1), dim3(kThreads), smem, nullptr, in.data(), out.data());
+    if (emu::launch_error.find("cp.async") == std::string::npos) {
+      std::printf("selftest async_leak: not reported\n");
+      return 1;
+    }
+    std::printf("selftest async_leak: reported: %s\n", emu::launch_error.c_str());
   } else if (std::strcmp(what, "smem_optin") == 0) {
     const size_t big = 64 * 1024;
     emu::launch_error.clear();
