@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from functools import cache
 
 import pytest
 
@@ -45,21 +46,26 @@ _ATT_DEPS = [CSRC / "attention_hinge" / "cuda.cu", CSRC / "attention_hinge" / "a
 _QP_DEPS = [CSRC / "qp_solve" / "cuda.cu", CSRC / "qp_solve" / "qp_solve.h"]
 
 
+def _build(stem: str, main, deps, kind: str):
+    return build_executable(f"{stem}_{kind}", main, deps, flags=(*SANITIZERS[kind], *(fma_flags() or ())),
+                            label=f"{stem} ({kind} sanitizer)")
+
+
+@cache
 def _sanitizer_works(kind: str) -> bool:
-    """Whether this compiler can build and run a program with the sanitizer (runtime installed)."""
+    """Whether this compiler can build and run a program with the sanitizer (runtime installed):
+    the self-test program's correct case, built as the tests below use it."""
     try:
-        exe = build_executable(f"san_probe_{kind}", EMU_DIR / "san_selftest.cpp", [], flags=SANITIZERS[kind])
+        exe = _build("san_selftest", EMU_DIR / "san_selftest.cpp", [], kind)
     except RuntimeError:
         return False
-    res = subprocess.run([str(exe), "ok"], capture_output=True, text=True, timeout=120, env={**os.environ, **ENV})
-    return res.returncode == 0
+    return _run(exe, "ok", timeout=120)[0] == 0
 
 
 def _program(stem: str, main, deps, kind: str):
     if not _sanitizer_works(kind):
         pytest.skip(f"the {kind} sanitizer is not available with {CXX}")
-    return build_executable(f"{stem}_{kind}", main, deps, flags=(*SANITIZERS[kind], *(fma_flags() or ())),
-                            label=f"{stem} ({kind} sanitizer)")
+    return _build(stem, main, deps, kind)
 
 
 def _run(exe, *args, timeout=1800):

@@ -592,14 +592,6 @@ CINA_DEV void stage_tf32(float* hi, float* lo, int o, float v) {
   hi[o] = h;
   if constexpr (NSPLIT == 3) lo[o] = tf32_value(to_tf32(v - h));
 }
-template <int NSPLIT, int NV>
-CINA_DEV void split_tf32(const float (&x)[NV], uint32_t (&hi)[NV], uint32_t (&lo)[NV]) {
-#pragma unroll
-  for (int i = 0; i < NV; ++i) {
-    hi[i] = to_tf32(x[i]);
-    if constexpr (NSPLIT == 3) lo[i] = to_tf32(x[i] - tf32_value(hi[i]));
-  }
-}
 template <int NSPLIT>
 CINA_DEV void mma_split(float (&d)[4], const uint32_t (&ahi)[4], const uint32_t (&alo)[4],
                         const uint32_t (&bhi)[2], const uint32_t (&blo)[2]) {
@@ -633,9 +625,9 @@ CINA_DEV uint32_t tf32_bits_rna(float x) { return f32_bits(x) + 0x1000u; }
 // the value of such an operand (its low bits cleared)
 CINA_DEV float tf32_bits_value(uint32_t u) { return tf32_value(u & 0xffffe000u); }
 // split of fragment values: hi = tf32(x) and, for 3xTF32, lo = tf32(x - hi), both as mma operands
-// (the same operand values as split_tf32)
+// (the operand values of cvt.rna.tf32.f32)
 template <int NSPLIT, int NV>
-CINA_DEV void split_tf32_fast(const float (&x)[NV], uint32_t (&hi)[NV], uint32_t (&lo)[NV]) {
+CINA_DEV void split_tf32(const float (&x)[NV], uint32_t (&hi)[NV], uint32_t (&lo)[NV]) {
 #pragma unroll
   for (int i = 0; i < NV; ++i) {
     hi[i] = tf32_bits_rna(x[i]);
@@ -975,8 +967,8 @@ CINA_KERNEL_MIN_BLOCKS(kTcThreads, DP <= 16 ? 4 : 1) attn_pass_tc_kernel(const P
         const float pa[4] = {s[nt][0] * va0, s[nt][2] * va0, s[nt][1] * va1, s[nt][3] * va1};
         const float pb[4] = {s[nt][0] * vb0, s[nt][2] * vb0, s[nt][1] * vb1, s[nt][3] * vb1};
         uint32_t pahi[4], palo[4], pbhi[4], pblo[4];
-        split_tf32_fast<NSPLIT>(pa, pahi, palo);
-        split_tf32_fast<NSPLIT>(pb, pbhi, pblo);
+        split_tf32<NSPLIT>(pa, pahi, palo);
+        split_tf32<NSPLIT>(pb, pbhi, pblo);
 #pragma unroll
         for (int n = 0; n < DN; ++n) {
           // B fragment: b0 = (slot t, feature g) = Kc[col 2t][8n+g]; b1 = (slot t+4) = Kc[col 2t+1][8n+g]

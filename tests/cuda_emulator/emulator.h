@@ -73,10 +73,10 @@ struct Block {
     mma.resize(nwarps);
     const size_t total = smem_bytes + kGuard;
     smem = static_cast<unsigned char*>(std::aligned_alloc(128, (total + 127) / 128 * 128));
-    std::memset(smem, 0xFF, total);  // NaN for float and double
-    CINA_EMU_POISON(smem + smem_bytes, kGuard);
+    refill();
   }
-  // the state of a fresh block: shared memory NaN (guard bytes intact and poisoned), flag 0
+  // the state of a fresh block: shared memory NaN for float and double (guard bytes intact and
+  // poisoned), flag 0
   void refill() {
     CINA_EMU_UNPOISON(smem + smem_bytes, kGuard);
     std::memset(smem, 0xFF, smem_bytes + kGuard);
