@@ -195,18 +195,23 @@ struct BlockSolver {
   int i_, k_;
 
   // ---- binding (the solver kernel and the working-set kernels) -------------------------------
-  // thread indices and, when `smem` is given, the shared scratch: Red[32], Ctl, scan (nt + 1)
-  CINA_DEV void bind_block(unsigned char* smem) {
+  // thread indices
+  CINA_DEV void bind_threads() {
     nt = blockDim.x;
     tid = threadIdx.x;
     lane = tid % 32;
     warp = tid / 32;
     nwarps = (nt + 31) / 32;
-    if (smem != nullptr) {
-      red = reinterpret_cast<Red*>(smem);
-      ctl = reinterpret_cast<Ctl*>(smem + 32 * sizeof(Red));
-      scan = reinterpret_cast<int*>(smem + 32 * sizeof(Red) + sizeof(Ctl));
-    }
+  }
+  // thread indices and the shared scratch: Red[32], Ctl, scan (nt + 1).  No null test on
+  // `smem`: nvcc 13.0 folded `smem_raw != nullptr` (the dynamic buffer sits at shared offset 0)
+  // to false in ws_solve_kernel and read the reduction scratch through an undefined pointer
+  // (illegal address on the H200); the kernels without scratch call bind_threads() instead.
+  CINA_DEV void bind_block(unsigned char* smem) {
+    bind_threads();
+    red = reinterpret_cast<Red*>(smem);
+    ctl = reinterpret_cast<Ctl*>(smem + 32 * sizeof(Red));
+    scan = reinterpret_cast<int*>(smem + 32 * sizeof(Red) + sizeof(Ctl));
   }
   // the arrays of one workspace region laid out by L (cache: the column cache)
   CINA_DEV void bind_workspace(unsigned char* base, const Layout& L) {
@@ -943,14 +948,14 @@ CINA_DEV uint32_t order_key(double v) {
   return b == 0u ? 1u : b;
 }
 
-// Binds a BlockSolver to problem g of the group (workspace pointers, shared scratch); the
-// problem's scalars come from ws_load after the set-up.
+// Binds a BlockSolver to problem g of the group (workspace pointers, thread indices; the kernels
+// with shared scratch then call bind_block); the problem's scalars come from ws_load after the set-up.
 template <typename T>
-CINA_DEV WsLayout ws_bind(BlockSolver<T>& s, const WsArgs<T>& A, int64_t g, unsigned char* smem) {
+CINA_DEV WsLayout ws_bind(BlockSolver<T>& s, const WsArgs<T>& A, int64_t g) {
   s.S = A.S;
   s.pb = A.pb;
   s.out = A.out;
-  s.bind_block(smem);  // (the update kernel has no shared scratch: smem == nullptr)
+  s.bind_threads();  // the kernels with shared scratch bind it themselves (bind_block)
   s.kind = static_cast<int>(A.S.kind);
   s.cap = 0;
   s.m2 = A.m2;
@@ -990,7 +995,8 @@ CINA_KERNEL(kMaxThreads) ws_setup_kernel(WsArgs<T> A) {
   CINA_DYN_SMEM(smem_raw);
   const int64_t g = blockIdx.x;
   BlockSolver<T> s;
-  ws_bind(s, A, g, smem_raw);
+  ws_bind(s, A, g);
+  s.bind_block(smem_raw);
   const bool ok = s.setup();
   if (ok)
     for (int64_t k = s.tid; k < s.n; k += s.nt) s.G[k] = -s.p[k];
@@ -1019,7 +1025,7 @@ CINA_KERNEL(kWsUpdateThreads) ws_update_kernel(WsArgs<T> A) {
   const int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (k >= c.n) return;
   BlockSolver<T> s;
-  const WsLayout W = ws_bind(s, A, g, nullptr);
+  const WsLayout W = ws_bind(s, A, g);
   ws_load(s, c);
   unsigned char* base = A.ws + g * A.pbytes;
   const int kk = static_cast<int>(k);
@@ -1076,7 +1082,8 @@ CINA_KERNEL(kMaxThreads) ws_select_kernel(WsArgs<T> A) {
   const WsCtl c = A.ctl[g];
   if (c.status != 0) return;
   BlockSolver<T> s;
-  const WsLayout W = ws_bind(s, A, g, smem_raw);
+  const WsLayout W = ws_bind(s, A, g);
+  s.bind_block(smem_raw);
   ws_load(s, c);
   int* hist = reinterpret_cast<int*>(smem_raw + smem_bytes(s.nt));
   int* wsum = hist + kWsLists * 256;
@@ -1251,7 +1258,11 @@ CINA_KERNEL(kMaxThreads) ws_select_kernel(WsArgs<T> A) {
   const int nb = nbt[0];
   __syncthreads();
   // Q_BB, column j at qbb + j nb (the layout of a cached column), from the gathered working set
-  BlockSolver<T> v = s;
+  // (bound afresh, not copied from s: see ws_solve_kernel)
+  BlockSolver<T> v;
+  ws_bind(v, A, g);
+  v.bind_block(smem_raw);
+  ws_load(v, c);
   v.n = nb;
   v.Xt = reinterpret_cast<double*>(base + W.xb);
   v.sgn = reinterpret_cast<double*>(base + W.sb);
@@ -1288,14 +1299,21 @@ CINA_KERNEL(kWsMaxSize) ws_solve_kernel(WsArgs<T> A) {
   const WsCtl c = A.ctl[g];
   if (c.status != 0) return;
   BlockSolver<T> s;  // the whole problem (its arrays in the workspace)
-  const WsLayout W = ws_bind(s, A, g, smem_raw);
+  const WsLayout W = ws_bind(s, A, g);
+  s.bind_block(smem_raw);
   ws_load(s, c);
   unsigned char* base = A.ws + g * A.pbytes;
   const int* wsidx = reinterpret_cast<const int*>(base + W.wsidx);
   double* wsdx = reinterpret_cast<double*>(base + W.wsdx);
   const int nb = c.nb;
   const int64_t qws = A.qws;
-  BlockSolver<T> loc = s;  // the sub-problem: same scalars, arrays in shared memory
+  // the sub-problem: same scalars, arrays in shared memory.  Bound afresh rather than copied
+  // from s: with nvcc 13.0 the copy lost the shared-scratch pointer (the reductions read a
+  // kernel argument as their address: illegal address on the H200)
+  BlockSolver<T> loc;
+  ws_bind(loc, A, g);
+  loc.bind_block(smem_raw);
+  ws_load(loc, c);
   // (smem_bytes is 4 mod 8: the double arrays start at the next 16-byte boundary; the +16 of
   // ws_smem_solve pays for it)
   unsigned char* sm = smem_raw + ((smem_bytes(s.nt) + 15) & ~static_cast<size_t>(15));
