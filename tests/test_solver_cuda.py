@@ -35,7 +35,9 @@ make_data = partial(_solver_cases.make_data, p=6)
 
 
 def cuda_and_cpu(fn, X, W, *args, **kw):
-    gpu = fn(X.to(DEV), W.to(DEV), *args, backend="fused", **kw)
+    # tensor keyword arguments (mask, ...) go to the device with the data
+    kw_dev = {k: v.to(DEV) if isinstance(v, torch.Tensor) else v for k, v in kw.items()}
+    gpu = fn(X.to(DEV), W.to(DEV), *args, backend="fused", **kw_dev)
     cpu = fn(X, W, *args, backend="fused", shrinking=False, **kw)
     return gpu, cpu
 
