@@ -45,11 +45,10 @@
 //   out = lse = 0, A = Bk = 0, dK = dV = 0.
 // * Loss and db: one block per dataset, fixed-order tree reductions in double.
 // * Any N (grid of B * ceil(N / 64) * splits blocks), 1 <= D <= 128 (D > 128 is refused).
-// * Variant choice: CINA_ATTENTION_KERNEL = auto (default: tf32x3) | simt | tf32x3 | tf32 |
+// * Variant choice: CINA_ATTENTION_KERNEL = auto (default: tf32x3p) | simt | tf32x3 | tf32 |
 //   tf32x3p | tf32p, read at every call; float64, and tf32x3 with D > 64, run the SIMT kernels.
 //   The "p" variants double-buffer the streamed tiles: the next tile is copied with cp.async
-//   while the current one is computed (same bits as without), to be timed against the plain
-//   ones on the GPU.
+//   while the current one is computed (same bits as without; faster at most shapes on an H200).
 // * Every launch is checked (cudaGetLastError); errors come back as strings, never crashes.
 //
 // The file is pure CUDA (no torch headers).  It is also compiled on the host, with
@@ -1228,13 +1227,16 @@ const char* launch_pass(const PassArgs<T>& args, int64_t B, void* stream) {
 }
 
 // Kernel variant, from the environment variable CINA_ATTENTION_KERNEL (read at every call):
-//   auto (or unset): kDefaultVariant = tf32x3, which met the fp32 parity rule on an H200 for
-//   D <= 64 at 1.6-1.8x the SIMT kernel's speed (1 x 32768 x 16 and 4096 x 256 x 16, fwd+bwd);
+//   auto (or unset): kDefaultVariant = tf32x3p: 3xTF32 (meets the fp32 parity rule for D <= 64)
+//   with the streamed tiles double-buffered by cp.async, the same bits as tf32x3 and faster on
+//   an H200 at 6 of 7 benchmark shapes (fwd+bwd 1 x 32768 x 16: 4.63 vs 4.99 ms; 4096 x 256 x 16:
+//   1.94 vs 2.22 ms; forward 1 x 1e6 x 16: 0.87 vs 1.57 s);
 //   simt: the SIMT kernels;
-//   tf32x3: tensor cores, 3xTF32 split (about fp32 accuracy);  tf32: tensor cores, plain TF32.
+//   tf32x3: tensor cores, 3xTF32 split (about fp32 accuracy);  tf32: tensor cores, plain TF32;
+//   tf32x3p, tf32p: the same with cp.async double buffering.
 // The tensor-core variants apply to float32; float64 always runs the SIMT kernels.
 enum Variant : int { kSimt = 0, kTf32 = 1, kTf32x3 = 3, kTf32p = 11, kTf32x3p = 13 };
-constexpr int kDefaultVariant = kTf32x3;
+constexpr int kDefaultVariant = kTf32x3p;
 
 inline const char* read_variant(int* variant) {
   const char* s = std::getenv("CINA_ATTENTION_KERNEL");
