@@ -9,17 +9,20 @@
 #   import     the build has CUDA kernels and sees the GPU
 #   tests      pytest tests/test_ops_cuda.py tests/test_solver_cuda.py -> tests.log, tests.xml
 #   memcheck   compute-sanitizer memcheck  benchmarks/sanitizer_cases.py (attention + QP solver)
+#   racecheck  compute-sanitizer racecheck benchmarks/sanitizer_cases.py --quick
+#   synccheck  compute-sanitizer synccheck benchmarks/sanitizer_cases.py --quick
 #   bench      benchmarks/bench_attention.py --quick          -> OUTDIR/bench/results.{json,md,png}
 #   bench_solver  benchmarks/bench_solver.py --quick (sklearn, cpu, cuda; overlap; short cases)
 #                                                             -> OUTDIR/solver/solver.{json,md,png}
-#   racecheck  compute-sanitizer racecheck benchmarks/sanitizer_cases.py --quick
-#   synccheck  compute-sanitizer synccheck benchmarks/sanitizer_cases.py --quick
 #   profile    ncu (speed of light, occupancy, warp stalls) on benchmarks/profile_cases.py:
 #              attention fwd+bwd 1 x 32768 x 16 (tf32x3, tf32x3p, tf32, tf32p), solver N = 20000
 #   suite      the rest of the test suite, minus slow tests (only if time is left)
 # then OUTDIR/report.md.  The whole run stays inside GPU_CHECK_SECONDS (default 540 s): a step
 # gets at most what is left, and steps are skipped once the budget is spent.
 # GPU_CHECK_STEPS=build,tests,... runs only the steps named (e.g. a rerun on a warm machine);
+# a shorter run: GPU_CHECK_BENCH_SHAPES (e.g. 1x32768x16,4096x256x16), GPU_CHECK_BENCH_SPLITS
+# ("" for no split sweep), GPU_CHECK_SOLVER_CASES / _PROBLEMS / _METHODS (bench_solver's --cases,
+# --problems, --methods), GPU_CHECK_PROFILE_VARIANTS ("" profiles the solver only);
 # PYTHON overrides the interpreter (default python3).
 # Exit status: 0 when every selected step passed, else the number of steps that failed or were
 # skipped for lack of time.
@@ -135,14 +138,17 @@ bench() {
   # leave the script time to write its outputs before the step's own limit
   local total=$(( ${STEP_LIMIT:-170} - 25 ))
   (( total < 20 )) && total=20
+  local shapes=()
+  [[ -n "${GPU_CHECK_BENCH_SHAPES:-}" ]] && shapes=(--shapes "$GPU_CHECK_BENCH_SHAPES")
   "$PY" benchmarks/bench_attention.py --quick --device cuda --out "$OUT/bench" --total-seconds "$total" \
-    --splits 1,2,4,8
+    --splits "${GPU_CHECK_BENCH_SPLITS-1,2,4,8}" "${shapes[@]}"
 }
 
 bench_solver() {
   # the spec's targets: one dataset of 2e4 units and a batch of 1024 x 1000, against sklearn
-  "$PY" benchmarks/bench_solver.py --quick --out "$OUT/solver" --methods sklearn,cpu,cuda \
-    --problems overlap --cases 1x2000,1x20000,1x100000,64x1000,1024x1000 --max-n 100000 --max-n-sklearn 20000 \
+  "$PY" benchmarks/bench_solver.py --quick --out "$OUT/solver" --methods "${GPU_CHECK_SOLVER_METHODS:-sklearn,cpu,cuda}" \
+    --problems "${GPU_CHECK_SOLVER_PROBLEMS:-overlap}" \
+    --cases "${GPU_CHECK_SOLVER_CASES:-1x2000,1x20000,1x100000,64x1000,1024x1000}" --max-n 100000 --max-n-sklearn 20000 \
     --max-n-reference 0 --max-seconds 20
 }
 
@@ -154,7 +160,7 @@ profile() {
   local NCU
   NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
   local SECT="--section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats --section SchedulerStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis"
-  for v in tf32x3 tf32x3p tf32 tf32p; do
+  for v in ${GPU_CHECK_PROFILE_VARIANTS-tf32x3 tf32x3p tf32 tf32p}; do
     echo "=== attention $v"
     "$NCU" --profile-from-start off $SECT -k regex:attn_pass -c 2 "$PY" benchmarks/profile_cases.py attention --variant $v
   done
@@ -174,10 +180,10 @@ step build 300 build
 step import 60 import_check
 step tests 170 tests
 step memcheck 110 memcheck
-step bench 170 bench
-step bench_solver 100 bench_solver
 step racecheck 100 racecheck
 step synccheck 60 synccheck
+step bench 170 bench
+step bench_solver 150 bench_solver
 step profile 90 profile
 step suite 90 suite
 
