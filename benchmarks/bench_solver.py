@@ -160,9 +160,12 @@ def run_solver(fn, X, W, lam, tol, estimand, **kw):
 
 
 def with_env(var, value, fn):
-    """fn() with the environment variable var set to value (restored afterwards)."""
+    """fn() with the environment variable var set to value, or unset for None (restored afterwards)."""
     old = os.environ.get(var)
-    os.environ[var] = value
+    if value is None:
+        os.environ.pop(var, None)
+    else:
+        os.environ[var] = value
     try:
         return fn()
     finally:
@@ -170,6 +173,21 @@ def with_env(var, value, fn):
             os.environ.pop(var, None)
         else:
             os.environ[var] = old
+
+
+def parse_cuda_config(spec: str):
+    """"block" | "ws" | "ws/SIZE" | "ws/SIZE/tT" -> (name, algorithm, working-set size, sub-problem
+    threads or None)."""
+    parts = spec.split("/")
+    if parts[0] == "block" and len(parts) == 1:
+        return spec, "block", "512", None
+    if parts[0] != "ws" or len(parts) > 3:
+        raise SystemExit(f"--cuda-configs: bad entry {spec!r} (block, ws, ws/SIZE or ws/SIZE/tT)")
+    size = parts[1] if len(parts) > 1 else "512"
+    wst = parts[2][1:] if len(parts) > 2 and parts[2].startswith("t") else None
+    if not size.isdigit() or (len(parts) > 2 and not (wst or "").isdigit()):
+        raise SystemExit(f"--cuda-configs: bad entry {spec!r}")
+    return spec, "ws", size, wst
 
 
 def main(argv=None):
@@ -186,7 +204,11 @@ def main(argv=None):
     ap.add_argument("--problems", default="overlap,ate")
     ap.add_argument("--cases", default="", help="override the cases, e.g. 1x10000,64x1000 (datasets x units)")
     ap.add_argument("--methods", default="sklearn,reference,cpu,cpu1,cuda")
+    ap.add_argument("--cuda-configs", default="block,ws,ws/256",
+                    help="CUDA algorithm settings timed side by side: block, ws (512 units), ws/SIZE, ws/SIZE/tT "
+                         "(T threads in the sub-problem kernel, CINA_QP_WS_THREADS)")
     args = ap.parse_args(argv)
+    cuda_configs = [parse_cuda_config(c) for c in args.cuda_configs.split(",") if c]
 
     max_n = args.max_n or (10_000 if args.quick else 100_000)
     max_s = args.max_seconds or (60.0 if args.quick else 600.0)
@@ -251,11 +273,12 @@ def main(argv=None):
                 # each algorithm forced (CINA_QP_CUDA_ALGO), side by side; the default ("auto") is
                 # the working-set decomposition from 4096 units, one block per problem below
                 # (and the working set at 256 units instead of the default 512)
-                for name, algo, size in (("block", "block", "512"), ("ws", "ws", "512"), ("ws/256", "ws", "256")):
-                    plan.append((f"cuda[{name}]", lambda algo=algo, size=size: with_env(
+                for name, algo, size, wst in cuda_configs:
+                    plan.append((f"cuda[{name}]", lambda algo=algo, size=size, wst=wst: with_env(
                         "CINA_QP_CUDA_ALGO", algo, lambda: with_env(
-                            "CINA_QP_WS_SIZE", size,
-                            lambda: run_solver(solver.dual_solve, Xc, Wc, lam, args.tol, problem, backend="fused")))))
+                            "CINA_QP_WS_SIZE", size, lambda: with_env(
+                                "CINA_QP_WS_THREADS", wst,
+                                lambda: run_solver(solver.dual_solve, Xc, Wc, lam, args.tol, problem, backend="fused"))))))
             if torch.cuda.is_available() and "cuda" in methods and 4 * B * N * N * 8 < 0.25 * torch.cuda.get_device_properties(0).total_memory \
                     and N <= args.max_n_reference:
                 Xc, Wc = X.cuda(), W.cuda()

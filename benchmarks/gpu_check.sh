@@ -21,8 +21,8 @@
 # gets at most what is left, and steps are skipped once the budget is spent.
 # GPU_CHECK_STEPS=build,tests,... runs only the steps named (e.g. a rerun on a warm machine);
 # a shorter run: GPU_CHECK_BENCH_SHAPES (e.g. 1x32768x16,4096x256x16), GPU_CHECK_BENCH_SPLITS
-# ("" for no split sweep), GPU_CHECK_SOLVER_CASES / _PROBLEMS / _METHODS (bench_solver's --cases,
-# --problems, --methods), GPU_CHECK_PROFILE_VARIANTS ("" profiles the solver only);
+# ("" for no split sweep), GPU_CHECK_SOLVER_CASES / _PROBLEMS / _METHODS / _CUDA (bench_solver's
+# --cases, --problems, --methods, --cuda-configs), GPU_CHECK_PROFILE_VARIANTS ("" profiles the solver only);
 # PYTHON overrides the interpreter (default python3).
 # Exit status: 0 when every selected step passed, else the number of steps that failed or were
 # skipped for lack of time.
@@ -149,7 +149,7 @@ bench_solver() {
   "$PY" benchmarks/bench_solver.py --quick --out "$OUT/solver" --methods "${GPU_CHECK_SOLVER_METHODS:-sklearn,cpu,cuda}" \
     --problems "${GPU_CHECK_SOLVER_PROBLEMS:-overlap}" \
     --cases "${GPU_CHECK_SOLVER_CASES:-1x2000,1x20000,1x100000,64x1000,1024x1000}" --max-n 100000 --max-n-sklearn 20000 \
-    --max-n-reference 0 --max-seconds 20
+    --max-n-reference 0 --max-seconds 20 --cuda-configs "${GPU_CHECK_SOLVER_CUDA:-block,ws,ws/256,ws/256/t64}"
 }
 
 profile() {

@@ -197,14 +197,17 @@ def _dual_solve(X: torch.Tensor, W: torch.Tensor, lam: float, *, backend: str = 
     return fn(X, W, lam, **kw)
 
 
-def _warm_overlap_reference(X, W, lam, init, *, kernel, gamma=None, scale=None, tol=1e-6, max_iter=100_000,
+def _warm_overlap_reference(X, W, lam, init, *, kernel, gamma=None, scale=None, tol=1e-6, max_iter=None,
                             **_):
     """Warm-started "overlap" SVM dual through the reference box-QP (its ``dual_solve`` has no warm
     start): the same problem as ``dual_solve(..., estimand="overlap")`` with a feasible start
     ``init`` (a previous solution: the constraints do not depend on the kernel)."""
     from .reference import readout_weights
     from .reference_qp import BalanceResult, gram, qp_solve
+    from .solver import default_max_iter
 
+    if max_iter is None:
+        max_iter = default_max_iter(X.shape[1])
     K = gram(X, kernel, gamma=gamma, scale=scale)
     Wf = W.to(X.dtype)
     Q = (Wf.unsqueeze(-1) * Wf.unsqueeze(-2)) * K / float(lam)
@@ -716,7 +719,7 @@ class KernelBalancing(_WeightingEstimator):
 
     def __init__(self, estimand: str = "ate", kernel: str = "rbf", lam: Optional[float] = None,
                  gamma: Optional[float] = None, intercept: bool = True, loss: str = "hinge",
-                 tol: float = 1e-6, max_iter: int = 100_000, bootstrap_tol: float = 1e-4,
+                 tol: float = 1e-6, max_iter: Optional[int] = None, bootstrap_tol: float = 1e-4,
                  backend: str = "auto", device: str = "auto", dtype: str = "float64",
                  random_state=None, verbose: bool = False):
         self.estimand = estimand
@@ -762,7 +765,7 @@ class KernelBalancing(_WeightingEstimator):
         lam_abs = _lam_abs(self._lam_rel(estimand), estimand, n, self.kernel)
         gamma = float(self.gamma) if self.gamma is not None else 1.0 / p
         kw = dict(kernel=self.kernel, estimand=estimand, loss=self.loss,
-                  tol=float(self.bootstrap_tol if bootstrap else self.tol), max_iter=int(self.max_iter))
+                  tol=float(self.bootstrap_tol if bootstrap else self.tol), max_iter=None if self.max_iter is None else int(self.max_iter))
         if self.kernel == "rbf":
             kw["gamma"] = gamma
         if estimand == "overlap":
@@ -772,7 +775,7 @@ class KernelBalancing(_WeightingEstimator):
         converged = bool(res.converged.reshape(-1)[0])
         if not converged and not bootstrap:
             warnings.warn(
-                f"KernelBalancing: the dual solver did not converge to tol={kw['tol']:g} in {int(self.max_iter)} "
+                f"KernelBalancing: the dual solver did not converge to tol={kw['tol']:g} in {int(res.iterations.max())} "
                 f"iterations (KKT violation {float(res.kkt.reshape(-1)[0]):.3g}); raise max_iter or tol",
                 RuntimeWarning, stacklevel=3)
         w = res.weights[0].detach().cpu().double().numpy()
@@ -923,7 +926,7 @@ class CInA(_WeightingEstimator):
 
     def __init__(self, estimand: str = "overlap", lam: Optional[float] = None, key_dim: int = 16,
                  hidden_dim: int = 64, n_steps: int = 20, lr: float = 0.01, readout_lam: Optional[float] = None,
-                 key_scale: float = 1.0, loss: str = "hinge", tol: float = 1e-6, max_iter: int = 100_000,
+                 key_scale: float = 1.0, loss: str = "hinge", tol: float = 1e-6, max_iter: Optional[int] = None,
                  bootstrap_tol: float = 1e-4, bootstrap_refit: str = "solver", backend: str = "auto",
                  device: str = "auto", dtype: str = "float64", random_state=None, verbose: bool = False):
         self.estimand = estimand
@@ -986,7 +989,7 @@ class CInA(_WeightingEstimator):
             # of 1e-6 would accept the uniform starting point (measured: 0 iterations); make it
             # relative to the kernel scale.  ("overlap" is O(1) already: p = 1.)
             tol = tol / (n * n)
-        kw = dict(kernel="cina", scale=self._scale, estimand=estimand, tol=float(tol), max_iter=int(self.max_iter))
+        kw = dict(kernel="cina", scale=self._scale, estimand=estimand, tol=float(tol), max_iter=None if self.max_iter is None else int(self.max_iter))
         if estimand == "overlap":
             kw["loss"] = self.loss
         with torch.no_grad():

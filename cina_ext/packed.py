@@ -410,7 +410,7 @@ def dual_solve_packed(
     bucket: Union[bool, float] = True,
     gamma: Union[None, float, Tensor] = None,
     tol: Union[float, Tensor] = 1e-6,
-    max_iter: Union[int, Tensor] = 100_000,
+    max_iter: Union[None, int, Tensor] = None,
     x0: Optional[Tensor] = None,
     **kwargs,
 ) -> PackedBalanceResult:
@@ -501,7 +501,7 @@ def qp_solve_packed(
     *,
     bucket: Union[bool, float] = True,
     tol: Union[float, Tensor] = 1e-6,
-    max_iter: Union[int, Tensor] = 100_000,
+    max_iter: Union[None, int, Tensor] = None,
     x0: Optional[Tensor] = None,
     **kwargs,
 ) -> PackedQPResult:

@@ -397,15 +397,19 @@ def test_emulated_helper_kernels(dtype, kernel):
     assert (got[~mask] == 0).all()
 
 
-@pytest.mark.parametrize("size", ["2", "5", "64"])
+@pytest.mark.parametrize("size", ["2", "5", "64", "64/t32"])
 def test_emulated_working_set_sizes(monkeypatch, size):
     """The working-set solver with the smallest working set (one pair per round), an odd size and
-    one larger than the problem (a single round solves most), on scattered masks, the three
-    estimands' problems and a general QP with single coordinates beside the pairs."""
+    one larger than the problem (a single round solves most), the last also with fewer threads in
+    the sub-problem kernel than working-set units (CINA_QP_WS_THREADS), on scattered masks, the
+    three estimands' problems and a general QP with single coordinates beside the pairs."""
     monkeypatch.setattr(solver, "_run", emu_qp_solve_batch)
     monkeypatch.setenv("CINA_QP_THREADS", "32")
     monkeypatch.setenv("CINA_QP_CUDA_ALGO", "ws")
+    size, _, threads = size.partition("/t")
     monkeypatch.setenv("CINA_QP_WS_SIZE", size)
+    if threads:
+        monkeypatch.setenv("CINA_QP_WS_THREADS", threads)
     B, N = 2, 28
     X, W = make_data(B, N, seed=31)
     g = torch.Generator().manual_seed(32)

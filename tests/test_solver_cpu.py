@@ -308,6 +308,29 @@ def test_max_iter_reports_not_converged():
     assert res2.iterations[0] == 2 and res2.iterations[2] == 5 and float(res2.kkt[1]) <= 1e-7
 
 
+def test_default_max_iter_grows_with_n(monkeypatch):
+    """No max_iter: the operator gets max(1e5, 50 N) per dataset (large problems are not stopped
+    at a fixed 1e5 steps); an explicit one is passed as given; the reference path accepts None."""
+    seen = []
+    real = solver._run
+
+    def spy(*args):
+        seen.append(args[17].clone())  # (the max_iter vector)
+        return real(*args)
+
+    monkeypatch.setattr(solver, "_run", spy)
+    X, W = make_data(2, 40, seed=3)
+    solver.dual_solve(X, W, 0.1, backend="fused")
+    assert seen[-1].tolist() == [100_000, 100_000]
+    Xl, Wl = make_data(1, 3000, seed=4)
+    res = solver.dual_solve(Xl, Wl, 1.0, tol=1e-2, backend="fused")
+    assert seen[-1].tolist() == [150_000] and bool(res.converged.all())
+    solver.dual_solve(X, W, 0.1, max_iter=7, backend="fused")
+    assert seen[-1].tolist() == [7, 7]
+    ref = solver.dual_solve(X, W, 0.1, backend="reference", max_iter=None)
+    assert bool(ref.converged.all())
+
+
 def test_masks_equal_unpadded_solves():
     B, N = 3, 50
     X, W = make_data(B, N, seed=10)

@@ -215,12 +215,15 @@ def check_optimum(gpu, cpu, *, rtol, atol_w, weights=True):
         assert torch.allclose(gpu.weights.cpu(), cpu.weights, atol=atol_w)
 
 
-@pytest.mark.parametrize("size", ["8", "256"])
+@pytest.mark.parametrize("size", ["8", "256", "256/t64"])  # (/tT: T threads in the sub-problem kernel)
 @pytest.mark.parametrize("kernel", ["rbf", "cina", "precomputed"])
 @pytest.mark.parametrize("estimand", ["overlap", "ate", "att"])
 def test_working_set_matches_cpu(monkeypatch, size, kernel, estimand):
     monkeypatch.setenv("CINA_QP_CUDA_ALGO", "ws")
+    size, _, threads = size.partition("/t")
     monkeypatch.setenv("CINA_QP_WS_SIZE", size)
+    if threads:
+        monkeypatch.setenv("CINA_QP_WS_THREADS", threads)
     B, N = 3, 700
     X, W = make_data(B, N, seed=40)
     g = torch.Generator().manual_seed(41)

@@ -1509,6 +1509,17 @@ static int64_t qp_ws_size() {
   return 512;
 }
 
+// Threads of the sub-problem kernel (ws_solve_kernel): CINA_QP_WS_THREADS, a multiple of 32 in
+// [32, 512]; default (0) one thread per working-set unit.  Each sub-problem step is a few block
+// reductions over the working set: fewer threads, fewer warps to synchronise per step.
+static int qp_ws_threads() {
+  if (const char* e = std::getenv("CINA_QP_WS_THREADS")) {
+    const long v = std::atol(e);
+    return (v >= 32 && v <= qp_cuda_detail::kWsMaxSize && v % 32 == 0) ? static_cast<int>(v) : -1;
+  }
+  return 0;
+}
+
 // The working-set solver (see ws_select_kernel): problems in groups that fit a quarter of the
 // free memory; per group a host loop of (select, solve, update) launches that reads the number of
 // active problems every few iterations.
@@ -1532,7 +1543,10 @@ const char* qp_solve_cuda_ws(const QPSource<T>& source, const QPProblems<T>& pro
   unsigned char* wsb = static_cast<unsigned char*>(ws);
   WsCtl* ctl = reinterpret_cast<WsCtl*>(wsb + group * pbytes);
   int* active = reinterpret_cast<int*>(wsb + group * pbytes + group * static_cast<int64_t>(sizeof(WsCtl)));
-  const int nts = static_cast<int>((qws + 31) / 32 * 32);
+  const int wst = qp_ws_threads();
+  if (wst < 0) return fail("cina qp_solve (CUDA): CINA_QP_WS_THREADS must be a multiple of 32 in [32, 512]");
+  int nts = static_cast<int>((qws + 31) / 32 * 32);
+  if (wst > 0 && wst < nts) nts = wst;
   const int ntu = nt < kWsUpdateThreads ? nt : kWsUpdateThreads;  // (small blocks for small problems)
   const size_t sm_setup = smem_bytes(nt), sm_sel = ws_smem_select(nt), sm_solve = ws_smem_solve(nts, qws);
   const char* err = nullptr;
