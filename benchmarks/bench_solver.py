@@ -12,8 +12,8 @@ probability sigmoid(x_0 - x_1 / 2), RBF kernel with the reference's default gamm
 * ``cuda[block]``, ``cuda[ws]`` — the same on the GPU when a CUDA build of the solver exists
                         (skipped cleanly otherwise), with each algorithm forced: one block per
                         problem, or the working-set decomposition (the default from 4096 units;
-                        ``cuda[ws/256]``: a working set of 256 units instead of 512);
-                        the reference on the GPU.
+                        default working set 256 units; ``cuda[ws/512]``: 512, ``cuda[ws/S/tT]``:
+                        S units solved by T threads; --cuda-configs); the reference on the GPU.
 
 Cases: one dataset of N in {1e3, 1e4, 2e4, 1e5} units, and batches of {64, 1024} datasets x 1000
 units; problems "overlap" (the SVM dual, lam = 1 i.e. C = 1) and "ate" (per-arm simplex problems,
@@ -180,10 +180,12 @@ def parse_cuda_config(spec: str):
     threads or None)."""
     parts = spec.split("/")
     if parts[0] == "block" and len(parts) == 1:
-        return spec, "block", "512", None
+        return spec, "block", None, None
     if parts[0] != "ws" or len(parts) > 3:
         raise SystemExit(f"--cuda-configs: bad entry {spec!r} (block, ws, ws/SIZE or ws/SIZE/tT)")
-    size = parts[1] if len(parts) > 1 else "512"
+    if len(parts) == 1:
+        return spec, "ws", None, None  # the default working-set size
+    size = parts[1]
     wst = parts[2][1:] if len(parts) > 2 and parts[2].startswith("t") else None
     if not size.isdigit() or (len(parts) > 2 and not (wst or "").isdigit()):
         raise SystemExit(f"--cuda-configs: bad entry {spec!r}")
@@ -204,8 +206,8 @@ def main(argv=None):
     ap.add_argument("--problems", default="overlap,ate")
     ap.add_argument("--cases", default="", help="override the cases, e.g. 1x10000,64x1000 (datasets x units)")
     ap.add_argument("--methods", default="sklearn,reference,cpu,cpu1,cuda")
-    ap.add_argument("--cuda-configs", default="block,ws,ws/256",
-                    help="CUDA algorithm settings timed side by side: block, ws (512 units), ws/SIZE, ws/SIZE/tT "
+    ap.add_argument("--cuda-configs", default="block,ws,ws/512",
+                    help="CUDA algorithm settings timed side by side: block, ws (default size), ws/SIZE, ws/SIZE/tT "
                          "(T threads in the sub-problem kernel, CINA_QP_WS_THREADS)")
     args = ap.parse_args(argv)
     cuda_configs = [parse_cuda_config(c) for c in args.cuda_configs.split(",") if c]
@@ -272,7 +274,7 @@ def main(argv=None):
                 Xc, Wc = X.cuda(), W.cuda()
                 # each algorithm forced (CINA_QP_CUDA_ALGO), side by side; the default ("auto") is
                 # the working-set decomposition from 4096 units, one block per problem below
-                # (and the working set at 256 units instead of the default 512)
+                # (and the other settings asked for with --cuda-configs)
                 for name, algo, size, wst in cuda_configs:
                     plan.append((f"cuda[{name}]", lambda algo=algo, size=size, wst=wst: with_env(
                         "CINA_QP_CUDA_ALGO", algo, lambda: with_env(

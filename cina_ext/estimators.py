@@ -184,6 +184,10 @@ def _dual_solve(X: torch.Tensor, W: torch.Tensor, lam: float, *, backend: str = 
     """
     fn, takes_backend = _resolve_solver(backend)
     params = inspect.signature(fn).parameters
+    if "max_iter" in kw and kw["max_iter"] is None:  # (the reference solver needs a number)
+        from .solver import default_max_iter
+
+        kw["max_iter"] = default_max_iter(X.shape[1])
     if takes_backend:
         kw["backend"] = backend
     if init is not None:

@@ -14,7 +14,7 @@ second-order working-set selection (LIBSVM's WSS2) with it.  Conventions (KKT me
 CUDA tensors run the CUDA twin (csrc/qp_solve/cuda.cu; builds with CUDA kernels), gradient in
 double, kernel entries computed on the fly.  Below 4096 (padded) units: one thread block per
 dataset, kernel columns cached in device memory, the same algorithm without shrinking
-(``shrinking`` is ignored there).  From 4096 units: a working-set decomposition (per round the 512
+(``shrinking`` is ignored there).  From 4096 units: a working-set decomposition (per round the 256
 worst KKT violators, their sub-problem solved in shared memory by the same steps, the gradient of
 all units updated by many blocks): same optimum, KKT measure, ``nu`` and flags, other iterates
 (``iterations`` counts the sub-problem steps).  ``CINA_QP_CUDA_ALGO=block|ws`` forces one.  Every tensor

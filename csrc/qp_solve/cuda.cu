@@ -1498,15 +1498,17 @@ static int qp_algo(int64_t N) {
   }
   return N >= kWsMinUnits ? 1 : 0;
 }
-// working-set size: CINA_QP_WS_SIZE (2 .. 512), default 512.  Emulated (overlap, RBF, p = 10,
-// tol 1e-3), 512 against 256 took 17 against 41 rounds and 2339 against 3033 steps at N = 2000,
-// 89 against 201 rounds and 8287 against 11243 steps at N = 5000 (the CPU solver: 1945, 4917).
+// working-set size: CINA_QP_WS_SIZE (2 .. 512), default 256.  256 takes more steps than 512
+// (emulated, overlap, RBF, tol 1e-3: 3033 against 2339 at N = 2000) but each is cheaper; on an
+// H200 (benchmarks/bench_solver.py, two runs) 256 was the faster at every case: overlap 1 x 20000
+// 0.93 against 1.03 s, 1024 x 1000 (forced) 0.071 against 0.104 s, ate 1 x 100000 0.288 against
+// 0.298 s.  Fewer sub-problem threads (CINA_QP_WS_THREADS 64 / 32) were slower (1.00 / 1.18 s).
 static int64_t qp_ws_size() {
   if (const char* e = std::getenv("CINA_QP_WS_SIZE")) {
     const long v = std::atol(e);
     return (v >= 2 && v <= qp_cuda_detail::kWsMaxSize) ? v : -1;
   }
-  return 512;
+  return 256;
 }
 
 // Threads of the sub-problem kernel (ws_solve_kernel): CINA_QP_WS_THREADS, a multiple of 32 in
