@@ -92,6 +92,10 @@ env_info() {
   echo "sanitizer filter: ${SAN_FILTER:-none}"
   echo "--- source"
   (git -C "$ROOT" rev-parse HEAD && git -C "$ROOT" status --short | head -30) 2>/dev/null || echo "(no git)"
+  # the commit above can be stale on a copied tree: a hash of the files themselves identifies the
+  # source (the same command on a checkout gives the same hash for the same files)
+  (cd "$ROOT" && git ls-files -co --exclude-standard -- csrc cina_ext tests benchmarks CMakeLists.txt pyproject.toml \
+     | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-16 | sed 's/^/source tree sha256: /') 2>/dev/null
   nproc
 }
 
