@@ -7,7 +7,8 @@ round of kernel work:
 * ``attention``: cina_ext.ops.attention_hinge forward + backward at 1 x 32768 x 16, float32, with
   a CUDA kernel variant (CINA_ATTENTION_KERNEL, --variant);
 * ``solver``: cina_ext.solver.dual_solve, overlap problem, RBF, one dataset of 20000 units (the
-  working-set algorithm: its select / solve / update kernels, a few rounds of them).
+  working-set algorithm: its select / solve / update kernels, a few rounds of them); before the
+  profiled solve, one whole solve is timed and prints its steps and (CINA_QP_WS_STATS) rounds.
 
 Each case runs once unprofiled (warm-up: module load, allocator), then once between
 torch.cuda.profiler.start() and stop().
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -55,6 +57,16 @@ def solver_case() -> None:
     X, W = X.cuda(), W.cuda()
     solver.dual_solve(X[:, :2000], W[:, :2000], 1.0, kernel="rbf", tol=1e-3, backend="fused")
     torch.cuda.synchronize()
+    # one whole solve outside the profiled range, timed, with the number of rounds on stderr
+    # (CINA_QP_WS_STATS): with the profiled kernels' durations, time per round against per step
+    os.environ["CINA_QP_WS_STATS"] = "1"
+    t0 = time.perf_counter()
+    res = solver.dual_solve(X, W, 1.0, kernel="rbf", tol=1e-3, backend="fused")
+    torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    print(f"solver 1 x 20000 overlap: {dt:.3f} s, {int(res.iterations[0])} sub-problem steps, "
+          f"converged {bool(res.converged[0])}", flush=True)
+    os.environ.pop("CINA_QP_WS_STATS")
     torch.cuda.profiler.start()
     solver.dual_solve(X, W, 1.0, kernel="rbf", tol=1e-3, backend="fused")
     torch.cuda.synchronize()

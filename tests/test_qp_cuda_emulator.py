@@ -397,6 +397,26 @@ def test_emulated_helper_kernels(dtype, kernel):
     assert (got[~mask] == 0).all()
 
 
+def test_emulated_working_set_stats(monkeypatch, capfd):
+    """CINA_QP_WS_STATS=1 prints the number of rounds of the working-set solver (none without it);
+    each round makes at most max(200, 20 |B|) sub-problem steps, so iterations <= rounds * that."""
+    monkeypatch.setattr(solver, "_run", emu_qp_solve_batch)
+    monkeypatch.setenv("CINA_QP_THREADS", "32")
+    monkeypatch.setenv("CINA_QP_CUDA_ALGO", "ws")
+    monkeypatch.setenv("CINA_QP_WS_SIZE", "4")
+    X, W = make_data(2, 30, seed=35)
+    capfd.readouterr()
+    solver.dual_solve(X, W, 0.1, tol=1e-8)
+    assert "working set" not in capfd.readouterr().err
+    monkeypatch.setenv("CINA_QP_WS_STATS", "1")
+    res = solver.dual_solve(X, W, 0.1, tol=1e-8)
+    lines = [ln for ln in capfd.readouterr().err.splitlines() if "working set" in ln]
+    assert len(lines) == 1 and "problems 0..1 of 2" in lines[0] and "working set 4," in lines[0], lines
+    rounds = int(lines[0].split(" rounds")[0].rsplit(" ", 1)[1])
+    assert bool(res.converged.all()) and rounds >= 2
+    assert int(res.iterations.max()) <= rounds * max(200, 20 * 4)
+
+
 @pytest.mark.parametrize("size", ["2", "5", "64", "64/t32"])
 def test_emulated_working_set_sizes(monkeypatch, size):
     """The working-set solver with the smallest working set (one pair per round), an odd size and

@@ -44,6 +44,7 @@
 #include "common/cuda_rt.h"
 
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -1522,6 +1523,11 @@ static int qp_ws_threads() {
   return 0;
 }
 
+static bool ws_stats() {
+  const char* e = std::getenv("CINA_QP_WS_STATS");
+  return e != nullptr && e[0] != '\0' && std::strcmp(e, "0") != 0;
+}
+
 // The working-set solver (see ws_select_kernel): problems in groups that fit a quarter of the
 // free memory; per group a host loop of (select, solve, update) launches that reads the number of
 // active problems every few iterations.
@@ -1559,7 +1565,8 @@ const char* qp_solve_cuda_ws(const QPSource<T>& source, const QPProblems<T>& pro
     CINA_LAUNCH(ws_setup_kernel<T>, dim3(static_cast<unsigned>(gP)), dim3(nt), sm_setup, stream, args);
     CINA_LAUNCH(ws_update_kernel<T>, upd, dim3(ntu), 0, stream, args);
     if ((err = rt_check_launch("cina qp_solve (CUDA): working-set set-up launch"))) break;
-    for (int64_t outer = 0;; ++outer) {
+    int64_t outer = 0;
+    for (;; ++outer) {
       const bool check = outer < 4 || outer % 8 == 0;
       if (check && (err = rt_memset(active, sizeof(int), stream))) break;
       CINA_LAUNCH(ws_select_kernel<T>, dim3(static_cast<unsigned>(gP)), dim3(nt), sm_sel, stream, args);
@@ -1571,6 +1578,13 @@ const char* qp_solve_cuda_ws(const QPSource<T>& source, const QPProblems<T>& pro
       if ((err = rt_read(&left, active, sizeof(int), stream))) break;
       if (left == 0) break;
     }
+    // CINA_QP_WS_STATS=1: the number of rounds on stderr (to split a run's time into per-round
+    // and per-step costs: benchmarks/profile_cases.py sets it under Nsight Compute)
+    if (err == nullptr && ws_stats())
+      std::fprintf(stderr, "cina qp_solve (CUDA, working set): problems %lld..%lld of %lld: %lld rounds "
+                   "(working set %lld, %d sub-problem threads)\n",
+                   static_cast<long long>(p0), static_cast<long long>(p0 + gP - 1), static_cast<long long>(P),
+                   static_cast<long long>(outer + 1), static_cast<long long>(qws), nts);
   }
   rt_free(ws, stream);
   return err;
