@@ -201,6 +201,11 @@ def _dual_solve(X: torch.Tensor, W: torch.Tensor, lam: float, *, backend: str = 
     return fn(X, W, lam, **kw)
 
 
+def _max_iter_arg(max_iter):
+    """An estimator's ``max_iter`` for the solver: None (the solver's default, max(1e5, 50 N)) or an int."""
+    return None if max_iter is None else int(max_iter)
+
+
 def _warm_overlap_reference(X, W, lam, init, *, kernel, gamma=None, scale=None, tol=1e-6, max_iter=None,
                             **_):
     """Warm-started "overlap" SVM dual through the reference box-QP (its ``dual_solve`` has no warm
@@ -769,7 +774,8 @@ class KernelBalancing(_WeightingEstimator):
         lam_abs = _lam_abs(self._lam_rel(estimand), estimand, n, self.kernel)
         gamma = float(self.gamma) if self.gamma is not None else 1.0 / p
         kw = dict(kernel=self.kernel, estimand=estimand, loss=self.loss,
-                  tol=float(self.bootstrap_tol if bootstrap else self.tol), max_iter=None if self.max_iter is None else int(self.max_iter))
+                  tol=float(self.bootstrap_tol if bootstrap else self.tol),
+                  max_iter=_max_iter_arg(self.max_iter))
         if self.kernel == "rbf":
             kw["gamma"] = gamma
         if estimand == "overlap":
@@ -993,7 +999,8 @@ class CInA(_WeightingEstimator):
             # of 1e-6 would accept the uniform starting point (measured: 0 iterations); make it
             # relative to the kernel scale.  ("overlap" is O(1) already: p = 1.)
             tol = tol / (n * n)
-        kw = dict(kernel="cina", scale=self._scale, estimand=estimand, tol=float(tol), max_iter=None if self.max_iter is None else int(self.max_iter))
+        kw = dict(kernel="cina", scale=self._scale, estimand=estimand, tol=float(tol),
+                  max_iter=_max_iter_arg(self.max_iter))
         if estimand == "overlap":
             kw["loss"] = self.loss
         with torch.no_grad():
