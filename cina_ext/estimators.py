@@ -184,7 +184,7 @@ def _dual_solve(X: torch.Tensor, W: torch.Tensor, lam: float, *, backend: str = 
     """
     fn, takes_backend = _resolve_solver(backend)
     params = inspect.signature(fn).parameters
-    if "max_iter" in kw and kw["max_iter"] is None:  # (the reference solver needs a number)
+    if kw.get("max_iter") is None:  # the solver's default, resolved here: the reference needs a number
         from .solver import default_max_iter
 
         kw["max_iter"] = default_max_iter(X.shape[1])
@@ -206,17 +206,13 @@ def _max_iter_arg(max_iter):
     return None if max_iter is None else int(max_iter)
 
 
-def _warm_overlap_reference(X, W, lam, init, *, kernel, gamma=None, scale=None, tol=1e-6, max_iter=None,
-                            **_):
+def _warm_overlap_reference(X, W, lam, init, *, kernel, max_iter, gamma=None, scale=None, tol=1e-6, **_):
     """Warm-started "overlap" SVM dual through the reference box-QP (its ``dual_solve`` has no warm
     start): the same problem as ``dual_solve(..., estimand="overlap")`` with a feasible start
     ``init`` (a previous solution: the constraints do not depend on the kernel)."""
     from .reference import readout_weights
     from .reference_qp import BalanceResult, gram, qp_solve
-    from .solver import default_max_iter
 
-    if max_iter is None:
-        max_iter = default_max_iter(X.shape[1])
     K = gram(X, kernel, gamma=gamma, scale=scale)
     Wf = W.to(X.dtype)
     Q = (Wf.unsqueeze(-1) * Wf.unsqueeze(-2)) * K / float(lam)

@@ -172,9 +172,7 @@ def default_max_iter(N: int) -> int:
     return max(100_000, 50 * int(N))
 
 
-def _iter_vector(max_iter, B: int, N: int) -> Tensor:
-    if max_iter is None:
-        max_iter = default_max_iter(N)
+def _iter_vector(max_iter, B: int) -> Tensor:
     if isinstance(max_iter, Tensor):
         if max_iter.dtype.is_floating_point or max_iter.dtype == torch.bool:
             raise ValueError(f"max_iter must be an int or an integer tensor of shape {(B,)}, got {max_iter.dtype}")
@@ -301,13 +299,15 @@ def qp_solve(
             _same_device(t, name, Q.device)
     if (c is None) != (d is None):
         raise ValueError("c and d must be given together (equality c'x = d) or not at all")
+    if max_iter is None:
+        max_iter = default_max_iter(N)
     tol_v = _tol_vector(tol, B)
-    it_v = _iter_vector(max_iter, B, N)
+    it_v = _iter_vector(max_iter, B)
     cache_bytes = _cache_bytes(cache_mb)
     mode = solver_backend(backend, Q.device)
     if mode == "reference":
         ref_tol = _scalar_of(tol_v, "tol") if isinstance(tol, Tensor) else tol
-        ref_it = _scalar_of(it_v, "max_iter") if isinstance(max_iter, Tensor) else int(it_v[0]) if B else max_iter
+        ref_it = _scalar_of(it_v, "max_iter") if isinstance(max_iter, Tensor) else max_iter
         return reference_qp.qp_solve(Q, p, lower, upper, c, d, mask, tol=1e-6 if ref_tol is None else ref_tol,
                                      max_iter=0 if ref_it is None else int(ref_it), x0=x0)
     dt, dev = Q.dtype, Q.device
@@ -446,8 +446,10 @@ def dual_solve(
     _tensor(X, "X", 3)
     _float(X, "X")
     B, N = X.shape[0], X.shape[1]
+    if max_iter is None:
+        max_iter = default_max_iter(N)
     tol_v = _tol_vector(tol, B)
-    it_v = _iter_vector(max_iter, B, N)
+    it_v = _iter_vector(max_iter, B)
     cache_bytes = _cache_bytes(cache_mb)
     mode = solver_backend(backend, X.device)
     if mode == "reference":
@@ -456,8 +458,7 @@ def dual_solve(
         return reference_qp.dual_solve(
             X, W, lam, kernel=kernel, gamma=gamma, scale=scale, estimand=estimand, intercept=intercept, loss=loss,
             mask=mask, tol=_scalar_of(tol_v, "tol") if isinstance(tol, Tensor) else tol,
-            max_iter=_scalar_of(it_v, "max_iter") if isinstance(max_iter, Tensor) else
-            default_max_iter(N) if max_iter is None else max_iter)
+            max_iter=_scalar_of(it_v, "max_iter") if isinstance(max_iter, Tensor) else max_iter)
     dt, dev = X.dtype, X.device
     _tensor(W, "W", 2)
     if tuple(W.shape) != (B, N):

@@ -204,10 +204,8 @@ struct BlockSolver {
     warp = tid / 32;
     nwarps = (nt + 31) / 32;
   }
-  // thread indices and the shared scratch: Red[32], Ctl, scan (nt + 1).  No null test on
-  // `smem`: nvcc 13.0 folded `smem_raw != nullptr` (the dynamic buffer sits at shared offset 0)
-  // to false in ws_solve_kernel and read the reduction scratch through an undefined pointer
-  // (illegal address on the H200); the kernels without scratch call bind_threads() instead.
+  // thread indices and the shared scratch: Red[32], Ctl, scan (nt + 1); the kernels without
+  // shared scratch (ws_update_kernel) call bind_threads() alone.
   CINA_DEV void bind_block(unsigned char* smem) {
     bind_threads();
     red = reinterpret_cast<Red*>(smem);
@@ -989,6 +987,19 @@ CINA_DEV void ws_load(BlockSolver<T>& s, const WsCtl& c) {
   s.dec = c.dec;
 }
 
+// A full view of problem g for the kernels that take steps or reductions on it (select, solve):
+// workspace, shared scratch and scalars.  Each view is bound this way, never copied from
+// another: nvcc 13.0 compiled `BlockSolver<T> loc = s` into loads from the kernel's argument,
+// past its end (the reductions then took their scratch address from an argument field: illegal
+// address on the H200; tests/test_ptx.py checks the PTX for such loads).
+template <typename T>
+CINA_DEV WsLayout ws_view(BlockSolver<T>& s, const WsArgs<T>& A, int64_t g, unsigned char* smem, const WsCtl& c) {
+  const WsLayout W = ws_bind(s, A, g);
+  s.bind_block(smem);
+  ws_load(s, c);
+  return W;
+}
+
 // Set-up of every problem of the group: the block solver's set-up (compaction, gathered
 // features, bounds, feasible start), G = -p; the first update adds Qx.
 template <typename T>
@@ -1083,9 +1094,7 @@ CINA_KERNEL(kMaxThreads) ws_select_kernel(WsArgs<T> A) {
   const WsCtl c = A.ctl[g];
   if (c.status != 0) return;
   BlockSolver<T> s;
-  const WsLayout W = ws_bind(s, A, g);
-  s.bind_block(smem_raw);
-  ws_load(s, c);
+  const WsLayout W = ws_view(s, A, g, smem_raw, c);
   int* hist = reinterpret_cast<int*>(smem_raw + smem_bytes(s.nt));
   int* wsum = hist + kWsLists * 256;
   int* found = wsum + 32 * kWsLists;  // per list: digit, remaining count
@@ -1259,11 +1268,8 @@ CINA_KERNEL(kMaxThreads) ws_select_kernel(WsArgs<T> A) {
   const int nb = nbt[0];
   __syncthreads();
   // Q_BB, column j at qbb + j nb (the layout of a cached column), from the gathered working set
-  // (bound afresh, not copied from s: see ws_solve_kernel)
-  BlockSolver<T> v;
-  ws_bind(v, A, g);
-  v.bind_block(smem_raw);
-  ws_load(v, c);
+  BlockSolver<T> v;  // (a view of its own, not a copy of s: see ws_view)
+  ws_view(v, A, g, smem_raw, c);
   v.n = nb;
   v.Xt = reinterpret_cast<double*>(base + W.xb);
   v.sgn = reinterpret_cast<double*>(base + W.sb);
@@ -1300,21 +1306,16 @@ CINA_KERNEL(kWsMaxSize) ws_solve_kernel(WsArgs<T> A) {
   const WsCtl c = A.ctl[g];
   if (c.status != 0) return;
   BlockSolver<T> s;  // the whole problem (its arrays in the workspace)
-  const WsLayout W = ws_bind(s, A, g);
-  s.bind_block(smem_raw);
-  ws_load(s, c);
+  const WsLayout W = ws_view(s, A, g, smem_raw, c);
   unsigned char* base = A.ws + g * A.pbytes;
   const int* wsidx = reinterpret_cast<const int*>(base + W.wsidx);
   double* wsdx = reinterpret_cast<double*>(base + W.wsdx);
   const int nb = c.nb;
   const int64_t qws = A.qws;
-  // the sub-problem: same scalars, arrays in shared memory.  Bound afresh rather than copied
-  // from s: with nvcc 13.0 the copy lost the shared-scratch pointer (the reductions read a
-  // kernel argument as their address: illegal address on the H200)
+  // the sub-problem: same scalars, arrays in shared memory (a view of its own, not a copy of s:
+  // see ws_view)
   BlockSolver<T> loc;
-  ws_bind(loc, A, g);
-  loc.bind_block(smem_raw);
-  ws_load(loc, c);
+  ws_view(loc, A, g, smem_raw, c);
   // (smem_bytes is 4 mod 8: the double arrays start at the next 16-byte boundary; the +16 of
   // ws_smem_solve pays for it)
   unsigned char* sm = smem_raw + ((smem_bytes(s.nt) + 15) & ~static_cast<size_t>(15));
