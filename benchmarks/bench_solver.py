@@ -13,7 +13,8 @@ probability sigmoid(x_0 - x_1 / 2), RBF kernel with the reference's default gamm
                         (skipped cleanly otherwise), with each algorithm forced: one block per
                         problem, or the working-set decomposition (the default from 4096 units;
                         default working set 256 units; ``cuda[ws/512]``: 512, ``cuda[ws/S/tT]``:
-                        S units solved by T threads; --cuda-configs); the reference on the GPU.
+                        S units solved by T threads, ``cuda[ws/S/lF]``: sub-problems solved to F
+                        times the round's KKT violation; --cuda-configs); the reference on the GPU.
 
 Cases: one dataset of N in {1e3, 1e4, 2e4, 1e5} units, and batches of {64, 1024} datasets x 1000
 units; problems "overlap" (the SVM dual, lam = 1 i.e. C = 1) and "ate" (per-arm simplex problems,
@@ -176,20 +177,33 @@ def with_env(var, value, fn):
 
 
 def parse_cuda_config(spec: str):
-    """"block" | "ws" | "ws/SIZE" | "ws/SIZE/tT" -> (name, algorithm, working-set size, sub-problem
-    threads or None)."""
+    """"block" | "ws" | "ws/SIZE" with optional "/tT" (sub-problem threads) and "/lF" (sub-problem
+    tolerance factor) -> (name, the environment variables that select it; None = unset)."""
     parts = spec.split("/")
     if parts[0] == "block" and len(parts) == 1:
-        return spec, "block", None, None
-    if parts[0] != "ws" or len(parts) > 3:
-        raise SystemExit(f"--cuda-configs: bad entry {spec!r} (block, ws, ws/SIZE or ws/SIZE/tT)")
-    if len(parts) == 1:
-        return spec, "ws", None, None  # the default working-set size
-    size = parts[1]
-    wst = parts[2][1:] if len(parts) > 2 and parts[2].startswith("t") else None
-    if not size.isdigit() or (len(parts) > 2 and not (wst or "").isdigit()):
-        raise SystemExit(f"--cuda-configs: bad entry {spec!r}")
-    return spec, "ws", size, wst
+        return spec, {"CINA_QP_CUDA_ALGO": "block"}
+    env = {"CINA_QP_CUDA_ALGO": "ws", "CINA_QP_WS_SIZE": None, "CINA_QP_WS_THREADS": None, "CINA_QP_WS_LTOL": None}
+    if parts[0] != "ws" or len(parts) > 4:
+        raise SystemExit(f"--cuda-configs: bad entry {spec!r} (block, ws, ws/SIZE, ws/SIZE/tT, ws/SIZE/lF)")
+    if len(parts) > 1:
+        if not parts[1].isdigit():
+            raise SystemExit(f"--cuda-configs: bad entry {spec!r}")
+        env["CINA_QP_WS_SIZE"] = parts[1]
+    for opt in parts[2:]:
+        key = {"t": "CINA_QP_WS_THREADS", "l": "CINA_QP_WS_LTOL"}.get(opt[:1])
+        val = opt[1:]
+        ok = val.isdigit() if opt[:1] == "t" else val.replace(".", "", 1).isdigit()
+        if key is None or not ok or env[key] is not None:
+            raise SystemExit(f"--cuda-configs: bad entry {spec!r}")
+        env[key] = val
+    return spec, env
+
+
+def with_envs(env: dict, fn):
+    """fn() with every variable of env set (or unset for None), restored afterwards."""
+    for var, value in env.items():
+        fn = (lambda f, var=var, value=value: (lambda: with_env(var, value, f)))(fn)
+    return fn()
 
 
 def main(argv=None):
@@ -275,12 +289,9 @@ def main(argv=None):
                 # each algorithm forced (CINA_QP_CUDA_ALGO), side by side; the default ("auto") is
                 # the working-set decomposition from 4096 units, one block per problem below
                 # (and the other settings asked for with --cuda-configs)
-                for name, algo, size, wst in cuda_configs:
-                    plan.append((f"cuda[{name}]", lambda algo=algo, size=size, wst=wst: with_env(
-                        "CINA_QP_CUDA_ALGO", algo, lambda: with_env(
-                            "CINA_QP_WS_SIZE", size, lambda: with_env(
-                                "CINA_QP_WS_THREADS", wst,
-                                lambda: run_solver(solver.dual_solve, Xc, Wc, lam, args.tol, problem, backend="fused"))))))
+                for name, env in cuda_configs:
+                    plan.append((f"cuda[{name}]", lambda env=env: with_envs(
+                        env, lambda: run_solver(solver.dual_solve, Xc, Wc, lam, args.tol, problem, backend="fused"))))
             if torch.cuda.is_available() and "cuda" in methods and 4 * B * N * N * 8 < 0.25 * torch.cuda.get_device_properties(0).total_memory \
                     and N <= args.max_n_reference:
                 Xc, Wc = X.cuda(), W.cuda()

@@ -14,6 +14,8 @@
 #   bench      benchmarks/bench_attention.py --quick          -> OUTDIR/bench/results.{json,md,png}
 #   bench_solver  benchmarks/bench_solver.py --quick (sklearn, cpu, cuda; overlap; short cases)
 #                                                             -> OUTDIR/solver/solver.{json,md,png}
+#   breakdown  benchmarks/solver_breakdown.py: the working-set solver's rounds, steps and GPU time
+#              per kernel (GPU_CHECK_BREAKDOWN_CASES / _CONFIGS) -> OUTDIR/solver/breakdown.{json,md}
 #   profile    ncu (speed of light, occupancy, warp stalls) on benchmarks/profile_cases.py:
 #              attention fwd+bwd 1 x 32768 x 16 (tf32x3, tf32x3p, tf32, tf32p), solver N = 20000
 #   suite      the rest of the test suite, minus slow tests (only if time is left)
@@ -35,7 +37,7 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 PY=${PYTHON:-python3}
 BUDGET=${GPU_CHECK_SECONDS:-540}
-STEPS=${GPU_CHECK_STEPS:-env,build,import,tests,memcheck,bench,bench_solver,racecheck,synccheck,profile,suite}
+STEPS=${GPU_CHECK_STEPS:-env,build,import,tests,memcheck,bench,bench_solver,breakdown,racecheck,synccheck,profile,suite}
 START=$(date +%s)
 export OUT ROOT PY
 
@@ -156,6 +158,13 @@ bench_solver() {
     --max-n-reference 0 --max-seconds 20 --cuda-configs "${GPU_CHECK_SOLVER_CUDA:-block,ws,ws/512}"
 }
 
+breakdown() {
+  # the working-set solver's time split into rounds / steps / kernels (CINA_QP_WS_STATS)
+  "$PY" benchmarks/solver_breakdown.py --out "$OUT/solver" \
+    --cases "${GPU_CHECK_BREAKDOWN_CASES:-overlap:1x20000,ate:1x100000,overlap:1024x1000}" \
+    --configs "${GPU_CHECK_BREAKDOWN_CONFIGS:-ws}"
+}
+
 profile() {
   # Nsight Compute on one call of each hot kernel (benchmarks/profile_cases.py): the attention
   # pass kernels (forward with auxiliaries, backward; variants tf32x3, tf32x3p, tf32, tf32p) and a
@@ -177,7 +186,7 @@ suite() {
     --ignore=tests/test_ops_cuda.py --ignore=tests/test_cuda_emulator.py
 }
 
-export -f env_info build import_check tests memcheck racecheck synccheck bench bench_solver profile suite
+export -f env_info build import_check tests memcheck racecheck synccheck bench bench_solver breakdown profile suite
 
 step env 60 env_info
 step build 300 build
@@ -188,6 +197,7 @@ step racecheck 100 racecheck
 step synccheck 60 synccheck
 step bench 170 bench
 step bench_solver 150 bench_solver
+step breakdown 60 breakdown
 step profile 90 profile
 step suite 90 suite
 

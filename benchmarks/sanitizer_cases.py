@@ -126,8 +126,9 @@ def solver_cases(quick: bool) -> int:
     if quick:
         plan = plan[:1]
     # both algorithms: one block per problem, and the working-set decomposition (forced, with a
-    # working set of 8 so that these small problems take many select / solve / update rounds)
-    algos = [("block", None), ("ws", "8")]
+    # working set of 8 so that these small problems take many select / solve / update rounds, and
+    # of 64: a sub-problem over two warps, whose reductions pass the chosen units between warps)
+    algos = [("block", None), ("ws", "8"), ("ws", "64")]
     plan = [(algo, ws) + case for algo, ws in algos for case in plan]
     for algo, ws, est, kernel, dtype, cache_mb in plan:
         os.environ["CINA_QP_CUDA_ALGO"] = algo

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+import re
 from functools import partial
 
 import numpy as np
@@ -398,8 +399,9 @@ def test_emulated_helper_kernels(dtype, kernel):
 
 
 def test_emulated_working_set_stats(monkeypatch, capfd):
-    """CINA_QP_WS_STATS=1 prints the number of rounds of the working-set solver (none without it);
-    each round makes at most max(200, 20 |B|) sub-problem steps, so iterations <= rounds * that."""
+    """CINA_QP_WS_STATS=1 prints the rounds, steps and per-kernel times of the working-set solver
+    (none without it); each round makes at most max(200, 20 |B|) sub-problem steps, so iterations
+    <= rounds * that."""
     monkeypatch.setattr(solver, "_run", emu_qp_solve_batch)
     monkeypatch.setenv("CINA_QP_THREADS", "32")
     monkeypatch.setenv("CINA_QP_CUDA_ALGO", "ws")
@@ -413,8 +415,13 @@ def test_emulated_working_set_stats(monkeypatch, capfd):
     lines = [ln for ln in capfd.readouterr().err.splitlines() if "working set" in ln]
     assert len(lines) == 1 and "problems 0..1 of 2" in lines[0] and "working set 4," in lines[0], lines
     rounds = int(lines[0].split(" rounds")[0].rsplit(" ", 1)[1])
+    steps = int(lines[0].split(" steps")[0].rsplit(" ", 1)[1])
     assert bool(res.converged.all()) and rounds >= 2
     assert int(res.iterations.max()) <= rounds * max(200, 20 * 4)
+    # the steps are those the solver reports, summed over the group; the kernel times are printed
+    assert steps == int(res.iterations.sum())
+    ms = re.search(r"GPU ms: select ([0-9.]+), solve ([0-9.]+), update ([0-9.]+);", lines[0])
+    assert ms is not None and all(float(v) > 0 for v in ms.groups()), lines[0]
 
 
 @pytest.mark.parametrize("size", ["2", "5", "64", "64/t32"])
@@ -460,8 +467,28 @@ def test_emulated_working_set_sizes(monkeypatch, size):
     assert float(res.kkt.max()) <= 1e-9
 
 
+@pytest.mark.parametrize("ltol", ["0.1", "0.01"])
+def test_emulated_working_set_multi_warp_subproblem(monkeypatch, ltol):
+    """A working set of 96 units (3 warps in the sub-problem kernel): the step's units travel with
+    the reductions from whichever warp owns them; two sub-problem tolerances (CINA_QP_WS_LTOL)."""
+    monkeypatch.setattr(solver, "_run", emu_qp_solve_batch)
+    monkeypatch.setenv("CINA_QP_THREADS", "64")
+    monkeypatch.setenv("CINA_QP_CUDA_ALGO", "ws")
+    monkeypatch.setenv("CINA_QP_WS_SIZE", "96")
+    monkeypatch.setenv("CINA_QP_WS_LTOL", ltol)
+    X, W = make_data(1, 150, seed=41)
+    for est, lam in (("overlap", 1.0), ("ate", 0.05)):
+        res = solver.dual_solve(X, W, lam, estimand=est, tol=1e-8)
+        ref = R.dual_solve(X, W, lam, estimand=est, tol=1e-10)
+        assert bool(res.converged.all()) and float(res.kkt.max()) < 1e-8
+        assert torch.allclose(res.objective, ref.objective, rtol=1e-8)
+        assert torch.allclose(res.weights, ref.weights, atol=1e-5)
+
+
 @pytest.mark.parametrize("var,value", [("CINA_QP_CUDA_ALGO", "fast"), ("CINA_QP_WS_SIZE", "1"),
-                                       ("CINA_QP_WS_SIZE", "4096")])
+                                       ("CINA_QP_WS_SIZE", "4096"), ("CINA_QP_WS_LTOL", "0"),
+                                       ("CINA_QP_WS_LTOL", "1.5"), ("CINA_QP_WS_LTOL", "x"),
+                                       ("CINA_QP_WS_THREADS", "48")])
 def test_emulated_bad_algorithm_settings_raise(monkeypatch, var, value):
     monkeypatch.setattr(solver, "_run", emu_qp_solve_batch)
     monkeypatch.setenv("CINA_QP_THREADS", "32")

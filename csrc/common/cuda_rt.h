@@ -89,6 +89,30 @@ inline const char* rt_set_max_dyn_smem(Kernel kern, size_t bytes) {
                                        static_cast<int>(bytes)),
                   "cudaFuncSetAttribute (dynamic shared memory; this GPU has too little?)");
 }
+// A point in the work queued on a stream, for timing diagnostics (CINA_QP_WS_STATS): rt_mark
+// records it (creating the event on first use), rt_ms waits for `b` and returns the milliseconds
+// from `a` to `b` (0 when either is missing), rt_mark_free releases it.
+struct RtMark {
+  cudaEvent_t ev = nullptr;
+};
+inline const char* rt_mark(RtMark& m, void* stream) {
+  if (m.ev == nullptr)
+    if (const char* e = rt_check(cudaEventCreate(&m.ev), "cudaEventCreate")) return e;
+  return rt_check(cudaEventRecord(m.ev, static_cast<cudaStream_t>(stream)), "cudaEventRecord");
+}
+inline double rt_ms(const RtMark& a, const RtMark& b) {
+  float ms = 0.0f;
+  if (a.ev == nullptr || b.ev == nullptr || cudaEventSynchronize(b.ev) != cudaSuccess ||
+      cudaEventElapsedTime(&ms, a.ev, b.ev) != cudaSuccess) {
+    cudaGetLastError();
+    return 0.0;
+  }
+  return ms;
+}
+inline void rt_mark_free(RtMark& m) {
+  if (m.ev != nullptr) cudaEventDestroy(m.ev);
+  m.ev = nullptr;
+}
 #endif
 
 }  // namespace cuda_rt

@@ -49,6 +49,7 @@
 #include <cstring>
 #include <limits>
 #include <string>
+#include <vector>
 
 #ifndef CINA_EMULATE
 #define CINA_QP_HD __host__ __device__ __forceinline__
@@ -295,29 +296,34 @@ struct BlockSolver {
   // ---- kernel entries -------------------------------------------------------------------------
   // k(unit k, unit j) of the source kernel (not scaled, no sign), k != j
   CINA_DEV double kval(int k, int j) const {
-    if (kind == kQPDense) return static_cast<double>(Xs[static_cast<int64_t>(idx[j]) * N + idx[k]]);
+    return kval_at(k, idx[j], Xt + j, n, kind == kQPCina ? lse[j] : 0.0);
+  }
+  // the same with unit j given by its source index, its features (stride js) and its lse: one
+  // code path (the same rounding and FMA contraction) for a column held by the problem's arrays
+  // and for one gathered into the working set's
+  CINA_DEV double kval_at(int k, int jsrc, const double* qv, int64_t js, double lsej) const {
+    if (kind == kQPDense) return static_cast<double>(Xs[static_cast<int64_t>(jsrc) * N + idx[k]]);
     const int64_t D = S.D;
     const double* r = Xt + k;
-    const double* qv = Xt + j;
     double v = 0.0;
     int64_t d = 0;
     if (kind == kQPRbf) {
       for (; d + 4 <= D; d += 4) {
-        const double e0 = r[d * n] - qv[d * n], e1 = r[(d + 1) * n] - qv[(d + 1) * n];
-        const double e2 = r[(d + 2) * n] - qv[(d + 2) * n], e3 = r[(d + 3) * n] - qv[(d + 3) * n];
+        const double e0 = r[d * n] - qv[d * js], e1 = r[(d + 1) * n] - qv[(d + 1) * js];
+        const double e2 = r[(d + 2) * n] - qv[(d + 2) * js], e3 = r[(d + 3) * n] - qv[(d + 3) * js];
         v += (e0 * e0 + e1 * e1) + (e2 * e2 + e3 * e3);
       }
       for (; d < D; ++d) {
-        const double e0 = r[d * n] - qv[d * n];
+        const double e0 = r[d * n] - qv[d * js];
         v += e0 * e0;
       }
       return exp_clamped(v * -gamma);
     }
     for (; d + 4 <= D; d += 4)
-      v += (r[d * n] * qv[d * n] + r[(d + 1) * n] * qv[(d + 1) * n]) +
-           (r[(d + 2) * n] * qv[(d + 2) * n] + r[(d + 3) * n] * qv[(d + 3) * n]);
-    for (; d < D; ++d) v += r[d * n] * qv[d * n];
-    if (kind == kQPCina) return exp_clamped(scale * v - lse[k] - lse[j]);
+      v += (r[d * n] * qv[d * js] + r[(d + 1) * n] * qv[(d + 1) * js]) +
+           (r[(d + 2) * n] * qv[(d + 2) * js] + r[(d + 3) * n] * qv[(d + 3) * js]);
+    for (; d < D; ++d) v += r[d * n] * qv[d * js];
+    if (kind == kQPCina) return exp_clamped(scale * v - lse[k] - lsej);
     return v;
   }
   // k(k, k) (the CPU solver's kdiag)
@@ -336,6 +342,16 @@ struct BlockSolver {
   CINA_DEV double qentry(int k, int j) const {
     if (k == j) return diag[k];
     return static_cast<double>(static_cast<T>((qscale * sgn[j]) * sgn[k] * kval(k, j)));
+  }
+  // Q_kj for unit j = its position r in a working set gathered as the select kernel does (unit
+  // indices wsu, source indices wsi, features D x nb at wsx, signs wss, lse wsl): the value of
+  // qentry(k, wsu[r])
+  CINA_DEV double qentry_ws(int k, int r, const int* wsu, const int* wsi, const double* wsx, int64_t nb,
+                            const double* wss, const double* wsl) const {
+    const int j = wsu[r];
+    if (k == j) return diag[k];
+    return static_cast<double>(static_cast<T>(
+        (qscale * wss[r]) * sgn[k] * kval_at(k, wsi[r], wsx + r, nb, kind == kQPCina ? wsl[r] : 0.0)));
   }
   CINA_DEV void fetch(int j, int s) {
     T* col = cache + static_cast<int64_t>(s) * n;
@@ -878,7 +894,9 @@ CINA_KERNEL(kMaxThreads) qp_solve_kernel(QPArgs<T> A) {
 // sub-problem steps and max_iter bounds them.
 constexpr int kWsLists = 3;          // up (pairs), low (pairs), single coordinates
 constexpr int kWsMaxSize = 512;      // largest working set (shared memory of the solve kernel)
-constexpr int kWsUpdateThreads = 256;
+constexpr int kWsUpdateUnits = 32;    // update kernel: a block is 32 units (a warp's lanes) x
+constexpr int kWsUpdateGroups = 8;    // 8 warps, each summing every 8th column
+constexpr int kWsUpdateThreads = kWsUpdateUnits * kWsUpdateGroups;
 constexpr int kWsLocalStepsPerUnit = 20;  // step cap of a sub-problem: 20 |B| (at least 200)
 
 // Per-problem state kept between the launches (global memory).
@@ -887,13 +905,14 @@ struct WsCtl {
   int status;   // 0 active, 1 done (outputs written)
   int refresh;  // the next update rebuilds G from scratch
   int nb;       // working-set size
+  int nch;      // units of the working set that the last sub-problem moved (wsch / wsdx)
   int has_pair, has_single;
   double tau, qmax, pmax, ltol, best_win, best_stuck, dec;
 };
 
 struct WsLayout {
   Layout base;
-  int64_t keys, wsidx, wsdx, qbb, xb, sb, lb, db, ib, total;
+  int64_t keys, wsidx, wsdx, wsch, qbb, xb, sb, lb, db, ib, total;
 };
 CINA_QP_HD WsLayout make_ws_layout(int64_t N, int64_t D, bool feats, int64_t m2, int64_t qws, int64_t tsize) {
   WsLayout W{};
@@ -901,7 +920,8 @@ CINA_QP_HD WsLayout make_ws_layout(int64_t N, int64_t D, bool feats, int64_t m2,
   int64_t o = W.base.total;
   W.keys = o; o += align256(kWsLists * N * 4);
   W.wsidx = o; o += align256(qws * 4);
-  W.wsdx = o; o += align256(qws * 8);
+  W.wsdx = o; o += align256(qws * 8);   // the moves of the last sub-problem, compacted
+  W.wsch = o; o += align256(qws * 4);   // and their positions in the working set
   W.qbb = o; o += align256(qws * qws * tsize);
   // the working set's features (D x qws), signs, lse, diagonal and source indices, gathered so
   // that Q_BB is computed from a few contiguous kilobytes instead of scattered columns of Xt
@@ -926,12 +946,31 @@ struct WsArgs {
   int64_t p0;          // first problem of the group
   WsCtl* ctl;          // per problem of the group
   int* active;         // problems still active after the last select (for the host's stop test)
+  double ltol;         // a sub-problem is solved to max(tol, ltol x the KKT violation)
 };
 
 // shared memory: Red[32], Ctl, scan (nt + 1 ints), then the kernel's own arrays
 inline size_t ws_smem_select(int nt) { return smem_bytes(nt) + sizeof(int) * (kWsLists * 256 + 32 * kWsLists + 2 * kWsLists); }
+// reduction scratch of the sub-problem solver (WsSub, below)
+struct SubUnit {
+  double g, x, lo, up, invc, diag;
+  int fl;
+};
+struct SubRed {
+  double m, M, s;  // max v over I_up (or the WSS2 value), min v over I_low, max |pg| (or Q_ab)
+  int im, is;
+  SubUnit ua, us;  // the units im and is, from their owner lanes
+};
+constexpr int kSubRedSlots = kWsMaxSize / 32;  // warps of the largest sub-problem block
+
+// the solve kernel: then the sub-problem's arrays (x, G, lo, up, 1/c, diag: doubles; flags),
+// 16-byte aligned, the scan scratch and the double-buffered reduction scratch
+CINA_QP_HD size_t ws_sub_arrays(int64_t qws) {
+  return (static_cast<size_t>(qws) * (6 * sizeof(double) + 1) + 15) & ~static_cast<size_t>(15);
+}
 inline size_t ws_smem_solve(int nt, int64_t qws) {
-  return smem_bytes(nt) + static_cast<size_t>(qws) * (6 * sizeof(double) + sizeof(int) + 1) + 16;
+  return smem_bytes(nt) + 16 + ws_sub_arrays(qws) +
+         sizeof(int) * 32 * kWsLists + 2 * kSubRedSlots * sizeof(SubRed);
 }
 
 // monotone map of a key to uint32 (larger key, larger code); 0 is kept for "not a candidate"
@@ -1028,35 +1067,50 @@ CINA_KERNEL(kMaxThreads) ws_setup_kernel(WsArgs<T> A) {
   }
 }
 
-// G += Q[:, B] dx_B (or G = Qx - p from scratch), one thread per unit, many blocks per problem.
+// G += Q[:, B] dx_B over the moved units of B only (or G = Qx - p from scratch).  A block is 32
+// units x 8 warps: lane u holds unit blockIdx.x * 32 + u, warp w sums the columns w, w + 8, ...
+// (their data is the same for the whole warp: broadcast loads) and the 8 partial sums are added in
+// warp order (deterministic).  One thread per unit over all columns left most SMs a few warps
+// with long serial chains of loads (111 us a round at N = 20000 on an H200).
 template <typename T>
 CINA_KERNEL(kWsUpdateThreads) ws_update_kernel(WsArgs<T> A) {
+  CINA_DYN_SMEM(smem_raw);
+  double* part = reinterpret_cast<double*>(smem_raw);  // [kWsUpdateGroups][kWsUpdateUnits]
   const int64_t g = blockIdx.y;
   const WsCtl c = A.ctl[g];
-  if (c.status != 0) return;
-  const int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (k >= c.n) return;
+  if (c.status != 0) return;  // (uniform over the block)
+  if (static_cast<int64_t>(blockIdx.x) * kWsUpdateUnits >= c.n) return;
   BlockSolver<T> s;
   const WsLayout W = ws_bind(s, A, g);
   ws_load(s, c);
+  const int lane = threadIdx.x % kWsUpdateUnits, w = threadIdx.x / kWsUpdateUnits;
+  const int64_t k = static_cast<int64_t>(blockIdx.x) * kWsUpdateUnits + lane;
+  const bool valid = k < c.n;
+  const int kk = valid ? static_cast<int>(k) : 0;
   unsigned char* base = A.ws + g * A.pbytes;
-  const int kk = static_cast<int>(k);
+  double acc = 0.0;
   if (c.refresh) {
-    double acc = 0.0;
-    for (int64_t j = 0; j < c.n; ++j) {
+    for (int64_t j = w; j < c.n; j += kWsUpdateGroups) {
       const double xj = s.x[j];
-      if (xj != 0.0) acc += xj * s.qentry(kk, static_cast<int>(j));
+      if (xj != 0.0 && valid) acc += xj * s.qentry(kk, static_cast<int>(j));
     }
-    s.G[k] = acc - s.p[k];
   } else {
-    const int* wsidx = reinterpret_cast<const int*>(base + W.wsidx);
-    const double* wsdx = reinterpret_cast<const double*>(base + W.wsdx);
-    double acc = 0.0;
-    for (int e = 0; e < c.nb; ++e) {
-      const double d = wsdx[e];
-      if (d != 0.0) acc += d * s.qentry(kk, wsidx[e]);
-    }
-    s.G[k] += acc;
+    const int* wsu = reinterpret_cast<const int*>(base + W.wsidx);
+    const int* wsi = reinterpret_cast<const int*>(base + W.ib);
+    const int* ch = reinterpret_cast<const int*>(base + W.wsch);
+    const double* dx = reinterpret_cast<const double*>(base + W.wsdx);
+    const double* wsx = reinterpret_cast<const double*>(base + W.xb);
+    const double* wss = reinterpret_cast<const double*>(base + W.sb);
+    const double* wsl = reinterpret_cast<const double*>(base + W.lb);
+    for (int e = w; e < c.nch; e += kWsUpdateGroups)
+      if (valid) acc += dx[e] * s.qentry_ws(kk, ch[e], wsu, wsi, wsx, c.nb, wss, wsl);
+  }
+  part[w * kWsUpdateUnits + lane] = acc;
+  __syncthreads();
+  if (w == 0 && valid) {
+    double t = part[lane];
+    for (int v = 1; v < kWsUpdateGroups; ++v) t += part[v * kWsUpdateUnits + lane];
+    s.G[k] = c.refresh ? t - s.p[k] : s.G[k] + t;
   }
 }
 
@@ -1101,7 +1155,6 @@ CINA_KERNEL(kMaxThreads) ws_select_kernel(WsArgs<T> A) {
   unsigned char* base = A.ws + g * A.pbytes;
   uint32_t* keys = reinterpret_cast<uint32_t*>(base + W.keys);
   int* wsidx = reinterpret_cast<int*>(base + W.wsidx);
-  T* qbb = s.cache;
   const int64_t n = s.n, q = s.q;
   WsCtl cn = c;  // the new state (thread 0 writes it)
   cn.refresh = 0;
@@ -1193,12 +1246,20 @@ CINA_KERNEL(kMaxThreads) ws_select_kernel(WsArgs<T> A) {
       const uint32_t hi = pass == 0 ? 0u : (0xFFFFFFFFu << (shift + 8));
       for (int i = s.tid; i < kWsLists * 256; i += s.nt) hist[i] = 0;
       __syncthreads();
-      for (int64_t k = s.tid; k < n; k += s.nt)
+      // whole warps walk the units together (k = base + lane) so that equal digits are counted
+      // with one atomic per warp (__match_any_sync): the keys of one pass share a few digits (the
+      // exponents of the violations), and lane-by-lane atomics on one bin serialise
+      for (int64_t b0 = static_cast<int64_t>(s.warp) * 32; b0 < n; b0 += s.nt) {
+        const int64_t k = b0 + s.lane;
         for (int L = 0; L < kWsLists; ++L) {
           if (!sel[L]) continue;
-          const uint32_t key = keys[L * n + k];
-          if (key != 0u && (key & hi) == (thr[L] & hi)) atomicAdd(&hist[L * 256 + ((key >> shift) & 255u)], 1);
+          const uint32_t key = k < n ? keys[L * n + k] : 0u;
+          const bool in = key != 0u && (key & hi) == (thr[L] & hi);
+          const int bin = in ? static_cast<int>((key >> shift) & 255u) : -1;
+          const unsigned peers = __match_any_sync(0xffffffffu, bin);
+          if (in && s.lane == __ffs(peers) - 1) atomicAdd(&hist[L * 256 + bin], __popc(peers));
         }
+      }
       __syncthreads();
       for (int L = s.warp; L < kWsLists; L += s.nwarps) {
         if (!sel[L]) continue;
@@ -1267,36 +1328,308 @@ CINA_KERNEL(kMaxThreads) ws_select_kernel(WsArgs<T> A) {
   walk(wsidx, cnt_sel[0]);
   const int nb = nbt[0];
   __syncthreads();
-  // Q_BB, column j at qbb + j nb (the layout of a cached column), from the gathered working set
-  BlockSolver<T> v;  // (a view of its own, not a copy of s: see ws_view)
-  ws_view(v, A, g, smem_raw, c);
+  // the working set's data, gathered (Q_BB is computed from it by ws_qbb_kernel, the update
+  // kernel's columns too)
+  double* xb = reinterpret_cast<double*>(base + W.xb);
+  double* sb = reinterpret_cast<double*>(base + W.sb);
+  double* lb = reinterpret_cast<double*>(base + W.lb);
+  double* db = reinterpret_cast<double*>(base + W.db);
+  int* ib = reinterpret_cast<int*>(base + W.ib);
+  const int64_t D = s.kind == kQPDense ? 0 : A.S.D;
+  for (int r = s.tid; r < nb; r += s.nt) {
+    const int k = wsidx[r];
+    for (int64_t d = 0; d < D; ++d) xb[d * nb + r] = s.Xt[d * n + k];
+    sb[r] = s.sgn[k];
+    lb[r] = s.kind == kQPCina ? s.lse[k] : 0.0;
+    db[r] = s.diag[k];
+    ib[r] = s.idx[k];
+  }
+  if (s.tid == 0) {
+    cn.nb = nb;
+    cn.ltol = dmax(tol, A.ltol * s.kkt);
+    A.ctl[g] = cn;
+    atomicAdd(A.active, 1);
+  }
+}
+
+// Q_BB, column j at qbb + j nb (the layout of a cached column), from the working set gathered by
+// the select kernel: one entry per thread over many blocks (computed inside the one-block select
+// kernel it took ~30 us a round at |B| = 256 on an H200).
+constexpr int kWsQbbThreads = 256;
+template <typename T>
+CINA_KERNEL(kWsQbbThreads) ws_qbb_kernel(WsArgs<T> A) {
+  const int64_t g = blockIdx.y;
+  const WsCtl c = A.ctl[g];
+  if (c.status != 0) return;
+  const int64_t nb = c.nb;
+  const int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (e >= nb * nb) return;
+  BlockSolver<T> v;
+  const WsLayout W = ws_bind(v, A, g);
+  ws_load(v, c);
+  unsigned char* base = A.ws + g * A.pbytes;
   v.n = nb;
   v.Xt = reinterpret_cast<double*>(base + W.xb);
   v.sgn = reinterpret_cast<double*>(base + W.sb);
   v.lse = reinterpret_cast<double*>(base + W.lb);
   v.diag = reinterpret_cast<double*>(base + W.db);
   v.idx = reinterpret_cast<int*>(base + W.ib);
-  const int64_t D = s.kind == kQPDense ? 0 : A.S.D;
-  for (int r = s.tid; r < nb; r += s.nt) {
-    const int k = wsidx[r];
-    for (int64_t d = 0; d < D; ++d) v.Xt[d * nb + r] = s.Xt[d * n + k];
-    v.sgn[r] = s.sgn[k];
-    v.lse[r] = s.kind == kQPCina ? s.lse[k] : 0.0;
-    v.diag[r] = s.diag[k];
-    v.idx[r] = s.idx[k];
-  }
-  __syncthreads();
-  for (int64_t e = s.tid; e < static_cast<int64_t>(nb) * nb; e += s.nt) {
-    const int r = static_cast<int>(e % nb), col = static_cast<int>(e / nb);
-    qbb[e] = static_cast<T>(v.qentry(r, col));
-  }
-  if (s.tid == 0) {
-    cn.nb = nb;
-    cn.ltol = dmax(tol, 0.1 * s.kkt);
-    A.ctl[g] = cn;
-    atomicAdd(A.active, 1);
-  }
+  const int r = static_cast<int>(e % nb), col = static_cast<int>(e / nb);
+  v.cache[e] = static_cast<T>(v.qentry(r, col));
 }
+
+// ---- the sub-problem solver ----------------------------------------------------------------------
+// The steps of BlockSolver (WSS2 SMO on pairs, greedy CD on single coordinates; the same formulas,
+// so the same iterates) specialised to a sub-problem whose arrays are in shared memory and whose
+// columns are all in Q_BB, with fewer barriers per step (2 instead of 6): the reductions are
+// double-buffered (one barrier each), and the data of the chosen units (gradient, x, bounds, ...)
+// travel with the reductions that choose them, written by the lane that owns the unit, so that
+// every thread computes the step's scalars itself instead of thread 0 computing them and
+// broadcasting through shared memory.  A step costs a few microseconds of latency (3.6 us with
+// BlockSolver's steps at |B| = 256 on an H200), and sub-problems take a few dozen steps per round.
+
+template <typename T>
+struct WsSub {
+  int nt, tid, lane, warp, nwarps;
+  int n;
+  double *x, *G, *lo, *up, *invc, *diag;
+  unsigned char* fl;
+  const T* Q;  // Q_BB, column j at Q + j n
+  SubRed* red;  // [2][kSubRedSlots]
+  int buf;      // the buffer the next reduction writes
+  bool has_pair, has_single;
+  double tau;
+  // state of the last pass (uniform)
+  double m, M, sv, pv, kkt, dec;
+  int i_, k_;
+  SubUnit ui, uk;  // the units i_ and k_
+
+  CINA_DEV SubUnit unit(int k) const {
+    SubUnit u;
+    u.g = G[k];
+    u.x = x[k];
+    u.lo = lo[k];
+    u.up = up[k];
+    u.invc = invc[k];
+    u.diag = diag[k];
+    u.fl = fl[k];
+    return u;
+  }
+  // unit k's flags after a move (BlockSolver::set_flags)
+  CINA_DEV static int flags_of(int f, double xv, double l, double u) {
+    int r = f & (kPair | kSingle | kCpos);
+    if (xv < u) r |= kCanInc;
+    if (xv > l) r |= kCanDec;
+    return r;
+  }
+  // the block-wide maxima / minima of a pass with the winners' units (one barrier)
+  CINA_DEV SubRed reduce(SubRed r) {
+    for (int o = 16; o >= 1; o >>= 1) {
+      const double m2v = __shfl_xor_sync(0xffffffffu, r.m, o);
+      const int im2 = __shfl_xor_sync(0xffffffffu, r.im, o);
+      const double M2 = __shfl_xor_sync(0xffffffffu, r.M, o);
+      const double s2 = __shfl_xor_sync(0xffffffffu, r.s, o);
+      const int is2 = __shfl_xor_sync(0xffffffffu, r.is, o);
+      take_max(r.m, r.im, m2v, im2);
+      r.M = dmin(r.M, M2);
+      take_max(r.s, r.is, s2, is2);
+    }
+    SubRed* slot = red + buf * kSubRedSlots;
+    if (lane == 0) {
+      slot[warp].m = r.m;
+      slot[warp].M = r.M;
+      slot[warp].s = r.s;
+      slot[warp].im = r.im;
+      slot[warp].is = r.is;
+    }
+    if (r.im >= 0 && r.im % nt == tid) slot[warp].ua = unit(r.im);
+    if (r.is >= 0 && r.is % nt == tid) slot[warp].us = unit(r.is);
+    __syncthreads();
+    // (the next reduction writes the other buffer; the one after it, this one again, only after
+    // the next barrier, which every thread reaches after reading this buffer)
+    buf ^= 1;
+    SubRed res = slot[0];
+    int wm = 0, ws = 0;
+    for (int w = 1; w < nwarps; ++w) {
+      const SubRed& t = slot[w];
+      int im = res.im, is = res.is;
+      take_max(res.m, im, t.m, t.im);
+      if (im != res.im) wm = w;
+      res.im = im;
+      res.M = dmin(res.M, t.M);
+      take_max(res.s, is, t.s, t.is);
+      if (is != res.is) ws = w;
+      res.is = is;
+    }
+    if (res.im >= 0) res.ua = slot[wm].ua;
+    if (res.is >= 0) res.us = slot[ws].us;
+    return res;
+  }
+
+  // G += dxa Q_a (+ dxb Q_b) at this thread's units, then the maxima / minima (BlockSolver::pass)
+  template <int NCOL>
+  CINA_DEV void pass(int a, double dxa, int b, double dxb) {
+    const T* Qa = Q + static_cast<int64_t>(a < 0 ? 0 : a) * n;
+    const T* Qb = Q + static_cast<int64_t>(b < 0 ? 0 : b) * n;
+    SubRed r;
+    r.m = -kInf;
+    r.M = kInf;
+    r.s = 0.0;
+    r.im = -1;
+    r.is = -1;
+    for (int k = tid; k < n; k += nt) {
+      double g = G[k];
+      if (NCOL >= 1) g = g + dxa * static_cast<double>(Qa[k]);
+      if (NCOL >= 2) g = g + dxb * static_cast<double>(Qb[k]);
+      if (NCOL >= 1) G[k] = g;
+      const unsigned char f = fl[k];
+      if (f & kPair) {
+        const double v = -g * invc[k];
+        if (in_up(f) && v > r.m) {
+          r.m = v;
+          r.im = k;
+        }
+        if (in_low(f)) r.M = dmin(r.M, v);
+      } else if (f & kSingle) {
+        const double pg = proj_grad(g, f);
+        const double av = pg < 0 ? -pg : pg;
+        if (av > r.s) {
+          r.s = av;
+          r.is = k;
+        }
+      }
+    }
+    r = reduce(r);
+    m = r.m;
+    M = r.M;
+    sv = r.s;
+    i_ = has_pair ? r.im : -1;
+    k_ = has_single ? r.is : -1;
+    ui = r.ua;
+    uk = r.us;
+    pv = has_pair ? dmax(0.0, m - M) : 0.0;
+    if (pv != pv) pv = 0.0;
+    kkt = dmax(pv, has_single ? sv : 0.0);
+  }
+
+  // WSS2 partner of a (BlockSolver::select_j) with its unit and Q_ab; -1 if none (one barrier)
+  CINA_DEV int select_j(int a, const SubUnit& ua, SubUnit& ub, double& qab) {
+    const T* Qa = Q + static_cast<int64_t>(a) * n;
+    const double ici = ua.invc;
+    const double qi_term = ua.diag * ici * ici;
+    const double twoici = 2.0 * ici;
+    double best = -kInf;
+    int bi = -1;
+    for (int k = tid; k < n; k += nt) {
+      if (!in_low(fl[k])) continue;
+      // (the exact comparison, not b > 0: see BlockSolver::select_j)
+      const double vk = -G[k] * invc[k];
+      if (!(vk < m)) continue;
+      const double bk = m - vk;
+      double ak = (qi_term + diag[k] * invc[k] * invc[k]) - static_cast<double>(Qa[k]) * (twoici * invc[k]);
+      ak = dmax(ak, tau);
+      const double v = bk * bk / ak;
+      if (v > best) {
+        best = v;
+        bi = k;
+      }
+    }
+    for (int o = 16; o >= 1; o >>= 1) {
+      const double v2 = __shfl_xor_sync(0xffffffffu, best, o);
+      const int i2 = __shfl_xor_sync(0xffffffffu, bi, o);
+      take_max(best, bi, v2, i2);
+    }
+    SubRed* slot = red + buf * kSubRedSlots;
+    if (lane == 0) {
+      slot[warp].m = best;
+      slot[warp].im = bi;
+    }
+    if (bi >= 0 && bi % nt == tid) {
+      slot[warp].ua = unit(bi);
+      slot[warp].s = static_cast<double>(Qa[bi]);
+    }
+    __syncthreads();
+    buf ^= 1;
+    double v = slot[0].m;
+    int b = slot[0].im, wb = 0;
+    for (int w = 1; w < nwarps; ++w) {
+      int i = b;
+      take_max(v, i, slot[w].m, slot[w].im);
+      if (i != b) wb = w;
+      b = i;
+    }
+    if (b >= 0) {
+      ub = slot[wb].ua;
+      qab = slot[wb].s;
+    }
+    return b;
+  }
+
+  CINA_DEV static double tmax(const SubUnit& u, double dir) {
+    if (dir == 0.0) return kInf;
+    const double room = dir > 0 ? u.up - u.x : u.lo - u.x;
+    return dmax(room / dir, 0.0);
+  }
+  // the new x of a moved unit (BlockSolver::move, without the write)
+  CINA_DEV static double moved(const SubUnit& u, double dir, double tm, double t) {
+    double xn = u.x + t * dir;
+    if (t == tm) xn = dir > 0 ? u.up : (dir < 0 ? u.lo : xn);
+    xn = clip(xn, u.lo, u.up);
+    return static_cast<double>(static_cast<T>(xn));
+  }
+
+  // One step (BlockSolver::step); false when no representable progress was made (or no candidate).
+  CINA_DEV bool step() {
+    const bool use_pair = has_pair && (!has_single || pv >= sv);
+    const int a = use_pair ? i_ : k_;
+    if (a < 0) return false;
+    const SubUnit ua = use_pair ? ui : uk;
+    int b = -1;
+    SubUnit ub{};
+    double qab = 0.0;
+    if (use_pair) {
+      b = select_j(a, ua, ub, qab);
+      if (b < 0 || b == a) return false;
+    }
+    // the scalars (BlockSolver::step_scalars), computed by every thread from the same values
+    double dira, dirb = 0.0, tstar;
+    if (b >= 0) {
+      const double ici = ua.invc;
+      const double bb = m - (-ub.g * ub.invc);
+      double aa = (ua.diag * ici * ici + ub.diag * ub.invc * ub.invc) - qab * ((2.0 * ici) * ub.invc);
+      aa = dmax(aa, tau);
+      tstar = bb / aa;
+      dira = ici;
+      dirb = -ub.invc;
+    } else {
+      const double pg = proj_grad(ua.g, static_cast<unsigned char>(ua.fl));
+      dira = pg > 0 ? -1.0 : (pg < 0 ? 1.0 : 0.0);
+      tstar = (pg < 0 ? -pg : pg) / dmax(ua.diag, tau);
+    }
+    const double tma = tmax(ua, dira), tmb = b >= 0 ? tmax(ub, dirb) : kInf;
+    const double t = dmin(tstar, dmin(tma, tmb));
+    const double xa = moved(ua, dira, tma, t);
+    const double dxa = xa - ua.x;
+    const double xbn = b >= 0 ? moved(ub, dirb, tmb, t) : 0.0;
+    const double dxb = b >= 0 ? xbn - ub.x : 0.0;
+    double df = dxa * (ua.g + 0.5 * dxa * ua.diag);
+    if (b >= 0) df += dxb * ((ub.g + 0.5 * dxb * ub.diag) + dxa * qab);
+    // (BlockSolver::move writes x and the flags even for a null move: the same values)
+    if (a % nt == tid) {
+      x[a] = xa;
+      fl[a] = static_cast<unsigned char>(flags_of(ua.fl, xa, ua.lo, ua.up));
+    }
+    if (b >= 0 && b % nt == tid) {
+      x[b] = xbn;
+      fl[b] = static_cast<unsigned char>(flags_of(ub.fl, xbn, ub.lo, ub.up));
+    }
+    if (dxa == 0.0 && dxb == 0.0) return false;
+    dec -= df;
+    if (b >= 0) pass<2>(a, dxa, b, dxb);
+    else pass<1>(a, dxa, -1, 0.0);
+    return true;
+  }
+};
 
 // The sub-problem over the working set, in shared memory, by the block solver's own steps.
 template <typename T>
@@ -1312,23 +1645,31 @@ CINA_KERNEL(kWsMaxSize) ws_solve_kernel(WsArgs<T> A) {
   double* wsdx = reinterpret_cast<double*>(base + W.wsdx);
   const int nb = c.nb;
   const int64_t qws = A.qws;
-  // the sub-problem: same scalars, arrays in shared memory (a view of its own, not a copy of s:
-  // see ws_view)
-  BlockSolver<T> loc;
-  ws_view(loc, A, g, smem_raw, c);
-  // (smem_bytes is 4 mod 8: the double arrays start at the next 16-byte boundary; the +16 of
-  // ws_smem_solve pays for it)
+  // the sub-problem: arrays in shared memory (smem_bytes is 4 mod 8: the double arrays start at
+  // the next 16-byte boundary; the +16 of ws_smem_solve pays for it), Q_BB in the workspace
   unsigned char* sm = smem_raw + ((smem_bytes(s.nt) + 15) & ~static_cast<size_t>(15));
+  const size_t arrays = ws_sub_arrays(qws);
+  int* wsum = reinterpret_cast<int*>(sm + arrays);
+  WsSub<T> loc;
+  loc.nt = s.nt;
+  loc.tid = s.tid;
+  loc.lane = s.lane;
+  loc.warp = s.warp;
+  loc.nwarps = s.nwarps;
+  loc.n = nb;
   loc.x = reinterpret_cast<double*>(sm);
   loc.G = loc.x + qws;
   loc.lo = loc.G + qws;
   loc.up = loc.lo + qws;
   loc.invc = loc.up + qws;
   loc.diag = loc.invc + qws;
-  loc.slot = reinterpret_cast<int*>(loc.diag + qws);
-  loc.fl = reinterpret_cast<unsigned char*>(loc.slot + qws);
-  loc.n = nb;
-  loc.cap = nb;
+  loc.fl = reinterpret_cast<unsigned char*>(loc.diag + qws);
+  loc.Q = s.cache;
+  loc.red = reinterpret_cast<SubRed*>(sm + arrays + sizeof(int) * 32 * kWsLists);
+  loc.buf = 0;
+  loc.has_pair = s.has_pair;
+  loc.has_single = s.has_single;
+  loc.tau = s.tau;
   loc.dec = 0.0;
   for (int k = s.tid; k < nb; k += s.nt) {
     const int j = wsidx[k];
@@ -1339,7 +1680,6 @@ CINA_KERNEL(kWsMaxSize) ws_solve_kernel(WsArgs<T> A) {
     loc.invc[k] = s.invc[j];
     loc.diag[k] = s.diag[j];
     loc.fl[k] = s.fl[j];
-    loc.slot[k] = k;  // every column of Q_BB is "cached"
   }
   __syncthreads();
   loc.template pass<0>(-1, 0.0, -1, 0.0);
@@ -1359,14 +1699,30 @@ CINA_KERNEL(kWsMaxSize) ws_solve_kernel(WsArgs<T> A) {
     any = true;
   }
   __syncthreads();
-  for (int k = s.tid; k < nb; k += s.nt) {
+  // write back; the moved units (dx != 0) compacted in working-set order for the update kernel
+  // (a sub-problem moves a few dozen of its units: the update then computes only their columns)
+  int* wsch = reinterpret_cast<int*>(base + W.wsch);
+  const int chunk = (nb + s.nt - 1) / s.nt;
+  const int beg = s.tid * chunk < nb ? s.tid * chunk : nb;
+  const int end = beg + chunk < nb ? beg + chunk : nb;
+  int moved[kWsLists] = {0, 0, 0};
+  for (int k = beg; k < end; ++k) moved[0] += (loc.x[k] - s.x[wsidx[k]]) != 0.0 ? 1 : 0;
+  int nmoved[kWsLists];
+  ws_scan(moved, nmoved, wsum, s.lane, s.warp, s.nwarps);
+  for (int k = beg, o = moved[0]; k < end; ++k) {
     const int j = wsidx[k];
-    wsdx[k] = loc.x[k] - s.x[j];
+    const double d = loc.x[k] - s.x[j];
+    if (d != 0.0) {
+      wsch[o] = k;
+      wsdx[o] = d;
+      ++o;
+    }
     s.x[j] = loc.x[k];
     s.fl[j] = loc.fl[k];
   }
   if (s.tid == 0) {
     WsCtl cn = c;
+    cn.nch = nmoved[0];
     cn.it += steps;
     cn.since_window += steps;
     cn.dec = c.dec + loc.dec;
@@ -1524,6 +1880,17 @@ static int qp_ws_threads() {
   return 0;
 }
 
+// Sub-problem tolerance, relative to the KKT violation of the round: CINA_QP_WS_LTOL in (0, 1),
+// default 0.1 (ThunderSVM's); smaller, more steps per round and fewer rounds.
+static double qp_ws_ltol() {
+  if (const char* e = std::getenv("CINA_QP_WS_LTOL")) {
+    char* end = nullptr;
+    const double v = std::strtod(e, &end);
+    return (end != e && *end == '\0' && v > 0.0 && v < 1.0) ? v : -1.0;
+  }
+  return 0.1;
+}
+
 static bool ws_stats() {
   const char* e = std::getenv("CINA_QP_WS_STATS");
   return e != nullptr && e[0] != '\0' && std::strcmp(e, "0") != 0;
@@ -1539,6 +1906,10 @@ const char* qp_solve_cuda_ws(const QPSource<T>& source, const QPProblems<T>& pro
   const int64_t P = problems.P, N = problems.N;
   const int64_t qws = qp_ws_size();
   if (qws < 0) return fail("cina qp_solve (CUDA): CINA_QP_WS_SIZE must be an integer in [2, 512]");
+  const double ltol = qp_ws_ltol();
+  if (ltol < 0) return fail("cina qp_solve (CUDA): CINA_QP_WS_LTOL must be a number in (0, 1)");
+  const int wst = qp_ws_threads();
+  if (wst < 0) return fail("cina qp_solve (CUDA): CINA_QP_WS_THREADS must be a multiple of 32 in [32, 512]");
   const bool feats = source.kind != kQPDense;
   const WsLayout W = make_ws_layout(N, source.D, feats, m2, qws, static_cast<int64_t>(sizeof(T)));
   const int64_t pbytes = W.total;
@@ -1552,41 +1923,65 @@ const char* qp_solve_cuda_ws(const QPSource<T>& source, const QPProblems<T>& pro
   unsigned char* wsb = static_cast<unsigned char*>(ws);
   WsCtl* ctl = reinterpret_cast<WsCtl*>(wsb + group * pbytes);
   int* active = reinterpret_cast<int*>(wsb + group * pbytes + group * static_cast<int64_t>(sizeof(WsCtl)));
-  const int wst = qp_ws_threads();
-  if (wst < 0) return fail("cina qp_solve (CUDA): CINA_QP_WS_THREADS must be a multiple of 32 in [32, 512]");
   int nts = static_cast<int>((qws + 31) / 32 * 32);
   if (wst > 0 && wst < nts) nts = wst;
-  const int ntu = nt < kWsUpdateThreads ? nt : kWsUpdateThreads;  // (small blocks for small problems)
+  const size_t sm_upd = sizeof(double) * kWsUpdateThreads;
   const size_t sm_setup = smem_bytes(nt), sm_sel = ws_smem_select(nt), sm_solve = ws_smem_solve(nts, qws);
   const char* err = nullptr;
+  // CINA_QP_WS_STATS=1: per group, the rounds, sub-problem steps and the GPU time of each kernel
+  // on stderr (a sync per round: diagnostics only), to split a run's time into per-round and
+  // per-step costs (benchmarks/solver_breakdown.py)
+  const bool stats = ws_stats();
+  RtMark mk[4];
   for (int64_t p0 = 0; p0 < P && err == nullptr; p0 += group) {
     const int64_t gP = P - p0 < group ? P - p0 : group;
-    WsArgs<T> args{source, problems, out, wsb, pbytes, m2, qws, p0, ctl, active};
-    const dim3 upd(static_cast<unsigned>((N + ntu - 1) / ntu), static_cast<unsigned>(gP));
+    WsArgs<T> args{source, problems, out, wsb, pbytes, m2, qws, p0, ctl, active, ltol};
+    const dim3 upd(static_cast<unsigned>((N + kWsUpdateUnits - 1) / kWsUpdateUnits), static_cast<unsigned>(gP));
+    const dim3 qbbg(static_cast<unsigned>((qws * qws + kWsQbbThreads - 1) / kWsQbbThreads), static_cast<unsigned>(gP));
     CINA_LAUNCH(ws_setup_kernel<T>, dim3(static_cast<unsigned>(gP)), dim3(nt), sm_setup, stream, args);
-    CINA_LAUNCH(ws_update_kernel<T>, upd, dim3(ntu), 0, stream, args);
+    CINA_LAUNCH(ws_update_kernel<T>, upd, dim3(kWsUpdateThreads), sm_upd, stream, args);
     if ((err = rt_check_launch("cina qp_solve (CUDA): working-set set-up launch"))) break;
     int64_t outer = 0;
+    double ms_sel = 0.0, ms_solve = 0.0, ms_upd = 0.0;
     for (;; ++outer) {
       const bool check = outer < 4 || outer % 8 == 0;
       if (check && (err = rt_memset(active, sizeof(int), stream))) break;
+      if (stats && (err = rt_mark(mk[0], stream))) break;
       CINA_LAUNCH(ws_select_kernel<T>, dim3(static_cast<unsigned>(gP)), dim3(nt), sm_sel, stream, args);
+      CINA_LAUNCH(ws_qbb_kernel<T>, qbbg, dim3(kWsQbbThreads), 0, stream, args);
+      if (stats && (err = rt_mark(mk[1], stream))) break;
       CINA_LAUNCH(ws_solve_kernel<T>, dim3(static_cast<unsigned>(gP)), dim3(nts), sm_solve, stream, args);
-      CINA_LAUNCH(ws_update_kernel<T>, upd, dim3(ntu), 0, stream, args);
+      if (stats && (err = rt_mark(mk[2], stream))) break;
+      CINA_LAUNCH(ws_update_kernel<T>, upd, dim3(kWsUpdateThreads), sm_upd, stream, args);
+      if (stats) {
+        if ((err = rt_mark(mk[3], stream))) break;
+        ms_sel += rt_ms(mk[0], mk[1]);
+        ms_solve += rt_ms(mk[1], mk[2]);
+        ms_upd += rt_ms(mk[2], mk[3]);
+      }
       if (!check) continue;
       if ((err = rt_check_launch("cina qp_solve (CUDA): working-set solver launch"))) break;
       int left = 0;
       if ((err = rt_read(&left, active, sizeof(int), stream))) break;
       if (left == 0) break;
     }
-    // CINA_QP_WS_STATS=1: the number of rounds on stderr (to split a run's time into per-round
-    // and per-step costs: benchmarks/profile_cases.py sets it under Nsight Compute)
-    if (err == nullptr && ws_stats())
-      std::fprintf(stderr, "cina qp_solve (CUDA, working set): problems %lld..%lld of %lld: %lld rounds "
-                   "(working set %lld, %d sub-problem threads)\n",
+    if (err == nullptr && stats) {
+      std::vector<WsCtl> hc(static_cast<size_t>(gP));
+      long long steps = 0;
+      if ((err = rt_read(hc.data(), ctl, sizeof(WsCtl) * hc.size(), stream))) break;
+      for (const WsCtl& c : hc) steps += static_cast<long long>(c.it);
+      const double r = static_cast<double>(outer + 1);
+      std::fprintf(stderr,
+                   "cina qp_solve (CUDA, working set): problems %lld..%lld of %lld: %lld rounds, %lld steps "
+                   "(working set %lld, %d sub-problem threads); GPU ms: select %.3f, solve %.3f, update %.3f; "
+                   "per round us: select %.2f, solve %.2f, update %.2f; solve us per step %.3f\n",
                    static_cast<long long>(p0), static_cast<long long>(p0 + gP - 1), static_cast<long long>(P),
-                   static_cast<long long>(outer + 1), static_cast<long long>(qws), nts);
+                   static_cast<long long>(outer + 1), steps, static_cast<long long>(qws), nts, ms_sel, ms_solve,
+                   ms_upd, 1e3 * ms_sel / r, 1e3 * ms_solve / r, 1e3 * ms_upd / r,
+                   steps > 0 ? 1e3 * ms_solve / static_cast<double>(steps) : 0.0);
+    }
   }
+  for (RtMark& m : mk) rt_mark_free(m);
   rt_free(ws, stream);
   return err;
 }

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <chrono>
 #include <barrier>
 #include <cmath>
 #include <cstdint>
@@ -183,6 +184,21 @@ inline T __shfl_xor_sync(unsigned, T v, int lane_mask, int width = 32) {
   return r;
 }
 
+// lanes of the warp holding the same value (all 32 lanes take part, as the kernels call it)
+inline unsigned __match_any_sync(unsigned, int v) {
+  auto& x = emu::blk->xch[emu::tid / 32];
+  const unsigned lane = emu::tid % 32;
+  x[lane] = static_cast<uint64_t>(static_cast<uint32_t>(v));
+  emu::warp_sync();
+  unsigned m = 0;
+  for (unsigned l = 0; l < 32; ++l)
+    if (x[l] == x[lane]) m |= 1u << l;
+  emu::warp_sync();
+  return m;
+}
+inline int __popc(unsigned v) { return __builtin_popcount(v); }
+inline int __ffs(int v) { return __builtin_ffs(v); }
+
 // ---- tensor-core emulation (PTX ISA "Matrix fragments for mma.m16n8k8", .tf32 and .f32) -----
 // A (16x8, row): a0:(g, t) a1:(g+8, t) a2:(g, t+4) a3:(g+8, t+4)      g = lane/4, t = lane%4
 // B (8x8, col):  b0:(t, g) b1:(t+4, g)                                 (row k, column n)
@@ -356,5 +372,20 @@ inline const char* rt_memset(void* p, size_t bytes, void*) {
   std::memset(p, 0, bytes);
   return nullptr;
 }
+// timing marks: kernels run synchronously here, so a mark is the host clock
+struct RtMark {
+  std::chrono::steady_clock::time_point t{};
+  bool set = false;
+};
+inline const char* rt_mark(RtMark& m, void*) {
+  m.t = std::chrono::steady_clock::now();
+  m.set = true;
+  return nullptr;
+}
+inline double rt_ms(const RtMark& a, const RtMark& b) {
+  if (!a.set || !b.set) return 0.0;
+  return std::chrono::duration<double, std::milli>(b.t - a.t).count();
+}
+inline void rt_mark_free(RtMark& m) { m.set = false; }
 }  // namespace cuda_rt
 }  // namespace cina
