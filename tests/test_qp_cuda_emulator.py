@@ -485,6 +485,27 @@ def test_emulated_working_set_multi_warp_subproblem(monkeypatch, ltol):
         assert torch.allclose(res.weights, ref.weights, atol=1e-5)
 
 
+def test_emulated_working_set_keys_in_shared_or_global_memory(monkeypatch):
+    """The select kernel keeps its keys in shared memory when they fit, else in the workspace
+    (CINA_QP_WS_SMEM_KEYS caps the shared-memory room; 0 forces the workspace, 40 fits one list of
+    a 30-unit problem but not two): the same working sets, so bit-identical results."""
+    monkeypatch.setattr(solver, "_run", emu_qp_solve_batch)
+    monkeypatch.setenv("CINA_QP_THREADS", "32")
+    monkeypatch.setenv("CINA_QP_CUDA_ALGO", "ws")
+    monkeypatch.setenv("CINA_QP_WS_SIZE", "6")
+    X, W = make_data(2, 30, seed=43)
+    runs = []
+    for room in (None, "0", "40"):
+        if room is None:
+            monkeypatch.delenv("CINA_QP_WS_SMEM_KEYS", raising=False)
+        else:
+            monkeypatch.setenv("CINA_QP_WS_SMEM_KEYS", room)
+        runs.append(solver.dual_solve(X, W, 0.5, estimand="overlap", tol=1e-9))
+    assert bool(runs[0].converged.all())
+    for r in runs[1:]:
+        assert torch.equal(r.alpha, runs[0].alpha) and torch.equal(r.iterations, runs[0].iterations)
+
+
 @pytest.mark.parametrize("var,value", [("CINA_QP_CUDA_ALGO", "fast"), ("CINA_QP_WS_SIZE", "1"),
                                        ("CINA_QP_WS_SIZE", "4096"), ("CINA_QP_WS_LTOL", "0"),
                                        ("CINA_QP_WS_LTOL", "1.5"), ("CINA_QP_WS_LTOL", "x"),

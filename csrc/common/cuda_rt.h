@@ -66,6 +66,16 @@ inline int rt_sm_count() {
   }
   return n;
 }
+// the most dynamic shared memory a block may opt in to (cudaFuncSetAttribute)
+inline size_t rt_smem_optin() {
+  int dev = 0, v = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess || v <= 0) {
+    cudaGetLastError();
+    return 48 * 1024;
+  }
+  return static_cast<size_t>(v);
+}
 inline size_t rt_free_memory() {
   size_t fr = 0, tot = 0;
   if (cudaMemGetInfo(&fr, &tot) != cudaSuccess) {

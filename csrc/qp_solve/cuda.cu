@@ -190,6 +190,7 @@ struct BlockSolver {
   double qscale, diag_add, gamma, scale;
   const T* Xs;  // the problem's source dataset
   bool has_eq, has_pair, has_single;
+  bool direct;  // every column j is at cache + j n (the working-set sub-problem): no cache lookups
   double tau, qmax, pmax;
   // state of the last pass (uniform)
   double m, M, sv, pv, kkt;
@@ -723,10 +724,13 @@ struct BlockSolver {
     const bool use_pair = has_pair && (!has_single || pv >= sv);
     const int a = use_pair ? i_ : k_;
     if (a < 0) return false;
-    if (tid == 0) lookup(a, -1, ctl->slot_a, ctl->need_a);
-    __syncthreads();
-    const int sa = ctl->slot_a;
-    if (ctl->need_a) fetch(a, sa);
+    int sa = a;
+    if (!direct) {
+      if (tid == 0) lookup(a, -1, ctl->slot_a, ctl->need_a);
+      __syncthreads();
+      sa = ctl->slot_a;
+      if (ctl->need_a) fetch(a, sa);
+    }
     int b = -1;
     if (use_pair) {
       b = select_j(a, sa);  // (its barriers also publish column a)
@@ -734,7 +738,7 @@ struct BlockSolver {
     }
     if (tid == 0) {
       step_scalars(a, b, sa);
-      if (ctl->progress && b >= 0) lookup(b, sa, ctl->slot_b, ctl->need_b);
+      if (ctl->progress && b >= 0 && !direct) lookup(b, sa, ctl->slot_b, ctl->need_b);
     }
     __syncthreads();
     const double dxa = ctl->dxa, dxb = ctl->dxb;
@@ -742,8 +746,8 @@ struct BlockSolver {
     if (!progress) return false;
     dec -= ctl->df;  // every thread: the same sum
     if (b >= 0) {
-      const int sb = ctl->slot_b;
-      if (ctl->need_b) fetch(b, sb);
+      const int sb = direct ? b : ctl->slot_b;
+      if (!direct && ctl->need_b) fetch(b, sb);
       pass<2>(sa, dxa, sb, dxb);
     } else {
       pass<1>(sa, dxa, -1, 0.0);
@@ -859,6 +863,7 @@ CINA_KERNEL(kMaxThreads) qp_solve_kernel(QPArgs<T> A) {
   s.bind_block(smem_raw);
   s.kind = static_cast<int>(A.S.kind);
   s.cap = A.cap;
+  s.direct = false;
   s.m2 = A.m2;
   const bool feats = A.S.kind != kQPDense;
   const Layout L = make_layout(A.pb.N, A.S.D, feats, A.cap, A.m2, static_cast<int64_t>(sizeof(T)));
@@ -882,13 +887,19 @@ CINA_KERNEL(kMaxThreads) qp_solve_kernel(QPArgs<T> A) {
 // a working set, as in ThunderSVM): per outer iteration
 //   1. ws_select_kernel (one block per problem): the KKT test on all units (stop rules as above,
 //      counted in steps), then the working set B: the q/2 largest violators of I_up and the q/2 of
-//      I_low by -G_i/c_i (a radix select on float keys, ties by index; single coordinates by
-//      |projected gradient|), and its q x q block of Q (rounded to T, as a column would be);
-//   2. ws_solve_kernel (one block per problem, one thread per unit of B): the sub-problem over B
+//      I_low by -G_i/c_i (a radix select on float keys kept in shared memory when they fit, ties
+//      by index; single coordinates by |projected gradient|), and B's data gathered;
+//   2. ws_qbb_kernel (many blocks per problem): B's q x q block of Q (rounded to T, as a column
+//      would be);
+//   3. ws_solve_kernel (one block per problem, one thread per unit of B): the sub-problem over B
 //      with everything else fixed, by the very BlockSolver steps (WSS2 SMO / greedy CD) on shared
-//      memory copies, to max(tol, 0.1 KKT) or a step cap; the changes dx_B are written out;
-//   3. ws_update_kernel (many blocks per problem): G += Q[:, B] dx_B over all units, the kernel
-//      entries computed on the fly (or G = Qx - p from scratch after a solve without progress).
+//      memory copies, to max(tol, ltol KKT) (ltol 0.1 by default) or a step cap; the units it
+//      moved and their dx are written out, compacted;
+//   4. ws_update_kernel (many blocks per problem): G += Q[:, B] dx_B over all units and the moved
+//      units of B only, the kernel entries computed on the fly (or G = Qx - p from scratch after a
+//      solve without progress).
+// CINA_QP_WS_STATS=1 prints the rounds, steps and GPU time of each kernel (the time of a run is
+// rounds x (select + update) + steps x step latency; benchmarks/solver_breakdown.py).
 // Iterates differ from the block solver's (the optimum does not): the KKT violation, nu, the
 // objective and the converged flag are computed exactly as there, `iterations` counts the
 // sub-problem steps and max_iter bounds them.
@@ -947,31 +958,19 @@ struct WsArgs {
   WsCtl* ctl;          // per problem of the group
   int* active;         // problems still active after the last select (for the host's stop test)
   double ltol;         // a sub-problem is solved to max(tol, ltol x the KKT violation)
+  int64_t keys_smem;   // the select kernel's keys live in shared memory when they fit in this many
 };
 
-// shared memory: Red[32], Ctl, scan (nt + 1 ints), then the kernel's own arrays
-inline size_t ws_smem_select(int nt) { return smem_bytes(nt) + sizeof(int) * (kWsLists * 256 + 32 * kWsLists + 2 * kWsLists); }
-// reduction scratch of the sub-problem solver (WsSub, below)
-struct SubUnit {
-  double g, x, lo, up, invc, diag;
-  int fl;
-};
-struct SubRed {
-  double m, M, s;  // max v over I_up (or the WSS2 value), min v over I_low, max |pg| (or Q_ab)
-  int im, is;
-  SubUnit ua, us;  // the units im and is, from their owner lanes
-};
-constexpr int kSubRedSlots = kWsMaxSize / 32;  // warps of the largest sub-problem block
-
+// shared memory: Red[32], Ctl, scan (nt + 1 ints), then the kernel's own arrays: histograms, scan
+// and radix scratch, and room for keys_smem keys
+inline size_t ws_smem_select_base(int nt) { return smem_bytes(nt) + sizeof(int) * (kWsLists * 256 + 32 * kWsLists + 2 * kWsLists); }
+inline size_t ws_smem_select(int nt, int64_t keys_smem) { return ws_smem_select_base(nt) + sizeof(uint32_t) * static_cast<size_t>(keys_smem); }
 // the solve kernel: then the sub-problem's arrays (x, G, lo, up, 1/c, diag: doubles; flags),
-// 16-byte aligned, the scan scratch and the double-buffered reduction scratch
+// 16-byte aligned, and the scan scratch
 CINA_QP_HD size_t ws_sub_arrays(int64_t qws) {
   return (static_cast<size_t>(qws) * (6 * sizeof(double) + 1) + 15) & ~static_cast<size_t>(15);
 }
-inline size_t ws_smem_solve(int nt, int64_t qws) {
-  return smem_bytes(nt) + 16 + ws_sub_arrays(qws) +
-         sizeof(int) * 32 * kWsLists + 2 * kSubRedSlots * sizeof(SubRed);
-}
+inline size_t ws_smem_solve(int nt, int64_t qws) { return smem_bytes(nt) + 16 + ws_sub_arrays(qws) + sizeof(int) * 32 * kWsLists; }
 
 // monotone map of a key to uint32 (larger key, larger code); 0 is kept for "not a candidate"
 CINA_DEV uint32_t order_key(double v) {
@@ -996,6 +995,7 @@ CINA_DEV WsLayout ws_bind(BlockSolver<T>& s, const WsArgs<T>& A, int64_t g) {
   s.bind_threads();  // the kernels with shared scratch bind it themselves (bind_block)
   s.kind = static_cast<int>(A.S.kind);
   s.cap = 0;
+  s.direct = false;
   s.m2 = A.m2;
   const bool feats = A.S.kind != kQPDense;
   const WsLayout W = make_ws_layout(A.pb.N, A.S.D, feats, A.m2, A.qws, static_cast<int64_t>(sizeof(T)));
@@ -1069,13 +1069,26 @@ CINA_KERNEL(kMaxThreads) ws_setup_kernel(WsArgs<T> A) {
 
 // G += Q[:, B] dx_B over the moved units of B only (or G = Qx - p from scratch).  A block is 32
 // units x 8 warps: lane u holds unit blockIdx.x * 32 + u, warp w sums the columns w, w + 8, ...
-// (their data is the same for the whole warp: broadcast loads) and the 8 partial sums are added in
-// warp order (deterministic).  One thread per unit over all columns left most SMs a few warps
-// with long serial chains of loads (111 us a round at N = 20000 on an H200).
+// and the 8 partial sums are added in warp order (deterministic).  The moved columns' data (unit,
+// source index, sign, lse, dx and, up to kWsUpdateMaxD covariates, the features) is staged in
+// shared memory kWsUpdateTile columns at a time, so that the column loop reads no global memory
+// but the unit's own features.  (One thread per unit over all columns, reading them from global
+// memory, left most SMs a few warps with long serial chains of loads: 111 us a round at N = 20000
+// on an H200.)
+constexpr int kWsUpdateTile = 32;
+constexpr int64_t kWsUpdateMaxD = 128;
+CINA_QP_HD size_t ws_smem_update(int64_t D) {
+  return sizeof(double) * kWsUpdateThreads +
+         kWsUpdateTile * (3 * sizeof(double) + 2 * sizeof(int) + (D <= kWsUpdateMaxD ? D : 0) * sizeof(double));
+}
 template <typename T>
 CINA_KERNEL(kWsUpdateThreads) ws_update_kernel(WsArgs<T> A) {
   CINA_DYN_SMEM(smem_raw);
   double* part = reinterpret_cast<double*>(smem_raw);  // [kWsUpdateGroups][kWsUpdateUnits]
+  double* cdx = part + kWsUpdateThreads;                // the tile: dx, signs, lse, features
+  double* csg = cdx + kWsUpdateTile;
+  double* cls = csg + kWsUpdateTile;
+  double* cx = cls + kWsUpdateTile;                     // D x kWsUpdateTile (D <= kWsUpdateMaxD)
   const int64_t g = blockIdx.y;
   const WsCtl c = A.ctl[g];
   if (c.status != 0) return;  // (uniform over the block)
@@ -1083,6 +1096,10 @@ CINA_KERNEL(kWsUpdateThreads) ws_update_kernel(WsArgs<T> A) {
   BlockSolver<T> s;
   const WsLayout W = ws_bind(s, A, g);
   ws_load(s, c);
+  const int64_t D = s.kind == kQPDense ? 0 : A.S.D;
+  const bool staged = D <= kWsUpdateMaxD;
+  int* cj = reinterpret_cast<int*>(cx + (staged ? D : 0) * kWsUpdateTile);  // units, source indices
+  int* ci = cj + kWsUpdateTile;
   const int lane = threadIdx.x % kWsUpdateUnits, w = threadIdx.x / kWsUpdateUnits;
   const int64_t k = static_cast<int64_t>(blockIdx.x) * kWsUpdateUnits + lane;
   const bool valid = k < c.n;
@@ -1102,8 +1119,36 @@ CINA_KERNEL(kWsUpdateThreads) ws_update_kernel(WsArgs<T> A) {
     const double* wsx = reinterpret_cast<const double*>(base + W.xb);
     const double* wss = reinterpret_cast<const double*>(base + W.sb);
     const double* wsl = reinterpret_cast<const double*>(base + W.lb);
-    for (int e = w; e < c.nch; e += kWsUpdateGroups)
-      if (valid) acc += dx[e] * s.qentry_ws(kk, ch[e], wsu, wsi, wsx, c.nb, wss, wsl);
+    const int64_t nb = c.nb;
+    for (int t0 = 0; t0 < c.nch; t0 += kWsUpdateTile) {
+      const int nt = c.nch - t0 < kWsUpdateTile ? c.nch - t0 : kWsUpdateTile;
+      __syncthreads();  // (the previous tile is consumed)
+      for (int i = threadIdx.x; i < nt; i += kWsUpdateThreads) {
+        const int r = ch[t0 + i];
+        cj[i] = wsu[r];
+        ci[i] = wsi[r];
+        cdx[i] = dx[t0 + i];
+        csg[i] = wss[r];
+        cls[i] = wsl[r];
+      }
+      if (staged)
+        for (int64_t i = threadIdx.x; i < nt * D; i += kWsUpdateThreads) {
+          const int col = static_cast<int>(i % nt);
+          const int64_t d = i / nt;
+          cx[d * kWsUpdateTile + col] = wsx[d * nb + ch[t0 + col]];
+        }
+      __syncthreads();
+      if (!valid) continue;
+      if (staged) {
+        // a column is its tile position: unit cj[e], source ci[e], features cx + e (stride tile)
+        static_assert(kWsUpdateTile % kWsUpdateGroups == 0, "tile split over the warps");
+        for (int e = w; e < nt; e += kWsUpdateGroups)
+          acc += cdx[e] * s.qentry_ws(kk, e, cj, ci, cx, kWsUpdateTile, csg, cls);
+      } else {
+        for (int e = w; e < nt; e += kWsUpdateGroups)
+          acc += cdx[e] * s.qentry_ws(kk, ch[t0 + e], wsu, wsi, wsx, nb, wss, wsl);
+      }
+    }
   }
   part[w * kWsUpdateUnits + lane] = acc;
   __syncthreads();
@@ -1153,7 +1198,6 @@ CINA_KERNEL(kMaxThreads) ws_select_kernel(WsArgs<T> A) {
   int* wsum = hist + kWsLists * 256;
   int* found = wsum + 32 * kWsLists;  // per list: digit, remaining count
   unsigned char* base = A.ws + g * A.pbytes;
-  uint32_t* keys = reinterpret_cast<uint32_t*>(base + W.keys);
   int* wsidx = reinterpret_cast<int*>(base + W.wsidx);
   const int64_t n = s.n, q = s.q;
   WsCtl cn = c;  // the new state (thread 0 writes it)
@@ -1204,6 +1248,14 @@ CINA_KERNEL(kMaxThreads) ws_select_kernel(WsArgs<T> A) {
     quota[0] = quota[1] = 0;
     quota[2] = qws;
   }
+  // the keys of the lists with a quota, list after list: in shared memory when they fit (one
+  // block per problem cannot hide the latency of the ~10 passes over them in global memory:
+  // ~140 us a round at N = 20000 on an H200), else in the workspace
+  int64_t koff[kWsLists];
+  int64_t nact = 0;
+  for (int L = 0; L < kWsLists; ++L) koff[L] = quota[L] > 0 ? (nact++) * n : -1;
+  uint32_t* keys = nact * n <= A.keys_smem ? reinterpret_cast<uint32_t*>(found + 2 * kWsLists)
+                                           : reinterpret_cast<uint32_t*>(base + W.keys);
   int cnt[kWsLists] = {0, 0, 0};
   for (int64_t k = s.tid; k < n; k += s.nt) {
     const unsigned char f = s.fl[k];
@@ -1221,9 +1273,9 @@ CINA_KERNEL(kMaxThreads) ws_select_kernel(WsArgs<T> A) {
     if (quota[0] == 0) ku = 0;
     if (quota[1] == 0) kl = 0;
     if (quota[2] == 0) ks = 0;
-    keys[k] = ku;
-    keys[n + k] = kl;
-    keys[2 * n + k] = ks;
+    if (koff[0] >= 0) keys[koff[0] + k] = ku;
+    if (koff[1] >= 0) keys[koff[1] + k] = kl;
+    if (koff[2] >= 0) keys[koff[2] + k] = ks;
     cnt[0] += ku != 0;
     cnt[1] += kl != 0;
     cnt[2] += ks != 0;
@@ -1253,7 +1305,7 @@ CINA_KERNEL(kMaxThreads) ws_select_kernel(WsArgs<T> A) {
         const int64_t k = b0 + s.lane;
         for (int L = 0; L < kWsLists; ++L) {
           if (!sel[L]) continue;
-          const uint32_t key = k < n ? keys[L * n + k] : 0u;
+          const uint32_t key = k < n ? keys[koff[L] + k] : 0u;
           const bool in = key != 0u && (key & hi) == (thr[L] & hi);
           const int bin = in ? static_cast<int>((key >> shift) & 255u) : -1;
           const unsigned peers = __match_any_sync(0xffffffffu, bin);
@@ -1302,7 +1354,7 @@ CINA_KERNEL(kMaxThreads) ws_select_kernel(WsArgs<T> A) {
   int eq[kWsLists] = {0, 0, 0};
   for (int64_t k = beg; k < end; ++k)
     for (int L = 0; L < kWsLists; ++L)
-      if (sel[L] && keys[L * n + k] == thr[L]) ++eq[L];
+      if (sel[L] && keys[koff[L] + k] == thr[L]) ++eq[L];
   int etot[kWsLists];
   ws_scan(eq, etot, wsum, s.lane, s.warp, s.nwarps);
   // this thread's chunk, in order: counted first (out == nullptr), then written from `o` on
@@ -1311,7 +1363,8 @@ CINA_KERNEL(kMaxThreads) ws_select_kernel(WsArgs<T> A) {
     for (int64_t k = beg; k < end; ++k) {
       bool take = false;
       for (int L = 0; L < kWsLists; ++L) {
-        const uint32_t key = keys[L * n + k];
+        if (koff[L] < 0) continue;  // (no quota: no candidates)
+        const uint32_t key = keys[koff[L] + k];
         if (key > thr[L]) take = true;
         else if (sel[L] && key == thr[L] && r[L]++ < need[L]) take = true;
       }
@@ -1378,259 +1431,6 @@ CINA_KERNEL(kWsQbbThreads) ws_qbb_kernel(WsArgs<T> A) {
   v.cache[e] = static_cast<T>(v.qentry(r, col));
 }
 
-// ---- the sub-problem solver ----------------------------------------------------------------------
-// The steps of BlockSolver (WSS2 SMO on pairs, greedy CD on single coordinates; the same formulas,
-// so the same iterates) specialised to a sub-problem whose arrays are in shared memory and whose
-// columns are all in Q_BB, with fewer barriers per step (2 instead of 6): the reductions are
-// double-buffered (one barrier each), and the data of the chosen units (gradient, x, bounds, ...)
-// travel with the reductions that choose them, written by the lane that owns the unit, so that
-// every thread computes the step's scalars itself instead of thread 0 computing them and
-// broadcasting through shared memory.  A step costs a few microseconds of latency (3.6 us with
-// BlockSolver's steps at |B| = 256 on an H200), and sub-problems take a few dozen steps per round.
-
-template <typename T>
-struct WsSub {
-  int nt, tid, lane, warp, nwarps;
-  int n;
-  double *x, *G, *lo, *up, *invc, *diag;
-  unsigned char* fl;
-  const T* Q;  // Q_BB, column j at Q + j n
-  SubRed* red;  // [2][kSubRedSlots]
-  int buf;      // the buffer the next reduction writes
-  bool has_pair, has_single;
-  double tau;
-  // state of the last pass (uniform)
-  double m, M, sv, pv, kkt, dec;
-  int i_, k_;
-  SubUnit ui, uk;  // the units i_ and k_
-
-  CINA_DEV SubUnit unit(int k) const {
-    SubUnit u;
-    u.g = G[k];
-    u.x = x[k];
-    u.lo = lo[k];
-    u.up = up[k];
-    u.invc = invc[k];
-    u.diag = diag[k];
-    u.fl = fl[k];
-    return u;
-  }
-  // unit k's flags after a move (BlockSolver::set_flags)
-  CINA_DEV static int flags_of(int f, double xv, double l, double u) {
-    int r = f & (kPair | kSingle | kCpos);
-    if (xv < u) r |= kCanInc;
-    if (xv > l) r |= kCanDec;
-    return r;
-  }
-  // the block-wide maxima / minima of a pass with the winners' units (one barrier)
-  CINA_DEV SubRed reduce(SubRed r) {
-    for (int o = 16; o >= 1; o >>= 1) {
-      const double m2v = __shfl_xor_sync(0xffffffffu, r.m, o);
-      const int im2 = __shfl_xor_sync(0xffffffffu, r.im, o);
-      const double M2 = __shfl_xor_sync(0xffffffffu, r.M, o);
-      const double s2 = __shfl_xor_sync(0xffffffffu, r.s, o);
-      const int is2 = __shfl_xor_sync(0xffffffffu, r.is, o);
-      take_max(r.m, r.im, m2v, im2);
-      r.M = dmin(r.M, M2);
-      take_max(r.s, r.is, s2, is2);
-    }
-    SubRed* slot = red + buf * kSubRedSlots;
-    if (lane == 0) {
-      slot[warp].m = r.m;
-      slot[warp].M = r.M;
-      slot[warp].s = r.s;
-      slot[warp].im = r.im;
-      slot[warp].is = r.is;
-    }
-    if (r.im >= 0 && r.im % nt == tid) slot[warp].ua = unit(r.im);
-    if (r.is >= 0 && r.is % nt == tid) slot[warp].us = unit(r.is);
-    __syncthreads();
-    // (the next reduction writes the other buffer; the one after it, this one again, only after
-    // the next barrier, which every thread reaches after reading this buffer)
-    buf ^= 1;
-    SubRed res = slot[0];
-    int wm = 0, ws = 0;
-    for (int w = 1; w < nwarps; ++w) {
-      const SubRed& t = slot[w];
-      int im = res.im, is = res.is;
-      take_max(res.m, im, t.m, t.im);
-      if (im != res.im) wm = w;
-      res.im = im;
-      res.M = dmin(res.M, t.M);
-      take_max(res.s, is, t.s, t.is);
-      if (is != res.is) ws = w;
-      res.is = is;
-    }
-    if (res.im >= 0) res.ua = slot[wm].ua;
-    if (res.is >= 0) res.us = slot[ws].us;
-    return res;
-  }
-
-  // G += dxa Q_a (+ dxb Q_b) at this thread's units, then the maxima / minima (BlockSolver::pass)
-  template <int NCOL>
-  CINA_DEV void pass(int a, double dxa, int b, double dxb) {
-    const T* Qa = Q + static_cast<int64_t>(a < 0 ? 0 : a) * n;
-    const T* Qb = Q + static_cast<int64_t>(b < 0 ? 0 : b) * n;
-    SubRed r;
-    r.m = -kInf;
-    r.M = kInf;
-    r.s = 0.0;
-    r.im = -1;
-    r.is = -1;
-    for (int k = tid; k < n; k += nt) {
-      double g = G[k];
-      if (NCOL >= 1) g = g + dxa * static_cast<double>(Qa[k]);
-      if (NCOL >= 2) g = g + dxb * static_cast<double>(Qb[k]);
-      if (NCOL >= 1) G[k] = g;
-      const unsigned char f = fl[k];
-      if (f & kPair) {
-        const double v = -g * invc[k];
-        if (in_up(f) && v > r.m) {
-          r.m = v;
-          r.im = k;
-        }
-        if (in_low(f)) r.M = dmin(r.M, v);
-      } else if (f & kSingle) {
-        const double pg = proj_grad(g, f);
-        const double av = pg < 0 ? -pg : pg;
-        if (av > r.s) {
-          r.s = av;
-          r.is = k;
-        }
-      }
-    }
-    r = reduce(r);
-    m = r.m;
-    M = r.M;
-    sv = r.s;
-    i_ = has_pair ? r.im : -1;
-    k_ = has_single ? r.is : -1;
-    ui = r.ua;
-    uk = r.us;
-    pv = has_pair ? dmax(0.0, m - M) : 0.0;
-    if (pv != pv) pv = 0.0;
-    kkt = dmax(pv, has_single ? sv : 0.0);
-  }
-
-  // WSS2 partner of a (BlockSolver::select_j) with its unit and Q_ab; -1 if none (one barrier)
-  CINA_DEV int select_j(int a, const SubUnit& ua, SubUnit& ub, double& qab) {
-    const T* Qa = Q + static_cast<int64_t>(a) * n;
-    const double ici = ua.invc;
-    const double qi_term = ua.diag * ici * ici;
-    const double twoici = 2.0 * ici;
-    double best = -kInf;
-    int bi = -1;
-    for (int k = tid; k < n; k += nt) {
-      if (!in_low(fl[k])) continue;
-      // (the exact comparison, not b > 0: see BlockSolver::select_j)
-      const double vk = -G[k] * invc[k];
-      if (!(vk < m)) continue;
-      const double bk = m - vk;
-      double ak = (qi_term + diag[k] * invc[k] * invc[k]) - static_cast<double>(Qa[k]) * (twoici * invc[k]);
-      ak = dmax(ak, tau);
-      const double v = bk * bk / ak;
-      if (v > best) {
-        best = v;
-        bi = k;
-      }
-    }
-    for (int o = 16; o >= 1; o >>= 1) {
-      const double v2 = __shfl_xor_sync(0xffffffffu, best, o);
-      const int i2 = __shfl_xor_sync(0xffffffffu, bi, o);
-      take_max(best, bi, v2, i2);
-    }
-    SubRed* slot = red + buf * kSubRedSlots;
-    if (lane == 0) {
-      slot[warp].m = best;
-      slot[warp].im = bi;
-    }
-    if (bi >= 0 && bi % nt == tid) {
-      slot[warp].ua = unit(bi);
-      slot[warp].s = static_cast<double>(Qa[bi]);
-    }
-    __syncthreads();
-    buf ^= 1;
-    double v = slot[0].m;
-    int b = slot[0].im, wb = 0;
-    for (int w = 1; w < nwarps; ++w) {
-      int i = b;
-      take_max(v, i, slot[w].m, slot[w].im);
-      if (i != b) wb = w;
-      b = i;
-    }
-    if (b >= 0) {
-      ub = slot[wb].ua;
-      qab = slot[wb].s;
-    }
-    return b;
-  }
-
-  CINA_DEV static double tmax(const SubUnit& u, double dir) {
-    if (dir == 0.0) return kInf;
-    const double room = dir > 0 ? u.up - u.x : u.lo - u.x;
-    return dmax(room / dir, 0.0);
-  }
-  // the new x of a moved unit (BlockSolver::move, without the write)
-  CINA_DEV static double moved(const SubUnit& u, double dir, double tm, double t) {
-    double xn = u.x + t * dir;
-    if (t == tm) xn = dir > 0 ? u.up : (dir < 0 ? u.lo : xn);
-    xn = clip(xn, u.lo, u.up);
-    return static_cast<double>(static_cast<T>(xn));
-  }
-
-  // One step (BlockSolver::step); false when no representable progress was made (or no candidate).
-  CINA_DEV bool step() {
-    const bool use_pair = has_pair && (!has_single || pv >= sv);
-    const int a = use_pair ? i_ : k_;
-    if (a < 0) return false;
-    const SubUnit ua = use_pair ? ui : uk;
-    int b = -1;
-    SubUnit ub{};
-    double qab = 0.0;
-    if (use_pair) {
-      b = select_j(a, ua, ub, qab);
-      if (b < 0 || b == a) return false;
-    }
-    // the scalars (BlockSolver::step_scalars), computed by every thread from the same values
-    double dira, dirb = 0.0, tstar;
-    if (b >= 0) {
-      const double ici = ua.invc;
-      const double bb = m - (-ub.g * ub.invc);
-      double aa = (ua.diag * ici * ici + ub.diag * ub.invc * ub.invc) - qab * ((2.0 * ici) * ub.invc);
-      aa = dmax(aa, tau);
-      tstar = bb / aa;
-      dira = ici;
-      dirb = -ub.invc;
-    } else {
-      const double pg = proj_grad(ua.g, static_cast<unsigned char>(ua.fl));
-      dira = pg > 0 ? -1.0 : (pg < 0 ? 1.0 : 0.0);
-      tstar = (pg < 0 ? -pg : pg) / dmax(ua.diag, tau);
-    }
-    const double tma = tmax(ua, dira), tmb = b >= 0 ? tmax(ub, dirb) : kInf;
-    const double t = dmin(tstar, dmin(tma, tmb));
-    const double xa = moved(ua, dira, tma, t);
-    const double dxa = xa - ua.x;
-    const double xbn = b >= 0 ? moved(ub, dirb, tmb, t) : 0.0;
-    const double dxb = b >= 0 ? xbn - ub.x : 0.0;
-    double df = dxa * (ua.g + 0.5 * dxa * ua.diag);
-    if (b >= 0) df += dxb * ((ub.g + 0.5 * dxb * ub.diag) + dxa * qab);
-    // (BlockSolver::move writes x and the flags even for a null move: the same values)
-    if (a % nt == tid) {
-      x[a] = xa;
-      fl[a] = static_cast<unsigned char>(flags_of(ua.fl, xa, ua.lo, ua.up));
-    }
-    if (b >= 0 && b % nt == tid) {
-      x[b] = xbn;
-      fl[b] = static_cast<unsigned char>(flags_of(ub.fl, xbn, ub.lo, ub.up));
-    }
-    if (dxa == 0.0 && dxb == 0.0) return false;
-    dec -= df;
-    if (b >= 0) pass<2>(a, dxa, b, dxb);
-    else pass<1>(a, dxa, -1, 0.0);
-    return true;
-  }
-};
-
 // The sub-problem over the working set, in shared memory, by the block solver's own steps.
 template <typename T>
 CINA_KERNEL(kWsMaxSize) ws_solve_kernel(WsArgs<T> A) {
@@ -1645,18 +1445,15 @@ CINA_KERNEL(kWsMaxSize) ws_solve_kernel(WsArgs<T> A) {
   double* wsdx = reinterpret_cast<double*>(base + W.wsdx);
   const int nb = c.nb;
   const int64_t qws = A.qws;
-  // the sub-problem: arrays in shared memory (smem_bytes is 4 mod 8: the double arrays start at
-  // the next 16-byte boundary; the +16 of ws_smem_solve pays for it), Q_BB in the workspace
+  // the sub-problem, by the block solver's steps: arrays in shared memory (smem_bytes is 4 mod 8:
+  // the double arrays start at the next 16-byte boundary; the +16 of ws_smem_solve pays for it),
+  // Q_BB in the workspace
   unsigned char* sm = smem_raw + ((smem_bytes(s.nt) + 15) & ~static_cast<size_t>(15));
   const size_t arrays = ws_sub_arrays(qws);
   int* wsum = reinterpret_cast<int*>(sm + arrays);
-  WsSub<T> loc;
-  loc.nt = s.nt;
-  loc.tid = s.tid;
-  loc.lane = s.lane;
-  loc.warp = s.warp;
-  loc.nwarps = s.nwarps;
-  loc.n = nb;
+  // (a view of its own, not a copy of s: see ws_view)
+  BlockSolver<T> loc;
+  ws_view(loc, A, g, smem_raw, c);
   loc.x = reinterpret_cast<double*>(sm);
   loc.G = loc.x + qws;
   loc.lo = loc.G + qws;
@@ -1664,12 +1461,9 @@ CINA_KERNEL(kWsMaxSize) ws_solve_kernel(WsArgs<T> A) {
   loc.invc = loc.up + qws;
   loc.diag = loc.invc + qws;
   loc.fl = reinterpret_cast<unsigned char*>(loc.diag + qws);
-  loc.Q = s.cache;
-  loc.red = reinterpret_cast<SubRed*>(sm + arrays + sizeof(int) * 32 * kWsLists);
-  loc.buf = 0;
-  loc.has_pair = s.has_pair;
-  loc.has_single = s.has_single;
-  loc.tau = s.tau;
+  loc.n = nb;
+  loc.cap = nb;
+  loc.direct = true;  // column j of Q_BB at cache + j nb
   loc.dec = 0.0;
   for (int k = s.tid; k < nb; k += s.nt) {
     const int j = wsidx[k];
@@ -1925,8 +1719,23 @@ const char* qp_solve_cuda_ws(const QPSource<T>& source, const QPProblems<T>& pro
   int* active = reinterpret_cast<int*>(wsb + group * pbytes + group * static_cast<int64_t>(sizeof(WsCtl)));
   int nts = static_cast<int>((qws + 31) / 32 * 32);
   if (wst > 0 && wst < nts) nts = wst;
-  const size_t sm_upd = sizeof(double) * kWsUpdateThreads;
-  const size_t sm_setup = smem_bytes(nt), sm_sel = ws_smem_select(nt), sm_solve = ws_smem_solve(nts, qws);
+  const size_t sm_upd = ws_smem_update(feats ? source.D : 0);
+  // the select kernel's keys in shared memory, up to what a block may have (CINA_QP_WS_SMEM_KEYS:
+  // at most that many; 0 keeps them in global memory)
+  const size_t optin = rt_smem_optin(), sel_base = ws_smem_select_base(nt) + 64;
+  int64_t keys_smem = optin > sel_base ? static_cast<int64_t>((optin - sel_base) / sizeof(uint32_t)) : 0;
+  if (keys_smem > kWsLists * N) keys_smem = kWsLists * N;
+  if (const char* e = std::getenv("CINA_QP_WS_SMEM_KEYS")) {
+    const long long v = std::atoll(e);
+    if (v >= 0 && v < keys_smem) keys_smem = v;
+  }
+  const size_t sm_setup = smem_bytes(nt), sm_sel = ws_smem_select(nt, keys_smem), sm_solve = ws_smem_solve(nts, qws);
+  if (sm_sel > 48 * 1024) {
+    if (const char* e = rt_set_max_dyn_smem(ws_select_kernel<T>, sm_sel)) {
+      rt_free(ws, stream);
+      return e;
+    }
+  }
   const char* err = nullptr;
   // CINA_QP_WS_STATS=1: per group, the rounds, sub-problem steps and the GPU time of each kernel
   // on stderr (a sync per round: diagnostics only), to split a run's time into per-round and
@@ -1935,7 +1744,7 @@ const char* qp_solve_cuda_ws(const QPSource<T>& source, const QPProblems<T>& pro
   RtMark mk[4];
   for (int64_t p0 = 0; p0 < P && err == nullptr; p0 += group) {
     const int64_t gP = P - p0 < group ? P - p0 : group;
-    WsArgs<T> args{source, problems, out, wsb, pbytes, m2, qws, p0, ctl, active, ltol};
+    WsArgs<T> args{source, problems, out, wsb, pbytes, m2, qws, p0, ctl, active, ltol, keys_smem};
     const dim3 upd(static_cast<unsigned>((N + kWsUpdateUnits - 1) / kWsUpdateUnits), static_cast<unsigned>(gP));
     const dim3 qbbg(static_cast<unsigned>((qws * qws + kWsQbbThreads - 1) / kWsQbbThreads), static_cast<unsigned>(gP));
     CINA_LAUNCH(ws_setup_kernel<T>, dim3(static_cast<unsigned>(gP)), dim3(nt), sm_setup, stream, args);

@@ -342,6 +342,7 @@ inline int rt_sm_count() {  // an H100 SXM, or CINA_EMU_SMS
   const char* s = std::getenv("CINA_EMU_SMS");
   return s ? std::atoi(s) : 132;
 }
+inline size_t rt_smem_optin() { return emu::kSmemOptinLimit; }
 inline size_t rt_free_memory() {
   const char* s = std::getenv("CINA_EMU_FREE_BYTES");
   return s ? static_cast<size_t>(std::atoll(s)) : (size_t(1) << 30);
