@@ -12,7 +12,8 @@ probability sigmoid(x_0 - x_1 / 2), RBF kernel with the reference's default gamm
 * ``cuda[block]``, ``cuda[ws]`` — the same on the GPU when a CUDA build of the solver exists
                         (skipped cleanly otherwise), with each algorithm forced: one block per
                         problem, or the working-set decomposition (the default from 4096 units;
-                        default working set 256 units; ``cuda[ws/512]``: 512, ``cuda[ws/S/tT]``:
+                        default working set 512 units for up to one dataset-problem per SM, 256
+                        for more, sub-problem tolerance 0.3; ``cuda[ws/512]``: 512, ``cuda[ws/S/tT]``:
                         S units solved by T threads, ``cuda[ws/S/lF]``: sub-problems solved to F
                         times the round's KKT violation; --cuda-configs); the reference on the GPU.
 
@@ -220,9 +221,10 @@ def main(argv=None):
     ap.add_argument("--problems", default="overlap,ate")
     ap.add_argument("--cases", default="", help="override the cases, e.g. 1x10000,64x1000 (datasets x units)")
     ap.add_argument("--methods", default="sklearn,reference,cpu,cpu1,cuda")
-    ap.add_argument("--cuda-configs", default="block,ws,ws/512",
-                    help="CUDA algorithm settings timed side by side: block, ws (default size), ws/SIZE, ws/SIZE/tT "
-                         "(T threads in the sub-problem kernel, CINA_QP_WS_THREADS)")
+    ap.add_argument("--cuda-configs", default="block,ws,ws/256",
+                    help="CUDA algorithm settings timed side by side: block, ws (default settings), ws/SIZE, "
+                         "ws/SIZE/tT (T threads in the sub-problem kernel, CINA_QP_WS_THREADS), ws/SIZE/lF "
+                         "(sub-problem tolerance factor, CINA_QP_WS_LTOL)")
     args = ap.parse_args(argv)
     cuda_configs = [parse_cuda_config(c) for c in args.cuda_configs.split(",") if c]
 

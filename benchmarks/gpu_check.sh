@@ -155,7 +155,7 @@ bench_solver() {
   "$PY" benchmarks/bench_solver.py --quick --out "$OUT/solver" --methods "${GPU_CHECK_SOLVER_METHODS:-sklearn,cpu,cuda}" \
     --problems "${GPU_CHECK_SOLVER_PROBLEMS:-overlap}" \
     --cases "${GPU_CHECK_SOLVER_CASES:-1x2000,1x20000,1x100000,64x1000,1024x1000}" --max-n 100000 --max-n-sklearn 20000 \
-    --max-n-reference 0 --max-seconds 20 --cuda-configs "${GPU_CHECK_SOLVER_CUDA:-block,ws,ws/512}"
+    --max-n-reference 0 --max-seconds 20 --cuda-configs "${GPU_CHECK_SOLVER_CUDA:-block,ws,ws/256}"
 }
 
 breakdown() {

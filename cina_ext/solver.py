@@ -166,9 +166,10 @@ def _tol_vector(tol, B: int) -> Tensor:
 
 def default_max_iter(N: int) -> int:
     """The iteration limit when none is given: max(100000, 50 N).  SMO-type solvers need O(N)
-    steps to converge, and the CUDA working-set algorithm (the default from 4096 units) takes 3-5x
-    more steps than the one-block algorithm (each costs O(working set) instead of O(N)); a fixed
-    limit would stop large problems short (flagged not converged) at tight tolerances."""
+    steps to converge, and the CUDA working-set algorithm (the default from 4096 units) can take
+    several times more steps than the one-block algorithm (each costs O(working set) instead of
+    O(N)); a fixed limit would stop large problems short (flagged not converged) at tight
+    tolerances."""
     return max(100_000, 50 * int(N))
 
 

@@ -467,6 +467,26 @@ def test_emulated_working_set_sizes(monkeypatch, size):
     assert float(res.kkt.max()) <= 1e-9
 
 
+def test_emulated_working_set_default_size(monkeypatch, capfd):
+    """Without CINA_QP_WS_SIZE the working set has 512 units while the problems fit one per SM,
+    256 beyond (CINA_EMU_SMS sets the emulated SM count); the stats line names the size used."""
+    monkeypatch.setattr(solver, "_run", emu_qp_solve_batch)
+    monkeypatch.setenv("CINA_QP_THREADS", "32")
+    monkeypatch.setenv("CINA_QP_CUDA_ALGO", "ws")
+    monkeypatch.delenv("CINA_QP_WS_SIZE", raising=False)
+    monkeypatch.setenv("CINA_QP_WS_STATS", "1")
+    X, W = make_data(3, 20, seed=47)
+    sizes = []
+    for sms in ("132", "2"):
+        monkeypatch.setenv("CINA_EMU_SMS", sms)
+        capfd.readouterr()
+        res = solver.dual_solve(X, W, 0.5, tol=1e-8)
+        assert bool(res.converged.all())
+        line = [ln for ln in capfd.readouterr().err.splitlines() if "working set" in ln][0]
+        sizes.append(int(line.split("(working set ")[1].split(",")[0]))
+    assert sizes == [512, 256]
+
+
 @pytest.mark.parametrize("ltol", ["0.1", "0.01"])
 def test_emulated_working_set_multi_warp_subproblem(monkeypatch, ltol):
     """A working set of 96 units (3 warps in the sub-problem kernel): the step's units travel with

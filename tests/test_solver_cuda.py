@@ -215,7 +215,7 @@ def check_optimum(gpu, cpu, *, rtol, atol_w, weights=True):
         assert torch.allclose(gpu.weights.cpu(), cpu.weights, atol=atol_w)
 
 
-@pytest.mark.parametrize("size", ["8", "256", "256/t64"])  # (/tT: T threads in the sub-problem kernel)
+@pytest.mark.parametrize("size", ["8", "256", "256/t64", "512"])  # (/tT: T threads in the sub-problem kernel)
 @pytest.mark.parametrize("kernel", ["rbf", "cina", "precomputed"])
 @pytest.mark.parametrize("estimand", ["overlap", "ate", "att"])
 def test_working_set_matches_cpu(monkeypatch, size, kernel, estimand):

@@ -893,7 +893,7 @@ CINA_KERNEL(kMaxThreads) qp_solve_kernel(QPArgs<T> A) {
 //      would be);
 //   3. ws_solve_kernel (one block per problem, one thread per unit of B): the sub-problem over B
 //      with everything else fixed, by the very BlockSolver steps (WSS2 SMO / greedy CD) on shared
-//      memory copies, to max(tol, ltol KKT) (ltol 0.1 by default) or a step cap; the units it
+//      memory copies, to max(tol, ltol KKT) (ltol 0.3 by default) or a step cap; the units it
 //      moved and their dx are written out, compacted;
 //   4. ws_update_kernel (many blocks per problem): G += Q[:, B] dx_B over all units and the moved
 //      units of B only, the kernel entries computed on the fly (or G = Qx - p from scratch after a
@@ -1650,17 +1650,17 @@ static int qp_algo(int64_t N) {
   }
   return N >= kWsMinUnits ? 1 : 0;
 }
-// working-set size: CINA_QP_WS_SIZE (2 .. 512), default 256.  256 takes more steps than 512
-// (emulated, overlap, RBF, tol 1e-3: 3033 against 2339 at N = 2000) but each is cheaper; on an
-// H200 (benchmarks/bench_solver.py, two runs) 256 was the faster at every case: overlap 1 x 20000
-// 0.93 against 1.03 s, 1024 x 1000 (forced) 0.071 against 0.104 s, ate 1 x 100000 0.288 against
-// 0.298 s.  Fewer sub-problem threads (CINA_QP_WS_THREADS 64 / 32) were slower (1.00 / 1.18 s).
-static int64_t qp_ws_size() {
+// Working-set size: CINA_QP_WS_SIZE (2 .. 512); by default 512 for up to one problem per SM and
+// 256 for more.  Measured on an H200 (benchmarks/solver_breakdown.py, bench_solver.py, one run,
+// sub-problem tolerance 0.3): overlap 1 x 20000: 0.29 s at 512 against 0.48 s at 256 (half the
+// rounds, each ~260 us); ate 1 x 100000 (2 problems): 0.33 s at both; 1024 x 1000 (forced): 0.074 s
+// at 256 against 0.121 s at 512 (many problems: throughput, not latency, bounds a round).
+static int64_t qp_ws_size(int64_t P) {
   if (const char* e = std::getenv("CINA_QP_WS_SIZE")) {
     const long v = std::atol(e);
     return (v >= 2 && v <= qp_cuda_detail::kWsMaxSize) ? v : -1;
   }
-  return 256;
+  return P <= cina::cuda_rt::rt_sm_count() ? 512 : 256;
 }
 
 // Threads of the sub-problem kernel (ws_solve_kernel): CINA_QP_WS_THREADS, a multiple of 32 in
@@ -1675,14 +1675,16 @@ static int qp_ws_threads() {
 }
 
 // Sub-problem tolerance, relative to the KKT violation of the round: CINA_QP_WS_LTOL in (0, 1),
-// default 0.1 (ThunderSVM's); smaller, more steps per round and fewer rounds.
+// default 0.3.  Measured on an H200 (one run): overlap 1 x 20000, working set 256: 0.48 s at 0.3,
+// 0.55 s at 0.1 (ThunderSVM's), 1.51 s at 0.01 (4x the steps for 8% fewer rounds); at 512: 0.29
+// against 0.46 s; ate 1 x 100000 and 1024 x 1000 (256): the same or faster at 0.3.
 static double qp_ws_ltol() {
   if (const char* e = std::getenv("CINA_QP_WS_LTOL")) {
     char* end = nullptr;
     const double v = std::strtod(e, &end);
     return (end != e && *end == '\0' && v > 0.0 && v < 1.0) ? v : -1.0;
   }
-  return 0.1;
+  return 0.3;
 }
 
 static bool ws_stats() {
@@ -1698,7 +1700,7 @@ const char* qp_solve_cuda_ws(const QPSource<T>& source, const QPProblems<T>& pro
                              const QPOutputs<T>& out, void* stream, int nt, int64_t m2) {
   using namespace qp_cuda_detail;
   const int64_t P = problems.P, N = problems.N;
-  const int64_t qws = qp_ws_size();
+  const int64_t qws = qp_ws_size(P);
   if (qws < 0) return fail("cina qp_solve (CUDA): CINA_QP_WS_SIZE must be an integer in [2, 512]");
   const double ltol = qp_ws_ltol();
   if (ltol < 0) return fail("cina qp_solve (CUDA): CINA_QP_WS_LTOL must be a number in (0, 1)");
