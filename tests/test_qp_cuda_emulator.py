@@ -467,6 +467,22 @@ def test_emulated_working_set_sizes(monkeypatch, size):
     assert float(res.kkt.max()) <= 1e-9
 
 
+@pytest.mark.parametrize("p", [3, 130])
+def test_emulated_working_set_update_covariates(monkeypatch, p):
+    """The update kernel stages the moved columns' features in shared memory up to 128
+    covariates and reads them from the workspace beyond: both against the reference."""
+    monkeypatch.setattr(solver, "_run", emu_qp_solve_batch)
+    monkeypatch.setenv("CINA_QP_THREADS", "32")
+    monkeypatch.setenv("CINA_QP_CUDA_ALGO", "ws")
+    monkeypatch.setenv("CINA_QP_WS_SIZE", "6")
+    X, W = _solver_cases.make_data(2, 40, p=p, seed=49)
+    for kernel in ("rbf", "linear"):
+        res = solver.dual_solve(X, W, 0.5, kernel=kernel, tol=1e-8)
+        ref = R.dual_solve(X, W, 0.5, kernel=kernel, tol=1e-10)
+        assert bool(res.converged.all()) and float(res.kkt.max()) < 1e-8
+        assert torch.allclose(res.objective, ref.objective, rtol=1e-8)
+
+
 def test_emulated_working_set_default_size(monkeypatch, capfd):
     """Without CINA_QP_WS_SIZE the working set has 512 units while the problems fit one per SM,
     256 beyond (CINA_EMU_SMS sets the emulated SM count); the stats line names the size used."""
