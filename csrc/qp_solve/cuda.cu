@@ -344,15 +344,12 @@ struct BlockSolver {
     if (k == j) return diag[k];
     return static_cast<double>(static_cast<T>((qscale * sgn[j]) * sgn[k] * kval(k, j)));
   }
-  // Q_kj for unit j = its position r in a working set gathered as the select kernel does (unit
-  // indices wsu, source indices wsi, features D x nb at wsx, signs wss, lse wsl): the value of
-  // qentry(k, wsu[r])
-  CINA_DEV double qentry_ws(int k, int r, const int* wsu, const int* wsi, const double* wsx, int64_t nb,
-                            const double* wss, const double* wsl) const {
-    const int j = wsu[r];
+  // Q_kj for a unit j held outside the problem's arrays (a moved column of the working set): its
+  // unit index j, source index jsrc, features at qv (stride js), sign and lse; the value of
+  // qentry(k, j)
+  CINA_DEV double qentry_at(int k, int j, int jsrc, const double* qv, int64_t js, double sgnj, double lsej) const {
     if (k == j) return diag[k];
-    return static_cast<double>(static_cast<T>(
-        (qscale * wss[r]) * sgn[k] * kval_at(k, wsi[r], wsx + r, nb, kind == kQPCina ? wsl[r] : 0.0)));
+    return static_cast<double>(static_cast<T>((qscale * sgnj) * sgn[k] * kval_at(k, jsrc, qv, js, kind == kQPCina ? lsej : 0.0)));
   }
   CINA_DEV void fetch(int j, int s) {
     T* col = cache + static_cast<int64_t>(s) * n;
@@ -1139,14 +1136,11 @@ CINA_KERNEL(kWsUpdateThreads) ws_update_kernel(WsArgs<T> A) {
         }
       __syncthreads();
       if (!valid) continue;
-      if (staged) {
-        // a column is its tile position: unit cj[e], source ci[e], features cx + e (stride tile)
-        static_assert(kWsUpdateTile % kWsUpdateGroups == 0, "tile split over the warps");
-        for (int e = w; e < nt; e += kWsUpdateGroups)
-          acc += cdx[e] * s.qentry_ws(kk, e, cj, ci, cx, kWsUpdateTile, csg, cls);
-      } else {
-        for (int e = w; e < nt; e += kWsUpdateGroups)
-          acc += cdx[e] * s.qentry_ws(kk, ch[t0 + e], wsu, wsi, wsx, nb, wss, wsl);
+      // column e of the tile: unit cj[e], source ci[e], features staged at cx + e (stride tile) or
+      // in the workspace
+      for (int e = w; e < nt; e += kWsUpdateGroups) {
+        const double* qv = staged ? cx + e : wsx + ch[t0 + e];
+        acc += cdx[e] * s.qentry_at(kk, cj[e], ci[e], qv, staged ? kWsUpdateTile : nb, csg[e], cls[e]);
       }
     }
   }
@@ -1462,7 +1456,6 @@ CINA_KERNEL(kWsMaxSize) ws_solve_kernel(WsArgs<T> A) {
   loc.diag = loc.invc + qws;
   loc.fl = reinterpret_cast<unsigned char*>(loc.diag + qws);
   loc.n = nb;
-  loc.cap = nb;
   loc.direct = true;  // column j of Q_BB at cache + j nb
   loc.dec = 0.0;
   for (int k = s.tid; k < nb; k += s.nt) {
