@@ -5,8 +5,8 @@ probability sigmoid(x_0 - x_1 / 2), RBF kernel with the reference's default gamm
 
 * ``sklearn``        — sklearn.svm.SVC(kernel="rbf", gamma, C=1/lam), one fit per dataset (the
                         classical SVM-balancing baseline; LIBSVM is single-threaded); "overlap" only;
-* ``reference``      — cina_ext.reference_qp.dual_solve (pure PyTorch, materialises Q);
-* ``cpu[T threads]`` — cina_ext.solver.dual_solve(backend="fused") on the CPU, with all of torch's
+* ``reference``      — cina_ext.reference.qp_solve.dual_solve (pure PyTorch, materialises Q);
+* ``cpu[T threads]`` — cina_ext.ops.qp_solve.dual_solve(backend="fused") on the CPU, with all of torch's
                         threads and, up to --max-n-sklearn units, with one thread (the per-core
                         comparison with sklearn);
 * ``cuda[block]``, ``cuda[ws]`` — the same on the GPU when a CUDA build of the solver exists
@@ -46,13 +46,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from cina_ext._core.backend import _has_solver_kernel
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from cina_ext import reference_qp, solver  # noqa: E402
-from cina_ext._extension import extension_error, has_extension  # noqa: E402
+import importlib
+reference_qp = importlib.import_module("cina_ext.reference.qp_solve")  # noqa: E402
+solver = importlib.import_module("cina_ext.ops.qp_solve")  # noqa: E402
+from cina_ext._core.extension import extension_error, has_extension  # noqa: E402
 
 LAM = {"overlap": 1.0, "ate": 0.01}
 P_FEATURES = 10
@@ -247,7 +250,7 @@ def main(argv=None):
           f"gpu {info['gpu']}", flush=True)
     if not has_extension():
         print(f"compiled extension missing ({extension_error()}): cpu/cuda rows skipped", flush=True)
-    cuda_ok = torch.cuda.is_available() and has_extension() and solver._has_kernel(torch.device("cuda"))
+    cuda_ok = torch.cuda.is_available() and has_extension() and _has_solver_kernel(torch.device("cuda"))
     notes = []
     if "cuda" in methods and not cuda_ok:
         notes.append("cuda: skipped (" + ("no GPU" if not torch.cuda.is_available()

@@ -94,7 +94,7 @@ def run_per_dataset(method, estimand, datasets):
 
 
 def run_zero_shot(path, estimand, datasets, refine=0):
-    from cina_ext.zeroshot import CInAZeroShot
+    from cina_ext.estimators import CInAZeroShot
 
     est = CInAZeroShot.from_pretrained(path, estimand=estimand, refine=refine, batch_size=32)
     est.estimate_many(datasets[:1])  # warm-up (first call builds kernels / allocations)
@@ -122,7 +122,7 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     sets, estimands = build_sets(args.count, args.n, args.ihdp, not args.quick)
 
-    from cina_ext.zeroshot import pretrained_path
+    from cina_ext.models.checkpoint import pretrained_path
 
     zs_path = args.zs or pretrained_path()
     if args.zs_s is None:

@@ -67,7 +67,8 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("no CUDA device: nothing to measure")
         return 2
-    from cina_ext import solver
+    import importlib
+    solver = importlib.import_module("cina_ext.ops.qp_solve")
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

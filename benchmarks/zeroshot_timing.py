@@ -19,7 +19,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cina_ext.data import sample_datasets  # noqa: E402
 from cina_ext.estimators import CInA  # noqa: E402
-from cina_ext.zeroshot import CInAZeroShot, model_from_checkpoint, pretrained_path  # noqa: E402
+from cina_ext.estimators import CInAZeroShot  # noqa: E402
+from cina_ext.models.checkpoint import model_from_checkpoint, pretrained_path
 
 
 def main(argv=None):

@@ -1,15 +1,14 @@
 """cina-ext: Causal Inference with Attention (CInA), with fused C++/CUDA kernels for PyTorch."""
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from . import ops, reference  # noqa: F401  (registers the compiled operators when available)
+from ._core.constants import VERSION as __version__
 
 _LAZY = {
-    # estimators
+    # estimators (imported on first use: they pull in scikit-learn)
     "CInA": "estimators", "KernelBalancing": "estimators", "DifferenceInMeans": "estimators",
     "IPW": "estimators", "SelfNormalizedIPW": "estimators", "DoubleML": "estimators",
-    "CInAZeroShot": "zeroshot",
+    "CInAZeroShot": "estimators", "make_estimator": "estimators",
 }
 
 

@@ -26,17 +26,16 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import __version__
+from ._core.constants import ESTIMAND_LABEL as _ESTIMAND_LABEL
+from ._core.constants import ESTIMANDS, VERSION as __version__
+from ._core.constants import METHODS as ALL_METHODS
 
 __all__ = ["main", "build_parser", "CLIError", "ALL_METHODS", "ESTIMANDS"]
 
-ALL_METHODS = ("cina", "kernel", "naive", "ipw", "snipw", "dml", "zero-shot")
-ESTIMANDS = ("ate", "att", "overlap")
 DEMO_DATASETS = ("auto", "lalonde-cps", "lalonde-psid", "nsw", "ihdp-a", "ihdp-b", "setoguchi", "er")
 #: methods whose bootstrap interval is cheap enough to compute by default in ``cina demo``
 CHEAP_INTERVAL_METHODS = ("naive", "ipw", "snipw")
 DEMO_DEFAULT_BOOTSTRAP = 100
-_ESTIMAND_LABEL = {"ate": "ATE", "att": "ATT", "overlap": "overlap effect (ATO)"}
 
 
 class CLIError(Exception):
@@ -578,7 +577,8 @@ def _cmd_train(args) -> int:
     import torch
     import torch.distributed as dist
 
-    from .zeroshot import ZeroShotConfig, export_checkpoint, train_zero_shot
+    from .models.checkpoint import export_checkpoint
+    from .training import ZeroShotConfig, train_zero_shot
 
     if args.n_min < 2 or args.n_max < args.n_min:
         raise CLIError(f"need 2 <= --n-min <= --n-max, got {args.n_min} and {args.n_max}")

@@ -259,7 +259,7 @@ def balance_table(
     any positive scaling per arm gives the same report).  ``feature_names`` default to the
     DataFrame columns or ``x0, x1, ...``.  See the module docstring for every formula.
     """
-    from ._validation import check_design, _as_1d, _check_finite
+    from ._core.checks import _as_1d, _check_finite, check_design
 
     data = check_design(X, T, allow_constant=True)
     if feature_names is None:

@@ -7,7 +7,8 @@ import textwrap
 
 import torch
 
-from cina_ext import _extension, ops
+from cina_ext import ops
+from cina_ext._core import extension as _extension
 
 
 def test_check_build_info_message():

@@ -8,7 +8,7 @@ import numpy as np
 
 from cina_ext.cli import main
 from cina_ext.data import make_setoguchi
-from cina_ext.zeroshot import CInAZeroShot
+from cina_ext.estimators import CInAZeroShot
 
 SMALL = ["--batch-size", "2", "--n-min", "16", "--n-max", "24", "--warmup-steps", "1", "--json", "--quiet"]
 
@@ -42,7 +42,7 @@ def test_train_supervised_overlap_and_bad_options(tmp_path, capsys):
     out = tmp_path / "s.pt"
     assert main(["train", "--out", str(out), "--steps", "2", "--supervised-weight", "1", "--layers", "1",
                  "--d-model", "16", "--heads", "2", *SMALL]) == 0
-    from cina_ext.zeroshot import load_checkpoint
+    from cina_ext.models.checkpoint import load_checkpoint
 
     ck = load_checkpoint(str(out))
     assert ck["train_config"]["supervised_weight"] == 1.0 and ck["model_config"]["d_model"] == 16

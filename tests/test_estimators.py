@@ -384,7 +384,8 @@ def test_ate_interval_progress_bar_respects_verbose(capsys):
 
 
 def test_make_estimator():
-    from cina_ext.zeroshot import CInAZeroShot, pretrained_path
+    from cina_ext.estimators import CInAZeroShot
+    from cina_ext.models.checkpoint import pretrained_path
 
     assert set(METHODS) == {"cina", "kernel", "naive", "ipw", "snipw", "dml", "zero-shot"}
     kinds = {"cina": CInA, "kernel": KernelBalancing, "naive": DifferenceInMeans, "ipw": IPW,

@@ -1,4 +1,4 @@
-"""Tests of the pure-PyTorch batched box-QP solver (cina_ext.reference_qp).
+"""Tests of the pure-PyTorch batched box-QP solver (cina_ext.reference.qp_solve).
 
 Expected values come from hand-derived closed forms, sklearn.svm.SVC and a generic interior-point
 QP solver (clarabel through qpsolvers), never from this solver's own output.
@@ -12,7 +12,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from cina_ext.reference_qp import BalanceResult, QPResult, dual_solve, gram, qp_solve
+from cina_ext.reference.qp_solve import BalanceResult, QPResult, dual_solve, gram, qp_solve
 
 F64 = torch.float64
 INF = math.inf

@@ -1,7 +1,7 @@
-"""The compiled CPU batched box-QP / balancing dual solver (cina_ext.solver, backend="fused").
+"""The compiled CPU batched box-QP / balancing dual solver (cina_ext.ops.qp_solve, backend="fused").
 
 Expected values come from sklearn.svm.SVC, a generic interior-point QP solver (clarabel through
-qpsolvers) and the pure-PyTorch reference (cina_ext.reference_qp), never from the solver under test.
+qpsolvers) and the pure-PyTorch reference (cina_ext.reference.qp_solve), never from the solver under test.
 """
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from cina_ext import reference_qp as R
-from cina_ext import solver
-from cina_ext._extension import extension_error, has_extension
+import importlib
+R = importlib.import_module("cina_ext.reference.qp_solve")
+import importlib
+solver = importlib.import_module("cina_ext.ops.qp_solve")
+from cina_ext._core.extension import extension_error, has_extension
 
 import _solver_cases
 from _solver_cases import kkt_pair

@@ -13,15 +13,18 @@ from functools import partial
 import numpy as np
 import pytest
 import torch
+from cina_ext._core.backend import _has_solver_kernel
 
-from cina_ext import reference_qp as R
-from cina_ext import solver
-from cina_ext._extension import has_extension
+import importlib
+R = importlib.import_module("cina_ext.reference.qp_solve")
+import importlib
+solver = importlib.import_module("cina_ext.ops.qp_solve")
+from cina_ext._core.extension import has_extension
 
 import _solver_cases
 from _solver_cases import kkt_pair
 
-CUDA_OK = torch.cuda.is_available() and has_extension() and solver._has_kernel(torch.device("cuda"))
+CUDA_OK = torch.cuda.is_available() and has_extension() and _has_solver_kernel(torch.device("cuda"))
 pytestmark = [
     pytest.mark.cuda,
     pytest.mark.skipif(not CUDA_OK, reason="needs a CUDA device and a cina_ext build with the CUDA solver"),

@@ -23,7 +23,7 @@ import scipy.sparse as sp
 import torch
 
 from cina_ext import reference
-from cina_ext.reference_qp import dual_solve, gram
+from cina_ext.reference.qp_solve import dual_solve, gram
 
 F64 = torch.float64
 

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from cina_ext._validation import check_design, check_outcome
+from cina_ext._core.checks import check_design, check_outcome
 from cina_ext.estimators import CInA, DifferenceInMeans, DoubleML, IPW, KernelBalancing, SelfNormalizedIPW
 
 

@@ -7,14 +7,10 @@ import pytest
 import torch
 
 from cina_ext.data import sample_datasets
-from cina_ext.zeroshot import (
-    CInAZeroShot,
-    CInAZeroShotModel,
-    ZeroShotConfig,
-    collate_datasets,
-    load_checkpoint,
-    train_zero_shot,
-)
+from cina_ext.estimators import CInAZeroShot
+from cina_ext.models.checkpoint import load_checkpoint
+from cina_ext.models.zero_shot import CInAZeroShotModel, collate_datasets
+from cina_ext.training import ZeroShotConfig, train_zero_shot
 
 TINY = dict(d_model=16, n_heads=2, n_layers=1, dim_feedforward=32, key_dim=8)
 OVERLAP = ("overlap",)
@@ -131,7 +127,7 @@ def test_balance_objective_matches_independent_formula_and_exact_solver(estimand
 
 
 def test_sdpa_encoder_layer_matches_the_torch_module():
-    from cina_ext.zeroshot import _encoder_layer
+    from cina_ext.models.zero_shot import _encoder_layer
 
     torch.manual_seed(0)
     layer = torch.nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True, norm_first=True).double()
@@ -262,7 +258,7 @@ def test_balancing_training_beats_uniform_weights_on_held_out_data_and_is_reprod
 
 
 def test_supervised_term_changes_training_and_uses_the_truth():
-    from cina_ext.zeroshot import _collate_outcomes
+    from cina_ext.training.zero_shot import _collate_outcomes
 
     ds = _datasets(2, seed=3)
     Y, tau, sd = _collate_outcomes(ds, ("ate", "att"), [0, 1], max(d.n for d in ds), dtype=torch.float64,

@@ -11,7 +11,9 @@ import torch
 from cina_ext import cli
 from cina_ext.data import make_setoguchi, sample_datasets
 from cina_ext.estimators import make_estimator
-from cina_ext.zeroshot import CInAZeroShot, collate_datasets, load_checkpoint, pretrained_path
+from cina_ext.estimators import CInAZeroShot
+from cina_ext.models.checkpoint import load_checkpoint, pretrained_path
+from cina_ext.models.zero_shot import collate_datasets
 
 
 @pytest.fixture(scope="module")

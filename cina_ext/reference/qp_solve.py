@@ -1,4 +1,4 @@
-"""Pure-PyTorch reference of the batched box-QP balancing solver (kernels.md §2).
+"""Pure-PyTorch twin of the batched box-QP balancing solver (docs/ops/qp_solve.md): the ground truth.
 
 This module is the ground truth that the compiled C++/CUDA solvers are compared to.  It solves,
 for a batch of B independent datasets padded to N units,
@@ -50,12 +50,18 @@ from typing import Optional, Union
 import torch
 from torch import Tensor
 
-__all__ = ["QPResult", "BalanceResult", "qp_solve", "gram", "dual_solve"]
+from .._core.checks import bound_tensor as _bound_tensor
+from .._core.checks import check_finite_tensor as _check_finite
+from .._core.checks import check_float as _check_float
+from .._core.checks import check_mask as _check_mask
+from .._core.checks import check_tensor as _check_tensor
+from .._core.checks import per_dataset
+from .._core.constants import ESTIMANDS, KERNELS
+from .._core.constants import LOSS_KINDS as LOSSES
+from .attention_hinge import readout_weights
 
-KERNELS = ("linear", "rbf", "cina", "precomputed")
-ESTIMANDS = ("overlap", "ate", "att")
-LOSSES = ("hinge", "squared_hinge")
-_FLOATS = (torch.float32, torch.float64)
+__all__ = ["QPResult", "BalanceResult", "qp_solve", "gram", "dual_solve", "default_max_iter"]
+
 _TAU_REL = 1e-12
 _MAX_FAILED_CONFIRM = 20
 _MAX_STAGNANT_WINDOWS = 3
@@ -85,81 +91,6 @@ class BalanceResult:
     iterations: Tensor  # (B,)
     converged: Tensor  # (B,)
     estimand: str
-
-
-# ----------------------------------------------------------------------------------------------
-# validation helpers
-# ----------------------------------------------------------------------------------------------
-
-
-def _check_tensor(t, name: str, ndim: int) -> Tensor:
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dim() != ndim:
-        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
-    return t
-
-
-def _check_float(t: Tensor, name: str) -> None:
-    if t.dtype not in _FLOATS:
-        raise TypeError(f"{name} must be float32 or float64, got {t.dtype}")
-
-
-def _check_mask(mask, B: int, N: int, device) -> Tensor:
-    if mask is None:
-        return torch.ones(B, N, dtype=torch.bool, device=device)
-    _check_tensor(mask, "mask", 2)
-    if mask.dtype != torch.bool:
-        raise TypeError(f"mask must be a bool tensor (True = real unit), got {mask.dtype}")
-    if tuple(mask.shape) != (B, N):
-        raise ValueError(f"mask must have shape {(B, N)}, got {tuple(mask.shape)}")
-    return mask.to(device)
-
-
-def _check_finite(t: Tensor, name: str, mask: Optional[Tensor] = None) -> None:
-    bad = ~torch.isfinite(t)
-    if mask is not None:
-        bad = bad & mask
-    if bool(bad.any()):
-        rows = torch.nonzero(bad.reshape(bad.shape[0], -1).any(-1)).flatten().tolist()
-        raise ValueError(f"{name} contains NaN or Inf (dataset(s) {rows[:10]})")
-
-
-def _bound_tensor(v, name: str, B: int, N: int, like: Tensor, allow: float) -> Tensor:
-    """Float or (B, N) tensor -> (B, N) tensor; NaN refused, only the infinity ``allow`` accepted."""
-    if isinstance(v, Tensor):
-        if v.dim() == 0:
-            t = v.to(dtype=like.dtype, device=like.device).expand(B, N)
-        elif tuple(v.shape) == (B, N):
-            t = v.to(dtype=like.dtype, device=like.device)
-        else:
-            raise ValueError(f"{name} must be a float or a tensor of shape {(B, N)}, got {tuple(v.shape)}")
-    elif isinstance(v, (int, float)) and not isinstance(v, bool):
-        t = torch.full((B, N), float(v), dtype=like.dtype, device=like.device)
-    else:
-        raise TypeError(f"{name} must be a float or a tensor, got {type(v).__name__}")
-    if bool(torch.isnan(t).any()):
-        raise ValueError(f"{name} contains NaN")
-    if bool((torch.isinf(t) & (t != allow)).any()):
-        raise ValueError(f"{name} may only contain {allow} as an infinite value")
-    return t
-
-
-def _lam_vector(lam, B: int, like: Tensor) -> Tensor:
-    if isinstance(lam, Tensor):
-        if lam.dim() == 0:
-            lt = lam.to(dtype=like.dtype, device=like.device).expand(B)
-        elif tuple(lam.shape) == (B,):
-            lt = lam.to(dtype=like.dtype, device=like.device)
-        else:
-            raise ValueError(f"lam must be a float or a tensor of shape {(B,)}, got {tuple(lam.shape)}")
-    elif isinstance(lam, (int, float)) and not isinstance(lam, bool):
-        lt = torch.full((B,), float(lam), dtype=like.dtype, device=like.device)
-    else:
-        raise TypeError(f"lam must be a float or a tensor, got {type(lam).__name__}")
-    if not bool(torch.isfinite(lt).all()) or bool((lt <= 0).any()):
-        raise ValueError("lam must be finite and > 0")
-    return lt
 
 
 # ----------------------------------------------------------------------------------------------
@@ -422,6 +353,15 @@ def _step(Q: Tensor, st: _State, has_pair: bool, has_single: bool, mixed: bool, 
     return (dx != 0).any(-1)
 
 
+def default_max_iter(N: int) -> int:
+    """The iteration limit when none is given: max(100000, 50 N).  SMO-type solvers need O(N)
+    steps to converge, and the CUDA working-set algorithm (the default from 4096 units) can take
+    several times more steps than the one-block algorithm (each costs O(working set) instead of
+    O(N)); a fixed limit would stop large problems short (flagged not converged) at tight
+    tolerances."""
+    return max(100_000, 50 * int(N))
+
+
 def qp_solve(
     Q: Tensor,
     p: Tensor,
@@ -432,7 +372,7 @@ def qp_solve(
     mask: Optional[Tensor] = None,
     *,
     tol: float = 1e-6,
-    max_iter: int = 100_000,
+    max_iter: Optional[int] = None,
     x0: Optional[Tensor] = None,
 ) -> QPResult:
     """Solve a batch of ``min 1/2 x'Qx - p'x`` s.t. ``lower <= x <= upper`` [and ``c'x = d``].
@@ -465,6 +405,8 @@ def qp_solve(
         raise ValueError("c and d must be given together (equality c'x = d) or not at all")
     if isinstance(tol, bool) or not (isinstance(tol, (int, float)) and tol > 0 and math.isfinite(tol)):
         raise ValueError(f"tol must be a positive finite number, got {tol!r}")
+    if max_iter is None:
+        max_iter = default_max_iter(Q.shape[1])
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 0:
         raise ValueError(f"max_iter must be a non-negative int, got {max_iter!r}")
     dev, dt = Q.device, Q.dtype
@@ -654,23 +596,6 @@ def qp_solve(
 # ----------------------------------------------------------------------------------------------
 
 
-def _scalar_or_batch(v, name: str, B: int, like: Tensor) -> Tensor:
-    if isinstance(v, Tensor):
-        if v.dim() == 0:
-            t = v.to(dtype=like.dtype, device=like.device).expand(B)
-        elif tuple(v.shape) == (B,):
-            t = v.to(dtype=like.dtype, device=like.device)
-        else:
-            raise ValueError(f"{name} must be a float or a tensor of shape {(B,)}, got {tuple(v.shape)}")
-    elif isinstance(v, (int, float)) and not isinstance(v, bool):
-        t = torch.full((B,), float(v), dtype=like.dtype, device=like.device)
-    else:
-        raise TypeError(f"{name} must be a float or a tensor, got {type(v).__name__}")
-    if not bool(torch.isfinite(t).all()) or bool((t <= 0).any()):
-        raise ValueError(f"{name} must be finite and > 0")
-    return t
-
-
 def gram(
     X: Tensor,
     kernel: str = "rbf",
@@ -720,7 +645,7 @@ def gram(
             g = torch.where(v > 0, 1.0 / (max(pdim, 1) * v.clamp_min(torch.finfo(X.dtype).tiny)),
                             torch.ones_like(v))
         else:
-            g = _scalar_or_batch(gamma, "gamma", B, X)
+            g = per_dataset(gamma, "gamma", B, dtype=X.dtype, device=X.device)
         sq = (Xc * Xc).sum(-1)
         D2 = (sq.unsqueeze(-1) + sq.unsqueeze(-2) - 2.0 * (Xc @ Xc.transpose(-1, -2))).clamp_min(0)
         D2 = D2 - torch.diag_embed(torch.diagonal(D2, dim1=-2, dim2=-1))  # exact zeros on the diagonal
@@ -742,6 +667,16 @@ def gram(
 # ----------------------------------------------------------------------------------------------
 
 
+def _arm_start(x0: Tensor, arm: Tensor) -> Tensor:
+    """A warm start for one arm's simplex problem: ``x0`` clipped at 0 and renormalised on the arm
+    (uniform where it gives the arm no weight)."""
+    zero = torch.zeros((), dtype=x0.dtype, device=x0.device)
+    a = torch.where(arm, x0.clamp_min(0.0), zero)
+    tot = a.sum(-1, keepdim=True)
+    uniform = arm.to(x0.dtype) / arm.sum(-1, keepdim=True).clamp_min(1).to(x0.dtype)
+    return torch.where(tot > 0, a / torch.where(tot > 0, tot, torch.ones_like(tot)), uniform)
+
+
 def dual_solve(
     X: Tensor,
     W: Tensor,
@@ -755,7 +690,8 @@ def dual_solve(
     loss: str = "hinge",
     mask: Optional[Tensor] = None,
     tol: float = 1e-6,
-    max_iter: int = 100_000,
+    max_iter: Optional[int] = None,
+    x0: Optional[Tensor] = None,
 ) -> BalanceResult:
     """Exact balancing weights for a batch of datasets (method.md §2, §6; kernels.md §2).
 
@@ -776,6 +712,10 @@ def dual_solve(
       the two arms.
     * ``"att"``: the control arm against the treated mean (``kbar`` over treated units); treated
       weights ``1/n1``.
+
+    ``max_iter=None`` is :func:`default_max_iter` of N.  ``x0`` (B, N): a warm start, e.g. the
+    ``alpha`` of an earlier solve; it is clipped to the box ("overlap", where it must already meet
+    ``W'alpha = 0`` with ``intercept``) or clipped at 0 and renormalised per arm ("ate"/"att").
     """
     if estimand not in ESTIMANDS:
         raise ValueError(f"estimand must be one of {ESTIMANDS}, got {estimand!r}")
@@ -803,7 +743,15 @@ def dual_solve(
     if bool(((n1 == 0) | (n0 == 0)).any()):
         bad = torch.nonzero((n1 == 0) | (n0 == 0)).flatten().tolist()
         raise ValueError(f"dataset(s) {bad} have an empty treatment arm among the real units")
-    lam_t = _lam_vector(lam, B, X)
+    lam_t = per_dataset(lam, "lam", B, dtype=X.dtype, device=X.device)
+    if max_iter is None:
+        max_iter = default_max_iter(N)
+    if x0 is not None:
+        _check_tensor(x0, "x0", 2)
+        if tuple(x0.shape) != (B, N):
+            raise ValueError(f"x0 must have shape {(B, N)}, got {tuple(x0.shape)}")
+        x0 = x0.to(dtype=X.dtype, device=X.device)
+        _check_finite(x0, "x0", mask)
     K = gram(X, kernel, gamma=gamma, scale=scale, mask=mask)
     dt, dev = X.dtype, X.device
     zero = torch.zeros((), dtype=dt, device=dev)
@@ -815,15 +763,14 @@ def dual_solve(
         Q = WW * Kq / lam_t.view(B, 1, 1)
         p = torch.where(mask, torch.ones_like(Wf), zero)
         upper = 1.0 if loss == "hinge" else math.inf
+        start = None if x0 is None else torch.where(mask, x0.clamp(0.0, upper), zero)
         if intercept:
             res = qp_solve(Q, p, 0.0, upper, c=Wf, d=torch.zeros(B, dtype=dt, device=dev), mask=mask,
-                           tol=tol, max_iter=max_iter)
+                           tol=tol, max_iter=max_iter, x0=start)
             b = res.nu
         else:
-            res = qp_solve(Q, p, 0.0, upper, mask=mask, tol=tol, max_iter=max_iter)
+            res = qp_solve(Q, p, 0.0, upper, mask=mask, tol=tol, max_iter=max_iter, x0=start)
             b = torch.zeros(B, dtype=dt, device=dev)
-        from .reference import readout_weights
-
         weights = readout_weights(res.x, Wf, mask)
         return BalanceResult(weights=weights, alpha=res.x, intercept=b, objective=res.objective,
                              kkt=res.kkt, iterations=res.iterations, converged=res.converged,
@@ -837,13 +784,14 @@ def dual_solve(
         ps = torch.cat([2.0 * kbar, 2.0 * kbar], 0)
         ms = torch.cat([treated, control], 0)
         ones = torch.where(ms, torch.ones_like(ps), zero)
+        start = None if x0 is None else torch.cat([_arm_start(x0, treated), _arm_start(x0, control)], 0)
         res = qp_solve(Qs, ps, 0.0, math.inf, c=ones, d=torch.ones(2 * B, dtype=dt, device=dev), mask=ms,
-                       tol=tol, max_iter=max_iter)
-        x1, x0 = res.x[:B], res.x[B:]
-        alpha = torch.where(treated, x1, torch.where(control, x0, zero))
-        s1 = torch.where(treated, x1, zero).sum(-1, keepdim=True)
-        s0 = torch.where(control, x0, zero).sum(-1, keepdim=True)
-        weights = torch.where(treated, x1 / s1, torch.where(control, x0 / s0, zero))
+                       tol=tol, max_iter=max_iter, x0=start)
+        x_t, x_c = res.x[:B], res.x[B:]
+        alpha = torch.where(treated, x_t, torch.where(control, x_c, zero))
+        s1 = torch.where(treated, x_t, zero).sum(-1, keepdim=True)
+        s0 = torch.where(control, x_c, zero).sum(-1, keepdim=True)
+        weights = torch.where(treated, x_t / s1, torch.where(control, x_c / s0, zero))
         return BalanceResult(
             weights=weights, alpha=alpha, intercept=torch.zeros(B, dtype=dt, device=dev),
             objective=res.objective[:B] + res.objective[B:],
@@ -854,8 +802,9 @@ def dual_solve(
     # att: controls balanced to the treated mean
     kbar = torch.where(treated.unsqueeze(-2), K, zero).sum(-1) / n1.unsqueeze(-1).to(dt)
     ones = torch.where(control, torch.ones_like(Wf), zero)
+    start = None if x0 is None else _arm_start(x0, control)
     res = qp_solve(Qa, 2.0 * kbar, 0.0, math.inf, c=ones, d=torch.ones(B, dtype=dt, device=dev), mask=control,
-                   tol=tol, max_iter=max_iter)
+                   tol=tol, max_iter=max_iter, x0=start)
     tw = (1.0 / n1.to(dt)).unsqueeze(-1)
     alpha = torch.where(treated, tw.expand(B, N), torch.where(control, res.x, zero))
     s0 = torch.where(control, res.x, zero).sum(-1, keepdim=True)

@@ -1,6 +1,6 @@
 """Batched box-QP / balancing dual solver: the compiled operator behind the reference's API.
 
-:func:`qp_solve` and :func:`dual_solve` have the signatures of :mod:`cina_ext.reference_qp` (the
+:func:`qp_solve` and :func:`dual_solve` have the signatures of :mod:`cina_ext.reference.qp_solve` (the
 pure-PyTorch ground truth) plus ``backend="auto" | "fused" | "reference"`` and a few options of
 the compiled solver.  They return the reference's :class:`QPResult` / :class:`BalanceResult`.
 
@@ -24,10 +24,10 @@ floats or CPU tensors, such as ``lam``, ``gamma``, ``tol``, ``max_iter``, are mo
 Differences from the reference worth knowing:
 
 * ``tol`` and ``max_iter`` may also be per-dataset tensors of shape (B,) (compiled backend only).
-* ``max_iter`` defaults to max(100000, 50 N) (:func:`default_max_iter`), not a fixed 100000.
-* ``dual_solve`` accepts a warm start ``x0`` (the ``alpha`` of a previous solve); it is clipped
-  to the box and, when it violates the equality, repaired (overlap: the heavier arm scaled down to
-  the lighter one's sum; ate/att: each arm normalised to sum 1).
+* The warm start ``x0`` of ``dual_solve`` (the ``alpha`` of a previous solve) is clipped to the
+  box and, when it violates the equality, repaired (overlap: the heavier arm scaled down to the
+  lighter one's sum; ate/att: each arm normalised to sum 1); the reference requires the overlap
+  start to meet the equality already.
 * On float32 the gradient is accumulated in double, so the reported KKT violation is the exact one
   for the returned (float32) point and the float32 matrix entries.
 * A dataset that did not converge and whose read-out leaves an arm without weight (e.g.
@@ -40,63 +40,26 @@ Differences from the reference worth knowing:
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Optional, Union
 
 import torch
 from torch import Tensor
 
-from . import reference_qp
-from ._extension import extension_error, has_extension
-from .reference_qp import BalanceResult, QPResult
+from .._core.backend import resolve_solver_backend as solver_backend
+from .._core.checks import bound_tensor, check_finite_tensor, check_float, check_mask, check_tensor, per_dataset
+from .._core.constants import ESTIMANDS, FLOAT_DTYPES, KERNELS
+from .._core.constants import LOSS_KINDS as LOSSES
+from .._core.extension import has_extension
+from ..reference.qp_solve import BalanceResult, QPResult, default_max_iter
+from ..reference.qp_solve import dual_solve as _reference_dual_solve
+from ..reference.qp_solve import qp_solve as _reference_qp_solve
 
-__all__ = ["qp_solve", "dual_solve", "QPResult", "BalanceResult", "DEFAULT_CACHE_MB", "solver_backend"]
+__all__ = ["qp_solve", "dual_solve", "QPResult", "BalanceResult", "DEFAULT_CACHE_MB", "solver_backend",
+           "default_max_iter"]
 
-BACKENDS = ("auto", "fused", "reference")
-KERNELS = ("linear", "rbf", "cina", "precomputed")
-ESTIMANDS = ("overlap", "ate", "att")
-LOSSES = ("hinge", "squared_hinge")
 _KIND = {"precomputed": 0, "linear": 1, "rbf": 2, "cina": 3}
-_FLOATS = (torch.float32, torch.float64)
 DEFAULT_CACHE_MB = 1024
 _INNER_MIN_UNITS = 8192
-_warned = False
-
-
-# ------------------------------------------------------------------------------------------------
-# backend choice
-# ------------------------------------------------------------------------------------------------
-
-
-def _has_kernel(device: torch.device) -> bool:
-    if not has_extension():
-        return False
-    if device.type == "cpu":
-        return True
-    try:
-        return bool(torch._C._dispatch_has_kernel_for_dispatch_key("cina::qp_solve_batch", device.type.upper()))
-    except Exception:  # pragma: no cover - private API changed
-        return False
-
-
-def solver_backend(backend: str, device: torch.device) -> str:
-    """``"fused"`` or ``"reference"`` for a solve on ``device`` (errors / warns like ``ops``)."""
-    global _warned
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "reference":
-        return "reference"
-    if _has_kernel(device):
-        return "fused"
-    reason = (f"the compiled extension is unavailable: {extension_error()}" if not has_extension()
-              else f"the compiled solver has no kernel for device {device}")
-    if backend == "fused":
-        raise RuntimeError(f"backend='fused' requested but {reason}")
-    if not _warned:
-        warnings.warn(f"cina_ext: QP solver falling back to the PyTorch reference ({reason})", RuntimeWarning,
-                      stacklevel=3)
-        _warned = True
-    return "reference"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -104,11 +67,11 @@ def solver_backend(backend: str, device: torch.device) -> str:
 # ------------------------------------------------------------------------------------------------
 
 
-# The structural checks are the reference's (one definition, one set of messages); the compiled
+# The structural checks are the shared ones (one definition, one set of messages); the compiled
 # path adds what it needs on top: no silent dtype conversion, no silent device move.
-_tensor = reference_qp._check_tensor
-_float = reference_qp._check_float
-_finite = reference_qp._check_finite
+_tensor = check_tensor
+_float = check_float
+_finite = check_finite_tensor
 
 
 def _same_dtype(t: Tensor, name: str, dt: torch.dtype) -> None:
@@ -124,36 +87,23 @@ def _same_device(t, name: str, device) -> None:
 
 def _mask(mask, B: int, N: int, device) -> Tensor:
     if mask is None:
-        return reference_qp._check_mask(None, B, N, device)
-    reference_qp._check_mask(mask, B, N, mask.device if isinstance(mask, Tensor) else device)
+        return check_mask(None, B, N, device)
+    check_mask(mask, B, N, mask.device if isinstance(mask, Tensor) else device)
     if mask.device != device:
         raise ValueError(f"mask is on {mask.device} but the data are on {device}")
     return mask
 
 
 def _bound(v, name: str, B: int, N: int, like: Tensor, allow: float) -> Tensor:
-    if isinstance(v, Tensor) and tuple(v.shape) == (B, N) and v.is_floating_point() and v.dtype not in _FLOATS:
+    if isinstance(v, Tensor) and tuple(v.shape) == (B, N) and v.is_floating_point() and v.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be float32 or float64, got {v.dtype}")
-    return reference_qp._bound_tensor(v, name, B, N, like, allow)
+    return bound_tensor(v, name, B, N, like, allow)
 
 
-def _per_dataset(v, name: str, B: int, like: Tensor, *, positive: bool = True) -> Tensor:
-    """float or (B,) tensor -> (B,) float64 tensor on the CPU, finite and > 0."""
-    if isinstance(v, Tensor):
-        if v.dim() == 0:
-            t = v.detach().to(torch.float64).expand(B)
-        elif tuple(v.shape) == (B,):
-            t = v.detach().to(torch.float64)
-        else:
-            raise ValueError(f"{name} must be a float or a tensor of shape {(B,)}, got {tuple(v.shape)}")
-    elif isinstance(v, (int, float)) and not isinstance(v, bool):
-        t = torch.full((B,), float(v), dtype=torch.float64)
-    else:
-        raise TypeError(f"{name} must be a float or a tensor, got {type(v).__name__}")
-    t = t.cpu().contiguous()
-    if not bool(torch.isfinite(t).all()) or (positive and bool((t <= 0).any())):
-        raise ValueError(f"{name} must be finite and > 0")
-    return t
+def _per_dataset(v, name: str, B: int, like: Tensor) -> Tensor:
+    """float or (B,) tensor -> (B,) float64 tensor on the CPU, finite and > 0 (the kernels' format)."""
+    return per_dataset(v.detach() if isinstance(v, Tensor) else v, name, B, dtype=torch.float64,
+                       device="cpu").contiguous()
 
 
 def _tol_vector(tol, B: int) -> Tensor:
@@ -162,15 +112,6 @@ def _tol_vector(tol, B: int) -> Tensor:
     if isinstance(tol, bool) or not (isinstance(tol, (int, float)) and tol > 0 and math.isfinite(tol)):
         raise ValueError(f"tol must be a positive finite number, got {tol!r}")
     return torch.full((B,), float(tol), dtype=torch.float64)
-
-
-def default_max_iter(N: int) -> int:
-    """The iteration limit when none is given: max(100000, 50 N).  SMO-type solvers need O(N)
-    steps to converge, and the CUDA working-set algorithm (the default from 4096 units) can take
-    several times more steps than the one-block algorithm (each costs O(working set) instead of
-    O(N)); a fixed limit would stop large problems short (flagged not converged) at tight
-    tolerances."""
-    return max(100_000, 50 * int(N))
 
 
 def _iter_vector(max_iter, B: int) -> Tensor:
@@ -276,7 +217,7 @@ def qp_solve(
 ) -> QPResult:
     """Solve a batch of ``min 1/2 x'Qx - p'x`` s.t. ``lower <= x <= upper`` [and ``c'x = d``].
 
-    Same contract as :func:`cina_ext.reference_qp.qp_solve` (Q (B, N, N) symmetric PSD, p (B, N),
+    Same contract as :func:`cina_ext.reference.qp_solve` (Q (B, N, N) symmetric PSD, p (B, N),
     bounds float or (B, N), c (B, N) with d float or (B,), mask (B, N), x0 (B, N) feasible warm
     start; float32 or float64, all float inputs in Q's dtype).  ``tol`` / ``max_iter`` may be
     per-dataset (B,) tensors.  ``backend``: "auto" (compiled if available, else the reference with
@@ -309,7 +250,7 @@ def qp_solve(
     if mode == "reference":
         ref_tol = _scalar_of(tol_v, "tol") if isinstance(tol, Tensor) else tol
         ref_it = _scalar_of(it_v, "max_iter") if isinstance(max_iter, Tensor) else max_iter
-        return reference_qp.qp_solve(Q, p, lower, upper, c, d, mask, tol=1e-6 if ref_tol is None else ref_tol,
+        return _reference_qp_solve(Q, p, lower, upper, c, d, mask, tol=1e-6 if ref_tol is None else ref_tol,
                                      max_iter=0 if ref_it is None else int(ref_it), x0=x0)
     dt, dev = Q.dtype, Q.device
     mask = _mask(mask, B, N, dev)
@@ -427,9 +368,9 @@ def dual_solve(
     shrinking: bool = True,
     _inner_min_units: int = _INNER_MIN_UNITS,
 ) -> BalanceResult:
-    """Exact balancing weights for a batch of datasets (method.md §2, §6; kernels.md §2).
+    """Exact balancing weights for a batch of datasets (docs/method.md §2, §6; docs/ops/qp_solve.md).
 
-    Same contract as :func:`cina_ext.reference_qp.dual_solve`: X (B, N, p) features (keys for
+    Same contract as :func:`cina_ext.reference.dual_solve`: X (B, N, p) features (keys for
     ``kernel="cina"``, the (B, N, N) Gram for ``"precomputed"``), W (B, N) in {-1, +1}, lam float
     or (B,) > 0; ``estimand`` "overlap" (SVM dual, Q = (W W') * K / lam, 0 <= alpha <= 1 [or
     squared hinge], W'alpha = 0 with ``intercept``), "ate" (each arm against the full-sample
@@ -454,12 +395,10 @@ def dual_solve(
     cache_bytes = _cache_bytes(cache_mb)
     mode = solver_backend(backend, X.device)
     if mode == "reference":
-        if x0 is not None:
-            raise ValueError("x0 (warm start) needs backend='fused'; the reference dual_solve has none")
-        return reference_qp.dual_solve(
+        return _reference_dual_solve(
             X, W, lam, kernel=kernel, gamma=gamma, scale=scale, estimand=estimand, intercept=intercept, loss=loss,
             mask=mask, tol=_scalar_of(tol_v, "tol") if isinstance(tol, Tensor) else tol,
-            max_iter=_scalar_of(it_v, "max_iter") if isinstance(max_iter, Tensor) else max_iter)
+            max_iter=_scalar_of(it_v, "max_iter") if isinstance(max_iter, Tensor) else max_iter, x0=x0)
     dt, dev = X.dtype, X.device
     _tensor(W, "W", 2)
     if tuple(W.shape) != (B, N):

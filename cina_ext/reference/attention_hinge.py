@@ -1,10 +1,10 @@
-"""Pure-PyTorch twins of every compiled operator: the ground truth for tests.
+"""Pure-PyTorch twin of the fused attention + hinge operator and of its read-out: the ground truth.
 
 Everything here materialises what it needs (the N x N score matrix included), is batched over
 datasets, honours a (B, N) boolean mask, works in float32 and float64 and is differentiable
 with autograd.  The compiled operators in :mod:`cina_ext.ops` must reproduce these results.
 
-Conventions shared with :mod:`cina_ext.ops` (see kernels.md §1):
+Conventions shared with :mod:`cina_ext.ops` (see docs/ops/attention_hinge.md):
 
 * ``K`` (B, N, D) keys (queries are tied to keys), ``V`` (B, N) scalar values,
   ``W`` (B, N) signs in {-1, +1}, ``b`` (B,) intercepts, ``lam`` float or (B,),
@@ -21,6 +21,9 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
+from .._core.checks import per_dataset
+from .._core.constants import LOSS_KINDS
+
 __all__ = [
     "attention_hinge",
     "readout_alpha",
@@ -28,17 +31,11 @@ __all__ = [
     "effect_from_weights",
 ]
 
-LOSS_KINDS = ("hinge", "squared_hinge")
 
 
 def _lam_tensor(lam: Union[float, Tensor], B: int, like: Tensor) -> Tensor:
-    if isinstance(lam, Tensor):
-        lam_t = lam.to(device=like.device, dtype=like.dtype)
-        if lam_t.dim() == 0:
-            lam_t = lam_t.expand(B)
-    else:
-        lam_t = torch.full((B,), float(lam), device=like.device, dtype=like.dtype)
-    return lam_t
+    # validated by the caller (cina_ext.ops checks lam outside the traced path)
+    return per_dataset(lam, "lam", B, dtype=like.dtype, device=like.device, check=False)
 
 
 def attention_hinge(
@@ -150,12 +147,3 @@ def effect_from_weights(weights: Tensor, W: Tensor, Y: Tensor, mask: Optional[Te
         prod = torch.where(mask, prod, torch.zeros_like(prod))
     return prod.sum(-1)
 
-
-def __getattr__(name: str):
-    # The exact batched box-QP solver lives in its own module (it is long); re-export it here so
-    # that every operator's twin is reachable as ``cina_ext.reference.<name>``.
-    if name in ("qp_solve", "dual_solve", "gram", "QPResult", "BalanceResult"):
-        from . import reference_qp
-
-        return getattr(reference_qp, name)
-    raise AttributeError(name)

@@ -1,4 +1,13 @@
-"""Input checking and conversion shared by every estimator.
+"""Input checks and conversions, defined once for the whole package.
+
+Three groups: the estimators' data checks (:func:`check_design`, :func:`check_outcome`,
+:func:`check_estimand`), the estimators' parameter checks (:func:`check_positive`,
+:func:`resolve_dtype`, :func:`resolve_device`, :func:`seed_from`), and the operators' tensor
+checks (:func:`check_tensor`, :func:`check_float`, :func:`check_mask`, :func:`check_finite_tensor`,
+:func:`bound_tensor`, :func:`per_dataset`).
+
+Data checks
+-----------
 
 Every public estimator calls :func:`check_design` on ``fit(X, T)`` and :func:`check_outcome` on
 ``ate(Y)``.  The result is a canonical numpy representation (``X`` float64 ``(N, p)``, ``T`` int8
@@ -34,10 +43,16 @@ unsupported container types.
 """
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, List, Optional, Sequence
 
 import numpy as np
+import torch
+from torch import Tensor
+
+from .constants import ESTIMANDS, FLOAT_DTYPES, MIN_ARM_SIZE
 
 __all__ = [
     "MIN_ARM_SIZE",
@@ -46,10 +61,17 @@ __all__ = [
     "check_outcome",
     "check_estimand",
     "arm_sizes",
+    "check_positive",
+    "resolve_dtype",
+    "resolve_device",
+    "seed_from",
+    "check_tensor",
+    "check_float",
+    "check_mask",
+    "check_finite_tensor",
+    "bound_tensor",
+    "per_dataset",
 ]
-
-MIN_ARM_SIZE = 2
-ESTIMANDS = ("ate", "att", "overlap")
 
 
 @dataclass
@@ -101,8 +123,6 @@ def _tensor_devices(**named) -> Optional[Any]:
 
 
 def _tensor_to_numpy(t, name: str) -> np.ndarray:
-    import torch
-
     if t.is_complex():
         raise TypeError(f"{name} has complex dtype {t.dtype}; a real numeric tensor is required")
     if t.device.type == "meta":
@@ -358,3 +378,132 @@ def check_estimand(estimand, allowed: Sequence[str] = ESTIMANDS) -> str:
     if not isinstance(estimand, str) or estimand.lower() not in allowed:
         raise ValueError(f"estimand must be one of {tuple(allowed)}, got {estimand!r}")
     return estimand.lower()
+
+
+# ---- estimator parameters ----------------------------------------------------------------------
+
+def seed_from(random_state) -> int:
+    """An int seed from None / int / numpy Generator / RandomState."""
+    if random_state is None:
+        return int(np.random.default_rng().integers(0, 2**31 - 1))
+    if isinstance(random_state, (int, np.integer)):
+        return int(random_state) % (2**31 - 1)
+    if isinstance(random_state, np.random.Generator):
+        return int(random_state.integers(0, 2**31 - 1))
+    if isinstance(random_state, np.random.RandomState):
+        return int(random_state.randint(0, 2**31 - 1))
+    raise TypeError(f"random_state must be None, an int or a numpy Generator, got {type(random_state).__name__}")
+
+
+def check_positive(name: str, value) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a positive number, got {value!r}") from None
+    if not (v > 0 and math.isfinite(v)):
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return v
+
+
+def resolve_dtype(dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+        return dtype
+    table = {"float64": torch.float64, "double": torch.float64, "float32": torch.float32, "float": torch.float32}
+    if isinstance(dtype, str) and dtype in table:
+        return table[dtype]
+    raise ValueError(f"dtype must be 'float64' or 'float32' (or the torch dtype), got {dtype!r}")
+
+
+def resolve_device(device, data_device) -> torch.device:
+    if device is None or device == "auto":
+        if data_device is not None and str(data_device) != "meta":
+            return torch.device(data_device)
+        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available")
+    return dev
+
+
+# ---- operator tensors ----------------------------------------------------------------------------
+
+
+def check_tensor(t, name: str, ndim: int) -> Tensor:
+    """``t`` must be a tensor with ``ndim`` dimensions."""
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
+    return t
+
+
+def check_float(t: Tensor, name: str) -> None:
+    """``t`` must be float32 or float64."""
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32 or float64, got {t.dtype}")
+
+
+def check_mask(mask, B: int, N: int, device) -> Tensor:
+    """A (B, N) bool mask (True = real unit); None means all units are real."""
+    if mask is None:
+        return torch.ones(B, N, dtype=torch.bool, device=device)
+    check_tensor(mask, "mask", 2)
+    if mask.dtype != torch.bool:
+        raise TypeError(f"mask must be a bool tensor (True = real unit), got {mask.dtype}")
+    if tuple(mask.shape) != (B, N):
+        raise ValueError(f"mask must have shape {(B, N)}, got {tuple(mask.shape)}")
+    return mask.to(device)
+
+
+def check_finite_tensor(t: Tensor, name: str, mask: Optional[Tensor] = None) -> None:
+    """No NaN or Inf in ``t`` (where ``mask`` is True); the error names the datasets."""
+    bad = ~torch.isfinite(t)
+    if mask is not None:
+        bad = bad & mask
+    if bool(bad.any()):
+        rows = torch.nonzero(bad.reshape(bad.shape[0], -1).any(-1)).flatten().tolist()
+        raise ValueError(f"{name} contains NaN or Inf (dataset(s) {rows[:10]})")
+
+
+def bound_tensor(v, name: str, B: int, N: int, like: Tensor, allow: float) -> Tensor:
+    """Float or (B, N) tensor -> (B, N) tensor; NaN refused, only the infinity ``allow`` accepted."""
+    if isinstance(v, Tensor):
+        if v.dim() == 0:
+            t = v.to(dtype=like.dtype, device=like.device).expand(B, N)
+        elif tuple(v.shape) == (B, N):
+            t = v.to(dtype=like.dtype, device=like.device)
+        else:
+            raise ValueError(f"{name} must be a float or a tensor of shape {(B, N)}, got {tuple(v.shape)}")
+    elif isinstance(v, (int, float)) and not isinstance(v, bool):
+        t = torch.full((B, N), float(v), dtype=like.dtype, device=like.device)
+    else:
+        raise TypeError(f"{name} must be a float or a tensor, got {type(v).__name__}")
+    if bool(torch.isnan(t).any()):
+        raise ValueError(f"{name} contains NaN")
+    if bool((torch.isinf(t) & (t != allow)).any()):
+        raise ValueError(f"{name} may only contain {allow} as an infinite value")
+    return t
+
+
+def per_dataset(v, name: str, B: int, *, dtype: torch.dtype, device, check: bool = True) -> Tensor:
+    """A per-dataset parameter (a number, a 0-d or a (B,) tensor) as a (B,) tensor.
+
+    With ``check`` the values must be finite and > 0 (``lam``, ``gamma``, ``tol``); without it the
+    caller has validated them already (a traced path that must not branch on data).
+    """
+    if isinstance(v, Tensor):
+        if v.dim() == 0:
+            t = v.to(dtype=dtype, device=device).expand(B)
+        elif tuple(v.shape) == (B,):
+            t = v.to(dtype=dtype, device=device)
+        else:
+            raise ValueError(f"{name} must be a float or a tensor of shape {(B,)}, got {tuple(v.shape)}")
+    elif isinstance(v, numbers.Real) and not isinstance(v, bool):
+        t = torch.full((B,), float(v), dtype=dtype, device=device)
+    else:
+        raise TypeError(f"{name} must be a float or a tensor, got {type(v).__name__}")
+    if check and (not bool(torch.isfinite(t).all()) or bool((t <= 0).any())):
+        raise ValueError(f"{name} must be finite and > 0")
+    return t

@@ -10,7 +10,7 @@ objective, ...) have shape ``(B,)``.  :func:`qp_solve_packed` also takes the mat
 the ``n_b x n_b`` blocks flattened row-major and concatenated, shape ``(sum_b n_b**2,)``.
 
 **Conversions.**  :func:`pad_packed` turns ``(total, ...)`` into the padded ``(B, Nmax, ...)`` plus
-the bool ``mask`` (``True`` = real unit) used by :mod:`cina_ext.ops` and :mod:`cina_ext.solver`;
+the bool ``mask`` (``True`` = real unit) used by :mod:`cina_ext.ops`;
 :func:`unpack_padded` goes back.  Both are pure index arithmetic (one ``repeat_interleave``, one
 scatter / gather; no Python loop over datasets), differentiable, and run on any device.
 
@@ -39,7 +39,17 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from . import ops, solver
+from ..reference.packed import (
+    PackedBalanceResult,
+    PackedQPResult,
+    _check_offsets_structure,
+    check_offsets,
+    lengths_from_offsets,
+    offsets_from_lengths,
+)
+from .attention_hinge import attention_hinge as _attention_hinge
+from .qp_solve import dual_solve as _dual_solve
+from .qp_solve import qp_solve as _qp_solve
 
 __all__ = [
     "DEFAULT_BUCKET_RATIO",
@@ -62,66 +72,6 @@ DEFAULT_BUCKET_RATIO = 1.5
 # ------------------------------------------------------------------------------------------------
 # offsets
 # ------------------------------------------------------------------------------------------------
-
-
-def offsets_from_lengths(lengths: Union[Sequence[int], Tensor], *, device=None) -> Tensor:
-    """``[0, n_0, n_0 + n_1, ...]`` as an int64 tensor (on ``device``, else ``lengths``' device / CPU)."""
-    if isinstance(lengths, Tensor):
-        if lengths.dim() != 1:
-            raise ValueError(f"lengths must be 1-D, got shape {tuple(lengths.shape)}")
-        if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
-            raise TypeError(f"lengths must hold integers, got {lengths.dtype}")
-        n = lengths.to(dtype=torch.int64, device=device if device is not None else lengths.device)
-    else:
-        vals = list(lengths)
-        for v in vals:
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise TypeError(f"lengths must be integers, got {v!r} ({type(v).__name__})")
-        n = torch.tensor(vals, dtype=torch.int64, device=device)
-    if n.numel() and bool((n < 0).any()):
-        raise ValueError(f"lengths must be non-negative, got {n.tolist()[:20]}")
-    return torch.cat([n.new_zeros(1), torch.cumsum(n, 0)])
-
-
-def _check_offsets_structure(offsets, device, name: str) -> None:
-    if not isinstance(offsets, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor (int64, shape (B + 1,)), got {type(offsets).__name__}; "
-                        "build it with offsets_from_lengths")
-    if offsets.dtype != torch.int64:
-        raise TypeError(f"{name} must have dtype torch.int64, got {offsets.dtype}")
-    if offsets.dim() != 1:
-        raise ValueError(f"{name} must be 1-D of shape (B + 1,), got shape {tuple(offsets.shape)}")
-    if offsets.numel() == 0:
-        raise ValueError(f"{name} must have at least one entry (0); got an empty tensor")
-    if device is not None and offsets.device != torch.device(device):
-        raise ValueError(f"{name} is on {offsets.device} but the data are on {device}")
-
-
-def check_offsets(offsets, total: int, device: Optional[torch.device] = None, *, name: str = "offsets") -> int:
-    """Validate ``offsets`` for ``total`` packed units on ``device``; return the number of datasets B.
-
-    ``offsets`` must be a 1-D int64 tensor on ``device``, start at 0, be non-decreasing and end at
-    ``total``: ``TypeError`` for a wrong type / dtype, ``ValueError`` otherwise.
-    """
-    _check_offsets_structure(offsets, device, name)
-    first = int(offsets[0])
-    if first != 0:
-        raise ValueError(f"{name} must start at 0, got {first}")
-    if offsets.numel() > 1:
-        steps = offsets[1:] - offsets[:-1]
-        if bool((steps < 0).any()):
-            bad = int(torch.nonzero(steps < 0)[0])
-            raise ValueError(f"{name} must be non-decreasing; {name}[{bad + 1}] = {int(offsets[bad + 1])} < "
-                             f"{name}[{bad}] = {int(offsets[bad])}")
-    last = int(offsets[-1])
-    if last != total:
-        raise ValueError(f"{name}[-1] = {last} must equal the number of packed units ({total})")
-    return offsets.numel() - 1
-
-
-def lengths_from_offsets(offsets: Tensor) -> Tensor:
-    """Per-dataset lengths ``offsets[1:] - offsets[:-1]`` (no validation)."""
-    return offsets[1:] - offsets[:-1]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -325,7 +275,7 @@ def attention_hinge_packed(
         mask = torch.arange(nmax, device=dev).unsqueeze(0) < lens[ds].unsqueeze(1)
         lam_b = _per_dataset_slice(lam, ds, B, "lam")
         try:
-            l_b, o_b, s_b = ops.attention_hinge(Kp, Vp, Wp, b[ds], lam_b, mask, scale=scale, loss=loss,
+            l_b, o_b, s_b = _attention_hinge(Kp, Vp, Wp, b[ds], lam_b, mask, scale=scale, loss=loss,
                                                 backend=backend)
         except (ValueError, TypeError) as e:
             raise _annotate(e, ds.cpu()) from e
@@ -347,34 +297,6 @@ def attention_hinge_packed(
 # ------------------------------------------------------------------------------------------------
 # solvers
 # ------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class PackedBalanceResult:
-    """:class:`cina_ext.reference_qp.BalanceResult` in the packed layout."""
-
-    weights: Tensor  # (total,) non-negative, summing to 1 within each arm of each dataset
-    alpha: Tensor  # (total,) raw QP solution
-    intercept: Tensor  # (B,)
-    objective: Tensor  # (B,)
-    kkt: Tensor  # (B,)
-    iterations: Tensor  # (B,)
-    converged: Tensor  # (B,)
-    estimand: str
-    offsets: Tensor  # (B + 1,)
-
-
-@dataclass
-class PackedQPResult:
-    """:class:`cina_ext.reference_qp.QPResult` in the packed layout."""
-
-    x: Tensor  # (total,)
-    nu: Tensor  # (B,)
-    objective: Tensor  # (B,)
-    kkt: Tensor  # (B,)
-    iterations: Tensor  # (B,)
-    converged: Tensor  # (B,)
-    offsets: Tensor  # (B + 1,)
 
 
 def _assemble(B: int, total: int, parts, unit_fields, ds_fields, like: Tensor):
@@ -414,7 +336,7 @@ def dual_solve_packed(
     x0: Optional[Tensor] = None,
     **kwargs,
 ) -> PackedBalanceResult:
-    """:func:`cina_ext.solver.dual_solve` on packed datasets.
+    """:func:`cina_ext.ops.dual_solve` on packed datasets.
 
     X (total, p) features (keys for ``kernel="cina"``), W (total,) in {-1, +1}, offsets (B + 1,)
     int64, lam float or (B,).  ``gamma``, ``tol``, ``max_iter`` may be per dataset ((B,) tensors);
@@ -426,7 +348,7 @@ def dual_solve_packed(
     """
     if kwargs.get("kernel") == "precomputed":
         raise ValueError('kernel="precomputed" has no packed form in dual_solve_packed; use qp_solve_packed '
-                         "(Q packed as flattened blocks) or cina_ext.solver.dual_solve on a padded batch")
+                         "(Q packed as flattened blocks) or cina_ext.ops.dual_solve on a padded batch")
     if "mask" in kwargs:
         raise TypeError("dual_solve_packed takes offsets, not a mask")
     for name, t in (("X", X), ("W", W)):
@@ -466,7 +388,7 @@ def dual_solve_packed(
         mask = torch.arange(nmax, device=dev).unsqueeze(0) < lens[ds].unsqueeze(1)
         x0p = None if x0 is None else _scatter_pad(x0[src], seg, pos, nb, nmax)
         try:
-            r = solver.dual_solve(
+            r = _dual_solve(
                 Xp, Wp, _per_dataset_slice(lam, ds, B, "lam"), gamma=_per_dataset_slice(gamma, ds, B, "gamma"),
                 tol=_per_dataset_slice(tol, ds, B, "tol"), max_iter=_per_dataset_slice(max_iter, ds, B, "max_iter"),
                 x0=x0p, mask=mask, **kwargs)
@@ -505,7 +427,7 @@ def qp_solve_packed(
     x0: Optional[Tensor] = None,
     **kwargs,
 ) -> PackedQPResult:
-    """:func:`cina_ext.solver.qp_solve` on packed datasets.
+    """:func:`cina_ext.ops.qp_solve` on packed datasets.
 
     ``Q`` (sum_b n_b**2,): the blocks ``Q_b`` (n_b x n_b) flattened row-major and concatenated in
     dataset order; p (total,); lower / upper float or (total,); c (total,) with d float or (B,)
@@ -559,7 +481,7 @@ def qp_solve_packed(
             raise ValueError(f"d must be a float or a tensor of shape ({B},), got {tuple(d.shape)}")
         x0p = None if x0 is None else _scatter_pad(x0[src], seg, pos, nb, nmax)
         try:
-            r = solver.qp_solve(Qp, _scatter_pad(p[src], seg, pos, nb, nmax), args[0], args[1], cp, dp, mask,
+            r = _qp_solve(Qp, _scatter_pad(p[src], seg, pos, nb, nmax), args[0], args[1], cp, dp, mask,
                                 tol=_per_dataset_slice(tol, ds, B, "tol"),
                                 max_iter=_per_dataset_slice(max_iter, ds, B, "max_iter"), x0=x0p, **kwargs)
         except (ValueError, TypeError) as e:

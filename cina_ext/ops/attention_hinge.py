@@ -1,48 +1,26 @@
-"""Python entry points of the compiled operators: input checks, autograd, fake impls, backend choice.
+"""The fused attention + hinge operator: input checks, autograd, fake impls, dispatch.
 
 ``backend`` is one of ``"auto"`` (compiled when the extension loaded and supports the device,
 else the reference with a warning), ``"fused"`` (compiled, error if unavailable) or
-``"reference"`` (pure PyTorch, :mod:`cina_ext.reference`).
+``"reference"`` (pure PyTorch, :func:`cina_ext.reference.attention_hinge`); see
+:mod:`cina_ext._core.backend`.  Design: docs/ops/attention_hinge.md.
 """
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
-from . import reference
-from ._extension import extension_error, has_extension, has_cuda_kernels
+from .. import reference
+from .._core.backend import resolve_backend
+from .._core.constants import FLOAT_DTYPES as _FLOAT_DTYPES
+from .._core.constants import LOSS_CODES as _LOSS_CODES
+from .._core.extension import has_extension
+from ..reference.attention_hinge import _lam_tensor
 
-__all__ = ["attention_hinge", "has_extension", "has_cuda_kernels", "extension_error", "resolve_backend"]
-
-BACKENDS = ("auto", "fused", "reference")
-_LOSS_CODES = {"hinge": 0, "squared_hinge": 1}
-_FLOAT_DTYPES = (torch.float32, torch.float64)
-_warned_fallback = False
-
-
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """Map ``backend`` to ``"fused"`` or ``"reference"`` for tensors on ``device``."""
-    global _warned_fallback
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "reference":
-        return "reference"
-    ok = has_extension() and (device.type == "cpu" or (device.type == "cuda" and has_cuda_kernels()))
-    if ok:
-        return "fused"
-    if backend == "fused":
-        if not has_extension():
-            raise RuntimeError(f"backend='fused' requested but the compiled extension is unavailable: {extension_error()}")
-        raise RuntimeError(f"backend='fused' requested but the compiled extension has no kernels for device {device}")
-    if not _warned_fallback:
-        reason = extension_error() if not has_extension() else f"no compiled kernels for {device}"
-        warnings.warn(f"cina_ext: falling back to the PyTorch reference ({reason})", RuntimeWarning, stacklevel=3)
-        _warned_fallback = True
-    return "reference"
+__all__ = ["attention_hinge"]
 
 
 def _check_attention_inputs(K, V, W, b, lam, mask, loss):
@@ -94,7 +72,7 @@ def attention_hinge(
     loss: str = "hinge",
     backend: str = "auto",
 ) -> Tuple[Tensor, Tensor, Tensor]:
-    """Fused masked tied-key attention + penalised hinge loss (kernels.md §1).
+    """Fused masked tied-key attention + penalised hinge loss (docs/ops/attention_hinge.md).
 
     Returns ``(loss (B,), out (B, N), lse (B, N))``, differentiable in ``K``, ``V`` and ``b``
     (``lse`` is differentiable in ``K`` as well).  Never materialises the N x N scores on the
@@ -113,7 +91,7 @@ def attention_hinge(
         return reference.attention_hinge(K, V, W, b, lam, mask, scale=scale, loss=loss)
     if mask is None:
         mask = torch.ones(Bsz, N, dtype=torch.bool, device=K.device)
-    lam_t = reference._lam_tensor(lam, Bsz, K).contiguous()
+    lam_t = _lam_tensor(lam, Bsz, K).contiguous()
     need_aux = torch.is_grad_enabled() and (K.requires_grad or V.requires_grad or b.requires_grad)
     loss_t, out, lse, _, _ = torch.ops.cina.attention_hinge_fwd(
         K.contiguous(), V.contiguous(), W.contiguous(), b.contiguous(), lam_t, mask.contiguous(),
@@ -168,20 +146,3 @@ def _register() -> None:
 
 
 _register()
-
-
-# The batched box-QP / balancing-dual solver: same names and signatures as the reference twins
-# (cina_ext.reference.qp_solve / dual_solve), compiled kernels in csrc/qp_solve.
-from .solver import dual_solve, qp_solve  # noqa: E402
-
-__all__ += ["qp_solve", "dual_solve"]
-
-# Packed layout (offsets instead of padding + mask) for many datasets of different sizes.
-from .packed import (  # noqa: E402
-    attention_hinge_packed,
-    dual_solve_packed,
-    offsets_from_lengths,
-    qp_solve_packed,
-)
-
-__all__ += ["attention_hinge_packed", "dual_solve_packed", "qp_solve_packed", "offsets_from_lengths"]

@@ -1,0 +1,284 @@
+"""Baseline estimators: difference in means, IPW, self-normalised IPW, cross-fitted AIPW (DoubleML)."""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import numpy as np
+from scipy.stats import norm
+from sklearn.base import clone
+from sklearn.ensemble import HistGradientBoostingRegressor
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold
+from threadpoolctl import threadpool_limits
+
+from .._core.checks import check_estimand, check_outcome
+from .base import _arm_normalise, _standardize, _WeightingEstimator
+
+__all__ = ["DifferenceInMeans", "IPW", "SelfNormalizedIPW", "DoubleML"]
+
+
+
+class DifferenceInMeans(_WeightingEstimator):
+    """Naive difference in means: every unit of an arm gets weight ``1 / n_arm``.
+
+    ``estimand`` is only a label here (the estimate is unadjusted whatever it says); it lets the
+    naive estimate be reported next to the other methods for the same target.
+    """
+
+    def __init__(self, estimand: str = "ate", random_state=None, verbose: bool = False):
+        self.estimand = estimand
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def _fit_core(self, X, T, seed, *, bootstrap=False):
+        w = np.where(T == 1, 1.0 / max(1, np.sum(T == 1)), 1.0 / max(1, np.sum(T == 0)))
+        return {"weights": w}
+
+
+def _single_openmp_thread():
+    """Run scikit-learn's OpenMP learners on one thread.
+
+    Beside torch's own OpenMP runtime, HistGradientBoosting's threads spin-wait against torch's on
+    a small machine: measured 0.96 s -> 0.24 s for one DoubleML fit at n = 200 on 2 cores, and far
+    worse under load.  Per-fold fits are small, so one thread loses nothing.
+    """
+    return threadpool_limits(limits=1, user_api="openmp")
+
+
+def _default_propensity_model():
+    return LogisticRegression(C=1.0, max_iter=2000)
+
+
+def _with_seed(model, seed: int):
+    m = clone(model)
+    try:
+        if "random_state" in m.get_params() and m.get_params()["random_state"] is None:
+            m.set_params(random_state=seed)
+    except Exception:  # noqa: BLE001 - non-sklearn models
+        pass
+    return m
+
+
+def _fit_propensity(model, Xs: np.ndarray, T: np.ndarray, seed: int) -> np.ndarray:
+    m = _with_seed(model, seed)
+    m.fit(Xs, T)
+    classes = list(getattr(m, "classes_", [0, 1]))
+    return m.predict_proba(Xs)[:, classes.index(1)] if hasattr(m, "predict_proba") else m.predict(Xs)
+
+
+class IPW(_WeightingEstimator):
+    """Inverse propensity weighting (Horvitz-Thompson form).
+
+    The propensity ``e(x)`` is a logistic regression on standardised covariates (``C=1``, i.e. a
+    mild ridge; pass ``propensity_model`` -- any classifier with ``predict_proba`` -- to change it),
+    clipped to ``[clip, 1 - clip]`` (``clip=None`` or 0: no clipping).
+
+    Raw weights ``r``: "ate" treated 1/e, control 1/(1-e); "att" treated 1, control e/(1-e);
+    "overlap" treated 1-e, control e.  The estimate is the *unnormalised* HT contrast
+    ``(sum_T r Y - sum_C r Y) / D`` with D = N (ate), n_treated (att), sum e(1-e) (overlap).
+    ``weights_`` holds the per-arm normalised weights (for the diagnostics), ``raw_weights_`` the
+    raw ones and ``propensity_`` the fitted (clipped) scores.
+    """
+
+    _normalised = False
+
+    def __init__(self, estimand: str = "ate", propensity_model=None, clip: Optional[float] = 0.01,
+                 random_state=None, verbose: bool = False):
+        self.estimand = estimand
+        self.propensity_model = propensity_model
+        self.clip = clip
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def _check_params(self):
+        if self.clip is not None and not (0 <= float(self.clip) < 0.5):
+            raise ValueError(f"clip must be in [0, 0.5) or None, got {self.clip!r}")
+
+    def _fit_core(self, X, T, seed, *, bootstrap=False):
+        Xs, _, _ = _standardize(X)
+        model = self.propensity_model if self.propensity_model is not None else _default_propensity_model()
+        e = np.asarray(_fit_propensity(model, Xs, T, seed), dtype=np.float64)
+        c = float(self.clip) if self.clip else 0.0
+        if c > 0:
+            e = np.clip(e, c, 1 - c)
+        if np.any((e <= 0) | (e >= 1)):
+            raise ValueError("estimated propensity scores reach 0 or 1 (perfect separation); set clip > 0")
+        est = check_estimand(self.estimand, self._allowed_estimands)
+        if est == "ate":
+            r = np.where(T == 1, 1.0 / e, 1.0 / (1.0 - e))
+            denom = float(T.shape[0])
+        elif est == "att":
+            r = np.where(T == 1, 1.0, e / (1.0 - e))
+            denom = float(np.sum(T == 1))
+        else:
+            r = np.where(T == 1, 1.0 - e, e)
+            denom = float(np.sum(e * (1 - e)))
+        return {"weights": _arm_normalise(r, T), "raw": r, "denom": denom, "propensity": e}
+
+    def _effect_core(self, state, X, T, Y, seed):
+        if self._normalised:
+            return super()._effect_core(state, X, T, Y, seed)
+        r = state["raw"]
+        return float((np.sum(r[T == 1] * Y[T == 1]) - np.sum(r[T == 0] * Y[T == 0])) / state["denom"])
+
+    def fit(self, X, T):
+        super().fit(X, T)
+        self.propensity_ = self._state["propensity"]
+        self.raw_weights_ = self._state["raw"]
+        return self
+
+    def _details(self):
+        e = self.propensity_
+        return {"propensity_range": [float(e.min()), float(e.max())], "clip": self.clip}
+
+
+class SelfNormalizedIPW(IPW):
+    """Self-normalised (Hajek) IPW: the IPW weights normalised within each arm; the estimate is
+    ``sum_T w Y - sum_C w Y``.  Same parameters as :class:`IPW`."""
+
+    _normalised = True
+
+
+class DoubleML(_WeightingEstimator):
+    """Cross-fitted augmented IPW (double/debiased machine learning), for "ate" or "att".
+
+    This is the one estimator that needs the outcome to do its work: ``fit(X, T)`` validates and
+    stores the design and fits the propensity on the full sample (so ``weights_`` -- the per-arm
+    normalised IPW weights -- and ``balance()`` are available as for every estimator); ``ate(Y)``
+    runs the cross-fitting: ``n_folds`` folds stratified on T (seeded by ``random_state``); on each
+    held-out fold the propensity ``e`` (clipped to ``[clip, 1-clip]``) and the arm outcome models
+    ``mu1``, ``mu0`` are predicted from models fitted on the other folds.  Scores:
+
+    * ATE: ``psi = mu1 - mu0 + T (Y - mu1) / e - (1 - T) (Y - mu0) / (1 - e)``, estimate mean(psi);
+    * ATT: ``[T (Y - mu0) - (1 - T) e (Y - mu0) / (1 - e)] / mean(T)``.
+
+    Defaults: outcome ``HistGradientBoostingRegressor`` (``max_iter=100``), propensity
+    ``LogisticRegression(C=1)`` on standardised covariates.  ``ate_interval`` is the generic
+    bootstrap (which refits everything, so it costs ``n_bootstrap`` cross-fits); pass
+    ``method="influence"`` for the usual normal interval from the influence function.
+    """
+
+    _allowed_estimands = ("ate", "att")
+
+    def __init__(self, estimand: str = "ate", outcome_model=None, propensity_model=None, n_folds: int = 5,
+                 clip: Optional[float] = 0.01, random_state=None, verbose: bool = False):
+        self.estimand = estimand
+        self.outcome_model = outcome_model
+        self.propensity_model = propensity_model
+        self.n_folds = n_folds
+        self.clip = clip
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def _check_params(self):
+        if int(self.n_folds) < 2:
+            raise ValueError(f"n_folds must be at least 2, got {self.n_folds!r}")
+        if self.clip is not None and not (0 <= float(self.clip) < 0.5):
+            raise ValueError(f"clip must be in [0, 0.5) or None, got {self.clip!r}")
+
+    def fit(self, X, T):
+        super().fit(X, T)
+        k = int(self.n_folds)
+        if min(self.n_treated_, self.n_control_) < k:
+            raise ValueError(
+                f"DoubleML with n_folds={k} needs at least {k} units per arm "
+                f"(got {self.n_treated_} treated, {self.n_control_} control)"
+            )
+        self.propensity_ = self._state["propensity"]
+        return self
+
+    def _models(self):
+        om = self.outcome_model if self.outcome_model is not None else HistGradientBoostingRegressor(max_iter=100)
+        pm = self.propensity_model if self.propensity_model is not None else _default_propensity_model()
+        return om, pm
+
+    def _clip(self, e):
+        c = float(self.clip) if self.clip else 0.0
+        return np.clip(e, c, 1 - c) if c > 0 else e
+
+    def _fit_core(self, X, T, seed, *, bootstrap=False):
+        Xs, _, _ = _standardize(X)
+        _, pm = self._models()
+        e = self._clip(np.asarray(_fit_propensity(pm, Xs, T, seed), dtype=np.float64))
+        est = check_estimand(self.estimand, self._allowed_estimands)
+        r = np.where(T == 1, 1.0 / e, 1.0 / (1.0 - e)) if est == "ate" else np.where(T == 1, 1.0, e / (1.0 - e))
+        return {"weights": _arm_normalise(r, T), "propensity": e}
+
+    @staticmethod
+    def _cross_fit(folds, Xs, T, Y, seed, om, pm, e, mu1, mu0):
+        for f, (tr, te) in enumerate(folds.split(Xs, T)):
+            s = seed + 7919 * (f + 1)
+            e[te] = _predict_proba(pm, Xs[tr], T[tr], Xs[te], s)
+            t1 = tr[T[tr] == 1]
+            t0 = tr[T[tr] == 0]
+            m1 = _with_seed(om, s).fit(Xs[t1], Y[t1])
+            m0 = _with_seed(om, s + 1).fit(Xs[t0], Y[t0])
+            mu1[te] = m1.predict(Xs[te])
+            mu0[te] = m0.predict(Xs[te])
+
+    def _scores(self, X, T, Y, seed):
+        om, pm = self._models()
+        Xs, _, _ = _standardize(X)
+        n = X.shape[0]
+        e = np.empty(n)
+        mu1 = np.empty(n)
+        mu0 = np.empty(n)
+        k = int(self.n_folds)
+        if min(np.sum(T == 1), np.sum(T == 0)) < k:
+            raise ValueError(f"an arm has fewer than n_folds={k} units: cannot cross-fit")
+        folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed % (2**31 - 1))
+        with _single_openmp_thread():
+            self._cross_fit(folds, Xs, T, Y, seed, om, pm, e, mu1, mu0)
+        e = self._clip(e)
+        if np.any((e <= 0) | (e >= 1)):
+            raise ValueError("cross-fitted propensity scores reach 0 or 1 (perfect separation); set clip > 0")
+        Tf = T.astype(np.float64)
+        if check_estimand(self.estimand, self._allowed_estimands) == "ate":
+            psi = mu1 - mu0 + Tf * (Y - mu1) / e - (1 - Tf) * (Y - mu0) / (1 - e)
+        else:
+            p1 = Tf.mean()
+            psi = (Tf * (Y - mu0) - (1 - Tf) * e * (Y - mu0) / (1 - e)) / p1
+        return psi
+
+    def _effect_core(self, state, X, T, Y, seed):
+        psi = self._scores(X, T, Y, seed)
+        return float(np.mean(psi))
+
+    def ate(self, Y) -> float:
+        self._check_fitted()
+        Ya = check_outcome(Y, self.X_.shape[0], device=self._data.device)
+        psi = self._scores(self.X_, self.T_, Ya, self.seed_)
+        est = float(np.mean(psi))
+        if self.estimand_ == "att":
+            # influence function of the ratio estimator: subtract the estimate on the treated
+            infl = psi - est * self.T_ / np.mean(self.T_)
+        else:
+            infl = psi - est
+        self.influence_ = infl
+        self.se_ = float(np.std(infl, ddof=1) / math.sqrt(len(infl)))
+        return est
+
+    def ate_interval(self, Y, alpha: float = 0.05, n_bootstrap: int = 200, random_state=None, *,
+                     verbose: Optional[bool] = None, method: str = "bootstrap") -> Tuple[float, float]:
+        """``method="bootstrap"`` (default, the shared interface: refits everything on each
+        resample) or ``"influence"`` (normal interval from the cross-fitted influence function)."""
+        if method == "influence":
+            est = self.ate(Y)
+            z = float(norm.ppf(1 - alpha / 2))
+            return est - z * self.se_, est + z * self.se_
+        if method != "bootstrap":
+            raise ValueError(f"method must be 'bootstrap' or 'influence', got {method!r}")
+        return super().ate_interval(Y, alpha=alpha, n_bootstrap=n_bootstrap, random_state=random_state,
+                                    verbose=verbose)
+
+    def _details(self):
+        return {"n_folds": int(self.n_folds), "clip": self.clip}
+
+
+def _predict_proba(model, Xtr, Ttr, Xte, seed):
+    m = _with_seed(model, seed)
+    m.fit(Xtr, Ttr)
+    classes = list(getattr(m, "classes_", [0, 1]))
+    return m.predict_proba(Xte)[:, classes.index(1)]
+

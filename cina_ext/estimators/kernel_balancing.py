@@ -1,0 +1,165 @@
+"""Exact kernel balancing: the balancing problem of each estimand solved by the batched dual solver."""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .._core.checks import check_estimand, check_positive, resolve_dtype, resolve_device
+from .base import _arm_normalise, _dual_solve, _lam_abs, _max_iter_arg, _standardize, _WeightingEstimator
+
+__all__ = ["KernelBalancing"]
+
+
+
+_KB_KERNELS = ("rbf", "linear")
+# Relative lam defaults (see the module docstring for the scaling); chosen by measurement,
+# see the class docstrings.
+_DEFAULT_LAM = {"overlap": 3e-4, "ate": 0.01, "att": 0.01}
+
+
+class KernelBalancing(_WeightingEstimator):
+    """Exact kernel balancing with the batched dual solver (kernels.md §2).
+
+    * ``estimand="overlap"``: SVM balancing (Tarr & Imai; method.md §2): the hinge-loss SVM dual
+      with intercept; weights ``alpha / sum_arm alpha``.
+    * ``estimand="ate"``: each arm balanced to the full sample, ``min ||sum_{arm} w phi -
+      mean_all phi||^2 + lam_abs ||w||^2`` on the simplex (method.md §6).
+    * ``estimand="att"``: the control arm balanced to the treated mean; treated weights ``1/n1``.
+
+    Covariates are standardised (population SD) first.  ``kernel="rbf"``: ``exp(-gamma ||x-x'||^2)``
+    with ``gamma`` on the standardised scale (default ``1/p``, sklearn's ``gamma="scale"`` there);
+    ``kernel="linear"``: ``x.x' / p`` on the standardised scale (mean diagonal 1).  ``lam`` is
+    relative (module docstring): the solver gets ``lam_abs = lam * N`` ("overlap") or
+    ``lam_abs = lam`` ("ate"/"att"), stored in ``lam_abs_``.  Defaults (``lam=None``): 3e-4 for
+    "overlap", 0.01 for "ate"/"att".  Measured (rbf, gamma 1/p, MAE; naive / SNIPW for reference):
+
+    =========  ==========  ==========  ==========  ==========  ============  =============
+    design     naive       SNIPW       overlap     overlap     overlap       ate lam 0.01
+                                       lam 1e-4    lam 3e-4    lam 1e-3
+    =========  ==========  ==========  ==========  ==========  ============  =============
+    A, N=250   0.144       0.040       0.033       0.041       0.050         0.049
+    G, N=250   0.107       0.076       0.054       0.041       0.054         0.059
+    A, N=500   0.202       0.032       0.041       0.045       0.045         0.048
+    G, N=500   0.043       0.038       0.024       0.025       0.024         0.018
+    A, N=1000  0.212       0.018       0.018       0.014       0.019         0.023
+    G, N=1000  0.086       0.047       0.022       0.022       0.024         0.027
+    =========  ==========  ==========  ==========  ==========  ============  =============
+
+    (10, 10, 6, 6, 4, 4 replications.)  "ate" and "att" are flat in lam over 1e-3..3e-2 (N=250, A:
+    0.047-0.049 ate, 0.056-0.057 att); lam 0.1 / 1 degrade slowly (0.056 / 0.067).  The overlap
+    solve gets slower as lam shrinks (reference solver, N=1000: 9 s at 1e-4, 4 s at 3e-4, 1.5 s at
+    1e-3), so 3e-4 is the default.  ``tol`` / ``max_iter`` go to the
+    solver; ``bootstrap_tol`` is the (looser) tolerance used for the refits of ``ate_interval``.
+    Fitted: ``weights_``, ``alpha_`` (raw solver solution), ``intercept_`` ("overlap"),
+    ``converged_``, ``kkt_``, ``iterations_``, ``objective_``, and for "overlap" the fractions of
+    alpha at the bounds ``alpha_at_zero_`` / ``alpha_at_one_``.  A solve that does not converge
+    gives a ``RuntimeWarning`` and ``converged_ = False`` (never silently).
+    """
+
+    def __init__(self, estimand: str = "ate", kernel: str = "rbf", lam: Optional[float] = None,
+                 gamma: Optional[float] = None, intercept: bool = True, loss: str = "hinge",
+                 tol: float = 1e-6, max_iter: Optional[int] = None, bootstrap_tol: float = 1e-4,
+                 backend: str = "auto", device: str = "auto", dtype: str = "float64",
+                 random_state=None, verbose: bool = False):
+        self.estimand = estimand
+        self.kernel = kernel
+        self.lam = lam
+        self.gamma = gamma
+        self.intercept = intercept
+        self.loss = loss
+        self.tol = tol
+        self.max_iter = max_iter
+        self.bootstrap_tol = bootstrap_tol
+        self.backend = backend
+        self.device = device
+        self.dtype = dtype
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def _check_params(self):
+        if self.kernel not in _KB_KERNELS:
+            raise ValueError(f"kernel must be one of {_KB_KERNELS}, got {self.kernel!r}")
+        if self.lam is not None:
+            check_positive("lam", self.lam)
+        if self.gamma is not None:
+            check_positive("gamma", self.gamma)
+        if self.loss not in ("hinge", "squared_hinge"):
+            raise ValueError(f"loss must be 'hinge' or 'squared_hinge', got {self.loss!r}")
+        check_positive("tol", self.tol)
+        resolve_dtype(self.dtype)
+
+    def _lam_rel(self, estimand):
+        return float(self.lam) if self.lam is not None else _DEFAULT_LAM[estimand]
+
+    def _fit_core(self, X, T, seed, *, bootstrap=False):
+        estimand = check_estimand(self.estimand)
+        n, p = X.shape
+        Xs, _, _ = _standardize(X)
+        if self.kernel == "linear":
+            Xs = Xs / math.sqrt(p)
+        dtype = resolve_dtype(self.dtype)
+        device = resolve_device(self.device, getattr(getattr(self, "_data", None), "device", None))
+        Xt = torch.as_tensor(Xs, dtype=dtype, device=device).unsqueeze(0)
+        Wt = torch.as_tensor(2.0 * T - 1.0, dtype=dtype, device=device).unsqueeze(0)
+        lam_abs = _lam_abs(self._lam_rel(estimand), estimand, n, self.kernel)
+        gamma = float(self.gamma) if self.gamma is not None else 1.0 / p
+        kw = dict(kernel=self.kernel, estimand=estimand, loss=self.loss,
+                  tol=float(self.bootstrap_tol if bootstrap else self.tol),
+                  max_iter=_max_iter_arg(self.max_iter))
+        if self.kernel == "rbf":
+            kw["gamma"] = gamma
+        if estimand == "overlap":
+            kw["intercept"] = bool(self.intercept)
+        with torch.no_grad():
+            res = _dual_solve(Xt, Wt, lam_abs, backend=self.backend, **kw)
+        converged = bool(res.converged.reshape(-1)[0])
+        if not converged and not bootstrap:
+            warnings.warn(
+                f"KernelBalancing: the dual solver did not converge to tol={kw['tol']:g} in {int(res.iterations.max())} "
+                f"iterations (KKT violation {float(res.kkt.reshape(-1)[0]):.3g}); raise max_iter or tol",
+                RuntimeWarning, stacklevel=3)
+        w = res.weights[0].detach().cpu().double().numpy()
+        alpha = res.alpha[0].detach().cpu().double().numpy()
+        return {
+            "weights": _arm_normalise(w, T),
+            "alpha": alpha,
+            "intercept": float(res.intercept.reshape(-1)[0]) if getattr(res, "intercept", None) is not None else 0.0,
+            "converged": converged,
+            "kkt": float(res.kkt.reshape(-1)[0]),
+            "iterations": int(res.iterations.reshape(-1)[0]),
+            "objective": float(res.objective.reshape(-1)[0]),
+            "lam_abs": lam_abs,
+            "gamma": gamma if self.kernel == "rbf" else None,
+        }
+
+    def fit(self, X, T):
+        super().fit(X, T)
+        st = self._state
+        self.alpha_ = st["alpha"]
+        self.intercept_ = st["intercept"]
+        self.converged_ = st["converged"]
+        self.kkt_ = st["kkt"]
+        self.iterations_ = st["iterations"]
+        self.objective_ = st["objective"]
+        self.lam_abs_ = st["lam_abs"]
+        self.gamma_ = st["gamma"]
+        if self.estimand_ == "overlap":
+            a = self.alpha_
+            upper = 1.0 if self.loss == "hinge" else np.inf
+            self.alpha_at_zero_ = float(np.mean(a <= 1e-8))
+            self.alpha_at_one_ = float(np.mean(a >= upper - 1e-8))
+        return self
+
+    def _details(self):
+        d = {"kernel": self.kernel, "lam": self._lam_rel(self.estimand_), "lam_abs": self.lam_abs_,
+             "converged": self.converged_, "kkt": self.kkt_, "iterations": self.iterations_}
+        if self.kernel == "rbf":
+            d["gamma"] = self.gamma_
+        if self.estimand_ == "overlap":
+            d["alpha_at_zero"] = self.alpha_at_zero_
+            d["alpha_at_one"] = self.alpha_at_one_
+        return d

@@ -1,0 +1,200 @@
+"""Zero-shot CInA estimator (Algorithm 3, docs/method.md §5): weights from one forward pass.
+
+The network is :class:`cina_ext.models.zero_shot.CInAZeroShotModel`; this module wraps it in the
+shared estimator interface, adds the optional exact-solver refinement (``refine``) and the batched
+``estimate_many``.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .._core.checks import check_design, check_estimand, check_outcome
+from ..models.checkpoint import PRETRAINED_FILE, model_from_checkpoint, pretrained_path
+from ..models.zero_shot import MATERIALISE_LIMIT, CInAZeroShotModel, _as_xt, collate_datasets
+from ..ops import dual_solve
+from .base import _WeightingEstimator
+
+__all__ = ["CInAZeroShot"]
+
+
+class CInAZeroShot(_WeightingEstimator):
+    """Zero-shot CInA estimator (Algorithm 3): one forward pass gives the balancing weights.
+
+    ``model``: a trained :class:`CInAZeroShotModel`, or ``checkpoint``: a path written by
+    :func:`train_zero_shot`; :meth:`from_pretrained` with no path loads the model shipped in the
+    package (ATE by default, ATT on request; see docs/model_card.md).  ``estimand``: None = the
+    model's first estimand, else one it was trained for ("ate"/"att", or "overlap" for eq.-L
+    models).  ``refine``: after the forward pass, run up to this many iterations of the exact
+    solver on the balancing problem the model was trained on (RBF kernel, ``balance_lam``),
+    warm-started at the network's weights (method.md §7.2, "amortised + refined"; ate/att models
+    only); 0 = pure zero-shot.  The shared interface applies: ``fit(X, T)`` sets ``weights_``
+    (non-negative, one per arm), ``ate(Y)``, ``ate_interval(Y)`` (bootstrap: one forward pass per
+    resample), ``balance()``, ``summary()``; ``estimate_many(datasets)`` does many datasets in
+    padded batches.  Diagnostics after ``fit``: ``balance_objective_`` (the training objective of
+    the weights returned; ate/att models, up to about 5,800 units since it forms the N x N RBF
+    Gram matrix), and with ``refine``: ``raw_weights_``,
+    ``raw_balance_objective_``, ``refine_kkt_``, ``refine_converged_``, ``refine_iterations_``.
+    """
+
+    _allowed_estimands = ("ate", "att", "overlap")
+    _method_name = "zero-shot"
+
+    def __init__(self, model: Optional[CInAZeroShotModel] = None, checkpoint: Optional[str] = None,
+                 estimand: Optional[str] = None, refine: int = 0, backend: str = "auto", batch_size: int = 32,
+                 random_state=None, verbose: bool = False):
+        self.model = model
+        self.checkpoint = checkpoint
+        self.estimand = estimand
+        self.refine = refine
+        self.backend = backend
+        self.batch_size = batch_size
+        self.random_state = random_state
+        self.verbose = verbose
+
+    @classmethod
+    def from_pretrained(cls, path: Optional[str] = None, **kwargs) -> "CInAZeroShot":
+        """Load ``path`` (a :func:`train_zero_shot` checkpoint) or, with None, the shipped model."""
+        if path is None:
+            path = pretrained_path()
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"the pretrained model {PRETRAINED_FILE} is missing from this installation "
+                                        f"({path}); reinstall cina-ext or pass the path of a checkpoint")
+        est = cls(checkpoint=str(path), **kwargs)
+        est._get_model()
+        return est
+
+    def _get_model(self) -> CInAZeroShotModel:
+        if self.model is not None:
+            if not isinstance(self.model, CInAZeroShotModel):
+                raise TypeError(f"model must be a CInAZeroShotModel, got {type(self.model).__name__}")
+            return self.model
+        if self.checkpoint is None:
+            raise ValueError("CInAZeroShot needs a trained model: pass model=..., checkpoint=PATH, or use "
+                             "CInAZeroShot.from_pretrained() for the shipped one")
+        cached = getattr(self, "_loaded", None)
+        if cached is None or cached[0] != self.checkpoint:
+            self._loaded = (self.checkpoint, model_from_checkpoint(self.checkpoint))
+        return self._loaded[1]
+
+    def _resolve_estimand(self):
+        model = self._get_model()
+        est = model.estimands[0] if self.estimand is None else self.estimand
+        if not isinstance(est, str) or est.lower() not in model.estimands:
+            raise ValueError(f"this zero-shot model was trained for the estimand(s) {model.estimands}; "
+                             f"estimand={self.estimand!r} is not one of them")
+        return est.lower()
+
+    def _check_params(self):
+        if isinstance(self.refine, bool) or not isinstance(self.refine, (int, np.integer)) or self.refine < 0:
+            raise ValueError(f"refine must be an integer >= 0 (solver iterations), got {self.refine!r}")
+        if self.refine and not self._get_model().balancing:
+            raise ValueError("refine needs an ate/att model; this one computes the overlap weights of eq. L")
+
+    @staticmethod
+    def _dtype_device(model):
+        p = next(model.parameters())
+        return p.dtype, p.device
+
+    def _weights_batch(self, model, items, estimand: str, diagnostics: bool = True):
+        """Weights (B, N) as float64 numpy for ``items`` = [(X, T)], plus diagnostics per dataset."""
+        dtype, device = self._dtype_device(model)
+        X, W, mask, fm = collate_datasets(items, dtype=dtype, device=device)  # the model checks X
+        model.eval()
+        info: Dict[str, Tensor] = {}
+        # the objective forms the (B, N, N) RBF Gram matrix: a diagnostic for moderate N only
+        diagnostics = diagnostics and X.shape[0] * X.shape[1] ** 2 <= MATERIALISE_LIMIT
+        with torch.no_grad():
+            w = model.weights(X, W, mask, fm, estimand=estimand, backend=self.backend)
+            if model.balancing:
+                idx = model.estimand_index(estimand, X.shape[0], X.device)
+                if diagnostics:
+                    info["balance_objective"] = model.balance_objective(X, W, mask, fm, w, idx)
+                if self.refine:
+                    info["raw_weights"] = w
+                    if diagnostics:
+                        info["raw_balance_objective"] = info["balance_objective"]
+                    Z = model.standardise(X, mask, fm).double()
+                    gamma = 1.0 / fm.sum(-1).double().clamp_min(1.0)
+                    res = dual_solve(Z, W.double(), model.balance_lam, kernel="rbf", gamma=gamma, estimand=estimand,
+                                     mask=mask, x0=w.double(), max_iter=int(self.refine), backend="fused")
+                    w = res.weights  # float64, as the solver returns it
+                    info["refine_kkt"] = res.kkt
+                    info["refine_converged"] = res.converged
+                    info["refine_iterations"] = res.iterations
+                    if diagnostics:
+                        info["balance_objective"] = model.balance_objective(X, W, mask, fm, w.to(dtype), idx)
+
+        def to_numpy(t: Tensor) -> np.ndarray:
+            return (t.double() if t.is_floating_point() else t).cpu().numpy()
+
+        return to_numpy(w), {k: to_numpy(v) for k, v in info.items()}
+
+    def _fit_core(self, X, T, seed, *, bootstrap=False):
+        model = self._get_model()
+        w, info = self._weights_batch(model, [(X, T)], self.estimand_)
+        state = {"weights": w[0]}
+        for k, v in info.items():
+            state[k] = v[0]
+        return state
+
+    def fit(self, X, T):
+        super().fit(X, T)
+        st = self._state
+        if "balance_objective" in st:
+            self.balance_objective_ = float(st["balance_objective"])
+        if self.refine:
+            self.raw_weights_ = np.asarray(st["raw_weights"])
+            if "raw_balance_objective" in st:
+                self.raw_balance_objective_ = float(st["raw_balance_objective"])
+            self.refine_kkt_ = float(st["refine_kkt"])
+            self.refine_converged_ = bool(st["refine_converged"])
+            self.refine_iterations_ = int(st["refine_iterations"])
+        return self
+
+    def _details(self):
+        d: Dict[str, Any] = {"estimand_trained": list(self._get_model().estimands), "refine": int(self.refine)}
+        if hasattr(self, "balance_objective_"):
+            d["balance_objective"] = self.balance_objective_
+        if self.refine:
+            d.update(raw_balance_objective=getattr(self, "raw_balance_objective_", None), refine_kkt=self.refine_kkt_,
+                     refine_converged=self.refine_converged_)
+        return d
+
+    def estimate_many(self, datasets: Sequence, Y: Optional[Sequence] = None) -> np.ndarray:
+        """Estimates for many datasets (CausalDataset objects or ``(X, T, Y)`` tuples), batched."""
+        model = self._get_model()
+        self._check_params()
+        estimand = check_estimand(self._resolve_estimand(), self._allowed_estimands)
+        datasets = list(datasets)
+        if Y is not None and len(Y) != len(datasets):
+            raise ValueError(f"Y has {len(Y)} entries for {len(datasets)} datasets")
+        designs, outcomes = [], []
+        for i, d in enumerate(datasets):
+            x, t = _as_xt(d)
+            dd = check_design(x, t)
+            if dd.X.shape[1] > model.max_features:
+                raise ValueError(f"dataset {i} has {dd.X.shape[1]} covariates; the model accepts at most "
+                                 f"max_features={model.max_features}")
+            y = Y[i] if Y is not None else (d.Y if hasattr(d, "Y") else (d[2] if len(d) > 2 else None))
+            if y is None:
+                raise ValueError(f"dataset {i} has no outcome Y")
+            designs.append((dd.X, dd.T))
+            outcomes.append(check_outcome(y, dd.X.shape[0]))
+        bs = max(1, int(self.batch_size))
+        out = np.empty(len(designs))
+        # similar sizes share a batch (less padding); results go back to the caller's order
+        order = sorted(range(len(designs)), key=lambda i: designs[i][0].shape[0])
+        for s in range(0, len(order), bs):
+            ids = order[s:s + bs]
+            w, _ = self._weights_batch(model, [designs[i] for i in ids], estimand, diagnostics=False)
+            for j, i in enumerate(ids):
+                x, t = designs[i]
+                n = x.shape[0]
+                out[i] = float(np.sum(w[j, :n] * (2.0 * t - 1.0) * outcomes[i]))
+        return out
+

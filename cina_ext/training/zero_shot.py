@@ -1,0 +1,269 @@
+"""Training of the zero-shot model (Algorithm 2, docs/method.md §5): data stream, loop, checkpoints.
+
+* **Loss across datasets**: overlap models: the mean over datasets of ``L_d / n_d`` (eq. L divided
+  by the dataset's number of valid units), so datasets of different N carry equal weight; ate/att
+  models: the mean of the per-dataset balancing objectives (already O(1) at every N), each
+  dataset's estimand drawn uniformly from the model's estimands by the data stream.  ZS-S
+  (``supervised_weight > 0``) adds ``|tau_hat - tau| / sd(Y)`` on the synthetic truth.
+* **Data stream**: the datasets of step ``s`` are a pure function of ``(seed, s, index in the
+  global batch)``, so resuming needs no data-loader state and, under DistributedDataParallel,
+  rank ``r`` draws the disjoint slice ``[r * B / world, (r + 1) * B / world)`` of the global batch.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data import sample_datasets
+from ..models.checkpoint import load_checkpoint, save_atomic
+from ..models.zero_shot import CInAZeroShotModel, collate_datasets
+
+__all__ = ["ZeroShotConfig", "train_zero_shot"]
+
+
+@dataclass
+class ZeroShotConfig:
+    """Training configuration for :func:`train_zero_shot` (plain data; stored in checkpoints)."""
+
+    families: Tuple[str, ...] = ("setoguchi", "er")
+    setting: str = "id"
+    n_range: Tuple[int, int] = (64, 256)
+    batch_size: int = 16          # global batch (datasets per step, summed over ranks)
+    steps: int = 1000
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.0     # cosine decays to lr * min_lr_ratio
+    grad_clip: float = 1.0
+    seed: int = 0
+    dtype: str = "float32"
+    device: str = "cpu"
+    backend: str = "auto"
+    model: Dict[str, Any] = field(default_factory=dict)  # CInAZeroShotModel kwargs
+    checkpoint_path: Optional[str] = None
+    checkpoint_every: int = 0     # 0: only at the end (if checkpoint_path is set)
+    resume: bool = True           # resume from checkpoint_path if it exists
+    stop_after: Optional[int] = None  # stop (and checkpoint) once this step count is reached
+    progress: bool = False
+    supervised_weight: float = 0.0  # ZS-S: weight of |tau_hat - tau| / sd(Y) (0 = self-supervised ZS)
+    amp: str = "none"             # "bf16": encoder under torch.autocast(bfloat16); final layer in dtype
+
+    @classmethod
+    def from_any(cls, config) -> "ZeroShotConfig":
+        if isinstance(config, cls):
+            return dataclasses.replace(config)
+        if config is None:
+            return cls()
+        if isinstance(config, dict):
+            unknown = set(config) - {f.name for f in dataclasses.fields(cls)}
+            if unknown:
+                raise ValueError(f"unknown training config keys: {sorted(unknown)}")
+            return cls(**config)
+        raise TypeError(f"config must be a ZeroShotConfig or a dict, got {type(config).__name__}")
+
+    def validate(self, world: int) -> None:
+        if self.batch_size < 1 or self.batch_size % world != 0:
+            raise ValueError(f"batch_size ({self.batch_size}) must be a positive multiple of the world size ({world})")
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
+        if not self.families:
+            raise ValueError("families must name at least one synthetic family")
+        if self.checkpoint_every < 0:
+            raise ValueError("checkpoint_every must be >= 0")
+        if not (self.supervised_weight >= 0 and math.isfinite(self.supervised_weight)):
+            raise ValueError(f"supervised_weight must be a finite number >= 0, got {self.supervised_weight!r}")
+        if self.amp not in ("none", "bf16"):
+            raise ValueError(f"amp must be 'none' or 'bf16', got {self.amp!r}")
+
+
+def _draw_dataset(cfg: ZeroShotConfig, step: int, index: int, n_estimands: int = 1):
+    """Dataset ``index`` of step ``step`` and the index of the estimand it trains (pure function)."""
+    ss = np.random.SeedSequence([int(cfg.seed), int(step), int(index)])
+    fam_rng = np.random.default_rng(ss.spawn(1)[0])
+    family = cfg.families[int(fam_rng.integers(0, len(cfg.families)))]
+    est = int(fam_rng.integers(0, max(1, int(n_estimands))))
+    n_range = tuple(cfg.n_range) if not isinstance(cfg.n_range, int) else cfg.n_range
+    return next(iter(sample_datasets(family, 1, n_range, seed=ss, setting=cfg.setting))), est
+
+
+def _collate_outcomes(batch, estimands: Sequence[str], est_idx: Sequence[int], N: int, *, dtype, device):
+    """Outcomes (B, N), truth (B,) for each dataset's estimand (NaN if unknown), sd(Y) (B,)."""
+    Y = np.zeros((len(batch), N))
+    tau = np.full(len(batch), np.nan)
+    sd = np.ones(len(batch))
+    for i, (d, e) in enumerate(zip(batch, est_idx)):
+        Y[i, :d.n] = d.Y
+        t = d.truth(estimands[e])
+        tau[i] = np.nan if t is None else float(t)
+        s = float(np.std(d.Y))
+        sd[i] = s if s > 1e-12 else 1.0
+    return (torch.as_tensor(Y, dtype=dtype, device=device), torch.as_tensor(tau, dtype=dtype, device=device),
+            torch.as_tensor(sd, dtype=dtype, device=device))
+
+
+def _lr_lambda(cfg: ZeroShotConfig):
+    warm, total, floor = int(cfg.warmup_steps), int(cfg.steps), float(cfg.min_lr_ratio)
+
+    def f(step: int) -> float:
+        if warm > 0 and step < warm:
+            return (step + 1) / warm
+        prog = min(1.0, (step - warm) / max(1, total - warm))
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * prog))
+    return f
+
+
+def _rng_state() -> Dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def _set_rng_state(s: Dict[str, Any]) -> None:
+    torch.set_rng_state(s["torch"])
+    np.random.set_state(s["numpy"])
+    random.setstate(s["python"])
+
+
+
+
+def train_zero_shot(config=None) -> Tuple[CInAZeroShotModel, Dict[str, List[float]]]:
+    """Algorithm 2: train a :class:`CInAZeroShotModel` on streamed synthetic datasets.
+
+    ``config``: a :class:`ZeroShotConfig` or a dict of its fields.  Returns ``(model, history)``
+    with ``history = {"step": [...], "loss": [...], "lr": [...]}`` (the loss is the global batch
+    mean, identical on every rank).  Seeded and reproducible; with ``checkpoint_path`` set, an
+    atomic checkpoint (model, optimizer, scheduler, RNG states, step, history) is written every
+    ``checkpoint_every`` steps and at the end, and a later call with ``resume=True`` continues
+    exactly where it stopped.  When ``torch.distributed`` is initialised the model is wrapped in
+    ``DistributedDataParallel`` and each rank trains on its slice of the global batch; only rank 0
+    writes checkpoints.  The returned model is the unwrapped module, in eval mode.
+    """
+    import torch.distributed as dist
+
+    cfg = ZeroShotConfig.from_any(config)
+    distributed = dist.is_available() and dist.is_initialized()
+    rank = dist.get_rank() if distributed else 0
+    world = dist.get_world_size() if distributed else 1
+    cfg.validate(world)
+    dtype = getattr(torch, cfg.dtype)
+    device = torch.device(cfg.device)
+
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed % (2 ** 32))
+    random.seed(cfg.seed)
+    model = CInAZeroShotModel(**cfg.model).to(device=device, dtype=dtype)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
+    history: Dict[str, List[float]] = {"step": [], "loss": [], "lr": []}
+    step = 0
+    seconds_before = 0.0  # training time of earlier runs of a resumed schedule
+
+    if cfg.checkpoint_path and cfg.resume and os.path.isfile(cfg.checkpoint_path):
+        ckpt = load_checkpoint(cfg.checkpoint_path, map_location=device)
+        if ckpt["model_config"] != model.config:
+            raise ValueError("checkpoint model configuration differs from config.model; cannot resume")
+        model.load_state_dict(ckpt["model_state"])
+        opt.load_state_dict(ckpt["optimizer_state"])
+        sched.load_state_dict(ckpt["scheduler_state"])
+        _set_rng_state(ckpt["rng_state"])
+        step = int(ckpt["step"])
+        history = {k: list(v) for k, v in ckpt["history"].items()}
+        seconds_before = float(ckpt.get("train_seconds", 0.0))
+    started = time.perf_counter()
+
+    net: nn.Module = model
+    if distributed:
+        net = nn.parallel.DistributedDataParallel(model)
+
+    def checkpoint() -> None:
+        if rank != 0 or not cfg.checkpoint_path:
+            return
+        save_atomic({
+            "model_state": model.state_dict(), "model_config": model.config, "dtype": cfg.dtype,
+            "optimizer_state": opt.state_dict(), "scheduler_state": sched.state_dict(),
+            "rng_state": _rng_state(), "step": step, "history": history,
+            "train_config": dataclasses.asdict(cfg), "kind": "cina_ext.zeroshot",
+            "train_seconds": seconds_before + time.perf_counter() - started, "world_size": world,
+            "torch": torch.__version__,
+        }, cfg.checkpoint_path)
+
+    end = cfg.steps if cfg.stop_after is None else min(cfg.steps, int(cfg.stop_after))
+    bar = None
+    if cfg.progress and rank == 0:
+        try:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=end, initial=step, desc="cina train", leave=False)
+        except ImportError:  # tqdm is an optional extra
+            bar = None
+
+    per = cfg.batch_size // world
+    model.train()
+    if cfg.supervised_weight > 0 and not model.balancing:
+        raise ValueError("supervised_weight (ZS-S) needs an ate/att model (model estimands), not an overlap one")
+    amp = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if cfg.amp == "bf16"
+           else contextlib.nullcontext())
+    while step < end:
+        idx = range(rank * per, (rank + 1) * per)
+        drawn = [_draw_dataset(cfg, step, i, len(model.estimands)) for i in idx]
+        batch = [d for d, _ in drawn]
+        X, W, mask, fmask = collate_datasets(batch, dtype=dtype, device=device)
+        if model.balancing:
+            est_idx = torch.tensor([e for _, e in drawn], dtype=torch.long, device=device)
+            with amp:
+                K, V, b = net(X, W, mask, fmask, est_idx)
+            K, V, b = K.to(dtype), V.to(dtype), b.to(dtype)
+            w = model.balance_weights(K, V, b, W, mask, est_idx, backend=cfg.backend)
+            loss = model.balance_objective(X, W, mask, fmask, w, est_idx).mean()
+            if cfg.supervised_weight > 0:  # ZS-S (method.md §5): |tau_hat - tau| on datasets with known truth
+                Y, tau, sdY = _collate_outcomes(batch, model.estimands, [e for _, e in drawn], X.shape[1],
+                                                dtype=dtype, device=device)
+                tau_hat = (w * torch.where(mask, W, torch.zeros_like(W)) * Y).sum(-1)
+                known = torch.isfinite(tau)
+                err = torch.where(known, (tau_hat - torch.nan_to_num(tau)).abs() / sdY, torch.zeros_like(tau))
+                loss = loss + cfg.supervised_weight * err.mean()
+        else:
+            with amp:
+                K, V, b = net(X, W, mask, fmask)
+            K, V, b = K.to(dtype), V.to(dtype), b.to(dtype)
+            loss = model.objective(K, V, b, W, mask, backend=cfg.backend)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip and cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        lr_now = opt.param_groups[0]["lr"]
+        opt.step()
+        sched.step()
+        step += 1
+        logged = loss.detach().clone()
+        if distributed:
+            dist.all_reduce(logged)
+            logged /= world
+        if not math.isfinite(float(logged)):
+            raise FloatingPointError(f"training loss became non-finite at step {step}")
+        history["step"].append(step)
+        history["loss"].append(float(logged))
+        history["lr"].append(float(lr_now))
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(logged):.4g}")
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+            checkpoint()
+    if bar is not None:
+        bar.close()
+    if cfg.checkpoint_path and not (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
+        checkpoint()
+    model.eval()
+    return model, history
+
