@@ -1,4 +1,4 @@
-"""Benchmarks of the fused attention + hinge operator (kernels.md §3-4).
+"""Benchmarks of the fused attention + hinge operator (docs/benchmarks.md).
 
 Compares, per shape B x N x D (float32, all units valid):
 
@@ -13,11 +13,11 @@ Compares, per shape B x N x D (float32, all units valid):
 Modes: ``fwd`` (no gradient: the forward-only path) and ``fwdbwd`` (forward + backward of
 loss.sum() + out.sum()).  Reported per row: median time (CUDA events on a GPU, perf_counter on the
 CPU), peak memory, and the achieved rates against the nominal work of the two-pass scheme
-(kernels.md §3): fwd = B N^2 exponentials and 2 B N^2 D flops (scores; plus 4 B N^2 D for the
+(docs/benchmarks.md): fwd = B N^2 exponentials and 2 B N^2 D flops (scores; plus 4 B N^2 D for the
 auxiliaries when a gradient is needed), fwdbwd = 2 B N^2 exponentials and 12 B N^2 D flops.
 Every method is charged the same nominal work, so the rates compare like with like.
 ``exp_frac`` = (nominal exponentials / 4e12 per s) / time: the fraction of the exponential-throughput
-bound of an H100/H200 (kernels.md §3 measured exp2f at 4.05e12/s on an H200); on the CPU it is
+bound of an H100/H200 (docs/benchmarks.md measured exp2f at 4.05e12/s on an H200); on the CPU it is
 reported against the same constant only for reference.
 
 Timing: a first call (timed; on CUDA it also gives the peak memory), then, unless it took more
@@ -33,7 +33,7 @@ resident memory the call needed (glibc/torch caching included; fallback without 
 increase of getrusage's ru_maxrss, a lower bound).
 
 Skips: the reference where its N x N matrices would need more than 40% of the device memory
-(estimated 4.5 x B N^2 x 4 bytes for fwdbwd, measured ratio from kernels.md §3), and any case whose
+(estimated 4.5 x B N^2 x 4 bytes for fwdbwd, measured ratio from docs/benchmarks.md), and any case whose
 time, extrapolated quadratically from the same method at a smaller N, would exceed
 --max-seconds.
 
@@ -60,8 +60,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-EXP_RATE = 4.0e12     # exponentials per second of one H100/H200 (kernels.md §3)
-TF32_RATE = 409e12    # TF32 tensor-core matmul flop/s measured on the H200 (kernels.md §3)
+EXP_RATE = 4.0e12     # exponentials per second of one H100/H200 (docs/benchmarks.md)
+TF32_RATE = 409e12    # TF32 tensor-core matmul flop/s measured on the H200 (docs/benchmarks.md)
 
 GPU_SHAPES_FULL = [
     (1, 4096, 32), (8, 4096, 32), (1, 16384, 32), (64, 1024, 32), (1, 32768, 16),

@@ -1,4 +1,4 @@
-"""Benchmarks of the batched balancing dual solver (kernels.md §2-4).
+"""Benchmarks of the batched balancing dual solver (docs/benchmarks.md).
 
 Methods, on the same synthetic data (float64, p = 10 standard-normal covariates, treatment
 probability sigmoid(x_0 - x_1 / 2), RBF kernel with the reference's default gamma):

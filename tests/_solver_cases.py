@@ -1,5 +1,5 @@
-"""Test data and exact checks shared by the solver tests (tests/test_solver_cpu.py,
-tests/test_solver_cuda.py, tests/test_qp_cuda_emulator.py); independent of the solver under test."""
+"""Test data and exact checks shared by the solver tests (tests/ops/test_qp_solve_cpu.py,
+tests/ops/test_qp_solve_cuda.py and the emulator tests); independent of the solver under test."""
 from __future__ import annotations
 
 import math

@@ -20,12 +20,12 @@ Scaling of ``lam`` (the balancing penalty) -- **choice**
 -------------------------------------------------------
 The user-facing ``lam`` is *relative*; the absolute penalty handed to the solver is
 
-* estimand ``"overlap"`` (SVM dual, method.md §2): ``lam_abs = lam * N * s_k``;
-* estimands ``"ate"`` / ``"att"`` (arm problems, method.md §6): ``lam_abs = lam * s_k``;
+* estimand ``"overlap"`` (SVM dual, docs/method.md §2): ``lam_abs = lam * N * s_k``;
+* estimands ``"ate"`` / ``"att"`` (arm problems, docs/method.md §6): ``lam_abs = lam * s_k``;
 
 with ``s_k`` the scale of the kernel: 1 for ``rbf`` and for ``linear`` (computed on standardised
 covariates divided by ``sqrt(p)``, so the mean diagonal is 1) and ``1 / N**2`` for the ``cina``
-kernel ``E_ij / (h_i h_j)`` (method.md §7.1).  For "overlap", writing ``alpha = m a`` (``a`` the
+kernel ``E_ij / (h_i h_j)`` (docs/method.md §7.1).  For "overlap", writing ``alpha = m a`` (``a`` the
 per-arm normalised weights, ``m = f N`` the size of the balanced subset), the dual objective
 divided by N is ``2 f - f^2 MMD^2(a) / (2 lam)`` on the unit kernel scale: the same ``lam`` trades
 the same *fraction* of units against the same MMD at every N (up to the O(1/N) sampling noise of

@@ -24,11 +24,11 @@ _CINA_DEFAULT_READOUT_LAM = 0.01  # relative, "ate"/"att" read-out: lam_abs = re
 class CInA(_WeightingEstimator):
     """Causal Inference with Attention on one dataset (Algorithm 1), trained on the exact bilevel path.
 
-    Why not plain gradient descent on eq. L: method.md §7.2 measured that it reaches the optimal
+    Why not plain gradient descent on eq. L: docs/method.md §7.2 measured that it reaches the optimal
     loss but not the optimal weights.  Here, per outer step:
 
     1. keys ``K = net(X_std)`` (a seeded MLP, bounded key norms, ``key_dim`` wide; float64 by default);
-    2. the "overlap" balancing dual (method.md §2) is solved **exactly** for these keys with the
+    2. the "overlap" balancing dual (docs/method.md §2) is solved **exactly** for these keys with the
        ``cina`` kernel ``E_ij / (h_i h_j)`` (no gradient), giving ``alpha`` and the intercept ``b``;
     3. values ``V_j = alpha_j W_j / (lam h_j)`` (log-space in ``h``) and ``b`` are fixed at that
        optimum and eq. L is evaluated with :func:`cina_ext.ops.attention_hinge` (``backend``);
@@ -37,10 +37,10 @@ class CInA(_WeightingEstimator):
 
     After the last step the weights are read out *exactly* for the final keys: for "overlap" the
     SVM dual itself (what eq. R gives at the optimum of eq. L, Theorem 1); for "ate"/"att"
-    (**choice**) the arm problems of method.md §6 are solved with the learned ``cina`` kernel
+    (**choice**) the arm problems of docs/method.md §6 are solved with the learned ``cina`` kernel
     (the attention form of these problems is also in §6), with penalty ``readout_lam``.
 
-    Scaling (method.md §7.1): the cina kernel is O(1/N^2), so the training penalty is
+    Scaling (docs/method.md §7.1): the cina kernel is O(1/N^2), so the training penalty is
     ``lam_abs = lam / N`` (relative ``lam``, default 0.01) and the ate/att read-out uses
     ``lam_abs = readout_lam / N^2`` (default 0.01); both stored as ``lam_abs_`` /
     ``readout_lam_abs_``.  See the module docstring for why these are N-invariant.
@@ -321,7 +321,7 @@ class CInA(_WeightingEstimator):
         if self.alpha_at_one_ > 0.95:
             warnings.warn(
                 f"CInA: {self.alpha_at_one_:.0%} of the dual variables sit at the upper bound: lam is too "
-                "large for this kernel and the overlap weights are nearly uniform (method.md §7.1)",
+                "large for this kernel and the overlap weights are nearly uniform (docs/method.md §7.1)",
                 RuntimeWarning, stacklevel=2)
         self.diagnostics_ = {
             "final_loss": self.final_loss_, "duality_gap": self.duality_gap_,

@@ -22,12 +22,12 @@ _DEFAULT_LAM = {"overlap": 3e-4, "ate": 0.01, "att": 0.01}
 
 
 class KernelBalancing(_WeightingEstimator):
-    """Exact kernel balancing with the batched dual solver (kernels.md §2).
+    """Exact kernel balancing with the batched dual solver (docs/ops/qp_solve.md).
 
-    * ``estimand="overlap"``: SVM balancing (Tarr & Imai; method.md §2): the hinge-loss SVM dual
+    * ``estimand="overlap"``: SVM balancing (Tarr & Imai; docs/method.md §2): the hinge-loss SVM dual
       with intercept; weights ``alpha / sum_arm alpha``.
     * ``estimand="ate"``: each arm balanced to the full sample, ``min ||sum_{arm} w phi -
-      mean_all phi||^2 + lam_abs ||w||^2`` on the simplex (method.md §6).
+      mean_all phi||^2 + lam_abs ||w||^2`` on the simplex (docs/method.md §6).
     * ``estimand="att"``: the control arm balanced to the treated mean; treated weights ``1/n1``.
 
     Covariates are standardised (population SD) first.  ``kernel="rbf"``: ``exp(-gamma ||x-x'||^2)``

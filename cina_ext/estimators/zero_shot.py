@@ -31,7 +31,7 @@ class CInAZeroShot(_WeightingEstimator):
     model's first estimand, else one it was trained for ("ate"/"att", or "overlap" for eq.-L
     models).  ``refine``: after the forward pass, run up to this many iterations of the exact
     solver on the balancing problem the model was trained on (RBF kernel, ``balance_lam``),
-    warm-started at the network's weights (method.md §7.2, "amortised + refined"; ate/att models
+    warm-started at the network's weights (docs/method.md §7.2, "amortised + refined"; ate/att models
     only); 0 = pure zero-shot.  The shared interface applies: ``fit(X, T)`` sets ``weights_``
     (non-negative, one per arm), ``ate(Y)``, ``ate_interval(Y)`` (bootstrap: one forward pass per
     resample), ``balance()``, ``summary()``; ``estimate_many(datasets)`` does many datasets in

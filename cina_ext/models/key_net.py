@@ -10,7 +10,7 @@ class KeyNet(torch.nn.Module):
     """Key network: MLP on standardised covariates, centred across the units of the dataset, then
     LayerNorm without affine, so every key has mean 0 and norm sqrt(key_dim) and the scores
     ``scale * k_i.k_j`` lie in ``[-key_scale * sqrt(D), key_scale * sqrt(D)]`` (default
-    ``scale = key_scale / sqrt(D)``): bounded key norms, no overflow (method.md §7.2-7.3)."""
+    ``scale = key_scale / sqrt(D)``): bounded key norms, no overflow (docs/method.md §7.2-7.3)."""
 
     def __init__(self, d_in: int, hidden: int, key_dim: int):
         super().__init__()

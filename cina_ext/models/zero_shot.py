@@ -7,10 +7,10 @@ Training (:func:`train_zero_shot`, ``cina train``) streams synthetic datasets; i
 per-dataset optimisation.  Two kinds of model, chosen by ``estimands``:
 
 * ``("overlap",)``: the paper's self-supervised loss, eq. L, and the eq. R read-out; the weights
-  target the overlap population of the SVM dual (method.md §2, §6).
+  target the overlap population of the SVM dual (docs/method.md §2, §6).
 * ``("ate", "att")`` (the default; any non-empty subset): one model for both estimands, told
   which one by a learned estimand embedding added to every token.  The loss is the balancing
-  objective of method.md §6 evaluated on the network's weights -- ``sum_a MMD^2(arm a, target) +
+  objective of docs/method.md §6 evaluated on the network's weights -- ``sum_a MMD^2(arm a, target) +
   balance_lam ||w_a||^2`` with the RBF kernel ``exp(-||z - z'||^2 / p)`` on the standardised
   covariates (target: the whole sample for "ate", the treated for "att") -- i.e. exactly the
   problem :class:`cina_ext.estimators.KernelBalancing` solves, so the exact solver is the model's
@@ -20,7 +20,7 @@ per-dataset optimisation.  Two kinds of model, chosen by ``estimands``:
   :meth:`CInAZeroShotModel.balance_weights`).  ZS-S (``supervised_weight > 0``) adds
   ``|tau_hat - tau| / sd(Y)`` on the synthetic datasets' known truth.
 
-Choices (documented here, method.md marks them as ours)
+Choices (documented here, docs/method.md marks them as ours)
 -------------------------------------------------------
 * **Standardisation** happens inside the model, per dataset: masked mean and (population) sd over
   the valid units of each feature; sd below ``1e-8`` is replaced by 1 (a constant column becomes 0).
@@ -31,7 +31,7 @@ Choices (documented here, method.md marks them as ours)
   ``torch.nn.TransformerEncoderLayer`` (batch_first, pre-LN, key-padding mask, no positional
   encoding: units are exchangeable).  Keys come from the *covariate path only*
   (``K = LayerNorm(MLP(x))`` without affine parameters, so ``||K_i|| = sqrt(key_dim)`` and every
-  score is bounded by ``sqrt(key_dim)``: no overflow, method.md §7.1/§7.3; ate/att models add
+  score is bounded by ``sqrt(key_dim)``: no overflow, docs/method.md §7.1/§7.3; ate/att models add
   a learned temperature in [1/4, 4]).  The value head reads the encoder output; the intercept
   (offset) head reads the masked mean of the encoder output.  The encoder layers are evaluated
   with ``scaled_dot_product_attention`` (a fused flash kernel on the CPU too).
@@ -249,10 +249,10 @@ class CInAZeroShotModel(nn.Module):
         L, _, _ = ops.attention_hinge(K, V, Wz, b, lam, mask, loss=self.loss_kind, backend=backend)
         return (L / mask.sum(-1).to(L.dtype)).mean()
 
-    # -- read-out and objective: ate / att (method.md §6) ---------------------------------------
+    # -- read-out and objective: ate / att (docs/method.md §6) ---------------------------------------
     def balance_weights(self, K: Tensor, V: Tensor, b: Tensor, W: Tensor, mask: Tensor, est_idx: Tensor, *,
                         backend: str = "auto") -> Tensor:
-        """ATE/ATT analogue of eq. R, computed by the fused attention operator (method.md §6).
+        """ATE/ATT analogue of eq. R, computed by the fused attention operator (docs/method.md §6).
 
         The KKT conditions of the balancing problem say the optimal weights are a monotone function
         of the MMD witness ``g = softmax(S) V`` plus a per-arm offset.  So: (1) the heads give
@@ -315,7 +315,7 @@ class CInAZeroShotModel(nn.Module):
 
     def balance_objective(self, X: Tensor, W: Tensor, mask: Tensor, feature_mask: Tensor, w: Tensor,
                           est_idx: Tensor) -> Tensor:
-        """Per-dataset balancing objective (B,) of weights ``w`` (method.md §6), >= 0.
+        """Per-dataset balancing objective (B,) of weights ``w`` (docs/method.md §6), >= 0.
 
         ate: ``sum_a MMD^2(arm a weighted by w, whole sample) + balance_lam ||w_a||^2``; att: the
         same for the control arm against the treated.  MMD with the RBF kernel
@@ -391,7 +391,7 @@ def _encoder_layer(layer: nn.TransformerEncoderLayer, h: Tensor, attn_mask: Tens
     """``layer(h, src_key_padding_mask=~mask)`` (pre-LN, batch_first, dropout as in the layer)
     computed with ``scaled_dot_product_attention``, which on the CPU runs a fused flash kernel:
     measured 6x faster at 32 x 500 units than the module's masked-softmax path, same parameters
-    (tests/test_zeroshot.py checks the two agree)."""
+    (tests/models/test_zero_shot_model.py checks the two agree)."""
     sa = layer.self_attn
     B, N, E = h.shape
     H = sa.num_heads

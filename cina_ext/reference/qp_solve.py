@@ -37,7 +37,7 @@ KKT violation (``QPResult.kkt``):
 
 Multiplier convention (``QPResult.nu``): the gradient of ``1/2 x'Qx - p'x + nu (c'x - d)``
 vanishes at free coordinates, i.e. ``nu = -G_i / c_i`` there (averaged over the free coordinates;
-``(m + M) / 2`` when no coordinate is free).  For the SVM dual of method.md §2 (``c = W``) this
+``(m + M) / 2`` when no coordinate is free).  For the SVM dual of docs/method.md §2 (``c = W``) this
 ``nu`` is the intercept ``b`` of the decision function ``f(x) = sum_j alpha_j W_j k(x_j, x) / lam
 + b``.
 """
@@ -614,7 +614,7 @@ def gram(
       entries of X pooled, which also counts the spread between feature means).
     * ``"cina"``: X are attention keys (B, N, D); ``s = scale X X'`` (default scale 1/sqrt(D)),
       ``lse_i = logsumexp_{j valid} s_ij``, ``k_ij = exp(s_ij - lse_i - lse_j)``: the kernel
-      ``E_ij / (h_i h_j)`` of method.md §3, computed in log-space.
+      ``E_ij / (h_i h_j)`` of docs/method.md §3, computed in log-space.
     * ``"precomputed"``: X is already the (B, N, N) Gram matrix (masked and returned).
     """
     if kernel not in KERNELS:
@@ -693,15 +693,15 @@ def dual_solve(
     max_iter: Optional[int] = None,
     x0: Optional[Tensor] = None,
 ) -> BalanceResult:
-    """Exact balancing weights for a batch of datasets (method.md §2, §6; kernels.md §2).
+    """Exact balancing weights for a batch of datasets (docs/method.md §2, §6; docs/ops/qp_solve.md).
 
     X (B, N, p) features (keys for ``kernel="cina"``, the (B, N, N) Gram for "precomputed"),
     W (B, N) in {-1, +1} (treated = +1), lam float or (B,) > 0.
 
-    * ``"overlap"`` (the SVM dual, method.md §2): ``Q = (W W') * K / lam``, ``p = 1``,
+    * ``"overlap"`` (the SVM dual, docs/method.md §2): ``Q = (W W') * K / lam``, ``p = 1``,
       ``0 <= alpha <= 1``, ``W'alpha = 0`` when ``intercept``.  ``loss="squared_hinge"``:
       ``Q = (W W') * (K + lam I) / lam`` (= ``(W W') * K / lam + I``), ``alpha >= 0``: the dual of
-      ``(lam/2)||beta||^2 + sum_i 1/2 [1 - W_i f(x_i)]_+^2``, i.e. method.md's
+      ``(lam/2)||beta||^2 + sum_i 1/2 [1 - W_i f(x_i)]_+^2``, i.e. docs/method.md's
       ``1'alpha - alpha'(Q_K + lam I) alpha / (2 lam)``.  ``alpha`` are the dual variables on the
       scale of eq. R (``alpha = lam * |dual_coef_|`` of ``SVC(C=1/lam)``), ``intercept`` is ``b``
       in ``f(x_i) = sum_j alpha_j W_j k_ij / lam + b`` (``b = nu`` of the QP, which equals

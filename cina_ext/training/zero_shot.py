@@ -226,7 +226,7 @@ def train_zero_shot(config=None) -> Tuple[CInAZeroShotModel, Dict[str, List[floa
             K, V, b = K.to(dtype), V.to(dtype), b.to(dtype)
             w = model.balance_weights(K, V, b, W, mask, est_idx, backend=cfg.backend)
             loss = model.balance_objective(X, W, mask, fmask, w, est_idx).mean()
-            if cfg.supervised_weight > 0:  # ZS-S (method.md §5): |tau_hat - tau| on datasets with known truth
+            if cfg.supervised_weight > 0:  # ZS-S (docs/method.md §5): |tau_hat - tau| on datasets with known truth
                 Y, tau, sdY = _collate_outcomes(batch, model.estimands, [e for _, e in drawn], X.shape[1],
                                                 dtype=dtype, device=device)
                 tau_hat = (w * torch.where(mask, W, torch.zeros_like(W)) * Y).sum(-1)

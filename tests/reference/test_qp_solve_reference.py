@@ -341,7 +341,7 @@ def test_overlap_variants_match_clarabel(intercept, loss):
     r = dual_solve(t64(X)[None], t64(W)[None], lam, kernel="rbf", gamma=gamma, intercept=intercept,
                    loss=loss, tol=1e-10)
     assert bool(r.converged.item())
-    # method.md §2: max 1'a - a'(Q_K [+ lam I]) a / (2 lam), Q_K = W W' * K
+    # docs/method.md §2: max 1'a - a'(Q_K [+ lam I]) a / (2 lam), Q_K = W W' * K
     QK = np.outer(W, W) * K + (lam * np.eye(N) if loss == "squared_hinge" else 0.0)
     up = 1.0 if loss == "hinge" else INF
     xr = clarabel_qp(QK / lam, np.ones(N), 0.0, up, W if intercept else None, 0.0 if intercept else None)

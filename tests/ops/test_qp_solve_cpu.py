@@ -73,7 +73,7 @@ def objective(Q, p, x):
 
 
 def svc_alpha(K, W, lam, tol=1e-10):
-    """SVM-balancing dual from sklearn: alpha = lam * |dual_coef_| (method.md §2)."""
+    """SVM-balancing dual from sklearn: alpha = lam * |dual_coef_| (docs/method.md §2)."""
     from sklearn.svm import SVC
 
     K = np.asarray(K, dtype=float)

@@ -64,7 +64,7 @@ def test_float64_parity(N, D, loss):
 
 @pytest.mark.parametrize("N,D", [(7, 16), (97, 65), (1025, 16), (300, 1)])
 def test_float32_parity_rule(N, D):
-    """kernels.md parity rule: |fused32 - ref64| <= 2 |ref32 - ref64| + floor."""
+    """docs/ops/attention_hinge.md parity rule: |fused32 - ref64| <= 2 |ref32 - ref64| + floor."""
     case32 = make_case(2, N, D, torch.float32, seed=N + D)
     res32 = run_both(*case32)
     res64 = run_both(*to64(case32))["reference"]

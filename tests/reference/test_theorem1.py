@@ -1,4 +1,4 @@
-"""Theorem 1 (method.md §3): minimising eq. L over the values (keys fixed) and reading out eq. R
+"""Theorem 1 (docs/method.md §3): minimising eq. L over the values (keys fixed) and reading out eq. R
 gives the exact balancing dual with the attention kernel k_ij = E_ij / (h_i h_j).
 
 Eq. L for fixed keys is a convex QP in (V, b).  With u = h * V (elementwise) the attention output is

@@ -1,4 +1,4 @@
-"""Zero-shot CInA (Algorithms 2-3): model shapes/masks, training, checkpoints, DDP, estimator."""
+"""The zero-shot CInA network: shapes, masks, weights, the balancing objective, bad inputs."""
 import os
 import socket
 
@@ -6,39 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from cina_ext.data import sample_datasets
+from _zero_shot_cases import BALANCE, OVERLAP, TINY, _cfg, _datasets, _model, _threads  # noqa: F401
 from cina_ext.estimators import CInAZeroShot
 from cina_ext.models.checkpoint import load_checkpoint
 from cina_ext.models.zero_shot import CInAZeroShotModel, collate_datasets
 from cina_ext.training import ZeroShotConfig, train_zero_shot
-
-TINY = dict(d_model=16, n_heads=2, n_layers=1, dim_feedforward=32, key_dim=8)
-OVERLAP = ("overlap",)
-BALANCE = ("ate", "att")
-
-
-def _cfg(**kw):
-    base = dict(families=("setoguchi",), n_range=(16, 28), batch_size=4, steps=6, lr=3e-3, warmup_steps=2,
-                dtype="float64", backend="reference", model=dict(TINY))
-    base.update(kw)
-    return base
-
-
-def _datasets(count=3, seed=0, n_range=(12, 30)):
-    return list(sample_datasets("setoguchi", count, n_range, seed=seed))
-
-
-@pytest.fixture(autouse=True)
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-def _model(seed=0, **kw):
-    torch.manual_seed(seed)
-    return CInAZeroShotModel(**{**TINY, **kw}).double().eval()
 
 
 # ---- shapes and masks -------------------------------------------------------------------------
@@ -89,7 +61,7 @@ def test_weights_nonnegative_sum_to_one_per_arm(estimands, estimand):
 
 
 def _rbf_mmd_objective(x, t, w, target, lam):
-    """Independent numpy evaluation of the ate/att balancing objective (method.md §6)."""
+    """Independent numpy evaluation of the ate/att balancing objective (docs/method.md §6)."""
     z = (x - x.mean(0)) / x.std(0)
     d2 = ((z[:, None, :] - z[None, :, :]) ** 2).sum(-1)
     k = np.exp(-d2 / x.shape[1])
@@ -209,146 +181,3 @@ def test_bad_inputs_raise():
         train_zero_shot(_cfg(supervised_weight=1.0, model=dict(TINY, estimands=OVERLAP)))
     with pytest.raises(ValueError, match="estimands"):
         CInAZeroShotModel(estimands=("overlap", "ate"))
-
-
-# ---- training ----------------------------------------------------------------------------------
-
-def test_overlap_loss_decreases_and_is_reproducible():
-    cfg = _cfg(steps=30, batch_size=2, lr=1e-2, warmup_steps=3, n_range=(16, 24), dtype="float32",
-               backend="auto", model=dict(TINY, estimands=OVERLAP))
-    _, h1 = train_zero_shot(cfg)
-    assert len(h1["loss"]) == 30 and all(np.isfinite(h1["loss"]))
-    assert np.mean(h1["loss"][-5:]) < 0.5 * np.mean(h1["loss"][:5])
-    _, h2 = train_zero_shot(cfg)
-    assert h1["loss"] == h2["loss"]
-
-
-def _held_out_objective(model, estimand, datasets):
-    X, W, mask, fm = collate_datasets(datasets, dtype=torch.float32)
-    idx = model.estimand_index(estimand, X.shape[0], X.device)
-    w = model.weights(X, W, mask, fm, estimand=estimand)
-    uniform = _arm_uniform(W, mask)
-    with torch.no_grad():
-        return (float(model.balance_objective(X, W, mask, fm, w, idx).mean()),
-                float(model.balance_objective(X, W, mask, fm, uniform, idx).mean()))
-
-
-def _arm_uniform(W, mask):
-    t1, t0 = (W > 0) & mask, (W < 0) & mask
-    n1, n0 = t1.sum(-1, keepdim=True), t0.sum(-1, keepdim=True)
-    return torch.where(t1, 1.0 / n1, torch.where(t0, 1.0 / n0, torch.zeros_like(W)))
-
-
-def test_balancing_training_beats_uniform_weights_on_held_out_data_and_is_reproducible():
-    cfg = _cfg(steps=40, batch_size=4, lr=3e-3, warmup_steps=4, n_range=(40, 60), dtype="float32",
-               backend="auto", model=dict(TINY, estimands=BALANCE, unroll=2))
-    torch.manual_seed(0)  # ZeroShotConfig.seed
-    untrained = CInAZeroShotModel(**cfg["model"]).eval()  # the initial state of the run below
-    model, h1 = train_zero_shot(cfg)
-    assert len(h1["loss"]) == 40 and all(np.isfinite(h1["loss"]))
-    held_out = _datasets(8, seed=123, n_range=(40, 60))
-    for estimand in ("ate", "att"):
-        trained, uniform = _held_out_objective(model, estimand, held_out)
-        before, _ = _held_out_objective(untrained, estimand, held_out)
-        # 40 tiny steps already lower the self-supervised objective on unseen datasets, below both
-        # the untrained network and the naive (uniform) weights (measured: 0.87x / 0.84x for ate)
-        assert trained < 0.92 * before and trained < 0.9 * uniform, (estimand, trained, before, uniform)
-    _, h2 = train_zero_shot(cfg)
-    assert h1["loss"] == h2["loss"]
-
-
-def test_supervised_term_changes_training_and_uses_the_truth():
-    from cina_ext.training.zero_shot import _collate_outcomes
-
-    ds = _datasets(2, seed=3)
-    Y, tau, sd = _collate_outcomes(ds, ("ate", "att"), [0, 1], max(d.n for d in ds), dtype=torch.float64,
-                                   device="cpu")
-    assert float(tau[0]) == pytest.approx(ds[0].truth("ate")) and float(tau[1]) == pytest.approx(ds[1].truth("att"))
-    assert float(sd[1]) == pytest.approx(np.std(ds[1].Y))
-    np.testing.assert_array_equal(Y[0, :ds[0].n].numpy(), ds[0].Y)
-    base = _cfg(steps=3, model=dict(TINY, estimands=BALANCE, unroll=1))
-    _, h0 = train_zero_shot(base)
-    _, hs = train_zero_shot({**base, "supervised_weight": 1.0})
-    assert h0["loss"][0] < hs["loss"][0]  # the |tau_hat - tau| term adds to the first loss
-
-
-def test_checkpoint_resume_is_exact(tmp_path):
-    ref, h_ref = train_zero_shot(_cfg(steps=6))
-    path = str(tmp_path / "zs.pt")
-    _, h_a = train_zero_shot(_cfg(steps=6, checkpoint_path=path, checkpoint_every=3, stop_after=3))
-    assert len(h_a["loss"]) == 3 and load_checkpoint(path)["step"] == 3
-    assert not [f for f in os.listdir(tmp_path) if ".tmp" in f]
-    resumed, h_b = train_zero_shot(_cfg(steps=6, checkpoint_path=path, checkpoint_every=3))
-    assert h_b["loss"] == h_ref["loss"]
-    for (k, p), (_, q) in zip(ref.state_dict().items(), resumed.state_dict().items()):
-        assert torch.equal(p, q), k
-    # estimator from the checkpoint reproduces the in-memory model
-    d = _datasets(1, seed=5)[0]
-    e1 = CInAZeroShot.from_pretrained(path).fit(d.X, d.T)
-    e2 = CInAZeroShot(model=resumed).fit(d.X, d.T)
-    np.testing.assert_allclose(e1.weights_, e2.weights_, atol=1e-12)
-    assert abs(e1.ate(d.Y) - e2.ate(d.Y)) < 1e-10
-
-
-def test_estimator_fit_ate_and_estimate_many_agree():
-    m = _model(3)
-    ds = _datasets(5, seed=7)
-    est = CInAZeroShot(model=m, batch_size=2)
-    many = est.estimate_many(ds)
-    single = [est.fit(d.X, d.T).ate(d.Y) for d in ds]
-    np.testing.assert_allclose(many, single, atol=1e-9)
-    w = est.weights_
-    assert w.min() >= 0
-    assert abs(w[ds[-1].T == 1].sum() - 1) < 1e-9 and abs(w[ds[-1].T == 0].sum() - 1) < 1e-9
-
-
-# ---- DistributedDataParallel ---------------------------------------------------------------------
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ddp_worker(rank, world, port, cfg, out):
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        model, hist = train_zero_shot(cfg)
-        if rank == 0:
-            torch.save({"state": model.state_dict(), "loss": hist["loss"]}, out)
-        # both ranks leave together: a rank that tears gloo down while its peer is still busy
-        # (here rank 0 saving) can abort the peer ("terminate called without an active
-        # exception", seen once in CI)
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
-
-
-def test_ddp_two_processes_match_single_process(tmp_path):
-    import torch.multiprocessing as mp
-
-    cfg = _cfg(steps=3, batch_size=4)
-    single, h_single = train_zero_shot(cfg)
-    out = str(tmp_path / "ddp.pt")
-    mp.spawn(_ddp_worker, args=(2, _free_port(), cfg, out), nprocs=2, join=True)
-    res = torch.load(out, weights_only=False)
-    np.testing.assert_allclose(res["loss"], h_single["loss"], rtol=1e-9, atol=1e-12)
-    for k, p in single.state_dict().items():
-        torch.testing.assert_close(res["state"][k], p, rtol=1e-7, atol=1e-9, msg=k)
-
-
-def test_bf16_autocast_training_tracks_float32():
-    base = _cfg(steps=3, dtype="float32", backend="auto", model=dict(TINY, estimands=BALANCE, unroll=2))
-    _, h32 = train_zero_shot(base)
-    _, hbf = train_zero_shot({**base, "amp": "bf16"})
-    assert all(np.isfinite(hbf["loss"]))
-    # the encoder runs in bfloat16, the final layer and the loss in float32: close, not equal
-    assert hbf["loss"] != h32["loss"]
-    np.testing.assert_allclose(hbf["loss"], h32["loss"], rtol=2e-2)
-    with pytest.raises(ValueError, match="amp"):
-        train_zero_shot({**base, "amp": "fp8"})

@@ -1,7 +1,7 @@
 """The CUDA kernels of the fused attention + hinge operator (csrc/attention_hinge/cuda.cu).
 
 Skipped cleanly without a CUDA device or without a build that holds the CUDA kernels.  Run on the
-GPU machine by benchmarks/gpu_check.sh.  Tests taking the ``variant`` fixture run for each kernel
+GPU machine by tools/gpu_check.sh.  Tests taking the ``variant`` fixture run for each kernel
 variant, chosen through the environment variable CINA_ATTENTION_KERNEL that the operator reads
 at each call: "simt" (the SIMT kernels), "tf32x3" (tensor cores, 3xTF32 split: held to the fp32
 parity rule) and "tf32" (tensor cores, plain TF32: held to TF32-level tolerances, like torch's
@@ -67,7 +67,7 @@ def to64(case):
 
 
 def assert_parity(case32, loss="hinge", variant="simt", floor_rel=1e-5, factor=2.0):
-    """kernels.md parity rule: |fused32 - ref64| <= 2 |ref32 - ref64| + floor (plain TF32: a
+    """docs/ops/attention_hinge.md parity rule: |fused32 - ref64| <= 2 |ref32 - ref64| + floor (plain TF32: a
     TF32-level bound instead)."""
     fused = run(case32, "fused", loss)
     ref32 = run(case32, "reference", loss)

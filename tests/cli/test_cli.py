@@ -2,7 +2,7 @@
 
 Most tests inject a tiny fake estimator through ``cli._load_estimators`` so that they check the
 command line itself (parsing, validation, output schema) quickly. The tests marked
-``END-TO-END`` use the real estimators (cina_ext/estimators.py) and skip only while that module
+``END-TO-END`` use the real estimators (cina_ext/estimators/) and skip only while that module
 is absent.
 """
 from __future__ import annotations
@@ -20,9 +20,9 @@ import pytest
 from cina_ext import cli
 from cina_ext.data import make_setoguchi
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HAVE_ESTIMATORS = importlib.util.find_spec("cina_ext.estimators") is not None
-end_to_end = pytest.mark.skipif(not HAVE_ESTIMATORS, reason="END-TO-END: cina_ext/estimators.py not present yet")
+end_to_end = pytest.mark.skipif(not HAVE_ESTIMATORS, reason="END-TO-END: cina_ext/estimators/ not present yet")
 METHODS = ("cina", "kernel", "naive", "ipw", "snipw", "dml")
 
 
@@ -359,7 +359,7 @@ def test_demo_auto_falls_back_to_synthetic(capsys, fake, monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------
-# END-TO-END with the real estimators (skip only while cina_ext/estimators.py is absent)
+# END-TO-END with the real estimators (skip only while cina_ext/estimators/ is absent)
 # ---------------------------------------------------------------------------------------------
 @end_to_end
 def test_end_to_end_estimate_cina(capsys, tmp_path):

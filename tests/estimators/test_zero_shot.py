@@ -1,0 +1,25 @@
+"""The zero-shot estimator (Algorithm 3): fit / ate / estimate_many agree."""
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+
+from _zero_shot_cases import BALANCE, OVERLAP, TINY, _cfg, _datasets, _model, _threads  # noqa: F401
+from cina_ext.estimators import CInAZeroShot
+from cina_ext.models.checkpoint import load_checkpoint
+from cina_ext.models.zero_shot import CInAZeroShotModel, collate_datasets
+from cina_ext.training import ZeroShotConfig, train_zero_shot
+
+
+def test_estimator_fit_ate_and_estimate_many_agree():
+    m = _model(3)
+    ds = _datasets(5, seed=7)
+    est = CInAZeroShot(model=m, batch_size=2)
+    many = est.estimate_many(ds)
+    single = [est.fit(d.X, d.T).ate(d.Y) for d in ds]
+    np.testing.assert_allclose(many, single, atol=1e-9)
+    w = est.weights_
+    assert w.min() >= 0
+    assert abs(w[ds[-1].T == 1].sum() - 1) < 1e-9 and abs(w[ds[-1].T == 0].sum() - 1) < 1e-9
