@@ -11,7 +11,7 @@ PY = $(VENV)/bin/python
 PYC = $(VENV_CUDA)/bin/python
 CUDA_HOME ?= /usr/local/cuda
 
-.PHONY: venv build test demo bench cuda-check clean
+.PHONY: venv build test test-all lint format demo bench cuda-check clean
 
 $(VENV)/.ready:
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +25,30 @@ venv: $(VENV)/.ready
 build: venv
 	$(PY) -m pip install -q --no-build-isolation -e ".[test,plot,data]" -Cbuild-dir=build/cpu
 
+# The fast suite (minutes): everything but the tests marked slow (the CPU emulator of the CUDA
+# kernels under the host sanitizers, the PTX check and the larger emulated cases).
 test: build
+	$(PY) -m pytest -q -m "not slow" tests
+
+# Everything, the slow suites included (CI runs this).
+test-all: build
 	$(PY) -m pytest -q tests
+
+# Lint and format checks: ruff (Python) and clang-format (C++/CUDA), the pinned versions.
+LINT_TOOLS = ruff==0.17.6 clang-format==21.1.2
+$(VENV)/.lint-ready: $(VENV)/.ready
+	$(PY) -m pip install -q $(LINT_TOOLS)
+	touch $@
+
+lint: $(VENV)/.lint-ready
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	CLANG_FORMAT=$(VENV)/bin/clang-format tools/check_format.sh
+
+format: $(VENV)/.lint-ready
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+	CLANG_FORMAT=$(VENV)/bin/clang-format tools/check_format.sh --fix
 
 demo: build
 	$(VENV)/bin/cina demo

@@ -278,13 +278,15 @@ def main(argv=None):
             gamma = solver._rbf_gamma(X, torch.ones(B, N, dtype=torch.bool))
             plan = []
             if "sklearn" in methods and problem == "overlap" and N <= args.max_n_sklearn:
-                plan.append(("sklearn", lambda: run_sklearn(X, W, lam, args.tol, gamma, args.cache_mb)))
+                plan.append(("sklearn", lambda X=X, W=W, lam=lam, gamma=gamma: run_sklearn(X, W, lam, args.tol, gamma,
+                                                                                     args.cache_mb)))
             ref_bytes = 4 * B * N * N * 8
             if "reference" in methods and N <= args.max_n_reference and ref_bytes < 0.25 * mem_bytes():
-                plan.append(("reference", lambda: run_solver(reference_qp.dual_solve, X, W, lam, args.tol, problem)))
+                plan.append(("reference", lambda X=X, W=W, lam=lam, problem=problem: run_solver(
+                    reference_qp.dual_solve, X, W, lam, args.tol, problem)))
             if has_extension():
-                fused = lambda: run_solver(solver.dual_solve, X, W, lam, args.tol, problem, backend="fused",  # noqa: E731
-                                           cache_mb=args.cache_mb)
+                fused = lambda X=X, W=W, lam=lam, problem=problem: run_solver(  # noqa: E731
+                    solver.dual_solve, X, W, lam, args.tol, problem, backend="fused", cache_mb=args.cache_mb)
                 if "cpu" in methods:
                     plan.append((f"cpu[{nthreads} threads]", fused))
                 if "cpu1" in methods and nthreads > 1 and N <= args.max_n_sklearn:  # the per-core comparison
