@@ -38,7 +38,7 @@ time, extrapolated quadratically from the same method at a smaller N, would exce
 --max-seconds.
 
 Writes results.json, results.md and results.png (matplotlib, if installed) to --out
-(default benchmarks/results).  ``--quick`` runs a small set (GPU check script, CI smoke).
+(default benchmarks/out).  ``--quick`` runs a small set (GPU check script, CI smoke).
 """
 from __future__ import annotations
 

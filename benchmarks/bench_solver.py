@@ -30,7 +30,7 @@ its dense Q would need more than 25% of the memory, and any run whose time extra
 same method at a smaller size exceeds --max-seconds.  Everything above --max-n is skipped.
 
 Writes solver.json, solver.md and solver.png (matplotlib, if installed) to --out (default
-benchmarks/results), with the machine (CPU model, cores, torch threads, load average, GPU).
+benchmarks/out), with the machine (CPU model, cores, torch threads, load average, GPU).
 ``--quick`` runs a small set (CI / the GPU check script).
 """
 from __future__ import annotations

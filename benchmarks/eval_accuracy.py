@@ -1,7 +1,7 @@
 """Paper-style accuracy table: every estimator, including zero-shot CInA, against known answers.
 
     python benchmarks/eval_accuracy.py [--n 500] [--count 20] [--ihdp 10] [--zs PATH] [--zs-s PATH]
-                                       [--quick] [--out benchmarks/results]
+                                       [--quick] [--out benchmarks/out]
 
 Columns (mean absolute error of the estimate against the truth of its estimand):
   * Setoguchi / ER, "ID": ``count`` held-out datasets drawn from the zero-shot training prior
@@ -114,7 +114,7 @@ def main(argv=None):
     ap.add_argument("--refine", type=int, default=50, help="solver iterations of the refined ZS row (0: no row)")
     ap.add_argument("--skip", nargs="*", default=[], help="row labels to leave out (e.g. DoubleML)")
     ap.add_argument("--quick", action="store_true", help="4 datasets per column, n=200, no real data")
-    ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--out", default="benchmarks/out")
     args = ap.parse_args(argv)
     if args.quick:
         args.count, args.n = 4, 200
