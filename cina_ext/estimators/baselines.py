@@ -26,6 +26,8 @@ class DifferenceInMeans(_WeightingEstimator):
     naive estimate be reported next to the other methods for the same target.
     """
 
+    _warns_on_imbalance = False
+
     def __init__(self, estimand: str = "ate", random_state=None, verbose: bool = False):
         self.estimand = estimand
         self.random_state = random_state
@@ -247,7 +249,7 @@ class DoubleML(_WeightingEstimator):
 
     def ate(self, Y) -> float:
         self._check_fitted()
-        Ya = check_outcome(Y, self.X_.shape[0], device=self._data.device)
+        Ya = check_outcome(Y, self.X_.shape[0], device=self._data.device, index=self._data.index)
         psi = self._scores(self.X_, self.T_, Ya, self.seed_)
         est = float(np.mean(psi))
         if self.estimand_ == "att":
@@ -255,8 +257,14 @@ class DoubleML(_WeightingEstimator):
             infl = psi - est * self.T_ / np.mean(self.T_)
         else:
             infl = psi - est
+        with np.errstate(over="ignore", invalid="ignore"):
+            se = float(np.std(infl, ddof=1) / math.sqrt(len(infl)))
+        if not (np.isfinite(est) and np.isfinite(se)):
+            raise ValueError(f"DoubleML: the estimate ({est}) or its standard error ({se}) is not finite; the "
+                             f"outcome is too extreme for float64 arithmetic (max |Y| = {np.max(np.abs(Ya)):.3g}): "
+                             "rescale Y (e.g. to thousands) and the estimate with it")
         self.influence_ = infl
-        self.se_ = float(np.std(infl, ddof=1) / math.sqrt(len(infl)))
+        self.se_ = se
         return est
 
     def ate_interval(self, Y, alpha: float = 0.05, n_bootstrap: int = 200, random_state=None, *,

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._core.checks import check_design, check_estimand, check_outcome
+from .._core.checks import check_design, check_estimand, check_outcome, standardize_columns
 from ..models.checkpoint import PRETRAINED_FILE, model_from_checkpoint, pretrained_path
 from ..models.zero_shot import MATERIALISE_LIMIT, CInAZeroShotModel, _as_xt, collate_datasets
 from ..ops import dual_solve
@@ -136,7 +136,9 @@ class CInAZeroShot(_WeightingEstimator):
 
     def _fit_core(self, X, T, seed, *, bootstrap=False):
         model = self._get_model()
-        w, info = self._weights_batch(model, [(X, T)], self.estimand_)
+        # standardised here in float64, scale-robust, before the model's own per-dataset standardisation
+        # (which runs in the model's dtype): no covariate is too small or too large for it
+        w, info = self._weights_batch(model, [(standardize_columns(X)[0], T)], self.estimand_)
         state = {"weights": w[0]}
         for k, v in info.items():
             state[k] = v[0]
@@ -183,8 +185,8 @@ class CInAZeroShot(_WeightingEstimator):
             y = Y[i] if Y is not None else (d.Y if hasattr(d, "Y") else (d[2] if len(d) > 2 else None))
             if y is None:
                 raise ValueError(f"dataset {i} has no outcome Y")
-            designs.append((dd.X, dd.T))
-            outcomes.append(check_outcome(y, dd.X.shape[0]))
+            designs.append((standardize_columns(dd.X)[0], dd.T))
+            outcomes.append(check_outcome(y, dd.X.shape[0], index=dd.index))
         bs = max(1, int(self.batch_size))
         out = np.empty(len(designs))
         # similar sizes share a batch (less padding); results go back to the caller's order

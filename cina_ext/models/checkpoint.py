@@ -1,13 +1,18 @@
 """Checkpoint files of the zero-shot model: atomic save, load, slim export, the shipped models.
 
-A checkpoint is a dict saved with :func:`torch.save`; :func:`load_checkpoint` checks it holds a
-model (``model_state`` + ``model_config``), :func:`model_from_checkpoint` builds the
+A checkpoint is a dict saved with :func:`torch.save` that holds only tensors and plain Python data
+(numbers, strings, lists, tuples, dicts), so that :func:`load_checkpoint` can read it with
+``torch.load(weights_only=True)``: a file whose pickle asks for anything else (an object that could
+run code when unpickled) is refused, never executed.  It must hold a model (``model_state`` +
+``model_config``); :func:`model_from_checkpoint` builds the
 :class:`~cina_ext.models.zero_shot.CInAZeroShotModel` from it, and :func:`pretrained_path` locates
 the models that ship inside the package (``cina_ext/pretrained/``, see docs/model_card.md).
 """
 from __future__ import annotations
 
 import os
+import pickle
+import zipfile
 from typing import Any, Dict, Union
 
 import numpy as np
@@ -16,7 +21,7 @@ import torch
 from .zero_shot import CInAZeroShotModel
 
 __all__ = ["PRETRAINED_FILE", "PRETRAINED_FILES", "pretrained_path", "load_checkpoint", "export_checkpoint",
-           "model_from_checkpoint", "save_atomic"]
+           "model_from_checkpoint", "save_atomic", "check_writable_target"]
 
 PRETRAINED_FILE = "cina_zs_ate.pt"  # the default: self-supervised (CInA-ZS)
 PRETRAINED_FILES = {"zs": PRETRAINED_FILE, "zs-s": "cina_zs_s_ate.pt"}  # zs-s: the supervised variant
@@ -33,19 +38,53 @@ def pretrained_path(variant: str = "zs") -> str:
 
 
 
+def check_writable_target(path: str) -> None:
+    """Refuse a checkpoint path that cannot be written as a file (before any work is done)."""
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path!r} is a directory; give the checkpoint a file name (e.g. {path}/zs.pt)")
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.exists(parent) and not os.path.isdir(parent):
+        raise NotADirectoryError(f"cannot write {path!r}: {parent!r} is not a directory")
+
+
 def save_atomic(obj: Dict[str, Any], path: str) -> None:
+    """Write ``obj`` to ``path`` through a temporary file beside it, renamed into place: a reader
+    never sees a half-written file, and the temporary file is removed if the write fails."""
+    check_writable_target(path)
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
     tmp = f"{path}.tmp.{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def load_checkpoint(path: str, *, map_location="cpu") -> Dict[str, Any]:
-    """Read a checkpoint written by :func:`train_zero_shot` (a dict; see ``_checkpoint``)."""
+    """Read a checkpoint written by :func:`train_zero_shot` or :func:`export_checkpoint` (a dict).
+
+    Loads with ``weights_only=True``: tensors and plain Python data only.  Raises
+    ``FileNotFoundError`` for a missing file and ``ValueError`` naming the path for a truncated or
+    corrupt file, for a pickle that needs other objects (refused, not executed) and for a dict
+    that is not a zero-shot checkpoint.
+    """
+    path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no zero-shot checkpoint at {path!r}")
-    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(
+            f"refusing to load {path!r}: it needs objects other than tensors and plain Python data to "
+            f"unpickle, and such a file can run code when loaded ({str(exc).splitlines()[-1][:200]}). "
+            "cina_ext checkpoints never need them; re-export a trusted old checkpoint with a version "
+            "that wrote it, or train again") from None
+    except (EOFError, RuntimeError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise ValueError(f"{path!r} is truncated or corrupt and cannot be read as a checkpoint "
+                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
     if not isinstance(ckpt, dict) or "model_state" not in ckpt or "model_config" not in ckpt:
         raise ValueError(f"{path!r} is not a CInA zero-shot checkpoint (missing model_state/model_config)")
     return ckpt
@@ -65,7 +104,7 @@ def export_checkpoint(src: str, dst: str) -> Dict[str, Any]:
         "model_state": {k: (v.float() if v.is_floating_point() else v) for k, v in ckpt["model_state"].items()},
         "step": int(ckpt.get("step", 0)), "train_config": ckpt.get("train_config"),
         "train_seconds": ckpt.get("train_seconds"), "world_size": ckpt.get("world_size"),
-        "torch": ckpt.get("torch"),
+        "torch": None if ckpt.get("torch") is None else str(ckpt.get("torch")),
         "loss_summary": {"first_100": float(np.mean(hist[:100])) if hist else None,
                          "last_100": float(np.mean(hist[-100:])) if hist else None},
     }

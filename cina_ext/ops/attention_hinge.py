@@ -53,11 +53,27 @@ def _check_attention_inputs(K, V, W, b, lam, mask, loss):
             raise ValueError(f"lam must be a float or a tensor of shape ({Bsz},), got {tuple(lam.shape)}")
         if lam.device != K.device:
             raise ValueError(f"lam is on {lam.device} but K is on {K.device}")
-        if not torch.compiler.is_compiling() and bool((lam <= 0).any()):
-            raise ValueError("lam must be positive")
     else:
         if not (float(lam) > 0 and math.isfinite(float(lam))):
             raise ValueError(f"lam must be a positive finite number, got {lam!r}")
+
+
+def _check_attention_values(K, V, W, b, lam, mask, scale):
+    """The checks that read the data (host syncs, kept out of a torch.compile graph): finite
+    inputs on the valid units, signs in {-1, +1}, a positive finite lam and a finite scale."""
+    if not math.isfinite(float(scale)):
+        raise ValueError(f"scale must be a finite number, got {scale!r}")
+    if isinstance(lam, Tensor) and not bool((torch.isfinite(lam) & (lam > 0)).all()):
+        raise ValueError("lam must be positive and finite in every dataset")
+    valid = torch.ones(W.shape, dtype=torch.bool, device=W.device) if mask is None else mask
+    if not bool(((W == 1) | (W == -1) | ~valid).all()):
+        raise ValueError("W must be -1 (control) or +1 (treated) at every valid unit (W = 2T - 1)")
+    if not bool((torch.isfinite(K) | ~valid.unsqueeze(-1)).all()):
+        raise ValueError("K contains NaN or Inf at valid units")
+    if not bool((torch.isfinite(V) | ~valid).all()):
+        raise ValueError("V contains NaN or Inf at valid units")
+    if not bool(torch.isfinite(b).all()):
+        raise ValueError("b contains NaN or Inf")
 
 
 def attention_hinge(
@@ -87,6 +103,8 @@ def attention_hinge(
     Bsz, N, D = K.shape
     if scale is None:
         scale = 1.0 / math.sqrt(D) if D > 0 else 1.0
+    if not torch.compiler.is_compiling():
+        _check_attention_values(K, V, W, b, lam, mask, scale)
     if resolve_backend(backend, K.device) == "reference":
         return reference.attention_hinge(K, V, W, b, lam, mask, scale=scale, loss=loss)
     if mask is None:

@@ -46,7 +46,16 @@ import torch
 from torch import Tensor
 
 from .._core.backend import resolve_solver_backend as solver_backend
-from .._core.checks import bound_tensor, check_finite_tensor, check_float, check_mask, check_tensor, per_dataset
+from .._core.checks import (
+    bound_tensor,
+    check_finite_tensor,
+    check_float,
+    check_mask,
+    check_nonnegative_diagonal,
+    check_tensor,
+    converged_and_finite,
+    per_dataset,
+)
 from .._core.constants import ESTIMANDS, FLOAT_DTYPES, KERNELS
 from .._core.constants import LOSS_KINDS as LOSSES
 from .._core.extension import has_extension
@@ -274,6 +283,7 @@ def qp_solve(
         _finite(d, "d")
     if N > 0:
         _check_dense(Q.detach().contiguous(), mask.contiguous(), "Q")
+        check_nonnegative_diagonal(Q.detach(), mask, "Q")
     zero = torch.zeros((), dtype=dt, device=dev)
     lo = torch.where(mask, lo, zero)
     up = torch.where(mask, up, zero)
@@ -286,6 +296,7 @@ def qp_solve(
     x, nu, obj, kkt, it, conv = _run(
         Q, 0, None, 1.0, None, torch.arange(B, dtype=torch.int64), mask, None, ones, torch.zeros(B, dtype=torch.float64),
         torch.where(mask, p, zero), lo, up, cm, d, x0, tol_v, it_v, cache_bytes, shrinking, _inner_min_units)
+    conv = converged_and_finite(x, obj, conv)
     return QPResult(x=x, nu=nu, objective=obj, kkt=kkt, iterations=it, converged=conv)
 
 

@@ -55,7 +55,7 @@ from .._core.checks import check_finite_tensor as _check_finite
 from .._core.checks import check_float as _check_float
 from .._core.checks import check_mask as _check_mask
 from .._core.checks import check_tensor as _check_tensor
-from .._core.checks import per_dataset
+from .._core.checks import check_nonnegative_diagonal, converged_and_finite, per_dataset
 from .._core.constants import ESTIMANDS, KERNELS
 from .._core.constants import LOSS_KINDS as LOSSES
 from .attention_hinge import readout_weights
@@ -443,6 +443,7 @@ def qp_solve(
             asym = (Qm - Qm.transpose(-1, -2)).abs().amax(dim=(-1, -2))
             if bool((asym > math.sqrt(torch.finfo(dt).eps) * scale).any()):
                 raise ValueError("Q must be symmetric")
+            check_nonnegative_diagonal(Qm, mask, "Q")
             Qm = (0.5 * (Qm + Qm.transpose(-1, -2))).contiguous()
         pm = torch.where(mask, p, zero)
         lo = torch.where(mask, lo, zero)
@@ -588,7 +589,7 @@ def qp_solve(
         else:
             nu = torch.zeros(B, dtype=dt, device=dev)
         objective = 0.5 * (x_out * Qx).sum(-1) - (pm * x_out).sum(-1)
-        conv = conv & (kkt_final < tol)
+        conv = converged_and_finite(x_out, objective, conv & (kkt_final < tol))
     return QPResult(x=x_out, nu=nu, objective=objective, kkt=kkt_final, iterations=iters, converged=conv)
 
 # ----------------------------------------------------------------------------------------------

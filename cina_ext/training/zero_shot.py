@@ -25,10 +25,10 @@ import torch
 from torch import nn
 
 from ..data import sample_datasets
-from ..models.checkpoint import load_checkpoint, save_atomic
+from ..models.checkpoint import check_writable_target, load_checkpoint, save_atomic
 from ..models.zero_shot import CInAZeroShotModel, collate_datasets
 
-__all__ = ["ZeroShotConfig", "train_zero_shot"]
+__all__ = ["ZeroShotConfig", "train_zero_shot", "config_changes", "RESUMABLE_CHANGES"]
 
 
 @dataclass
@@ -57,6 +57,7 @@ class ZeroShotConfig:
     progress: bool = False
     supervised_weight: float = 0.0  # ZS-S: weight of |tau_hat - tau| / sd(Y) (0 = self-supervised ZS)
     amp: str = "none"             # "bf16": encoder under torch.autocast(bfloat16); final layer in dtype
+    override: bool = False        # resume even if the checkpoint was trained with another configuration
 
     @classmethod
     def from_any(cls, config) -> "ZeroShotConfig":
@@ -115,6 +116,38 @@ def _collate_outcomes(batch, estimands: Sequence[str], est_idx: Sequence[int], N
             torch.as_tensor(sd, dtype=dtype, device=device))
 
 
+#: Fields a resumed run may change freely: where and how often it saves, when it stops, where it runs.
+RESUMABLE_CHANGES = frozenset({"checkpoint_path", "checkpoint_every", "resume", "stop_after", "progress", "device",
+                               "backend", "override"})
+
+
+def _plain(v):
+    """Tuples and lists alike (a configuration read back from a file compares equal to the original)."""
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
+
+
+def config_changes(saved: Optional[Dict[str, Any]], cfg: ZeroShotConfig) -> List[str]:
+    """Fields of ``cfg`` that differ from the configuration a checkpoint was trained with (the
+    fields of :data:`RESUMABLE_CHANGES` aside; ``steps`` may grow, which extends the schedule,
+    but not shrink)."""
+    if not saved:
+        return []
+    now = dataclasses.asdict(cfg)
+    out = []
+    for k in sorted(set(now) | set(saved)):
+        if k in RESUMABLE_CHANGES:
+            continue
+        if k == "steps" and isinstance(saved.get(k), int) and now[k] >= saved[k]:
+            continue
+        if _plain(saved.get(k)) != _plain(now.get(k)):
+            out.append(f"{k}: {saved.get(k)!r} in the checkpoint, {now.get(k)!r} now")
+    return out
+
+
 def _lr_lambda(cfg: ZeroShotConfig):
     warm, total, floor = int(cfg.warmup_steps), int(cfg.steps), float(cfg.min_lr_ratio)
 
@@ -127,13 +160,23 @@ def _lr_lambda(cfg: ZeroShotConfig):
 
 
 def _rng_state() -> Dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """The three generators' states as tensors and plain data (loadable with weights_only=True)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {"torch": torch.get_rng_state(),
+            "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+            "python": {"version": int(version), "internal": torch.tensor(internal, dtype=torch.int64),
+                       "gauss_next": gauss_next}}
 
 
 def _set_rng_state(s: Dict[str, Any]) -> None:
     torch.set_rng_state(s["torch"])
-    np.random.set_state(s["numpy"])
-    random.setstate(s["python"])
+    n = s["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = s["python"]
+    random.setstate((p["version"], tuple(int(v) for v in p["internal"].tolist()), p["gauss_next"]))
 
 
 
@@ -170,10 +213,17 @@ def train_zero_shot(config=None) -> Tuple[CInAZeroShotModel, Dict[str, List[floa
     step = 0
     seconds_before = 0.0  # training time of earlier runs of a resumed schedule
 
+    if cfg.checkpoint_path:
+        check_writable_target(cfg.checkpoint_path)  # before any training, not after it
     if cfg.checkpoint_path and cfg.resume and os.path.isfile(cfg.checkpoint_path):
         ckpt = load_checkpoint(cfg.checkpoint_path, map_location=device)
         if ckpt["model_config"] != model.config:
             raise ValueError("checkpoint model configuration differs from config.model; cannot resume")
+        changed = config_changes(ckpt.get("train_config"), cfg)
+        if changed and not cfg.override:
+            raise ValueError(f"{cfg.checkpoint_path!r} was trained with another configuration; resuming would mix "
+                             "the two (" + "; ".join(changed) + "). Pass override=True (cina train --override) "
+                             "to resume anyway, or resume=False (--no-resume) to start afresh")
         model.load_state_dict(ckpt["model_state"])
         opt.load_state_dict(ckpt["optimizer_state"])
         sched.load_state_dict(ckpt["scheduler_state"])
@@ -196,7 +246,7 @@ def train_zero_shot(config=None) -> Tuple[CInAZeroShotModel, Dict[str, List[floa
             "rng_state": _rng_state(), "step": step, "history": history,
             "train_config": dataclasses.asdict(cfg), "kind": "cina_ext.zeroshot",
             "train_seconds": seconds_before + time.perf_counter() - started, "world_size": world,
-            "torch": torch.__version__,
+            "torch": str(torch.__version__),
         }, cfg.checkpoint_path)
 
     end = cfg.steps if cfg.stop_after is None else min(cfg.steps, int(cfg.stop_after))

