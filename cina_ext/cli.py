@@ -265,7 +265,12 @@ def _cmd_estimate(args) -> int:
     t0 = time.perf_counter()
     steps = 3 if args.n_bootstrap else 2
     with _progress(total=steps, desc=f"{args.method}", quiet=args.quiet) as bar:
-        est = make_estimator(args.method, estimand=args.estimand, random_state=args.seed)
+        extra = {}
+        if getattr(args, "checkpoint", None):
+            if args.method != "zero-shot":
+                raise CLIError("--checkpoint is for --method zero-shot")
+            extra["checkpoint"] = args.checkpoint
+        est = make_estimator(args.method, estimand=args.estimand, random_state=args.seed, **extra)
         est.fit(X, T)
         bar.update(1)
         effect = float(est.ate(Y))
@@ -507,6 +512,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=0.05, help="1 - confidence level (default: 0.05)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--dropna", action="store_true", help="drop rows with missing values instead of failing")
+    p.add_argument("--checkpoint", metavar="PATH", default=None,
+                   help="zero-shot model to use with --method zero-shot (default: the shipped one; "
+                        "a file written by 'cina train')")
     p.add_argument("--json", action="store_true", help="print one JSON object (for scripts)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or notes")
     p.set_defaults(func=_cmd_estimate)

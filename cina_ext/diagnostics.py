@@ -276,7 +276,13 @@ def balance_table(
     if estimand not in ("ate", "att", "overlap"):
         raise ValueError(f"estimand must be 'ate', 'att' or 'overlap', got {estimand!r}")
 
+    # moments of each column divided by its largest magnitude (SMD and variance ratios do not depend
+    # on it): no overflow for huge covariates, no underflow for tiny ones; means and SDs are
+    # reported back in the original units
     Xa, Ta = data.X, data.T
+    col_scale = np.max(np.abs(Xa), axis=0) if Xa.shape[0] else np.ones(Xa.shape[1])
+    col_scale = np.where(col_scale > 0, col_scale, 1.0)
+    Xa = Xa / col_scale
     stats = {}
     for arm, code in _ARMS:
         sel = Ta == code
@@ -310,11 +316,11 @@ def balance_table(
         sd_formula=sd_formula,
         threshold=float(threshold),
         vr_threshold=float(vr_threshold),
-        mean_treated_before=stats["treated"]["mb"],
-        mean_control_before=stats["control"]["mb"],
-        mean_treated_after=stats["treated"]["ma"],
-        mean_control_after=stats["control"]["ma"],
-        sd_denominator=sd,
+        mean_treated_before=stats["treated"]["mb"] * col_scale,
+        mean_control_before=stats["control"]["mb"] * col_scale,
+        mean_treated_after=stats["treated"]["ma"] * col_scale,
+        mean_control_after=stats["control"]["ma"] * col_scale,
+        sd_denominator=sd * col_scale,
         smd_before=_smd(diff_b, sd),
         smd_after=_smd(diff_a, sd),
         vr_before=vr_b,
