@@ -33,7 +33,34 @@ __all__ = [
 
 
 def offsets_from_lengths(lengths: Union[Sequence[int], Tensor], *, device=None) -> Tensor:
-    """``[0, n_0, n_0 + n_1, ...]`` as an int64 tensor (on ``device``, else ``lengths``' device / CPU)."""
+    """Offsets ``[0, n_0, n_0 + n_1, ...]`` of the packed layout from the dataset lengths.
+
+    Parameters
+    ----------
+    lengths : sequence of int or Tensor of shape (B,)
+        Non-negative dataset lengths; a tensor must hold integers.
+    device : torch.device or str, optional
+        Device of the result; default the device of ``lengths`` (a tensor) or the CPU.
+
+    Returns
+    -------
+    Tensor, shape (B + 1,), int64
+        The offsets, starting at 0 and ending at the total number of units.
+
+    Raises
+    ------
+    ValueError
+        A tensor ``lengths`` that is not 1-D; a negative length.
+    TypeError
+        A tensor of floating, complex or bool dtype; a sequence entry that is not an int (bool
+        included).
+
+    Examples
+    --------
+    >>> from cina_ext.ops import offsets_from_lengths
+    >>> offsets_from_lengths([3, 0, 2])
+    tensor([0, 3, 3, 5])
+    """
     if isinstance(lengths, Tensor):
         if lengths.dim() != 1:
             raise ValueError(f"lengths must be 1-D, got shape {tuple(lengths.shape)}")
