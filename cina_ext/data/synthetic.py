@@ -47,15 +47,41 @@ SeedLike = Union[int, np.integer, np.random.SeedSequence, None]
 class CausalDataset:
     """One observational dataset, with its truth when known.
 
+    Parameters are the fields below (``X``, ``T``, ``Y`` required); they are converted and checked
+    on construction.
+
     Attributes
     ----------
-    X : (N, d) float64 covariates.   T : (N,) int64 treatment in {0, 1}.   Y : (N,) float64 outcome.
-    ate : sample ATE ``mean(mu1 - mu0)`` when known, else ``None``.
-    att : sample ATT ``mean(mu1 - mu0 | T = 1)`` (or a benchmark value, e.g. LaLonde), else ``None``.
-    feature_names : the covariate names (length d).   name : a short identifier.
-    mu0, mu1 : (N,) noiseless potential-outcome means when known (``mu1 - mu0`` is the unit's effect).
-    propensity : (N,) true propensity score when known.
-    meta : free-form provenance (seed, coefficients, graph, source files, ...).
+    X : ndarray of shape (N, d)
+        float64 covariates.
+    T : ndarray of shape (N,)
+        int64 treatment in {0, 1}.
+    Y : ndarray of shape (N,)
+        float64 outcome.
+    ate : float or None
+        Sample ATE ``mean(mu1 - mu0)`` when known, else ``None``.
+    att : float or None
+        Sample ATT ``mean(mu1 - mu0 | T = 1)`` (or a benchmark value, e.g. LaLonde), else ``None``.
+    feature_names : list of str
+        The covariate names (length d); default ``X1, ..., Xd``.
+    name : str
+        A short identifier.
+    mu0, mu1 : ndarray of shape (N,) or None
+        Noiseless potential-outcome means when known (``mu1 - mu0`` is the unit's effect).
+    propensity : ndarray of shape (N,) or None
+        True propensity score when known.
+    meta : dict
+        Free-form provenance (seed, coefficients, graph, source files, ...).
+    n, d, n_treated, n_control : int
+        Sizes (properties).
+    ite : ndarray of shape (N,) or None
+        Unit-level effects ``mu1 - mu0`` (property; None when unknown).
+
+    Raises
+    ------
+    ValueError
+        X not 2-D; X, T, Y (or mu0, mu1, propensity) of different lengths; T not binary 0/1;
+        ``feature_names`` not one per column.
     """
 
     X: np.ndarray
@@ -128,8 +154,23 @@ class CausalDataset:
     def truth(self, estimand: str = "ate") -> Optional[float]:
         """The known answer for ``estimand`` ("ate", "att", "atc" or "overlap"), or None.
 
-        "overlap" is the overlap-weighted effect sum e(1-e) tau / sum e(1-e) over the sample,
-        available when the true propensity ``e`` and the unit effects are known.
+        "overlap" (or "ato") is the overlap-weighted effect sum e(1-e) tau / sum e(1-e) over the
+        sample, available when the true propensity ``e`` and the unit effects are known.
+
+        Parameters
+        ----------
+        estimand : str, default "ate"
+            "ate", "att", "atc", "overlap" or "ato" (case-insensitive).
+
+        Returns
+        -------
+        float or None
+            The truth, None when unknown.
+
+        Raises
+        ------
+        ValueError
+            An unknown estimand.
         """
         est = estimand.lower()
         if est == "ate":
@@ -147,7 +188,13 @@ class CausalDataset:
         raise ValueError(f"unknown estimand {estimand!r}; expected 'ate', 'att', 'atc' or 'overlap'")
 
     def to_frame(self):
-        """A pandas DataFrame: the covariates (by feature name), then "treatment" and "outcome"."""
+        """A pandas DataFrame: the covariates (by feature name), then "treatment" and "outcome".
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per unit.
+        """
         import pandas as pd
 
         df = pd.DataFrame(self.X, columns=list(self.feature_names))
@@ -161,6 +208,25 @@ class CausalDataset:
         The truth is recomputed from ``mu0``/``mu1`` when they are known; otherwise a benchmark
         ATT is kept only with ``keep_treated=True`` (all treated kept, controls subsampled: the
         treated population, hence the ATT, is unchanged) and the ATE is dropped.
+
+        Parameters
+        ----------
+        n : int
+            Size of the subset; ``n >= N`` returns the dataset itself.
+        seed : int, SeedSequence or None, default 0
+            Seed of the draw.
+        keep_treated : bool, default False
+            Keep every treated unit and subsample the controls.
+
+        Returns
+        -------
+        CausalDataset
+            The subset (``meta["subsample"]`` records the draw).
+
+        Raises
+        ------
+        ValueError
+            ``keep_treated`` with ``n`` leaving fewer than 2 controls.
         """
         n = int(n)
         if n >= self.n:
@@ -250,7 +316,23 @@ _SETO_TERMS = {
 
 def setoguchi_scenario_terms(scenario: str) -> List[Tuple[float, int, Tuple[int, int]]]:
     """The extra logit terms of a scenario as ``(multiplier, k, (j, l))`` meaning
-    ``multiplier * b_k * W_j * W_l`` (1-based covariate indices)."""
+    ``multiplier * b_k * W_j * W_l`` (1-based covariate indices).
+
+    Parameters
+    ----------
+    scenario : str
+        One of "A".."G" (case-insensitive).
+
+    Returns
+    -------
+    list of tuple
+        ``(multiplier, k, (j, l))`` per term.
+
+    Raises
+    ------
+    ValueError
+        An unknown scenario.
+    """
     s = str(scenario).upper()
     if s not in _SETO_TERMS:
         raise ValueError(f"scenario must be one of {SETOGUCHI_SCENARIOS}, got {scenario!r}")
@@ -302,8 +384,46 @@ def make_setoguchi(
     pushes every coefficient away from zero (stronger confounding, weaker overlap, larger
     effect): the out-of-distribution setting.
 
-    Returns a :class:`CausalDataset` with X = (W1..W10), the sample truth ate = mean(mu1 - mu0)
-    and att, mu0/mu1, the true propensity, and ``meta`` holding the coefficients used.
+    Everything is deterministic given ``seed``.
+
+    Parameters
+    ----------
+    n : int
+        Number of units, >= 2.
+    scenario : str, default "A"
+        Propensity scenario "A".."G".
+    seed : int, SeedSequence or None, default 0
+        Seed (deterministic given it).
+    gamma : float, default SETOGUCHI_GAMMA (-0.4)
+        The constant effect (population mean of the effect with ``heterogeneous``).
+    varying : bool, default False
+        Redraw every coefficient per dataset.
+    shift : float, default 0.0
+        Push every coefficient away from zero (out-of-distribution).
+    heterogeneous : bool, default False
+        Effect modification on (W1 - 1/2, W2, W4, W2^2 - 1).
+    noise_sd : float, default 1.0
+        Outcome noise standard deviation.
+    coef_sd : float, default 0.3
+        Scale of the coefficient draws and of ``shift``.
+
+    Returns
+    -------
+    CausalDataset
+        X = (W1..W10), the sample truth ate = mean(mu1 - mu0) and att, mu0/mu1, the true
+        propensity, and ``meta`` holding the coefficients used.
+
+    Raises
+    ------
+    ValueError
+        ``n < 2`` or an unknown scenario.
+
+    Examples
+    --------
+    >>> from cina_ext.data import make_setoguchi
+    >>> ds = make_setoguchi(100, "G", seed=1)
+    >>> ds.X.shape, round(ds.ate, 6)
+    ((100, 10), -0.4)
     """
     scenario = str(scenario).upper()
     terms = setoguchi_scenario_terms(scenario)
@@ -491,6 +611,42 @@ class ERSCM:
     Truth: :meth:`propagate` recomputes every node from the units' own noise, optionally under
     do(T = t). Covariates are unaffected by do(T) and the noise is additive, so
     Y_i(1) - Y_i(0) = tau(x_i) = mu1_i - mu0_i exactly, and the sample ATE is exact.
+
+    Parameters
+    ----------
+    d : int, default 10
+        Number of covariates, >= 1.
+    seed : int, SeedSequence or None, default 0
+        Seed of the structure and the mechanisms.
+    density : float, default 0.3
+        Edge probability, in [0, 1].
+    mechanism : str or sequence of str, default "mixed"
+        "mixed" (= "id", MECHANISMS_ID), "ood" (MECHANISMS_OOD), "all", one name or a list.
+    noise : float, default 0.5
+        Noise-to-signal standard-deviation ratio of every structural equation, >= 0.
+    noise_dist : {"gaussian", "laplace", "uniform"}, default "gaussian"
+        Distribution of the (unit-variance) noise.
+    shift : float, default 0.0
+        Shift of the mechanism parameters (out-of-distribution).
+    n_reference : int, default 4096
+        Size of the internal reference sample on which the standardisation constants are frozen.
+
+    Attributes
+    ----------
+    feature_names : list of str
+        ``X1, ..., Xd`` (property).
+    t_pos : int
+        Position of T in the topological order.
+    tau0, tau_het : float
+        Effect intercept and heterogeneity scale.
+    column_order : ndarray
+        The permutation from topological order to user columns.
+
+    Raises
+    ------
+    ValueError
+        ``d < 1``; ``density`` outside [0, 1]; ``noise < 0``; an unknown ``noise_dist`` or
+        mechanism.
     """
 
     def __init__(self, d: int = 10, *, seed: SeedLike = 0, density: float = 0.3,
@@ -562,9 +718,17 @@ class ERSCM:
         return [f"X{j + 1}" for j in range(self.d)]
 
     def adjacency(self) -> Tuple[List[str], np.ndarray]:
-        """(node names, adjacency matrix A with A[i, j] = 1 for an edge i -> j).
+        """The graph as node names and adjacency matrix.
 
-        Names are the user-facing covariate names X1..Xd, then "T", then "Y"."""
+        Names are the user-facing covariate names X1..Xd, then "T", then "Y".
+
+        Returns
+        -------
+        names : list of str
+            The d + 2 node names.
+        A : ndarray of shape (d + 2, d + 2), int64
+            ``A[i, j] = 1`` for an edge i -> j.
+        """
         names = self.feature_names + ["T", "Y"]
         # node index (topological) -> column index
         col_of = np.empty(self.d, dtype=int)
@@ -581,6 +745,15 @@ class ERSCM:
         return names, A
 
     def describe(self) -> Dict[str, Any]:
+        """The SCM as a JSON-able dict.
+
+        Returns
+        -------
+        dict
+            ``d``, ``density``, ``mechanisms``, ``noise``, ``noise_dist``, ``shift``, ``seed``,
+            ``nodes``, ``edges`` (pairs of names), ``treatment_intercept``, ``treatment_scale``,
+            ``tau0``, ``tau_het``.
+        """
         names, A = self.adjacency()
         return {
             "d": self.d, "density": self.density, "mechanisms": list(self.mechanisms), "noise": self.noise,
@@ -600,14 +773,48 @@ class ERSCM:
         return {"eps": eps, "u_t": u_t, "eps_y": eps_y}
 
     def draw_exogenous(self, n: int, seed: SeedLike = 0) -> Dict[str, np.ndarray]:
-        """The units' exogenous noise: eps (n, d), u_T (n,), eps_Y (n,)."""
+        """The units' exogenous noise.
+
+        Parameters
+        ----------
+        n : int
+            Number of units.
+        seed : int, SeedSequence or None, default 0
+            Seed of the draw.
+
+        Returns
+        -------
+        dict
+            ``eps`` (n, d), ``u_t`` (n,) and ``eps_y`` (n,).
+        """
         return self._draw_exogenous(int(n), np.random.default_rng(seed))
 
     def propagate(self, exo: Dict[str, np.ndarray], do: Optional[int] = None, *, freeze: bool = False
                   ) -> Dict[str, np.ndarray]:
         """Evaluate the SCM on given exogenous noise, optionally under do(T = ``do``).
 
-        Returns X (n, d, user column order), propensity, T, Y, mu0, mu1 (mu_t = E[Y | do(T=t), x])."""
+        Parameters
+        ----------
+        exo : dict
+            Exogenous noise as returned by :meth:`draw_exogenous`.
+        do : {0, 1}, optional
+            Intervene on T; None: T drawn from the propensity.
+        freeze : bool, default False
+            Freeze the standardisation constants on this sample (construction only).
+
+        Returns
+        -------
+        dict
+            ``X`` (n, d, user column order), ``propensity``, ``T``, ``Y``, ``mu0``, ``mu1``
+            (``mu_t = E[Y | do(T=t), x]``).
+
+        Raises
+        ------
+        ValueError
+            ``do`` not 0, 1 or None.
+        RuntimeError
+            ``freeze`` when the constants are already frozen.
+        """
         if freeze and self._frozen:
             raise RuntimeError("constants are already frozen")
         eps, u_t, eps_y = exo["eps"], exo["u_t"], exo["eps_y"]
@@ -638,17 +845,66 @@ class ERSCM:
         return {"X": Xt[:, self.column_order], "propensity": e, "T": T, "Y": Y, "mu0": mu0, "mu1": mu1}
 
     def sample(self, n: int, seed: SeedLike = 0, do: Optional[int] = None) -> Dict[str, np.ndarray]:
-        """Draw n units (their own noise from ``seed``) and propagate, optionally under do(T)."""
+        """Draw n units (their own noise from ``seed``) and propagate, optionally under do(T).
+
+        Parameters
+        ----------
+        n : int
+            Number of units.
+        seed : int, SeedSequence or None, default 0
+            Seed of the units' noise.
+        do : {0, 1}, optional
+            Intervene on T.
+
+        Returns
+        -------
+        dict
+            As :meth:`propagate`.
+
+        Raises
+        ------
+        ValueError
+            ``do`` not 0, 1 or None.
+        """
         return self.propagate(self.draw_exogenous(n, seed), do=do)
 
     def monte_carlo_ate(self, n: int = 200_000, seed: SeedLike = 12345) -> float:
         """Population ATE by simulation: mean of Y under do(T=1) minus Y under do(T=0), each
-        with fresh, independent units and noise (a check independent of mu0/mu1)."""
+        with fresh, independent units and noise (a check independent of mu0/mu1).
+
+        Parameters
+        ----------
+        n : int, default 200000
+            Units per arm of the simulation.
+        seed : int, SeedSequence or None, default 12345
+            Seed.
+
+        Returns
+        -------
+        float
+            The Monte-Carlo population ATE.
+        """
         ss = np.random.SeedSequence(seed)
         s1, s0 = ss.spawn(2)
         return float(self.sample(n, s1, do=1)["Y"].mean() - self.sample(n, s0, do=0)["Y"].mean())
 
     def dataset(self, n: int, seed: SeedLike = 0, name: str = "er") -> CausalDataset:
+        """n units of this SCM as a :class:`CausalDataset` with the sample truth.
+
+        Parameters
+        ----------
+        n : int
+            Number of units.
+        seed : int, SeedSequence or None, default 0
+            Seed of the units.
+        name : str, default "er"
+            Dataset name.
+
+        Returns
+        -------
+        CausalDataset
+            With ate/att (exact), mu0, mu1, the propensity and ``meta["scm"]`` (:meth:`describe`).
+        """
         out = self.sample(int(n), seed)
         ate, att = _truth(out["mu0"], out["mu1"], out["T"])
         return CausalDataset(X=out["X"], T=out["T"], Y=out["Y"], ate=ate, att=att,
@@ -660,7 +916,27 @@ class ERSCM:
 def make_er_scm(d: int = 10, *, seed: SeedLike = 0, density: float = 0.3,
                 mechanism: Union[str, Sequence[str]] = "mixed", noise: float = 0.5,
                 noise_dist: str = "gaussian", shift: float = 0.0) -> ERSCM:
-    """A random Erdos-Renyi SCM (see :class:`ERSCM`), deterministic given ``seed``."""
+    """A random Erdos-Renyi SCM (see :class:`ERSCM`), deterministic given ``seed``.
+
+    Parameters
+    ----------
+    d : int, default 10
+        Number of covariates.
+    seed : int, SeedSequence or None, default 0
+        Seed.
+    density, mechanism, noise, noise_dist, shift
+        As for :class:`ERSCM`.
+
+    Returns
+    -------
+    ERSCM
+        The model.
+
+    Raises
+    ------
+    ValueError
+        Invalid parameters (see :class:`ERSCM`).
+    """
     return ERSCM(d, seed=seed, density=density, mechanism=mechanism, noise=noise, noise_dist=noise_dist,
                  shift=shift)
 
@@ -678,6 +954,42 @@ def make_er_dataset(n: int, d: int = 10, *, seed: SeedLike = 0, density: float =
     heterogeneity) away from the training prior. The graph and mechanisms come from one child of
     ``seed``, the units from another: the same seed with another n gives the same SCM.
     Truth: ate = mean(mu1 - mu0) exactly (see :class:`ERSCM`); ``meta["scm"]`` holds the graph.
+
+    Parameters
+    ----------
+    n : int
+        Number of units.
+    d : int, default 10
+        Number of covariates.
+    seed : int, SeedSequence or None, default 0
+        Seed.
+    density : float, default 0.3
+        Edge probability.
+    mechanism : str or sequence of str, default "mixed"
+        See above.
+    noise : float, default 0.5
+        Noise-to-signal ratio.
+    noise_dist : {"gaussian", "laplace", "uniform"}, default "gaussian"
+        Noise distribution.
+    shift : float, default 0.0
+        Parameter shift.
+
+    Returns
+    -------
+    CausalDataset
+        The dataset (``meta["scm"]`` holds the graph, ``meta["seed"]`` the seed).
+
+    Raises
+    ------
+    ValueError
+        Invalid parameters (see :class:`ERSCM`).
+
+    Examples
+    --------
+    >>> from cina_ext.data import make_er_dataset
+    >>> ds = make_er_dataset(50, 5, seed=0)
+    >>> ds.X.shape, ds.feature_names[:2]
+    ((50, 5), ['X1', 'X2'])
     """
     ss = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
     ss_scm, ss_units = ss.spawn(2)
@@ -737,6 +1049,31 @@ def sample_datasets(family: str, count: int, n_range: Union[int, Tuple[int, int]
     and a parameter shift of 0.5. ``overrides`` replace any setting; a (lo, hi) tuple of numbers
     is drawn uniformly per dataset, a list is a uniform choice. Each dataset gets its own child
     SeedSequence; ``meta["index"]`` is its position.
+
+    Parameters
+    ----------
+    family : {"setoguchi", "er"}
+        The synthetic family.
+    count : int
+        Number of datasets.
+    n_range : int or (int, int), default (64, 1024)
+        Units per dataset, or (lo, hi) inclusive with 2 <= lo <= hi.
+    seed : int, SeedSequence or None, default 0
+        Seed.
+    setting : {"id", "ood"}, default "id"
+        Training prior or held-out settings.
+    **overrides
+        Replace any entry of ``SETTINGS[family][setting]``.
+
+    Yields
+    ------
+    CausalDataset
+        One dataset at a time.
+
+    Raises
+    ------
+    ValueError
+        An unknown family or setting; an invalid ``n_range``; the generators' errors.
     """
     family = str(family).lower()
     if family not in SETTINGS:

@@ -171,7 +171,39 @@ class _WeightingEstimator(BaseEstimator):
 
     # -- public API ------------------------------------------------------------------------
     def fit(self, X, T):
-        """Validate ``(X, T)`` and compute the balancing weights ``weights_`` (no outcome used)."""
+        """Validate ``(X, T)`` and compute the balancing weights ``weights_`` (no outcome used).
+
+        Parameters
+        ----------
+        X : array-like of shape (N, p)
+            Covariates: a numpy array, torch tensor (any device), pandas DataFrame (column names are
+            kept) or list; numeric or bool columns, finite, no constant column.
+        T : array-like of shape (N,) or (N, 1)
+            Binary treatment: bool, 0/1 or -1/+1 (+1 = treated); at least 2 units per arm.
+
+        Returns
+        -------
+        self
+            The fitted estimator (``weights_`` and the other fitted attributes set).
+
+        Raises
+        ------
+        ValueError
+            An invalid estimand or parameter; NaN or Inf in X or T; wrong dimensions; mismatched
+            lengths; a non-binary treatment; an arm with fewer than 2 units; no covariate columns; a
+            constant covariate column; tensors on different devices (see :mod:`cina_ext._core.checks`);
+            method-specific failures (e.g. propensity scores reaching 0 or 1, a DoubleML arm smaller
+            than ``n_folds``, a balancing problem that gives an arm no weight).
+        TypeError
+            Non-numeric (object, string, categorical, datetime, complex) columns or an unsupported
+            container; a parameter of the wrong type.
+
+        Warns
+        -----
+        RuntimeWarning
+            KernelBalancing and CInA: a balancing solve that did not converge (``converged_ = False``);
+            CInA: more than 95% of the dual variables at the upper bound (lam too large).
+        """
         estimand = check_estimand(self._resolve_estimand(), self._allowed_estimands)
         data = check_design(X, T)
         self._check_params()
@@ -212,7 +244,31 @@ class _WeightingEstimator(BaseEstimator):
             raise RuntimeError(f"this {type(self).__name__} is not fitted yet: call fit(X, T) first")
 
     def ate(self, Y) -> float:
-        """The effect for ``self.estimand`` (ATE, ATT or overlap effect) from outcome ``Y``."""
+        """The effect for ``self.estimand`` (ATE, ATT or overlap effect) from outcome ``Y``.
+
+        The method is called ``ate`` for every estimand; ``estimand_`` says which one is estimated.
+
+        Parameters
+        ----------
+        Y : array-like of shape (N,) or (N, 1)
+            Outcomes of the fitted units: numeric, finite, on the device of the design (tensors).
+
+        Returns
+        -------
+        float
+            The estimate (for the weighting estimators ``sum_T w Y - sum_C w Y``; IPW uses the
+            unnormalised contrast, DoubleML the cross-fitted AIPW score mean).
+
+        Raises
+        ------
+        RuntimeError
+            The estimator is not fitted.
+        ValueError
+            Y of the wrong length or dimensions, with NaN or Inf, or on another device than the
+            design; a non-finite estimate.
+        TypeError
+            Non-numeric Y.
+        """
         self._check_fitted()
         Ya = check_outcome(Y, self.X_.shape[0], device=self._data.device, index=self._data.index)
         est = self._effect_core(self._state, self.X_, self.T_, Ya, self.seed_)
@@ -224,12 +280,40 @@ class _WeightingEstimator(BaseEstimator):
                      verbose: Optional[bool] = None) -> Tuple[float, float]:
         """Percentile bootstrap interval ``(lo, hi)`` at level ``1 - alpha``.
 
-        Each of the ``n_bootstrap`` resamples draws units with replacement *within each arm* and
-        **refits the weights** on the resample (with the cheaper ``bootstrap`` solver settings of
-        the estimator, if it has any); the whole procedure is seeded by ``random_state`` (falls back
-        to the estimator's ``random_state``).  The replicate estimates are kept in
-        ``bootstrap_estimates_``.  A tqdm bar is shown when ``verbose`` (default: the estimator's
-        ``verbose``) is true.
+        Each of the ``n_bootstrap`` resamples draws units with replacement *within each arm* (so arm
+        sizes are kept and no resample can lose an arm) and **refits the weights** on the resample
+        (with the cheaper ``bootstrap`` solver settings of the estimator, if it has any).
+
+        Parameters
+        ----------
+        Y : array-like of shape (N,)
+            Outcomes of the fitted units.
+        alpha : float, default 0.05
+            One minus the confidence level, in (0, 1).
+        n_bootstrap : int, default 200
+            Number of resamples, at least 2.
+        random_state : None, int or numpy Generator, optional
+            Seeds the whole procedure; falls back to the estimator's ``random_state``.
+        verbose : bool, optional
+            Show a tqdm bar; default the estimator's ``verbose``.
+
+        Returns
+        -------
+        lo, hi : float
+            The ``alpha / 2`` and ``1 - alpha / 2`` quantiles of the replicate estimates, which are
+            kept in ``bootstrap_estimates_``.
+
+        Raises
+        ------
+        RuntimeError
+            The estimator is not fitted; more than 10% of the refits failed.
+        ValueError
+            ``alpha`` not in (0, 1); ``n_bootstrap < 2``; an invalid Y.
+
+        Warns
+        -----
+        RuntimeWarning
+            Some (at most 10%) refits failed and were skipped.
         """
         self._check_fitted()
         if not (0 < float(alpha) < 1):
@@ -280,14 +364,51 @@ class _WeightingEstimator(BaseEstimator):
         return float(lo), float(hi)
 
     def balance(self, *, threshold: float = 0.1):
-        """Balance table of the fitted weights (:func:`cina_ext.diagnostics.balance_table`)."""
+        """Balance table of the fitted weights (:func:`cina_ext.diagnostics.balance_table`).
+
+        Parameters
+        ----------
+        threshold : float, default 0.1
+            |SMD| above which a covariate is flagged.
+
+        Returns
+        -------
+        BalanceReport
+            SMD and variance ratios before and after weighting, ESS and weight summaries per arm,
+            for the estimator's estimand.
+
+        Raises
+        ------
+        RuntimeError
+            The estimator is not fitted.
+        """
         self._check_fitted()
         est = self.estimand_ if self.estimand_ in ("ate", "att", "overlap") else "ate"
         return balance_table(self.X_, self.T_, self.weights_, self.feature_names_, estimand=est,
                              threshold=threshold)
 
     def summary(self, Y=None) -> EstimatorSummary:
-        """Estimate (if ``Y`` is given), arm sizes, ESS, balance and method-specific diagnostics."""
+        """Estimate (if ``Y`` is given), arm sizes, ESS, balance and method-specific diagnostics.
+
+        Parameters
+        ----------
+        Y : array-like of shape (N,), optional
+            Outcomes; without them ``effect`` is None.
+
+        Returns
+        -------
+        EstimatorSummary
+            A dict with ``method``, ``estimand``, ``estimand_label``, ``effect``, ``n_treated``,
+            ``n_control``, ``ess``, ``max_abs_smd_before``, ``max_abs_smd_after``, ``n_flagged``,
+            ``weights`` (the per-arm weight summaries) and ``details``; it prints as a short report.
+
+        Raises
+        ------
+        RuntimeError
+            The estimator is not fitted.
+        ValueError
+            An invalid Y (see :meth:`ate`).
+        """
         self._check_fitted()
         rep = self.balance()
         out = EstimatorSummary(

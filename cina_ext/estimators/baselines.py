@@ -22,8 +22,47 @@ __all__ = ["DifferenceInMeans", "IPW", "SelfNormalizedIPW", "DoubleML"]
 class DifferenceInMeans(_WeightingEstimator):
     """Naive difference in means: every unit of an arm gets weight ``1 / n_arm``.
 
-    ``estimand`` is only a label here (the estimate is unadjusted whatever it says); it lets the
-    naive estimate be reported next to the other methods for the same target.
+    Parameters
+    ----------
+    estimand : {"ate", "att", "overlap"}, default "ate"
+        Only a label here (the estimate is unadjusted whatever it says); it lets the naive
+        estimate be reported next to the other methods for the same target.
+    random_state : None, int or numpy Generator, optional
+        Seed (used by :meth:`ate_interval`).
+    verbose : bool, default False
+        Progress bars.
+
+    Attributes
+    ----------
+    weights_ : ndarray of shape (N,)
+        Balancing weights, non-negative, summing to one within each arm.
+    estimand_ : str
+        The estimand that was fitted.
+    X_ : ndarray of shape (N, p)
+        The validated covariates (float64).
+    T_ : ndarray of shape (N,)
+        The validated treatment (int8 in {0, 1}).
+    n_features_in_ : int
+        Number of covariates.
+    feature_names_ : list of str
+        Covariate names (the DataFrame columns, else ``x0, x1, ...``).
+    feature_names_in_ : ndarray of str
+        The DataFrame column names (only for pandas input).
+    n_treated_, n_control_ : int
+        Arm sizes.
+    seed_ : int
+        The seed the fit used (from ``random_state``).
+    bootstrap_estimates_ : ndarray
+        The replicate estimates of the last :meth:`ate_interval`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cina_ext.estimators import DifferenceInMeans
+    >>> X = np.array([[0.0], [1.0], [2.0], [3.0]])
+    >>> est = DifferenceInMeans().fit(X, [1, 1, 0, 0])
+    >>> est.ate([3.0, 5.0, 1.0, 2.0])
+    2.5
     """
 
     _warns_on_imbalance = False
@@ -73,14 +112,52 @@ class IPW(_WeightingEstimator):
     """Inverse propensity weighting (Horvitz-Thompson form).
 
     The propensity ``e(x)`` is a logistic regression on standardised covariates (``C=1``, i.e. a
-    mild ridge; pass ``propensity_model`` -- any classifier with ``predict_proba`` -- to change it),
-    clipped to ``[clip, 1 - clip]`` (``clip=None`` or 0: no clipping).
+    mild ridge), clipped to ``[clip, 1 - clip]``.  Raw weights ``r``: "ate" treated 1/e, control
+    1/(1-e); "att" treated 1, control e/(1-e); "overlap" treated 1-e, control e.  The estimate is
+    the *unnormalised* HT contrast ``(sum_T r Y - sum_C r Y) / D`` with D = N (ate), n_treated
+    (att), sum e(1-e) (overlap).
 
-    Raw weights ``r``: "ate" treated 1/e, control 1/(1-e); "att" treated 1, control e/(1-e);
-    "overlap" treated 1-e, control e.  The estimate is the *unnormalised* HT contrast
-    ``(sum_T r Y - sum_C r Y) / D`` with D = N (ate), n_treated (att), sum e(1-e) (overlap).
-    ``weights_`` holds the per-arm normalised weights (for the diagnostics), ``raw_weights_`` the
-    raw ones and ``propensity_`` the fitted (clipped) scores.
+    Parameters
+    ----------
+    estimand : {"ate", "att", "overlap"}, default "ate"
+        The target.
+    propensity_model : classifier, optional
+        Any classifier with ``predict_proba`` (cloned and seeded); default
+        ``LogisticRegression(C=1.0, max_iter=2000)``.
+    clip : float or None, default 0.01
+        Clipping of the propensity, in [0, 0.5); None or 0: no clipping.
+    random_state : None, int or numpy Generator, optional
+        Seed.
+    verbose : bool, default False
+        Progress bars.
+
+    Attributes
+    ----------
+    weights_ : ndarray of shape (N,)
+        Balancing weights, non-negative, summing to one within each arm.
+    estimand_ : str
+        The estimand that was fitted.
+    X_ : ndarray of shape (N, p)
+        The validated covariates (float64).
+    T_ : ndarray of shape (N,)
+        The validated treatment (int8 in {0, 1}).
+    n_features_in_ : int
+        Number of covariates.
+    feature_names_ : list of str
+        Covariate names (the DataFrame columns, else ``x0, x1, ...``).
+    feature_names_in_ : ndarray of str
+        The DataFrame column names (only for pandas input).
+    n_treated_, n_control_ : int
+        Arm sizes.
+    seed_ : int
+        The seed the fit used (from ``random_state``).
+    bootstrap_estimates_ : ndarray
+        The replicate estimates of the last :meth:`ate_interval`.
+    propensity_ : ndarray of shape (N,)
+        The fitted (clipped) scores.
+    raw_weights_ : ndarray of shape (N,)
+        The raw weights ``r``; ``weights_`` holds the per-arm normalised ones (for the
+        diagnostics).
     """
 
     _normalised = False
@@ -136,8 +213,50 @@ class IPW(_WeightingEstimator):
 
 
 class SelfNormalizedIPW(IPW):
-    """Self-normalised (Hajek) IPW: the IPW weights normalised within each arm; the estimate is
-    ``sum_T w Y - sum_C w Y``.  Same parameters as :class:`IPW`."""
+    """Self-normalised (Hajek) IPW: the IPW weights normalised within each arm.
+
+    The estimate is ``sum_T w Y - sum_C w Y``.  Same parameters and attributes as :class:`IPW`.
+
+    Parameters
+    ----------
+    estimand : {"ate", "att", "overlap"}, default "ate"
+        The target.
+    propensity_model : classifier, optional
+        Any classifier with ``predict_proba``; default a logistic regression (``C=1``).
+    clip : float or None, default 0.01
+        Clipping of the propensity, in [0, 0.5); None or 0: no clipping.
+    random_state : None, int or numpy Generator, optional
+        Seed.
+    verbose : bool, default False
+        Progress bars.
+
+    Attributes
+    ----------
+    weights_ : ndarray of shape (N,)
+        Balancing weights, non-negative, summing to one within each arm.
+    estimand_ : str
+        The estimand that was fitted.
+    X_ : ndarray of shape (N, p)
+        The validated covariates (float64).
+    T_ : ndarray of shape (N,)
+        The validated treatment (int8 in {0, 1}).
+    n_features_in_ : int
+        Number of covariates.
+    feature_names_ : list of str
+        Covariate names (the DataFrame columns, else ``x0, x1, ...``).
+    feature_names_in_ : ndarray of str
+        The DataFrame column names (only for pandas input).
+    n_treated_, n_control_ : int
+        Arm sizes.
+    seed_ : int
+        The seed the fit used (from ``random_state``).
+    bootstrap_estimates_ : ndarray
+        The replicate estimates of the last :meth:`ate_interval`.
+    propensity_ : ndarray of shape (N,)
+        The fitted (clipped) scores.
+    raw_weights_ : ndarray of shape (N,)
+        The raw (unnormalised) IPW weights.
+    """
 
     _normalised = True
 
@@ -155,10 +274,56 @@ class DoubleML(_WeightingEstimator):
     * ATE: ``psi = mu1 - mu0 + T (Y - mu1) / e - (1 - T) (Y - mu0) / (1 - e)``, estimate mean(psi);
     * ATT: ``[T (Y - mu0) - (1 - T) e (Y - mu0) / (1 - e)] / mean(T)``.
 
-    Defaults: outcome ``HistGradientBoostingRegressor`` (``max_iter=100``), propensity
-    ``LogisticRegression(C=1)`` on standardised covariates.  ``ate_interval`` is the generic
-    bootstrap (which refits everything, so it costs ``n_bootstrap`` cross-fits); pass
-    ``method="influence"`` for the usual normal interval from the influence function.
+    ``ate_interval`` is the generic bootstrap (which refits everything, so it costs
+    ``n_bootstrap`` cross-fits); pass ``method="influence"`` for the usual normal interval from
+    the influence function.
+
+    Parameters
+    ----------
+    estimand : {"ate", "att"}, default "ate"
+        The target.
+    outcome_model : regressor, optional
+        Arm outcome model (cloned and seeded per fold); default
+        ``HistGradientBoostingRegressor(max_iter=100)``.
+    propensity_model : classifier, optional
+        Default ``LogisticRegression(C=1)`` on standardised covariates.
+    n_folds : int, default 5
+        Cross-fitting folds, at least 2 (and at most the smaller arm size).
+    clip : float or None, default 0.01
+        Propensity clipping, in [0, 0.5); None or 0: none.
+    random_state : None, int or numpy Generator, optional
+        Seeds the folds and the models.
+    verbose : bool, default False
+        Progress bars.
+
+    Attributes
+    ----------
+    weights_ : ndarray of shape (N,)
+        Balancing weights, non-negative, summing to one within each arm.
+    estimand_ : str
+        The estimand that was fitted.
+    X_ : ndarray of shape (N, p)
+        The validated covariates (float64).
+    T_ : ndarray of shape (N,)
+        The validated treatment (int8 in {0, 1}).
+    n_features_in_ : int
+        Number of covariates.
+    feature_names_ : list of str
+        Covariate names (the DataFrame columns, else ``x0, x1, ...``).
+    feature_names_in_ : ndarray of str
+        The DataFrame column names (only for pandas input).
+    n_treated_, n_control_ : int
+        Arm sizes.
+    seed_ : int
+        The seed the fit used (from ``random_state``).
+    bootstrap_estimates_ : ndarray
+        The replicate estimates of the last :meth:`ate_interval`.
+    propensity_ : ndarray of shape (N,)
+        The full-sample (clipped) propensity behind ``weights_``.
+    influence_ : ndarray of shape (N,)
+        The cross-fitted influence function (set by :meth:`ate`).
+    se_ : float
+        Its standard error (set by :meth:`ate`).
     """
 
     _allowed_estimands = ("ate", "att")
@@ -269,8 +434,37 @@ class DoubleML(_WeightingEstimator):
 
     def ate_interval(self, Y, alpha: float = 0.05, n_bootstrap: int = 200, random_state=None, *,
                      verbose: Optional[bool] = None, method: str = "bootstrap") -> Tuple[float, float]:
-        """``method="bootstrap"`` (default, the shared interface: refits everything on each
-        resample) or ``"influence"`` (normal interval from the cross-fitted influence function)."""
+        """Interval for the effect: the shared bootstrap or the influence-function normal interval.
+
+        Parameters
+        ----------
+        Y : array-like of shape (N,)
+            Outcomes of the fitted units.
+        alpha : float, default 0.05
+            One minus the confidence level.
+        n_bootstrap : int, default 200
+            Resamples of the bootstrap (each one a full cross-fit).
+        random_state : None, int or numpy Generator, optional
+            Seeds the bootstrap.
+        verbose : bool, optional
+            Progress bar of the bootstrap.
+        method : {"bootstrap", "influence"}, default "bootstrap"
+            "bootstrap": the shared interface (refits everything on each resample); "influence":
+            ``estimate -/+ z_{1 - alpha/2} se_`` from the cross-fitted influence function.
+
+        Returns
+        -------
+        lo, hi : float
+            The interval.
+
+        Raises
+        ------
+        ValueError
+            ``method`` not "bootstrap" or "influence"; the errors of the shared bootstrap and of
+            :meth:`ate`.
+        RuntimeError
+            The estimator is not fitted; too many failed bootstrap refits.
+        """
         if method == "influence":
             est = self.ate(Y)
             z = float(norm.ppf(1 - alpha / 2))

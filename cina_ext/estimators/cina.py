@@ -40,10 +40,105 @@ class CInA(_WeightingEstimator):
     (**choice**) the arm problems of docs/method.md §6 are solved with the learned ``cina`` kernel
     (the attention form of these problems is also in §6), with penalty ``readout_lam``.
 
+    Parameters
+    ----------
+    estimand : {"overlap", "ate", "att"}, default "overlap"
+        The read-out (training always uses the "overlap" problem).
+    lam : float, optional
+        Relative training penalty, > 0; ``lam_abs = lam / N``.  Default (None): 0.01.
+    key_dim : int, default 16
+        Width of the keys, a positive int.
+    hidden_dim : int, default 64
+        Hidden width of the key network, a positive int.
+    n_steps : int, default 20
+        Outer training steps, >= 0 (0: the untrained network's keys).
+    lr : float, default 0.01
+        Adam learning rate, > 0 (cosine decay over ``n_steps``).
+    readout_lam : float, optional
+        Relative penalty of the ate/att read-out, > 0; ``lam_abs = readout_lam / N^2``.  Default
+        (None): 0.01.
+    key_scale : float, default 1.0
+        Score scale ``key_scale / sqrt(key_dim)``, > 0.
+    loss : {"hinge", "squared_hinge"}, default "hinge"
+        The loss of eq. L.
+    tol : float, default 1e-6
+        Solver tolerance, > 0 (scaled by the kernel scale ``1 / N^2`` for the ate/att problems,
+        whose gradients are O(1/N^2)).
+    max_iter : int, optional
+        Solver iteration limit; None: the solver's default.
+    bootstrap_tol : float, default 1e-4
+        Solver tolerance of the bootstrap refits.
+    bootstrap_refit : {"solver", "full"}, default "solver"
+        ``ate_interval`` refits on each resample: "solver" keeps the trained key network and
+        re-solves the balancing problem exactly on the resample (tolerance ``bootstrap_tol``);
+        "full" retrains the network too (``n_steps`` outer steps per resample).
+    backend : {"auto", "fused", "reference"}, default "auto"
+        Backend of the attention operator and the solver.
+    device : str, default "auto"
+        "auto": the device of tensor inputs, else CUDA when available, else the CPU.
+    dtype : {"float64", "float32"}, default "float64"
+        Dtype of the network and the solves.
+    random_state : None, int or numpy Generator, optional
+        Seeds the key network.
+    verbose : bool, default False
+        Progress bars.
+
+    Attributes
+    ----------
+    weights_ : ndarray of shape (N,)
+        Balancing weights, non-negative, summing to one within each arm.
+    estimand_ : str
+        The estimand that was fitted.
+    X_ : ndarray of shape (N, p)
+        The validated covariates (float64).
+    T_ : ndarray of shape (N,)
+        The validated treatment (int8 in {0, 1}).
+    n_features_in_ : int
+        Number of covariates.
+    feature_names_ : list of str
+        Covariate names (the DataFrame columns, else ``x0, x1, ...``).
+    feature_names_in_ : ndarray of str
+        The DataFrame column names (only for pandas input).
+    n_treated_, n_control_ : int
+        Arm sizes.
+    seed_ : int
+        The seed the fit used (from ``random_state``).
+    bootstrap_estimates_ : ndarray
+        The replicate estimates of the last :meth:`ate_interval`.
+    loss_history_ : ndarray of shape (n_steps,)
+        eq. L per unit at each step, at the exact optimum of the inner problem.
+    final_loss_ : float
+        eq. L per unit at the final keys.
+    duality_gap_ : float
+        Relative gap between eq. L evaluated by the attention operator at the read-out ``(V, b)``
+        and the exact dual value -- the Theorem-1 consistency check of attention vs solver.
+    alpha_, intercept_ : ndarray of shape (N,), float
+        The overlap dual at the final keys.
+    alpha_at_zero_, alpha_at_one_ : float
+        Fractions of alpha at the bounds; all at one means lam is too large and the weights are
+        uniform.
+    converged_ : bool
+        Whether the final solves converged.
+    n_unconverged_steps_ : int
+        Training steps whose solve did not converge.
+    lam_abs_, readout_lam_abs_ : float, float or None
+        The absolute penalties (training; ate/att read-out).
+    keys_ : ndarray of shape (N, key_dim)
+        The final keys.
+    key_net_ : KeyNet
+        The trained key network.
+    device_ : torch.device
+        The device used.
+    diagnostics_ : dict
+        All of these as a dict.
+
+    Notes
+    -----
     Scaling (docs/method.md §7.1): the cina kernel is O(1/N^2), so the training penalty is
     ``lam_abs = lam / N`` (relative ``lam``, default 0.01) and the ate/att read-out uses
     ``lam_abs = readout_lam / N^2`` (default 0.01); both stored as ``lam_abs_`` /
-    ``readout_lam_abs_``.  See the module docstring for why these are N-invariant.
+    ``readout_lam_abs_``.  See the module docstring of :mod:`cina_ext.estimators.base` for why
+    these are N-invariant.
 
     Defaults measured (Setoguchi-type design, N=250, 20 replications, MAE; naive 0.186 / 0.112,
     SNIPW 0.053 / 0.087 in scenarios A / G):
@@ -76,18 +171,6 @@ class CInA(_WeightingEstimator):
     more steps overfit.
     Defaults: ``lam=0.01``, ``readout_lam=0.01``, ``n_steps=20``.  One fit at N=250 takes about
     0.2-0.5 s with the compiled solver and fused attention, 5-10 s on the PyTorch reference.
-
-    ``ate_interval`` refits on each resample: ``bootstrap_refit="solver"`` (default) keeps the trained
-    key network and re-solves the balancing problem exactly on the resample (tolerance
-    ``bootstrap_tol``); ``"full"`` retrains the network too (``n_steps`` outer steps per resample).
-
-    Fitted diagnostics: ``loss_history_`` (eq. L per unit at each step, at the exact optimum of the
-    inner problem), ``final_loss_``, ``duality_gap_`` (relative gap between eq. L evaluated by the
-    attention operator at the read-out ``(V, b)`` and the exact dual value -- the Theorem-1
-    consistency check of attention vs solver), ``alpha_`` / ``intercept_`` (overlap dual at the final
-    keys), ``alpha_at_zero_`` / ``alpha_at_one_`` (fractions at the bounds; all at one means lam
-    is too large and the weights are uniform), ``converged_`` (final solves), ``n_unconverged_steps_``,
-    ``keys_`` (N, key_dim), ``key_net_``, ``diagnostics_`` (all of these as a dict).
     """
 
     def __init__(self, estimand: str = "overlap", lam: Optional[float] = None, key_dim: int = 16,

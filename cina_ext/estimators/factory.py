@@ -28,8 +28,36 @@ _REGISTRY = {
 def make_estimator(name: str, *, estimand: Optional[str] = None, random_state=None, **kwargs):
     """Build an estimator by short name (one of :data:`METHODS`).
 
-    ``estimand=None`` keeps the class default ("ate"); ``kwargs`` go to the constructor (unknown
-    ones raise ``TypeError`` naming the estimator).
+    Parameters
+    ----------
+    name : str
+        "cina", "kernel", "naive", "ipw", "snipw", "dml" or "zero-shot" (case-insensitive);
+        "zero-shot" is :class:`CInAZeroShot` with the shipped model unless ``model`` or
+        ``checkpoint`` is given.
+    estimand : str, optional
+        None keeps the class default; else one the class allows.
+    random_state : None, int or numpy Generator, optional
+        Passed to the constructor.
+    **kwargs
+        Constructor parameters of the estimator.
+
+    Returns
+    -------
+    estimator
+        An unfitted estimator.
+
+    Raises
+    ------
+    ValueError
+        An unknown method name; an estimand the class does not allow.
+    TypeError
+        A keyword the estimator does not accept (naming the estimator).
+
+    Examples
+    --------
+    >>> from cina_ext.estimators import make_estimator
+    >>> make_estimator("kernel", estimand="att", lam=0.01)
+    KernelBalancing(estimand='att', lam=0.01)
     """
     key = str(name).lower()
     if key == "zero-shot":  # CInAZeroShot, the shipped model unless model/checkpoint is given

@@ -30,12 +30,84 @@ class KernelBalancing(_WeightingEstimator):
       mean_all phi||^2 + lam_abs ||w||^2`` on the simplex (docs/method.md §6).
     * ``estimand="att"``: the control arm balanced to the treated mean; treated weights ``1/n1``.
 
-    Covariates are standardised (population SD) first.  ``kernel="rbf"``: ``exp(-gamma ||x-x'||^2)``
-    with ``gamma`` on the standardised scale (default ``1/p``, sklearn's ``gamma="scale"`` there);
-    ``kernel="linear"``: ``x.x' / p`` on the standardised scale (mean diagonal 1).  ``lam`` is
-    relative (module docstring): the solver gets ``lam_abs = lam * N`` ("overlap") or
-    ``lam_abs = lam`` ("ate"/"att"), stored in ``lam_abs_``.  Defaults (``lam=None``): 3e-4 for
-    "overlap", 0.01 for "ate"/"att".  Measured (rbf, gamma 1/p, MAE; naive / SNIPW for reference):
+    Covariates are standardised (population SD) first.
+
+    Parameters
+    ----------
+    estimand : {"ate", "att", "overlap"}, default "ate"
+        The balancing problem.
+    kernel : {"rbf", "linear"}, default "rbf"
+        "rbf": ``exp(-gamma ||x-x'||^2)`` on the standardised scale; "linear": ``x.x' / p`` on
+        the standardised scale (mean diagonal 1).
+    lam : float, optional
+        Relative penalty, > 0 (see the module docstring of :mod:`cina_ext.estimators.base`): the
+        solver gets ``lam_abs = lam * N`` ("overlap") or ``lam_abs = lam`` ("ate"/"att").
+        Default (None): 3e-4 for "overlap", 0.01 for "ate"/"att".
+    gamma : float, optional
+        RBF bandwidth on the standardised scale, > 0; default ``1/p`` (sklearn's
+        ``gamma="scale"`` there).
+    intercept : bool, default True
+        "overlap": the SVM intercept (``W'alpha = 0``).
+    loss : {"hinge", "squared_hinge"}, default "hinge"
+        "overlap": the SVM loss.
+    tol : float, default 1e-6
+        Solver tolerance, > 0.
+    max_iter : int, optional
+        Solver iteration limit; None: the solver's default ``max(1e5, 50 N)``.
+    bootstrap_tol : float, default 1e-4
+        The (looser) tolerance of the refits of ``ate_interval``.
+    backend : {"auto", "fused", "reference"}, default "auto"
+        Solver backend (:func:`cina_ext.ops.dual_solve`).
+    device : str, default "auto"
+        "auto": the device of tensor inputs, else CUDA when available, else the CPU.
+    dtype : {"float64", "float32"}, default "float64"
+        Solver dtype.
+    random_state : None, int or numpy Generator, optional
+        Seed.
+    verbose : bool, default False
+        Progress bars.
+
+    Attributes
+    ----------
+    weights_ : ndarray of shape (N,)
+        Balancing weights, non-negative, summing to one within each arm.
+    estimand_ : str
+        The estimand that was fitted.
+    X_ : ndarray of shape (N, p)
+        The validated covariates (float64).
+    T_ : ndarray of shape (N,)
+        The validated treatment (int8 in {0, 1}).
+    n_features_in_ : int
+        Number of covariates.
+    feature_names_ : list of str
+        Covariate names (the DataFrame columns, else ``x0, x1, ...``).
+    feature_names_in_ : ndarray of str
+        The DataFrame column names (only for pandas input).
+    n_treated_, n_control_ : int
+        Arm sizes.
+    seed_ : int
+        The seed the fit used (from ``random_state``).
+    bootstrap_estimates_ : ndarray
+        The replicate estimates of the last :meth:`ate_interval`.
+    alpha_ : ndarray of shape (N,)
+        Raw solver solution.
+    intercept_ : float
+        SVM intercept ("overlap"; 0 otherwise).
+    converged_ : bool
+        Whether the solve converged (a solve that does not converge gives a ``RuntimeWarning``
+        and ``converged_ = False``, never silently).
+    kkt_, iterations_, objective_ : float, int, float
+        KKT violation, iterations and objective of the solve.
+    lam_abs_ : float
+        The absolute penalty handed to the solver.
+    gamma_ : float or None
+        The RBF bandwidth used (None for "linear").
+    alpha_at_zero_, alpha_at_one_ : float
+        "overlap": the fractions of alpha at the bounds.
+
+    Notes
+    -----
+    Measured (rbf, gamma 1/p, MAE; naive / SNIPW for reference):
 
     =========  ==========  ==========  ==========  ==========  ============  =============
     design     naive       SNIPW       overlap     overlap     overlap       ate lam 0.01
@@ -52,12 +124,16 @@ class KernelBalancing(_WeightingEstimator):
     (10, 10, 6, 6, 4, 4 replications.)  "ate" and "att" are flat in lam over 1e-3..3e-2 (N=250, A:
     0.047-0.049 ate, 0.056-0.057 att); lam 0.1 / 1 degrade slowly (0.056 / 0.067).  The overlap
     solve gets slower as lam shrinks (reference solver, N=1000: 9 s at 1e-4, 4 s at 3e-4, 1.5 s at
-    1e-3), so 3e-4 is the default.  ``tol`` / ``max_iter`` go to the
-    solver; ``bootstrap_tol`` is the (looser) tolerance used for the refits of ``ate_interval``.
-    Fitted: ``weights_``, ``alpha_`` (raw solver solution), ``intercept_`` ("overlap"),
-    ``converged_``, ``kkt_``, ``iterations_``, ``objective_``, and for "overlap" the fractions of
-    alpha at the bounds ``alpha_at_zero_`` / ``alpha_at_one_``.  A solve that does not converge
-    gives a ``RuntimeWarning`` and ``converged_ = False`` (never silently).
+    1e-3), so 3e-4 is the default.
+
+    Examples
+    --------
+    >>> from cina_ext.data import make_setoguchi
+    >>> from cina_ext.estimators import KernelBalancing
+    >>> ds = make_setoguchi(200, "A", seed=0)
+    >>> est = KernelBalancing(estimand="ate").fit(ds.X, ds.T)
+    >>> est.converged_, round(float(est.weights_[ds.T == 1].sum()), 6)
+    (True, 1.0)
     """
 
     def __init__(self, estimand: str = "ate", kernel: str = "rbf", lam: Optional[float] = None,

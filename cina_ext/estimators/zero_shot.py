@@ -25,20 +25,66 @@ __all__ = ["CInAZeroShot"]
 class CInAZeroShot(_WeightingEstimator):
     """Zero-shot CInA estimator (Algorithm 3): one forward pass gives the balancing weights.
 
-    ``model``: a trained :class:`CInAZeroShotModel`, or ``checkpoint``: a path written by
-    :func:`train_zero_shot`; :meth:`from_pretrained` with no path loads the model shipped in the
-    package (ATE by default, ATT on request; see docs/model_card.md).  ``estimand``: None = the
-    model's first estimand, else one it was trained for ("ate"/"att", or "overlap" for eq.-L
-    models).  ``refine``: after the forward pass, run up to this many iterations of the exact
-    solver on the balancing problem the model was trained on (RBF kernel, ``balance_lam``),
-    warm-started at the network's weights (docs/method.md §7.2, "amortised + refined"; ate/att models
-    only); 0 = pure zero-shot.  The shared interface applies: ``fit(X, T)`` sets ``weights_``
-    (non-negative, one per arm), ``ate(Y)``, ``ate_interval(Y)`` (bootstrap: one forward pass per
-    resample), ``balance()``, ``summary()``; ``estimate_many(datasets)`` does many datasets in
-    padded batches.  Diagnostics after ``fit``: ``balance_objective_`` (the training objective of
-    the weights returned; ate/att models, up to about 5,800 units since it forms the N x N RBF
-    Gram matrix), and with ``refine``: ``raw_weights_``,
-    ``raw_balance_objective_``, ``refine_kkt_``, ``refine_converged_``, ``refine_iterations_``.
+    The shared interface applies: ``fit(X, T)`` sets ``weights_`` (non-negative, one per arm),
+    ``ate(Y)``, ``ate_interval(Y)`` (bootstrap: one forward pass per resample), ``balance()``,
+    ``summary()``; :meth:`estimate_many` does many datasets in padded batches.
+
+    Parameters
+    ----------
+    model : CInAZeroShotModel, optional
+        A trained model.
+    checkpoint : str, optional
+        Or the path of a checkpoint written by :func:`train_zero_shot` (used when ``model`` is
+        None); :meth:`from_pretrained` with no path loads the model shipped in the package (ATE by
+        default, ATT on request; see docs/model_card.md).
+    estimand : str, optional
+        None = the model's first estimand, else one it was trained for ("ate"/"att", or
+        "overlap" for eq.-L models).
+    refine : int, default 0
+        After the forward pass, run up to this many iterations of the exact solver on the
+        balancing problem the model was trained on (RBF kernel, ``balance_lam``), warm-started at
+        the network's weights (docs/method.md §7.2, "amortised + refined"; ate/att models only);
+        0 = pure zero-shot.
+    backend : {"auto", "fused", "reference"}, default "auto"
+        Backend of the attention operator.
+    batch_size : int, default 32
+        Datasets per padded batch in :meth:`estimate_many`.
+    random_state : None, int or numpy Generator, optional
+        Seed (bootstrap).
+    verbose : bool, default False
+        Progress bars.
+
+    Attributes
+    ----------
+    weights_ : ndarray of shape (N,)
+        Balancing weights, non-negative, summing to one within each arm.
+    estimand_ : str
+        The estimand that was fitted.
+    X_ : ndarray of shape (N, p)
+        The validated covariates (float64).
+    T_ : ndarray of shape (N,)
+        The validated treatment (int8 in {0, 1}).
+    n_features_in_ : int
+        Number of covariates.
+    feature_names_ : list of str
+        Covariate names (the DataFrame columns, else ``x0, x1, ...``).
+    feature_names_in_ : ndarray of str
+        The DataFrame column names (only for pandas input).
+    n_treated_, n_control_ : int
+        Arm sizes.
+    seed_ : int
+        The seed the fit used (from ``random_state``).
+    bootstrap_estimates_ : ndarray
+        The replicate estimates of the last :meth:`ate_interval`.
+    balance_objective_ : float
+        The training objective of the weights returned (ate/att models, up to about 5,800 units
+        since it forms the N x N RBF Gram matrix).
+    raw_weights_ : ndarray of shape (N,)
+        With ``refine``: the network's weights before refinement.
+    raw_balance_objective_ : float
+        With ``refine``: their objective.
+    refine_kkt_, refine_converged_, refine_iterations_ : float, bool, int
+        With ``refine``: the refining solve's KKT violation, convergence flag and iterations.
     """
 
     _allowed_estimands = ("ate", "att", "overlap")
@@ -58,7 +104,27 @@ class CInAZeroShot(_WeightingEstimator):
 
     @classmethod
     def from_pretrained(cls, path: Optional[str] = None, **kwargs) -> "CInAZeroShot":
-        """Load ``path`` (a :func:`train_zero_shot` checkpoint) or, with None, the shipped model."""
+        """Load ``path`` (a :func:`train_zero_shot` checkpoint) or, with None, the shipped model.
+
+        Parameters
+        ----------
+        path : str, optional
+            Checkpoint path; None: the model shipped in the package (docs/model_card.md).
+        **kwargs
+            Other constructor parameters (``estimand``, ``refine``, ...).
+
+        Returns
+        -------
+        CInAZeroShot
+            An unfitted estimator with its model loaded.
+
+        Raises
+        ------
+        FileNotFoundError
+            The shipped model is missing from the installation, or no checkpoint at ``path``.
+        ValueError
+            ``path`` is not a CInA zero-shot checkpoint.
+        """
         if path is None:
             path = pretrained_path()
             if not os.path.isfile(path):
@@ -168,7 +234,30 @@ class CInAZeroShot(_WeightingEstimator):
         return d
 
     def estimate_many(self, datasets: Sequence, Y: Optional[Sequence] = None) -> np.ndarray:
-        """Estimates for many datasets (CausalDataset objects or ``(X, T, Y)`` tuples), batched."""
+        """Estimates for many datasets, batched (similar sizes share a padded batch).
+
+        Parameters
+        ----------
+        datasets : sequence
+            CausalDataset objects or ``(X, T[, Y])`` tuples.
+        Y : sequence of array-like, optional
+            One outcome vector per dataset; default each dataset's own ``Y`` (attribute or third
+            entry).
+
+        Returns
+        -------
+        ndarray of shape (len(datasets),)
+            The estimates, in the order of ``datasets``.
+
+        Raises
+        ------
+        ValueError
+            ``Y`` of another length than ``datasets``; a dataset without an outcome; a dataset with
+            more covariates than the model's ``max_features``; an invalid design or outcome; an
+            estimand or ``refine`` the model does not support.
+        TypeError
+            A dataset that is neither a CausalDataset nor a tuple.
+        """
         model = self._get_model()
         self._check_params()
         estimand = check_estimand(self._resolve_estimand(), self._allowed_estimands)

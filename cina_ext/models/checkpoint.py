@@ -28,8 +28,24 @@ PRETRAINED_FILES = {"zs": PRETRAINED_FILE, "zs-s": "cina_zs_s_ate.pt"}  # zs-s: 
 
 
 def pretrained_path(variant: str = "zs") -> str:
-    """Path of a model shipped inside the package: ``"zs"`` (default) or ``"zs-s"`` (see
-    docs/model_card.md)."""
+    """Path of a model shipped inside the package (see docs/model_card.md).
+
+    Parameters
+    ----------
+    variant : {"zs", "zs-s"}, default "zs"
+        "zs": the self-supervised model (CInA-ZS, the default); "zs-s": the supervised variant.
+
+    Returns
+    -------
+    str
+        The file path (next to the package: the source tree for an editable install,
+        site-packages for a wheel).
+
+    Raises
+    ------
+    ValueError
+        An unknown variant.
+    """
     if variant not in PRETRAINED_FILES:
         raise ValueError(f"variant must be one of {tuple(PRETRAINED_FILES)}, got {variant!r}")
     # next to this module: the source tree for an editable install, site-packages for a wheel
@@ -64,12 +80,30 @@ def save_atomic(obj: Dict[str, Any], path: str) -> None:
 
 
 def load_checkpoint(path: str, *, map_location="cpu") -> Dict[str, Any]:
-    """Read a checkpoint written by :func:`train_zero_shot` or :func:`export_checkpoint` (a dict).
+    """Read a checkpoint written by :func:`train_zero_shot` (or :func:`export_checkpoint`).
 
-    Loads with ``weights_only=True``: tensors and plain Python data only.  Raises
-    ``FileNotFoundError`` for a missing file and ``ValueError`` naming the path for a truncated or
-    corrupt file, for a pickle that needs other objects (refused, not executed) and for a dict
-    that is not a zero-shot checkpoint.
+    Loads with ``weights_only=True``: tensors and plain Python data only, so a file whose pickle
+    asks for anything else is refused, never executed.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file.
+    map_location : str or torch.device, default "cpu"
+        Passed to :func:`torch.load`.
+
+    Returns
+    -------
+    dict
+        The checkpoint (at least ``model_state`` and ``model_config``).
+
+    Raises
+    ------
+    FileNotFoundError
+        No file at ``path``.
+    ValueError
+        The file is truncated or corrupt, needs objects other than tensors and plain data to
+        unpickle, or is not a CInA zero-shot checkpoint (the message names the path).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -96,6 +130,23 @@ def export_checkpoint(src: str, dst: str) -> Dict[str, Any]:
     Keeps the weights (float32), the model and training configurations, the step count, the
     training time and a summary of the loss history; drops the optimizer, scheduler and RNG
     states.  Returns the dict written.
+
+    Parameters
+    ----------
+    src : str
+        A training checkpoint.
+    dst : str
+        Where to write the slim copy (atomically).
+
+    Returns
+    -------
+    dict
+        The dict written.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        ``src`` missing or not a checkpoint (see :func:`load_checkpoint`).
     """
     ckpt = load_checkpoint(src)
     hist = ckpt.get("history", {}).get("loss", [])
@@ -113,6 +164,32 @@ def export_checkpoint(src: str, dst: str) -> Dict[str, Any]:
 
 
 def model_from_checkpoint(ckpt: Union[str, Dict[str, Any]], *, map_location="cpu") -> CInAZeroShotModel:
+    """Build the :class:`CInAZeroShotModel` of a checkpoint, in eval mode.
+
+    Parameters
+    ----------
+    ckpt : str, path-like or dict
+        A checkpoint path or an already loaded checkpoint dict.
+    map_location : str or torch.device, default "cpu"
+        Passed to :func:`load_checkpoint` for a path.
+
+    Returns
+    -------
+    CInAZeroShotModel
+        The model, in the checkpoint's dtype (float32 by default).
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        A path that is missing or not a checkpoint.
+
+    Examples
+    --------
+    >>> from cina_ext.models import model_from_checkpoint, pretrained_path
+    >>> model = model_from_checkpoint(pretrained_path())
+    >>> model.estimands
+    ('ate', 'att')
+    """
     if isinstance(ckpt, (str, os.PathLike)):
         ckpt = load_checkpoint(str(ckpt), map_location=map_location)
     model = CInAZeroShotModel(**ckpt["model_config"])

@@ -7,10 +7,22 @@ __all__ = ["KeyNet"]
 
 
 class KeyNet(torch.nn.Module):
-    """Key network: MLP on standardised covariates, centred across the units of the dataset, then
-    LayerNorm without affine, so every key has mean 0 and norm sqrt(key_dim) and the scores
+    """Key network: MLP on standardised covariates, centred across the units, then LayerNorm.
+
+    The MLP output is centred across the units of the dataset, then normalised by a LayerNorm
+    without affine parameters, so every key has mean 0 and norm sqrt(key_dim) and the scores
     ``scale * k_i.k_j`` lie in ``[-key_scale * sqrt(D), key_scale * sqrt(D)]`` (default
-    ``scale = key_scale / sqrt(D)``): bounded key norms, no overflow (docs/method.md §7.2-7.3)."""
+    ``scale = key_scale / sqrt(D)``): bounded key norms, no overflow (docs/method.md §7.2-7.3).
+
+    Parameters
+    ----------
+    d_in : int
+        Number of covariates.
+    hidden : int
+        Hidden width (two GELU layers).
+    key_dim : int
+        Width of the keys.
+    """
 
     def __init__(self, d_in: int, hidden: int, key_dim: int):
         super().__init__()
@@ -24,6 +36,18 @@ class KeyNet(torch.nn.Module):
         self.norm = torch.nn.LayerNorm(key_dim, elementwise_affine=False)
 
     def forward(self, x):
+        """Keys of the units of one dataset.
+
+        Parameters
+        ----------
+        x : Tensor, shape (N, d_in)
+            Standardised covariates of one dataset.
+
+        Returns
+        -------
+        Tensor, shape (N, key_dim)
+            Keys, centred across the units, each of norm sqrt(key_dim).
+        """
         h = self.mlp(x)
         # centre across the units of the dataset: without it the component shared by every unit
         # (biases, the positive mean of GELU) dominates after the normalisation, all keys point the

@@ -74,6 +74,51 @@ class CInAZeroShotModel(nn.Module):
     Shapes: ``X`` (B, N, p) with ``p <= max_features``; ``W`` (B, N) in {-1, +1}; ``mask`` (B, N)
     bool (valid units); ``feature_mask`` (B, p) bool (valid covariates).  Returns ``K``
     (B, N, key_dim), ``V`` (B, N) (zero on padded units), ``b`` (B,).  See the module docstring.
+
+    Parameters
+    ----------
+    max_features : int, default 32
+        Most covariates a dataset may have (fewer are zero-padded), >= 1.
+    d_model : int, default 64
+        Token width; divisible by ``n_heads``.
+    n_heads : int, default 4
+        Attention heads of the encoder layers.
+    n_layers : int, default 2
+        Encoder layers.
+    dim_feedforward : int, default 128
+        Feed-forward width of the encoder layers.
+    key_dim : int, default 16
+        Width of the keys of the final attention layer.
+    dropout : float, default 0.0
+        Dropout of the encoder layers.
+    lam : float, default 0.01
+        Relative penalty of overlap models (``lam_abs = lam / n_valid``), positive and finite.
+    loss : {"hinge", "squared_hinge"}, default "hinge"
+        The loss of eq. L (overlap models).
+    estimands : str or sequence of str, default ("ate", "att")
+        ``("overlap",)`` or a non-empty subset of ``("ate", "att")`` without repeats.
+    balance_lam : float, default 0.01
+        ate/att ridge on the weights, positive and finite.
+    unroll : int, default 8
+        Witness steps of :meth:`balance_weights`, >= 0 (0 for overlap models).
+
+    Attributes
+    ----------
+    config : dict
+        The constructor arguments (stored in checkpoints).
+    estimands : tuple of str
+        The estimands the model was built for.
+    balancing : bool
+        True for ate/att models, False for overlap models.
+    max_features, lam, balance_lam, unroll, loss_kind
+        The corresponding parameters.
+
+    Raises
+    ------
+    ValueError
+        Invalid ``estimands``; ``balance_lam`` or ``lam`` not positive and finite;
+        ``max_features < 1``; an unknown ``loss``; ``d_model`` not divisible by ``n_heads``;
+        ``unroll < 0``.
     """
 
     def __init__(self, max_features: int = 32, d_model: int = 64, n_heads: int = 4, n_layers: int = 2,
@@ -168,7 +213,25 @@ class CInAZeroShotModel(nn.Module):
         return mask, feature_mask
 
     def standardise(self, X: Tensor, mask: Tensor, feature_mask: Tensor) -> Tensor:
-        """Per-dataset masked standardisation, zero-padded to ``max_features`` columns."""
+        """Per-dataset masked standardisation, zero-padded to ``max_features`` columns.
+
+        Masked mean and population sd over the valid units of each feature; sd below 1e-8 is
+        replaced by 1 (a constant column becomes 0); padded units and covariates are 0.
+
+        Parameters
+        ----------
+        X : Tensor, shape (B, N, p)
+            Covariates.
+        mask : Tensor of bool, shape (B, N)
+            Valid units.
+        feature_mask : Tensor of bool, shape (B, p)
+            Valid covariates.
+
+        Returns
+        -------
+        Tensor, shape (B, N, max_features)
+            The standardised covariates.
+        """
         m = mask.unsqueeze(-1).to(X.dtype)
         n = m.sum(1, keepdim=True)
         Xz = torch.where(mask.unsqueeze(-1), X, torch.zeros_like(X))
@@ -184,7 +247,27 @@ class CInAZeroShotModel(nn.Module):
 
     # -- the network ---------------------------------------------------------------------------
     def estimand_index(self, estimand, B: int, device) -> Tensor:
-        """(B,) index into ``self.estimands`` from None (the first), a name, or names/indices per dataset."""
+        """(B,) index into ``self.estimands`` from None (the first), a name, or names/indices per dataset.
+
+        Parameters
+        ----------
+        estimand : None, str, sequence of str or Tensor
+            None (the first estimand), a name, or names / indices per dataset.
+        B : int
+            Number of datasets.
+        device : torch.device
+            Device of the result.
+
+        Returns
+        -------
+        Tensor, shape (B,), int64
+            The indices.
+
+        Raises
+        ------
+        ValueError
+            A name the model was not trained for; not one valid index per dataset.
+        """
         if estimand is None:
             return torch.zeros(B, dtype=torch.long, device=device)
         if isinstance(estimand, str):
@@ -203,10 +286,43 @@ class CInAZeroShotModel(nn.Module):
 
     def forward(self, X: Tensor, W: Tensor, mask: Optional[Tensor] = None,
                 feature_mask: Optional[Tensor] = None, estimand=None) -> Tuple[Tensor, Tensor, Tensor]:
-        """``(K, V, b)``.  Overlap models: ``b`` (B,) is eq. L's intercept and ``sign(V) = W``.
-        ate/att models: ``V`` is free, ``b`` (B, 2) holds the per-arm offsets (treated, control)
-        and ``estimand`` (None = the first of ``self.estimands``, a name, or one per dataset)
-        selects the target population."""
+        """``(K, V, b)`` for a batch of datasets.
+
+        Overlap models: ``b`` (B,) is eq. L's intercept and ``sign(V) = W``.  ate/att models:
+        ``V`` is free and ``b`` (B, 2) holds the per-arm offsets (treated, control).
+
+        Parameters
+        ----------
+        X : Tensor, shape (B, N, p)
+            Covariates, ``p <= max_features``, finite on valid units.
+        W : Tensor, shape (B, N)
+            Signs in {-1, +1} on valid units (``W = 2T - 1``).
+        mask : Tensor of bool, shape (B, N), optional
+            Valid units (each dataset needs at least one); default all.
+        feature_mask : Tensor of bool, shape (B, p), optional
+            Valid covariates; default all.
+        estimand : str, sequence or Tensor, optional
+            ate/att models: None = the first of ``self.estimands``, a name, or one per dataset
+            (names or indices); selects the target population.
+
+        Returns
+        -------
+        K : Tensor, shape (B, N, key_dim)
+            Keys (0 on padded units).
+        V : Tensor, shape (B, N)
+            Values (0 on padded units).
+        b : Tensor, shape (B,) or (B, 2)
+            Intercepts (overlap) or per-arm offsets (ate/att).
+
+        Raises
+        ------
+        ValueError
+            X not 3-D, with more than ``max_features`` or no covariates, or NaN / Inf on valid units;
+            W, mask or feature_mask of the wrong shape or dtype; a dataset without valid units; W not
+            -1/+1 on valid units.
+        TypeError
+            X or W not a tensor.
+        """
         mask, feature_mask = self._check(X, W, mask, feature_mask)
         Z = self.standardise(X, mask, feature_mask)
         Wz = torch.where(mask, W, torch.zeros_like(W))
@@ -235,12 +351,47 @@ class CInAZeroShotModel(nn.Module):
 
     # -- objective and read-out: overlap (eq. L / eq. R) ------------------------------------------
     def lam_abs(self, mask: Tensor, dtype: torch.dtype) -> Tensor:
-        """Absolute penalty per dataset, ``lam / n_valid`` (B,)."""
+        """Absolute penalty per dataset, ``lam / n_valid`` (B,).
+
+        Parameters
+        ----------
+        mask : Tensor of bool, shape (B, N)
+            Valid units.
+        dtype : torch.dtype
+            Dtype of the result.
+
+        Returns
+        -------
+        Tensor, shape (B,)
+            ``lam / n_valid``.
+        """
         return self.lam / mask.sum(-1).to(dtype)
 
     def objective(self, K: Tensor, V: Tensor, b: Tensor, W: Tensor, mask: Tensor, *,
                   backend: str = "auto") -> Tensor:
-        """Mean over datasets of eq. L / n_valid, from the outputs of :meth:`forward` (overlap models)."""
+        """Mean over datasets of eq. L / n_valid, from the outputs of :meth:`forward` (overlap models).
+
+        Parameters
+        ----------
+        K, V, b : Tensor
+            The outputs of :meth:`forward` (an overlap model).
+        W : Tensor, shape (B, N)
+            Signs.
+        mask : Tensor of bool, shape (B, N)
+            Valid units.
+        backend : {"auto", "fused", "reference"}, default "auto"
+            Backend of the attention operator.
+
+        Returns
+        -------
+        Tensor
+            0-d.
+
+        Raises
+        ------
+        ValueError
+            Called on an ate/att model.
+        """
         if self.balancing:
             raise ValueError("objective() is eq. L of an overlap model; this model targets "
                              f"{self.estimands}: use balance_weights() and balance_objective()")
@@ -264,6 +415,30 @@ class CInAZeroShotModel(nn.Module):
         arm (exponentiated-gradient steps with learned step sizes ``eta_t``).  Every step is one
         fixed layer of the forward pass, not a per-dataset optimisation.  Each arm sums to one;
         for "att" the treated get ``1/n1``.
+
+        Parameters
+        ----------
+        K, V, b : Tensor
+            The outputs of :meth:`forward` (an ate/att model): (B, N, key_dim), (B, N), (B, 2).
+        W : Tensor, shape (B, N)
+            Signs.
+        mask : Tensor of bool, shape (B, N)
+            Valid units.
+        est_idx : Tensor, shape (B,), int64
+            Estimand index per dataset (:meth:`estimand_index`).
+        backend : {"auto", "fused", "reference"}, default "auto"
+            Backend of the attention operator.
+
+        Returns
+        -------
+        Tensor, shape (B, N)
+            The weights, differentiable in K, V and b.
+
+        Notes
+        -----
+        The steps reuse the attention matrix ``P = softmax(S)`` of the first pass: up to
+        ``MATERIALISE_LIMIT`` entries of (B, N, N) P is formed once; beyond, each step is one fused
+        flash-attention pass (O(N) memory).
         """
         B = K.shape[0]
         Wz = torch.where(mask, W, torch.ones_like(W))
@@ -322,6 +497,26 @@ class CInAZeroShotModel(nn.Module):
         ``exp(-||z - z'||^2 / p)`` on the per-dataset standardised covariates ``z`` (``p`` valid
         covariates): the problem :class:`cina_ext.estimators.KernelBalancing` solves exactly with
         its defaults, so its optimum is the exact solver's objective (plus a constant).
+
+        Parameters
+        ----------
+        X : Tensor, shape (B, N, p)
+            Covariates.
+        W : Tensor, shape (B, N)
+            Signs.
+        mask : Tensor of bool, shape (B, N)
+            Valid units.
+        feature_mask : Tensor of bool, shape (B, p)
+            Valid covariates.
+        w : Tensor, shape (B, N)
+            Weights (e.g. from :meth:`balance_weights`).
+        est_idx : Tensor, shape (B,), int64
+            Estimand index per dataset.
+
+        Returns
+        -------
+        Tensor, shape (B,)
+            The objective per dataset; forms the (B, N, N) RBF Gram matrix.
         """
         Z = self.standardise(X, mask, feature_mask)
         p = feature_mask.sum(-1).to(Z.dtype).clamp_min(1.0)
@@ -349,8 +544,40 @@ class CInAZeroShotModel(nn.Module):
     # -- both kinds ------------------------------------------------------------------------------
     def loss(self, X: Tensor, W: Tensor, mask: Optional[Tensor] = None, feature_mask: Optional[Tensor] = None,
              *, estimand=None, backend: str = "auto") -> Tensor:
-        """Self-supervised training loss (scalar): mean over datasets of eq. L / n_valid (overlap)
-        or of :meth:`balance_objective` (ate/att)."""
+        """Self-supervised training loss (scalar).
+
+        The mean over datasets of eq. L / n_valid (overlap) or of :meth:`balance_objective`
+        (ate/att).
+
+        Parameters
+        ----------
+        X : Tensor, shape (B, N, p)
+            Covariates, ``p <= max_features``, finite on valid units.
+        W : Tensor, shape (B, N)
+            Signs in {-1, +1} on valid units (``W = 2T - 1``).
+        mask : Tensor of bool, shape (B, N), optional
+            Valid units (each dataset needs at least one); default all.
+        feature_mask : Tensor of bool, shape (B, p), optional
+            Valid covariates; default all.
+        estimand : str, sequence or Tensor, optional
+            ate/att models: as for :meth:`forward`.
+        backend : {"auto", "fused", "reference"}, default "auto"
+            Backend of the attention operator.
+
+        Returns
+        -------
+        Tensor
+            0-d, differentiable in the parameters.
+
+        Raises
+        ------
+        ValueError
+            X not 3-D, with more than ``max_features`` or no covariates, or NaN / Inf on valid units;
+            W, mask or feature_mask of the wrong shape or dtype; a dataset without valid units; W not
+            -1/+1 on valid units.
+        TypeError
+            X or W not a tensor.
+        """
         mask, feature_mask = self._check(X, W, mask, feature_mask)
         if not self.balancing:
             K, V, b = self(X, W, mask, feature_mask)
@@ -367,8 +594,43 @@ class CInAZeroShotModel(nn.Module):
 
         Overlap models: the eq. R read-out (``alpha`` = the dual variables).  ate/att models:
         :meth:`balance_weights` (``alpha`` = the weights themselves, the solver's convention for
-        these estimands, so they can warm-start :func:`cina_ext.solver.dual_solve`).  Raises
-        ``ValueError`` if an arm of some dataset gets zero total weight.
+        these estimands, so they can warm-start :func:`cina_ext.ops.dual_solve`).  Runs without
+        gradients.
+
+        Parameters
+        ----------
+        X : Tensor, shape (B, N, p)
+            Covariates, ``p <= max_features``, finite on valid units.
+        W : Tensor, shape (B, N)
+            Signs in {-1, +1} on valid units (``W = 2T - 1``).
+        mask : Tensor of bool, shape (B, N), optional
+            Valid units (each dataset needs at least one); default all.
+        feature_mask : Tensor of bool, shape (B, p), optional
+            Valid covariates; default all.
+        estimand : str, sequence or Tensor, optional
+            As for :meth:`forward` (overlap models accept None or "overlap").
+        backend : {"auto", "fused", "reference"}, default "auto"
+            Backend of the attention operator.
+        return_alpha : bool, default False
+            Also return ``alpha``.
+
+        Returns
+        -------
+        w : Tensor, shape (B, N)
+            The weights.
+        alpha : Tensor, shape (B, N)
+            Only with ``return_alpha``.
+
+        Raises
+        ------
+        ValueError
+            X not 3-D, with more than ``max_features`` or no covariates, or NaN / Inf on valid units;
+            W, mask or feature_mask of the wrong shape or dtype; a dataset without valid units; W not
+            -1/+1 on valid units.
+            Also: an arm of some dataset gets zero total weight; an estimand the model was not
+            trained for.
+        TypeError
+            X or W not a tensor.
         """
         mask, feature_mask = self._check(X, W, mask, feature_mask)
         if self.balancing:
@@ -447,6 +709,33 @@ def collate_datasets(datasets: Sequence, *, dtype=torch.float32, device="cpu"):
     """Pad datasets (objects with ``X``, ``T`` or ``(X, T, ...)`` tuples) to a common (N, p).
 
     Returns ``X`` (B, N, p), ``W`` (B, N) (+1 on padding), ``mask`` (B, N), ``feature_mask`` (B, p).
+
+    Parameters
+    ----------
+    datasets : sequence
+        CausalDataset-like objects (with ``X``, ``T``) or ``(X, T, ...)`` tuples.
+    dtype : torch.dtype, default torch.float32
+        Dtype of X and W.
+    device : str or torch.device, default "cpu"
+        Device of the results.
+
+    Returns
+    -------
+    X : Tensor, shape (B, N, p)
+        Covariates, zero-padded.
+    W : Tensor, shape (B, N)
+        ``2T - 1``, +1 on padding.
+    mask : Tensor of bool, shape (B, N)
+        Valid units.
+    feature_mask : Tensor of bool, shape (B, p)
+        Valid covariates.
+
+    Raises
+    ------
+    ValueError
+        No datasets.
+    TypeError
+        An entry that is neither a dataset object nor a tuple.
     """
     xts = [_as_xt(d) for d in datasets]
     if not xts:

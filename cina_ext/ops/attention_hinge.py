@@ -90,12 +90,80 @@ def attention_hinge(
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Fused masked tied-key attention + penalised hinge loss (docs/ops/attention_hinge.md).
 
-    Returns ``(loss (B,), out (B, N), lse (B, N))``, differentiable in ``K``, ``V`` and ``b``
-    (``lse`` is differentiable in ``K`` as well).  Never materialises the N x N scores on the
-    compiled path.  When no input requires a gradient (or grad mode is off) the forward-only
-    path runs and no gradient work is done.  bfloat16 inputs (all of K, V, W, b) are computed in
-    float32 -- upcast on entry, float32 accumulation, float32 outputs; their gradients come back
-    in bfloat16 through the upcast.
+    For each dataset ``b`` of the batch, with scores ``S = scale * K K'`` over the valid units,
+    ``out = softmax(S) V``, ``lse`` the row log-normaliser of ``S``, and
+    ``loss = sum over valid rows of hinge(1 - W (out + b)) + (lam / 2) exp(lse) V out`` (eq. L).
+    The reference twin is :func:`cina_ext.reference.attention_hinge`.
+
+    Parameters
+    ----------
+    K : Tensor, shape (B, N, D)
+        Keys (queries are tied to the keys).  float32, float64 or bfloat16; every float input
+        must have K's dtype and device.
+    V : Tensor, shape (B, N)
+        Scalar values, K's dtype and device.
+    W : Tensor, shape (B, N)
+        Treatment signs in {-1, +1} (treated = +1), K's dtype and device.
+    b : Tensor, shape (B,)
+        Intercepts, K's dtype and device.
+    lam : float or Tensor of shape () or (B,)
+        Penalty, > 0 (a float must also be finite); a tensor must be on K's device.
+    mask : Tensor of bool, shape (B, N), optional
+        True = real unit, on K's device.  None (default): every unit is real.
+    scale : float, optional
+        Score scale; default ``1 / sqrt(D)`` (1 when ``D == 0``).
+    loss : {"hinge", "squared_hinge"}, default "hinge"
+        The loss of eq. L (the squared hinge is ``0.5 * relu(r) ** 2``).
+    backend : {"auto", "fused", "reference"}, default "auto"
+        "auto": the compiled kernels when the extension loaded and supports the device, else the
+        reference with a ``RuntimeWarning`` (once per process); "fused": compiled or an error;
+        "reference": :func:`cina_ext.reference.attention_hinge` (see
+        :func:`cina_ext.ops.resolve_backend`).
+
+    Returns
+    -------
+    loss : Tensor, shape (B,)
+        eq. L per dataset (sum over valid rows of hinge + penalty).
+    out : Tensor, shape (B, N)
+        Attention output ``softmax(S) V``; 0 at padded rows.
+    lse : Tensor, shape (B, N)
+        Row log-normaliser of the scores; 0 at padded rows.
+
+    All three are float32 for bfloat16 inputs, else in K's dtype.  They are differentiable in
+    ``K``, ``V`` and ``b`` (``lse`` in ``K`` as well); ``W``, ``lam`` and ``mask`` get no
+    gradient.
+
+    Raises
+    ------
+    ValueError
+        ``loss`` not one of the losses; ``K`` not 3-D; ``V``, ``W``, ``b`` or ``mask`` of the
+        wrong shape; an input on another device than ``K``; ``lam`` of the wrong shape, not
+        positive (tensor) or not positive and finite (float).
+    TypeError
+        ``K``, ``V``, ``W`` or ``b`` not a tensor; ``K`` not float32/float64/bfloat16; ``V``,
+        ``W`` or ``b`` of another dtype than ``K``; ``mask`` not a bool tensor.
+    RuntimeError
+        ``backend="fused"`` when the compiled extension (or its kernels for the device) is
+        unavailable.
+
+    Notes
+    -----
+    Never materialises the N x N scores on the compiled path.  When no input requires a gradient
+    (or grad mode is off) the forward-only path runs and no gradient work is done.  bfloat16
+    inputs (all of K, V, W, b) are computed in float32 -- upcast on entry, float32
+    accumulation, float32 outputs; their gradients come back in bfloat16 through the upcast.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from cina_ext.ops import attention_hinge
+    >>> K = torch.randn(2, 5, 4, dtype=torch.float64)
+    >>> V = torch.randn(2, 5, dtype=torch.float64)
+    >>> W = torch.tensor([[1., -1., 1., -1., 1.]] * 2, dtype=torch.float64)
+    >>> b = torch.zeros(2, dtype=torch.float64)
+    >>> loss, out, lse = attention_hinge(K, V, W, b, 0.1, backend="reference")
+    >>> loss.shape, out.shape, lse.shape
+    (torch.Size([2]), torch.Size([2, 5]), torch.Size([2, 5]))
     """
     _check_attention_inputs(K, V, W, b, lam, mask, loss)
     if K.dtype == torch.bfloat16:

@@ -238,12 +238,75 @@ def attention_hinge_packed(
     backend: str = "auto",
     bucket: Union[bool, float] = True,
 ) -> Tuple[Tensor, Tensor, Tensor]:
-    """:func:`cina_ext.ops.attention_hinge` on packed datasets (see the module docstring).
+    """:func:`cina_ext.ops.attention_hinge` on packed datasets (docs/ops/packed.md).
 
-    K (total, D) keys, V (total,) values, W (total,) signs, b (B,) intercepts, lam float, 0-d or
-    (B,) tensor, offsets (B + 1,) int64.  Returns ``(loss (B,), out (total,), lse (total,))``,
-    equal to the padded operator's per dataset; differentiable in K, V and b (through the padding).
-    ``scale`` defaults to 1/sqrt(D) for every dataset.  ``bucket``: see :func:`length_buckets`.
+    The ``B`` datasets are stored back to back: dataset ``b`` is rows ``offsets[b] : offsets[b + 1]``
+    of every per-unit tensor (see the module docstring).  The datasets are grouped into length
+    buckets and each bucket is one padded call of :func:`cina_ext.ops.attention_hinge`.
+
+    Parameters
+    ----------
+    K : Tensor, shape (total, D)
+        Packed keys; float32, float64 or bfloat16 (the padded operator's dtype rules apply).
+    V : Tensor, shape (total,)
+        Packed values.
+    W : Tensor, shape (total,)
+        Packed signs in {-1, +1}.
+    b : Tensor, shape (B,)
+        One intercept per dataset.
+    lam : float or Tensor of shape () or (B,)
+        Penalty, > 0.
+    offsets : Tensor, shape (B + 1,), int64
+        On K's device, starting at 0, non-decreasing, ending at ``total``
+        (:func:`offsets_from_lengths` builds it).  Datasets of length 0 and 1 are allowed.
+    scale : float, optional
+        Score scale; default ``1 / sqrt(D)`` for every dataset.
+    loss : {"hinge", "squared_hinge"}, default "hinge"
+        The loss of eq. L.
+    backend : {"auto", "fused", "reference"}, default "auto"
+        Passed to :func:`cina_ext.ops.attention_hinge`.
+    bucket : bool or float, default True
+        True: length buckets with the default ratio 1.5 (``DEFAULT_BUCKET_RATIO``); a float > 1:
+        another ratio; False: one padded call (padded to the longest dataset).  See
+        :func:`cina_ext.ops.packed.length_buckets`.
+
+    Returns
+    -------
+    loss : Tensor, shape (B,)
+        eq. L per dataset (0 for an empty dataset).
+    out : Tensor, shape (total,)
+        Packed attention output.
+    lse : Tensor, shape (total,)
+        Packed row log-normalisers.
+
+    Equal to the padded operator's results per dataset (up to floating-point summation order,
+    whatever the bucketing); differentiable in K, V and b (through the padding).
+
+    Raises
+    ------
+    TypeError
+        K, V, W or b not a tensor; ``offsets`` not an int64 tensor; dtype errors of the padded
+        operator.
+    ValueError
+        K not 2-D; V or W not of shape (total,); b not (B,); ``lam`` of the wrong shape;
+        ``offsets`` invalid (not 1-D, empty, on another device, not starting at 0, decreasing or
+        not ending at ``total``); ``bucket`` not True, False or a ratio > 1; the padded operator's
+        errors (their dataset numbers are annotated with the bucket's packed dataset numbers).
+    RuntimeError
+        ``backend="fused"`` without compiled kernels for the device.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from cina_ext.ops import attention_hinge_packed, offsets_from_lengths
+    >>> offsets = offsets_from_lengths([3, 5])
+    >>> K = torch.randn(8, 4, dtype=torch.float64)
+    >>> V = torch.randn(8, dtype=torch.float64)
+    >>> W = torch.tensor([1., -1., 1., 1., -1., 1., -1., -1.], dtype=torch.float64)
+    >>> b = torch.zeros(2, dtype=torch.float64)
+    >>> loss, out, lse = attention_hinge_packed(K, V, W, b, 0.1, offsets, backend="reference")
+    >>> loss.shape, out.shape
+    (torch.Size([2]), torch.Size([8]))
     """
     for name, t in (("K", K), ("V", V), ("W", W), ("b", b)):
         if not isinstance(t, Tensor):
@@ -336,15 +399,64 @@ def dual_solve_packed(
     x0: Optional[Tensor] = None,
     **kwargs,
 ) -> PackedBalanceResult:
-    """:func:`cina_ext.ops.dual_solve` on packed datasets.
+    """:func:`cina_ext.ops.dual_solve` on packed datasets (docs/ops/packed.md).
 
-    X (total, p) features (keys for ``kernel="cina"``), W (total,) in {-1, +1}, offsets (B + 1,)
-    int64, lam float or (B,).  ``gamma``, ``tol``, ``max_iter`` may be per dataset ((B,) tensors);
-    ``x0`` is packed (total,).  Other keyword arguments (``kernel``, ``scale``, ``estimand``,
-    ``intercept``, ``loss``, ``backend``, ``cache_mb``, ``shrinking``) go to ``dual_solve``
-    unchanged.  ``kernel="precomputed"`` is not available here (use :func:`qp_solve_packed` or
-    the padded solver).  Returns a :class:`PackedBalanceResult`: ``weights`` and ``alpha`` (total,),
-    the other fields (B,), the same numbers as ``dual_solve`` per dataset.
+    Parameters
+    ----------
+    X : Tensor, shape (total, p)
+        Packed features (keys for ``kernel="cina"``), float32 or float64.
+    W : Tensor, shape (total,)
+        Packed signs, -1 (control) or +1 (treated) at every unit, as numbers (not bool).
+    offsets : Tensor, shape (B + 1,), int64
+        On X's device, starting at 0, non-decreasing, ending at ``total``
+        (:func:`offsets_from_lengths`).
+    lam : float or Tensor of shape (B,)
+        Balancing penalty per dataset, > 0.
+    bucket : bool or float, default True
+        Length buckets as in :func:`attention_hinge_packed`.
+    gamma : float or Tensor of shape (B,), optional
+        RBF bandwidth, per dataset allowed.
+    tol : float or Tensor of shape (B,), default 1e-6
+        KKT tolerance, per dataset allowed.
+    max_iter : int or integer Tensor of shape (B,), optional
+        Iteration limit, per dataset allowed; None: the solver's default.
+    x0 : Tensor, shape (total,), optional
+        Packed warm start.
+    **kwargs
+        ``kernel``, ``scale``, ``estimand``, ``intercept``, ``loss``, ``backend``, ``cache_mb``,
+        ``shrinking``: passed to :func:`cina_ext.ops.dual_solve` unchanged.
+        ``kernel="precomputed"`` is not available here (use :func:`qp_solve_packed` or the padded
+        solver); ``mask`` is refused (the offsets say which units are real).
+
+    Returns
+    -------
+    PackedBalanceResult
+        ``weights`` and ``alpha`` (total,), ``intercept``, ``objective``, ``kkt``,
+        ``iterations``, ``converged`` (B,), ``estimand`` and ``offsets``: the same numbers as
+        :func:`cina_ext.ops.dual_solve` per dataset.
+
+    Raises
+    ------
+    ValueError
+        ``kernel="precomputed"``; X not 2-D; W not (total,); x0 not a (total,) tensor; invalid
+        ``offsets``; W not -1/+1; a dataset with an empty treatment arm; a per-dataset argument
+        not of shape (B,); the padded solver's errors (dataset numbers annotated with the bucket's
+        packed dataset numbers).
+    TypeError
+        ``mask`` given; X or W not a tensor; W bool or complex; ``offsets`` not an int64 tensor.
+    RuntimeError
+        ``backend="fused"`` when the compiled solver is unavailable.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from cina_ext.ops import dual_solve_packed, offsets_from_lengths
+    >>> offsets = offsets_from_lengths([6, 8])
+    >>> X = torch.randn(14, 2, dtype=torch.float64)
+    >>> W = torch.tensor([1., -1.] * 7, dtype=torch.float64)
+    >>> res = dual_solve_packed(X, W, offsets, 0.1, estimand="ate", backend="reference")
+    >>> res.weights.shape, res.converged.shape
+    (torch.Size([14]), torch.Size([2]))
     """
     if kwargs.get("kernel") == "precomputed":
         raise ValueError('kernel="precomputed" has no packed form in dual_solve_packed; use qp_solve_packed '
@@ -427,13 +539,63 @@ def qp_solve_packed(
     x0: Optional[Tensor] = None,
     **kwargs,
 ) -> PackedQPResult:
-    """:func:`cina_ext.ops.qp_solve` on packed datasets.
+    """:func:`cina_ext.ops.qp_solve` on packed datasets (docs/ops/packed.md).
 
-    ``Q`` (sum_b n_b**2,): the blocks ``Q_b`` (n_b x n_b) flattened row-major and concatenated in
-    dataset order; p (total,); lower / upper float or (total,); c (total,) with d float or (B,)
-    (together or not at all); x0 (total,); tol / max_iter scalars or (B,).  Other keyword
-    arguments (``backend``, ``cache_mb``, ``shrinking``) go to ``qp_solve``.  Returns a
-    :class:`PackedQPResult` (``x`` (total,), the rest (B,)).
+    Parameters
+    ----------
+    Q : Tensor, shape (sum_b n_b**2,)
+        The blocks ``Q_b`` (n_b x n_b) flattened row-major and concatenated in dataset order, on
+        p's device.
+    p : Tensor, shape (total,)
+        Packed linear terms.
+    offsets : Tensor, shape (B + 1,), int64
+        On p's device, starting at 0, non-decreasing, ending at ``total``.
+    lower, upper : float or Tensor of shape (total,), default 0.0 and +inf
+        Box bounds (packed when tensors).
+    c : Tensor, shape (total,), optional
+        Packed equality coefficients, together with ``d`` or not at all.
+    d : float or Tensor of shape (B,), optional
+        Right-hand sides per dataset.
+    bucket : bool or float, default True
+        Length buckets as in :func:`attention_hinge_packed`.
+    tol : float or Tensor of shape (B,), default 1e-6
+        KKT tolerance, per dataset allowed.
+    max_iter : int or integer Tensor of shape (B,), optional
+        Iteration limit, per dataset allowed.
+    x0 : Tensor, shape (total,), optional
+        Packed feasible warm start.
+    **kwargs
+        ``backend``, ``cache_mb``, ``shrinking``: passed to :func:`cina_ext.ops.qp_solve`;
+        ``mask`` is refused.
+
+    Returns
+    -------
+    PackedQPResult
+        ``x`` (total,), ``nu``, ``objective``, ``kkt``, ``iterations``, ``converged`` (B,) and
+        ``offsets``.
+
+    Raises
+    ------
+    TypeError
+        ``mask`` given; Q or p not a tensor; ``offsets`` not an int64 tensor; the padded solver's
+        dtype errors.
+    ValueError
+        p not 1-D; invalid ``offsets``; Q not of shape (sum_b n_b**2,) or on another device; ``c``
+        without ``d`` (or the reverse); c, x0 or a bound tensor not (total,); d not (B,); the
+        padded solver's errors (dataset numbers annotated with the bucket's packed dataset
+        numbers).
+    RuntimeError
+        ``backend="fused"`` when the compiled solver is unavailable.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from cina_ext.ops import qp_solve_packed, offsets_from_lengths
+    >>> offsets = offsets_from_lengths([1, 2])
+    >>> Q = torch.tensor([2.0, 1.0, 0.0, 0.0, 1.0], dtype=torch.float64)  # [[2]] then eye(2)
+    >>> p = torch.ones(3, dtype=torch.float64)
+    >>> qp_solve_packed(Q, p, offsets, backend="reference").x
+    tensor([0.5000, 1.0000, 1.0000], dtype=torch.float64)
     """
     if "mask" in kwargs:
         raise TypeError("qp_solve_packed takes offsets, not a mask")

@@ -226,13 +226,89 @@ def qp_solve(
 ) -> QPResult:
     """Solve a batch of ``min 1/2 x'Qx - p'x`` s.t. ``lower <= x <= upper`` [and ``c'x = d``].
 
-    Same contract as :func:`cina_ext.reference.qp_solve` (Q (B, N, N) symmetric PSD, p (B, N),
-    bounds float or (B, N), c (B, N) with d float or (B,), mask (B, N), x0 (B, N) feasible warm
-    start; float32 or float64, all float inputs in Q's dtype).  ``tol`` / ``max_iter`` may be
-    per-dataset (B,) tensors.  ``backend``: "auto" (compiled if available, else the reference with
-    a warning), "fused" (compiled or error), "reference".  ``cache_mb`` bounds the column cache
-    (only used when Q must be gathered: padded datasets).  ``shrinking`` toggles the working-set
-    shrinking of the compiled solver.
+    Same contract as :func:`cina_ext.reference.qp_solve` (the pure-PyTorch ground truth), plus
+    ``backend`` and the options of the compiled solver (docs/ops/qp_solve.md).  All float inputs
+    must be in Q's dtype (float32 or float64; no silent conversion) and every tensor argument on
+    Q's device (no silent copies; 0-d bounds act as scalars).
+
+    Parameters
+    ----------
+    Q : Tensor, shape (B, N, N)
+        Symmetric positive semi-definite matrices, float32 or float64.
+    p : Tensor, shape (B, N)
+        Linear terms, Q's dtype and device.
+    lower, upper : float or Tensor of shape () or (B, N), default 0.0 and +inf
+        Box bounds; ``lower`` may be -inf, ``upper`` +inf (no other infinity, no NaN), and
+        ``lower <= upper`` at every real unit.
+    c : Tensor, shape (B, N), optional
+        Coefficients of the equality ``c'x = d``, Q's dtype; given together with ``d`` or not at
+        all.
+    d : float or Tensor of shape (B,), optional
+        Right-hand side of the equality, Q's dtype.
+    mask : Tensor of bool, shape (B, N), optional
+        True = real unit; padded units take no part and return x = 0.  None: all real.
+    tol : float or Tensor of shape (B,), default 1e-6
+        Tolerance on the KKT violation, > 0; per-dataset values that differ need the compiled
+        solver (the reference takes one value for the batch).
+    max_iter : int or integer Tensor of shape (B,), optional
+        Iteration limit, >= 0; None is :func:`cina_ext.reference.default_max_iter` of N
+        (``max(100000, 50 N)``).  Per-dataset values that differ need the compiled solver.
+    x0 : Tensor, shape (B, N), optional
+        Feasible warm start (inside the box and, with the equality, meeting it), Q's dtype.
+        Without it a feasible start is built.
+    backend : {"auto", "fused", "reference"}, default "auto"
+        "auto": compiled if available, else the reference with a ``RuntimeWarning``; "fused":
+        compiled or error; "reference": :func:`cina_ext.reference.qp_solve`.
+    cache_mb : float, optional
+        Bound of the kernel-column cache in MiB (default 1024); only used when Q must be
+        gathered (padded datasets).  Must be positive.
+    shrinking : bool, default True
+        Working-set shrinking of the compiled CPU solver (ignored by the CUDA one-block
+        algorithm).
+
+    Returns
+    -------
+    QPResult
+        ``x`` (B, N) the solution (padded units 0), ``nu`` (B,) the multiplier of ``c'x = d``
+        (0 without the equality), ``objective`` (B,) ``1/2 x'Qx - p'x``, ``kkt`` (B,) the KKT
+        violation at return, ``iterations`` (B,) int64 and ``converged`` (B,) bool.
+
+    Raises
+    ------
+    TypeError
+        ``Q`` or ``p`` not a tensor; ``Q`` not float32/float64; ``p``, ``c``, ``d`` or ``x0`` of
+        another dtype than ``Q``; a bound of the wrong type; ``mask`` not bool.
+    ValueError
+        Wrong number of dimensions or shapes (Q not square, p, c, d, x0, bounds, mask); a tensor
+        on another device than ``Q``; ``c`` without ``d`` or ``d`` without ``c``; NaN or Inf in
+        ``Q``, ``p``, ``c``, ``d`` or ``x0``; NaN bounds or a wrong infinity; ``lower > upper``;
+        ``Q`` not symmetric; an equality that cannot be met inside the bounds; ``x0`` outside the
+        bounds or off the equality; ``tol``, ``max_iter`` or ``cache_mb`` out of range; per-dataset
+        ``tol`` / ``max_iter`` that differ, on the reference backend.
+    RuntimeError
+        ``backend="fused"`` when the compiled solver is unavailable for the device.
+
+    Notes
+    -----
+    The compiled CPU solver works on one dataset per thread (or, for a few large datasets,
+    inside a dataset), keeps the gradient in double and uses coordinate descent without the
+    equality and SMO with second-order working-set selection (LIBSVM's WSS2) with it.  The
+    conventions (KKT measure, multiplier ``nu``, iteration counting, feasible start) are the
+    reference's; see the module docstrings of :mod:`cina_ext.ops.qp_solve` and
+    :mod:`cina_ext.reference.qp_solve`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from cina_ext.ops import qp_solve
+    >>> Q = torch.eye(3, dtype=torch.float64).expand(2, 3, 3).contiguous()
+    >>> p = torch.ones(2, 3, dtype=torch.float64)
+    >>> res = qp_solve(Q, p, 0.0, 0.5, backend="reference")
+    >>> res.x
+    tensor([[0.5000, 0.5000, 0.5000],
+            [0.5000, 0.5000, 0.5000]], dtype=torch.float64)
+    >>> bool(res.converged.all())
+    True
     """
     _tensor(Q, "Q", 3)
     _tensor(p, "p", 2)
@@ -381,14 +457,98 @@ def dual_solve(
 ) -> BalanceResult:
     """Exact balancing weights for a batch of datasets (docs/method.md §2, §6; docs/ops/qp_solve.md).
 
-    Same contract as :func:`cina_ext.reference.dual_solve`: X (B, N, p) features (keys for
-    ``kernel="cina"``, the (B, N, N) Gram for ``"precomputed"``), W (B, N) in {-1, +1}, lam float
-    or (B,) > 0; ``estimand`` "overlap" (SVM dual, Q = (W W') * K / lam, 0 <= alpha <= 1 [or
-    squared hinge], W'alpha = 0 with ``intercept``), "ate" (each arm against the full-sample
-    kernel mean on the simplex), "att" (controls against the treated mean).  The compiled path
-    never forms the (B, N, N) Gram for feature kernels: columns are computed on the fly and cached
-    up to ``cache_mb`` per dataset being solved.  ``x0`` (B, N): optional warm start (an ``alpha``
-    of a previous solve, repaired if infeasible; see the module docstring).
+    Same contract as :func:`cina_ext.reference.dual_solve`, plus ``backend`` and the options of
+    the compiled solver.  ``estimand`` "overlap" is the SVM dual, ``Q = (W W') * K / lam``,
+    ``0 <= alpha <= 1`` (or ``alpha >= 0`` for the squared hinge), ``W'alpha = 0`` with
+    ``intercept``; "ate" balances each arm against the full-sample kernel mean on the simplex;
+    "att" the controls against the treated mean.
+
+    Parameters
+    ----------
+    X : Tensor, shape (B, N, p)
+        Features, float32 or float64: attention keys for ``kernel="cina"``, the (B, N, N) Gram
+        matrix for ``kernel="precomputed"``.
+    W : Tensor, shape (B, N)
+        Treatment signs, -1 (control) or +1 (treated) at every real unit, as numbers (not bool);
+        on X's device.
+    lam : float or Tensor of shape () or (B,)
+        Balancing penalty, finite and > 0.
+    kernel : {"rbf", "linear", "cina", "precomputed"}, default "rbf"
+        Kernel of the balancing problem (see :func:`cina_ext.reference.gram`).
+    gamma : float or Tensor of shape (B,), optional
+        RBF bandwidth, > 0; default per dataset ``1 / (p * mean per-feature variance)``.
+    scale : float, optional
+        Score scale of the cina kernel, finite; default ``1 / sqrt(p)``.
+    estimand : {"overlap", "ate", "att"}, default "overlap"
+        Which balancing problem is solved.
+    intercept : bool, default True
+        "overlap" only: impose ``W'alpha = 0`` (the SVM intercept).
+    loss : {"hinge", "squared_hinge"}, default "hinge"
+        "overlap" only: the SVM loss.
+    mask : Tensor of bool, shape (B, N), optional
+        True = real unit; on X's device.  None: all real.
+    tol : float or Tensor of shape (B,), default 1e-6
+        KKT tolerance, > 0; per-dataset values that differ need the compiled solver.
+    max_iter : int or integer Tensor of shape (B,), optional
+        Iteration limit, >= 0; None is :func:`cina_ext.reference.default_max_iter` of N.
+        Per-dataset values that differ need the compiled solver.
+    x0 : Tensor, shape (B, N), optional
+        Warm start (e.g. the ``alpha`` of a previous solve), on X's device; clipped to the box and
+        repaired if infeasible (see Notes).
+    backend : {"auto", "fused", "reference"}, default "auto"
+        "auto": compiled if available, else the reference with a ``RuntimeWarning``; "fused":
+        compiled or error; "reference": :func:`cina_ext.reference.dual_solve`.
+    cache_mb : float, optional
+        Column cache per dataset being solved, in MiB (default 1024), > 0.
+    shrinking : bool, default True
+        Working-set shrinking of the compiled CPU solver.
+
+    Returns
+    -------
+    BalanceResult
+        ``weights`` (B, N) non-negative, summing to one within each arm (padded units 0),
+        ``alpha`` (B, N) the raw QP solution, ``intercept`` (B,) the SVM intercept ``b`` for
+        "overlap" (0 for ate/att), ``objective``, ``kkt``, ``iterations``, ``converged`` (B,) and
+        ``estimand``.
+
+    Raises
+    ------
+    ValueError
+        Unknown ``estimand``, ``loss`` or ``kernel``; wrong shapes (X not 3-D, W, mask, x0, a
+        precomputed Gram that is not (B, N, N)); a tensor on another device than X; W not -1/+1 at
+        a real unit; an empty treatment arm among the real units; ``lam``, ``gamma``, ``tol``,
+        ``max_iter``, ``cache_mb`` or ``scale`` out of range; NaN or Inf in X or x0; a
+        precomputed Gram that is not symmetric; read-out weights of an arm summing to zero in a
+        converged dataset.
+    TypeError
+        X, W, mask or x0 not a tensor; X not float32/float64; W bool or complex; mask not bool.
+    RuntimeError
+        ``backend="fused"`` when the compiled solver is unavailable for the device.
+
+    Notes
+    -----
+    The compiled path never forms the (B, N, N) Gram for feature kernels: columns are computed
+    on the fly and cached up to ``cache_mb`` per dataset being solved.  Differences from the
+    reference (see the module docstring of :mod:`cina_ext.ops.qp_solve`): ``tol`` and
+    ``max_iter`` may be per-dataset tensors; the warm start ``x0`` is clipped to the box and,
+    when it violates the equality, repaired (overlap: the heavier arm scaled down to the
+    lighter one's sum; ate/att: each arm normalised to sum 1), whereas the reference requires
+    the overlap start to meet the equality already; on float32 the gradient is accumulated in
+    double; a dataset that did not converge and whose read-out leaves an arm without weight
+    (e.g. ``max_iter=0``) gets weights 0 on that arm and ``converged=False`` instead of an error.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from cina_ext.ops import dual_solve
+    >>> g = torch.Generator().manual_seed(0)
+    >>> X = torch.randn(1, 20, 3, generator=g, dtype=torch.float64)
+    >>> W = torch.tensor([[1.0, -1.0] * 10], dtype=torch.float64)
+    >>> res = dual_solve(X, W, 0.1, estimand="ate", backend="reference")
+    >>> res.weights.shape
+    torch.Size([1, 20])
+    >>> [round(float(res.weights[0][W[0] > 0].sum()), 6), round(float(res.weights[0][W[0] < 0].sum()), 6)]
+    [1.0, 1.0]
     """
     if estimand not in ESTIMANDS:
         raise ValueError(f"estimand must be one of {ESTIMANDS}, got {estimand!r}")

@@ -51,8 +51,43 @@ def attention_hinge(
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Masked tied-key softmax attention with scalar values and the penalised hinge loss (eq. L).
 
-    Returns ``(loss, out, lse)``; see the module docstring for shapes.  Materialises the
-    (B, N, N) score matrix: this is the ground truth, not the fast path.
+    The ground truth of :func:`cina_ext.ops.attention_hinge`: it materialises the (B, N, N) score
+    matrix, so it is not the fast path.  Differentiable with autograd.
+
+    Parameters
+    ----------
+    K : Tensor, shape (B, N, D)
+        Keys (queries are tied to keys), float32 or float64.
+    V : Tensor, shape (B, N)
+        Scalar values.
+    W : Tensor, shape (B, N)
+        Signs in {-1, +1}.
+    b : Tensor, shape (B,)
+        Intercepts.
+    lam : float or Tensor of shape () or (B,)
+        Penalty (not validated here: :mod:`cina_ext.ops` checks it).
+    mask : Tensor of bool, shape (B, N), optional
+        True = real unit; None: all real.
+    scale : float, optional
+        Score scale; default ``1 / sqrt(D)`` (1 when ``D == 0``).
+    loss : {"hinge", "squared_hinge"}, default "hinge"
+        The loss of eq. L.
+
+    Returns
+    -------
+    loss : Tensor, shape (B,)
+        Sum over valid rows of hinge + penalty.
+    out : Tensor, shape (B, N)
+        The attention output ``o = softmax(S) V``.
+    lse : Tensor, shape (B, N)
+        The row log-normaliser.
+
+    Padded rows have ``out = 0`` and ``lse = 0`` and take no part in anything.
+
+    Raises
+    ------
+    ValueError
+        ``loss`` not one of the losses.
     """
     if loss not in LOSS_KINDS:
         raise ValueError(f"loss must be one of {LOSS_KINDS}, got {loss!r}")
@@ -100,9 +135,35 @@ def readout_alpha(
 ) -> Tensor:
     """Dual variables from the attention values (eq. R): ``alpha = clip(lam V h W)``.
 
+    Parameters
+    ----------
+    V : Tensor, shape (B, N)
+        Attention values.
+    W : Tensor, shape (B, N)
+        Signs in {-1, +1}.
+    lse : Tensor, shape (B, N)
+        Row log-normalisers from :func:`attention_hinge` (``h = exp(lse)``).
+    lam : float or Tensor of shape () or (B,)
+        Penalty.
+    mask : Tensor of bool, shape (B, N), optional
+        True = real unit; padded units get 0.
+    loss : {"hinge", "squared_hinge"}, default "hinge"
+        Clips to [0, 1] for the hinge, [0, inf) for the squared hinge.
+
+    Returns
+    -------
+    Tensor, shape (B, N)
+        ``alpha``, non-negative (0 where ``V W <= 0`` and at padded units).
+
+    Raises
+    ------
+    ValueError
+        ``loss`` not one of the losses.
+
+    Notes
+    -----
     ``h = exp(lse)`` is never formed: ``lam |V| h = exp(log lam + log|V| + lse)`` so that large
-    scores cannot overflow.  Clipped to [0, 1] for the hinge, [0, inf) for the squared hinge.
-    Padded units get 0.
+    scores cannot overflow.
     """
     if loss not in LOSS_KINDS:
         raise ValueError(f"loss must be one of {LOSS_KINDS}, got {loss!r}")
@@ -121,8 +182,25 @@ def readout_alpha(
 def readout_weights(alpha: Tensor, W: Tensor, mask: Optional[Tensor] = None) -> Tensor:
     """Normalise non-negative dual variables per treatment arm so each arm sums to one.
 
-    Raises ``ValueError`` if an arm of some dataset has zero total weight (the estimate would be
-    undefined; never returned as NaN).
+    Parameters
+    ----------
+    alpha : Tensor, shape (B, N)
+        Dual variables (negative entries are clipped to 0).
+    W : Tensor, shape (B, N)
+        Signs: > 0 treated, < 0 control.
+    mask : Tensor of bool, shape (B, N), optional
+        True = real unit; padded units get weight 0.
+
+    Returns
+    -------
+    Tensor, shape (B, N)
+        Weights summing to one within each arm of each dataset.
+
+    Raises
+    ------
+    ValueError
+        An arm of some dataset has zero total weight (the estimate would be undefined; never
+        returned as NaN).
     """
     if mask is None:
         mask = torch.ones_like(W, dtype=torch.bool)
@@ -141,7 +219,34 @@ def readout_weights(alpha: Tensor, W: Tensor, mask: Optional[Tensor] = None) -> 
 
 
 def effect_from_weights(weights: Tensor, W: Tensor, Y: Tensor, mask: Optional[Tensor] = None) -> Tensor:
-    """``tau_hat = sum_i a_i W_i Y_i`` per dataset (weights already normalised per arm)."""
+    """The effect estimate ``tau_hat = sum_i a_i W_i Y_i`` per dataset.
+
+    Parameters
+    ----------
+    weights : Tensor, shape (B, N)
+        Weights ``a``, already normalised per arm (e.g. :func:`readout_weights`).
+    W : Tensor, shape (B, N)
+        Signs in {-1, +1}.
+    Y : Tensor, shape (B, N)
+        Outcomes.
+    mask : Tensor of bool, shape (B, N), optional
+        True = real unit; padded units contribute nothing.
+
+    Returns
+    -------
+    Tensor, shape (B,)
+        The estimate per dataset.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from cina_ext.reference import effect_from_weights
+    >>> w = torch.tensor([[0.5, 0.5, 0.5, 0.5]])
+    >>> W = torch.tensor([[1., 1., -1., -1.]])
+    >>> Y = torch.tensor([[3., 5., 1., 2.]])
+    >>> effect_from_weights(w, W, Y)
+    tensor([2.5000])
+    """
     prod = weights * W * Y
     if mask is not None:
         prod = torch.where(mask, prod, torch.zeros_like(prod))

@@ -33,7 +33,34 @@ __all__ = [
 
 
 def offsets_from_lengths(lengths: Union[Sequence[int], Tensor], *, device=None) -> Tensor:
-    """``[0, n_0, n_0 + n_1, ...]`` as an int64 tensor (on ``device``, else ``lengths``' device / CPU)."""
+    """Offsets ``[0, n_0, n_0 + n_1, ...]`` of the packed layout from the dataset lengths.
+
+    Parameters
+    ----------
+    lengths : sequence of int or Tensor of shape (B,)
+        Non-negative dataset lengths; a tensor must hold integers.
+    device : torch.device or str, optional
+        Device of the result; default the device of ``lengths`` (a tensor) or the CPU.
+
+    Returns
+    -------
+    Tensor, shape (B + 1,), int64
+        The offsets, starting at 0 and ending at the total number of units.
+
+    Raises
+    ------
+    ValueError
+        A tensor ``lengths`` that is not 1-D; a negative length.
+    TypeError
+        A tensor of floating, complex or bool dtype; a sequence entry that is not an int (bool
+        included).
+
+    Examples
+    --------
+    >>> from cina_ext.ops import offsets_from_lengths
+    >>> offsets_from_lengths([3, 0, 2])
+    tensor([0, 3, 3, 5])
+    """
     if isinstance(lengths, Tensor):
         if lengths.dim() != 1:
             raise ValueError(f"lengths must be 1-D, got shape {tuple(lengths.shape)}")
@@ -138,7 +165,39 @@ def attention_hinge_packed(
     scale: Optional[float] = None,
     loss: str = "hinge",
 ) -> tuple:
-    """Packed twin of :func:`cina_ext.reference.attention_hinge`: ``(loss (B,), out (total,), lse (total,))``."""
+    """Packed twin of :func:`cina_ext.reference.attention_hinge` (one padded call per dataset).
+
+    Parameters
+    ----------
+    K : Tensor, shape (total, D)
+        Packed keys.
+    V, W : Tensor, shape (total,)
+        Packed values and signs.
+    b : Tensor, shape (B,)
+        Intercepts.
+    lam : float or Tensor of shape () or (B,)
+        Penalty.
+    offsets : Tensor, shape (B + 1,), int64
+        The packed layout (see :func:`check_offsets`).
+    scale : float, optional
+        Default ``1 / sqrt(D)``.
+    loss : {"hinge", "squared_hinge"}, default "hinge"
+        The loss of eq. L.
+
+    Returns
+    -------
+    loss : Tensor, shape (B,)
+        eq. L per dataset (0 for an empty dataset).
+    out, lse : Tensor, shape (total,)
+        Packed attention output and row log-normalisers.
+
+    Raises
+    ------
+    TypeError
+        ``offsets`` not an int64 tensor.
+    ValueError
+        Invalid ``offsets``; ``loss`` not one of the losses.
+    """
     total, D = K.shape
     B = check_offsets(offsets, total, K.device)
     if scale is None:
@@ -173,7 +232,40 @@ def dual_solve_packed(
     x0: Optional[Tensor] = None,
     **kwargs,
 ) -> PackedBalanceResult:
-    """Packed twin of :func:`cina_ext.reference.dual_solve` (one solve per dataset)."""
+    """Packed twin of :func:`cina_ext.reference.dual_solve` (one solve per dataset).
+
+    Parameters
+    ----------
+    X : Tensor, shape (total, p)
+        Packed features.
+    W : Tensor, shape (total,)
+        Packed signs.
+    offsets : Tensor, shape (B + 1,), int64
+        The packed layout.
+    lam : float or Tensor of shape (B,)
+        Penalty per dataset.
+    gamma : float or Tensor of shape (B,), optional
+        RBF bandwidth per dataset.
+    tol : float or Tensor of shape (B,), default 1e-6
+        KKT tolerance per dataset.
+    max_iter : int or Tensor of shape (B,), optional
+        Iteration limit per dataset.
+    x0 : Tensor, shape (total,), optional
+        Packed warm start.
+    **kwargs
+        Other arguments of :func:`cina_ext.reference.dual_solve` (``kernel``, ``scale``,
+        ``estimand``, ``intercept``, ``loss``).
+
+    Returns
+    -------
+    PackedBalanceResult
+        ``weights`` and ``alpha`` (total,), the per-dataset fields (B,).
+
+    Raises
+    ------
+    TypeError, ValueError
+        Invalid ``offsets``; the errors of :func:`cina_ext.reference.dual_solve` per dataset.
+    """
     total = X.shape[0]
     B = check_offsets(offsets, total, X.device)
     unit = {"weights": [], "alpha": []}
@@ -210,7 +302,39 @@ def qp_solve_packed(
     max_iter: Union[None, int, Tensor] = None,
     x0: Optional[Tensor] = None,
 ) -> PackedQPResult:
-    """Packed twin of :func:`cina_ext.reference.qp_solve`; ``Q`` holds the flattened n_b x n_b blocks."""
+    """Packed twin of :func:`cina_ext.reference.qp_solve`; ``Q`` holds the flattened n_b x n_b blocks.
+
+    Parameters
+    ----------
+    Q : Tensor, shape (sum_b n_b**2,)
+        The blocks flattened row-major and concatenated in dataset order.
+    p : Tensor, shape (total,)
+        Packed linear terms.
+    offsets : Tensor, shape (B + 1,), int64
+        The packed layout.
+    lower, upper : float or Tensor of shape (total,), default 0.0 and +inf
+        Bounds.
+    c : Tensor, shape (total,), optional
+        Packed equality coefficients.
+    d : float or Tensor of shape (B,), optional
+        Right-hand sides per dataset.
+    tol : float or Tensor of shape (B,), default 1e-6
+        KKT tolerance per dataset.
+    max_iter : int or Tensor of shape (B,), optional
+        Iteration limit per dataset.
+    x0 : Tensor, shape (total,), optional
+        Packed feasible start.
+
+    Returns
+    -------
+    PackedQPResult
+        ``x`` (total,), the per-dataset fields (B,).
+
+    Raises
+    ------
+    TypeError, ValueError
+        Invalid ``offsets``; the errors of :func:`cina_ext.reference.qp_solve` per dataset.
+    """
     total = p.shape[0]
     B = check_offsets(offsets, total, p.device)
     xs = []

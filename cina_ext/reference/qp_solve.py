@@ -354,11 +354,23 @@ def _step(Q: Tensor, st: _State, has_pair: bool, has_single: bool, mixed: bool, 
 
 
 def default_max_iter(N: int) -> int:
-    """The iteration limit when none is given: max(100000, 50 N).  SMO-type solvers need O(N)
-    steps to converge, and the CUDA working-set algorithm (the default from 4096 units) can take
-    several times more steps than the one-block algorithm (each costs O(working set) instead of
-    O(N)); a fixed limit would stop large problems short (flagged not converged) at tight
-    tolerances."""
+    """The iteration limit when none is given: ``max(100000, 50 N)``.
+
+    SMO-type solvers need O(N) steps to converge, and the CUDA working-set algorithm (the default
+    from 4096 units) can take several times more steps than the one-block algorithm (each costs
+    O(working set) instead of O(N)); a fixed limit would stop large problems short (flagged not
+    converged) at tight tolerances.
+
+    Parameters
+    ----------
+    N : int
+        Number of (padded) units per dataset.
+
+    Returns
+    -------
+    int
+        The limit.
+    """
     return max(100_000, 50 * int(N))
 
 
@@ -377,19 +389,65 @@ def qp_solve(
 ) -> QPResult:
     """Solve a batch of ``min 1/2 x'Qx - p'x`` s.t. ``lower <= x <= upper`` [and ``c'x = d``].
 
-    Q (B, N, N) symmetric PSD, p (B, N), lower/upper float or (B, N) (lower may be -inf, upper
-    +inf), c (B, N) and d (B,) together or not at all, mask (B, N) bool (True = real unit).
-    float32 or float64 (all float inputs must share Q's dtype; no silent conversion).  x0 (B, N)
-    is an optional feasible start (box and equality); without it a feasible start is built
-    (clip(0) without the equality; see :func:`_feasible_start` with it).  Padded units take no
-    part and return x = 0.  See the module docstring for the algorithm, the KKT measure and the
-    multiplier convention.
+    See the module docstring for the algorithm, the KKT measure and the multiplier convention.
+    float32 or float64: all float inputs must share Q's dtype (no silent conversion).
 
+    Parameters
+    ----------
+    Q : Tensor, shape (B, N, N)
+        Symmetric positive semi-definite matrices.
+    p : Tensor, shape (B, N)
+        Linear terms.
+    lower, upper : float or Tensor of shape () or (B, N), default 0.0 and +inf
+        Bounds; ``lower`` may be -inf, ``upper`` +inf.
+    c : Tensor, shape (B, N), optional
+        Equality coefficients, together with ``d`` or not at all.
+    d : float or Tensor of shape (B,), optional
+        Equality right-hand sides.
+    mask : Tensor of bool, shape (B, N), optional
+        True = real unit.  Padded units take no part and return x = 0.
+    tol : float, default 1e-6
+        KKT tolerance, positive and finite.
+    max_iter : int, optional
+        Iteration limit, >= 0; None is :func:`default_max_iter` of N.
+    x0 : Tensor, shape (B, N), optional
+        Feasible start (box and equality).  Without it a feasible start is built (clip(0)
+        without the equality; see :func:`_feasible_start` with it).
+
+    Returns
+    -------
+    QPResult
+        ``x`` (B, N), ``nu`` (B,) (0 without the equality), ``objective`` (B,)
+        ``1/2 x'Qx - p'x``, ``kkt`` (B,), ``iterations`` (B,) int64, ``converged`` (B,) bool.
+
+    Raises
+    ------
+    TypeError
+        Q or p not a tensor; Q not float32/float64; p, c, d or x0 not in Q's dtype; mask not bool.
+    ValueError
+        Wrong shapes; ``c`` without ``d`` (or the reverse); ``tol`` or ``max_iter`` out of range;
+        NaN or Inf in Q, p, c, d or x0; NaN bounds or a wrong infinity; ``lower > upper``; Q not
+        symmetric; ``x0`` outside the bounds or off the equality; an equality that cannot be met
+        inside the bounds.
+
+    Notes
+    -----
     ``converged`` is True only where the KKT violation of the returned point, recomputed from the
-    exact gradient, is below ``tol``.  Datasets stop unconverged at ``max_iter``, after steps
-    that make no representable progress, or when the violation stagnates at the rounding level
-    of the gradient (float32 cannot certify tolerances much below ``eps * max|Q| * ||x||_1``;
-    use e.g. ``tol=1e-4`` there).  Cost: O(N) torch ops per iteration per dataset, batched.
+    exact gradient, is below ``tol``.  Datasets stop unconverged at ``max_iter``, after steps that
+    make no representable progress, or when the violation stagnates at the rounding level of the
+    gradient (float32 cannot certify tolerances much below ``eps * max|Q| * ||x||_1``; use e.g.
+    ``tol=1e-4`` there).  Cost: O(N) torch ops per iteration per dataset, batched.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from cina_ext.reference import qp_solve
+    >>> Q = torch.eye(2, dtype=torch.float64).unsqueeze(0)
+    >>> p = torch.tensor([[1.0, 3.0]], dtype=torch.float64)
+    >>> c = torch.ones(1, 2, dtype=torch.float64)
+    >>> d = torch.ones(1, dtype=torch.float64)
+    >>> qp_solve(Q, p, 0.0, float("inf"), c, d).x  # the simplex: x = (0, 1)
+    tensor([[0., 1.]], dtype=torch.float64)
     """
     _check_tensor(Q, "Q", 3)
     _check_tensor(p, "p", 2)
@@ -605,18 +663,51 @@ def gram(
     scale: Optional[float] = None,
     mask: Optional[Tensor] = None,
 ) -> Tensor:
-    """Batched Gram matrices (B, N, N); rows and columns of padded units are 0.
+    """Batched Gram matrices; rows and columns of padded units are 0.
 
-    * ``"linear"``: ``X X'``.
-    * ``"rbf"``: ``exp(-gamma ||x_i - x_j||^2)``.  Default ``gamma`` per dataset:
-      ``1 / (p * v)`` with ``v`` the mean over the p features of the per-feature population
-      variance (ddof = 0) over the valid units (``gamma = 1`` when ``v = 0``).  For standardised or
-      centred features this is sklearn's ``gamma="scale"`` (sklearn uses the variance of all
-      entries of X pooled, which also counts the spread between feature means).
-    * ``"cina"``: X are attention keys (B, N, D); ``s = scale X X'`` (default scale 1/sqrt(D)),
-      ``lse_i = logsumexp_{j valid} s_ij``, ``k_ij = exp(s_ij - lse_i - lse_j)``: the kernel
-      ``E_ij / (h_i h_j)`` of docs/method.md §3, computed in log-space.
-    * ``"precomputed"``: X is already the (B, N, N) Gram matrix (masked and returned).
+    Parameters
+    ----------
+    X : Tensor, shape (B, N, p)
+        Features, float32 or float64 (keys for "cina"; the (B, N, N) Gram for "precomputed").
+    kernel : {"rbf", "linear", "cina", "precomputed"}, default "rbf"
+        * ``"linear"``: ``X X'``.
+        * ``"rbf"``: ``exp(-gamma ||x_i - x_j||^2)``.
+        * ``"cina"``: X are attention keys (B, N, D); ``s = scale X X'``,
+          ``lse_i = logsumexp_{j valid} s_ij``, ``k_ij = exp(s_ij - lse_i - lse_j)``: the kernel
+          ``E_ij / (h_i h_j)`` of docs/method.md §3, computed in log-space.
+        * ``"precomputed"``: X is already the (B, N, N) Gram matrix (masked and returned).
+    gamma : float or Tensor of shape (B,), optional
+        RBF bandwidth, > 0.  Default per dataset: ``1 / (p * v)`` with ``v`` the mean over the p
+        features of the per-feature population variance (ddof = 0) over the valid units
+        (``gamma = 1`` when ``v = 0``).  For standardised or centred features this is sklearn's
+        ``gamma="scale"`` (sklearn uses the variance of all entries of X pooled, which also counts
+        the spread between feature means).
+    scale : float, optional
+        Score scale of the cina kernel; default ``1 / sqrt(D)``.
+    mask : Tensor of bool, shape (B, N), optional
+        True = real unit.
+
+    Returns
+    -------
+    Tensor, shape (B, N, N)
+        The Gram matrices, in X's dtype.
+
+    Raises
+    ------
+    ValueError
+        Unknown ``kernel``; X not 3-D; a precomputed X that is not (B, N, N); NaN or Inf in X at
+        real units; a wrong mask shape; ``gamma`` not finite and > 0.
+    TypeError
+        X not a tensor or not float32/float64; mask not bool; ``gamma`` of the wrong type.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from cina_ext.reference import gram
+    >>> X = torch.tensor([[[0.0], [1.0]]], dtype=torch.float64)
+    >>> gram(X, "linear")
+    tensor([[[0., 0.],
+             [0., 1.]]], dtype=torch.float64)
     """
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
@@ -696,27 +787,65 @@ def dual_solve(
 ) -> BalanceResult:
     """Exact balancing weights for a batch of datasets (docs/method.md §2, §6; docs/ops/qp_solve.md).
 
-    X (B, N, p) features (keys for ``kernel="cina"``, the (B, N, N) Gram for "precomputed"),
-    W (B, N) in {-1, +1} (treated = +1), lam float or (B,) > 0.
+    Parameters
+    ----------
+    X : Tensor, shape (B, N, p)
+        Features, float32 or float64 (keys for ``kernel="cina"``, the (B, N, N) Gram for
+        "precomputed").
+    W : Tensor, shape (B, N)
+        Signs in {-1, +1} (treated = +1) at every real unit, as numbers (not bool).
+    lam : float or Tensor of shape () or (B,)
+        Balancing penalty, finite and > 0.
+    kernel : {"rbf", "linear", "cina", "precomputed"}, default "rbf"
+        See :func:`gram`.
+    gamma : float or Tensor of shape (B,), optional
+        RBF bandwidth (default: see :func:`gram`).
+    scale : float, optional
+        Score scale of the cina kernel.
+    estimand : {"overlap", "ate", "att"}, default "overlap"
+        * ``"overlap"`` (the SVM dual, docs/method.md §2): ``Q = (W W') * K / lam``, ``p = 1``,
+          ``0 <= alpha <= 1``, ``W'alpha = 0`` when ``intercept``.
+        * ``"ate"``: per arm a, ``min 1/2 w'(2 K_aa + 2 lam I) w - 2 kbar_a'w`` on the simplex,
+          with ``kbar_a[i]`` the mean of ``K_ij`` over all valid units j.
+        * ``"att"``: the control arm against the treated mean (``kbar`` over treated units);
+          treated weights ``1/n1``.
+    intercept : bool, default True
+        "overlap": impose ``W'alpha = 0``.
+    loss : {"hinge", "squared_hinge"}, default "hinge"
+        "overlap": ``loss="squared_hinge"`` uses ``Q = (W W') * (K + lam I) / lam``
+        (= ``(W W') * K / lam + I``), ``alpha >= 0``: the dual of
+        ``(lam/2)||beta||^2 + sum_i 1/2 [1 - W_i f(x_i)]_+^2``, i.e. docs/method.md's
+        ``1'alpha - alpha'(Q_K + lam I) alpha / (2 lam)``.
+    mask : Tensor of bool, shape (B, N), optional
+        True = real unit.
+    tol : float, default 1e-6
+        KKT tolerance.
+    max_iter : int, optional
+        None is :func:`default_max_iter` of N.
+    x0 : Tensor, shape (B, N), optional
+        A warm start, e.g. the ``alpha`` of an earlier solve; it is clipped to the box
+        ("overlap", where it must already meet ``W'alpha = 0`` with ``intercept``) or clipped at 0
+        and renormalised per arm ("ate"/"att").
 
-    * ``"overlap"`` (the SVM dual, docs/method.md §2): ``Q = (W W') * K / lam``, ``p = 1``,
-      ``0 <= alpha <= 1``, ``W'alpha = 0`` when ``intercept``.  ``loss="squared_hinge"``:
-      ``Q = (W W') * (K + lam I) / lam`` (= ``(W W') * K / lam + I``), ``alpha >= 0``: the dual of
-      ``(lam/2)||beta||^2 + sum_i 1/2 [1 - W_i f(x_i)]_+^2``, i.e. docs/method.md's
-      ``1'alpha - alpha'(Q_K + lam I) alpha / (2 lam)``.  ``alpha`` are the dual variables on the
-      scale of eq. R (``alpha = lam * |dual_coef_|`` of ``SVC(C=1/lam)``), ``intercept`` is ``b``
-      in ``f(x_i) = sum_j alpha_j W_j k_ij / lam + b`` (``b = nu`` of the QP, which equals
-      ``SVC.intercept_``), weights = alpha normalised per arm.
-    * ``"ate"``: per arm a, ``min 1/2 w'(2 K_aa + 2 lam I) w - 2 kbar_a'w`` on the simplex, with
-      ``kbar_a[i]`` the mean of ``K_ij`` over all valid units j.  ``alpha`` holds each arm's
-      solution at its units; objective = sum, kkt = max, iterations = max, converged = all over
-      the two arms.
-    * ``"att"``: the control arm against the treated mean (``kbar`` over treated units); treated
-      weights ``1/n1``.
+    Returns
+    -------
+    BalanceResult
+        ``weights`` (B, N): alpha normalised per arm (padded 0).  ``alpha`` (B, N): for "overlap"
+        the dual variables on the scale of eq. R (``alpha = lam * |dual_coef_|`` of
+        ``SVC(C=1/lam)``); for "ate" each arm's solution at its units.  ``intercept`` (B,): ``b``
+        in ``f(x_i) = sum_j alpha_j W_j k_ij / lam + b`` for "overlap" (``b = nu`` of the QP,
+        which equals ``SVC.intercept_``), 0 for ate/att.  ``objective``, ``kkt``, ``iterations``,
+        ``converged`` (B,) (for "ate": sum, max, max and all over the two arms) and ``estimand``.
 
-    ``max_iter=None`` is :func:`default_max_iter` of N.  ``x0`` (B, N): a warm start, e.g. the
-    ``alpha`` of an earlier solve; it is clipped to the box ("overlap", where it must already meet
-    ``W'alpha = 0`` with ``intercept``) or clipped at 0 and renormalised per arm ("ate"/"att").
+    Raises
+    ------
+    ValueError
+        Unknown ``estimand``, ``loss`` or ``kernel``; wrong shapes; W not -1/+1 at a real unit; an
+        empty treatment arm among the real units; ``lam`` not finite and > 0; NaN or Inf in X or
+        x0; the errors of :func:`qp_solve` (e.g. an overlap ``x0`` off the equality) and of
+        :func:`readout_weights` (an arm with zero total weight).
+    TypeError
+        X or W not a tensor; X not float32/float64; W bool or complex; mask not bool.
     """
     if estimand not in ESTIMANDS:
         raise ValueError(f"estimand must be one of {ESTIMANDS}, got {estimand!r}")

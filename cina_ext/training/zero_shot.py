@@ -33,7 +33,55 @@ __all__ = ["ZeroShotConfig", "train_zero_shot", "config_changes", "RESUMABLE_CHA
 
 @dataclass
 class ZeroShotConfig:
-    """Training configuration for :func:`train_zero_shot` (plain data; stored in checkpoints)."""
+    """Training configuration for :func:`train_zero_shot` (plain data; stored in checkpoints).
+
+    Attributes
+    ----------
+    families : tuple of str, default ("setoguchi", "er")
+        Synthetic families of the data stream (at least one).
+    setting : {"id", "ood"}, default "id"
+        Setting of :func:`cina_ext.data.sample_datasets`.
+    n_range : (int, int), default (64, 256)
+        Units per dataset.
+    batch_size : int, default 16
+        Global batch (datasets per step, summed over ranks); a positive multiple of the world size.
+    steps : int, default 1000
+        Optimizer steps, >= 1.
+    lr : float, default 3e-4
+        AdamW learning rate.
+    weight_decay : float, default 0.01
+        AdamW weight decay.
+    warmup_steps : int, default 50
+        Linear warm-up steps, >= 0.
+    min_lr_ratio : float, default 0.0
+        The cosine decays to ``lr * min_lr_ratio``.
+    grad_clip : float, default 1.0
+        Gradient-norm clipping (0: none).
+    seed : int, default 0
+        Seed of the model and the data stream.
+    dtype : {"float32", "float64"}, default "float32"
+        Training dtype.
+    device : str, default "cpu"
+        Training device.
+    backend : {"auto", "fused", "reference"}, default "auto"
+        Backend of the attention operator.
+    model : dict
+        :class:`CInAZeroShotModel` keyword arguments.
+    checkpoint_path : str, optional
+        Where checkpoints are written.
+    checkpoint_every : int, default 0
+        Checkpoint period in steps, >= 0 (0: only at the end, if ``checkpoint_path`` is set).
+    resume : bool, default True
+        Resume from ``checkpoint_path`` if it exists.
+    stop_after : int, optional
+        Stop (and checkpoint) once this step count is reached.
+    progress : bool, default False
+        tqdm bar on rank 0.
+    supervised_weight : float, default 0.0
+        ZS-S: weight of ``|tau_hat - tau| / sd(Y)`` (0 = self-supervised ZS); finite and >= 0.
+    amp : {"none", "bf16"}, default "none"
+        "bf16": the encoder under ``torch.autocast(bfloat16)``; the final layer in ``dtype``.
+    """
 
     families: Tuple[str, ...] = ("setoguchi", "er")
     setting: str = "id"
@@ -61,6 +109,25 @@ class ZeroShotConfig:
 
     @classmethod
     def from_any(cls, config) -> "ZeroShotConfig":
+        """A configuration from a :class:`ZeroShotConfig` (copied), a dict of its fields, or None.
+
+        Parameters
+        ----------
+        config : ZeroShotConfig, dict or None
+            None gives the defaults.
+
+        Returns
+        -------
+        ZeroShotConfig
+            A new configuration.
+
+        Raises
+        ------
+        ValueError
+            A dict with unknown keys.
+        TypeError
+            Any other type.
+        """
         if isinstance(config, cls):
             return dataclasses.replace(config)
         if config is None:
@@ -73,6 +140,20 @@ class ZeroShotConfig:
         raise TypeError(f"config must be a ZeroShotConfig or a dict, got {type(config).__name__}")
 
     def validate(self, world: int) -> None:
+        """Check the configuration for a run on ``world`` ranks; returns None.
+
+        Parameters
+        ----------
+        world : int
+            Number of ranks (1 without torch.distributed).
+
+        Raises
+        ------
+        ValueError
+            ``batch_size`` not a positive multiple of ``world``; ``steps < 1``; ``warmup_steps < 0``;
+            ``dtype`` not float32/float64; no ``families``; ``checkpoint_every < 0``;
+            ``supervised_weight`` negative or not finite; ``amp`` not "none" or "bf16".
+        """
         if self.batch_size < 1 or self.batch_size % world != 0:
             raise ValueError(f"batch_size ({self.batch_size}) must be a positive multiple of the world size ({world})")
         if self.steps < 1:
@@ -184,14 +265,34 @@ def _set_rng_state(s: Dict[str, Any]) -> None:
 def train_zero_shot(config=None) -> Tuple[CInAZeroShotModel, Dict[str, List[float]]]:
     """Algorithm 2: train a :class:`CInAZeroShotModel` on streamed synthetic datasets.
 
-    ``config``: a :class:`ZeroShotConfig` or a dict of its fields.  Returns ``(model, history)``
-    with ``history = {"step": [...], "loss": [...], "lr": [...]}`` (the loss is the global batch
-    mean, identical on every rank).  Seeded and reproducible; with ``checkpoint_path`` set, an
-    atomic checkpoint (model, optimizer, scheduler, RNG states, step, history) is written every
-    ``checkpoint_every`` steps and at the end, and a later call with ``resume=True`` continues
-    exactly where it stopped.  When ``torch.distributed`` is initialised the model is wrapped in
-    ``DistributedDataParallel`` and each rank trains on its slice of the global batch; only rank 0
-    writes checkpoints.  The returned model is the unwrapped module, in eval mode.
+    Seeded and reproducible; with ``checkpoint_path`` set, an atomic checkpoint (model, optimizer,
+    scheduler, RNG states, step, history) is written every ``checkpoint_every`` steps and at the
+    end, and a later call with ``resume=True`` continues exactly where it stopped.  When
+    ``torch.distributed`` is initialised the model is wrapped in ``DistributedDataParallel`` and
+    each rank trains on its slice of the global batch; only rank 0 writes checkpoints.
+
+    Parameters
+    ----------
+    config : ZeroShotConfig or dict, optional
+        The configuration (a dict of its fields); None: the defaults.
+
+    Returns
+    -------
+    model : CInAZeroShotModel
+        The unwrapped module, in eval mode.
+    history : dict
+        ``{"step": [...], "loss": [...], "lr": [...]}`` (the loss is the global batch mean,
+        identical on every rank).
+
+    Raises
+    ------
+    ValueError
+        An invalid configuration (see :meth:`ZeroShotConfig.validate`); a checkpoint whose model
+        configuration differs from ``config.model``; ``supervised_weight`` with an overlap model.
+    TypeError
+        ``config`` of another type.
+    FloatingPointError
+        The training loss became non-finite.
     """
     import torch.distributed as dist
 
