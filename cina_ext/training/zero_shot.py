@@ -81,6 +81,10 @@ class ZeroShotConfig:
         ZS-S: weight of ``|tau_hat - tau| / sd(Y)`` (0 = self-supervised ZS); finite and >= 0.
     amp : {"none", "bf16"}, default "none"
         "bf16": the encoder under ``torch.autocast(bfloat16)``; the final layer in ``dtype``.
+    override : bool, default False
+        Resume ``checkpoint_path`` even if it was trained with another configuration (the changed
+        fields are named in the error otherwise; see :data:`RESUMABLE_CHANGES` for those that may
+        change freely).
     """
 
     families: Tuple[str, ...] = ("setoguchi", "er")
