@@ -108,7 +108,7 @@ def _interval(est, Y, alpha: float, n_bootstrap: int, seed: Optional[int], quiet
     kwargs: Dict[str, Any] = {"alpha": alpha, "n_bootstrap": n_bootstrap, "random_state": seed}
     try:
         if "verbose" in inspect.signature(est.ate_interval).parameters:
-            kwargs["verbose"] = not quiet
+            kwargs["verbose"] = not quiet and _stderr_is_terminal()
     except (TypeError, ValueError):  # pragma: no cover - builtins without signature
         pass
     lo, hi = est.ate_interval(Y, **kwargs)
@@ -116,9 +116,18 @@ def _interval(est, Y, alpha: float, n_bootstrap: int, seed: Optional[int], quiet
 
 
 def _progress(iterable=None, *, total=None, desc: str = "", quiet: bool = False):
+    """A progress bar on stderr, only when stderr is a terminal (a log file gets no bar lines)."""
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, total=total, desc=desc, disable=quiet, leave=False, file=sys.stderr)
+    return tqdm(iterable, total=total, desc=desc, disable=quiet or not _stderr_is_terminal(), leave=False,
+                file=sys.stderr)
+
+
+def _stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 # ---------------------------------------------------------------------------------------------

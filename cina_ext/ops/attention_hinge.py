@@ -215,11 +215,17 @@ def _register() -> None:
 
     def _backward(ctx, g_loss, g_out, g_lse, g_A, g_Bk):
         K, V, W, b, lam, mask, out, lse, A, Bk = ctx.saved_tensors
-        if not ctx.need_aux:
+        if torch.is_grad_enabled() and any(ctx.needs_input_grad):
+            # create_graph=True: the compiled backward is not itself differentiable, so a second
+            # derivative through it would silently be zero
             raise RuntimeError(
-                "cina::attention_hinge_fwd was called with need_aux=False; call it with need_aux=True "
-                "to differentiate it (cina_ext.ops.attention_hinge does this automatically)"
-            )
+                "double backward (e.g. a Hessian-vector product, create_graph=True) through "
+                "cina_ext.ops.attention_hinge with the compiled backend is not implemented; "
+                "use backend='reference' for second derivatives")
+        if not ctx.need_aux:
+            # the forward-only call kept no auxiliaries: recompute them (one more forward pass)
+            _, _, _, A, Bk = torch.ops.cina.attention_hinge_fwd(K, V, W, b, lam, mask, ctx.scale, ctx.loss_kind,
+                                                                True)
         g_loss = torch.zeros_like(b) if g_loss is None else g_loss.contiguous()
         g_out = torch.zeros_like(V) if g_out is None else g_out.contiguous()
         g_lse = torch.zeros_like(V) if g_lse is None else g_lse.contiguous()

@@ -40,7 +40,7 @@ Differences from the reference worth knowing:
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
+from typing import Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -310,6 +310,8 @@ def qp_solve(
     >>> bool(res.converged.all())
     True
     """
+    if torch.compiler.is_compiling():
+        return _traced_qp_solve(Q, p, lower, upper, c, d, mask, tol, max_iter, x0, backend, cache_mb, shrinking)
     _tensor(Q, "Q", 3)
     _tensor(p, "p", 2)
     _float(Q, "Q")
@@ -550,6 +552,11 @@ def dual_solve(
     >>> [round(float(res.weights[0][W[0] > 0].sum()), 6), round(float(res.weights[0][W[0] < 0].sum()), 6)]
     [1.0, 1.0]
     """
+    if torch.compiler.is_compiling():
+        # under torch.compile the whole front end (data-dependent checks, host-side set-up) is one
+        # opaque custom op, so a compiled graph holds the solve without breaking (fullgraph=True)
+        return _traced_dual_solve(X, W, lam, kernel, gamma, scale, estimand, intercept, loss, mask, tol, max_iter,
+                                  x0, backend, cache_mb, shrinking)
     if estimand not in ESTIMANDS:
         raise ValueError(f"estimand must be one of {ESTIMANDS}, got {estimand!r}")
     if loss not in LOSSES:
@@ -737,3 +744,80 @@ def _register_fakes() -> None:
 
 
 _register_fakes()
+
+
+# ------------------------------------------------------------------------------------------------
+# torch.compile: the front ends as opaque custom ops
+# ------------------------------------------------------------------------------------------------
+
+
+def _as_batch_tensor(v, B: int, like: Tensor) -> Optional[Tensor]:
+    if v is None:
+        return None
+    if isinstance(v, Tensor):
+        return v.to(dtype=torch.float64, device=like.device).reshape(-1).expand(B) if v.dim() == 0 else v
+    return torch.full((B,), float(v), dtype=torch.float64, device=like.device)
+
+
+def _scalar_arg(v, name: str):
+    if isinstance(v, Tensor):
+        raise ValueError(f"per-dataset {name} tensors are not supported inside torch.compile; pass a number")
+    return v
+
+
+@torch.library.custom_op("cina::dual_solve_front", mutates_args=())
+def _dual_solve_front(X: Tensor, W: Tensor, lam: Tensor, kernel: str, gamma: Optional[Tensor], scale: Optional[float],
+                      estimand: str, intercept: bool, loss: str, mask: Optional[Tensor], tol: float,
+                      max_iter: Optional[int], x0: Optional[Tensor], backend: str, cache_mb: Optional[float],
+                      shrinking: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    r = dual_solve(X, W, lam, kernel=kernel, gamma=gamma, scale=scale, estimand=estimand, intercept=intercept,
+                   loss=loss, mask=mask, tol=tol, max_iter=max_iter, x0=x0, backend=backend, cache_mb=cache_mb,
+                   shrinking=shrinking)
+    return tuple(t.clone() for t in (r.weights, r.alpha, r.intercept, r.objective, r.kkt, r.iterations, r.converged))
+
+
+@_dual_solve_front.register_fake
+def _(X, W, lam, kernel, gamma, scale, estimand, intercept, loss, mask, tol, max_iter, x0, backend, cache_mb,
+      shrinking):
+    B, N = W.shape
+    return (X.new_empty((B, N)), X.new_empty((B, N)), X.new_empty((B,)), X.new_empty((B,)), X.new_empty((B,)),
+            X.new_empty((B,), dtype=torch.int64), X.new_empty((B,), dtype=torch.bool))
+
+
+def _traced_dual_solve(X, W, lam, kernel, gamma, scale, estimand, intercept, loss, mask, tol, max_iter, x0, backend,
+                       cache_mb, shrinking) -> BalanceResult:
+    B = W.shape[0]
+    out = torch.ops.cina.dual_solve_front(
+        X, W, _as_batch_tensor(lam, B, X), kernel, _as_batch_tensor(gamma, B, X), scale, estimand, intercept, loss,
+        mask, float(_scalar_arg(tol, "tol")), _scalar_arg(max_iter, "max_iter"), x0, backend,
+        None if cache_mb is None else float(cache_mb), bool(shrinking))
+    return BalanceResult(*out, estimand=estimand)
+
+
+@torch.library.custom_op("cina::qp_solve_front", mutates_args=())
+def _qp_solve_front(Q: Tensor, p: Tensor, lower: Tensor, upper: Tensor, c: Optional[Tensor], d: Optional[Tensor],
+                    mask: Optional[Tensor], tol: float, max_iter: Optional[int], x0: Optional[Tensor], backend: str,
+                    cache_mb: Optional[float], shrinking: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    r = qp_solve(Q, p, lower, upper, c, d, mask, tol=tol, max_iter=max_iter, x0=x0, backend=backend,
+                 cache_mb=cache_mb, shrinking=shrinking)
+    return tuple(t.clone() for t in (r.x, r.nu, r.objective, r.kkt, r.iterations, r.converged))
+
+
+@_qp_solve_front.register_fake
+def _(Q, p, lower, upper, c, d, mask, tol, max_iter, x0, backend, cache_mb, shrinking):
+    B, N = p.shape
+    return (p.new_empty((B, N)), p.new_empty((B,)), p.new_empty((B,)), p.new_empty((B,)),
+            p.new_empty((B,), dtype=torch.int64), p.new_empty((B,), dtype=torch.bool))
+
+
+def _traced_qp_solve(Q, p, lower, upper, c, d, mask, tol, max_iter, x0, backend, cache_mb, shrinking) -> QPResult:
+    B, N = p.shape
+
+    def bound(v):
+        return v if isinstance(v, Tensor) else torch.full((B, N), float(v), dtype=p.dtype, device=p.device)
+
+    dd = d if d is None or isinstance(d, Tensor) else torch.full((B,), float(d), dtype=p.dtype, device=p.device)
+    out = torch.ops.cina.qp_solve_front(Q, p, bound(lower), bound(upper), c, dd, mask, float(_scalar_arg(tol, "tol")),
+                                        _scalar_arg(max_iter, "max_iter"), x0, backend,
+                                        None if cache_mb is None else float(cache_mb), bool(shrinking))
+    return QPResult(*out)

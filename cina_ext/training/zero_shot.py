@@ -16,6 +16,7 @@ import dataclasses
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -359,7 +360,9 @@ def train_zero_shot(config=None) -> Tuple[CInAZeroShotModel, Dict[str, List[floa
     if cfg.progress and rank == 0:
         try:
             from tqdm.auto import tqdm
-            bar = tqdm(total=end, initial=step, desc="cina train", leave=False)
+            # a bar only on a terminal: in a log file it would be hundreds of carriage-return lines
+            bar = tqdm(total=end, initial=step, desc="cina train", leave=False,
+                       disable=not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty()))
         except ImportError:  # tqdm is an optional extra
             bar = None
 

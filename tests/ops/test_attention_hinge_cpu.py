@@ -294,3 +294,34 @@ def test_bfloat16_inputs_compute_in_float32_with_gradients():
         torch.testing.assert_close(g.float(), g32.bfloat16().float(), atol=1e-2, rtol=2e-2)
     with pytest.raises(TypeError, match="share a dtype"):
         ops.attention_hinge(K.detach(), V.detach().float(), W, b.detach(), 1e-2)
+
+
+def test_opcheck_forward_only_variant():
+    """need_aux=False (the forward-only call) is still differentiable: the backward recomputes the
+    auxiliaries."""
+    K, V, W, b, lam, mask = make_case(2, 10, 4, torch.float64, seed=19, requires_grad=False)
+    args = (K.requires_grad_(), V.requires_grad_(), W, b.requires_grad_(), lam, mask, 0.5, 1, False)
+    torch.library.opcheck(torch.ops.cina.attention_hinge_fwd.default, args)
+
+
+@pytest.mark.parametrize("backend", ["reference", "fused"])
+def test_double_backward_is_right_or_refused(backend):
+    """A Hessian-vector product is either correct (gradgradcheck) or a clear error, never a silent 0."""
+    K, V, W, b, lam, mask = make_case(2, 40, 6, torch.float64, seed=23, requires_grad=True)
+
+    def f(K, V, b):
+        loss, out, lse = ops.attention_hinge(K, V, W, b, lam, mask, loss="squared_hinge", backend=backend)
+        return loss.sum() + (out * out).sum() + lse.sum()
+
+    if backend == "reference":
+        assert torch.autograd.gradgradcheck(f, (K, V, b), eps=1e-6, atol=1e-6)
+        return
+    (gK,) = torch.autograd.grad(f(K, V, b), K)  # first derivatives still work
+    ref = torch.autograd.grad(
+        ops.attention_hinge(K, V, W, b, lam, mask, loss="squared_hinge", backend="reference")[0].sum()
+        + (ops.attention_hinge(K, V, W, b, lam, mask, loss="squared_hinge", backend="reference")[1] ** 2).sum()
+        + ops.attention_hinge(K, V, W, b, lam, mask, loss="squared_hinge", backend="reference")[2].sum(), K)[0]
+    torch.testing.assert_close(gK, ref, rtol=1e-9, atol=1e-11)
+    with pytest.raises(RuntimeError, match="double backward .* backend='reference'"):
+        (g,) = torch.autograd.grad(f(K, V, b), K, create_graph=True)
+        torch.autograd.grad((g * torch.ones_like(g)).sum(), K)
