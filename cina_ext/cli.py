@@ -137,7 +137,13 @@ def _quote(cols: Sequence[Any]) -> str:
     return ", ".join(repr(str(c)) for c in cols)
 
 
-def _read_csv(path: str):
+#: Rows per chunk when reading a CSV: the parser's working memory stays bounded by a chunk.
+CSV_CHUNK_ROWS = 250_000
+
+
+def _read_csv(path: str, usecols: Optional[Sequence[str]] = None):
+    """Read a CSV in chunks of :data:`CSV_CHUNK_ROWS` rows (only ``usecols`` when given), so the
+    parser never holds more than a chunk beside the columns kept."""
     import pandas as pd
 
     if path == "-":
@@ -149,7 +155,16 @@ def _read_csv(path: str):
             raise CLIError(f"{path} is a directory, not a CSV file")
         source = path
     try:
-        return pd.read_csv(source)
+        cols = None
+        if usecols is not None and source is not sys.stdin:
+            header = list(pd.read_csv(source, nrows=0).columns)
+            wanted = set(usecols)
+            cols = [c for c in header if c in wanted] or None  # missing names: reported by prepare_table
+        chunks = pd.read_csv(source, usecols=cols, chunksize=CSV_CHUNK_ROWS)
+        parts = list(chunks)
+        if not parts:
+            return pd.read_csv(source, usecols=cols, nrows=0)
+        return parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
     except pd.errors.EmptyDataError:
         raise CLIError(f"{path}: the file is empty (no header, no rows)") from None
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
@@ -170,8 +185,7 @@ def prepare_table(df, treatment: str, outcome: str, covariates: Optional[Sequenc
     from pandas.api import types as pdt
 
     cols = [str(c) for c in df.columns]
-    df = df.copy()
-    df.columns = cols
+    df = df.set_axis(cols, axis=1)  # a lazy copy under pandas' copy-on-write: the caller's frame is untouched
     if len(set(cols)) != len(cols):
         dup = sorted({c for c in cols if cols.count(c) > 1})
         raise CLIError(f"{source}: duplicated column name(s): {_quote(dup)}")
@@ -262,7 +276,10 @@ def _cmd_estimate(args) -> int:
         raise CLIError(f"--alpha must be in (0, 1), got {args.alpha}")
     if args.n_bootstrap < 0 or args.n_bootstrap == 1:
         raise CLIError(f"--n-bootstrap must be 0 (no interval) or at least 2, got {args.n_bootstrap}")
-    df = _read_csv(args.file)
+    wanted = None
+    if args.covariates:  # read only the columns the estimate needs
+        wanted = [args.treatment, args.outcome, *args.covariates]
+    df = _read_csv(args.file, wanted)
     X, T, Y, info = prepare_table(df, args.treatment, args.outcome, args.covariates, dropna=args.dropna,
                                   source=args.file)
     if info["dropped_rows"]:

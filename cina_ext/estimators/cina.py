@@ -11,6 +11,7 @@ import torch
 from .. import ops
 from .._core.checks import _tensor_devices, check_estimand, check_positive, resolve_dtype, resolve_device
 from ..models.key_net import KeyNet
+from .low_rank import EXACT_LIMIT, exact_cost
 from .base import _arm_normalise, _dual_solve, _lam_abs, _max_iter_arg, _standardize, _WeightingEstimator
 
 __all__ = ["CInA"]
@@ -360,6 +361,14 @@ class CInA(_WeightingEstimator):
         return out
 
     def _fit_core(self, X, T, seed, *, bootstrap=False):
+        n, p = X.shape
+        if n > EXACT_LIMIT and not bootstrap:
+            c = exact_cost(n, p)
+            steps = int(self.n_steps) + 2
+            warnings.warn(f"CInA: {n:,} units: each of the {steps} exact solves is quadratic in N (about "
+                          f"{c['seconds']:.0f} s each on one CPU core, {c['seconds'] * steps / 60:.0f} min in all); "
+                          "KernelBalancing(estimand=...) has a low-rank path for datasets this large",
+                          UserWarning, stacklevel=3)
         tol = float(self.bootstrap_tol if bootstrap else self.tol)
         if bootstrap and self.bootstrap_refit == "solver":
             Xs, _, _ = _standardize(X, self._x_mean, self._x_sd)

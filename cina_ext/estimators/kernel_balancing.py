@@ -1,4 +1,5 @@
-"""Exact kernel balancing: the balancing problem of each estimand solved by the batched dual solver."""
+"""Kernel balancing: the balancing problem of each estimand solved exactly by the batched dual
+solver, or, for large datasets, on a low-rank feature map (:mod:`.low_rank`)."""
 from __future__ import annotations
 
 import math
@@ -10,12 +11,21 @@ import torch
 
 from .._core.checks import check_estimand, check_positive, resolve_dtype, resolve_device
 from .base import _arm_normalise, _dual_solve, _lam_abs, _max_iter_arg, _standardize, _WeightingEstimator
+from .low_rank import DEFAULT_RANK, EXACT_LIMIT, exact_cost, rank_for, rff_features, simplex_balance
 
 __all__ = ["KernelBalancing"]
 
 
 
 _KB_KERNELS = ("rbf", "linear")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 # Relative lam defaults (see the module docstring for the scaling); chosen by measurement,
 # see the class docstrings.
 _DEFAULT_LAM = {"overlap": 3e-4, "ate": 0.01, "att": 0.01}
@@ -66,6 +76,16 @@ class KernelBalancing(_WeightingEstimator):
         Seed.
     verbose : bool, default False
         Progress bars.
+    approximation : {"auto", "exact", "rff"}, default "auto"
+        "exact": the exact solver at any size (its work grows as N^2; above
+        :data:`~cina_ext.estimators.low_rank.EXACT_LIMIT` units a warning states the estimated
+        time and memory).  "rff": the "ate"/"att" problems on ``rank`` random Fourier features of
+        the RBF kernel (the exact feature map for "linear"), solved in their r-dimensional dual
+        (:mod:`cina_ext.estimators.low_rank`; O(N rank) memory and work per iteration).  "auto":
+        exact up to ``EXACT_LIMIT`` units, "rff" beyond for "ate"/"att" (with a warning saying so).
+    rank : int, optional
+        Number of random Fourier features (default
+        :data:`~cina_ext.estimators.low_rank.DEFAULT_RANK`).
 
     Attributes
     ----------
@@ -102,6 +122,8 @@ class KernelBalancing(_WeightingEstimator):
         The absolute penalty handed to the solver.
     gamma_ : float or None
         The RBF bandwidth used (None for "linear").
+    low_rank_ : bool
+        Whether the low-rank solver was used (then ``kkt_`` holds its duality gap).
     alpha_at_zero_, alpha_at_one_ : float
         "overlap": the fractions of alpha at the bounds.
 
@@ -140,9 +162,12 @@ class KernelBalancing(_WeightingEstimator):
                  gamma: Optional[float] = None, intercept: bool = True, loss: str = "hinge",
                  tol: float = 1e-6, max_iter: Optional[int] = None, bootstrap_tol: float = 1e-4,
                  backend: str = "auto", device: str = "auto", dtype: str = "float64",
-                 random_state=None, verbose: bool = False):
+                 random_state=None, verbose: bool = False, approximation: str = "auto",
+                 rank: Optional[int] = None):
         self.estimand = estimand
         self.kernel = kernel
+        self.approximation = approximation
+        self.rank = rank
         self.lam = lam
         self.gamma = gamma
         self.intercept = intercept
@@ -157,6 +182,11 @@ class KernelBalancing(_WeightingEstimator):
         self.verbose = verbose
 
     def _check_params(self):
+        if self.approximation not in ("auto", "exact", "rff"):
+            raise ValueError(f"approximation must be 'auto', 'exact' or 'rff', got {self.approximation!r}")
+        if self.rank is not None and (not isinstance(self.rank, (int, np.integer)) or isinstance(self.rank, bool)
+                                      or self.rank < 1):
+            raise ValueError(f"rank must be a positive int, got {self.rank!r}")
         if self.kernel not in _KB_KERNELS:
             raise ValueError(f"kernel must be one of {_KB_KERNELS}, got {self.kernel!r}")
         if self.lam is not None:
@@ -171,6 +201,67 @@ class KernelBalancing(_WeightingEstimator):
     def _lam_rel(self, estimand):
         return float(self.lam) if self.lam is not None else _DEFAULT_LAM[estimand]
 
+    def _use_low_rank(self, estimand: str, n: int, p: int, bootstrap: bool) -> bool:
+        mode = self.approximation
+        if mode == "exact":
+            if n > EXACT_LIMIT and not bootstrap:
+                c = exact_cost(n, p)
+                warnings.warn(f"KernelBalancing: the exact solve of {n:,} units is quadratic in N: about "
+                              f"{_duration(c['seconds'])} on one CPU core and {c['bytes'] / 2**30:.1f} GiB; "
+                              "approximation='rff' solves a low-rank version in O(N rank)", UserWarning,
+                              stacklevel=4)
+            return False
+        if mode == "rff":
+            if estimand == "overlap":
+                raise ValueError("approximation='rff' solves the ate/att problems; estimand='overlap' needs the "
+                                 "exact solver (approximation='exact')")
+            return True
+        if n <= EXACT_LIMIT:
+            return False
+        c = exact_cost(n, p)
+        if estimand == "overlap":
+            if not bootstrap:
+                warnings.warn(f"KernelBalancing: the exact overlap solve of {n:,} units is quadratic in N: about "
+                              f"{_duration(c['seconds'])} on one CPU core; only estimand='ate'/'att' have the "
+                              "low-rank path", UserWarning, stacklevel=4)
+            return False
+        if not bootstrap:
+            warnings.warn(f"KernelBalancing: {n:,} units: the exact solve would take about {_duration(c['seconds'])} "
+                          f"(quadratic in N); solving on {self._rank()} random Fourier features instead "
+                          "(approximation='exact' forces the exact solver)", UserWarning, stacklevel=4)
+        return True
+
+    def _rank(self) -> int:
+        return int(self.rank) if self.rank is not None else DEFAULT_RANK
+
+    def _fit_low_rank(self, Xs, T, estimand, gamma, lam_abs, seed, tol):
+        n, p = Xs.shape
+        if self.kernel == "rbf":
+            rank = rank_for(n, self._rank())
+            if rank < self._rank():
+                warnings.warn(f"KernelBalancing: {n:,} units: {rank} random Fourier features instead of {self._rank()} "
+                              "(the feature matrix would not fit in memory)", UserWarning, stacklevel=4)
+            Phi = rff_features(Xs, gamma, rank, seed)
+        else:
+            Phi = Xs  # Xs is already divided by sqrt(p): the exact linear feature map
+        treated = T == 1
+        target = (Phi[treated] if estimand == "att" else Phi).astype(np.float64).mean(axis=0)
+        w = np.zeros(n)
+        arms = [(0, "control")] if estimand == "att" else [(1, "treated"), (0, "control")]
+        gaps, iters, conv, obj = [], [], True, 0.0
+        for code, _ in arms:
+            sel = T == code
+            r = simplex_balance(Phi[sel], target, lam_abs, tol=tol)
+            w[sel] = r.weights
+            gaps.append(r.gap)
+            iters.append(r.iterations)
+            conv &= r.converged
+            obj += r.objective
+        if estimand == "att":
+            w[treated] = 1.0 / max(1, int(treated.sum()))
+        return {"weights": w, "alpha": w.copy(), "intercept": 0.0, "converged": bool(conv), "kkt": float(max(gaps)),
+                "iterations": int(max(iters)), "objective": float(obj)}
+
     def _fit_core(self, X, T, seed, *, bootstrap=False):
         estimand = check_estimand(self.estimand)
         n, p = X.shape
@@ -183,6 +274,14 @@ class KernelBalancing(_WeightingEstimator):
         Wt = torch.as_tensor(2.0 * T - 1.0, dtype=dtype, device=device).unsqueeze(0)
         lam_abs = _lam_abs(self._lam_rel(estimand), estimand, n, self.kernel)
         gamma = float(self.gamma) if self.gamma is not None else 1.0 / p
+        if self._use_low_rank(estimand, n, p, bootstrap):
+            st = self._fit_low_rank(Xs, T, estimand, gamma, lam_abs, seed, 1e-6 if not bootstrap else 1e-4)
+            if not st["converged"] and not bootstrap:
+                warnings.warn(f"KernelBalancing: the low-rank dual did not reach its duality-gap tolerance (gap "
+                              f"{st['kkt']:.3g})", RuntimeWarning, stacklevel=3)
+            st.update(weights=_arm_normalise(st["weights"], T), lam_abs=lam_abs,
+                      gamma=gamma if self.kernel == "rbf" else None, low_rank=True)
+            return st
         kw = dict(kernel=self.kernel, estimand=estimand, loss=self.loss,
                   tol=float(self.bootstrap_tol if bootstrap else self.tol),
                   max_iter=_max_iter_arg(self.max_iter))
@@ -210,6 +309,7 @@ class KernelBalancing(_WeightingEstimator):
             "objective": float(res.objective.reshape(-1)[0]),
             "lam_abs": lam_abs,
             "gamma": gamma if self.kernel == "rbf" else None,
+            "low_rank": False,
         }
 
     def fit(self, X, T):
@@ -223,6 +323,7 @@ class KernelBalancing(_WeightingEstimator):
         self.objective_ = st["objective"]
         self.lam_abs_ = st["lam_abs"]
         self.gamma_ = st["gamma"]
+        self.low_rank_ = bool(st.get("low_rank", False))
         if self.estimand_ == "overlap":
             a = self.alpha_
             upper = 1.0 if self.loss == "hinge" else np.inf
@@ -232,7 +333,8 @@ class KernelBalancing(_WeightingEstimator):
 
     def _details(self):
         d = {"kernel": self.kernel, "lam": self._lam_rel(self.estimand_), "lam_abs": self.lam_abs_,
-             "converged": self.converged_, "kkt": self.kkt_, "iterations": self.iterations_}
+             "converged": self.converged_, "kkt": self.kkt_, "iterations": self.iterations_,
+             "solver": f"low-rank ({self._rank()} random Fourier features)" if self.low_rank_ else "exact"}
         if self.kernel == "rbf":
             d["gamma"] = self.gamma_
         if self.estimand_ == "overlap":

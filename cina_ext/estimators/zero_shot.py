@@ -7,6 +7,7 @@ shared estimator interface, adds the optional exact-solver refinement (``refine`
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
@@ -20,6 +21,12 @@ from ..ops import dual_solve
 from .base import _WeightingEstimator
 
 __all__ = ["CInAZeroShot"]
+
+#: Above this many units a fit warns that the network's attention is quadratic in N.
+ZERO_SHOT_WARN_UNITS = 50_000
+#: Seconds per unit^2 of one forward pass of the shipped model on the 2-core development CPU
+#: (measured: 8,000 units in 2.3 s; an order of magnitude, for the warning only).
+ZERO_SHOT_SECONDS_PER_UNIT2 = 4e-8
 
 
 class CInAZeroShot(_WeightingEstimator):
@@ -202,6 +209,11 @@ class CInAZeroShot(_WeightingEstimator):
 
     def _fit_core(self, X, T, seed, *, bootstrap=False):
         model = self._get_model()
+        n = X.shape[0]
+        if n > ZERO_SHOT_WARN_UNITS and not bootstrap:
+            warnings.warn(f"CInAZeroShot: {n:,} units: the network's attention layers are quadratic in N (about "
+                          f"{ZERO_SHOT_SECONDS_PER_UNIT2 * n * n:.0f} s on a CPU); KernelBalancing(estimand=...) has "
+                          "a low-rank path for datasets this large", UserWarning, stacklevel=3)
         # standardised here in float64, scale-robust, before the model's own per-dataset standardisation
         # (which runs in the model's dtype): no covariate is too small or too large for it
         w, info = self._weights_batch(model, [(standardize_columns(X)[0], T)], self.estimand_)
