@@ -296,13 +296,24 @@ def _cmd_estimate(args) -> int:
             if args.method != "zero-shot":
                 raise CLIError("--checkpoint is for --method zero-shot")
             extra["checkpoint"] = args.checkpoint
+        if getattr(args, "augment", False):
+            if args.method in ("dml", "naive"):
+                raise CLIError(f"--augment applies to the weighting methods (kernel, cina, ipw, snipw, zero-shot); "
+                               f"{args.method!r} " + ("is already doubly robust" if args.method == "dml"
+                                                      else "does not weight"))
+            extra["augment"] = True
         est = make_estimator(args.method, estimand=args.estimand, random_state=args.seed, **extra)
         est.fit(X, T)
         bar.update(1)
         effect = float(est.ate(Y))
         bar.update(1)
-        interval = None
-        if args.n_bootstrap:
+        interval, inference = None, None
+        if hasattr(est, "ate_inference") and (args.n_bootstrap or est.has_analytic_se()):
+            inference = est.ate_inference(Y, alpha=args.alpha, n_bootstrap=max(args.n_bootstrap, 2),
+                                          random_state=args.seed, verbose=not args.quiet and _stderr_is_terminal())
+            interval = inference.ci
+            bar.update(1)
+        elif args.n_bootstrap:
             interval = _interval(est, Y, args.alpha, args.n_bootstrap, args.seed, args.quiet)
             bar.update(1)
     report = est.balance()
@@ -326,7 +337,12 @@ def _cmd_estimate(args) -> int:
             "estimate": effect,
             "interval": None if interval is None else {
                 "lower": interval[0], "upper": interval[1], "level": 1.0 - args.alpha, "alpha": args.alpha,
-                "n_bootstrap": args.n_bootstrap, "method": "percentile bootstrap (weights refitted)"},
+                "n_bootstrap": args.n_bootstrap if inference is None or "bootstrap" in inference.method else 0,
+                "method": inference.method if inference is not None else "percentile bootstrap (weights refitted)"},
+            "se": None if inference is None else inference.se,
+            "z": None if inference is None else inference.z,
+            "pvalue": None if inference is None else inference.pvalue,
+            "augmented": bool(getattr(args, "augment", False)),
             "balance": report.to_dict(),
             "seed": args.seed,
             "time_s": elapsed,
@@ -343,7 +359,12 @@ def _cmd_estimate(args) -> int:
         f"  method: {args.method}    estimand: {label}",
         f"  estimate: {_fmt(effect, 8)}",
     ]
-    if interval is not None:
+    if inference is not None:
+        lines.append(f"  standard error: {_fmt(inference.se, 6)}    z: {_fmt(inference.z, 4)}    "
+                     f"p-value: {_fmt(inference.pvalue, 3)}")
+        lines.append(f"  {100 * (1 - args.alpha):g}% interval: [{_fmt(interval[0], 8)}, {_fmt(interval[1], 8)}]"
+                     f"  ({inference.method})")
+    elif interval is not None:
         lines.append(f"  {100 * (1 - args.alpha):g}% interval: [{_fmt(interval[0], 8)}, {_fmt(interval[1], 8)}]"
                      f"  (percentile bootstrap, {args.n_bootstrap} refits of the weights)")
     else:
@@ -538,6 +559,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=0.05, help="1 - confidence level (default: 0.05)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--dropna", action="store_true", help="drop rows with missing values instead of failing")
+    p.add_argument("--augment", action="store_true",
+                   help="augmented (doubly robust) estimate: a cross-fitted outcome model plus the weighted "
+                        "residuals, with an influence-function interval (weighting methods)")
     p.add_argument("--checkpoint", metavar="PATH", default=None,
                    help="zero-shot model to use with --method zero-shot (default: the shipped one; "
                         "a file written by 'cina train')")

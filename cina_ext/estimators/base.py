@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
@@ -53,8 +54,9 @@ from .._core.checks import check_design, check_estimand, check_outcome, seed_fro
 from .._core.constants import ESTIMAND_LABEL, ESTIMANDS
 from ..diagnostics import balance_table
 from ..ops import default_max_iter, dual_solve
+from .augment import augmented_scores, cross_fit_outcomes, influence_se, outcome_model
 
-__all__ = ["EstimatorSummary"]
+__all__ = ["EstimatorSummary", "Inference"]
 
 
 # helpers shared by the estimators
@@ -129,6 +131,30 @@ def _dual_solve(X: torch.Tensor, W: torch.Tensor, lam: float, *, backend: str = 
     return dual_solve(X, W, lam, backend=backend, x0=init, **kw)
 
 
+@dataclass
+class Inference:
+    """An estimate with its uncertainty (:meth:`_WeightingEstimator.ate_inference`)."""
+
+    estimate: float
+    se: float
+    ci: Tuple[float, float]
+    z: float
+    pvalue: float
+    method: str
+    alpha: float
+    estimand: str
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"estimate": self.estimate, "se": self.se, "ci": list(self.ci), "level": 1.0 - self.alpha,
+                "z": self.z, "pvalue": self.pvalue, "method": self.method, "estimand": self.estimand}
+
+    def __str__(self) -> str:
+        lo, hi = self.ci
+        return (f"{ESTIMAND_LABEL.get(self.estimand, self.estimand)}: {self.estimate:.6g} (SE {self.se:.4g}; "
+                f"{100 * (1 - self.alpha):.0f}% CI {lo:.6g} to {hi:.6g}; z {self.z:.3g}, p {self.pvalue:.3g}; "
+                f"{self.method})")
+
+
 class EstimatorSummary(dict):
     """A dict (JSON-able values) that prints as a short human-readable report."""
 
@@ -165,6 +191,106 @@ class _WeightingEstimator(BaseEstimator):
 
     def _details(self) -> Dict[str, Any]:
         return {}
+
+    # -- augmentation and inference ---------------------------------------------------------------
+    def _augment_model(self):
+        return outcome_model(getattr(self, "augment", False))
+
+    def _estimate(self, state: Dict[str, Any], X: np.ndarray, T: np.ndarray, Y: np.ndarray, seed: int):
+        """``(estimate, influence values or None)``: plain or augmented (doubly robust)."""
+        model = self._augment_model()
+        if model is None:
+            return self._effect_core(state, X, T, Y, seed), None
+        est = self._resolve_estimand() if not hasattr(self, "estimand_") else self.estimand_
+        if est not in ("ate", "att"):
+            raise ValueError("augment=... needs estimand='ate' or 'att' (the overlap population has no "
+                             "outcome-model form here)")
+        Xs, _, _ = standardize_columns(X)
+        mu1, mu0 = cross_fit_outcomes(model, Xs, T, Y, seed)
+        return augmented_scores(np.asarray(state["weights"], dtype=np.float64), T, Y, mu1, mu0, est)
+
+    def has_analytic_se(self) -> bool:
+        """Whether :meth:`ate_inference` has an analytic (influence-function) standard error.
+
+        Returns
+        -------
+        bool
+            True for augmented estimators (and DoubleML); the others use the bootstrap.
+        """
+        return self._augment_model() is not None
+
+    def _analytic_inference(self, Ya: np.ndarray):
+        """``(estimate, se, method)`` where an analytic standard error is valid, else None."""
+        if self._augment_model() is None:
+            return None
+        est, infl = self._estimate(self._state, self.X_, self.T_, Ya, self.seed_)
+        return est, influence_se(infl), "influence function (augmented, cross-fitted)"
+
+    def ate_inference(self, Y, alpha: float = 0.05, *, method: str = "auto", n_bootstrap: int = 200,
+                      random_state=None, verbose: Optional[bool] = None) -> "Inference":
+        """The estimate with a standard error, a ``1 - alpha`` interval, z and a two-sided p-value.
+
+        Parameters
+        ----------
+        Y : array-like of shape (N,)
+            Outcomes of the fitted units.
+        alpha : float, default 0.05
+            1 - the interval's level, in (0, 1).
+        method : {"auto", "influence", "bootstrap"}, default "auto"
+            "influence": the normal interval from the influence function (DoubleML and augmented
+            estimators); "bootstrap": the percentile interval of refits on resamples (every
+            estimator; the SE is the replicates' standard deviation); "auto": "influence" where it is
+            valid, else "bootstrap".
+        n_bootstrap : int, default 200
+            Resamples of the bootstrap.
+        random_state : None, int or numpy Generator, optional
+            Seed of the bootstrap.
+        verbose : bool, optional
+            Progress bar of the bootstrap.
+
+        Returns
+        -------
+        Inference
+            ``estimate``, ``se``, ``ci``, ``z``, ``pvalue``, ``method``, ``alpha``, ``estimand``.
+
+        Raises
+        ------
+        RuntimeError
+            The estimator is not fitted, or too many bootstrap refits failed.
+        ValueError
+            Bad ``Y``, ``alpha`` or ``method``; ``method="influence"`` where no analytic standard
+            error is valid.
+        """
+        from scipy.stats import norm
+
+        self._check_fitted()
+        if not (0 < float(alpha) < 1):
+            raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
+        if method not in ("auto", "influence", "bootstrap"):
+            raise ValueError(f"method must be 'auto', 'influence' or 'bootstrap', got {method!r}")
+        Ya = check_outcome(Y, self.X_.shape[0], device=self._data.device, index=self._data.index)
+        z_crit = float(norm.ppf(1 - float(alpha) / 2))
+        analytic = self._analytic_inference(Ya) if method in ("auto", "influence") else None
+        if method == "influence" and analytic is None:
+            raise ValueError(f"{type(self).__name__} without augmentation has no analytic standard error here; "
+                             "use method='bootstrap' (or augment=True)")
+        if analytic is not None:
+            est, se, how = analytic
+            ci = (est - z_crit * se, est + z_crit * se)
+        else:
+            est = self.ate(Ya)
+            lo, hi = self.ate_interval(Ya, alpha=alpha, n_bootstrap=n_bootstrap, random_state=random_state,
+                                       verbose=verbose)
+            se = float(np.std(self.bootstrap_estimates_, ddof=1))
+            ci, how = (lo, hi), f"percentile bootstrap ({len(self.bootstrap_estimates_)} refits of the weights)"
+        if not (np.isfinite(est) and np.isfinite(se)):
+            raise ValueError(f"the estimate ({est}) or its standard error ({se}) is not finite")
+        zval = est / se if se > 0 else math.copysign(math.inf, est) if est else 0.0
+        pval = float(2.0 * norm.sf(abs(zval)))
+        self.inference_ = Inference(estimate=float(est), se=float(se), ci=(float(ci[0]), float(ci[1])),
+                                    z=float(zval), pvalue=pval, method=how, alpha=float(alpha),
+                                    estimand=self.estimand_)
+        return self.inference_
 
     def _resolve_estimand(self):
         return getattr(self, "estimand", "ate")
@@ -271,7 +397,7 @@ class _WeightingEstimator(BaseEstimator):
         """
         self._check_fitted()
         Ya = check_outcome(Y, self.X_.shape[0], device=self._data.device, index=self._data.index)
-        est = self._effect_core(self._state, self.X_, self.T_, Ya, self.seed_)
+        est, _ = self._estimate(self._state, self.X_, self.T_, Ya, self.seed_)
         if not np.isfinite(est):
             raise ValueError("the estimate is not finite (check the weights and the outcome)")
         return float(est)
@@ -343,7 +469,7 @@ class _WeightingEstimator(BaseEstimator):
             Xb, Tb, Yb = X[idx], T[idx], Ya[idx]
             try:
                 state = self._fit_core(Xb, Tb, seed, bootstrap=True)
-                est = self._effect_core(state, Xb, Tb, Yb, seed)
+                est, _ = self._estimate(state, Xb, Tb, Yb, seed)
             except (ValueError, RuntimeError, np.linalg.LinAlgError) as exc:
                 failures.append(str(exc))
                 continue

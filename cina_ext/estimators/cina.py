@@ -83,6 +83,13 @@ class CInA(_WeightingEstimator):
         Seeds the key network.
     verbose : bool, default False
         Progress bars.
+    augment : bool or scikit-learn regressor, default False
+        Augmented (doubly robust) estimate: ``True`` fits a cross-fitted
+        HistGradientBoostingRegressor per arm (folds seeded by ``random_state``), or pass any
+        regressor; the estimate is the outcome model's prediction for the estimand's population plus
+        the balancing-weighted residuals (:mod:`cina_ext.estimators.augment`).  The weights never
+        see the outcome; only the augmentation does.  ``ate_inference`` then uses the influence
+        function.  Needs estimand "ate" or "att".
 
     Attributes
     ----------
@@ -178,7 +185,8 @@ class CInA(_WeightingEstimator):
                  hidden_dim: int = 64, n_steps: int = 20, lr: float = 0.01, readout_lam: Optional[float] = None,
                  key_scale: float = 1.0, loss: str = "hinge", tol: float = 1e-6, max_iter: Optional[int] = None,
                  bootstrap_tol: float = 1e-4, bootstrap_refit: str = "solver", backend: str = "auto",
-                 device: str = "auto", dtype: str = "float64", random_state=None, verbose: bool = False):
+                 device: str = "auto", dtype: str = "float64", random_state=None, verbose: bool = False,
+                 augment=False):
         self.estimand = estimand
         self.lam = lam
         self.key_dim = key_dim
@@ -197,6 +205,7 @@ class CInA(_WeightingEstimator):
         self.dtype = dtype
         self.random_state = random_state
         self.verbose = verbose
+        self.augment = augment
 
     # -- parameters --------------------------------------------------------------------------
     def _check_params(self):

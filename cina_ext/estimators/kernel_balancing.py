@@ -86,6 +86,13 @@ class KernelBalancing(_WeightingEstimator):
     rank : int, optional
         Number of random Fourier features (default
         :data:`~cina_ext.estimators.low_rank.DEFAULT_RANK`).
+    augment : bool or scikit-learn regressor, default False
+        Augmented (doubly robust) estimate: ``True`` fits a cross-fitted
+        HistGradientBoostingRegressor per arm (folds seeded by ``random_state``), or pass any
+        regressor; the estimate is the outcome model's prediction for the estimand's population plus
+        the balancing-weighted residuals (:mod:`cina_ext.estimators.augment`).  The weights never
+        see the outcome; only the augmentation does.  ``ate_inference`` then uses the influence
+        function.  Needs estimand "ate" or "att".
 
     Attributes
     ----------
@@ -163,7 +170,7 @@ class KernelBalancing(_WeightingEstimator):
                  tol: float = 1e-6, max_iter: Optional[int] = None, bootstrap_tol: float = 1e-4,
                  backend: str = "auto", device: str = "auto", dtype: str = "float64",
                  random_state=None, verbose: bool = False, approximation: str = "auto",
-                 rank: Optional[int] = None):
+                 rank: Optional[int] = None, augment=False):
         self.estimand = estimand
         self.kernel = kernel
         self.approximation = approximation
@@ -180,6 +187,7 @@ class KernelBalancing(_WeightingEstimator):
         self.dtype = dtype
         self.random_state = random_state
         self.verbose = verbose
+        self.augment = augment
 
     def _check_params(self):
         if self.approximation not in ("auto", "exact", "rff"):

@@ -60,6 +60,13 @@ class CInAZeroShot(_WeightingEstimator):
         Seed (bootstrap).
     verbose : bool, default False
         Progress bars.
+    augment : bool or scikit-learn regressor, default False
+        Augmented (doubly robust) estimate: ``True`` fits a cross-fitted
+        HistGradientBoostingRegressor per arm (folds seeded by ``random_state``), or pass any
+        regressor; the estimate is the outcome model's prediction for the estimand's population plus
+        the balancing-weighted residuals (:mod:`cina_ext.estimators.augment`).  The weights never
+        see the outcome; only the augmentation does.  ``ate_inference`` then uses the influence
+        function.  Needs estimand "ate" or "att".
 
     Attributes
     ----------
@@ -99,7 +106,7 @@ class CInAZeroShot(_WeightingEstimator):
 
     def __init__(self, model: Optional[CInAZeroShotModel] = None, checkpoint: Optional[str] = None,
                  estimand: Optional[str] = None, refine: int = 0, backend: str = "auto", batch_size: int = 32,
-                 random_state=None, verbose: bool = False):
+                 random_state=None, verbose: bool = False, augment=False):
         self.model = model
         self.checkpoint = checkpoint
         self.estimand = estimand
@@ -108,6 +115,7 @@ class CInAZeroShot(_WeightingEstimator):
         self.batch_size = batch_size
         self.random_state = random_state
         self.verbose = verbose
+        self.augment = augment
 
     @classmethod
     def from_pretrained(cls, path: Optional[str] = None, **kwargs) -> "CInAZeroShot":

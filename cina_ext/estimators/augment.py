@@ -1,0 +1,103 @@
+"""Augmented (doubly robust) balancing: a cross-fitted outcome model plus the weighted residuals.
+
+With balancing weights ``w`` (each arm summing to one) and cross-fitted arm outcome models
+``mu1``, ``mu0``, the augmented estimates are
+
+* ATE: ``mean_i (mu1(x_i) - mu0(x_i)) + sum_{T=1} w_i (y_i - mu1(x_i)) - sum_{T=0} w_i (y_i - mu0(x_i))``;
+* ATT: ``mean_{T=1} (y_i - mu0(x_i)) - sum_{T=0} w_i (y_i - mu0(x_i))``,
+
+the outcome model's prediction for the estimand's population corrected by the weighted residuals
+(augmented balancing weights; approximate residual balancing).  The weights still never look at Y;
+only the outcome model does, fitted on other folds than the units it predicts.  Both are means of
+per-unit scores ``psi_i`` (``n w_i`` plays the part of the inverse propensity), whose spread gives
+the usual influence-function standard error.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from sklearn.base import clone
+from sklearn.ensemble import HistGradientBoostingRegressor
+from sklearn.model_selection import StratifiedKFold
+from threadpoolctl import threadpool_limits
+
+__all__ = ["AUGMENT_FOLDS", "outcome_model", "cross_fit_outcomes", "augmented_scores", "single_openmp_thread"]
+
+#: Folds of the cross-fitted outcome model.
+AUGMENT_FOLDS = 5
+
+
+def single_openmp_thread():
+    """Run scikit-learn's OpenMP learners on one thread.
+
+    Beside torch's own OpenMP runtime, HistGradientBoosting's threads spin-wait against torch's on
+    a small machine: measured 0.96 s -> 0.24 s for one DoubleML fit at n = 200 on 2 cores, and far
+    worse under load.  Per-fold fits are small, so one thread loses nothing.
+    """
+    return threadpool_limits(limits=1, user_api="openmp")
+
+
+def outcome_model(augment):
+    """The regressor of ``augment`` (False / None: none; True: a HistGradientBoostingRegressor)."""
+    if augment is None or augment is False:
+        return None
+    if augment is True:
+        return HistGradientBoostingRegressor(max_iter=100)
+    if hasattr(augment, "fit") and hasattr(augment, "predict"):
+        return augment
+    raise TypeError(f"augment must be False, True or a scikit-learn regressor (fit / predict), got {augment!r}")
+
+
+def _with_seed(model, seed: int):
+    m = clone(model)
+    try:
+        if "random_state" in m.get_params() and m.get_params()["random_state"] is None:
+            m.set_params(random_state=seed)
+    except Exception:  # noqa: BLE001 - non-sklearn models
+        pass
+    return m
+
+
+def cross_fit_outcomes(model, Xs: np.ndarray, T: np.ndarray, Y: np.ndarray, seed: int,
+                       n_folds: int = AUGMENT_FOLDS):
+    """Out-of-fold predictions ``(mu1, mu0)`` of one outcome model per arm, folds stratified on T."""
+    k = int(min(n_folds, np.sum(T == 1), np.sum(T == 0)))
+    if k < 2:
+        raise ValueError("augmentation needs at least 2 units in each arm (cross-fitting)")
+    n = Xs.shape[0]
+    mu1, mu0 = np.empty(n), np.empty(n)
+    folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed % (2**31 - 1))
+    with single_openmp_thread():
+        for f, (tr, te) in enumerate(folds.split(Xs, T)):
+            s = seed + 7919 * (f + 1)
+            t1, t0 = tr[T[tr] == 1], tr[T[tr] == 0]
+            mu1[te] = _with_seed(model, s).fit(Xs[t1], Y[t1]).predict(Xs[te])
+            mu0[te] = _with_seed(model, s + 1).fit(Xs[t0], Y[t0]).predict(Xs[te])
+    if not (np.all(np.isfinite(mu1)) and np.all(np.isfinite(mu0))):
+        raise ValueError("the outcome model predicted NaN or Inf")
+    return mu1, mu0
+
+
+def augmented_scores(w: np.ndarray, T: np.ndarray, Y: np.ndarray, mu1: np.ndarray, mu0: np.ndarray,
+                     estimand: str):
+    """``(estimate, influence)``: the augmented estimate and its per-unit influence values (mean 0)."""
+    n = T.shape[0]
+    Tf = T.astype(np.float64)
+    if estimand == "ate":
+        resid = np.where(T == 1, Y - mu1, -(Y - mu0))
+        psi = (mu1 - mu0) + n * w * resid
+        est = float(np.mean(psi))
+        return est, psi - est
+    if estimand == "att":
+        p1 = float(np.mean(Tf))
+        r0 = Y - mu0
+        psi = (Tf * r0 - n * p1 * w * (1.0 - Tf) * r0) / p1
+        est = float(np.mean(psi))
+        return est, psi - est * Tf / p1
+    raise ValueError(f"augmentation targets the ATE or the ATT, not {estimand!r}")
+
+
+def influence_se(infl: np.ndarray) -> float:
+    """Standard error ``sd(influence) / sqrt(n)``."""
+    return float(np.std(infl, ddof=1) / math.sqrt(infl.shape[0]))
