@@ -161,7 +161,7 @@ def markdown(res) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
-    ap.add_argument("--accuracy-sizes", type=int, nargs="+", default=[2000, 5000, 20000])
+    ap.add_argument("--accuracy-sizes", type=int, nargs="*", default=[2000, 5000, 20000])
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     ap.add_argument("--csv-rows", type=int, default=2_000_000)

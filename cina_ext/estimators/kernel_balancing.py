@@ -11,7 +11,7 @@ import torch
 
 from .._core.checks import check_estimand, check_positive, resolve_dtype, resolve_device
 from .base import _arm_normalise, _dual_solve, _lam_abs, _max_iter_arg, _standardize, _WeightingEstimator
-from .low_rank import DEFAULT_RANK, EXACT_LIMIT, exact_cost, rank_for, rff_features, simplex_balance
+from .low_rank import DEFAULT_RANK, EXACT_LIMIT, RandomFourierFeatures, exact_cost, rank_for, simplex_balance
 
 __all__ = ["KernelBalancing"]
 
@@ -243,23 +243,29 @@ class KernelBalancing(_WeightingEstimator):
         return int(self.rank) if self.rank is not None else DEFAULT_RANK
 
     def _fit_low_rank(self, Xs, T, estimand, gamma, lam_abs, seed, tol):
+        """The low-rank solve: one arm's features at a time (the target mean streamed), so the peak
+        memory is the largest arm's feature matrix."""
         n, p = Xs.shape
+        treated = T == 1
         if self.kernel == "rbf":
             rank = rank_for(n, self._rank())
             if rank < self._rank():
                 warnings.warn(f"KernelBalancing: {n:,} units: {rank} random Fourier features instead of {self._rank()} "
                               "(the feature matrix would not fit in memory)", UserWarning, stacklevel=4)
-            Phi = rff_features(Xs, gamma, rank, seed)
-        else:
-            Phi = Xs  # Xs is already divided by sqrt(p): the exact linear feature map
-        treated = T == 1
-        target = (Phi[treated] if estimand == "att" else Phi).astype(np.float64).mean(axis=0)
+            fmap = RandomFourierFeatures(p, gamma, rank, seed)
+            target = fmap.mean(Xs[treated] if estimand == "att" else Xs)
+            features = fmap.transform
+        else:  # Xs is already divided by sqrt(p): the exact linear feature map
+            target = (Xs[treated] if estimand == "att" else Xs).mean(axis=0)
+
+            def features(Z):
+                return Z
         w = np.zeros(n)
-        arms = [(0, "control")] if estimand == "att" else [(1, "treated"), (0, "control")]
+        arms = [0] if estimand == "att" else [1, 0]
         gaps, iters, conv, obj = [], [], True, 0.0
-        for code, _ in arms:
+        for code in arms:
             sel = T == code
-            r = simplex_balance(Phi[sel], target, lam_abs, tol=tol)
+            r = simplex_balance(features(Xs[sel]), target, lam_abs, tol=tol)
             w[sel] = r.weights
             gaps.append(r.gap)
             iters.append(r.iterations)

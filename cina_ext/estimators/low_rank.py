@@ -29,7 +29,7 @@ from typing import Optional
 import numpy as np
 
 __all__ = ["DEFAULT_RANK", "EXACT_LIMIT", "exact_cost", "rff_features", "simplex_balance", "SimplexBalanceResult",
-           "rank_for"]
+           "rank_for", "RandomFourierFeatures"]
 
 #: Random Fourier features used by default (the kernel error is about 1/sqrt(rank)).
 DEFAULT_RANK = 512
@@ -59,24 +59,45 @@ def rank_for(n: int, rank: int) -> int:
     return int(max(32, min(rank, FEATURE_BYTES_MAX // max(1, 4 * n))))
 
 
-def rff_features(Z: np.ndarray, gamma: float, rank: int, seed: int, *, dtype=None,
-                 chunk: int = 65536) -> np.ndarray:
-    """Random Fourier features (n, rank) of the rows of ``Z`` for ``exp(-gamma ||z - z'||^2)``.
+class RandomFourierFeatures:
+    """The random Fourier feature map of ``exp(-gamma ||z - z'||^2)`` with ``rank`` features.
 
-    Built in chunks of rows, so the temporary memory stays O(chunk x rank) beyond the result.
+    ``transform(Z)`` gives the (n, rank) features, built in chunks of rows (temporary memory
+    O(chunk x rank) beyond the result); ``mean(Z)`` their column means without storing them.
     ``dtype`` None: float64 while the result fits in :data:`FEATURE_BYTES_FLOAT64`, float32 beyond.
     """
-    n, p = Z.shape
-    if dtype is None:
-        dtype = np.float64 if n * rank * 8 <= FEATURE_BYTES_FLOAT64 else np.float32
-    rng = np.random.default_rng(seed)
-    omega = rng.normal(0.0, math.sqrt(2.0 * gamma), size=(p, rank))
-    phase = rng.uniform(0.0, 2.0 * math.pi, size=rank)
-    out = np.empty((n, rank), dtype=dtype)
-    scale = math.sqrt(2.0 / rank)
-    for s in range(0, n, chunk):
-        out[s:s + chunk] = (scale * np.cos(Z[s:s + chunk] @ omega + phase)).astype(dtype, copy=False)
-    return out
+
+    def __init__(self, p: int, gamma: float, rank: int, seed: int, chunk: int = 65536):
+        rng = np.random.default_rng(seed)
+        self.omega = rng.normal(0.0, math.sqrt(2.0 * gamma), size=(p, rank))
+        self.phase = rng.uniform(0.0, 2.0 * math.pi, size=rank)
+        self.rank = int(rank)
+        self.chunk = int(chunk)
+        self._scale = math.sqrt(2.0 / rank)
+
+    def _block(self, Z):
+        return self._scale * np.cos(Z @ self.omega + self.phase)
+
+    def transform(self, Z: np.ndarray, dtype=None) -> np.ndarray:
+        n = Z.shape[0]
+        if dtype is None:
+            dtype = np.float64 if n * self.rank * 8 <= FEATURE_BYTES_FLOAT64 else np.float32
+        out = np.empty((n, self.rank), dtype=dtype)
+        for s in range(0, n, self.chunk):
+            out[s:s + self.chunk] = self._block(Z[s:s + self.chunk])
+        return out
+
+    def mean(self, Z: np.ndarray) -> np.ndarray:
+        tot = np.zeros(self.rank)
+        for s in range(0, Z.shape[0], self.chunk):
+            tot += self._block(Z[s:s + self.chunk]).sum(axis=0)
+        return tot / max(1, Z.shape[0])
+
+
+def rff_features(Z: np.ndarray, gamma: float, rank: int, seed: int, *, dtype=None,
+                 chunk: int = 65536) -> np.ndarray:
+    """Random Fourier features (n, rank) of the rows of ``Z`` (:class:`RandomFourierFeatures`)."""
+    return RandomFourierFeatures(Z.shape[1], gamma, rank, seed, chunk).transform(Z, dtype)
 
 
 def _project_simplex(v: np.ndarray) -> np.ndarray:
