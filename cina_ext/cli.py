@@ -552,8 +552,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--covariates", nargs="+", metavar="COL",
                    help="covariate columns (default: every other column, except an unnamed index column)")
     p.add_argument("--method", default="cina", choices=ALL_METHODS, help="estimator (default: cina)")
-    p.add_argument("--estimand", default=None, choices=ESTIMANDS,
-                   help="target: ate, att or overlap (default: the method's default)")
+    p.add_argument("--estimand", default="ate", choices=ESTIMANDS,
+                   help="target: ate, att or overlap (the SVM-dual population of the paper); default: ate")
     p.add_argument("--n-bootstrap", type=int, default=200, metavar="N",
                    help="bootstrap resamples for the interval; 0 skips it (default: 200)")
     p.add_argument("--alpha", type=float, default=0.05, help="1 - confidence level (default: 0.05)")
