@@ -1,6 +1,6 @@
 // Fused masked tied-key attention + penalised hinge loss (kernels.md §1).
 //
-// Kernels take raw pointers and sizes; the torch glue lives in csrc/ops.cpp.  All arrays are
+// Kernels take raw pointers and sizes; the torch glue is glue.cpp (same folder).  All arrays are
 // contiguous, row-major, batch-first:
 //   K (B,N,D)  V, W, mask (B,N)  b, lam (B)   outputs loss (B), out, lse (B,N), A, Bk (B,N,D).
 // Rows/columns with mask == false take no part; padded rows get out = lse = 0 and zero gradients.

@@ -4,6 +4,8 @@
 // to csrc/qp_solve/cuda.cu (device guard, current stream); every tensor must then be on X's device.
 #include "qp_solve/glue.h"
 
+#include <torch/library.h>
+
 #include <limits>
 #include <optional>
 
@@ -280,5 +282,36 @@ std::tuple<at::Tensor, at::Tensor> qp_check_dense(const at::Tensor& A, const at:
   });
   return {asym, finite};
 }
+
+// (the namespace itself is declared in csrc/module.cpp)
+TORCH_LIBRARY_FRAGMENT(cina, m) {
+  m.def(
+      "qp_solve_batch(Tensor X, int kind, Tensor gamma, float scale, Tensor lse, Tensor src, "
+      "Tensor mask, Tensor? sign, Tensor qscale, Tensor diag_add, Tensor p, Tensor lo, Tensor up, "
+      "Tensor? c, Tensor? d, Tensor? x0, Tensor tol, Tensor max_iter, int cache_bytes, "
+      "bool shrinking, int inner_min_units) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("qp_kernel_lse(Tensor X, Tensor mask, float scale) -> Tensor");
+  m.def(
+      "qp_kernel_rowsum(Tensor X, int kind, Tensor gamma, float scale, Tensor lse, "
+      "Tensor rowmask, Tensor colmask) -> Tensor");
+  m.def("qp_check_dense(Tensor A, Tensor mask) -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(cina, CPU, m) {
+  m.impl("qp_solve_batch", &qp_solve_batch);
+  m.impl("qp_kernel_lse", &qp_kernel_lse);
+  m.impl("qp_kernel_rowsum", &qp_kernel_rowsum);
+  m.impl("qp_check_dense", &qp_check_dense);
+}
+
+#ifdef CINA_WITH_CUDA
+// the same functions: they branch on the device themselves
+TORCH_LIBRARY_IMPL(cina, CUDA, m) {
+  m.impl("qp_solve_batch", &qp_solve_batch);
+  m.impl("qp_kernel_lse", &qp_kernel_lse);
+  m.impl("qp_kernel_rowsum", &qp_kernel_rowsum);
+  m.impl("qp_check_dense", &qp_check_dense);
+}
+#endif
 
 }  // namespace cina
