@@ -2,8 +2,7 @@
 // processors that have it (about 2x the throughput of the SSE2 baseline), the baseline elsewhere.
 #include "attention_hinge/attention_hinge.h"
 
-#include <cstdlib>
-
+#include "common/config.h"
 #include "common/cpu_variant.h"
 
 namespace cina {
@@ -27,7 +26,7 @@ CINA_DECLARE_VARIANT(avx2)
 bool cpu_uses_avx2() {
 #ifdef CINA_HAVE_AVX2_VARIANT
   static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                         std::getenv("CINA_CPU_BASELINE") == nullptr;
+                         !read_config().cpu_baseline;
   return ok;
 #else
   return false;

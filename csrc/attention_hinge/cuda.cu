@@ -223,8 +223,9 @@ const char* attention_hinge_fwd_cuda(const T* K, const T* V, const T* W, const T
                                      T* A, T* Bk, void* stream) {
   using namespace cuda_detail;
   if (const char* e = check_shape(shape, loss_kind)) return e;
+  const Config cfg = read_config();  // the environment, once per call
   int variant = kDefaultVariant;
-  if (const char* e = read_variant(&variant)) return e;
+  if (const char* e = read_variant(cfg, &variant)) return e;
   const int64_t B = shape.B, N = shape.N;
   if (B == 0) return nullptr;
   if (N == 0) return rt_memset(loss, sizeof(T) * static_cast<size_t>(B), stream);
@@ -235,7 +236,7 @@ const char* attention_hinge_fwd_cuda(const T* K, const T* V, const T* W, const T
   args.lse = lse;
   args.A = A;
   args.Bk = Bk;
-  if (const char* e = choose_splits(B * args.row_tiles, args.row_tiles, &args.nsplit, &args.tiles_per_split))
+  if (const char* e = choose_splits(cfg, B * args.row_tiles, args.row_tiles, &args.nsplit, &args.tiles_per_split))
     return e;
   void* ws = nullptr;
   if (const size_t bytes = split_workspace_bytes(args, need_aux)) {
@@ -261,8 +262,9 @@ const char* attention_hinge_bwd_cuda(const T* K, const T* V, const T* W, const T
                                      int64_t loss_kind, T* dK, T* dV, T* db, void* stream) {
   using namespace cuda_detail;
   if (const char* e = check_shape(shape, loss_kind)) return e;
+  const Config cfg = read_config();  // the environment, once per call
   int variant = kDefaultVariant;
-  if (const char* e = read_variant(&variant)) return e;
+  if (const char* e = read_variant(cfg, &variant)) return e;
   const int64_t B = shape.B, N = shape.N;
   if (B == 0) return nullptr;
   if (N == 0) return rt_memset(db, sizeof(T) * static_cast<size_t>(B), stream);
@@ -273,7 +275,7 @@ const char* attention_hinge_bwd_cuda(const T* K, const T* V, const T* W, const T
   args.Bk_in = Bk;
   args.dK = dK;
   args.dV = dV;
-  if (const char* e = choose_splits(B * args.row_tiles, args.row_tiles, &args.nsplit, &args.tiles_per_split))
+  if (const char* e = choose_splits(cfg, B * args.row_tiles, args.row_tiles, &args.nsplit, &args.tiles_per_split))
     return e;
   // one allocation: per-unit scalars, then (with splits) the partial results
   const int64_t total = B * N;

@@ -2,15 +2,14 @@
 // (CINA_ATTENTION_SPLITS and the heuristic) and the shape checks.
 #pragma once
 #include "attention_hinge/device.cuh"
+#include "common/config.h"
 
-#include <cstdlib>
-#include <cstring>
 #include <string>
 
 namespace cina {
 namespace cuda_detail {
 
-// Kernel variant, from the environment variable CINA_ATTENTION_KERNEL (read at every call):
+// Kernel variant, from CINA_ATTENTION_KERNEL (common/config.h; read at every call):
 //   auto (or unset): kDefaultVariant = tf32x3p: 3xTF32 (meets the fp32 parity rule for D <= 64)
 //   with the streamed tiles double-buffered by cp.async, the same bits as tf32x3 and faster on
 //   an H200 at 6 of 7 benchmark shapes (fwd+bwd 1 x 32768 x 16: 4.63 vs 4.99 ms; 4096 x 256 x 16:
@@ -22,23 +21,17 @@ namespace cuda_detail {
 enum Variant : int { kSimt = 0, kTf32 = 1, kTf32x3 = 3, kTf32p = 11, kTf32x3p = 13 };
 constexpr int kDefaultVariant = kTf32x3p;
 
-inline const char* read_variant(int* variant) {
-  const char* s = std::getenv("CINA_ATTENTION_KERNEL");
-  if (s == nullptr || *s == '\0' || std::strcmp(s, "auto") == 0) {
-    *variant = kDefaultVariant;
-  } else if (std::strcmp(s, "simt") == 0) {
-    *variant = kSimt;
-  } else if (std::strcmp(s, "tf32x3") == 0) {
-    *variant = kTf32x3;
-  } else if (std::strcmp(s, "tf32") == 0) {
-    *variant = kTf32;
-  } else if (std::strcmp(s, "tf32x3p") == 0) {
-    *variant = kTf32x3p;
-  } else if (std::strcmp(s, "tf32p") == 0) {
-    *variant = kTf32p;
-  } else {
-    return fail(std::string("cina attention_hinge (CUDA): CINA_ATTENTION_KERNEL must be one of auto, simt, "
-                            "tf32x3, tf32, tf32x3p, tf32p; got '") + s + "'");
+inline const char* read_variant(const Config& cfg, int* variant) {
+  switch (cfg.attention_kernel) {
+    case Config::kAuto: *variant = kDefaultVariant; break;
+    case Config::kSimt: *variant = kSimt; break;
+    case Config::kTf32x3: *variant = kTf32x3; break;
+    case Config::kTf32: *variant = kTf32; break;
+    case Config::kTf32x3p: *variant = kTf32x3p; break;
+    case Config::kTf32p: *variant = kTf32p; break;
+    default:
+      return fail(std::string("cina attention_hinge (CUDA): CINA_ATTENTION_KERNEL must be one of auto, simt, "
+                              "tf32x3, tf32, tf32x3p, tf32p; got '") + cfg.attention_kernel_text + "'");
   }
   return nullptr;
 }
@@ -47,17 +40,12 @@ inline const char* read_variant(int* variant) {
 // Heuristic: a grid of fewer than 2 blocks per SM leaves the GPU idle (e.g. B = 1, N = 4096 has
 // 64 row tiles), so the columns of each row tile are split until about 4 blocks per SM exist,
 // keeping at least 4 streamed tiles per split.
-inline const char* choose_splits(int64_t row_blocks, int64_t col_tiles, int* nsplit, int64_t* tiles_per_split) {
-  int64_t want = 0;
-  const char* s = std::getenv("CINA_ATTENTION_SPLITS");
-  if (s != nullptr && *s != '\0' && std::strcmp(s, "auto") != 0) {
-    char* end = nullptr;
-    const long v = std::strtol(s, &end, 10);
-    if (end == s || *end != '\0' || v < 0 || v > 1024)
-      return fail(std::string("cina attention_hinge (CUDA): CINA_ATTENTION_SPLITS must be auto or an integer "
-                              "in [0, 1024]; got '") + s + "'");
-    want = v;
-  }
+inline const char* choose_splits(const Config& cfg, int64_t row_blocks, int64_t col_tiles, int* nsplit,
+                                 int64_t* tiles_per_split) {
+  if (cfg.attention_splits < 0)
+    return fail(std::string("cina attention_hinge (CUDA): CINA_ATTENTION_SPLITS must be auto or an integer "
+                            "in [0, 1024]; got '") + cfg.attention_splits_text + "'");
+  int64_t want = cfg.attention_splits;
   if (want == 0) {
     const int64_t sms = rt_sm_count();
     if (row_blocks >= 2 * sms) {
@@ -75,6 +63,7 @@ inline const char* choose_splits(int64_t row_blocks, int64_t col_tiles, int* nsp
   *nsplit = static_cast<int>((col_tiles + *tiles_per_split - 1) / *tiles_per_split);  // no empty split
   return nullptr;
 }
+
 inline const char* check_shape(AttentionHingeShape s, int64_t loss_kind) {
   if (s.D < 1 || s.D > 128)
     return fail("cina attention_hinge (CUDA): the CUDA kernels support 1 <= D <= 128 features, got D = " +

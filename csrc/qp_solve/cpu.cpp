@@ -577,7 +577,7 @@ class Solver {
       }
     }
     if (shrunk_) unshrink();
-    if (std::getenv("CINA_QP_DEBUG") != nullptr)
+    if (opt_.debug)
       std::fprintf(stderr, "cina qp[%lld]: n=%lld it=%lld kkt=%.3e columns=%lld refreshes=%lld mean_active=%.1f "
                    "threaded windows=%lld/%lld\n",
                    (long long)q_, (long long)n_, (long long)it, kkt_, (long long)cols_.computed(),

@@ -79,14 +79,14 @@ namespace cina {
 // active problems every few iterations.
 template <typename T>
 const char* qp_solve_cuda_ws(const QPSource<T>& source, const QPProblems<T>& problems,
-                             const QPOutputs<T>& out, void* stream, int nt, int64_t m2) {
+                             const QPOutputs<T>& out, void* stream, const Config& cfg, int nt, int64_t m2) {
   using namespace qp_cuda_detail;
   const int64_t P = problems.P, N = problems.N;
-  const int64_t qws = qp_ws_size(P);
+  const int64_t qws = qp_ws_size(cfg, P);
   if (qws < 0) return fail("cina qp_solve (CUDA): CINA_QP_WS_SIZE must be an integer in [2, 512]");
-  const double ltol = qp_ws_ltol();
+  const double ltol = qp_ws_ltol(cfg);
   if (ltol < 0) return fail("cina qp_solve (CUDA): CINA_QP_WS_LTOL must be a number in (0, 1)");
-  const int wst = qp_ws_threads();
+  const int wst = qp_ws_threads(cfg);
   if (wst < 0) return fail("cina qp_solve (CUDA): CINA_QP_WS_THREADS must be a multiple of 32 in [32, 512]");
   const bool feats = source.kind != kQPDense;
   const WsLayout W = make_ws_layout(N, source.D, feats, m2, qws, static_cast<int64_t>(sizeof(T)));
@@ -109,10 +109,7 @@ const char* qp_solve_cuda_ws(const QPSource<T>& source, const QPProblems<T>& pro
   const size_t optin = rt_smem_optin(), sel_base = ws_smem_select_base(nt) + 64;
   int64_t keys_smem = optin > sel_base ? static_cast<int64_t>((optin - sel_base) / sizeof(uint32_t)) : 0;
   if (keys_smem > kWsLists * N) keys_smem = kWsLists * N;
-  if (const char* e = std::getenv("CINA_QP_WS_SMEM_KEYS")) {
-    const long long v = std::atoll(e);
-    if (v >= 0 && v < keys_smem) keys_smem = v;
-  }
+  if (cfg.qp_ws_smem_keys >= 0 && cfg.qp_ws_smem_keys < keys_smem) keys_smem = cfg.qp_ws_smem_keys;
   const size_t sm_setup = smem_bytes(nt), sm_sel = ws_smem_select(nt, keys_smem), sm_solve = ws_smem_solve(nts, qws);
   if (sm_sel > 48 * 1024) {
     if (const char* e = rt_set_max_dyn_smem(ws_select_kernel<T>, sm_sel)) {
@@ -124,7 +121,7 @@ const char* qp_solve_cuda_ws(const QPSource<T>& source, const QPProblems<T>& pro
   // CINA_QP_WS_STATS=1: per group, the rounds, sub-problem steps and the GPU time of each kernel
   // on stderr (a sync per round: diagnostics only), to split a run's time into per-round and
   // per-step costs (benchmarks/solver_breakdown.py)
-  const bool stats = ws_stats();
+  const bool stats = ws_stats(cfg);
   RtMark mk[4];
   for (int64_t p0 = 0; p0 < P && err == nullptr; p0 += group) {
     const int64_t gP = P - p0 < group ? P - p0 : group;
@@ -187,9 +184,10 @@ const char* qp_solve_cuda(const QPSource<T>& source, const QPProblems<T>& proble
   if (P <= 0) return nullptr;
   if (source.N != N) return fail("cina qp_solve (CUDA): source and problems disagree on N");
   if (N >= (int64_t(1) << 31) / 2) return fail("cina qp_solve (CUDA): N too large");
-  const int nt = qp_threads(N);
+  const Config cfg = read_config();  // the environment, once per call
+  const int nt = qp_threads(cfg, N);
   if (nt < 0) return fail("cina qp_solve (CUDA): CINA_QP_THREADS must be a multiple of 32 in [32, 1024]");
-  const int algo = qp_algo(N);
+  const int algo = qp_algo(cfg, N);
   if (algo < 0) return fail("cina qp_solve (CUDA): CINA_QP_CUDA_ALGO must be block, ws or auto");
   const bool feats = source.kind != kQPDense;
   int64_t m2 = 0;
@@ -197,7 +195,7 @@ const char* qp_solve_cuda(const QPSource<T>& source, const QPProblems<T>& proble
     m2 = 2;
     while (m2 < 2 * N) m2 <<= 1;
   }
-  if (algo == 1) return qp_solve_cuda_ws(source, problems, out, stream, nt, m2);
+  if (algo == 1) return qp_solve_cuda_ws(source, problems, out, stream, cfg, nt, m2);
   const size_t smem = smem_bytes(nt);
   const int64_t per_sm = rt_blocks_per_sm(qp_solve_kernel<T>, nt, smem);
   int64_t grid = static_cast<int64_t>(rt_sm_count()) * per_sm;

@@ -14,6 +14,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #endif
 
+#include "common/config.h"
 #include "common/cpu_variant.h"
 #include "qp_solve/qp_solve.h"
 
@@ -158,6 +159,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   opt.cache_bytes = cache_bytes;
   opt.shrinking = shrinking;
   opt.inner_min_units = std::max<int64_t>(inner_min_units, 1);
+  opt.debug = read_config().qp_debug;
 #ifdef CINA_WITH_CUDA
   std::optional<c10::cuda::CUDAGuard> guard;
   if (dev.is_cuda()) guard.emplace(dev);

@@ -79,6 +79,7 @@ struct QPOptions {
   int64_t cache_bytes = int64_t(1) << 30;  // kernel-column cache per problem being solved
   bool shrinking = true;                   // shrinking of the working set (see cpu.cpp)
   int64_t inner_min_units = 8192;          // parallelise inside a problem from this many units
+  bool debug = false;                      // per-problem summary on stderr (CPU; CINA_QP_DEBUG)
 };
 
 template <typename T>
