@@ -1,5 +1,5 @@
 """Test data and exact checks shared by the solver tests (tests/test_solver_cpu.py,
-tests/test_solver_cuda.py, tests/test_qp_cuda_emulator.py); independent of the solver under test."""
+tests/test_solver_cuda.py, tests/emulator/test_qp_cuda_emulator.py); independent of the solver under test."""
 from __future__ import annotations
 
 import math

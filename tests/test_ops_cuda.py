@@ -1,7 +1,7 @@
 """The CUDA kernels of the fused attention + hinge operator (csrc/attention_hinge/cuda.cu).
 
 Skipped cleanly without a CUDA device or without a build that holds the CUDA kernels.  Run on the
-GPU machine by benchmarks/gpu_check.sh.  Tests taking the ``variant`` fixture run for each kernel
+GPU machine by tools/gpu_check.sh.  Tests taking the ``variant`` fixture run for each kernel
 variant, chosen through the environment variable CINA_ATTENTION_KERNEL that the operator reads
 at each call: "simt" (the SIMT kernels), "tf32x3" (tensor cores, 3xTF32 split: held to the fp32
 parity rule) and "tf32" (tensor cores, plain TF32: held to TF32-level tolerances, like torch's

@@ -3,7 +3,7 @@
 Compared with the compiled CPU solver (same algorithm; run without shrinking for the closest
 iterates), the pure-PyTorch reference and exact facts (KKT violation recomputed from scratch).
 Skipped cleanly without a CUDA device or a build with the CUDA solver.  Run on the GPU machine by
-benchmarks/gpu_check.sh.
+tools/gpu_check.sh.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-// Fused masked tied-key attention + penalised hinge loss (kernels.md §1).
+// Fused masked tied-key attention + penalised hinge loss (docs/ops/attention_hinge.md).
 //
 // Kernels take raw pointers and sizes; the torch glue is glue.cpp (same folder).  All arrays are
 // contiguous, row-major, batch-first:

@@ -1,6 +1,6 @@
 // CUDA implementation of the fused attention + hinge operator (contract in attention_hinge.h).
 //
-// Design (kernels.md §1; the CPU twin is csrc/attention_hinge/cpu.cpp, same semantics):
+// Design (docs/ops/attention_hinge.md; the CPU twin is csrc/attention_hinge/cpu.cpp, same semantics):
 //
 // * One "pass" kernel per variant, templated on the element type T (float: fp32 accumulation;
 //   double: fp64), on the padded feature width DP (16, 32, 64 or 128: D is zero-padded to DP in
@@ -56,10 +56,10 @@
 // prep kernel), combine.cuh (column splits), loss_kernels.cuh (loss, backward prep, db),
 // launch_config.cuh (variant, splits, shape checks); the host launchers are below.
 //
-// The file is pure CUDA (no torch headers).  It is also compiled on the host, with
-// CINA_EMULATE defined, by tests/cuda_emulator/emulator.cpp, which runs these very kernels with
-// one std::thread per CUDA thread (and an emulated mma.sync), so that the index logic is tested
-// without a GPU (tests/test_cuda_emulator.py).
+// The files are pure CUDA (no torch headers).  They are also compiled on the host, with
+// CINA_EMULATE defined, by tests/emulator/cuda_emulator/emulator.cpp, which runs these very
+// kernels with one std::thread per CUDA thread (and an emulated mma.sync), so that the index logic
+// is tested without a GPU (tests/emulator/test_cuda_emulator.py).
 #ifndef CINA_WITH_CUDA
 #define CINA_WITH_CUDA 1
 #endif

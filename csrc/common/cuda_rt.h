@@ -3,7 +3,7 @@
 // the CUDA runtime (namespace cina::cuda_rt) through which the host halves allocate workspaces,
 // query the device and check launches.  Errors come back as strings, never crashes.
 //
-// Under CINA_EMULATE (the CPU emulator, tests/cuda_emulator/emulator.h) the emulator defines
+// Under CINA_EMULATE (the CPU emulator, tests/emulator/cuda_emulator/emulator.h) the emulator defines
 // CINA_DEV, CINA_KERNEL, CINA_KERNEL_MIN_BLOCKS, CINA_DYN_SMEM, CINA_LAUNCH and the cina::cuda_rt::rt_* functions before
 // this header is included; only fail() comes from here.
 #pragma once

@@ -39,9 +39,9 @@
 // launch_config.cuh (block size, algorithm, working-set parameters); the host launchers are
 // below.
 //
-// The file is pure CUDA (no torch headers).  Compiled on the host with CINA_EMULATE defined by
-// tests/cuda_emulator/qp_emulator.cpp (one std::thread per CUDA thread), so that the very kernels
-// are tested without a GPU (tests/test_qp_cuda_emulator.py).
+// The files are pure CUDA (no torch headers).  Compiled on the host with CINA_EMULATE defined by
+// tests/emulator/cuda_emulator/qp_emulator.cpp (one std::thread per CUDA thread), so that the very
+// kernels are tested without a GPU (tests/emulator/test_qp_cuda_emulator.py).
 #ifndef CINA_WITH_CUDA
 #define CINA_WITH_CUDA 1
 #endif

@@ -1,5 +1,5 @@
-// Batched box-QP / balancing dual solver (kernels.md §2).  Raw-pointer kernel API; the torch glue
-// is in csrc/qp_solve/glue.cpp.  All arrays are contiguous, row-major, batch-first.
+// Batched box-QP / balancing dual solver (docs/ops/qp_solve.md).  Raw-pointer kernel API; the
+// torch glue is in csrc/qp_solve/glue.cpp.  All arrays are contiguous, row-major, batch-first.
 //
 // One *problem* per row of the problem batch (P problems, padded to N units):
 //

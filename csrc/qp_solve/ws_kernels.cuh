@@ -88,7 +88,7 @@ CINA_DEV void ws_load(BlockSolver<T>& s, const WsCtl& c) {
 // workspace, shared scratch and scalars.  Each view is bound this way, never copied from
 // another: nvcc 13.0 compiled `BlockSolver<T> loc = s` into loads from the kernel's argument,
 // past its end (the reductions then took their scratch address from an argument field: illegal
-// address on the H200; tests/test_ptx.py checks the PTX for such loads).
+// address on the H200; tests/emulator/test_ptx.py checks the PTX for such loads).
 template <typename T>
 CINA_DEV WsLayout ws_view(BlockSolver<T>& s, const WsArgs<T>& A, int64_t g, unsigned char* smem, const WsCtl& c) {
   const WsLayout W = ws_bind(s, A, g);

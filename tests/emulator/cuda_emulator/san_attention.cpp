@@ -1,7 +1,7 @@
 // Sanitizer driver for the attention kernels (csrc/attention_hinge/cuda.cu) on the CPU emulator:
 // the CPU stand-in for compute-sanitizer, for sessions and CI machines without a GPU.
 //
-// Built as an executable by tests/test_emulator_sanitizers.py, once with -fsanitize=thread and
+// Built as an executable by tests/emulator/test_emulator_sanitizers.py, once with -fsanitize=thread and
 // once with -fsanitize=address,undefined.  Every CUDA thread of the emulator is a std::thread and
 // every barrier a std::barrier, so ThreadSanitizer sees a shared-memory (or global-memory) access
 // pair of two threads with no barrier between them as a data race: the hazards that racecheck
@@ -10,7 +10,7 @@
 // sized heap blocks) and leaked workspaces; UndefinedBehaviorSanitizer sees misaligned vector and
 // double accesses (the emulator's float4 / double2 carry the GPU's alignment), which fault on a GPU.
 //
-// The cases are sanitizer_cases.py's (benchmarks/): every kernel variant (simt in float64 and
+// The cases are sanitizer_cases.py's (tools/): every kernel variant (simt in float64 and
 // float32; tf32x3, tf32, tf32x3p, tf32p), with and without column splits, forward without and
 // with the auxiliaries, backward; masks with an empty dataset, a length-1 dataset and a fully
 // padded tile.  Results are checked against a plain float64 evaluation of the formulas of

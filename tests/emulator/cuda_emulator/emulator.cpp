@@ -13,8 +13,8 @@
 //
 // This is a test of the kernels' index logic, synchronisation structure and arithmetic; it is
 // not a model of timing or of memory coalescing.  Races are found by building it under
-// ThreadSanitizer (tests/test_emulator_sanitizers.py), not by this build.
-// Built by tests/_emulator.py and driven by tests/test_cuda_emulator.py through ctypes.
+// ThreadSanitizer (tests/emulator/test_emulator_sanitizers.py), not by this build.
+// Built by tests/emulator/_emulator.py and driven by tests/emulator/test_cuda_emulator.py through ctypes.
 #include "emulator.h"
 
 // (the runtime shim of the host half, cina::cuda_rt::rt_*, is in emulator.h)

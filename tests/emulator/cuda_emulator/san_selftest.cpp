@@ -1,5 +1,5 @@
 // Deliberately faulty kernels on the CPU emulator: they show that the sanitizer builds of
-// tests/test_emulator_sanitizers.py do report each class of bug that the sanitizer drivers
+// tests/emulator/test_emulator_sanitizers.py do report each class of bug that the sanitizer drivers
 // (san_attention.cpp, san_qp.cpp) are there to catch.  One case per run, chosen by argv[1]:
 //   ok          a correct kernel (a shared-memory exchange with a barrier): no report expected
 //   race        the same exchange without the barrier (ThreadSanitizer: data race)

@@ -1,7 +1,7 @@
 // Sanitizer driver for the QP solver kernels (csrc/qp_solve/cuda.cu) on the CPU emulator: the
 // CPU stand-in for compute-sanitizer (see san_attention.cpp for what each sanitizer sees).
 //
-// Cases (benchmarks/sanitizer_cases.py's, plus the helper kernels): the "overlap" SVM dual (RBF,
+// Cases (tools/sanitizer_cases.py's, plus the helper kernels): the "overlap" SVM dual (RBF,
 // equality c = W) in float64, and in float32 with the linear kernel and a 2-slot column cache; the
 // "ate" arm problems (simplex, cina kernel: the lse and row-sum kernels run first); a generic box
 // QP from an explicit matrix without and with a general equality.  Each runs with both CUDA

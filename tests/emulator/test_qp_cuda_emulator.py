@@ -1,8 +1,8 @@
 """The CUDA kernels of csrc/qp_solve/cuda.cu (batched box-QP solver), run on the CPU by a
 thread-level emulator.
 
-No GPU is needed: tests/cuda_emulator/qp_emulator.cpp compiles the unmodified cuda.cu as C++ on
-the vocabulary of tests/cuda_emulator/emulator.h (one std::thread per CUDA thread, barriers,
+No GPU is needed: tests/emulator/cuda_emulator/qp_emulator.cpp compiles the unmodified cuda.cu as
+C++ on the vocabulary of tests/emulator/cuda_emulator/emulator.h (one std::thread per CUDA thread, barriers,
 emulated shuffles, NaN-filled shared memory and workspace).  The solver kernel is driven through
 the real front end (cina_ext.solver builds the problems; only the final operator call is routed to
 the emulator) and compared with the pure-PyTorch reference, the compiled CPU solver and exact

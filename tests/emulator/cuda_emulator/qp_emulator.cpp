@@ -7,7 +7,7 @@
 // problem counter then hands every problem to the first block; CINA_EMU_SMS / CINA_QP_THREADS
 // steer the grid and block sizes).
 //
-// Built by tests/_emulator.py and driven by tests/test_qp_cuda_emulator.py through ctypes.
+// Built by tests/emulator/_emulator.py and driven by tests/emulator/test_qp_cuda_emulator.py through ctypes.
 #include "emulator.h"
 
 #include "qp_solve/qp_solve.h"

@@ -22,7 +22,7 @@
 #define CINA_EMULATE 1
 #define CINA_WITH_CUDA 1
 
-// Under AddressSanitizer (tests/test_emulator_sanitizers.py) the guard bytes after the dynamic
+// Under AddressSanitizer (tests/emulator/test_emulator_sanitizers.py) the guard bytes after the dynamic
 // shared memory are poisoned, so that a read past its end is reported too, not only a write.
 #if defined(__SANITIZE_ADDRESS__)
 #include <sanitizer/asan_interface.h>
