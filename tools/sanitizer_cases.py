@@ -1,4 +1,4 @@
-"""Tiny driver for compute-sanitizer (memcheck, racecheck, synccheck): run by benchmarks/gpu_check.sh.
+"""Tiny driver for compute-sanitizer (memcheck, racecheck, synccheck): run by tools/gpu_check.sh.
 
 Runs the CUDA kernels of cina::attention_hinge on small masked cases — forward with and without
 the auxiliaries, backward — for float32 (every kernel variant: simt, tf32x3, tf32) and float64,
@@ -10,7 +10,7 @@ cache), checked against the compiled CPU solver.  ``--part attention|solver|all`
 cases.  Inputs are made on the CPU and copied, so that the only kernels launched are ours plus a
 few of torch's fills.  Exit status 0 when every case matched, 1 otherwise.
 
-    compute-sanitizer --tool memcheck python3 benchmarks/sanitizer_cases.py [--quick]
+    compute-sanitizer --tool memcheck python3 tools/sanitizer_cases.py [--quick]
 """
 from __future__ import annotations
 

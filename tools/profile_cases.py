@@ -1,6 +1,6 @@
 """One call of each hot kernel, bracketed for Nsight Compute (ncu --profile-from-start off).
 
-The GPU script (benchmarks/gpu_check.sh, step "profile") runs this under ncu to record why the
+The GPU script (tools/gpu_check.sh, step "profile") runs this under ncu to record why the
 kernels run as fast as they do (speed of light, occupancy, warp stalls), the input for the next
 round of kernel work:
 
