@@ -37,8 +37,8 @@ void attention_hinge_fwd_cpu(const T* K, const T* V, const T* W, const T* b, con
 
 template <typename T>
 void attention_hinge_bwd_cpu(const T* K, const T* V, const T* W, const T* b, const T* lam,
-                             const bool* mask, const T* out, const T* lse, const T* A,
-                             const T* Bk, const T* g_loss, const T* g_out, const T* g_lse,
+                             const bool* mask, const T* out, const T* lse, const T* A, const T* Bk,
+                             const T* g_loss, const T* g_out, const T* g_lse,
                              AttentionHingeShape shape, double scale, int64_t loss_kind, T* dK,
                              T* dV, T* db);
 
@@ -53,11 +53,11 @@ const char* attention_hinge_fwd_cuda(const T* K, const T* V, const T* W, const T
                                      T* A, T* Bk, void* stream);
 
 template <typename T>
-const char* attention_hinge_bwd_cuda(const T* K, const T* V, const T* W, const T* b,
-                                     const T* lam, const bool* mask, const T* out, const T* lse,
-                                     const T* A, const T* Bk, const T* g_loss, const T* g_out,
-                                     const T* g_lse, AttentionHingeShape shape, double scale,
-                                     int64_t loss_kind, T* dK, T* dV, T* db, void* stream);
+const char* attention_hinge_bwd_cuda(const T* K, const T* V, const T* W, const T* b, const T* lam,
+                                     const bool* mask, const T* out, const T* lse, const T* A,
+                                     const T* Bk, const T* g_loss, const T* g_out, const T* g_lse,
+                                     AttentionHingeShape shape, double scale, int64_t loss_kind,
+                                     T* dK, T* dV, T* db, void* stream);
 #endif
 
 }  // namespace cina

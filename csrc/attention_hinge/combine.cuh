@@ -8,14 +8,16 @@ namespace cuda_detail {
 // merge of the column splits (fixed order over the splits: deterministic)
 
 template <typename T, int MODE>
-CINA_KERNEL(256) combine_kernel(const PassArgs<T> a) {
+CINA_KERNEL(256)
+combine_kernel(const PassArgs<T> a) {
   constexpr bool kAcc = MODE != kFwdPlain;
   const int64_t D = a.D;
   const int64_t W = kAcc ? D : 1;  // threads per unit
   const int64_t total = a.total;
   const int S = a.nsplit;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total * W; idx += stride) {
+  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total * W;
+       idx += stride) {
     const int64_t e = idx / W;
     const int64_t d = idx - e * W;
     const bool valid = a.mask[e];

@@ -1,6 +1,7 @@
 // CUDA implementation of the fused attention + hinge operator (contract in attention_hinge.h).
 //
-// Design (docs/ops/attention_hinge.md; the CPU twin is csrc/attention_hinge/cpu.cpp, same semantics):
+// Design (docs/ops/attention_hinge.md; the CPU twin is csrc/attention_hinge/cpu.cpp, same
+// semantics):
 //
 // * One "pass" kernel per variant, templated on the element type T (float: fp32 accumulation;
 //   double: fp64), on the padded feature width DP (16, 32, 64 or 128: D is zero-padded to DP in
@@ -104,11 +105,11 @@ const char* launch_pass(const PassArgs<T>& args, int64_t B, void* stream) {
     if (const char* e = rt_set_max_dyn_smem(kern, smem)) return e;
   }
   const int64_t blocks = B * args.row_tiles * args.nsplit;
-  if (blocks > 2147483647LL) return fail("cina attention_hinge (CUDA): B * ceil(N / 64) exceeds 2^31 - 1 blocks");
+  if (blocks > 2147483647LL)
+    return fail("cina attention_hinge (CUDA): B * ceil(N / 64) exceeds 2^31 - 1 blocks");
   CINA_LAUNCH(kern, dim3(static_cast<unsigned>(blocks)), dim3(kThreads), smem, stream, args);
   return rt_check_launch("cina attention_hinge (CUDA): pass kernel launch");
 }
-
 
 template <int DP, int MODE, int NSPLIT, bool PF>
 const char* launch_pass_tc(PassArgs<float> args, int64_t B, void* stream) {
@@ -118,7 +119,8 @@ const char* launch_pass_tc(PassArgs<float> args, int64_t B, void* stream) {
     if (const char* e = rt_set_max_dyn_smem(kern, smem)) return e;
   }
   const int64_t blocks = B * args.row_tiles * args.nsplit;
-  if (blocks > 2147483647LL) return fail("cina attention_hinge (CUDA): B * ceil(N / 64) exceeds 2^31 - 1 blocks");
+  if (blocks > 2147483647LL)
+    return fail("cina attention_hinge (CUDA): B * ceil(N / 64) exceeds 2^31 - 1 blocks");
   // the split keys and column data (stream-ordered workspace, released after the pass)
   const int64_t units = B * args.row_tiles * kBM;
   const size_t key_bytes = sizeof(float) * static_cast<size_t>(units) * kTcKeyFloats<DP, NSPLIT>;
@@ -154,8 +156,10 @@ const char* dispatch_pass(const PassArgs<T>& args, int64_t B, int variant, void*
   if constexpr (std::is_same_v<T, float>) {
     // 3xTF32 meets the fp32 parity rule up to D = 64; at D = 128 it measured 10x the fp32
     // reference's error on an H200 (tests/test_ops_cuda.py), so wider keys run the SIMT kernel.
-    if (variant == kTf32x3 && args.D <= 64) return dispatch_pass_tc<MODE, 3, false>(args, B, stream);
-    if (variant == kTf32x3p && args.D <= 64) return dispatch_pass_tc<MODE, 3, true>(args, B, stream);
+    if (variant == kTf32x3 && args.D <= 64)
+      return dispatch_pass_tc<MODE, 3, false>(args, B, stream);
+    if (variant == kTf32x3p && args.D <= 64)
+      return dispatch_pass_tc<MODE, 3, true>(args, B, stream);
     if (variant == kTf32) return dispatch_pass_tc<MODE, 1, false>(args, B, stream);
     if (variant == kTf32p) return dispatch_pass_tc<MODE, 1, true>(args, B, stream);
   }
@@ -171,7 +175,8 @@ template <typename T>
 size_t split_workspace_bytes(const PassArgs<T>& args, bool acc) {
   if (args.nsplit <= 1) return 0;
   const size_t n = static_cast<size_t>(args.nsplit) * static_cast<size_t>(args.total);
-  const size_t units = 2 * sizeof(double) + sizeof(T) + (acc ? 2 * sizeof(T) * static_cast<size_t>(args.D) : 0);
+  const size_t units =
+      2 * sizeof(double) + sizeof(T) + (acc ? 2 * sizeof(T) * static_cast<size_t>(args.D) : 0);
   return n * units + 256;
 }
 
@@ -199,8 +204,8 @@ const char* run_pass(PassArgs<T>& args, int64_t B, int variant, void* ws, void* 
 }
 
 template <typename T>
-void init_args(PassArgs<T>& args, const T* K, const T* V, const bool* mask, AttentionHingeShape shape,
-               double scale) {
+void init_args(PassArgs<T>& args, const T* K, const T* V, const bool* mask,
+               AttentionHingeShape shape, double scale) {
   args.K = K;
   args.V = V;
   args.mask = mask;
@@ -236,7 +241,8 @@ const char* attention_hinge_fwd_cuda(const T* K, const T* V, const T* W, const T
   args.lse = lse;
   args.A = A;
   args.Bk = Bk;
-  if (const char* e = choose_splits(cfg, B * args.row_tiles, args.row_tiles, &args.nsplit, &args.tiles_per_split))
+  if (const char* e = choose_splits(cfg, B * args.row_tiles, args.row_tiles, &args.nsplit,
+                                    &args.tiles_per_split))
     return e;
   void* ws = nullptr;
   if (const size_t bytes = split_workspace_bytes(args, need_aux)) {
@@ -246,8 +252,8 @@ const char* attention_hinge_fwd_cuda(const T* K, const T* V, const T* W, const T
                              : run_pass<T, kFwdPlain>(args, B, variant, ws, stream);
   if (!err) {
     auto lk = &loss_kernel<T>;
-    CINA_LAUNCH(lk, dim3(static_cast<unsigned>(B)), dim3(kRedThreads), kRedThreads * sizeof(double), stream,
-                V, W, b, lam, mask, out, lse, N, static_cast<int>(loss_kind), loss);
+    CINA_LAUNCH(lk, dim3(static_cast<unsigned>(B)), dim3(kRedThreads), kRedThreads * sizeof(double),
+                stream, V, W, b, lam, mask, out, lse, N, static_cast<int>(loss_kind), loss);
     err = rt_check_launch("cina attention_hinge (CUDA): loss kernel launch");
   }
   rt_free(ws, stream);  // stream-ordered: released after the kernels that use it
@@ -255,11 +261,11 @@ const char* attention_hinge_fwd_cuda(const T* K, const T* V, const T* W, const T
 }
 
 template <typename T>
-const char* attention_hinge_bwd_cuda(const T* K, const T* V, const T* W, const T* b,
-                                     const T* lam, const bool* mask, const T* out, const T* lse,
-                                     const T* A, const T* Bk, const T* g_loss, const T* g_out,
-                                     const T* g_lse, AttentionHingeShape shape, double scale,
-                                     int64_t loss_kind, T* dK, T* dV, T* db, void* stream) {
+const char* attention_hinge_bwd_cuda(const T* K, const T* V, const T* W, const T* b, const T* lam,
+                                     const bool* mask, const T* out, const T* lse, const T* A,
+                                     const T* Bk, const T* g_loss, const T* g_out, const T* g_lse,
+                                     AttentionHingeShape shape, double scale, int64_t loss_kind,
+                                     T* dK, T* dV, T* db, void* stream) {
   using namespace cuda_detail;
   if (const char* e = check_shape(shape, loss_kind)) return e;
   const Config cfg = read_config();  // the environment, once per call
@@ -275,13 +281,15 @@ const char* attention_hinge_bwd_cuda(const T* K, const T* V, const T* W, const T
   args.Bk_in = Bk;
   args.dK = dK;
   args.dV = dV;
-  if (const char* e = choose_splits(cfg, B * args.row_tiles, args.row_tiles, &args.nsplit, &args.tiles_per_split))
+  if (const char* e = choose_splits(cfg, B * args.row_tiles, args.row_tiles, &args.nsplit,
+                                    &args.tiles_per_split))
     return e;
   // one allocation: per-unit scalars, then (with splits) the partial results
   const int64_t total = B * N;
   const size_t unit_bytes = (sizeof(UnitBwd<T>) * static_cast<size_t>(total) + 255) / 256 * 256;
   void* ws = nullptr;
-  if (const char* e = rt_malloc(&ws, unit_bytes + split_workspace_bytes(args, true), stream, "backward workspace"))
+  if (const char* e = rt_malloc(&ws, unit_bytes + split_workspace_bytes(args, true), stream,
+                                "backward workspace"))
     return e;
   UnitBwd<T>* unit = static_cast<UnitBwd<T>*>(ws);
   args.unit = unit;
@@ -291,14 +299,14 @@ const char* attention_hinge_bwd_cuda(const T* K, const T* V, const T* W, const T
     int64_t blocks = (total + 255) / 256;
     if (blocks > 65536) blocks = 65536;
     auto pk = &bwd_prep_kernel<T>;
-    CINA_LAUNCH(pk, dim3(static_cast<unsigned>(blocks)), dim3(256), 0, stream, V, W, b, lam, mask, out, lse,
-                g_loss, g_out, g_lse, total, N, static_cast<int>(loss_kind), unit);
+    CINA_LAUNCH(pk, dim3(static_cast<unsigned>(blocks)), dim3(256), 0, stream, V, W, b, lam, mask,
+                out, lse, g_loss, g_out, g_lse, total, N, static_cast<int>(loss_kind), unit);
     err = rt_check_launch("cina attention_hinge_bwd (CUDA): prep kernel launch");
   }
   if (!err) {
     auto dk = &db_kernel<T>;
-    CINA_LAUNCH(dk, dim3(static_cast<unsigned>(B)), dim3(kRedThreads), kRedThreads * sizeof(double), stream,
-                W, b, mask, out, g_loss, N, static_cast<int>(loss_kind), db);
+    CINA_LAUNCH(dk, dim3(static_cast<unsigned>(B)), dim3(kRedThreads), kRedThreads * sizeof(double),
+                stream, W, b, mask, out, g_loss, N, static_cast<int>(loss_kind), db);
     err = rt_check_launch("cina attention_hinge_bwd (CUDA): db kernel launch");
   }
   if (!err) err = run_pass<T, kBwd>(args, B, variant, static_cast<char*>(ws) + unit_bytes, stream);
@@ -307,14 +315,13 @@ const char* attention_hinge_bwd_cuda(const T* K, const T* V, const T* W, const T
 }
 
 #define CINA_INSTANTIATE_CUDA(T)                                                                   \
-  template const char* attention_hinge_fwd_cuda<T>(const T*, const T*, const T*, const T*,        \
-                                                   const T*, const bool*, AttentionHingeShape,    \
-                                                   double, int64_t, bool, T*, T*, T*, T*, T*,     \
-                                                   void*);                                        \
-  template const char* attention_hinge_bwd_cuda<T>(                                               \
-      const T*, const T*, const T*, const T*, const T*, const bool*, const T*, const T*,          \
-      const T*, const T*, const T*, const T*, const T*, AttentionHingeShape, double, int64_t, T*, \
-      T*, T*, void*);
+  template const char* attention_hinge_fwd_cuda<T>(                                                \
+      const T*, const T*, const T*, const T*, const T*, const bool*, AttentionHingeShape, double,  \
+      int64_t, bool, T*, T*, T*, T*, T*, void*);                                                   \
+  template const char* attention_hinge_bwd_cuda<T>(                                                \
+      const T*, const T*, const T*, const T*, const T*, const bool*, const T*, const T*, const T*, \
+      const T*, const T*, const T*, const T*, AttentionHingeShape, double, int64_t, T*, T*, T*,    \
+      void*);
 CINA_INSTANTIATE_CUDA(float)
 CINA_INSTANTIATE_CUDA(double)
 #undef CINA_INSTANTIATE_CUDA

@@ -56,20 +56,34 @@ CINA_DEV double scaled_product(double log_c, double x) {
 // 4 contiguous T from 16-byte aligned shared memory.
 CINA_DEV void ld4(const float* p, float (&v)[4]) {
   const float4 x = *reinterpret_cast<const float4*>(p);
-  v[0] = x.x; v[1] = x.y; v[2] = x.z; v[3] = x.w;
+  v[0] = x.x;
+  v[1] = x.y;
+  v[2] = x.z;
+  v[3] = x.w;
 }
 CINA_DEV void ld4(const double* p, double (&v)[4]) {
   const double2 x = *reinterpret_cast<const double2*>(p);
   const double2 y = *reinterpret_cast<const double2*>(p + 2);
-  v[0] = x.x; v[1] = x.y; v[2] = y.x; v[3] = y.y;
+  v[0] = x.x;
+  v[1] = x.y;
+  v[2] = y.x;
+  v[3] = y.y;
 }
 CINA_DEV void st4(float* p, float a, float b, float c, float d) {
-  float4 x; x.x = a; x.y = b; x.z = c; x.w = d;
+  float4 x;
+  x.x = a;
+  x.y = b;
+  x.z = c;
+  x.w = d;
   *reinterpret_cast<float4*>(p) = x;
 }
 CINA_DEV void st4(double* p, double a, double b, double c, double d) {
-  double2 x; x.x = a; x.y = b;
-  double2 y; y.x = c; y.y = d;
+  double2 x;
+  x.x = a;
+  x.y = b;
+  double2 y;
+  y.x = c;
+  y.y = d;
   *reinterpret_cast<double2*>(p) = x;
   *reinterpret_cast<double2*>(p + 2) = y;
 }
@@ -79,7 +93,10 @@ CINA_DEV void ldw(const T* p, T* v) {
   if constexpr (W == 4) {
     T t[4];
     ld4(p, t);
-    v[0] = t[0]; v[1] = t[1]; v[2] = t[2]; v[3] = t[3];
+    v[0] = t[0];
+    v[1] = t[1];
+    v[2] = t[2];
+    v[3] = t[3];
   } else if constexpr (W == 2) {
     v[0] = p[0];
     v[1] = p[1];

@@ -47,8 +47,7 @@ void check_attention_args(const at::Tensor& K, const at::Tensor& V, const at::Te
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_hinge_fwd(
     const at::Tensor& K, const at::Tensor& V, const at::Tensor& W, const at::Tensor& b,
-    const at::Tensor& lam, const at::Tensor& mask, double scale, int64_t loss_kind,
-    bool need_aux) {
+    const at::Tensor& lam, const at::Tensor& mask, double scale, int64_t loss_kind, bool need_aux) {
   check_attention_args(K, V, W, b, lam, mask);
   TORCH_CHECK(loss_kind == kHinge || loss_kind == kSquaredHinge,
               "cina::attention_hinge: loss_kind must be 0 (hinge) or 1 (squared hinge)");
@@ -56,8 +55,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention
   auto loss = at::empty({shape.B}, K.options());
   auto out = at::empty({shape.B, shape.N}, K.options());
   auto lse = at::empty({shape.B, shape.N}, K.options());
-  auto A = need_aux ? at::empty({shape.B, shape.N, shape.D}, K.options()) : at::empty({0}, K.options());
-  auto Bk = need_aux ? at::empty({shape.B, shape.N, shape.D}, K.options()) : at::empty({0}, K.options());
+  auto A =
+      need_aux ? at::empty({shape.B, shape.N, shape.D}, K.options()) : at::empty({0}, K.options());
+  auto Bk =
+      need_aux ? at::empty({shape.B, shape.N, shape.D}, K.options()) : at::empty({0}, K.options());
   if (K.is_cuda()) {
 #ifdef CINA_WITH_CUDA
     const c10::cuda::CUDAGuard guard(K.device());
@@ -95,11 +96,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_hinge_bwd(
   check_attention_args(K, V, W, b, lam, mask);
   const AttentionHingeShape shape{K.size(0), K.size(1), K.size(2)};
   for (const auto* t : {&out, &lse, &g_out, &g_lse})
-    TORCH_CHECK(t->sizes() == V.sizes() && t->scalar_type() == K.scalar_type() && t->is_contiguous(),
-                "cina::attention_hinge_bwd: per-unit tensors must match V");
+    TORCH_CHECK(
+        t->sizes() == V.sizes() && t->scalar_type() == K.scalar_type() && t->is_contiguous(),
+        "cina::attention_hinge_bwd: per-unit tensors must match V");
   for (const auto* t : {&A, &Bk})
-    TORCH_CHECK(t->sizes() == K.sizes() && t->scalar_type() == K.scalar_type() && t->is_contiguous(),
-                "cina::attention_hinge_bwd: A and Bk must match K (run the forward with need_aux)");
+    TORCH_CHECK(
+        t->sizes() == K.sizes() && t->scalar_type() == K.scalar_type() && t->is_contiguous(),
+        "cina::attention_hinge_bwd: A and Bk must match K (run the forward with need_aux)");
   TORCH_CHECK(g_loss.sizes() == b.sizes() && g_loss.scalar_type() == K.scalar_type() &&
                   g_loss.is_contiguous(),
               "cina::attention_hinge_bwd: g_loss must match b");

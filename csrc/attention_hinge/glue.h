@@ -12,8 +12,7 @@ namespace cina {
 // Contract in attention_hinge.h; A and Bk are empty without need_aux.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_hinge_fwd(
     const at::Tensor& K, const at::Tensor& V, const at::Tensor& W, const at::Tensor& b,
-    const at::Tensor& lam, const at::Tensor& mask, double scale, int64_t loss_kind,
-    bool need_aux);
+    const at::Tensor& lam, const at::Tensor& mask, double scale, int64_t loss_kind, bool need_aux);
 
 // attention_hinge_bwd(Tensor K, Tensor V, Tensor W, Tensor b, Tensor lam, Tensor mask,
 //     Tensor out, Tensor lse, Tensor A, Tensor Bk, Tensor g_loss, Tensor g_out, Tensor g_lse,

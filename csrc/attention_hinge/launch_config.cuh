@@ -30,8 +30,11 @@ inline const char* read_variant(const Config& cfg, int* variant) {
     case Config::kTf32x3p: *variant = kTf32x3p; break;
     case Config::kTf32p: *variant = kTf32p; break;
     default:
-      return fail(std::string("cina attention_hinge (CUDA): CINA_ATTENTION_KERNEL must be one of auto, simt, "
-                              "tf32x3, tf32, tf32x3p, tf32p; got '") + cfg.attention_kernel_text + "'");
+      return fail(
+          std::string(
+              "cina attention_hinge (CUDA): CINA_ATTENTION_KERNEL must be one of auto, simt, "
+              "tf32x3, tf32, tf32x3p, tf32p; got '") +
+          cfg.attention_kernel_text + "'");
   }
   return nullptr;
 }
@@ -40,11 +43,13 @@ inline const char* read_variant(const Config& cfg, int* variant) {
 // Heuristic: a grid of fewer than 2 blocks per SM leaves the GPU idle (e.g. B = 1, N = 4096 has
 // 64 row tiles), so the columns of each row tile are split until about 4 blocks per SM exist,
 // keeping at least 4 streamed tiles per split.
-inline const char* choose_splits(const Config& cfg, int64_t row_blocks, int64_t col_tiles, int* nsplit,
-                                 int64_t* tiles_per_split) {
+inline const char* choose_splits(const Config& cfg, int64_t row_blocks, int64_t col_tiles,
+                                 int* nsplit, int64_t* tiles_per_split) {
   if (cfg.attention_splits < 0)
-    return fail(std::string("cina attention_hinge (CUDA): CINA_ATTENTION_SPLITS must be auto or an integer "
-                            "in [0, 1024]; got '") + cfg.attention_splits_text + "'");
+    return fail(
+        std::string("cina attention_hinge (CUDA): CINA_ATTENTION_SPLITS must be auto or an integer "
+                    "in [0, 1024]; got '") +
+        cfg.attention_splits_text + "'");
   int64_t want = cfg.attention_splits;
   if (want == 0) {
     const int64_t sms = rt_sm_count();
@@ -60,14 +65,16 @@ inline const char* choose_splits(const Config& cfg, int64_t row_blocks, int64_t 
   if (want < 1) want = 1;
   if (want > col_tiles) want = col_tiles;
   *tiles_per_split = (col_tiles + want - 1) / want;
-  *nsplit = static_cast<int>((col_tiles + *tiles_per_split - 1) / *tiles_per_split);  // no empty split
+  *nsplit =
+      static_cast<int>((col_tiles + *tiles_per_split - 1) / *tiles_per_split);  // no empty split
   return nullptr;
 }
 
 inline const char* check_shape(AttentionHingeShape s, int64_t loss_kind) {
   if (s.D < 1 || s.D > 128)
-    return fail("cina attention_hinge (CUDA): the CUDA kernels support 1 <= D <= 128 features, got D = " +
-                std::to_string(s.D) + " (reduce the key dimension or use the CPU / reference backend)");
+    return fail(
+        "cina attention_hinge (CUDA): the CUDA kernels support 1 <= D <= 128 features, got D = " +
+        std::to_string(s.D) + " (reduce the key dimension or use the CPU / reference backend)");
   if (s.B < 0 || s.N < 0) return fail("cina attention_hinge (CUDA): negative size");
   if (s.B > 2147483647LL) return fail("cina attention_hinge (CUDA): B exceeds 2^31 - 1");
   if (loss_kind != kHinge && loss_kind != kSquaredHinge)

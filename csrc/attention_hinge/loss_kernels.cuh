@@ -9,9 +9,9 @@ namespace cuda_detail {
 // per-dataset loss (one block per dataset), backward prep (elementwise) and db (per dataset)
 
 template <typename T>
-CINA_KERNEL(kRedThreads) loss_kernel(const T* V, const T* W, const T* b, const T* lam,
-                                     const bool* mask, const T* out, const T* lse, int64_t N,
-                                     int loss_kind, T* loss) {
+CINA_KERNEL(kRedThreads)
+loss_kernel(const T* V, const T* W, const T* b, const T* lam, const bool* mask, const T* out,
+            const T* lse, int64_t N, int loss_kind, T* loss) {
   CINA_DYN_SMEM(smem_raw);
   double* red = reinterpret_cast<double*>(smem_raw);
   const int64_t bi = blockIdx.x;
@@ -25,7 +25,8 @@ CINA_KERNEL(kRedThreads) loss_kernel(const T* V, const T* W, const T* b, const T
     const double r = 1.0 - static_cast<double>(W[i]) * (oi + bb);
     const double rp = r > 0.0 ? r : 0.0;
     const double hinge = loss_kind == kHinge ? rp : 0.5 * rp * rp;
-    const double pen = scaled_product(static_cast<double>(lse[i]) + log_half_lam, static_cast<double>(V[i]) * oi);
+    const double pen =
+        scaled_product(static_cast<double>(lse[i]) + log_half_lam, static_cast<double>(V[i]) * oi);
     acc += hinge + pen;
   }
   const double total = block_sum(acc, red);
@@ -33,12 +34,13 @@ CINA_KERNEL(kRedThreads) loss_kernel(const T* V, const T* W, const T* b, const T
 }
 
 template <typename T>
-CINA_KERNEL(256) bwd_prep_kernel(const T* V, const T* W, const T* b, const T* lam, const bool* mask,
-                                 const T* out, const T* lse, const T* g_loss, const T* g_out,
-                                 const T* g_lse, int64_t total, int64_t N, int loss_kind,
-                                 UnitBwd<T>* unit) {
+CINA_KERNEL(256)
+bwd_prep_kernel(const T* V, const T* W, const T* b, const T* lam, const bool* mask, const T* out,
+                const T* lse, const T* g_loss, const T* g_out, const T* g_lse, int64_t total,
+                int64_t N, int loss_kind, UnitBwd<T>* unit) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += stride) {
     UnitBwd<T> u{T(0), T(0), neg_inf<T>(), T(0)};
     if (mask[i]) {
       const int64_t bi = i / N;
@@ -60,8 +62,9 @@ CINA_KERNEL(256) bwd_prep_kernel(const T* V, const T* W, const T* b, const T* la
 }
 
 template <typename T>
-CINA_KERNEL(kRedThreads) db_kernel(const T* W, const T* b, const bool* mask, const T* out,
-                                   const T* g_loss, int64_t N, int loss_kind, T* db) {
+CINA_KERNEL(kRedThreads)
+db_kernel(const T* W, const T* b, const bool* mask, const T* out, const T* g_loss, int64_t N,
+          int loss_kind, T* db) {
   CINA_DYN_SMEM(smem_raw);
   double* red = reinterpret_cast<double*>(smem_raw);
   const int64_t bi = blockIdx.x;

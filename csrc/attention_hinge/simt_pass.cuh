@@ -26,7 +26,8 @@ constexpr size_t pass_smem_bytes() {
 }
 
 template <typename T, int DP, int MODE>
-CINA_KERNEL(kThreads) attn_pass_kernel(const PassArgs<T> a) {
+CINA_KERNEL(kThreads)
+attn_pass_kernel(const PassArgs<T> a) {
   constexpr int LD = DP + 4;  // shared row stride (keeps 16-byte alignment, spreads banks)
   constexpr bool kAcc = MODE != kFwdPlain;
   constexpr int TD = DP / 16;  // accumulator features per lane
@@ -213,7 +214,8 @@ CINA_KERNEL(kThreads) attn_pass_kernel(const PassArgs<T> a) {
       // P of the warp's 8 rows (row hw*4+i of the warp) -> shared, then P @ [a K, b K]
       T* Pw = Ps + warp * (kBN * 8);
 #pragma unroll
-      for (int j = 0; j < 4; ++j) st4(Pw + (tx + 16 * j) * 8 + hw * 4, s[0][j], s[1][j], s[2][j], s[3][j]);
+      for (int j = 0; j < 4; ++j)
+        st4(Pw + (tx + 16 * j) * 8 + hw * 4, s[0][j], s[1][j], s[2][j], s[3][j]);
       __syncwarp();
 #pragma unroll 4
       for (int c = 0; c < kBN; ++c) {

@@ -40,7 +40,8 @@ constexpr int kTcKeyFloats = DP * (NSPLIT == 3 ? 2 : 1);
 // conversions happen once per element and pass, instead of once per staged element in every
 // block (the old kernels' staging loop took about 38 instructions per element).
 template <int DP, int MODE, int NSPLIT>
-CINA_KERNEL(256) tc_prep_kernel(const PassArgs<float> a, int64_t B) {
+CINA_KERNEL(256)
+tc_prep_kernel(const PassArgs<float> a, int64_t B) {
   constexpr int KW = kTcKeyFloats<DP, NSPLIT>;
   const int64_t npad = a.row_tiles * kBM;
   const int64_t n_elem = B * npad * DP;
@@ -73,15 +74,16 @@ template <int DP, int NSPLIT, bool PF>
 constexpr size_t tc_smem_bytes() {
   constexpr size_t nbuf = PF ? 2 : 1;
   constexpr size_t parts = NSPLIT == 3 ? 2 : 1;
-  return sizeof(ColTc) * nbuf * kBN + sizeof(float) * (size_t(kBM) + nbuf * kBN) * (DP + 4) * parts +
-         sizeof(int) * size_t(kBM);
+  return sizeof(ColTc) * nbuf * kBN +
+         sizeof(float) * (size_t(kBM) + nbuf * kBN) * (DP + 4) * parts + sizeof(int) * size_t(kBM);
 }
 
 // PF (pipelined, variants tf32x3p / tf32p): two buffers for the streamed tiles; the next tile is
 // copied with cp.async while the current one is computed, so a block does not wait on global
 // memory at every tile.  Without PF, each tile is copied (16-byte loads / stores) and then used.
 template <int DP, int MODE, int NSPLIT, bool PF = false>
-CINA_KERNEL_MIN_BLOCKS(kTcThreads, DP <= 16 ? 4 : 1) attn_pass_tc_kernel(const PassArgs<float> a) {
+CINA_KERNEL_MIN_BLOCKS(kTcThreads, DP <= 16 ? 4 : 1)
+attn_pass_tc_kernel(const PassArgs<float> a) {
   constexpr int LD = DP + 4;  // row stride: conflict-free fragment loads (see the bank notes)
   constexpr bool kAcc = MODE != kFwdPlain;
   constexpr int KS = DP / 8;   // k steps of the score product
@@ -95,8 +97,8 @@ CINA_KERNEL_MIN_BLOCKS(kTcThreads, DP <= 16 ? 4 : 1) attn_pass_tc_kernel(const P
   CINA_DYN_SMEM(smem_raw);
   ColTc* cs_all = reinterpret_cast<ColTc*>(smem_raw);              // [NBUF][kBN]
   float* Kr = reinterpret_cast<float*>(cs_all + NBUF * kBN);        // [kBM][LD]  tf32(k)
-  float* Krl = Kr + kBM * LD;                                       // [kBM][LD]  tf32(k - tf32(k)) (3xTF32)
-  float* Kc_all = Kr + PARTS * kBM * LD;                            // [NBUF][PARTS][kBN][LD]
+  float* Krl = Kr + kBM * LD;  // [kBM][LD]  tf32(k - tf32(k)) (3xTF32)
+  float* Kc_all = Kr + PARTS * kBM * LD;  // [NBUF][PARTS][kBN][LD]
   int* rval = reinterpret_cast<int*>(Kc_all + NBUF * PARTS * kBN * LD);  // [kBM]
 
   const int tid = threadIdx.x;
@@ -144,7 +146,8 @@ CINA_KERNEL_MIN_BLOCKS(kTcThreads, DP <= 16 ? 4 : 1) attn_pass_tc_kernel(const P
   // in ksplit, so chunk idx comes from src + 4 idx (a fixed number of copies per thread)
   constexpr int kChunksPerUnit = KW / 4;
   constexpr int kCopies = kBN * kChunksPerUnit / kTcThreads;
-  static_assert(kBM == kBN && kCopies * kTcThreads == kBN * kChunksPerUnit, "whole copies per thread");
+  static_assert(kBM == kBN && kCopies * kTcThreads == kBN * kChunksPerUnit,
+                "whole copies per thread");
   auto copy_keys = [&](float* dst, int64_t u0, auto async) {
     constexpr bool kAsync = decltype(async)::value;
     const float* src = a.ksplit + u0 * KW;
@@ -188,7 +191,7 @@ CINA_KERNEL_MIN_BLOCKS(kTcThreads, DP <= 16 ? 4 : 1) attn_pass_tc_kernel(const P
     __syncthreads();  // every warp is done with the tile that was in the buffer written next
     if constexpr (PF) {
       if (c0 + kBN < c_end) stage_tile(c0 + kBN, buf ^ 1, Async{});
-      async_commit();   // (an empty group after the last tile)
+      async_commit();  // (an empty group after the last tile)
       async_wait<1>();  // this thread's copies of tile c0 have landed
     } else {
       stage_tile(c0, 0, Sync{});
@@ -196,7 +199,8 @@ CINA_KERNEL_MIN_BLOCKS(kTcThreads, DP <= 16 ? 4 : 1) attn_pass_tc_kernel(const P
     const ColTc* cs = cs_all + buf * kBN;
     const float* Kc = Kc_all + buf * PARTS * kBN * LD;
     const float* Kcl = Kc + kBN * LD;  // (3xTF32 only)
-    if (!__syncthreads_or(tid < kBN && cs[tid].valid != 0.f)) continue;  // (also publishes the tile)
+    if (!__syncthreads_or(tid < kBN && cs[tid].valid != 0.f))
+      continue;  // (also publishes the tile)
 
     // S = Q Kc^T: s[nt] holds (rA, 8nt+2t), (rA, 8nt+2t+1), (rA+8, 8nt+2t), (rA+8, 8nt+2t+1)
     float s[NT][4];
@@ -298,7 +302,8 @@ CINA_KERNEL_MIN_BLOCKS(kTcThreads, DP <= 16 ? 4 : 1) attn_pass_tc_kernel(const P
         const float va0 = cav[nt][0], va1 = cav[nt][1];
         const float vb0 = (MODE == kBwd) ? cbv[nt][0] : 1.f;
         const float vb1 = (MODE == kBwd) ? cbv[nt][1] : 1.f;
-        // A fragment: a0 = (rA, slot t) = col 2t; a1 = (rA+8, col 2t); a2 = (rA, col 2t+1); a3 = (rA+8, col 2t+1)
+        // A fragment: a0 = (rA, slot t) = col 2t; a1 = (rA+8, col 2t); a2 = (rA, col 2t+1); a3 =
+        // (rA+8, col 2t+1)
         const float pa[4] = {s[nt][0] * va0, s[nt][2] * va0, s[nt][1] * va1, s[nt][3] * va1};
         const float pb[4] = {s[nt][0] * vb0, s[nt][2] * vb0, s[nt][1] * vb1, s[nt][3] * vb1};
         uint32_t pahi[4], palo[4], pbhi[4], pblo[4];
@@ -306,7 +311,8 @@ CINA_KERNEL_MIN_BLOCKS(kTcThreads, DP <= 16 ? 4 : 1) attn_pass_tc_kernel(const P
         split_tf32<NSPLIT>(pb, pbhi, pblo);
 #pragma unroll
         for (int n = 0; n < DN; ++n) {
-          // B fragment: b0 = (slot t, feature g) = Kc[col 2t][8n+g]; b1 = (slot t+4) = Kc[col 2t+1][8n+g]
+          // B fragment: b0 = (slot t, feature g) = Kc[col 2t][8n+g]; b1 = (slot t+4) = Kc[col
+          // 2t+1][8n+g]
           const int ko = c * LD + n * 8 + g;
           const uint32_t bhi[2] = {f32_bits(Kc[ko]), f32_bits(Kc[ko + LD])};
           uint32_t blo[2] = {0u, 0u};

@@ -21,7 +21,7 @@ namespace cina {
 // Limits that the parser checks; the kernels' own constants are static_assert-ed equal to them
 // (csrc/qp_solve/launch_config.cuh).
 constexpr int kConfigQpMaxThreads = 1024;  // CINA_QP_THREADS: block size of the solver kernel
-constexpr int kConfigQpWsMaxSize = 512;    // CINA_QP_WS_SIZE / CINA_QP_WS_THREADS
+constexpr int kConfigQpWsMaxSize = 512;  // CINA_QP_WS_SIZE / CINA_QP_WS_THREADS
 
 struct Config {
   // ---- attention_hinge (CUDA) ----
@@ -55,7 +55,7 @@ struct Config {
   long long qp_ws_smem_keys = -1;
 
   // ---- CPU ----
-  bool qp_debug = false;      // CINA_QP_DEBUG set (any value): per-problem summary on stderr
+  bool qp_debug = false;  // CINA_QP_DEBUG set (any value): per-problem summary on stderr
   bool cpu_baseline = false;  // CINA_CPU_BASELINE set (any value): no AVX2+FMA kernels
 };
 
@@ -63,20 +63,13 @@ inline Config read_config() {
   Config c;
   if (const char* s = std::getenv("CINA_ATTENTION_KERNEL")) {
     c.attention_kernel_text = s;
-    if (*s == '\0' || std::strcmp(s, "auto") == 0)
-      c.attention_kernel = Config::kAuto;
-    else if (std::strcmp(s, "simt") == 0)
-      c.attention_kernel = Config::kSimt;
-    else if (std::strcmp(s, "tf32x3") == 0)
-      c.attention_kernel = Config::kTf32x3;
-    else if (std::strcmp(s, "tf32") == 0)
-      c.attention_kernel = Config::kTf32;
-    else if (std::strcmp(s, "tf32x3p") == 0)
-      c.attention_kernel = Config::kTf32x3p;
-    else if (std::strcmp(s, "tf32p") == 0)
-      c.attention_kernel = Config::kTf32p;
-    else
-      c.attention_kernel = Config::kInvalid;
+    if (*s == '\0' || std::strcmp(s, "auto") == 0) c.attention_kernel = Config::kAuto;
+    else if (std::strcmp(s, "simt") == 0) c.attention_kernel = Config::kSimt;
+    else if (std::strcmp(s, "tf32x3") == 0) c.attention_kernel = Config::kTf32x3;
+    else if (std::strcmp(s, "tf32") == 0) c.attention_kernel = Config::kTf32;
+    else if (std::strcmp(s, "tf32x3p") == 0) c.attention_kernel = Config::kTf32x3p;
+    else if (std::strcmp(s, "tf32p") == 0) c.attention_kernel = Config::kTf32p;
+    else c.attention_kernel = Config::kInvalid;
   }
   if (const char* s = std::getenv("CINA_ATTENTION_SPLITS")) {
     c.attention_splits_text = s;
@@ -91,12 +84,9 @@ inline Config read_config() {
     c.qp_threads = (v >= 32 && v <= kConfigQpMaxThreads && v % 32 == 0) ? v : -1;
   }
   if (const char* e = std::getenv("CINA_QP_CUDA_ALGO")) {
-    if (std::strcmp(e, "block") == 0)
-      c.qp_algo = Config::kAlgoBlock;
-    else if (std::strcmp(e, "ws") == 0)
-      c.qp_algo = Config::kAlgoWs;
-    else if (std::strcmp(e, "auto") != 0 && e[0] != '\0')
-      c.qp_algo = Config::kAlgoInvalid;
+    if (std::strcmp(e, "block") == 0) c.qp_algo = Config::kAlgoBlock;
+    else if (std::strcmp(e, "ws") == 0) c.qp_algo = Config::kAlgoWs;
+    else if (std::strcmp(e, "auto") != 0 && e[0] != '\0') c.qp_algo = Config::kAlgoInvalid;
   }
   if (const char* e = std::getenv("CINA_QP_WS_SIZE")) {
     const long v = std::atol(e);
@@ -104,7 +94,8 @@ inline Config read_config() {
   }
   if (const char* e = std::getenv("CINA_QP_WS_THREADS")) {
     const long v = std::atol(e);
-    c.qp_ws_threads = (v >= 32 && v <= kConfigQpWsMaxSize && v % 32 == 0) ? static_cast<int>(v) : -1;
+    c.qp_ws_threads =
+        (v >= 32 && v <= kConfigQpWsMaxSize && v % 32 == 0) ? static_cast<int>(v) : -1;
   }
   if (const char* e = std::getenv("CINA_QP_WS_LTOL")) {
     char* end = nullptr;

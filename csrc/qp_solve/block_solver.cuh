@@ -186,9 +186,11 @@ struct BlockSolver {
   // Q_kj for a unit j held outside the problem's arrays (a moved column of the working set): its
   // unit index j, source index jsrc, features at qv (stride js), sign and lse; the value of
   // qentry(k, j)
-  CINA_DEV double qentry_at(int k, int j, int jsrc, const double* qv, int64_t js, double sgnj, double lsej) const {
+  CINA_DEV double qentry_at(int k, int j, int jsrc, const double* qv, int64_t js, double sgnj,
+                            double lsej) const {
     if (k == j) return diag[k];
-    return static_cast<double>(static_cast<T>((qscale * sgnj) * sgn[k] * kval_at(k, jsrc, qv, js, kind == kQPCina ? lsej : 0.0)));
+    return static_cast<double>(static_cast<T>(
+        (qscale * sgnj) * sgn[k] * kval_at(k, jsrc, qv, js, kind == kQPCina ? lsej : 0.0)));
   }
   CINA_DEV void fetch(int j, int s) {
     T* col = cache + static_cast<int64_t>(s) * n;
@@ -296,8 +298,8 @@ struct BlockSolver {
         }
       }
       fl[k] = f;
-      const double dk = static_cast<double>(
-          static_cast<T>((qscale * sgn[k]) * sgn[k] * kdiag(k) + diag_add));
+      const double dk =
+          static_cast<double>(static_cast<T>((qscale * sgn[k]) * sgn[k] * kdiag(k) + diag_add));
       diag[k] = dk;
       dm = dmax(dm, dk < 0 ? -dk : dk);
       pm = dmax(pm, p[k] < 0 ? -p[k] : p[k]);
@@ -311,7 +313,8 @@ struct BlockSolver {
     qmax = dm;
     // starting point
     if (pb.x0 != nullptr) {
-      for (int k = tid; k < n; k += nt) x[k] = clip(static_cast<double>(pb.x0[row + idx[k]]), lo[k], up[k]);
+      for (int k = tid; k < n; k += nt)
+        x[k] = clip(static_cast<double>(pb.x0[row + idx[k]]), lo[k], up[k]);
     } else if (has_eq) {
       feasible_start(static_cast<double>(pb.d[q]));
     } else {
@@ -472,7 +475,8 @@ struct BlockSolver {
         const double xj = x[j];
         if (xj == 0.0) continue;
         const int s = slot[j];
-        const double qv = s >= 0 ? static_cast<double>(cache[static_cast<int64_t>(s) * n + k]) : qentry(k, j);
+        const double qv =
+            s >= 0 ? static_cast<double>(cache[static_cast<int64_t>(s) * n + k]) : qentry(k, j);
         acc += xj * qv;
       }
       G[k] = acc - p[k];
@@ -498,7 +502,8 @@ struct BlockSolver {
       const double vk = -G[k] * invc[k];
       if (!(vk < m)) continue;
       const double bk = m - vk;
-      double ak = (qi_term + diag[k] * invc[k] * invc[k]) - static_cast<double>(Qa[k]) * (twoici * invc[k]);
+      double ak =
+          (qi_term + diag[k] * invc[k] * invc[k]) - static_cast<double>(Qa[k]) * (twoici * invc[k]);
       ak = dmax(ak, tau);
       const double v = bk * bk / ak;
       if (v > best) {
@@ -516,8 +521,9 @@ struct BlockSolver {
     if (b >= 0) {
       const double ici = invc[a];
       const double bb = m - (-G[b] * invc[b]);
-      double aa = (diag[a] * ici * ici + diag[b] * invc[b] * invc[b]) -
-                  static_cast<double>(cache[static_cast<int64_t>(sa) * n + b]) * ((2.0 * ici) * invc[b]);
+      double aa =
+          (diag[a] * ici * ici + diag[b] * invc[b] * invc[b]) -
+          static_cast<double>(cache[static_cast<int64_t>(sa) * n + b]) * ((2.0 * ici) * invc[b]);
       aa = dmax(aa, tau);
       tstar = bb / aa;
       ua = ici;
@@ -533,7 +539,9 @@ struct BlockSolver {
     const double dxb = b >= 0 ? move(b, ub, tmb, t) : 0.0;
     // objective change of the step (for the stuck-window test; G is not updated yet)
     double df = dxa * (G[a] + 0.5 * dxa * diag[a]);
-    if (b >= 0) df += dxb * ((G[b] + 0.5 * dxb * diag[b]) + dxa * static_cast<double>(cache[static_cast<int64_t>(sa) * n + b]));
+    if (b >= 0)
+      df += dxb * ((G[b] + 0.5 * dxb * diag[b]) +
+                   dxa * static_cast<double>(cache[static_cast<int64_t>(sa) * n + b]));
     ctl->dxa = dxa;
     ctl->dxb = dxb;
     ctl->df = df;
@@ -690,7 +698,8 @@ struct BlockSolver {
 };
 
 template <typename T>
-CINA_KERNEL(kMaxThreads) qp_solve_kernel(QPArgs<T> A) {
+CINA_KERNEL(kMaxThreads)
+qp_solve_kernel(QPArgs<T> A) {
   CINA_DYN_SMEM(smem_raw);
   BlockSolver<T> s;
   s.S = A.S;

@@ -79,7 +79,8 @@ namespace cina {
 // active problems every few iterations.
 template <typename T>
 const char* qp_solve_cuda_ws(const QPSource<T>& source, const QPProblems<T>& problems,
-                             const QPOutputs<T>& out, void* stream, const Config& cfg, int nt, int64_t m2) {
+                             const QPOutputs<T>& out, void* stream, const Config& cfg, int nt,
+                             int64_t m2) {
   using namespace qp_cuda_detail;
   const int64_t P = problems.P, N = problems.N;
   const int64_t qws = qp_ws_size(cfg, P);
@@ -87,30 +88,36 @@ const char* qp_solve_cuda_ws(const QPSource<T>& source, const QPProblems<T>& pro
   const double ltol = qp_ws_ltol(cfg);
   if (ltol < 0) return fail("cina qp_solve (CUDA): CINA_QP_WS_LTOL must be a number in (0, 1)");
   const int wst = qp_ws_threads(cfg);
-  if (wst < 0) return fail("cina qp_solve (CUDA): CINA_QP_WS_THREADS must be a multiple of 32 in [32, 512]");
+  if (wst < 0)
+    return fail("cina qp_solve (CUDA): CINA_QP_WS_THREADS must be a multiple of 32 in [32, 512]");
   const bool feats = source.kind != kQPDense;
   const WsLayout W = make_ws_layout(N, source.D, feats, m2, qws, static_cast<int64_t>(sizeof(T)));
   const int64_t pbytes = W.total;
-  int64_t group = static_cast<int64_t>(0.25 * static_cast<double>(rt_free_memory()) / static_cast<double>(pbytes));
+  int64_t group = static_cast<int64_t>(0.25 * static_cast<double>(rt_free_memory()) /
+                                       static_cast<double>(pbytes));
   if (group > P) group = P;
   if (group > 65535) group = 65535;  // (grid.y of the update kernel)
   if (group < 1) group = 1;
-  const size_t total = static_cast<size_t>(group * pbytes) + static_cast<size_t>(group) * sizeof(WsCtl) + 256;
+  const size_t total =
+      static_cast<size_t>(group * pbytes) + static_cast<size_t>(group) * sizeof(WsCtl) + 256;
   void* ws = nullptr;
   if (const char* e = rt_malloc(&ws, total, stream, "QP working-set solver workspace")) return e;
   unsigned char* wsb = static_cast<unsigned char*>(ws);
   WsCtl* ctl = reinterpret_cast<WsCtl*>(wsb + group * pbytes);
-  int* active = reinterpret_cast<int*>(wsb + group * pbytes + group * static_cast<int64_t>(sizeof(WsCtl)));
+  int* active =
+      reinterpret_cast<int*>(wsb + group * pbytes + group * static_cast<int64_t>(sizeof(WsCtl)));
   int nts = static_cast<int>((qws + 31) / 32 * 32);
   if (wst > 0 && wst < nts) nts = wst;
   const size_t sm_upd = ws_smem_update(feats ? source.D : 0);
   // the select kernel's keys in shared memory, up to what a block may have (CINA_QP_WS_SMEM_KEYS:
   // at most that many; 0 keeps them in global memory)
   const size_t optin = rt_smem_optin(), sel_base = ws_smem_select_base(nt) + 64;
-  int64_t keys_smem = optin > sel_base ? static_cast<int64_t>((optin - sel_base) / sizeof(uint32_t)) : 0;
+  int64_t keys_smem =
+      optin > sel_base ? static_cast<int64_t>((optin - sel_base) / sizeof(uint32_t)) : 0;
   if (keys_smem > kWsLists * N) keys_smem = kWsLists * N;
   if (cfg.qp_ws_smem_keys >= 0 && cfg.qp_ws_smem_keys < keys_smem) keys_smem = cfg.qp_ws_smem_keys;
-  const size_t sm_setup = smem_bytes(nt), sm_sel = ws_smem_select(nt, keys_smem), sm_solve = ws_smem_solve(nts, qws);
+  const size_t sm_setup = smem_bytes(nt), sm_sel = ws_smem_select(nt, keys_smem),
+               sm_solve = ws_smem_solve(nts, qws);
   if (sm_sel > 48 * 1024) {
     if (const char* e = rt_set_max_dyn_smem(ws_select_kernel<T>, sm_sel)) {
       rt_free(ws, stream);
@@ -126,9 +133,12 @@ const char* qp_solve_cuda_ws(const QPSource<T>& source, const QPProblems<T>& pro
   for (int64_t p0 = 0; p0 < P && err == nullptr; p0 += group) {
     const int64_t gP = P - p0 < group ? P - p0 : group;
     WsArgs<T> args{source, problems, out, wsb, pbytes, m2, qws, p0, ctl, active, ltol, keys_smem};
-    const dim3 upd(static_cast<unsigned>((N + kWsUpdateUnits - 1) / kWsUpdateUnits), static_cast<unsigned>(gP));
-    const dim3 qbbg(static_cast<unsigned>((qws * qws + kWsQbbThreads - 1) / kWsQbbThreads), static_cast<unsigned>(gP));
-    CINA_LAUNCH(ws_setup_kernel<T>, dim3(static_cast<unsigned>(gP)), dim3(nt), sm_setup, stream, args);
+    const dim3 upd(static_cast<unsigned>((N + kWsUpdateUnits - 1) / kWsUpdateUnits),
+                   static_cast<unsigned>(gP));
+    const dim3 qbbg(static_cast<unsigned>((qws * qws + kWsQbbThreads - 1) / kWsQbbThreads),
+                    static_cast<unsigned>(gP));
+    CINA_LAUNCH(ws_setup_kernel<T>, dim3(static_cast<unsigned>(gP)), dim3(nt), sm_setup, stream,
+                args);
     CINA_LAUNCH(ws_update_kernel<T>, upd, dim3(kWsUpdateThreads), sm_upd, stream, args);
     if ((err = rt_check_launch("cina qp_solve (CUDA): working-set set-up launch"))) break;
     int64_t outer = 0;
@@ -137,10 +147,12 @@ const char* qp_solve_cuda_ws(const QPSource<T>& source, const QPProblems<T>& pro
       const bool check = outer < 4 || outer % 8 == 0;
       if (check && (err = rt_memset(active, sizeof(int), stream))) break;
       if (stats && (err = rt_mark(mk[0], stream))) break;
-      CINA_LAUNCH(ws_select_kernel<T>, dim3(static_cast<unsigned>(gP)), dim3(nt), sm_sel, stream, args);
+      CINA_LAUNCH(ws_select_kernel<T>, dim3(static_cast<unsigned>(gP)), dim3(nt), sm_sel, stream,
+                  args);
       CINA_LAUNCH(ws_qbb_kernel<T>, qbbg, dim3(kWsQbbThreads), 0, stream, args);
       if (stats && (err = rt_mark(mk[1], stream))) break;
-      CINA_LAUNCH(ws_solve_kernel<T>, dim3(static_cast<unsigned>(gP)), dim3(nts), sm_solve, stream, args);
+      CINA_LAUNCH(ws_solve_kernel<T>, dim3(static_cast<unsigned>(gP)), dim3(nts), sm_solve, stream,
+                  args);
       if (stats && (err = rt_mark(mk[2], stream))) break;
       CINA_LAUNCH(ws_update_kernel<T>, upd, dim3(kWsUpdateThreads), sm_upd, stream, args);
       if (stats) {
@@ -161,14 +173,17 @@ const char* qp_solve_cuda_ws(const QPSource<T>& source, const QPProblems<T>& pro
       if ((err = rt_read(hc.data(), ctl, sizeof(WsCtl) * hc.size(), stream))) break;
       for (const WsCtl& c : hc) steps += static_cast<long long>(c.it);
       const double r = static_cast<double>(outer + 1);
-      std::fprintf(stderr,
-                   "cina qp_solve (CUDA, working set): problems %lld..%lld of %lld: %lld rounds, %lld steps "
-                   "(working set %lld, %d sub-problem threads); GPU ms: select %.3f, solve %.3f, update %.3f; "
-                   "per round us: select %.2f, solve %.2f, update %.2f; solve us per step %.3f\n",
-                   static_cast<long long>(p0), static_cast<long long>(p0 + gP - 1), static_cast<long long>(P),
-                   static_cast<long long>(outer + 1), steps, static_cast<long long>(qws), nts, ms_sel, ms_solve,
-                   ms_upd, 1e3 * ms_sel / r, 1e3 * ms_solve / r, 1e3 * ms_upd / r,
-                   steps > 0 ? 1e3 * ms_solve / static_cast<double>(steps) : 0.0);
+      std::fprintf(
+          stderr,
+          "cina qp_solve (CUDA, working set): problems %lld..%lld of %lld: %lld rounds, %lld steps "
+          "(working set %lld, %d sub-problem threads); GPU ms: select %.3f, solve %.3f, update "
+          "%.3f; "
+          "per round us: select %.2f, solve %.2f, update %.2f; solve us per step %.3f\n",
+          static_cast<long long>(p0), static_cast<long long>(p0 + gP - 1),
+          static_cast<long long>(P), static_cast<long long>(outer + 1), steps,
+          static_cast<long long>(qws), nts, ms_sel, ms_solve, ms_upd, 1e3 * ms_sel / r,
+          1e3 * ms_solve / r, 1e3 * ms_upd / r,
+          steps > 0 ? 1e3 * ms_solve / static_cast<double>(steps) : 0.0);
     }
   }
   for (RtMark& m : mk) rt_mark_free(m);
@@ -186,7 +201,8 @@ const char* qp_solve_cuda(const QPSource<T>& source, const QPProblems<T>& proble
   if (N >= (int64_t(1) << 31) / 2) return fail("cina qp_solve (CUDA): N too large");
   const Config cfg = read_config();  // the environment, once per call
   const int nt = qp_threads(cfg, N);
-  if (nt < 0) return fail("cina qp_solve (CUDA): CINA_QP_THREADS must be a multiple of 32 in [32, 1024]");
+  if (nt < 0)
+    return fail("cina qp_solve (CUDA): CINA_QP_THREADS must be a multiple of 32 in [32, 1024]");
   const int algo = qp_algo(cfg, N);
   if (algo < 0) return fail("cina qp_solve (CUDA): CINA_QP_CUDA_ALGO must be block, ws or auto");
   const bool feats = source.kind != kQPDense;
@@ -224,7 +240,8 @@ const char* qp_solve_cuda(const QPSource<T>& source, const QPProblems<T>& proble
     rt_free(ws, stream);
     return e;
   }
-  QPArgs<T> args{source, problems, out, static_cast<unsigned char*>(ws), block_bytes, cap, m2, counter};
+  QPArgs<T> args{source,      problems, out, static_cast<unsigned char*>(ws),
+                 block_bytes, cap,      m2,  counter};
   CINA_LAUNCH(qp_solve_kernel<T>, dim3(static_cast<unsigned>(grid)), dim3(nt), smem, stream, args);
   const char* err = rt_check_launch("cina qp_solve (CUDA): solver kernel launch");
   rt_free(ws, stream);
@@ -237,8 +254,8 @@ const char* qp_kernel_lse_cuda(const T* X, const bool* mask, int64_t S, int64_t 
   using namespace qp_cuda_detail;
   if (S <= 0 || N <= 0) return nullptr;
   const int64_t tiles = (N + kRowThreads - 1) / kRowThreads;
-  CINA_LAUNCH(qp_lse_kernel<T>, dim3(static_cast<unsigned>(S * tiles)), dim3(kRowThreads), 0, stream,
-              X, mask, N, D, tiles, scale, lse);
+  CINA_LAUNCH(qp_lse_kernel<T>, dim3(static_cast<unsigned>(S * tiles)), dim3(kRowThreads), 0,
+              stream, X, mask, N, D, tiles, scale, lse);
   return rt_check_launch("cina qp_kernel_lse (CUDA): kernel launch");
 }
 
@@ -249,17 +266,17 @@ const char* qp_kernel_rowsum_cuda(const QPSource<T>& source, const bool* rowmask
   const int64_t S = source.S, N = source.N;
   if (S <= 0 || N <= 0) return nullptr;
   const int64_t tiles = (N + kRowThreads - 1) / kRowThreads;
-  CINA_LAUNCH(qp_rowsum_kernel<T>, dim3(static_cast<unsigned>(S * tiles)), dim3(kRowThreads), 0, stream,
-              source, rowmask, colmask, tiles, out);
+  CINA_LAUNCH(qp_rowsum_kernel<T>, dim3(static_cast<unsigned>(S * tiles)), dim3(kRowThreads), 0,
+              stream, source, rowmask, colmask, tiles, out);
   return rt_check_launch("cina qp_kernel_rowsum (CUDA): kernel launch");
 }
 
-#define CINA_QP_CUDA_INSTANTIATE(T)                                                             \
-  template const char* qp_solve_cuda<T>(const QPSource<T>&, const QPProblems<T>&,               \
-                                        const QPOptions&, const QPOutputs<T>&, void*);          \
-  template const char* qp_kernel_lse_cuda<T>(const T*, const bool*, int64_t, int64_t, int64_t,  \
-                                             double, double*, void*);                           \
-  template const char* qp_kernel_rowsum_cuda<T>(const QPSource<T>&, const bool*, const bool*,   \
+#define CINA_QP_CUDA_INSTANTIATE(T)                                                            \
+  template const char* qp_solve_cuda<T>(const QPSource<T>&, const QPProblems<T>&,              \
+                                        const QPOptions&, const QPOutputs<T>&, void*);         \
+  template const char* qp_kernel_lse_cuda<T>(const T*, const bool*, int64_t, int64_t, int64_t, \
+                                             double, double*, void*);                          \
+  template const char* qp_kernel_rowsum_cuda<T>(const QPSource<T>&, const bool*, const bool*,  \
                                                 double*, void*);
 CINA_QP_CUDA_INSTANTIATE(float)
 CINA_QP_CUDA_INSTANTIATE(double)

@@ -20,17 +20,17 @@
 
 namespace cina {
 
-#define CINA_QP_DECLARE_VARIANT(NS)                                                             \
-  namespace NS {                                                                                \
-  template <typename T>                                                                         \
-  void qp_solve_cpu(const QPSource<T>&, const QPProblems<T>&, const QPOptions&,                 \
-                    const QPOutputs<T>&);                                                       \
-  template <typename T>                                                                         \
-  void qp_kernel_lse_cpu(const T*, const bool*, int64_t, int64_t, int64_t, double, double*);    \
-  template <typename T>                                                                         \
-  void qp_kernel_rowsum_cpu(const QPSource<T>&, const bool*, const bool*, double*);             \
-  template <typename T>                                                                         \
-  void qp_check_dense_cpu(const T*, const bool*, int64_t, int64_t, double*, bool*);             \
+#define CINA_QP_DECLARE_VARIANT(NS)                                                          \
+  namespace NS {                                                                             \
+  template <typename T>                                                                      \
+  void qp_solve_cpu(const QPSource<T>&, const QPProblems<T>&, const QPOptions&,              \
+                    const QPOutputs<T>&);                                                    \
+  template <typename T>                                                                      \
+  void qp_kernel_lse_cpu(const T*, const bool*, int64_t, int64_t, int64_t, double, double*); \
+  template <typename T>                                                                      \
+  void qp_kernel_rowsum_cpu(const QPSource<T>&, const bool*, const bool*, double*);          \
+  template <typename T>                                                                      \
+  void qp_check_dense_cpu(const T*, const bool*, int64_t, int64_t, double*, bool*);          \
   }
 CINA_QP_DECLARE_VARIANT(base)
 #ifdef CINA_HAVE_AVX2_VARIANT
@@ -41,8 +41,7 @@ CINA_QP_DECLARE_VARIANT(avx2)
 namespace {
 
 #ifdef CINA_HAVE_AVX2_VARIANT
-#define CINA_QP_CALL(fn, ...) \
-  (cpu_uses_avx2() ? avx2::fn(__VA_ARGS__) : base::fn(__VA_ARGS__))
+#define CINA_QP_CALL(fn, ...) (cpu_uses_avx2() ? avx2::fn(__VA_ARGS__) : base::fn(__VA_ARGS__))
 #else
 #define CINA_QP_CALL(fn, ...) base::fn(__VA_ARGS__)
 #endif
@@ -58,8 +57,8 @@ void check_device(const at::Tensor& X, const char* op) {
 }
 
 void check_cpu(const at::Tensor& t, const char* op, const char* name, const at::Device& dev) {
-  TORCH_CHECK(t.device() == dev, "cina::", op, ": ", name, " is on ", t.device(), " but X is on ", dev,
-              " (all tensors of one call must be on the same device)");
+  TORCH_CHECK(t.device() == dev, "cina::", op, ": ", name, " is on ", t.device(), " but X is on ",
+              dev, " (all tensors of one call must be on the same device)");
   TORCH_CHECK(t.is_contiguous(), "cina::", op, ": ", name, " must be contiguous");
 }
 
@@ -77,8 +76,8 @@ void check_kind(int64_t kind, const char* op) {
               ": kind must be 0 (dense), 1 (linear), 2 (rbf) or 3 (cina), got ", kind);
 }
 
-void check_source(const at::Tensor& X, int64_t kind, const at::Tensor& gamma,
-                  const at::Tensor& lse, const char* op) {
+void check_source(const at::Tensor& X, int64_t kind, const at::Tensor& gamma, const at::Tensor& lse,
+                  const char* op) {
   check_kind(kind, op);
   check_device(X, op);
   check_cpu(X, op, "X", X.device());
@@ -87,7 +86,8 @@ void check_source(const at::Tensor& X, int64_t kind, const at::Tensor& gamma,
               ": X must be float32 or float64, got ", X.scalar_type());
   const int64_t S = X.size(0), N = X.size(1);
   if (kind == kQPDense)
-    TORCH_CHECK(X.size(2) == N, "cina::", op, ": a dense source must be (S, N, N), got ", X.sizes());
+    TORCH_CHECK(X.size(2) == N, "cina::", op, ": a dense source must be (S, N, N), got ",
+                X.sizes());
   if (kind == kQPRbf) check_t(gamma, op, "gamma", at::kDouble, {S}, X.device());
   if (kind == kQPCina) check_t(lse, op, "lse", at::kDouble, {S, N}, X.device());
 }
@@ -212,8 +212,9 @@ at::Tensor qp_kernel_lse(const at::Tensor& X, const at::Tensor& mask, double sca
 #ifdef CINA_WITH_CUDA
     const c10::cuda::CUDAGuard guard(dev);
     AT_DISPATCH_FLOATING_TYPES(X.scalar_type(), "qp_kernel_lse_cuda", [&] {
-      const char* err = qp_kernel_lse_cuda<scalar_t>(X.data_ptr<scalar_t>(), mask.data_ptr<bool>(), S, N,
-                                                     D, scale, lse.data_ptr<double>(), cuda_stream());
+      const char* err =
+          qp_kernel_lse_cuda<scalar_t>(X.data_ptr<scalar_t>(), mask.data_ptr<bool>(), S, N, D,
+                                       scale, lse.data_ptr<double>(), cuda_stream());
       TORCH_CHECK(err == nullptr, "cina::qp_kernel_lse (CUDA): ", err ? err : "");
     });
 #endif
@@ -241,8 +242,9 @@ at::Tensor qp_kernel_rowsum(const at::Tensor& X, int64_t kind, const at::Tensor&
     const c10::cuda::CUDAGuard guard(dev);
     AT_DISPATCH_FLOATING_TYPES(X.scalar_type(), "qp_kernel_rowsum_cuda", [&] {
       const QPSource<scalar_t> s = make_source<scalar_t>(X, kind, gamma, scale, lse);
-      const char* err = qp_kernel_rowsum_cuda<scalar_t>(s, rowmask.data_ptr<bool>(), colmask.data_ptr<bool>(),
-                                                        out.data_ptr<double>(), cuda_stream());
+      const char* err =
+          qp_kernel_rowsum_cuda<scalar_t>(s, rowmask.data_ptr<bool>(), colmask.data_ptr<bool>(),
+                                          out.data_ptr<double>(), cuda_stream());
       TORCH_CHECK(err == nullptr, "cina::qp_kernel_rowsum (CUDA): ", err ? err : "");
     });
 #endif
@@ -265,15 +267,18 @@ std::tuple<at::Tensor, at::Tensor> qp_check_dense(const at::Tensor& A, const at:
   if (!dev.is_cpu()) {
     // CUDA: plain torch ops (one pass over the matrices the caller already holds)
     if (N == 0)
-      return {at::zeros({S}, A.options().dtype(at::kDouble)), at::ones({S}, A.options().dtype(at::kBool))};
+      return {at::zeros({S}, A.options().dtype(at::kDouble)),
+              at::ones({S}, A.options().dtype(at::kBool))};
     const auto pair = mask.unsqueeze(2) & mask.unsqueeze(1);
     const auto fin_entry = at::isfinite(A) | pair.logical_not();
     const auto finite = fin_entry.flatten(1).all(1);
-    const auto Am = at::where(pair & at::isfinite(A), A, at::zeros({}, A.options())).to(at::kDouble);
+    const auto Am =
+        at::where(pair & at::isfinite(A), A, at::zeros({}, A.options())).to(at::kDouble);
     const auto amax = Am.abs().amax({1, 2});
     const auto dmax = (Am - Am.transpose(1, 2)).abs().amax({1, 2});
     const auto ratio = at::where(amax > 0, dmax / amax.clamp_min(1e-300), at::zeros_like(amax));
-    const auto asym = at::where(finite, ratio, at::full_like(ratio, std::numeric_limits<double>::infinity()));
+    const auto asym =
+        at::where(finite, ratio, at::full_like(ratio, std::numeric_limits<double>::infinity()));
     return {asym.contiguous(), finite.contiguous()};
   }
   auto asym = at::zeros({S}, A.options().dtype(at::kDouble));

@@ -100,8 +100,8 @@ void qp_solve_cpu(const QPSource<T>& source, const QPProblems<T>& problems, cons
 // lse_i = log sum_{j valid} exp(scale x_i . x_j) for every valid unit of every dataset (0 at
 // padded units).  X (S, N, D), mask (S, N), lse (S, N).
 template <typename T>
-void qp_kernel_lse_cpu(const T* X, const bool* mask, int64_t S, int64_t N, int64_t D,
-                       double scale, double* lse);
+void qp_kernel_lse_cpu(const T* X, const bool* mask, int64_t S, int64_t N, int64_t D, double scale,
+                       double* lse);
 
 // rowsum_i = sum_{j : colmask_j} k(i, j) for every unit i with rowmask_i (0 elsewhere), with the
 // source's kernel (qscale 1, no sign, no diagonal shift).  rowmask, colmask (S, N); out (S, N).

@@ -6,7 +6,8 @@
 namespace cina {
 namespace qp_cuda_detail {
 
-// ---- helper kernels: one thread per row ----------------------------------------------------------
+// ---- helper kernels: one thread per row
+// ----------------------------------------------------------
 
 template <typename T>
 CINA_DEV double dot_rows(const T* a, const T* b, int64_t D) {
@@ -39,8 +40,9 @@ CINA_DEV double sqdist_rows(const T* a, const T* b, int64_t D) {
 }
 
 template <typename T>
-CINA_KERNEL(kRowThreads) qp_lse_kernel(const T* X, const bool* mask, int64_t N, int64_t D,
-                                       int64_t tiles, double scale, double* lse) {
+CINA_KERNEL(kRowThreads)
+qp_lse_kernel(const T* X, const bool* mask, int64_t N, int64_t D, int64_t tiles, double scale,
+              double* lse) {
   const int64_t s = blockIdx.x / tiles;
   const int64_t i = (blockIdx.x % tiles) * blockDim.x + threadIdx.x;
   if (i >= N) return;
@@ -66,8 +68,9 @@ CINA_KERNEL(kRowThreads) qp_lse_kernel(const T* X, const bool* mask, int64_t N, 
 }
 
 template <typename T>
-CINA_KERNEL(kRowThreads) qp_rowsum_kernel(QPSource<T> src, const bool* rowmask, const bool* colmask,
-                                          int64_t tiles, double* out) {
+CINA_KERNEL(kRowThreads)
+qp_rowsum_kernel(QPSource<T> src, const bool* rowmask, const bool* colmask, int64_t tiles,
+                 double* out) {
   const int64_t N = src.N, D = src.D;
   const int64_t s = blockIdx.x / tiles;
   const int64_t i = (blockIdx.x % tiles) * blockDim.x + threadIdx.x;
@@ -92,7 +95,8 @@ CINA_KERNEL(kRowThreads) qp_rowsum_kernel(QPSource<T> src, const bool* rowmask, 
       const T* xj = Xs + j * D;
       double v;
       if (src.kind == kQPRbf) v = exp_clamped(sqdist_rows(xj, xi, D) * -g);
-      else if (src.kind == kQPCina) v = exp_clamped(src.scale * dot_rows(xj, xi, D) - src.lse[s * N + j] - li);
+      else if (src.kind == kQPCina)
+        v = exp_clamped(src.scale * dot_rows(xj, xi, D) - src.lse[s * N + j] - li);
       else v = dot_rows(xj, xi, D);
       acc += v;
     }

@@ -44,7 +44,8 @@ CINA_DEV uint32_t order_key(double v) {
 }
 
 // Binds a BlockSolver to problem g of the group (workspace pointers, thread indices; the kernels
-// with shared scratch then call bind_block); the problem's scalars come from ws_load after the set-up.
+// with shared scratch then call bind_block); the problem's scalars come from ws_load after the
+// set-up.
 template <typename T>
 CINA_DEV WsLayout ws_bind(BlockSolver<T>& s, const WsArgs<T>& A, int64_t g) {
   s.S = A.S;
@@ -56,7 +57,8 @@ CINA_DEV WsLayout ws_bind(BlockSolver<T>& s, const WsArgs<T>& A, int64_t g) {
   s.direct = false;
   s.m2 = A.m2;
   const bool feats = A.S.kind != kQPDense;
-  const WsLayout W = make_ws_layout(A.pb.N, A.S.D, feats, A.m2, A.qws, static_cast<int64_t>(sizeof(T)));
+  const WsLayout W =
+      make_ws_layout(A.pb.N, A.S.D, feats, A.m2, A.qws, static_cast<int64_t>(sizeof(T)));
   unsigned char* base = A.ws + g * A.pbytes;
   s.bind_workspace(base, W.base);
   s.cache = reinterpret_cast<T*>(base + W.qbb);  // no column cache: the "columns" are Q_BB
@@ -90,7 +92,8 @@ CINA_DEV void ws_load(BlockSolver<T>& s, const WsCtl& c) {
 // past its end (the reductions then took their scratch address from an argument field: illegal
 // address on the H200; tests/emulator/test_ptx.py checks the PTX for such loads).
 template <typename T>
-CINA_DEV WsLayout ws_view(BlockSolver<T>& s, const WsArgs<T>& A, int64_t g, unsigned char* smem, const WsCtl& c) {
+CINA_DEV WsLayout ws_view(BlockSolver<T>& s, const WsArgs<T>& A, int64_t g, unsigned char* smem,
+                          const WsCtl& c) {
   const WsLayout W = ws_bind(s, A, g);
   s.bind_block(smem);
   ws_load(s, c);
@@ -100,7 +103,8 @@ CINA_DEV WsLayout ws_view(BlockSolver<T>& s, const WsArgs<T>& A, int64_t g, unsi
 // Set-up of every problem of the group: the block solver's set-up (compaction, gathered
 // features, bounds, feasible start), G = -p; the first update adds Qx.
 template <typename T>
-CINA_KERNEL(kMaxThreads) ws_setup_kernel(WsArgs<T> A) {
+CINA_KERNEL(kMaxThreads)
+ws_setup_kernel(WsArgs<T> A) {
   CINA_DYN_SMEM(smem_raw);
   const int64_t g = blockIdx.x;
   BlockSolver<T> s;
@@ -137,10 +141,12 @@ constexpr int kWsUpdateTile = 32;
 constexpr int64_t kWsUpdateMaxD = 128;
 CINA_QP_HD size_t ws_smem_update(int64_t D) {
   return sizeof(double) * kWsUpdateThreads +
-         kWsUpdateTile * (3 * sizeof(double) + 2 * sizeof(int) + (D <= kWsUpdateMaxD ? D : 0) * sizeof(double));
+         kWsUpdateTile *
+             (3 * sizeof(double) + 2 * sizeof(int) + (D <= kWsUpdateMaxD ? D : 0) * sizeof(double));
 }
 template <typename T>
-CINA_KERNEL(kWsUpdateThreads) ws_update_kernel(WsArgs<T> A) {
+CINA_KERNEL(kWsUpdateThreads)
+ws_update_kernel(WsArgs<T> A) {
   CINA_DYN_SMEM(smem_raw);
   double* part = reinterpret_cast<double*>(smem_raw);  // [kWsUpdateGroups][kWsUpdateUnits]
   double* cdx = part + kWsUpdateThreads;                // the tile: dx, signs, lse, features
@@ -201,7 +207,8 @@ CINA_KERNEL(kWsUpdateThreads) ws_update_kernel(WsArgs<T> A) {
       // in the workspace
       for (int e = w; e < nt; e += kWsUpdateGroups) {
         const double* qv = staged ? cx + e : wsx + ch[t0 + e];
-        acc += cdx[e] * s.qentry_at(kk, cj[e], ci[e], qv, staged ? kWsUpdateTile : nb, csg[e], cls[e]);
+        acc +=
+            cdx[e] * s.qentry_at(kk, cj[e], ci[e], qv, staged ? kWsUpdateTile : nb, csg[e], cls[e]);
       }
     }
   }
@@ -215,7 +222,8 @@ CINA_KERNEL(kWsUpdateThreads) ws_update_kernel(WsArgs<T> A) {
 }
 
 // block-wide exclusive scan of kWsLists counters (deterministic); tot gets the sums
-CINA_DEV void ws_scan(int (&v)[kWsLists], int (&tot)[kWsLists], int* wsum, int lane, int warp, int nwarps) {
+CINA_DEV void ws_scan(int (&v)[kWsLists], int (&tot)[kWsLists], int* wsum, int lane, int warp,
+                      int nwarps) {
   int pre[kWsLists], all[kWsLists];
   for (int L = 0; L < kWsLists; ++L) pre[L] = all[L] = v[L];
   for (int o = 1; o < 32; o <<= 1)
@@ -242,7 +250,8 @@ CINA_DEV void ws_scan(int (&v)[kWsLists], int (&tot)[kWsLists], int* wsum, int l
 
 // The KKT test and stop rules, then the working set and its block of Q.
 template <typename T>
-CINA_KERNEL(kMaxThreads) ws_select_kernel(WsArgs<T> A) {
+CINA_KERNEL(kMaxThreads)
+ws_select_kernel(WsArgs<T> A) {
   CINA_DYN_SMEM(smem_raw);
   const int64_t g = blockIdx.x;
   const WsCtl c = A.ctl[g];
@@ -465,7 +474,8 @@ CINA_KERNEL(kMaxThreads) ws_select_kernel(WsArgs<T> A) {
 // kernel it took ~30 us a round at |B| = 256 on an H200).
 constexpr int kWsQbbThreads = 256;
 template <typename T>
-CINA_KERNEL(kWsQbbThreads) ws_qbb_kernel(WsArgs<T> A) {
+CINA_KERNEL(kWsQbbThreads)
+ws_qbb_kernel(WsArgs<T> A) {
   const int64_t g = blockIdx.y;
   const WsCtl c = A.ctl[g];
   if (c.status != 0) return;
@@ -488,7 +498,8 @@ CINA_KERNEL(kWsQbbThreads) ws_qbb_kernel(WsArgs<T> A) {
 
 // The sub-problem over the working set, in shared memory, by the block solver's own steps.
 template <typename T>
-CINA_KERNEL(kWsMaxSize) ws_solve_kernel(WsArgs<T> A) {
+CINA_KERNEL(kWsMaxSize)
+ws_solve_kernel(WsArgs<T> A) {
   CINA_DYN_SMEM(smem_raw);
   const int64_t g = blockIdx.x;
   const WsCtl c = A.ctl[g];
