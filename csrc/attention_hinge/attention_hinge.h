@@ -1,6 +1,6 @@
-// Fused masked tied-key attention + penalised hinge loss (kernels.md §1).
+// Fused masked tied-key attention + penalised hinge loss (docs/ops/attention_hinge.md).
 //
-// Kernels take raw pointers and sizes; the torch glue lives in csrc/ops.cpp.  All arrays are
+// Kernels take raw pointers and sizes; the torch glue is glue.cpp (same folder).  All arrays are
 // contiguous, row-major, batch-first:
 //   K (B,N,D)  V, W, mask (B,N)  b, lam (B)   outputs loss (B), out, lse (B,N), A, Bk (B,N,D).
 // Rows/columns with mask == false take no part; padded rows get out = lse = 0 and zero gradients.
@@ -37,8 +37,8 @@ void attention_hinge_fwd_cpu(const T* K, const T* V, const T* W, const T* b, con
 
 template <typename T>
 void attention_hinge_bwd_cpu(const T* K, const T* V, const T* W, const T* b, const T* lam,
-                             const bool* mask, const T* out, const T* lse, const T* A,
-                             const T* Bk, const T* g_loss, const T* g_out, const T* g_lse,
+                             const bool* mask, const T* out, const T* lse, const T* A, const T* Bk,
+                             const T* g_loss, const T* g_out, const T* g_lse,
                              AttentionHingeShape shape, double scale, int64_t loss_kind, T* dK,
                              T* dV, T* db);
 
@@ -53,11 +53,11 @@ const char* attention_hinge_fwd_cuda(const T* K, const T* V, const T* W, const T
                                      T* A, T* Bk, void* stream);
 
 template <typename T>
-const char* attention_hinge_bwd_cuda(const T* K, const T* V, const T* W, const T* b,
-                                     const T* lam, const bool* mask, const T* out, const T* lse,
-                                     const T* A, const T* Bk, const T* g_loss, const T* g_out,
-                                     const T* g_lse, AttentionHingeShape shape, double scale,
-                                     int64_t loss_kind, T* dK, T* dV, T* db, void* stream);
+const char* attention_hinge_bwd_cuda(const T* K, const T* V, const T* W, const T* b, const T* lam,
+                                     const bool* mask, const T* out, const T* lse, const T* A,
+                                     const T* Bk, const T* g_loss, const T* g_out, const T* g_lse,
+                                     AttentionHingeShape shape, double scale, int64_t loss_kind,
+                                     T* dK, T* dV, T* db, void* stream);
 #endif
 
 }  // namespace cina

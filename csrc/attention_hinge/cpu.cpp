@@ -217,8 +217,10 @@ void attention_hinge_fwd_cpu(const T* K, const T* V, const T* W, const T* b, con
       for (int64_t i = bi * s.N; i < (bi + 1) * s.N; ++i) {
         if (!mask[i]) continue;
         const double r = 1.0 - static_cast<double>(W[i]) * (static_cast<double>(out[i]) + b[bi]);
-        const double hinge = loss_kind == kHinge ? std::max(r, 0.0) : 0.5 * std::max(r, 0.0) * std::max(r, 0.0);
-        const double pen = scaled_product(lse[i] + log_half_lam, static_cast<double>(V[i]) * out[i]);
+        const double hinge =
+            loss_kind == kHinge ? std::max(r, 0.0) : 0.5 * std::max(r, 0.0) * std::max(r, 0.0);
+        const double pen =
+            scaled_product(lse[i] + log_half_lam, static_cast<double>(V[i]) * out[i]);
         total += hinge + pen;
       }
       loss[bi] = static_cast<T>(total);
@@ -228,10 +230,9 @@ void attention_hinge_fwd_cpu(const T* K, const T* V, const T* W, const T* b, con
 
 template <typename T>
 void attention_hinge_bwd_cpu(const T* K, const T* V, const T* W, const T* b, const T* lam,
-                             const bool* mask, const T* out, const T* lse, const T* A,
-                             const T* Bk, const T* g_loss, const T* g_out, const T* g_lse,
-                             AttentionHingeShape s, double scale, int64_t loss_kind, T* dK,
-                             T* dV, T* db) {
+                             const bool* mask, const T* out, const T* lse, const T* A, const T* Bk,
+                             const T* g_loss, const T* g_out, const T* g_lse, AttentionHingeShape s,
+                             double scale, int64_t loss_kind, T* dK, T* dV, T* db) {
   const int64_t D = s.D;
   std::fill(dK, dK + s.B * s.N * D, T(0));
   std::fill(dV, dV + s.B * s.N, T(0));
@@ -330,14 +331,13 @@ void attention_hinge_bwd_cpu(const T* K, const T* V, const T* W, const T* b, con
   });
 }
 
-#define CINA_INSTANTIATE(T)                                                                      \
-  template void attention_hinge_fwd_cpu<T>(const T*, const T*, const T*, const T*, const T*,    \
-                                           const bool*, AttentionHingeShape, double, int64_t,   \
-                                           bool, T*, T*, T*, T*, T*);                           \
-  template void attention_hinge_bwd_cpu<T>(const T*, const T*, const T*, const T*, const T*,    \
-                                           const bool*, const T*, const T*, const T*, const T*, \
-                                           const T*, const T*, const T*, AttentionHingeShape,   \
-                                           double, int64_t, T*, T*, T*);
+#define CINA_INSTANTIATE(T)                                                                        \
+  template void attention_hinge_fwd_cpu<T>(const T*, const T*, const T*, const T*, const T*,       \
+                                           const bool*, AttentionHingeShape, double, int64_t,      \
+                                           bool, T*, T*, T*, T*, T*);                              \
+  template void attention_hinge_bwd_cpu<T>(                                                        \
+      const T*, const T*, const T*, const T*, const T*, const bool*, const T*, const T*, const T*, \
+      const T*, const T*, const T*, const T*, AttentionHingeShape, double, int64_t, T*, T*, T*);
 CINA_INSTANTIATE(float)
 CINA_INSTANTIATE(double)
 #undef CINA_INSTANTIATE

@@ -3,9 +3,9 @@
 // the CUDA runtime (namespace cina::cuda_rt) through which the host halves allocate workspaces,
 // query the device and check launches.  Errors come back as strings, never crashes.
 //
-// Under CINA_EMULATE (the CPU emulator, tests/cuda_emulator/emulator.h) the emulator defines
-// CINA_DEV, CINA_KERNEL, CINA_KERNEL_MIN_BLOCKS, CINA_DYN_SMEM, CINA_LAUNCH and the cina::cuda_rt::rt_* functions before
-// this header is included; only fail() comes from here.
+// Under CINA_EMULATE (the CPU emulator, tests/emulator/cuda_emulator/emulator.h) the emulator
+// defines CINA_DEV, CINA_KERNEL, CINA_KERNEL_MIN_BLOCKS, CINA_DYN_SMEM, CINA_LAUNCH and the
+// cina::cuda_rt::rt_* functions before this header is included; only fail() comes from here.
 #pragma once
 
 #include <cstddef>
@@ -48,12 +48,14 @@ inline void rt_free(void* p, void* stream) {
   if (p != nullptr) cudaFreeAsync(p, static_cast<cudaStream_t>(stream));
 }
 inline const char* rt_memset(void* p, size_t bytes, void* stream) {
-  return rt_check(cudaMemsetAsync(p, 0, bytes, static_cast<cudaStream_t>(stream)), "cudaMemsetAsync");
+  return rt_check(cudaMemsetAsync(p, 0, bytes, static_cast<cudaStream_t>(stream)),
+                  "cudaMemsetAsync");
 }
 // Blocking copy of a few bytes device -> host (waits for the work queued on `stream` before it).
 inline const char* rt_read(void* dst, const void* src, size_t bytes, void* stream) {
   cudaStream_t st = static_cast<cudaStream_t>(stream);
-  if (const char* e = rt_check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, st), "cudaMemcpyAsync"))
+  if (const char* e =
+          rt_check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, st), "cudaMemcpyAsync"))
     return e;
   return rt_check(cudaStreamSynchronize(st), "cudaStreamSynchronize");
 }
@@ -70,7 +72,8 @@ inline int rt_sm_count() {
 inline size_t rt_smem_optin() {
   int dev = 0, v = 0;
   if (cudaGetDevice(&dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess || v <= 0) {
+      cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess ||
+      v <= 0) {
     cudaGetLastError();
     return 48 * 1024;
   }
@@ -87,7 +90,8 @@ inline size_t rt_free_memory() {
 template <typename Kernel>
 inline int rt_blocks_per_sm(Kernel kern, int threads, size_t smem) {
   int nb = 0;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&nb, kern, threads, smem) != cudaSuccess || nb <= 0) {
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&nb, kern, threads, smem) != cudaSuccess ||
+      nb <= 0) {
     cudaGetLastError();
     return 1;
   }

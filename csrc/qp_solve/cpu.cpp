@@ -34,9 +34,9 @@
 //
 // Threads: at::parallel_for, one task per thread pulling problems from a shared counter; with
 // fewer problems than threads and n >= inner_min_units, the block passes and the kernel columns
-// of one problem are split across threads instead, while timing shows that this pays (probe()).  at::parallel_for is OpenMP code inlined from
-// torch's headers, so this file must be compiled with -fopenmp (CMakeLists.txt does; the runtime
-// is torch's libgomp) or it runs serially.
+// of one problem are split across threads instead, while timing shows that this pays (probe()).
+// at::parallel_for is OpenMP code inlined from torch's headers, so this file must be compiled with
+// -fopenmp (CMakeLists.txt does; the runtime is torch's libgomp) or it runs serially.
 #include "qp_solve/qp_solve.h"
 
 #include <ATen/Parallel.h>
@@ -87,10 +87,8 @@ inline void for_blocks(int64_t n, bool par, const F& f) {
   auto body = [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) f(b, b * kBlock, std::min(n, (b + 1) * kBlock));
   };
-  if (par && nb > 1)
-    at::parallel_for(0, nb, 1, body);
-  else
-    body(0, nb);
+  if (par && nb > 1) at::parallel_for(0, nb, 1, body);
+  else body(0, nb);
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -159,7 +157,8 @@ inline void kernel_block(int64_t kind, const CompactFeatures& f, const double* x
       const double *r0 = base + d * n, *r1 = r0 + n, *r2 = r1 + n, *r3 = r2 + n;
       const double q0 = xq[d], q1 = xq[d + 1], q2 = xq[d + 2], q3 = xq[d + 3];
 #pragma omp simd
-      for (int64_t t = 0; t < len; ++t) v[t] += (r0[t] * q0 + r1[t] * q1) + (r2[t] * q2 + r3[t] * q3);
+      for (int64_t t = 0; t < len; ++t)
+        v[t] += (r0[t] * q0 + r1[t] * q1) + (r2[t] * q2 + r3[t] * q3);
     }
     for (; d < D; ++d) {
       const double* r0 = base + d * n;
@@ -233,7 +232,8 @@ class Columns {
     }
     // diagonal of Q, rounded to T like the columns
     diag_.resize(n_);
-    for (int64_t k = 0; k < n_; ++k) diag_[k] = static_cast<double>(static_cast<T>(qvalue(k, k, kdiag(k))));
+    for (int64_t k = 0; k < n_; ++k)
+      diag_[k] = static_cast<double>(static_cast<T>(qvalue(k, k, kdiag(k))));
     if (!direct_ && n_ > 0) {
       const int64_t col_bytes = n_ * static_cast<int64_t>(sizeof(T));
       cap_ = std::max<int64_t>(2, std::min<int64_t>(n_, cache_bytes / col_bytes));
@@ -301,7 +301,8 @@ class Columns {
     if (kind_ == kQPDense) {
       const T* row = A_ + (*idx_)[j] * N_;
       const int64_t* ix = idx_->data();
-      for (int64_t i = lo; i < hi; ++i) out[i - lo] = static_cast<T>(fj * sg[i] * static_cast<double>(row[ix[i]]));
+      for (int64_t i = lo; i < hi; ++i)
+        out[i - lo] = static_cast<T>(fj * sg[i] * static_cast<double>(row[ix[i]]));
     } else {
       double xq[64];
       std::vector<double> xq_big;
@@ -337,9 +338,11 @@ class Columns {
     const int64_t nt = static_cast<int64_t>(todo.size());
     auto body = [&](int64_t a, int64_t b) {
       for (int64_t t = a; t < b; ++t)
-        for (int64_t lo = 0; lo < n_; lo += kBlock) segment(todo[t].first, lo, std::min(n_, lo + kBlock), todo[t].second + lo);
+        for (int64_t lo = 0; lo < n_; lo += kBlock)
+          segment(todo[t].first, lo, std::min(n_, lo + kBlock), todo[t].second + lo);
     };
-    if (par && nt > 1) at::parallel_for(0, nt, 1, body); else body(0, nt);
+    if (par && nt > 1) at::parallel_for(0, nt, 1, body);
+    else body(0, nt);
     computed_ += nt;
     return true;
   }
@@ -371,8 +374,10 @@ class Columns {
 
   void unlink(int64_t s) {
     const int64_t p = prev_[s], nx = next_[s];
-    if (p >= 0) next_[p] = nx; else head_ = nx;
-    if (nx >= 0) prev_[nx] = p; else tail_ = p;
+    if (p >= 0) next_[p] = nx;
+    else head_ = nx;
+    if (nx >= 0) prev_[nx] = p;
+    else tail_ = p;
     prev_[s] = next_[s] = -1;
   }
   void push_front(int64_t s) {
@@ -437,7 +442,8 @@ void feasible_start(const std::vector<double>& lo, const std::vector<double>& up
   int64_t lk = -1, hk = nf;
   while (hk - lk > 1) {
     const int64_t mid = (lk + hk) / 2;
-    if (f(bp[mid]) <= d) lk = mid; else hk = mid;
+    if (f(bp[mid]) <= d) lk = mid;
+    else hk = mid;
   }
   double s_cls;
   if (nf == 0) s_cls = 0.0;
@@ -525,7 +531,8 @@ class Solver {
     // decrease the objective by more than its rounding level; stops, reported not converged.
     auto stuck = [&]() {
       double scale = 0.0;
-      for (int64_t k = 0; k < n; ++k) scale += std::abs(x_[k]) * (std::abs(0.5 * (G_[k] + p_[k])) + std::abs(p_[k]));
+      for (int64_t k = 0; k < n; ++k)
+        scale += std::abs(x_[k]) * (std::abs(0.5 * (G_[k] + p_[k])) + std::abs(p_[k]));
       const bool kkt_better = kkt_ < (1.0 - 1e-3) * best_stuck;
       if (kkt_better) best_stuck = kkt_;
       const bool obj_better = dec_ > std::numeric_limits<double>::epsilon() * scale;
@@ -577,12 +584,14 @@ class Solver {
       }
     }
     if (shrunk_) unshrink();
-    if (std::getenv("CINA_QP_DEBUG") != nullptr)
-      std::fprintf(stderr, "cina qp[%lld]: n=%lld it=%lld kkt=%.3e columns=%lld refreshes=%lld mean_active=%.1f "
-                   "threaded windows=%lld/%lld\n",
-                   (long long)q_, (long long)n_, (long long)it, kkt_, (long long)cols_.computed(),
-                   (long long)n_refresh_, it > 0 ? double(sum_active_) / double(it) : double(n_),
-                   (long long)par_windows_, (long long)windows_);
+    if (opt_.debug)
+      std::fprintf(
+          stderr,
+          "cina qp[%lld]: n=%lld it=%lld kkt=%.3e columns=%lld refreshes=%lld mean_active=%.1f "
+          "threaded windows=%lld/%lld\n",
+          (long long)q_, (long long)n_, (long long)it, kkt_, (long long)cols_.computed(),
+          (long long)n_refresh_, it > 0 ? double(sum_active_) / double(it) : double(n_),
+          (long long)par_windows_, (long long)windows_);
     finish(out, it, conv && kkt_ < tol);
   }
 
@@ -631,10 +640,22 @@ class Solver {
   void setup() {
     const int64_t q = q_, N = pb_.N, n = n_;
     cols_.init(S_, pb_, q, idx_, opt_.cache_bytes);
-    x_.resize(n); G_.resize(n); Gb_.resize(n); inb_.assign(n, 0); p_.resize(n); lo_.resize(n); up_.resize(n); c_.assign(n, 0.0);
-    invc_.assign(n, 0.0); dinv_.assign(n, 0.0); upm_.assign(n, -kInf);
-    lowm_.assign(n, kInf); pl_.assign(n, 0.0); ph_.assign(n, 0.0);
-    is_pair_.assign(n, 0); is_single_.assign(n, 0);
+    x_.resize(n);
+    G_.resize(n);
+    Gb_.resize(n);
+    inb_.assign(n, 0);
+    p_.resize(n);
+    lo_.resize(n);
+    up_.resize(n);
+    c_.assign(n, 0.0);
+    invc_.assign(n, 0.0);
+    dinv_.assign(n, 0.0);
+    upm_.assign(n, -kInf);
+    lowm_.assign(n, kInf);
+    pl_.assign(n, 0.0);
+    ph_.assign(n, 0.0);
+    is_pair_.assign(n, 0);
+    is_single_.assign(n, 0);
     const bool has_eq = pb_.c != nullptr;
     double dmax = 0.0;
     for (int64_t k = 0; k < n; ++k) {
@@ -675,11 +696,13 @@ class Solver {
     for (int64_t k = 0; k < n; ++k) act_[k] = k;
     na_ = n;
     nb_ = (n + kBlock - 1) / kBlock;
-    bm_.resize(nb_); bM_.resize(nb_); bs_.resize(nb_);
+    bm_.resize(nb_);
+    bM_.resize(nb_);
+    bs_.resize(nb_);
   }
 
   void set_flags(int64_t k) {
-    const bool can_inc = x_[k] < up_[k], can_dec = x_[k] > lo_[k];
+    const bool can_inc = x_[k]<up_[k], can_dec = x_[k]> lo_[k];
     if (is_pair_[k]) {
       const bool in_up = c_[k] > 0 ? can_inc : can_dec;
       const bool in_low = c_[k] > 0 ? can_dec : can_inc;
@@ -735,9 +758,7 @@ class Solver {
   }
 
   // x_k rests at a bound with a non-zero value: its column is part of Gb.
-  bool at_bound(int64_t k) const {
-    return x_[k] != 0.0 && (x_[k] == lo_[k] || x_[k] == up_[k]);
-  }
+  bool at_bound(int64_t k) const { return x_[k] != 0.0 && (x_[k] == lo_[k] || x_[k] == up_[k]); }
 
   // Rebuild G at the units of `rows` from Gb and the columns of the free non-zero coordinates.
   void rebuild(const std::vector<int64_t>& rows) {
@@ -817,7 +838,9 @@ class Solver {
           if (SINGLE) sb = std::max(sb, std::abs(std::min(std::max(g, pl[k]), ph[k])));
         }
       }
-      bm_[b] = mb; bM_[b] = Mb; bs_[b] = sb;
+      bm_[b] = mb;
+      bM_[b] = Mb;
+      bs_[b] = sb;
     });
     combine(dense);
   }
@@ -835,7 +858,9 @@ class Solver {
     for (int64_t k = 0; k < n_; ++k) act_[k] = k;
     shrunk_ = false;
     nb_ = (n_ + kBlock - 1) / kBlock;
-    bm_.resize(nb_); bM_.resize(nb_); bs_.resize(nb_);
+    bm_.resize(nb_);
+    bM_.resize(nb_);
+    bs_.resize(nb_);
     pass_any<0>(nullptr, 0.0, nullptr, 0.0);
   }
 
@@ -845,23 +870,38 @@ class Solver {
     double m = -kInf, M = kInf, sv = 0.0;
     int64_t bmi = -1, bsi = -1;
     for (int64_t b = 0; b < nb_; ++b) {
-      if (bm_[b] > m) { m = bm_[b]; bmi = b; }
-      if (bs_[b] > sv) { sv = bs_[b]; bsi = b; }
+      if (bm_[b] > m) {
+        m = bm_[b];
+        bmi = b;
+      }
+      if (bs_[b] > sv) {
+        sv = bs_[b];
+        bsi = b;
+      }
       M = std::min(M, bM_[b]);
     }
-    m_ = m; M_ = M; sv_ = sv;
-    i_ = -1; k_ = -1;
+    m_ = m;
+    M_ = M;
+    sv_ = sv;
+    i_ = -1;
+    k_ = -1;
     const int64_t len = dense ? n_ : na_;
     if (has_pair_ && bmi >= 0 && m > -kInf) {
       for (int64_t t = bmi * kBlock, e = std::min(len, (bmi + 1) * kBlock); t < e; ++t) {
         const int64_t u = dense ? t : act_[t];
-        if (val(u) + upm_[u] == m) { i_ = u; break; }
+        if (val(u) + upm_[u] == m) {
+          i_ = u;
+          break;
+        }
       }
     }
     if (has_single_ && bsi >= 0 && sv > 0) {
       for (int64_t t = bsi * kBlock, e = std::min(len, (bsi + 1) * kBlock); t < e; ++t) {
         const int64_t u = dense ? t : act_[t];
-        if (std::abs(std::min(std::max(G_[u], pl_[u]), ph_[u])) == sv) { k_ = u; break; }
+        if (std::abs(std::min(std::max(G_[u], pl_[u]), ph_[u])) == sv) {
+          k_ = u;
+          break;
+        }
       }
     }
     pv_ = has_pair_ ? std::max(0.0, m - M) : 0.0;
@@ -886,7 +926,8 @@ class Solver {
       // select_j): counts as a stall
       if (b < 0 || b == a) return false;
       const double bb = m_ - val(b);
-      double aa = (cols_.diag(a) * ici * ici + dinv_[b]) - static_cast<double>(Qa[b]) * ((2.0 * ici) * invc_[b]);
+      double aa = (cols_.diag(a) * ici * ici + dinv_[b]) -
+                  static_cast<double>(Qa[b]) * ((2.0 * ici) * invc_[b]);
       aa = std::max(aa, tau_);
       tstar = bb / aa;
       ua = ici;
@@ -925,7 +966,8 @@ class Solver {
     // the stuck-window test in run() sums it
     {
       double df = dxa * (G_[a] + 0.5 * dxa * cols_.diag(a));
-      if (b >= 0) df += dxb * ((G_[b] + 0.5 * dxb * cols_.diag(b)) + dxa * static_cast<double>(Qa[b]));
+      if (b >= 0)
+        df += dxb * ((G_[b] + 0.5 * dxb * cols_.diag(b)) + dxa * static_cast<double>(Qa[b]));
       dec_ -= df;
     }
     bound_change(a, xa0, Qa);
@@ -999,8 +1041,9 @@ class Solver {
 
   // Second-order choice of j (WSS2) over the active units, given i and its column.
   int64_t select_j(int64_t i, const T* Qi, double ici) {
-    GainArgs ga{G_.data(), invc_.data(), dinv_.data(), lowm_.data(), act_.data(), na_ == n_,
-                m_, cols_.diag(i) * ici * ici, 2.0 * ici, tau_};
+    GainArgs ga{G_.data(),   invc_.data(), dinv_.data(), lowm_.data(),
+                act_.data(), na_ == n_,    m_,           cols_.diag(i) * ici * ici,
+                2.0 * ici,   tau_};
     for_blocks(na_, par_, [&](int64_t blk, int64_t lo, int64_t hi) {
       double buf[kBlock];
       bm_[blk] = gain_block(ga, Qi, lo, hi, buf);
@@ -1009,7 +1052,10 @@ class Solver {
     double g = -kInf;
     int64_t bb = -1;
     for (int64_t blk = 0; blk < nbA; ++blk)
-      if (bm_[blk] > g) { g = bm_[blk]; bb = blk; }
+      if (bm_[blk] > g) {
+        g = bm_[blk];
+        bb = blk;
+      }
     if (bb < 0) return -1;  // no candidate (cannot happen while kkt >= tol)
     double buf[kBlock];
     const int64_t lo = bb * kBlock, hi = std::min(na_, (bb + 1) * kBlock);
@@ -1151,8 +1197,8 @@ void qp_solve_cpu(const QPSource<T>& S, const QPProblems<T>& pb, const QPOptions
     max_n = std::max(max_n, n);
   }
   const int64_t nthreads = at::get_num_threads();
-  const bool inner = !at::in_parallel_region() && nthreads > 1 && P < nthreads &&
-                     max_n >= opt.inner_min_units;
+  const bool inner =
+      !at::in_parallel_region() && nthreads > 1 && P < nthreads && max_n >= opt.inner_min_units;
   if (inner || nthreads <= 1 || P == 1) {
     for (int64_t q = 0; q < P; ++q) Solver<T>(S, pb, opt, q, inner).run(out);
     return;
@@ -1174,7 +1220,8 @@ constexpr int64_t kRowTile = 32;  // rows per work item of the row passes (lse, 
 std::vector<std::pair<int64_t, int64_t>> row_items(const std::vector<std::vector<int64_t>>& rows) {
   std::vector<std::pair<int64_t, int64_t>> work;
   for (int64_t s = 0; s < static_cast<int64_t>(rows.size()); ++s)
-    for (int64_t r = 0; r < static_cast<int64_t>(rows[s].size()); r += kRowTile) work.push_back({s, r});
+    for (int64_t r = 0; r < static_cast<int64_t>(rows[s].size()); r += kRowTile)
+      work.push_back({s, r});
   return work;
 }
 
@@ -1185,13 +1232,14 @@ std::vector<std::pair<int64_t, int64_t>> row_items(const std::vector<std::vector
 // block's features are in cache (streaming the features once per tile, not once per row).  Each
 // row is reduced in a fixed order by one work item: results do not depend on the thread count.
 template <typename T>
-void qp_kernel_lse_cpu(const T* X, const bool* mask, int64_t S, int64_t N, int64_t D,
-                       double scale, double* lse) {
+void qp_kernel_lse_cpu(const T* X, const bool* mask, int64_t S, int64_t N, int64_t D, double scale,
+                       double* lse) {
   std::fill(lse, lse + S * N, 0.0);
   const auto lists = mask_lists(mask, S, N);
   std::vector<CompactFeatures> feats(S);
   at::parallel_for(0, S, 1, [&](int64_t s0, int64_t s1) {
-    for (int64_t s = s0; s < s1; ++s) gather_features(X + s * N * D, D, nullptr, lists[s], feats[s]);
+    for (int64_t s = s0; s < s1; ++s)
+      gather_features(X + s * N * D, D, nullptr, lists[s], feats[s]);
   });
   const auto work = row_items(lists);
   at::parallel_for(0, static_cast<int64_t>(work.size()), 1, [&](int64_t w0, int64_t w1) {
@@ -1248,7 +1296,8 @@ void qp_kernel_rowsum_cpu(const QPSource<T>& src, const bool* rowmask, const boo
         const int64_t s = work[w].first;
         const auto& rl = rows[s];
         const auto& cl = colsl[s];
-        for (int64_t r = work[w].second; r < std::min<int64_t>(rl.size(), work[w].second + kRowTile); ++r) {
+        for (int64_t r = work[w].second;
+             r < std::min<int64_t>(rl.size(), work[w].second + kRowTile); ++r) {
           const T* a = src.X + (s * N + rl[r]) * N;
           double acc = 0.0;
           for (int64_t j : cl) acc += static_cast<double>(a[j]);
@@ -1262,7 +1311,8 @@ void qp_kernel_rowsum_cpu(const QPSource<T>& src, const bool* rowmask, const boo
   std::vector<CompactFeatures> feats(S);
   at::parallel_for(0, S, 1, [&](int64_t s0, int64_t s1) {
     for (int64_t s = s0; s < s1; ++s)
-      gather_features(src.X + s * N * D, D, src.kind == kQPCina ? src.lse + s * N : nullptr, colsl[s], feats[s]);
+      gather_features(src.X + s * N * D, D, src.kind == kQPCina ? src.lse + s * N : nullptr,
+                      colsl[s], feats[s]);
   });
   at::parallel_for(0, static_cast<int64_t>(work.size()), 1, [&](int64_t w0, int64_t w1) {
     double v[kBlock];
@@ -1313,7 +1363,8 @@ void qp_check_dense_cpu(const T* A, const bool* mask, int64_t S, int64_t N, doub
           for (int64_t i = i0; i < std::min(n, i0 + tile); ++i) {
             const T* ri = a + l[i] * N;
             for (int64_t j = std::max(j0, i); j < std::min(n, j0 + tile); ++j) {
-              const double u = static_cast<double>(ri[l[j]]), v = static_cast<double>(a[l[j] * N + l[i]]);
+              const double u = static_cast<double>(ri[l[j]]),
+                           v = static_cast<double>(a[l[j] * N + l[i]]);
               if (!std::isfinite(u) || !std::isfinite(v)) fin = false;
               amax = std::max(amax, std::max(std::abs(u), std::abs(v)));
               dmax = std::max(dmax, std::abs(u - v));

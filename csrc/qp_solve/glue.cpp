@@ -4,6 +4,8 @@
 // to csrc/qp_solve/cuda.cu (device guard, current stream); every tensor must then be on X's device.
 #include "qp_solve/glue.h"
 
+#include <torch/library.h>
+
 #include <limits>
 #include <optional>
 
@@ -12,22 +14,23 @@
 #include <c10/cuda/CUDAGuard.h>
 #endif
 
+#include "common/config.h"
 #include "common/cpu_variant.h"
 #include "qp_solve/qp_solve.h"
 
 namespace cina {
 
-#define CINA_QP_DECLARE_VARIANT(NS)                                                             \
-  namespace NS {                                                                                \
-  template <typename T>                                                                         \
-  void qp_solve_cpu(const QPSource<T>&, const QPProblems<T>&, const QPOptions&,                 \
-                    const QPOutputs<T>&);                                                       \
-  template <typename T>                                                                         \
-  void qp_kernel_lse_cpu(const T*, const bool*, int64_t, int64_t, int64_t, double, double*);    \
-  template <typename T>                                                                         \
-  void qp_kernel_rowsum_cpu(const QPSource<T>&, const bool*, const bool*, double*);             \
-  template <typename T>                                                                         \
-  void qp_check_dense_cpu(const T*, const bool*, int64_t, int64_t, double*, bool*);             \
+#define CINA_QP_DECLARE_VARIANT(NS)                                                          \
+  namespace NS {                                                                             \
+  template <typename T>                                                                      \
+  void qp_solve_cpu(const QPSource<T>&, const QPProblems<T>&, const QPOptions&,              \
+                    const QPOutputs<T>&);                                                    \
+  template <typename T>                                                                      \
+  void qp_kernel_lse_cpu(const T*, const bool*, int64_t, int64_t, int64_t, double, double*); \
+  template <typename T>                                                                      \
+  void qp_kernel_rowsum_cpu(const QPSource<T>&, const bool*, const bool*, double*);          \
+  template <typename T>                                                                      \
+  void qp_check_dense_cpu(const T*, const bool*, int64_t, int64_t, double*, bool*);          \
   }
 CINA_QP_DECLARE_VARIANT(base)
 #ifdef CINA_HAVE_AVX2_VARIANT
@@ -38,8 +41,7 @@ CINA_QP_DECLARE_VARIANT(avx2)
 namespace {
 
 #ifdef CINA_HAVE_AVX2_VARIANT
-#define CINA_QP_CALL(fn, ...) \
-  (cpu_uses_avx2() ? avx2::fn(__VA_ARGS__) : base::fn(__VA_ARGS__))
+#define CINA_QP_CALL(fn, ...) (cpu_uses_avx2() ? avx2::fn(__VA_ARGS__) : base::fn(__VA_ARGS__))
 #else
 #define CINA_QP_CALL(fn, ...) base::fn(__VA_ARGS__)
 #endif
@@ -55,8 +57,8 @@ void check_device(const at::Tensor& X, const char* op) {
 }
 
 void check_cpu(const at::Tensor& t, const char* op, const char* name, const at::Device& dev) {
-  TORCH_CHECK(t.device() == dev, "cina::", op, ": ", name, " is on ", t.device(), " but X is on ", dev,
-              " (all tensors of one call must be on the same device)");
+  TORCH_CHECK(t.device() == dev, "cina::", op, ": ", name, " is on ", t.device(), " but X is on ",
+              dev, " (all tensors of one call must be on the same device)");
   TORCH_CHECK(t.is_contiguous(), "cina::", op, ": ", name, " must be contiguous");
 }
 
@@ -74,8 +76,8 @@ void check_kind(int64_t kind, const char* op) {
               ": kind must be 0 (dense), 1 (linear), 2 (rbf) or 3 (cina), got ", kind);
 }
 
-void check_source(const at::Tensor& X, int64_t kind, const at::Tensor& gamma,
-                  const at::Tensor& lse, const char* op) {
+void check_source(const at::Tensor& X, int64_t kind, const at::Tensor& gamma, const at::Tensor& lse,
+                  const char* op) {
   check_kind(kind, op);
   check_device(X, op);
   check_cpu(X, op, "X", X.device());
@@ -84,7 +86,8 @@ void check_source(const at::Tensor& X, int64_t kind, const at::Tensor& gamma,
               ": X must be float32 or float64, got ", X.scalar_type());
   const int64_t S = X.size(0), N = X.size(1);
   if (kind == kQPDense)
-    TORCH_CHECK(X.size(2) == N, "cina::", op, ": a dense source must be (S, N, N), got ", X.sizes());
+    TORCH_CHECK(X.size(2) == N, "cina::", op, ": a dense source must be (S, N, N), got ",
+                X.sizes());
   if (kind == kQPRbf) check_t(gamma, op, "gamma", at::kDouble, {S}, X.device());
   if (kind == kQPCina) check_t(lse, op, "lse", at::kDouble, {S, N}, X.device());
 }
@@ -156,6 +159,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   opt.cache_bytes = cache_bytes;
   opt.shrinking = shrinking;
   opt.inner_min_units = std::max<int64_t>(inner_min_units, 1);
+  opt.debug = read_config().qp_debug;
 #ifdef CINA_WITH_CUDA
   std::optional<c10::cuda::CUDAGuard> guard;
   if (dev.is_cuda()) guard.emplace(dev);
@@ -208,8 +212,9 @@ at::Tensor qp_kernel_lse(const at::Tensor& X, const at::Tensor& mask, double sca
 #ifdef CINA_WITH_CUDA
     const c10::cuda::CUDAGuard guard(dev);
     AT_DISPATCH_FLOATING_TYPES(X.scalar_type(), "qp_kernel_lse_cuda", [&] {
-      const char* err = qp_kernel_lse_cuda<scalar_t>(X.data_ptr<scalar_t>(), mask.data_ptr<bool>(), S, N,
-                                                     D, scale, lse.data_ptr<double>(), cuda_stream());
+      const char* err =
+          qp_kernel_lse_cuda<scalar_t>(X.data_ptr<scalar_t>(), mask.data_ptr<bool>(), S, N, D,
+                                       scale, lse.data_ptr<double>(), cuda_stream());
       TORCH_CHECK(err == nullptr, "cina::qp_kernel_lse (CUDA): ", err ? err : "");
     });
 #endif
@@ -237,8 +242,9 @@ at::Tensor qp_kernel_rowsum(const at::Tensor& X, int64_t kind, const at::Tensor&
     const c10::cuda::CUDAGuard guard(dev);
     AT_DISPATCH_FLOATING_TYPES(X.scalar_type(), "qp_kernel_rowsum_cuda", [&] {
       const QPSource<scalar_t> s = make_source<scalar_t>(X, kind, gamma, scale, lse);
-      const char* err = qp_kernel_rowsum_cuda<scalar_t>(s, rowmask.data_ptr<bool>(), colmask.data_ptr<bool>(),
-                                                        out.data_ptr<double>(), cuda_stream());
+      const char* err =
+          qp_kernel_rowsum_cuda<scalar_t>(s, rowmask.data_ptr<bool>(), colmask.data_ptr<bool>(),
+                                          out.data_ptr<double>(), cuda_stream());
       TORCH_CHECK(err == nullptr, "cina::qp_kernel_rowsum (CUDA): ", err ? err : "");
     });
 #endif
@@ -261,15 +267,18 @@ std::tuple<at::Tensor, at::Tensor> qp_check_dense(const at::Tensor& A, const at:
   if (!dev.is_cpu()) {
     // CUDA: plain torch ops (one pass over the matrices the caller already holds)
     if (N == 0)
-      return {at::zeros({S}, A.options().dtype(at::kDouble)), at::ones({S}, A.options().dtype(at::kBool))};
+      return {at::zeros({S}, A.options().dtype(at::kDouble)),
+              at::ones({S}, A.options().dtype(at::kBool))};
     const auto pair = mask.unsqueeze(2) & mask.unsqueeze(1);
     const auto fin_entry = at::isfinite(A) | pair.logical_not();
     const auto finite = fin_entry.flatten(1).all(1);
-    const auto Am = at::where(pair & at::isfinite(A), A, at::zeros({}, A.options())).to(at::kDouble);
+    const auto Am =
+        at::where(pair & at::isfinite(A), A, at::zeros({}, A.options())).to(at::kDouble);
     const auto amax = Am.abs().amax({1, 2});
     const auto dmax = (Am - Am.transpose(1, 2)).abs().amax({1, 2});
     const auto ratio = at::where(amax > 0, dmax / amax.clamp_min(1e-300), at::zeros_like(amax));
-    const auto asym = at::where(finite, ratio, at::full_like(ratio, std::numeric_limits<double>::infinity()));
+    const auto asym =
+        at::where(finite, ratio, at::full_like(ratio, std::numeric_limits<double>::infinity()));
     return {asym.contiguous(), finite.contiguous()};
   }
   auto asym = at::zeros({S}, A.options().dtype(at::kDouble));
@@ -280,5 +289,36 @@ std::tuple<at::Tensor, at::Tensor> qp_check_dense(const at::Tensor& A, const at:
   });
   return {asym, finite};
 }
+
+// (the namespace itself is declared in csrc/module.cpp)
+TORCH_LIBRARY_FRAGMENT(cina, m) {
+  m.def(
+      "qp_solve_batch(Tensor X, int kind, Tensor gamma, float scale, Tensor lse, Tensor src, "
+      "Tensor mask, Tensor? sign, Tensor qscale, Tensor diag_add, Tensor p, Tensor lo, Tensor up, "
+      "Tensor? c, Tensor? d, Tensor? x0, Tensor tol, Tensor max_iter, int cache_bytes, "
+      "bool shrinking, int inner_min_units) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("qp_kernel_lse(Tensor X, Tensor mask, float scale) -> Tensor");
+  m.def(
+      "qp_kernel_rowsum(Tensor X, int kind, Tensor gamma, float scale, Tensor lse, "
+      "Tensor rowmask, Tensor colmask) -> Tensor");
+  m.def("qp_check_dense(Tensor A, Tensor mask) -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(cina, CPU, m) {
+  m.impl("qp_solve_batch", &qp_solve_batch);
+  m.impl("qp_kernel_lse", &qp_kernel_lse);
+  m.impl("qp_kernel_rowsum", &qp_kernel_rowsum);
+  m.impl("qp_check_dense", &qp_check_dense);
+}
+
+#ifdef CINA_WITH_CUDA
+// the same functions: they branch on the device themselves
+TORCH_LIBRARY_IMPL(cina, CUDA, m) {
+  m.impl("qp_solve_batch", &qp_solve_batch);
+  m.impl("qp_kernel_lse", &qp_kernel_lse);
+  m.impl("qp_kernel_rowsum", &qp_kernel_rowsum);
+  m.impl("qp_check_dense", &qp_check_dense);
+}
+#endif
 
 }  // namespace cina

@@ -1,5 +1,5 @@
 // Torch glue of the batched QP solver (csrc/qp_solve/glue.cpp): tensor checks, output allocation,
-// dtype and instruction-set dispatch.  Registered in csrc/ops.cpp.
+// dtype and instruction-set dispatch; glue.cpp also registers these ops.
 #pragma once
 #include <ATen/ATen.h>
 
@@ -8,7 +8,7 @@
 
 namespace cina {
 
-// Schema (csrc/ops.cpp):
+// Schema (registered in glue.cpp):
 //   qp_solve_batch(Tensor X, int kind, Tensor gamma, float scale, Tensor lse, Tensor src,
 //       Tensor mask, Tensor? sign, Tensor qscale, Tensor diag_add, Tensor p, Tensor lo, Tensor up,
 //       Tensor? c, Tensor? d, Tensor? x0, Tensor tol, Tensor max_iter, int cache_bytes,

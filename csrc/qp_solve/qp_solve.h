@@ -1,5 +1,5 @@
-// Batched box-QP / balancing dual solver (kernels.md §2).  Raw-pointer kernel API; the torch glue
-// is in csrc/qp_solve/glue.cpp.  All arrays are contiguous, row-major, batch-first.
+// Batched box-QP / balancing dual solver (docs/ops/qp_solve.md).  Raw-pointer kernel API; the
+// torch glue is in csrc/qp_solve/glue.cpp.  All arrays are contiguous, row-major, batch-first.
 //
 // One *problem* per row of the problem batch (P problems, padded to N units):
 //
@@ -79,6 +79,7 @@ struct QPOptions {
   int64_t cache_bytes = int64_t(1) << 30;  // kernel-column cache per problem being solved
   bool shrinking = true;                   // shrinking of the working set (see cpu.cpp)
   int64_t inner_min_units = 8192;          // parallelise inside a problem from this many units
+  bool debug = false;                      // per-problem summary on stderr (CPU; CINA_QP_DEBUG)
 };
 
 template <typename T>
@@ -99,8 +100,8 @@ void qp_solve_cpu(const QPSource<T>& source, const QPProblems<T>& problems, cons
 // lse_i = log sum_{j valid} exp(scale x_i . x_j) for every valid unit of every dataset (0 at
 // padded units).  X (S, N, D), mask (S, N), lse (S, N).
 template <typename T>
-void qp_kernel_lse_cpu(const T* X, const bool* mask, int64_t S, int64_t N, int64_t D,
-                       double scale, double* lse);
+void qp_kernel_lse_cpu(const T* X, const bool* mask, int64_t S, int64_t N, int64_t D, double scale,
+                       double* lse);
 
 // rowsum_i = sum_{j : colmask_j} k(i, j) for every unit i with rowmask_i (0 elsewhere), with the
 // source's kernel (qscale 1, no sign, no diagonal shift).  rowmask, colmask (S, N); out (S, N).

@@ -1,6 +1,6 @@
 """The CUDA kernels under sanitizers, on the CPU: a stand-in for compute-sanitizer where there is no GPU.
 
-The emulator (tests/cuda_emulator/emulator.h) runs every CUDA thread of a block as a std::thread
+The emulator (tests/emulator/cuda_emulator/emulator.h) runs every CUDA thread of a block as a std::thread
 and every barrier as a std::barrier, so the host sanitizers see the kernels' memory hazards:
 
 * ThreadSanitizer: two threads of a block touching the same shared (or global) memory, one of
@@ -11,12 +11,12 @@ and every barrier as a std::barrier, so the host sanitizers see the kernels' mem
 * UndefinedBehaviorSanitizer: misaligned loads and stores (double, float4, double2 carry the
   GPU's alignment in the emulator), which fault on a GPU.
 
-The drivers (san_attention.cpp, san_qp.cpp) run sanitizer_cases.py's cases -- every attention
+The drivers (san_attention.cpp, san_qp.cpp) run tools/sanitizer_cases.py's cases -- every attention
 variant with and without column splits, both QP algorithms -- and check their results against
 float64 evaluations, so a clean run also says the numbers were right.  san_selftest.cpp holds one
 deliberately faulty kernel per class of bug, and the tests check that each is reported: these
 tests can fail.  What stays for the GPU: timing-dependent behaviour, the real memory model
-(e.g. visibility without fences), and compute-sanitizer itself (benchmarks/gpu_check.sh).
+(e.g. visibility without fences), and compute-sanitizer itself (tools/gpu_check.sh).
 """
 from __future__ import annotations
 
@@ -122,17 +122,20 @@ def _check_clean(rc, out, summary):
     assert "FAIL" not in out, out[-6000:]
 
 
+@pytest.mark.slow
 def test_attention_kernels_thread_sanitizer():
     """Every variant (simt float64 / float32, tf32x3, tf32, tf32x3p, tf32p), splits 1 and 3."""
     rc, out = _run(_program("san_attention", EMU_DIR / "san_attention.cpp", _ATT_DEPS, "thread"), "--quick")
     _check_clean(rc, out, "san_attention: 24 cases, OK")
 
 
+@pytest.mark.slow
 def test_attention_kernels_address_ub_sanitizer():
     rc, out = _run(_program("san_attention", EMU_DIR / "san_attention.cpp", _ATT_DEPS, "address"))
     _check_clean(rc, out, "san_attention: 38 cases, OK")
 
 
+@pytest.mark.slow
 def test_qp_kernels_thread_sanitizer():
     """Both algorithms (block, working set) on the overlap, ate (cina) and generic problems."""
     rc, out = _run(_program("san_qp", EMU_DIR / "san_qp.cpp", _QP_DEPS, "thread"), "--quick")
@@ -140,6 +143,7 @@ def test_qp_kernels_thread_sanitizer():
     assert "[ws ws=8]" in out and "[block]" in out, out
 
 
+@pytest.mark.slow
 def test_qp_kernels_address_ub_sanitizer():
     rc, out = _run(_program("san_qp", EMU_DIR / "san_qp.cpp", _QP_DEPS, "address"))
     _check_clean(rc, out, "san_qp: OK")

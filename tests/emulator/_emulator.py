@@ -1,9 +1,12 @@
-"""Build and load the CPU emulators of the CUDA kernels (tests/cuda_emulator/), for the emulator tests
-(tests/test_cuda_emulator.py, tests/test_qp_cuda_emulator.py).
+"""Build and load the CPU emulators of the CUDA kernels (tests/emulator/cuda_emulator/), for the
+emulator tests (tests/emulator/test_cuda_emulator.py, tests/emulator/test_qp_cuda_emulator.py,
+tests/emulator/test_emulator_sanitizers.py).
 
-An emulator is one C++ file that includes tests/cuda_emulator/emulator.h and a kernel file of csrc/;
-it is compiled into a shared library, cached in build/emulator/ under a hash of its sources (the
-file itself, the headers and the kernel file it includes), and loaded through ctypes.
+An emulator is one C++ file that includes tests/emulator/cuda_emulator/emulator.h and a kernel file
+of csrc/ (an op's cuda.cu, which includes the .cuh files of its folder); it is compiled into a
+shared library, cached in build/emulator/ under a hash of its sources (the file itself, the
+emulator header, every file of the op folders it depends on and csrc/common), and loaded through
+ctypes.
 """
 from __future__ import annotations
 
@@ -17,11 +20,12 @@ from functools import cache
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-ROOT = Path(__file__).resolve().parents[1]
-EMU_DIR = ROOT / "tests" / "cuda_emulator"
+ROOT = Path(__file__).resolve().parents[2]
+EMU_DIR = ROOT / "tests" / "emulator" / "cuda_emulator"
 CSRC = ROOT / "csrc"
-# sources every emulator depends on: the CUDA vocabulary and runtime shim, the shared runtime helpers
-COMMON_SOURCES = (EMU_DIR / "emulator.h", CSRC / "common" / "cuda_rt.h")
+# sources every emulator depends on: the CUDA vocabulary and runtime shim; csrc/common is added
+# file by file at each build (source_files), so that a new shared header is part of the key too
+COMMON_SOURCES = (EMU_DIR / "emulator.h",)
 CXX = os.environ.get("CXX") or shutil.which("g++") or shutil.which("clang++")
 
 
@@ -40,15 +44,30 @@ def fma_flags() -> tuple[str, ...] | None:
     return None
 
 
+def source_files(main: Path, deps: Sequence[Path]) -> list[Path]:
+    """The files an emulator build depends on: `main`, `deps`, COMMON_SOURCES, every file of the
+    csrc/ op folders that `deps` lie in (a cuda.cu includes the .cuh files next to it) and every
+    file of csrc/common."""
+    files = {Path(p).resolve() for p in (main, *deps, *COMMON_SOURCES)}
+    folders = {CSRC / "common"}
+    folders.update(Path(p).resolve().parent for p in deps if Path(p).resolve().parent.parent == CSRC)
+    for d in folders:
+        files.update(f for f in d.iterdir() if f.is_file())
+    return sorted(files)
+
+
 def _compile(stem: str, main: Path, deps: Sequence[Path], *, label: str, flags: Sequence[str],
              shared: bool, opt: str = "-O2") -> Path:
-    """Compile `main` into build/emulator/{stem}_{hash}[.so], cached under a hash of `main`,
-    `deps`, COMMON_SOURCES and the flags; returns the path."""
+    """Compile `main` into build/emulator/{stem}_{hash}[.so], cached under a hash of its
+    source_files (names and contents) and the flags; returns the path."""
     # CINA_EMU_CXXFLAGS: extra compiler flags, e.g. "-mfma -ffp-contract=fast" to round like the
     # GPU, which contracts a*b+c into fused multiply-adds (part of the cache key)
     extra = [opt, *flags, *os.environ.get("CINA_EMU_CXXFLAGS", "").split()]
-    digest = hashlib.sha256(b"".join(p.read_bytes() for p in (main, *deps, *COMMON_SOURCES))
-                            + " ".join(extra).encode()).hexdigest()[:16]
+    h = hashlib.sha256()
+    for f in source_files(main, deps):
+        h.update(str(f.relative_to(ROOT)).encode() + b"\0" + f.read_bytes() + b"\0")
+    h.update(" ".join(extra).encode())
+    digest = h.hexdigest()[:16]
     out_dir = ROOT / "build" / "emulator"
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / (f"{stem}_{digest}.so" if shared else f"{stem}_{digest}")
@@ -65,8 +84,8 @@ def _compile(stem: str, main: Path, deps: Sequence[Path], *, label: str, flags: 
 
 def build(stem: str, main: Path, deps: Sequence[Path], entry_points: Iterable[str], *,
           label: str = "emulator", flags: Sequence[str] = ()) -> ctypes.CDLL:
-    """Compile `main` (cached as build/emulator/{stem}_{hash}.so, the hash over `main`, `deps`,
-    COMMON_SOURCES and the flags), load it and declare the C entry points as returning error
+    """Compile `main` (cached as build/emulator/{stem}_{hash}.so, the hash over its source_files
+    and the flags), load it and declare the C entry points as returning error
     strings.  `flags`: extra compiler flags of this library (e.g. fma_flags())."""
     lib = _compile(stem, main, deps, label=label, flags=flags, shared=True)
     dll = ctypes.CDLL(str(lib))
@@ -77,7 +96,7 @@ def build(stem: str, main: Path, deps: Sequence[Path], entry_points: Iterable[st
 
 def build_executable(stem: str, main: Path, deps: Sequence[Path], *, label: str = "emulator program",
                      flags: Sequence[str] = (), opt: str = "-O1") -> Path:
-    """Compile the program `main` (e.g. a sanitizer driver of tests/cuda_emulator/) into
+    """Compile the program `main` (e.g. a sanitizer driver of tests/emulator/cuda_emulator/) into
     build/emulator/{stem}_{hash}, cached like the libraries; returns its path."""
     return _compile(stem, main, deps, label=label, flags=flags, shared=False, opt=opt)
 

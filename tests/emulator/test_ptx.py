@@ -1,7 +1,7 @@
 """Checks on the PTX nvcc makes of the CUDA kernels (no GPU needed; skipped without nvcc).
 
 A kernel that loads from its by-value argument past the argument's end has been miscompiled (see
-tests/_ptx.py): nvcc 13.0 did this to copies of the solver's BlockSolver struct, and the working-set
+tests/emulator/_ptx.py): nvcc 13.0 did this to copies of the solver's BlockSolver struct, and the working-set
 solver read a shared-memory address from an unrelated argument field on the H200.
 """
 from __future__ import annotations
@@ -44,6 +44,7 @@ def test_param_check_flags_out_of_range_loads():
     assert sorted(reps["k_bad"].out_of_range) == [-8, 16, 24]
 
 
+@pytest.mark.slow  # (nvcc: about a minute per file)
 @needs_nvcc
 @pytest.mark.parametrize("source", _ptx.CUDA_SOURCES, ids=lambda p: p.parent.name)
 def test_kernels_load_only_inside_their_arguments(source, tmp_path):

@@ -1,7 +1,7 @@
 // Sanitizer driver for the QP solver kernels (csrc/qp_solve/cuda.cu) on the CPU emulator: the
 // CPU stand-in for compute-sanitizer (see san_attention.cpp for what each sanitizer sees).
 //
-// Cases (benchmarks/sanitizer_cases.py's, plus the helper kernels): the "overlap" SVM dual (RBF,
+// Cases (tools/sanitizer_cases.py's, plus the helper kernels): the "overlap" SVM dual (RBF,
 // equality c = W) in float64, and in float32 with the linear kernel and a 2-slot column cache; the
 // "ate" arm problems (simplex, cina kernel: the lse and row-sum kernels run first); a generic box
 // QP from an explicit matrix without and with a general equality.  Each runs with both CUDA
@@ -83,11 +83,25 @@ const char* solve(const Problem<T>& pb, int64_t cache_bytes, Result<T>& r) {
   r.kkt.assign(P, T(0));
   r.iters.assign(P, 0);
   r.conv.reset(new bool[P]);
-  QPSource<T> s{pb.kind, pb.S, N, pb.D, pb.X.data(), pb.gamma.empty() ? nullptr : pb.gamma.data(), pb.scale,
-                pb.lse.empty() ? nullptr : pb.lse.data()};
-  QPProblems<T> q{P, N, pb.src.data(), pb.mask.get(), pb.has_sign ? pb.sign.data() : nullptr, pb.qscale.data(),
-                  pb.diag_add.data(), pb.p.data(), pb.lo.data(), pb.up.data(), pb.has_eq ? pb.c.data() : nullptr,
-                  pb.has_eq ? pb.d.data() : nullptr, nullptr, pb.tol.data(), pb.max_iter.data()};
+  QPSource<T> s{pb.kind,     pb.S,
+                N,           pb.D,
+                pb.X.data(), pb.gamma.empty() ? nullptr : pb.gamma.data(),
+                pb.scale,    pb.lse.empty() ? nullptr : pb.lse.data()};
+  QPProblems<T> q{P,
+                  N,
+                  pb.src.data(),
+                  pb.mask.get(),
+                  pb.has_sign ? pb.sign.data() : nullptr,
+                  pb.qscale.data(),
+                  pb.diag_add.data(),
+                  pb.p.data(),
+                  pb.lo.data(),
+                  pb.up.data(),
+                  pb.has_eq ? pb.c.data() : nullptr,
+                  pb.has_eq ? pb.d.data() : nullptr,
+                  nullptr,
+                  pb.tol.data(),
+                  pb.max_iter.data()};
   QPOptions opt;
   opt.cache_bytes = cache_bytes;
   QPOutputs<T> o{r.x.data(), r.nu.data(), r.obj.data(), r.kkt.data(), r.iters.data(), r.conv.get()};
@@ -105,8 +119,8 @@ void fail(const std::string& tag, const std::string& msg) {
 
 // run one algorithm setting; checks of the result against the problem; returns the objectives
 template <typename T>
-std::vector<double> run(const std::string& name, const Problem<T>& pb, const char* algo, const char* ws,
-                        const char* threads, int64_t cache_bytes) {
+std::vector<double> run(const std::string& name, const Problem<T>& pb, const char* algo,
+                        const char* ws, const char* threads, int64_t cache_bytes) {
   setenv("CINA_QP_CUDA_ALGO", algo, 1);
   if (ws) setenv("CINA_QP_WS_SIZE", ws, 1);
   else unsetenv("CINA_QP_WS_SIZE");
@@ -129,8 +143,8 @@ std::vector<double> run(const std::string& name, const Problem<T>& pb, const cha
     steps += r.iters[pr];
     if (!r.conv[pr]) fail(tag, "problem " + std::to_string(pr) + " not converged");
     if (!(static_cast<double>(r.kkt[pr]) <= pb.tol[pr]))
-      fail(tag, "problem " + std::to_string(pr) + ": reported KKT violation " + std::to_string(r.kkt[pr]) +
-                    " > tol");
+      fail(tag, "problem " + std::to_string(pr) + ": reported KKT violation " +
+                    std::to_string(r.kkt[pr]) + " > tol");
     double qx = 0.0, px = 0.0, cx = 0.0, xmax = 1.0;
     for (int64_t i = 0; i < N; ++i) {
       const double xi = x[i];
@@ -140,7 +154,8 @@ std::vector<double> run(const std::string& name, const Problem<T>& pb, const cha
       }
       if (!std::isfinite(xi)) fail(tag, "x not finite");
       xmax = std::max(xmax, std::fabs(xi));
-      if (xi < static_cast<double>(pb.lo[pr * N + i]) - feas || xi > static_cast<double>(pb.up[pr * N + i]) + feas)
+      if (xi < static_cast<double>(pb.lo[pr * N + i]) - feas ||
+          xi > static_cast<double>(pb.up[pr * N + i]) + feas)
         fail(tag, "x outside its bounds");
       px += static_cast<double>(pb.p[pr * N + i]) * xi;
       if (pb.has_eq) cx += static_cast<double>(pb.c[pr * N + i]) * xi;
@@ -153,8 +168,8 @@ std::vector<double> run(const std::string& name, const Problem<T>& pb, const cha
     objs[pr] = obj;
     const double rtol = sizeof(T) == 8 ? 1e-9 : 1e-4;
     if (std::fabs(obj - static_cast<double>(r.obj[pr])) > rtol * (1.0 + std::fabs(obj)))
-      fail(tag, "problem " + std::to_string(pr) + ": reported objective " + std::to_string(r.obj[pr]) +
-                    " against " + std::to_string(obj));
+      fail(tag, "problem " + std::to_string(pr) + ": reported objective " +
+                    std::to_string(r.obj[pr]) + " against " + std::to_string(obj));
   }
   std::printf("%s: %lld problems, %lld steps\n", tag.c_str(), static_cast<long long>(pb.P),
               static_cast<long long>(steps));
@@ -162,7 +177,8 @@ std::vector<double> run(const std::string& name, const Problem<T>& pb, const cha
 }
 
 template <typename T>
-void run_all(const std::string& name, const Problem<T>& pb, bool quick, int64_t cache_bytes = int64_t(1) << 30) {
+void run_all(const std::string& name, const Problem<T>& pb, bool quick,
+             int64_t cache_bytes = int64_t(1) << 30) {
   const std::vector<double> ref = run(name, pb, "block", nullptr, nullptr, cache_bytes);
   std::vector<std::vector<double>> others;
   if (!quick) others.push_back(run(name, pb, "block", nullptr, "96", cache_bytes));
@@ -248,7 +264,8 @@ Problem<T> ate_cina(uint64_t seed, double tol) {
   pb.scale = 1.0 / std::sqrt(static_cast<double>(D));
   pb.lse.assign(S * N, NAN);
   emu::launch_error.clear();
-  if (const char* e = cina::qp_kernel_lse_cuda<T>(pb.X.data(), smask.get(), S, N, D, pb.scale, pb.lse.data(), nullptr))
+  if (const char* e = cina::qp_kernel_lse_cuda<T>(pb.X.data(), smask.get(), S, N, D, pb.scale,
+                                                  pb.lse.data(), nullptr))
     fail("lse kernel", e);
   for (int64_t s = 0; s < S; ++s)  // lse against float64 sums
     for (int64_t i = 0; i < N; ++i) {
@@ -258,7 +275,8 @@ Problem<T> ate_cina(uint64_t seed, double tol) {
         for (int64_t j = 0; j < N; ++j) {
           if (!smask[s * N + j]) continue;
           double dot = 0.0;
-          for (int64_t f = 0; f < D; ++f) dot += static_cast<double>(pb.X[(s * N + i) * D + f]) * pb.X[(s * N + j) * D + f];
+          for (int64_t f = 0; f < D; ++f)
+            dot += static_cast<double>(pb.X[(s * N + i) * D + f]) * pb.X[(s * N + j) * D + f];
           acc += std::exp(pb.scale * dot);
         }
         want = std::log(acc);
@@ -270,7 +288,8 @@ Problem<T> ate_cina(uint64_t seed, double tol) {
     }
   std::vector<double> rows(S * N, NAN);
   QPSource<T> src{pb.kind, S, N, D, pb.X.data(), nullptr, pb.scale, pb.lse.data()};
-  if (const char* e = cina::qp_kernel_rowsum_cuda<T>(src, smask.get(), smask.get(), rows.data(), nullptr))
+  if (const char* e =
+          cina::qp_kernel_rowsum_cuda<T>(src, smask.get(), smask.get(), rows.data(), nullptr))
     fail("rowsum kernel", e);
   pb.P = 2 * S;
   pb.src.resize(pb.P);
@@ -297,7 +316,8 @@ Problem<T> ate_cina(uint64_t seed, double tol) {
         for (int64_t j = 0; j < N; ++j) {
           if (!smask[s * N + j]) continue;
           double dot = 0.0;
-          for (int64_t f = 0; f < D; ++f) dot += static_cast<double>(pb.X[(s * N + i) * D + f]) * pb.X[(s * N + j) * D + f];
+          for (int64_t f = 0; f < D; ++f)
+            dot += static_cast<double>(pb.X[(s * N + i) * D + f]) * pb.X[(s * N + j) * D + f];
           want += std::exp(pb.scale * dot - pb.lse[s * N + i] - pb.lse[s * N + j]);
         }
         if (!(std::fabs(rows[s * N + i] - want) <= 1e-12 * (1.0 + std::fabs(want))))
@@ -364,7 +384,8 @@ int main(int argc, char** argv) {
   run_all("generic qp with equality", generic(true, 6), quick);
   if (!quick) {
     // float32, linear kernel, a column cache of 2 slots (a budget of 200 bytes)
-    run_all("overlap linear float32 (2-slot cache)", overlap<float>(cina::kQPLinear, 7, 1e-4), quick, 200);
+    run_all("overlap linear float32 (2-slot cache)", overlap<float>(cina::kQPLinear, 7, 1e-4),
+            quick, 200);
     run_all("ate cina float32", ate_cina<float>(8, 1e-4), quick);
   }
   std::printf("san_qp: %s\n", failures == 0 ? "OK" : "FAILURES");

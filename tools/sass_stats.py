@@ -11,7 +11,7 @@ registers, the resident blocks per SM.
 Needs nvcc (CUDA_HOME/bin, /usr/local/cuda/bin or PATH) and cuobjdump (PATH, the CUDA bin folder,
 or the pip package nvidia-cuda-cuobjdump).  No GPU.
 
-    python benchmarks/sass_stats.py [--arch sm_90a] [--dp 16] [--json OUT.json]
+    python tools/sass_stats.py [--arch sm_90a] [--dp 16] [--json OUT.json]
 """
 from __future__ import annotations
 

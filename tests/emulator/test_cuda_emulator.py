@@ -1,10 +1,10 @@
 """The CUDA kernels of csrc/attention_hinge/cuda.cu, run on the CPU by a thread-level emulator.
 
-No GPU is needed: tests/cuda_emulator/emulator.cpp compiles cuda.cu as C++ (one std::thread per
+No GPU is needed: tests/emulator/cuda_emulator/emulator.cpp compiles cuda.cu as C++ (one std::thread per
 CUDA thread, barriers for __syncthreads/__syncwarp, shuffles and mma.sync emulated) and the
 results are compared with the PyTorch reference (values, and gradients through autograd).  This
 checks the kernels' index logic, masking, tiling and formulas; timing, coalescing and races are
-left to the GPU run (benchmarks/gpu_check.sh: tests/test_ops_cuda.py + compute-sanitizer).
+left to the GPU run (tools/gpu_check.sh: the CUDA op tests + compute-sanitizer).
 Skipped when no C++20 compiler is found.  Emulation is slow (256 host threads per block): sizes
 stay small, and the larger cases are marked slow.  The emulator library is cached in
 build/emulator/ under a hash of its sources (first build ~20 s).
@@ -210,7 +210,7 @@ def kernel_variant(request, monkeypatch):
 
 
 def reference_fp32_errors(case, loss="hinge", seed=1):
-    """max |ref32 - ref64| per output: the yardstick of the parity rule (kernels.md §1)."""
+    """max |ref32 - ref64| per output: the yardstick of the parity rule (docs/ops/attention_hinge.md)."""
     K, V, W, b, lam, mask = case
     B, N, D = K.shape
     scale = 1.0 / math.sqrt(D)

@@ -1,12 +1,12 @@
 """One call of each hot kernel, bracketed for Nsight Compute (ncu --profile-from-start off).
 
-The GPU script (benchmarks/gpu_check.sh, step "profile") runs this under ncu to record why the
+The GPU script (tools/gpu_check.sh, step "profile") runs this under ncu to record why the
 kernels run as fast as they do (speed of light, occupancy, warp stalls), the input for the next
 round of kernel work:
 
 * ``attention``: cina_ext.ops.attention_hinge forward + backward at 1 x 32768 x 16, float32, with
   a CUDA kernel variant (CINA_ATTENTION_KERNEL, --variant);
-* ``solver``: cina_ext.solver.dual_solve, overlap problem, RBF, one dataset of 20000 units (the
+* ``solver``: cina_ext.ops.qp_solve.dual_solve, overlap problem, RBF, one dataset of 20000 units (the
   working-set algorithm: its select / solve / update kernels, a few rounds of them); before the
   profiled solve, one whole solve is timed and prints its steps and (CINA_QP_WS_STATS) rounds.
 
@@ -50,7 +50,8 @@ def attention(variant: str) -> None:
 
 
 def solver_case() -> None:
-    from cina_ext import solver
+    import importlib
+    solver = importlib.import_module("cina_ext.ops.qp_solve")
     import bench_solver
 
     X, W = bench_solver.make_data(1, 20000)

@@ -1,16 +1,17 @@
 // Sanitizer driver for the attention kernels (csrc/attention_hinge/cuda.cu) on the CPU emulator:
 // the CPU stand-in for compute-sanitizer, for sessions and CI machines without a GPU.
 //
-// Built as an executable by tests/test_emulator_sanitizers.py, once with -fsanitize=thread and
-// once with -fsanitize=address,undefined.  Every CUDA thread of the emulator is a std::thread and
-// every barrier a std::barrier, so ThreadSanitizer sees a shared-memory (or global-memory) access
-// pair of two threads with no barrier between them as a data race: the hazards that racecheck
-// reports on a GPU.  AddressSanitizer sees reads and writes past the dynamic shared memory (its
-// guard bytes are poisoned, emulator.h), past every input, output and workspace (all exactly
-// sized heap blocks) and leaked workspaces; UndefinedBehaviorSanitizer sees misaligned vector and
-// double accesses (the emulator's float4 / double2 carry the GPU's alignment), which fault on a GPU.
+// Built as an executable by tests/emulator/test_emulator_sanitizers.py, once with -fsanitize=thread
+// and once with -fsanitize=address,undefined.  Every CUDA thread of the emulator is a std::thread
+// and every barrier a std::barrier, so ThreadSanitizer sees a shared-memory (or global-memory)
+// access pair of two threads with no barrier between them as a data race: the hazards that
+// racecheck reports on a GPU.  AddressSanitizer sees reads and writes past the dynamic shared
+// memory (its guard bytes are poisoned, emulator.h), past every input, output and workspace (all
+// exactly sized heap blocks) and leaked workspaces; UndefinedBehaviorSanitizer sees misaligned
+// vector and double accesses (the emulator's float4 / double2 carry the GPU's alignment), which
+// fault on a GPU.
 //
-// The cases are sanitizer_cases.py's (benchmarks/): every kernel variant (simt in float64 and
+// The cases are sanitizer_cases.py's (tools/): every kernel variant (simt in float64 and
 // float32; tf32x3, tf32, tf32x3p, tf32p), with and without column splits, forward without and
 // with the auxiliaries, backward; masks with an empty dataset, a length-1 dataset and a fully
 // padded tile.  Results are checked against a plain float64 evaluation of the formulas of
@@ -61,7 +62,7 @@ Inputs<T> make_inputs(const Case& c, uint64_t seed) {
     in.lam[i] = static_cast<T>(0.01 + 0.5 * unif(rng));
   }
   for (int64_t j = 0; j < N; ++j) in.mask[j] = false;  // an empty dataset
-  if (B > 1) {                                          // a length-1 dataset
+  if (B > 1) {  // a length-1 dataset
     for (int64_t j = 0; j < N; ++j) in.mask[N + j] = false;
     in.mask[N + N / 2] = true;
   }
@@ -76,8 +77,8 @@ struct Expected {
 };
 
 template <typename T>
-Expected evaluate(const Case& c, const Inputs<T>& in, double scale, int loss_kind, const std::vector<T>& gL,
-                  const std::vector<T>& gO, const std::vector<T>& gLse) {
+Expected evaluate(const Case& c, const Inputs<T>& in, double scale, int loss_kind,
+                  const std::vector<T>& gL, const std::vector<T>& gO, const std::vector<T>& gLse) {
   const int64_t B = c.B, N = c.N, D = c.D;
   Expected e;
   e.loss.assign(B, 0.0);
@@ -89,7 +90,9 @@ Expected evaluate(const Case& c, const Inputs<T>& in, double scale, int loss_kin
   e.dV.assign(B * N, 0.0);
   e.db.assign(B, 0.0);
   std::vector<double> P(N * N), g(N), dl(N), cc(N);
-  auto k = [&](int64_t bi, int64_t i, int64_t d) { return static_cast<double>(in.K[(bi * N + i) * D + d]); };
+  auto k = [&](int64_t bi, int64_t i, int64_t d) {
+    return static_cast<double>(in.K[(bi * N + i) * D + d]);
+  };
   for (int64_t bi = 0; bi < B; ++bi) {
     const bool* m = in.mask.get() + bi * N;
     const double bb = in.b[bi], lam = in.lam[bi], gl = gL[bi];
@@ -124,7 +127,8 @@ Expected evaluate(const Case& c, const Inputs<T>& in, double scale, int loss_kin
       e.lse[ii] = lse;
       const double wi = in.W[ii], vi = in.V[ii];
       const double r = 1.0 - wi * (o + bb);
-      const double hinge = loss_kind == cina::kHinge ? std::max(r, 0.0) : 0.5 * std::max(r, 0.0) * std::max(r, 0.0);
+      const double hinge =
+          loss_kind == cina::kHinge ? std::max(r, 0.0) : 0.5 * std::max(r, 0.0) * std::max(r, 0.0);
       cc[i] = 0.5 * lam * std::exp(lse);
       e.loss[bi] += hinge + cc[i] * vi * o;
       const double u = loss_kind == cina::kHinge ? (r > 0.0 ? -wi : 0.0) : -wi * std::max(r, 0.0);
@@ -143,7 +147,8 @@ Expected evaluate(const Case& c, const Inputs<T>& in, double scale, int loss_kin
         const double p = P[i * N + j];
         dv += p * g[i];
         for (int64_t d = 0; d < D; ++d)
-          e.dK[jj * D + d] += scale * p * (static_cast<double>(in.V[jj]) * g[i] - dl[i]) * k(bi, i, d);
+          e.dK[jj * D + d] +=
+              scale * p * (static_cast<double>(in.V[jj]) * g[i] - dl[i]) * k(bi, i, d);
       }
       e.dV[jj] = dv;
     }
@@ -180,28 +185,29 @@ int run_case(const Case& c, uint64_t seed, const char* variant, const char* spli
   std::vector<T> loss(B), out(B * N), lse(B * N), A(B * N * D), Bk(B * N * D);
   std::vector<T> loss_p(B), out_p(B * N), lse_p(B * N);
   std::vector<T> dK(B * N * D), dV(B * N), db(B);
-  const T *K = in.K.data(), *V = in.V.data(), *W = in.W.data(), *b = in.b.data(), *lam = in.lam.data();
+  const T *K = in.K.data(), *V = in.V.data(), *W = in.W.data(), *b = in.b.data(),
+          *lam = in.lam.data();
   const bool* mask = in.mask.get();
   char tag[160];
-  std::snprintf(tag, sizeof tag, "%s %-7s splits<=%s %lldx%lldx%lld loss_kind=%d", sizeof(T) == 8 ? "float64" : "float32",
-                variant, splits, static_cast<long long>(B), static_cast<long long>(N), static_cast<long long>(D),
-                loss_kind);
+  std::snprintf(tag, sizeof tag, "%s %-7s splits<=%s %lldx%lldx%lld loss_kind=%d",
+                sizeof(T) == 8 ? "float64" : "float32", variant, splits, static_cast<long long>(B),
+                static_cast<long long>(N), static_cast<long long>(D), loss_kind);
   auto failed = [&](const char* what, const char* msg) {
     std::printf("FAIL %s: %s: %s\n", tag, what, msg);
     return 1;
   };
   emu::launch_error.clear();
-  if (const char* e = cina::attention_hinge_fwd_cuda<T>(K, V, W, b, lam, mask, shape, scale, loss_kind, false,
-                                                        loss_p.data(), out_p.data(), lse_p.data(), nullptr, nullptr,
-                                                        nullptr))
+  if (const char* e = cina::attention_hinge_fwd_cuda<T>(
+          K, V, W, b, lam, mask, shape, scale, loss_kind, false, loss_p.data(), out_p.data(),
+          lse_p.data(), nullptr, nullptr, nullptr))
     return failed("forward (plain)", e);
-  if (const char* e = cina::attention_hinge_fwd_cuda<T>(K, V, W, b, lam, mask, shape, scale, loss_kind, true,
-                                                        loss.data(), out.data(), lse.data(), A.data(), Bk.data(),
-                                                        nullptr))
+  if (const char* e = cina::attention_hinge_fwd_cuda<T>(K, V, W, b, lam, mask, shape, scale,
+                                                        loss_kind, true, loss.data(), out.data(),
+                                                        lse.data(), A.data(), Bk.data(), nullptr))
     return failed("forward (aux)", e);
-  if (const char* e = cina::attention_hinge_bwd_cuda<T>(K, V, W, b, lam, mask, out.data(), lse.data(), A.data(),
-                                                        Bk.data(), gL.data(), gO.data(), gLse.data(), shape, scale,
-                                                        loss_kind, dK.data(), dV.data(), db.data(), nullptr))
+  if (const char* e = cina::attention_hinge_bwd_cuda<T>(
+          K, V, W, b, lam, mask, out.data(), lse.data(), A.data(), Bk.data(), gL.data(), gO.data(),
+          gLse.data(), shape, scale, loss_kind, dK.data(), dV.data(), db.data(), nullptr))
     return failed("backward", e);
   if (!emu::launch_error.empty()) return failed("launch", emu::launch_error.c_str());
   const Expected ex = evaluate(c, in, scale, loss_kind, gL, gO, gLse);
@@ -210,10 +216,17 @@ int run_case(const Case& c, uint64_t seed, const char* variant, const char* spli
     const std::vector<T>* got;
     const std::vector<double>* want;
   };
-  const Item items[] = {{"loss", &loss, &ex.loss},   {"out", &out, &ex.out},       {"lse", &lse, &ex.lse},
-                        {"A", &A, &ex.A},            {"Bk", &Bk, &ex.Bk},          {"dK", &dK, &ex.dK},
-                        {"dV", &dV, &ex.dV},         {"db", &db, &ex.db},          {"loss(plain)", &loss_p, &ex.loss},
-                        {"out(plain)", &out_p, &ex.out}, {"lse(plain)", &lse_p, &ex.lse}};
+  const Item items[] = {{"loss", &loss, &ex.loss},
+                        {"out", &out, &ex.out},
+                        {"lse", &lse, &ex.lse},
+                        {"A", &A, &ex.A},
+                        {"Bk", &Bk, &ex.Bk},
+                        {"dK", &dK, &ex.dK},
+                        {"dV", &dV, &ex.dV},
+                        {"db", &db, &ex.db},
+                        {"loss(plain)", &loss_p, &ex.loss},
+                        {"out(plain)", &out_p, &ex.out},
+                        {"lse(plain)", &lse_p, &ex.lse}};
   int failures = 0;
   double worst = 0.0;
   for (const Item& it : items) {
@@ -244,15 +257,18 @@ int main(int argc, char** argv) {
     bool f64;
     const char* variant;
   };
-  const Run runs[] = {{true, "simt"},   {false, "simt"},    {false, "tf32x3"},
-                      {false, "tf32"},  {false, "tf32x3p"}, {false, "tf32p"}};
+  const Run runs[] = {{true, "simt"},  {false, "simt"},    {false, "tf32x3"},
+                      {false, "tf32"}, {false, "tf32x3p"}, {false, "tf32p"}};
   int failures = 0, cases = 0;
   for (const Run& r : runs)
     for (const char* splits : {"1", "3"})
       for (size_t i = 0; i < shapes.size(); ++i) {
         const Case& c = shapes[i];
         const uint64_t seed = 17 + i;
-        const double tol = r.f64 ? 1e-9 : (std::strcmp(r.variant, "tf32") == 0 || std::strcmp(r.variant, "tf32p") == 0) ? 3e-3 : 1e-4;
+        const double tol =
+            r.f64                                                                           ? 1e-9
+            : (std::strcmp(r.variant, "tf32") == 0 || std::strcmp(r.variant, "tf32p") == 0) ? 3e-3
+                                                                                            : 1e-4;
         failures += r.f64 ? run_case<double>(c, seed, r.variant, splits, tol)
                           : run_case<float>(c, seed, r.variant, splits, tol);
         ++cases;

@@ -1,10 +1,10 @@
 """The CUDA kernels of csrc/qp_solve/cuda.cu (batched box-QP solver), run on the CPU by a
 thread-level emulator.
 
-No GPU is needed: tests/cuda_emulator/qp_emulator.cpp compiles the unmodified cuda.cu as C++ on
-the vocabulary of tests/cuda_emulator/emulator.h (one std::thread per CUDA thread, barriers,
+No GPU is needed: tests/emulator/cuda_emulator/qp_emulator.cpp compiles the unmodified cuda.cu as
+C++ on the vocabulary of tests/emulator/cuda_emulator/emulator.h (one std::thread per CUDA thread, barriers,
 emulated shuffles, NaN-filled shared memory and workspace).  The solver kernel is driven through
-the real front end (cina_ext.solver builds the problems; only the final operator call is routed to
+the real front end (cina_ext.ops.qp_solve builds the problems; only the final operator call is routed to
 the emulator) and compared with the pure-PyTorch reference, the compiled CPU solver and exact
 facts (KKT violation of the returned point recomputed from scratch).  Emulation is slow (one host
 thread per CUDA thread, several barriers per step): problems stay small and blocks are 32-96
@@ -21,9 +21,11 @@ import numpy as np
 import pytest
 import torch
 
-from cina_ext import reference_qp as R
-from cina_ext import solver
-from cina_ext._extension import extension_error, has_extension
+import importlib
+R = importlib.import_module("cina_ext.reference.qp_solve")
+import importlib
+solver = importlib.import_module("cina_ext.ops.qp_solve")
+from cina_ext._core.extension import extension_error, has_extension
 
 import _solver_cases
 from _emulator import CSRC, CXX, EMU_DIR, fma_flags, loader

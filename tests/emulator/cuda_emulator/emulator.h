@@ -22,8 +22,9 @@
 #define CINA_EMULATE 1
 #define CINA_WITH_CUDA 1
 
-// Under AddressSanitizer (tests/test_emulator_sanitizers.py) the guard bytes after the dynamic
-// shared memory are poisoned, so that a read past its end is reported too, not only a write.
+// Under AddressSanitizer (tests/emulator/test_emulator_sanitizers.py) the guard bytes after the
+// dynamic shared memory are poisoned, so that a read past its end is reported too, not only a
+// write.
 #if defined(__SANITIZE_ADDRESS__)
 #include <sanitizer/asan_interface.h>
 #define CINA_EMU_POISON(p, n) ASAN_POISON_MEMORY_REGION(p, n)
@@ -38,11 +39,21 @@ struct dim3 {
   unsigned x, y, z;
   constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
 };
-struct alignas(16) float4 { float x, y, z, w; };
-struct alignas(8) float2 { float x, y; };
-struct alignas(16) double2 { double x, y; };
-struct alignas(8) uint2 { unsigned x, y; };
-struct alignas(16) uint4 { unsigned x, y, z, w; };
+struct alignas(16) float4 {
+  float x, y, z, w;
+};
+struct alignas(8) float2 {
+  float x, y;
+};
+struct alignas(16) double2 {
+  double x, y;
+};
+struct alignas(8) uint2 {
+  unsigned x, y;
+};
+struct alignas(16) uint4 {
+  unsigned x, y, z, w;
+};
 
 using std::exp2;
 using std::log2;
@@ -257,7 +268,6 @@ inline void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32
 #define CINA_EMU_CP_ASYNC_COMMIT() emu::cp_async_commit()
 #define CINA_EMU_CP_ASYNC_WAIT(n) emu::cp_async_wait(n)
 
-
 // 32-bit atomics (blocks run one after the other; threads of a block concurrently)
 inline int atomicAdd(int* p, int v) { return std::atomic_ref<int>(*p).fetch_add(v); }
 
@@ -284,13 +294,14 @@ void launch(dim3 grid, dim3 block, size_t smem, F f, const void* kernel) {
     std::lock_guard<std::mutex> lock(smem_optin_mutex);
     const auto it = smem_optin.find(kernel);
     if (it == smem_optin.end() || it->second < smem) {
-      launch_error = "emulator: launch with more than 48 KiB of dynamic shared memory without "
-                     "rt_set_max_dyn_smem (cudaFuncSetAttribute) for this kernel";
+      launch_error =
+          "emulator: launch with more than 48 KiB of dynamic shared memory without "
+          "rt_set_max_dyn_smem (cudaFuncSetAttribute) for this kernel";
       return;
     }
   }
-  if (uint64_t(block.x) * block.y * block.z > 1024 || block.z > 64 || grid.y > 65535 || grid.z > 65535 ||
-      grid.x > 2147483647u) {
+  if (uint64_t(block.x) * block.y * block.z > 1024 || block.z > 64 || grid.y > 65535 ||
+      grid.z > 65535 || grid.x > 2147483647u) {
     launch_error = "emulator: launch configuration beyond the GPU's limits";
     return;
   }
@@ -310,8 +321,9 @@ void launch(dim3 grid, dim3 block, size_t smem, F f, const void* kernel) {
       blockDim = block;
       gridDim = grid;
       for (uint64_t k = 0; k < nblocks; ++k) {
-        blockIdx = dim3(static_cast<unsigned>(k % grid.x), static_cast<unsigned>((k / grid.x) % grid.y),
-                        static_cast<unsigned>(k / (uint64_t(grid.x) * grid.y)));
+        blockIdx =
+            dim3(static_cast<unsigned>(k % grid.x), static_cast<unsigned>((k / grid.x) % grid.y),
+                 static_cast<unsigned>(k / (uint64_t(grid.x) * grid.y)));
         f();
         if (cp_async_pending()) async_leak = true;
         async_open.clear();
@@ -353,7 +365,8 @@ inline int rt_blocks_per_sm(Kernel, int, size_t smem) {
 }
 template <typename Kernel>
 inline const char* rt_set_max_dyn_smem(Kernel kern, size_t bytes) {
-  if (bytes > emu::kSmemOptinLimit) return "emulator: dynamic shared memory above the H100 opt-in limit";
+  if (bytes > emu::kSmemOptinLimit)
+    return "emulator: dynamic shared memory above the H100 opt-in limit";
   std::lock_guard<std::mutex> lock(emu::smem_optin_mutex);
   emu::smem_optin[emu::kernel_id(kern)] = bytes;
   return nullptr;

@@ -1,4 +1,4 @@
-"""Tiny driver for compute-sanitizer (memcheck, racecheck, synccheck): run by benchmarks/gpu_check.sh.
+"""Tiny driver for compute-sanitizer (memcheck, racecheck, synccheck): run by tools/gpu_check.sh.
 
 Runs the CUDA kernels of cina::attention_hinge on small masked cases — forward with and without
 the auxiliaries, backward — for float32 (every kernel variant: simt, tf32x3, tf32) and float64,
@@ -10,7 +10,7 @@ cache), checked against the compiled CPU solver.  ``--part attention|solver|all`
 cases.  Inputs are made on the CPU and copied, so that the only kernels launched are ours plus a
 few of torch's fills.  Exit status 0 when every case matched, 1 otherwise.
 
-    compute-sanitizer --tool memcheck python3 benchmarks/sanitizer_cases.py [--quick]
+    compute-sanitizer --tool memcheck python3 tools/sanitizer_cases.py [--quick]
 """
 from __future__ import annotations
 
@@ -107,9 +107,12 @@ def main() -> int:
 
 def solver_cases(quick: bool) -> int:
     """Tiny solves on the GPU against the compiled CPU solver (no shrinking: the same algorithm)."""
-    from cina_ext import solver
+    import importlib
+    solver = importlib.import_module("cina_ext.ops.qp_solve")
 
-    if not solver._has_kernel(torch.device("cuda")):
+    from cina_ext._core.backend import _has_solver_kernel
+
+    if not _has_solver_kernel(torch.device("cuda")):
         print("FAIL solver: this build has no CUDA kernel for the QP solver")
         return 1
     failures = 0

@@ -1,5 +1,5 @@
 """PTX of the CUDA kernels (nvcc -ptx, the build's flags) and a check of the kernel parameter
-loads in it, for tests/test_ptx.py.
+loads in it, for tests/emulator/test_ptx.py.
 
 Why: nvcc 13.0 once compiled a copy of a device-side struct (`BlockSolver<T> loc = s`, whose first
 fields had been copied from the kernel's by-value argument) into loads from the *parameter*
@@ -17,7 +17,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CSRC = ROOT / "csrc"
 # the CUDA translation units of the extension and the flags CMakeLists.txt gives them
 CUDA_SOURCES = (CSRC / "attention_hinge" / "cuda.cu", CSRC / "qp_solve" / "cuda.cu")

@@ -1,22 +1,22 @@
 #!/usr/bin/env bash
 # One script for the GPU machine (build.md): build, GPU tests, compute-sanitizer, benchmarks.
 #
-#   benchmarks/gpu_check.sh OUTDIR
+#   tools/gpu_check.sh OUTDIR
 #
 # Steps (each time-limited; a failed step does not stop the next ones):
 #   env        nvidia-smi, versions                          -> OUTDIR/nvidia-smi.txt, env.log
 #   build      pip install --no-build-isolation --no-deps -e . (CUDA kernels ON, sm_90a)
 #   import     the build has CUDA kernels and sees the GPU
-#   tests      pytest tests/test_ops_cuda.py tests/test_solver_cuda.py -> tests.log, tests.xml
-#   memcheck   compute-sanitizer memcheck  benchmarks/sanitizer_cases.py (attention + QP solver)
-#   racecheck  compute-sanitizer racecheck benchmarks/sanitizer_cases.py --quick
-#   synccheck  compute-sanitizer synccheck benchmarks/sanitizer_cases.py --quick
+#   tests      pytest on the CUDA op tests (tests/**/test_*_cuda.py)   -> tests.log, tests.xml
+#   memcheck   compute-sanitizer memcheck  tools/sanitizer_cases.py (attention + QP solver)
+#   racecheck  compute-sanitizer racecheck tools/sanitizer_cases.py --quick
+#   synccheck  compute-sanitizer synccheck tools/sanitizer_cases.py --quick
 #   bench      benchmarks/bench_attention.py --quick          -> OUTDIR/bench/results.{json,md,png}
 #   bench_solver  benchmarks/bench_solver.py --quick (sklearn, cpu, cuda; overlap; short cases)
 #                                                             -> OUTDIR/solver/solver.{json,md,png}
 #   breakdown  benchmarks/solver_breakdown.py: the working-set solver's rounds, steps and GPU time
 #              per kernel (GPU_CHECK_BREAKDOWN_CASES / _CONFIGS) -> OUTDIR/solver/breakdown.{json,md}
-#   profile    ncu (speed of light, occupancy, warp stalls) on benchmarks/profile_cases.py:
+#   profile    ncu (speed of light, occupancy, warp stalls) on tools/profile_cases.py:
 #              attention fwd+bwd 1 x 32768 x 16 (tf32x3, tf32x3p, tf32, tf32p), solver N = 20000
 #   suite      the rest of the test suite, minus slow tests (only if time is left)
 # then OUTDIR/report.md.  The whole run stays inside GPU_CHECK_SECONDS (default 540 s): a step
@@ -30,7 +30,7 @@
 # skipped for lack of time.
 set -u
 
-OUT=${1:?usage: benchmarks/gpu_check.sh OUTDIR}
+OUT=${1:?usage: tools/gpu_check.sh OUTDIR}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 cd "$(dirname "$0")/.."
@@ -39,6 +39,8 @@ PY=${PYTHON:-python3}
 BUDGET=${GPU_CHECK_SECONDS:-540}
 STEPS=${GPU_CHECK_STEPS:-env,build,import,tests,memcheck,bench,bench_solver,breakdown,racecheck,synccheck,profile,suite}
 START=$(date +%s)
+# the test modules import the shared case modules of tests/ (tests/_attention_cases.py, ...)
+export PYTHONPATH="$ROOT/tests${PYTHONPATH:+:$PYTHONPATH}"
 export OUT ROOT PY
 
 declare -a NAMES STATUS RCS SECS
@@ -96,7 +98,7 @@ env_info() {
   (git -C "$ROOT" rev-parse HEAD && git -C "$ROOT" status --short | head -30) 2>/dev/null || echo "(no git)"
   # the commit above can be stale on a copied tree: a hash of the files themselves identifies the
   # source (the same command on a checkout gives the same hash for the same files)
-  (cd "$ROOT" && git ls-files -co --exclude-standard -- csrc cina_ext tests benchmarks CMakeLists.txt pyproject.toml \
+  (cd "$ROOT" && git ls-files -co --exclude-standard -- csrc cina_ext tests benchmarks tools CMakeLists.txt pyproject.toml \
      | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-16 | sed 's/^/source tree sha256: /') 2>/dev/null
   nproc
 }
@@ -115,9 +117,16 @@ assert torch.cuda.is_available(), 'no CUDA device'
 print('cina_ext CUDA kernels loaded on', torch.cuda.get_device_name(0))"
 }
 
+# the CUDA op tests wherever they live under tests/ (test_ops_cuda.py, test_solver_cuda.py)
+cuda_test_files() {
+  (shopt -s globstar nullglob; cd "$ROOT" && printf '%s\n' tests/**/test_*_cuda.py)
+}
+
 tests() {
-  "$PY" -m pytest -q -rfE --durations=15 -p no:cacheprovider --junitxml="$OUT/tests.xml" tests/test_ops_cuda.py \
-    tests/test_solver_cuda.py
+  local files
+  mapfile -t files < <(cuda_test_files)
+  (( ${#files[@]} > 0 )) || { echo "no tests/**/test_*_cuda.py found"; return 3; }
+  "$PY" -m pytest -q -rfE --durations=15 -p no:cacheprovider --junitxml="$OUT/tests.xml" "${files[@]}"
   local rc=$?
   # all skipped (no device / no CUDA kernels) is a failure here, not a pass
   "$PY" -c "
@@ -131,13 +140,13 @@ sys.exit(3 if n == 0 or k == n else 0)" "$OUT/tests.xml" || return 3
 }
 
 memcheck() {
-  "$SAN" --tool memcheck --error-exitcode 99 $SAN_FILTER "$PY" benchmarks/sanitizer_cases.py
+  "$SAN" --tool memcheck --error-exitcode 99 $SAN_FILTER "$PY" tools/sanitizer_cases.py
 }
 racecheck() {
-  "$SAN" --tool racecheck --error-exitcode 99 $SAN_FILTER "$PY" benchmarks/sanitizer_cases.py --quick
+  "$SAN" --tool racecheck --error-exitcode 99 $SAN_FILTER "$PY" tools/sanitizer_cases.py --quick
 }
 synccheck() {
-  "$SAN" --tool synccheck --error-exitcode 99 $SAN_FILTER "$PY" benchmarks/sanitizer_cases.py --quick
+  "$SAN" --tool synccheck --error-exitcode 99 $SAN_FILTER "$PY" tools/sanitizer_cases.py --quick
 }
 
 bench() {
@@ -166,7 +175,7 @@ breakdown() {
 }
 
 profile() {
-  # Nsight Compute on one call of each hot kernel (benchmarks/profile_cases.py): the attention
+  # Nsight Compute on one call of each hot kernel (tools/profile_cases.py): the attention
   # pass kernels (forward with auxiliaries, backward; variants tf32x3, tf32x3p, tf32, tf32p) and a
   # few rounds of the working-set solver's kernels.  -k matches the kernel's function name
   # (attn_pass_tc_kernel, ws_select_kernel, ...).
@@ -175,18 +184,19 @@ profile() {
   local SECT="--section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats --section SchedulerStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis"
   for v in ${GPU_CHECK_PROFILE_VARIANTS-tf32x3 tf32x3p tf32 tf32p}; do
     echo "=== attention $v"
-    "$NCU" --profile-from-start off $SECT -k regex:attn_pass -c 2 "$PY" benchmarks/profile_cases.py attention --variant $v
+    "$NCU" --profile-from-start off $SECT -k regex:attn_pass -c 2 "$PY" tools/profile_cases.py attention --variant $v
   done
   echo "=== solver (working set)"
-  "$NCU" --profile-from-start off $SECT -k regex:ws_ -c 8 "$PY" benchmarks/profile_cases.py solver
+  "$NCU" --profile-from-start off $SECT -k regex:ws_ -c 8 "$PY" tools/profile_cases.py solver
 }
 
 suite() {
-  "$PY" -m pytest -q -x -p no:cacheprovider -m "not slow" tests \
-    --ignore=tests/test_ops_cuda.py --ignore=tests/test_cuda_emulator.py
+  local ign=(--ignore=tests/emulator/test_cuda_emulator.py) f
+  for f in $(cuda_test_files); do [[ $f == */test_ops_cuda.py ]] && ign+=("--ignore=$f"); done
+  "$PY" -m pytest -q -x -p no:cacheprovider -m "not slow" tests "${ign[@]}"
 }
 
-export -f env_info build import_check tests memcheck racecheck synccheck bench bench_solver breakdown profile suite
+export -f cuda_test_files env_info build import_check tests memcheck racecheck synccheck bench bench_solver breakdown profile suite
 
 step env 60 env_info
 step build 300 build

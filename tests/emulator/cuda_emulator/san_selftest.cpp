@@ -1,5 +1,5 @@
 // Deliberately faulty kernels on the CPU emulator: they show that the sanitizer builds of
-// tests/test_emulator_sanitizers.py do report each class of bug that the sanitizer drivers
+// tests/emulator/test_emulator_sanitizers.py do report each class of bug that the sanitizer drivers
 // (san_attention.cpp, san_qp.cpp) are there to catch.  One case per run, chosen by argv[1]:
 //   ok          a correct kernel (a shared-memory exchange with a barrier): no report expected
 //   race        the same exchange without the barrier (ThreadSanitizer: data race)
@@ -21,7 +21,8 @@ namespace {
 constexpr int kThreads = 64;
 
 template <bool kSync>
-CINA_KERNEL(kThreads) exchange_kernel(const float* in, float* out) {
+CINA_KERNEL(kThreads)
+exchange_kernel(const float* in, float* out) {
   CINA_DYN_SMEM(smem_raw);
   float* s = reinterpret_cast<float*>(smem_raw);
   const int t = threadIdx.x;
@@ -32,7 +33,8 @@ CINA_KERNEL(kThreads) exchange_kernel(const float* in, float* out) {
 
 // cp.async into shared memory (the emulator's model: emulator.h)
 template <bool kWait, bool kWaitAtAll>
-CINA_KERNEL(kThreads) async_kernel(const float* in, float* out) {
+CINA_KERNEL(kThreads)
+async_kernel(const float* in, float* out) {
   CINA_DYN_SMEM(smem_raw);
   float* s = reinterpret_cast<float*>(smem_raw);
   const int t = threadIdx.x;
@@ -76,14 +78,16 @@ int main(int argc, char** argv) {
   for (int i = 0; i < kThreads; ++i) in[i] = static_cast<float>(i);
   const size_t smem = kThreads * sizeof(float);
   if (std::strcmp(what, "ok") == 0) {
-    CINA_LAUNCH(exchange_kernel<true>, dim3(2), dim3(kThreads), smem, nullptr, in.data(), out.data());
+    CINA_LAUNCH(exchange_kernel<true>, dim3(2), dim3(kThreads), smem, nullptr, in.data(),
+                out.data());
     for (int i = 0; i < 2 * kThreads; ++i)
       if (out[i] != in[(i + 1) % kThreads]) {
         std::printf("selftest ok: wrong result\n");
         return 1;
       }
   } else if (std::strcmp(what, "race") == 0) {
-    CINA_LAUNCH(exchange_kernel<false>, dim3(2), dim3(kThreads), smem, nullptr, in.data(), out.data());
+    CINA_LAUNCH(exchange_kernel<false>, dim3(2), dim3(kThreads), smem, nullptr, in.data(),
+                out.data());
   } else if (std::strcmp(what, "overflow") == 0) {
     CINA_LAUNCH(overflow_kernel, dim3(1), dim3(kThreads), smem, nullptr, in.data(), out.data());
   } else if (std::strcmp(what, "global_oob") == 0) {
@@ -97,9 +101,11 @@ int main(int argc, char** argv) {
     ws = nullptr;
   } else if (std::strcmp(what, "async_ok") == 0 || std::strcmp(what, "async_race") == 0) {
     if (what[6] == 'o') {
-      CINA_LAUNCH((async_kernel<true, true>), dim3(2), dim3(kThreads), smem, nullptr, in.data(), out.data());
+      CINA_LAUNCH((async_kernel<true, true>), dim3(2), dim3(kThreads), smem, nullptr, in.data(),
+                  out.data());
     } else {
-      CINA_LAUNCH((async_kernel<false, true>), dim3(2), dim3(kThreads), smem, nullptr, in.data(), out.data());
+      CINA_LAUNCH((async_kernel<false, true>), dim3(2), dim3(kThreads), smem, nullptr, in.data(),
+                  out.data());
     }
     if (!emu::launch_error.empty()) {
       std::printf("selftest %s: %s\n", what, emu::launch_error.c_str());
@@ -112,7 +118,8 @@ int main(int argc, char** argv) {
       }
   } else if (std::strcmp(what, "async_leak") == 0) {
     emu::launch_error.clear();
-    CINA_LAUNCH((async_kernel<false, false>), dim3(1), dim3(kThreads), smem, nullptr, in.data(), out.data());
+    CINA_LAUNCH((async_kernel<false, false>), dim3(1), dim3(kThreads), smem, nullptr, in.data(),
+                out.data());
     if (emu::launch_error.find("cp.async") == std::string::npos) {
       std::printf("selftest async_leak: not reported\n");
       return 1;
@@ -121,16 +128,19 @@ int main(int argc, char** argv) {
   } else if (std::strcmp(what, "smem_optin") == 0) {
     const size_t big = 64 * 1024;
     emu::launch_error.clear();
-    CINA_LAUNCH(exchange_kernel<true>, dim3(1), dim3(kThreads), big, nullptr, in.data(), out.data());
+    CINA_LAUNCH(exchange_kernel<true>, dim3(1), dim3(kThreads), big, nullptr, in.data(),
+                out.data());
     if (emu::launch_error.empty()) {
       std::printf("selftest smem_optin: a 64 KiB launch without the opt-in was not refused\n");
       return 1;
     }
     if (cina::cuda_rt::rt_set_max_dyn_smem(exchange_kernel<true>, big)) return 1;
     emu::launch_error.clear();
-    CINA_LAUNCH(exchange_kernel<true>, dim3(1), dim3(kThreads), big, nullptr, in.data(), out.data());
+    CINA_LAUNCH(exchange_kernel<true>, dim3(1), dim3(kThreads), big, nullptr, in.data(),
+                out.data());
     if (!emu::launch_error.empty() || out[0] != in[1]) {
-      std::printf("selftest smem_optin: the launch after the opt-in failed: %s\n", emu::launch_error.c_str());
+      std::printf("selftest smem_optin: the launch after the opt-in failed: %s\n",
+                  emu::launch_error.c_str());
       return 1;
     }
     std::printf("selftest smem_optin: refused without the opt-in, run with it\n");

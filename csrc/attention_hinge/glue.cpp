@@ -1,9 +1,9 @@
-// The one place where every operator of the `cina` namespace is declared (schemas) and bound to
-// its CPU and CUDA kernels.  The kernels take raw pointers; this file only checks tensors,
-// allocates outputs and dispatches on dtype.
-#include <Python.h>
+// Torch glue of the fused attention + hinge operator: schemas, tensor checks, output allocation,
+// dtype dispatch and the device branch (CPU: csrc/attention_hinge/cpu_dispatch.cpp, CUDA:
+// csrc/attention_hinge/cuda.cu on the current stream).
+#include "attention_hinge/glue.h"
+
 #include <torch/library.h>
-#include <ATen/ATen.h>
 
 #ifdef CINA_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
@@ -11,13 +11,6 @@
 #endif
 
 #include "attention_hinge/attention_hinge.h"
-#include "qp_solve/glue.h"
-
-// An importable (empty) Python module: loading it runs the static registrations below.
-extern "C" PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module_def);
-}
 
 namespace cina {
 namespace {
@@ -50,10 +43,11 @@ void check_attention_args(const at::Tensor& K, const at::Tensor& V, const at::Te
               "cina::attention_hinge: inputs must be contiguous");
 }
 
+}  // namespace
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_hinge_fwd(
     const at::Tensor& K, const at::Tensor& V, const at::Tensor& W, const at::Tensor& b,
-    const at::Tensor& lam, const at::Tensor& mask, double scale, int64_t loss_kind,
-    bool need_aux) {
+    const at::Tensor& lam, const at::Tensor& mask, double scale, int64_t loss_kind, bool need_aux) {
   check_attention_args(K, V, W, b, lam, mask);
   TORCH_CHECK(loss_kind == kHinge || loss_kind == kSquaredHinge,
               "cina::attention_hinge: loss_kind must be 0 (hinge) or 1 (squared hinge)");
@@ -61,8 +55,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention
   auto loss = at::empty({shape.B}, K.options());
   auto out = at::empty({shape.B, shape.N}, K.options());
   auto lse = at::empty({shape.B, shape.N}, K.options());
-  auto A = need_aux ? at::empty({shape.B, shape.N, shape.D}, K.options()) : at::empty({0}, K.options());
-  auto Bk = need_aux ? at::empty({shape.B, shape.N, shape.D}, K.options()) : at::empty({0}, K.options());
+  auto A =
+      need_aux ? at::empty({shape.B, shape.N, shape.D}, K.options()) : at::empty({0}, K.options());
+  auto Bk =
+      need_aux ? at::empty({shape.B, shape.N, shape.D}, K.options()) : at::empty({0}, K.options());
   if (K.is_cuda()) {
 #ifdef CINA_WITH_CUDA
     const c10::cuda::CUDAGuard guard(K.device());
@@ -100,11 +96,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_hinge_bwd(
   check_attention_args(K, V, W, b, lam, mask);
   const AttentionHingeShape shape{K.size(0), K.size(1), K.size(2)};
   for (const auto* t : {&out, &lse, &g_out, &g_lse})
-    TORCH_CHECK(t->sizes() == V.sizes() && t->scalar_type() == K.scalar_type() && t->is_contiguous(),
-                "cina::attention_hinge_bwd: per-unit tensors must match V");
+    TORCH_CHECK(
+        t->sizes() == V.sizes() && t->scalar_type() == K.scalar_type() && t->is_contiguous(),
+        "cina::attention_hinge_bwd: per-unit tensors must match V");
   for (const auto* t : {&A, &Bk})
-    TORCH_CHECK(t->sizes() == K.sizes() && t->scalar_type() == K.scalar_type() && t->is_contiguous(),
-                "cina::attention_hinge_bwd: A and Bk must match K (run the forward with need_aux)");
+    TORCH_CHECK(
+        t->sizes() == K.sizes() && t->scalar_type() == K.scalar_type() && t->is_contiguous(),
+        "cina::attention_hinge_bwd: A and Bk must match K (run the forward with need_aux)");
   TORCH_CHECK(g_loss.sizes() == b.sizes() && g_loss.scalar_type() == K.scalar_type() &&
                   g_loss.is_contiguous(),
               "cina::attention_hinge_bwd: g_loss must match b");
@@ -142,9 +140,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_hinge_bwd(
   return {dK, dV, db};
 }
 
-}  // namespace
-
-TORCH_LIBRARY(cina, m) {
+// (the namespace itself is declared in csrc/module.cpp)
+TORCH_LIBRARY_FRAGMENT(cina, m) {
   m.def(
       "attention_hinge_fwd(Tensor K, Tensor V, Tensor W, Tensor b, Tensor lam, Tensor mask, "
       "float scale, int loss_kind, bool need_aux) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
@@ -152,37 +149,17 @@ TORCH_LIBRARY(cina, m) {
       "attention_hinge_bwd(Tensor K, Tensor V, Tensor W, Tensor b, Tensor lam, Tensor mask, "
       "Tensor out, Tensor lse, Tensor A, Tensor Bk, Tensor g_loss, Tensor g_out, Tensor g_lse, "
       "float scale, int loss_kind) -> (Tensor, Tensor, Tensor)");
-  // batched box-QP / balancing dual solver (csrc/qp_solve)
-  m.def(
-      "qp_solve_batch(Tensor X, int kind, Tensor gamma, float scale, Tensor lse, Tensor src, "
-      "Tensor mask, Tensor? sign, Tensor qscale, Tensor diag_add, Tensor p, Tensor lo, Tensor up, "
-      "Tensor? c, Tensor? d, Tensor? x0, Tensor tol, Tensor max_iter, int cache_bytes, "
-      "bool shrinking, int inner_min_units) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
-  m.def("qp_kernel_lse(Tensor X, Tensor mask, float scale) -> Tensor");
-  m.def(
-      "qp_kernel_rowsum(Tensor X, int kind, Tensor gamma, float scale, Tensor lse, "
-      "Tensor rowmask, Tensor colmask) -> Tensor");
-  m.def("qp_check_dense(Tensor A, Tensor mask) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(cina, CPU, m) {
   m.impl("attention_hinge_fwd", &attention_hinge_fwd);
   m.impl("attention_hinge_bwd", &attention_hinge_bwd);
-  m.impl("qp_solve_batch", &qp_solve_batch);
-  m.impl("qp_kernel_lse", &qp_kernel_lse);
-  m.impl("qp_kernel_rowsum", &qp_kernel_rowsum);
-  m.impl("qp_check_dense", &qp_check_dense);
 }
 
 #ifdef CINA_WITH_CUDA
 TORCH_LIBRARY_IMPL(cina, CUDA, m) {
   m.impl("attention_hinge_fwd", &attention_hinge_fwd);
   m.impl("attention_hinge_bwd", &attention_hinge_bwd);
-  // the QP glue branches on the device itself (csrc/qp_solve/glue.cpp -> cuda.cu)
-  m.impl("qp_solve_batch", &qp_solve_batch);
-  m.impl("qp_kernel_lse", &qp_kernel_lse);
-  m.impl("qp_kernel_rowsum", &qp_kernel_rowsum);
-  m.impl("qp_check_dense", &qp_check_dense);
 }
 #endif
 
