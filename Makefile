@@ -35,7 +35,7 @@ test-all: build
 	$(PY) -m pytest -q tests
 
 # Lint and format checks: ruff (Python) and clang-format (C++/CUDA), the pinned versions.
-LINT_TOOLS = ruff==0.17.6 clang-format==21.1.2
+LINT_TOOLS = ruff==0.17.6 clang-format==23.1.5
 $(VENV)/.lint-ready: $(VENV)/.ready
 	$(PY) -m pip install -q $(LINT_TOOLS)
 	touch $@

@@ -40,11 +40,11 @@ time, extrapolated quadratically from the same method at a smaller N, would exce
 Writes results.json, results.md and results.png (matplotlib, if installed) to --out
 (default benchmarks/out).  ``--quick`` runs a small set (GPU check script, CI smoke).
 """
+
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import resource
@@ -60,15 +60,22 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-EXP_RATE = 4.0e12     # exponentials per second of one H100/H200 (docs/benchmarks.md)
-TF32_RATE = 409e12    # TF32 tensor-core matmul flop/s measured on the H200 (docs/benchmarks.md)
+EXP_RATE = 4.0e12  # exponentials per second of one H100/H200 (docs/benchmarks.md)
+TF32_RATE = 409e12  # TF32 tensor-core matmul flop/s measured on the H200 (docs/benchmarks.md)
 
 GPU_SHAPES_FULL = [
-    (1, 4096, 32), (8, 4096, 32), (1, 16384, 32), (64, 1024, 32), (1, 32768, 16),
-    (1, 65536, 16), (1, 131072, 16), (1, 262144, 16), (1, 1_000_000, 16), (4096, 256, 16),
+    (1, 4096, 32),
+    (8, 4096, 32),
+    (1, 16384, 32),
+    (64, 1024, 32),
+    (1, 32768, 16),
+    (1, 65536, 16),
+    (1, 131072, 16),
+    (1, 262144, 16),
+    (1, 1_000_000, 16),
+    (4096, 256, 16),
 ]
-GPU_SHAPES_QUICK = [(1, 4096, 32), (64, 1024, 32), (1, 32768, 16), (4096, 256, 16), (1, 131072, 16),
-                    (1, 1_000_000, 16)]
+GPU_SHAPES_QUICK = [(1, 4096, 32), (64, 1024, 32), (1, 32768, 16), (4096, 256, 16), (1, 131072, 16), (1, 1_000_000, 16)]
 CPU_SHAPES_FULL = [(1, 1024, 16), (1, 4096, 16), (8, 1024, 32), (64, 256, 16)]
 CPU_SHAPES_QUICK = [(1, 1024, 16), (8, 1024, 32), (64, 256, 16)]
 VARIANTS = ("simt", "tf32x3", "tf32", "tf32x3p", "tf32p")
@@ -76,6 +83,7 @@ VARIANTS = ("simt", "tf32x3", "tf32", "tf32x3p", "tf32p")
 
 # ---------------------------------------------------------------------------------------------
 # cases
+
 
 def make_inputs(B, N, D, device, dtype=torch.float32, seed=0):
     g = torch.Generator(device="cpu").manual_seed(seed)
@@ -95,8 +103,9 @@ def nominal_work(B, N, D, mode):
 
 def build_fn(method, mode, K, V, W, b, lam=1e-3):
     """A zero-argument callable running one forward (and backward) of ``method``."""
-    from cina_ext import ops, reference
     import torch.nn.functional as F
+
+    from cina_ext import ops, reference
 
     grad = mode == "fwdbwd"
     if method.startswith("sdpa"):
@@ -134,7 +143,7 @@ def build_fn(method, mode, K, V, W, b, lam=1e-3):
     if method.startswith("fused"):
         # fused[VARIANT] or fused[VARIANT/sN]: kernel variant and, optionally, the column splits
         # forced to at most N (CINA_ATTENTION_SPLITS; "auto" otherwise)
-        spec = method[method.index("[") + 1:-1] if "[" in method else ""
+        spec = method[method.index("[") + 1 : -1] if "[" in method else ""
         variant, _, splits = spec.partition("/s")
         variant = variant or None
 
@@ -153,6 +162,7 @@ def build_fn(method, mode, K, V, W, b, lam=1e-3):
         return fn, {}
 
     if method == "reference":
+
         def fn():
             Kx, Vx, bx = (t.detach().requires_grad_(grad) for t in (K, V, b))
             if grad:
@@ -190,8 +200,9 @@ def time_fn(fn, device, reps, warmup):
 def cpu_peak_bytes(method, mode, B, N, D):
     """Resident-set high-water-mark increase of one call, in a fresh process (see module doc)."""
     spec = json.dumps({"method": method, "mode": mode, "shape": [B, N, D]})
-    res = subprocess.run([sys.executable, __file__, "--_measure-cpu-memory", spec],
-                         capture_output=True, text=True, timeout=900)
+    res = subprocess.run(
+        [sys.executable, __file__, "--_measure-cpu-memory", spec], capture_output=True, text=True, timeout=900
+    )
     if res.returncode != 0:
         return None
     return int(res.stdout.strip().splitlines()[-1])
@@ -236,7 +247,10 @@ def device_name(device):
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                return line.split(":", 1)[1].strip() + f" ({os.cpu_count()} logical cores, {torch.get_num_threads()} torch threads)"
+                return (
+                    line.split(":", 1)[1].strip()
+                    + f" ({os.cpu_count()} logical cores, {torch.get_num_threads()} torch threads)"
+                )
     except OSError:
         pass
     return platform.processor() or "cpu"
@@ -244,6 +258,7 @@ def device_name(device):
 
 # ---------------------------------------------------------------------------------------------
 # driver
+
 
 def run(opts):
     device = opts.device
@@ -274,7 +289,7 @@ def run(opts):
     # the split sweep (--splits): the tf32 kernel with the column splits forced, on one-dataset
     # shapes up to 65536 units (where a grid of ceil(N / 64) row tiles leaves SMs under-occupied)
     sweep = [f"fused[tf32/s{k}]" for k in opts.splits.split(",") if k] if device == "cuda" and fused else []
-    for (B, N, D) in shapes:
+    for B, N, D in shapes:
         K, V, W, b = make_inputs(B, N, D, device)
         shape_methods = methods + (sweep if B == 1 and N <= 65536 else [])
         for mode in ("fwd", "fwdbwd"):
@@ -326,9 +341,12 @@ def run(opts):
                     row["exp_frac"] = (exps / EXP_RATE) / med
                     row["tc_frac"] = (flops / TF32_RATE) / med
                     last_time[(method, mode)] = (N, B, med)
-                    print(f"{B}x{N}x{D} {mode:6s} {method:16s} {med * 1e3:10.3f} ms  "
-                          f"peak {row.get('peak_mem_bytes') or 0:>14,d} B  {row['tflops']:7.2f} TFLOP/s  "
-                          f"exp_frac {row['exp_frac']:.3f}", flush=True)
+                    print(
+                        f"{B}x{N}x{D} {mode:6s} {method:16s} {med * 1e3:10.3f} ms  "
+                        f"peak {row.get('peak_mem_bytes') or 0:>14,d} B  {row['tflops']:7.2f} TFLOP/s  "
+                        f"exp_frac {row['exp_frac']:.3f}",
+                        flush=True,
+                    )
                 except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
                     row["error"] = str(exc).splitlines()[0][:300]
                     print(f"{B}x{N}x{D} {mode:6s} {method:16s} error: {row['error']}", flush=True)
@@ -339,8 +357,9 @@ def run(opts):
         if device == "cuda":
             torch.cuda.empty_cache()
     # speed-ups against the reference of the same shape and mode
-    ref = {(r["B"], r["N"], r["D"], r["mode"]): r["time_ms"] for r in rows
-           if r["method"] == "reference" and "time_ms" in r}
+    ref = {
+        (r["B"], r["N"], r["D"], r["mode"]): r["time_ms"] for r in rows if r["method"] == "reference" and "time_ms" in r
+    }
     for r in rows:
         key = (r["B"], r["N"], r["D"], r["mode"])
         if "time_ms" in r and key in ref:
@@ -352,14 +371,23 @@ def write_outputs(out_dir, device, rows, opts):
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
         from cina_ext import _build_info as bi
-        build = {"torch_built": bi.TORCH_VERSION, "with_cuda": bi.WITH_CUDA,
-                 "cuda_arch": getattr(bi, "CUDA_ARCHITECTURES", "")}
+
+        build = {
+            "torch_built": bi.TORCH_VERSION,
+            "with_cuda": bi.WITH_CUDA,
+            "cuda_arch": getattr(bi, "CUDA_ARCHITECTURES", ""),
+        }
     except ImportError:
         build = {}
     meta = {
-        "device": device, "device_name": device_name(device), "torch": torch.__version__,
-        "cuda": torch.version.cuda, "python": platform.python_version(), "build": build,
-        "quick": opts.quick, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "device": device,
+        "device_name": device_name(device),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "build": build,
+        "quick": opts.quick,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "constants": {"exp_rate": EXP_RATE, "tf32_rate": TF32_RATE},
     }
     (out_dir / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
@@ -382,11 +410,14 @@ def write_outputs(out_dir, device, rows, opts):
         mem_s = f"{mem / 2**20:.1f}" if mem is not None else "n/a"
         sp = r.get("speedup_vs_reference")
         sp_s = f"{sp:.1f}x" if sp else ""
-        lines.append(f"| {shape} | {r['mode']} | {r['method']} | {r['time_ms']:.3f} | {mem_s} | "
-                     f"{r['tflops']:.2f} | {r['exp_per_s']:.3g} | {r['exp_frac']:.3f} | {sp_s} |")
+        lines.append(
+            f"| {shape} | {r['mode']} | {r['method']} | {r['time_ms']:.3f} | {mem_s} | "
+            f"{r['tflops']:.2f} | {r['exp_per_s']:.3g} | {r['exp_frac']:.3f} | {sp_s} |"
+        )
     (out_dir / "results.md").write_text("\n".join(lines) + "\n")
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -396,8 +427,11 @@ def write_outputs(out_dir, device, rows, opts):
     for ax, mode in zip(axes, ("fwd", "fwdbwd")):
         methods = sorted({r["method"] for r in rows})
         for m in methods:
-            pts = sorted((r["N"], r["time_ms"]) for r in rows
-                         if r["method"] == m and r["mode"] == mode and r["B"] == 1 and "time_ms" in r)
+            pts = sorted(
+                (r["N"], r["time_ms"])
+                for r in rows
+                if r["method"] == m and r["mode"] == mode and r["B"] == 1 and "time_ms" in r
+            )
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=m)
         ax.set_xscale("log")
@@ -420,13 +454,25 @@ def main(argv=None):
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     ap.add_argument("--variants", default="", help="CUDA kernel variants, comma separated (default: all)")
     ap.add_argument("--shapes", default="", help="override shapes, e.g. 1x4096x32,8x1024x16")
-    ap.add_argument("--splits", default="", help="CUDA: also time the tf32 kernel with the column splits "
-                    "forced to each of these (comma separated, e.g. 1,2,4,8), on B = 1 shapes up to N = 65536")
+    ap.add_argument(
+        "--splits",
+        default="",
+        help="CUDA: also time the tf32 kernel with the column splits "
+        "forced to each of these (comma separated, e.g. 1,2,4,8), on B = 1 shapes up to N = 65536",
+    )
     ap.add_argument("--reps", type=int, default=0, help="timed repetitions (default 10, quick 3)")
-    ap.add_argument("--max-seconds", type=float, default=None,
-                    help="skip a case whose extrapolated time exceeds this (default 60, quick 20)")
-    ap.add_argument("--total-seconds", type=float, default=None,
-                    help="skip everything once this much time has passed (default 3600, quick 150)")
+    ap.add_argument(
+        "--max-seconds",
+        type=float,
+        default=None,
+        help="skip a case whose extrapolated time exceeds this (default 60, quick 20)",
+    )
+    ap.add_argument(
+        "--total-seconds",
+        type=float,
+        default=None,
+        help="skip everything once this much time has passed (default 3600, quick 150)",
+    )
     ap.add_argument("--no-cpu-memory", action="store_true", help="skip the subprocess memory measurement")
     ap.add_argument("--_measure-cpu-memory", dest="measure", default=None, help=argparse.SUPPRESS)
     opts = ap.parse_args(argv)
@@ -440,7 +486,10 @@ def main(argv=None):
     device, rows = run(opts)
     out = Path(opts.out)
     write_outputs(out, device, rows, opts)
-    print(f"wrote {out / 'results.json'}, {out / 'results.md'}" + (", results.png" if (out / "results.png").exists() else ""))
+    print(
+        f"wrote {out / 'results.json'}, {out / 'results.md'}"
+        + (", results.png" if (out / "results.png").exists() else "")
+    )
     return 0
 
 

@@ -13,6 +13,7 @@ Three tables (markdown on stdout, JSON + markdown in --out):
 3. csv: `cina estimate --method kernel --n-bootstrap 0 --json` on a generated CSV (wall time and peak
    resident memory of the CLI process, the file size).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,10 +66,20 @@ def accuracy(sizes, seeds, rank):
                 err_lr.append(abs(lr - truth))
                 t_ex.append(t1 - t0)
                 t_lr.append(t2 - t1)
-            rows.append({"n": n, "estimand": estimand, "rank": rank, "seeds": seeds,
-                         "mean_abs_diff": float(np.mean(diffs)), "max_abs_diff": float(np.max(diffs)),
-                         "mae_exact": float(np.mean(err_ex)), "mae_low_rank": float(np.mean(err_lr)),
-                         "time_exact_s": float(np.mean(t_ex)), "time_low_rank_s": float(np.mean(t_lr))})
+            rows.append(
+                {
+                    "n": n,
+                    "estimand": estimand,
+                    "rank": rank,
+                    "seeds": seeds,
+                    "mean_abs_diff": float(np.mean(diffs)),
+                    "max_abs_diff": float(np.max(diffs)),
+                    "mae_exact": float(np.mean(err_ex)),
+                    "mae_low_rank": float(np.mean(err_lr)),
+                    "time_exact_s": float(np.mean(t_ex)),
+                    "time_low_rank_s": float(np.mean(t_lr)),
+                }
+            )
             print(rows[-1], flush=True)
     return rows
 
@@ -115,12 +126,27 @@ def csv_run(n_rows, p=10):
         df.to_csv(path, index=False, float_format="%.6g")
         size = os.path.getsize(path)
         del df
-        cmd = [sys.executable, "-c",
-               "import resource, sys; from cina_ext.cli import main; code = main(sys.argv[1:]); "
-               "print('PEAK_RSS_MIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, file=sys.stderr); "
-               "sys.exit(code)",
-               "estimate", path, "--treatment", "treat", "--outcome", "y", "--method", "kernel", "--estimand", "ate",
-               "--n-bootstrap", "0", "--json", "--quiet"]
+        cmd = [
+            sys.executable,
+            "-c",
+            "import resource, sys; from cina_ext.cli import main; code = main(sys.argv[1:]); "
+            "print('PEAK_RSS_MIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, file=sys.stderr); "
+            "sys.exit(code)",
+            "estimate",
+            path,
+            "--treatment",
+            "treat",
+            "--outcome",
+            "y",
+            "--method",
+            "kernel",
+            "--estimand",
+            "ate",
+            "--n-bootstrap",
+            "0",
+            "--json",
+            "--quiet",
+        ]
         t0 = time.perf_counter()
         out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT})
         wall = time.perf_counter() - t0
@@ -128,33 +154,59 @@ def csv_run(n_rows, p=10):
         raise RuntimeError(f"cina estimate failed: {out.stderr[-2000:]}")
     payload = json.loads(out.stdout)
     peak = [float(line.split()[1]) for line in out.stderr.splitlines() if line.startswith("PEAK_RSS_MIB")][0]
-    row = {"rows": n_rows, "covariates": p, "file_mib": size / 2**20, "wall_s": wall, "peak_rss_mib": peak,
-           "estimate": payload["estimate"], "truth": d.truth("ate"), "warnings": payload.get("warnings", [])}
+    row = {
+        "rows": n_rows,
+        "covariates": p,
+        "file_mib": size / 2**20,
+        "wall_s": wall,
+        "peak_rss_mib": peak,
+        "estimate": payload["estimate"],
+        "truth": d.truth("ate"),
+        "warnings": payload.get("warnings", []),
+    }
     print(row, flush=True)
     return row
 
 
 def markdown(res) -> str:
-    out = [f"# Large datasets ({res['date']}, {res['machine']})", "",
-           "## Low-rank (random Fourier features) against the exact solver", "",
-           "| N | estimand | rank | seeds | mean abs diff | max abs diff | MAE exact | MAE low-rank | exact s | "
-           "low-rank s |", "|---|---|---|---|---|---|---|---|---|---|"]
+    out = [
+        f"# Large datasets ({res['date']}, {res['machine']})",
+        "",
+        "## Low-rank (random Fourier features) against the exact solver",
+        "",
+        "| N | estimand | rank | seeds | mean abs diff | max abs diff | MAE exact | MAE low-rank | exact s | "
+        "low-rank s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in res["accuracy"]:
-        out.append(f"| {r['n']} | {r['estimand']} | {r['rank']} | {r['seeds']} | {r['mean_abs_diff']:.4f} | "
-                   f"{r['max_abs_diff']:.4f} | {r['mae_exact']:.4f} | {r['mae_low_rank']:.4f} | "
-                   f"{r['time_exact_s']:.2f} | {r['time_low_rank_s']:.2f} |")
-    out += ["", "## Low-rank path at scale (fresh process per size)", "",
-            "| N | estimand | rank | fit + estimate s | peak RSS MiB | estimate | truth | L-BFGS iterations |",
-            "|---|---|---|---|---|---|---|---|"]
+        out.append(
+            f"| {r['n']} | {r['estimand']} | {r['rank']} | {r['seeds']} | {r['mean_abs_diff']:.4f} | "
+            f"{r['max_abs_diff']:.4f} | {r['mae_exact']:.4f} | {r['mae_low_rank']:.4f} | "
+            f"{r['time_exact_s']:.2f} | {r['time_low_rank_s']:.2f} |"
+        )
+    out += [
+        "",
+        "## Low-rank path at scale (fresh process per size)",
+        "",
+        "| N | estimand | rank | fit + estimate s | peak RSS MiB | estimate | truth | L-BFGS iterations |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in res["scale"]:
-        out.append(f"| {r['n']} | {r['estimand']} | {r['rank']} | {r['seconds']:.1f} | {r['peak_rss_mib']:.0f} | "
-                   f"{r['estimate']:.4f} | {r['truth']:.4f} | {r['iterations']} |")
+        out.append(
+            f"| {r['n']} | {r['estimand']} | {r['rank']} | {r['seconds']:.1f} | {r['peak_rss_mib']:.0f} | "
+            f"{r['estimate']:.4f} | {r['truth']:.4f} | {r['iterations']} |"
+        )
     if res.get("csv"):
         c = res["csv"]
-        out += ["", "## `cina estimate --method kernel` on a CSV", "",
-                "| rows | covariates | file MiB | wall s | peak RSS MiB | estimate | truth |", "|---|---|---|---|---|---|---|",
-                f"| {c['rows']} | {c['covariates']} | {c['file_mib']:.0f} | {c['wall_s']:.1f} | {c['peak_rss_mib']:.0f} | "
-                f"{c['estimate']:.4f} | {c['truth']:.4f} |"]
+        out += [
+            "",
+            "## `cina estimate --method kernel` on a CSV",
+            "",
+            "| rows | covariates | file MiB | wall s | peak RSS MiB | estimate | truth |",
+            "|---|---|---|---|---|---|---|",
+            f"| {c['rows']} | {c['covariates']} | {c['file_mib']:.0f} | {c['wall_s']:.1f} | {c['peak_rss_mib']:.0f} | "
+            f"{c['estimate']:.4f} | {c['truth']:.4f} |",
+        ]
     return "\n".join(out) + "\n"
 
 

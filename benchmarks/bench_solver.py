@@ -33,6 +33,7 @@ Writes solver.json, solver.md and solver.png (matplotlib, if installed) to --out
 benchmarks/out), with the machine (CPU model, cores, torch threads, load average, GPU).
 ``--quick`` runs a small set (CI / the GPU check script).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from cina_ext._core.backend import _has_solver_kernel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,6 +55,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import importlib
+
 reference_qp = importlib.import_module("cina_ext.reference.qp_solve")  # noqa: E402
 solver = importlib.import_module("cina_ext.ops.qp_solve")  # noqa: E402
 from cina_ext._core.extension import extension_error, has_extension  # noqa: E402
@@ -143,8 +146,8 @@ def overlap_objective(X, W, alpha, lam, gamma, chunk=2048):
         x, aw = X[b], alpha[b] * W[b]
         quad = 0.0
         for s in range(0, x.shape[0], chunk):
-            d2 = torch.cdist(x[s:s + chunk], x).pow(2)
-            quad += float(aw[s:s + chunk] @ (torch.exp(-float(gamma[b]) * d2) @ aw))
+            d2 = torch.cdist(x[s : s + chunk], x).pow(2)
+            quad += float(aw[s : s + chunk] @ (torch.exp(-float(gamma[b]) * d2) @ aw))
         out.append(0.5 * quad / lam - float(alpha[b].sum()))
     return torch.tensor(out, dtype=torch.float64)
 
@@ -157,8 +160,13 @@ def run_solver(fn, X, W, lam, tol, estimand, **kw):
     if X.is_cuda:
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
-    return dt, {"alpha": r.alpha.cpu(), "iterations": r.iterations.cpu().tolist(), "kkt": float(r.kkt.max()),
-                "converged": float(r.converged.float().mean()), "objective": r.objective.cpu()}
+    return dt, {
+        "alpha": r.alpha.cpu(),
+        "iterations": r.iterations.cpu().tolist(),
+        "kkt": float(r.kkt.max()),
+        "converged": float(r.converged.float().mean()),
+        "objective": r.objective.cpu(),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,7 +189,7 @@ def with_env(var, value, fn):
 
 
 def parse_cuda_config(spec: str):
-    """"block" | "ws" | "ws/SIZE" with optional "/tT" (sub-problem threads) and "/lF" (sub-problem
+    """ "block" | "ws" | "ws/SIZE" with optional "/tT" (sub-problem threads) and "/lF" (sub-problem
     tolerance factor) -> (name, the environment variables that select it; None = unset)."""
     parts = spec.split("/")
     if parts[0] == "block" and len(parts) == 1:
@@ -206,7 +214,7 @@ def parse_cuda_config(spec: str):
 def with_envs(env: dict, fn):
     """fn() with every variable of env set (or unset for None), restored afterwards."""
     for var, value in env.items():
-        fn = (lambda f, var=var, value=value: (lambda: with_env(var, value, f)))(fn)
+        fn = (lambda f, var=var, value=value: lambda: with_env(var, value, f))(fn)
     return fn()
 
 
@@ -214,20 +222,27 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description="Benchmarks of the batched balancing dual solver")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="output directory")
     ap.add_argument("--quick", action="store_true", help="small set of cases, one repetition")
-    ap.add_argument("--max-n", type=int, default=None, help="skip cases with more units per dataset (default 1e5; quick 1e4)")
+    ap.add_argument(
+        "--max-n", type=int, default=None, help="skip cases with more units per dataset (default 1e5; quick 1e4)"
+    )
     ap.add_argument("--max-n-sklearn", type=int, default=20000, help="largest N run with sklearn")
     ap.add_argument("--max-n-reference", type=int, default=10000, help="largest N run with the reference")
-    ap.add_argument("--max-seconds", type=float, default=None, help="skip runs extrapolated to take longer (default 600; quick 60)")
+    ap.add_argument(
+        "--max-seconds", type=float, default=None, help="skip runs extrapolated to take longer (default 600; quick 60)"
+    )
     ap.add_argument("--reps", type=int, default=0, help="timed repetitions (default 3, quick 1; 1 above 10 s)")
     ap.add_argument("--tol", type=float, default=1e-3, help="KKT tolerance for every method (sklearn's default 1e-3)")
     ap.add_argument("--cache-mb", type=float, default=1024, help="kernel cache of sklearn and of the compiled solver")
     ap.add_argument("--problems", default="overlap,ate")
     ap.add_argument("--cases", default="", help="override the cases, e.g. 1x10000,64x1000 (datasets x units)")
     ap.add_argument("--methods", default="sklearn,reference,cpu,cpu1,cuda")
-    ap.add_argument("--cuda-configs", default="block,ws,ws/256",
-                    help="CUDA algorithm settings timed side by side: block, ws (default settings), ws/SIZE, "
-                         "ws/SIZE/tT (T threads in the sub-problem kernel, CINA_QP_WS_THREADS), ws/SIZE/lF "
-                         "(sub-problem tolerance factor, CINA_QP_WS_LTOL)")
+    ap.add_argument(
+        "--cuda-configs",
+        default="block,ws,ws/256",
+        help="CUDA algorithm settings timed side by side: block, ws (default settings), ws/SIZE, "
+        "ws/SIZE/tT (T threads in the sub-problem kernel, CINA_QP_WS_THREADS), ws/SIZE/lF "
+        "(sub-problem tolerance factor, CINA_QP_WS_LTOL)",
+    )
     args = ap.parse_args(argv)
     cuda_configs = [parse_cuda_config(c) for c in args.cuda_configs.split(",") if c]
 
@@ -246,15 +261,21 @@ def main(argv=None):
 
     info = machine()
     nthreads = torch.get_num_threads()
-    print(f"machine: {info['cpu']}, {info['cores']} cores, torch threads {nthreads}, load {info['load_average_start']}, "
-          f"gpu {info['gpu']}", flush=True)
+    print(
+        f"machine: {info['cpu']}, {info['cores']} cores, torch threads {nthreads}, load {info['load_average_start']}, "
+        f"gpu {info['gpu']}",
+        flush=True,
+    )
     if not has_extension():
         print(f"compiled extension missing ({extension_error()}): cpu/cuda rows skipped", flush=True)
     cuda_ok = torch.cuda.is_available() and has_extension() and _has_solver_kernel(torch.device("cuda"))
     notes = []
     if "cuda" in methods and not cuda_ok:
-        notes.append("cuda: skipped (" + ("no GPU" if not torch.cuda.is_available()
-                                           else "this build has no CUDA kernel for the solver") + ")")
+        notes.append(
+            "cuda: skipped ("
+            + ("no GPU" if not torch.cuda.is_available() else "this build has no CUDA kernel for the solver")
+            + ")"
+        )
 
     if cuda_ok and "cuda" in methods:  # warm-up: CUDA context, module load, allocator pools
         Xw, Ww = make_data(2, 64)
@@ -278,15 +299,26 @@ def main(argv=None):
             gamma = solver._rbf_gamma(X, torch.ones(B, N, dtype=torch.bool))
             plan = []
             if "sklearn" in methods and problem == "overlap" and N <= args.max_n_sklearn:
-                plan.append(("sklearn", lambda X=X, W=W, lam=lam, gamma=gamma: run_sklearn(X, W, lam, args.tol, gamma,
-                                                                                     args.cache_mb)))
+                plan.append(
+                    (
+                        "sklearn",
+                        lambda X=X, W=W, lam=lam, gamma=gamma: run_sklearn(X, W, lam, args.tol, gamma, args.cache_mb),
+                    )
+                )
             ref_bytes = 4 * B * N * N * 8
             if "reference" in methods and N <= args.max_n_reference and ref_bytes < 0.25 * mem_bytes():
-                plan.append(("reference", lambda X=X, W=W, lam=lam, problem=problem: run_solver(
-                    reference_qp.dual_solve, X, W, lam, args.tol, problem)))
+                plan.append(
+                    (
+                        "reference",
+                        lambda X=X, W=W, lam=lam, problem=problem: run_solver(
+                            reference_qp.dual_solve, X, W, lam, args.tol, problem
+                        ),
+                    )
+                )
             if has_extension():
                 fused = lambda X=X, W=W, lam=lam, problem=problem: run_solver(  # noqa: E731
-                    solver.dual_solve, X, W, lam, args.tol, problem, backend="fused", cache_mb=args.cache_mb)
+                    solver.dual_solve, X, W, lam, args.tol, problem, backend="fused", cache_mb=args.cache_mb
+                )
                 if "cpu" in methods:
                     plan.append((f"cpu[{nthreads} threads]", fused))
                 if "cpu1" in methods and nthreads > 1 and N <= args.max_n_sklearn:  # the per-core comparison
@@ -297,19 +329,36 @@ def main(argv=None):
                 # the working-set decomposition from 4096 units, one block per problem below
                 # (and the other settings asked for with --cuda-configs)
                 for name, env in cuda_configs:
-                    plan.append((f"cuda[{name}]", lambda env=env: with_envs(
-                        env, lambda: run_solver(solver.dual_solve, Xc, Wc, lam, args.tol, problem, backend="fused"))))
-            if torch.cuda.is_available() and "cuda" in methods and 4 * B * N * N * 8 < 0.25 * torch.cuda.get_device_properties(0).total_memory \
-                    and N <= args.max_n_reference:
+                    plan.append(
+                        (
+                            f"cuda[{name}]",
+                            lambda env=env: with_envs(
+                                env,
+                                lambda: run_solver(solver.dual_solve, Xc, Wc, lam, args.tol, problem, backend="fused"),
+                            ),
+                        )
+                    )
+            if (
+                torch.cuda.is_available()
+                and "cuda" in methods
+                and 4 * B * N * N * 8 < 0.25 * torch.cuda.get_device_properties(0).total_memory
+                and N <= args.max_n_reference
+            ):
                 Xc, Wc = X.cuda(), W.cuda()
-                plan.append(("reference-cuda", lambda: run_solver(reference_qp.dual_solve, Xc, Wc, lam, args.tol, problem)))
+                plan.append(
+                    ("reference-cuda", lambda: run_solver(reference_qp.dual_solve, Xc, Wc, lam, args.tol, problem))
+                )
 
             sk_obj = None
             for name, fn in plan:
                 key = (name, problem, B)
                 if too_slow(key, B, N):
-                    rows.append(dict(problem=problem, B=B, N=N, method=name, skipped="extrapolated time > --max-seconds"))
-                    print(f"  {problem:8s} {B:5d} x {N:6d} {name:18s} skipped (extrapolated > {max_s:.0f} s)", flush=True)
+                    rows.append(
+                        dict(problem=problem, B=B, N=N, method=name, skipped="extrapolated time > --max-seconds")
+                    )
+                    print(
+                        f"  {problem:8s} {B:5d} x {N:6d} {name:18s} skipped (extrapolated > {max_s:.0f} s)", flush=True
+                    )
                     continue
                 one_thread = isinstance(fn, tuple)
                 call = fn[1] if one_thread else fn
@@ -327,9 +376,17 @@ def main(argv=None):
                         break
                 t = statistics.median(times)
                 history.setdefault(key, []).append((N, t))
-                row = dict(problem=problem, B=B, N=N, method=name, time_s=t, reps=len(times),
-                           iterations_median=float(statistics.median(res["iterations"])),
-                           kkt_max=res["kkt"], converged_frac=res["converged"])
+                row = dict(
+                    problem=problem,
+                    B=B,
+                    N=N,
+                    method=name,
+                    time_s=t,
+                    reps=len(times),
+                    iterations_median=float(statistics.median(res["iterations"])),
+                    kkt_max=res["kkt"],
+                    converged_frac=res["converged"],
+                )
                 if name == "sklearn":
                     sk_obj = overlap_objective(X, W, res["alpha"], lam, gamma)
                     row["objective_gap_vs_sklearn"] = 0.0
@@ -337,9 +394,12 @@ def main(argv=None):
                     row["objective_gap_vs_sklearn"] = float(((res["objective"] - sk_obj).abs() / sk_obj.abs()).max())
                 rows.append(row)
                 gap = row.get("objective_gap_vs_sklearn")
-                print(f"  {problem:8s} {B:5d} x {N:6d} {name:18s} {t:9.3f} s  it {row['iterations_median']:9.0f}  "
-                      f"kkt {row['kkt_max'] if row['kkt_max'] is not None else float('nan'):.2e}  "
-                      f"gap {gap if gap is not None else float('nan'):.1e}", flush=True)
+                print(
+                    f"  {problem:8s} {B:5d} x {N:6d} {name:18s} {t:9.3f} s  it {row['iterations_median']:9.0f}  "
+                    f"kkt {row['kkt_max'] if row['kkt_max'] is not None else float('nan'):.2e}  "
+                    f"gap {gap if gap is not None else float('nan'):.1e}",
+                    flush=True,
+                )
             del X, W
 
     info["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
@@ -348,8 +408,15 @@ def main(argv=None):
 
 def write_outputs(out: Path, info, rows, notes, args, nthreads):
     out.mkdir(parents=True, exist_ok=True)
-    payload = {"machine": info, "tol": args.tol, "lam": LAM, "features": P_FEATURES, "cache_mb": args.cache_mb,
-               "notes": notes, "rows": rows}
+    payload = {
+        "machine": info,
+        "tol": args.tol,
+        "lam": LAM,
+        "features": P_FEATURES,
+        "cache_mb": args.cache_mb,
+        "notes": notes,
+        "rows": rows,
+    }
     (out / "solver.json").write_text(json.dumps(payload, indent=2))
 
     # speedups against sklearn (same problem and case)
@@ -379,8 +446,10 @@ def write_outputs(out: Path, info, rows, notes, args, nthreads):
         conv = f"{r['converged_frac']:.0%}" if r["converged_frac"] is not None else ""
         gap = r.get("objective_gap_vs_sklearn")
         gap = f"{gap:.1e}" if gap is not None else ""
-        lines.append(f"| {r['problem']} | {case} | {r['method']} | {r['time_s']:.3f} | {speed} | "
-                     f"{r['iterations_median']:.0f} | {kkt} | {conv} | {gap} |")
+        lines.append(
+            f"| {r['problem']} | {case} | {r['method']} | {r['time_s']:.3f} | {speed} | "
+            f"{r['iterations_median']:.0f} | {kkt} | {conv} | {gap} |"
+        )
     if notes:
         lines += [""] + [f"- {n}" for n in notes]
     (out / "solver.md").write_text("\n".join(lines) + "\n")

@@ -17,6 +17,7 @@ CInA-ZS-S (the shipped supervised model unless ``--zs-s``).  Time: mean wall sec
 the synthetic sets (fit + estimate; the zero-shot rows run batched with ``estimate_many`` and
 report the batch time divided by the number of datasets).  Writes eval_accuracy.json and .md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,14 @@ from cina_ext.data import LALONDE_BENCHMARK_ATT, sample_datasets  # noqa: E402
 from cina_ext.estimators import make_estimator  # noqa: E402
 
 EVAL_SEED = 424242  # the training stream seeds with SeedSequence([seed, step, index]): disjoint
-PER_DATASET = [("naive", "naive"), ("IPW", "ipw"), ("SN-IPW", "snipw"), ("DoubleML", "dml"),
-               ("KernelBalancing", "kernel"), ("CInA (Alg. 1)", "cina")]
+PER_DATASET = [
+    ("naive", "naive"),
+    ("IPW", "ipw"),
+    ("SN-IPW", "snipw"),
+    ("DoubleML", "dml"),
+    ("KernelBalancing", "kernel"),
+    ("CInA (Alg. 1)", "cina"),
+]
 COLUMNS = ["setoguchi-id", "er-id", "setoguchi-ood", "er-ood", "ihdp-a", "ihdp-b", "lalonde-cps", "lalonde-psid"]
 SYNTHETIC = COLUMNS[:4]
 
@@ -163,9 +170,16 @@ def main(argv=None):
         results.append(row)
         print(json.dumps({k: v for k, v in row.items() if not k.endswith("_estimates")}), flush=True)
 
-    meta = {"machine": machine(), "n": args.n, "count": args.count, "ihdp_replications": args.ihdp,
-            "zs": zs_path, "zs_s": args.zs_s, "eval_seed": EVAL_SEED,
-            "sizes": {c: [d.n for d in v][:1] for c, v in sets.items()}}
+    meta = {
+        "machine": machine(),
+        "n": args.n,
+        "count": args.count,
+        "ihdp_replications": args.ihdp,
+        "zs": zs_path,
+        "zs_s": args.zs_s,
+        "eval_seed": EVAL_SEED,
+        "sizes": {c: [d.n for d in v][:1] for c, v in sets.items()},
+    }
     (out / "eval_accuracy.json").write_text(json.dumps({"meta": meta, "rows": results}, indent=2))
 
     def fmt(x):
@@ -174,15 +188,20 @@ def main(argv=None):
         return f"{x:.3f}" if abs(x) < 100 else f"{x:.0f}"
 
     cols = [c for c in COLUMNS if c in sets]
-    lines = [f"Machine: {meta['machine']}", "",
-             f"MAE of the ATE ({args.count} held-out datasets of n = {args.n} per synthetic column, "
-             f"{args.ihdp} IHDP replications per surface); LaLonde: |ATT estimate - 1794|.", "",
-             "| method | " + " | ".join(cols) + " | time / dataset (s) |",
-             "|---|" + "---|" * (len(cols) + 1)]
+    lines = [
+        f"Machine: {meta['machine']}",
+        "",
+        f"MAE of the ATE ({args.count} held-out datasets of n = {args.n} per synthetic column, "
+        f"{args.ihdp} IHDP replications per surface); LaLonde: |ATT estimate - 1794|.",
+        "",
+        "| method | " + " | ".join(cols) + " | time / dataset (s) |",
+        "|---|" + "---|" * (len(cols) + 1),
+    ]
     for r in results:
         t = r["time_per_dataset_s"]
-        lines.append(f"| {r['method']} | " + " | ".join(fmt(r.get(c)) for c in cols)
-                     + f" | {'-' if t is None else f'{t:.4f}'} |")
+        lines.append(
+            f"| {r['method']} | " + " | ".join(fmt(r.get(c)) for c in cols) + f" | {'-' if t is None else f'{t:.4f}'} |"
+        )
     (out / "eval_accuracy.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

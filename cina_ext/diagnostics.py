@@ -27,6 +27,7 @@ Formulas (``w`` are the weights of one arm, normalised to sum to one within the 
   ``sd``, ``ddof=0``, so that ``ESS = n / (1 + CV^2)``), number of zero weights, and the share of
   the arm's total weight held by its largest ``ceil(1% of n)`` and ``ceil(5% of n)`` units.
 """
+
 from __future__ import annotations
 
 import json
@@ -241,19 +242,21 @@ class BalanceReport:
         """
         out = []
         for j, name in enumerate(self.feature_names):
-            out.append({
-                "covariate": name,
-                "mean_treated_before": float(self.mean_treated_before[j]),
-                "mean_control_before": float(self.mean_control_before[j]),
-                "mean_treated_after": float(self.mean_treated_after[j]),
-                "mean_control_after": float(self.mean_control_after[j]),
-                "smd_before": float(self.smd_before[j]),
-                "smd_after": float(self.smd_after[j]),
-                "vr_before": float(self.vr_before[j]),
-                "vr_after": float(self.vr_after[j]),
-                "flag_smd": bool(self.flags[j]),
-                "flag_vr": bool(self.vr_flags[j]),
-            })
+            out.append(
+                {
+                    "covariate": name,
+                    "mean_treated_before": float(self.mean_treated_before[j]),
+                    "mean_control_before": float(self.mean_control_before[j]),
+                    "mean_treated_after": float(self.mean_treated_after[j]),
+                    "mean_control_after": float(self.mean_control_after[j]),
+                    "smd_before": float(self.smd_before[j]),
+                    "smd_after": float(self.smd_after[j]),
+                    "vr_before": float(self.vr_before[j]),
+                    "vr_after": float(self.vr_after[j]),
+                    "flag_smd": bool(self.flags[j]),
+                    "flag_vr": bool(self.vr_flags[j]),
+                }
+            )
         return out
 
     def to_dict(self) -> Dict[str, Any]:
@@ -313,11 +316,11 @@ class BalanceReport:
 
     def __str__(self) -> str:
         name_w = max([9] + [len(n) for n in self.feature_names])
-        head = (f"{'covariate':<{name_w}}  {'SMD before':>10}  {'SMD after':>10}  "
-                f"{'VR before':>9}  {'VR after':>9}  flag")
+        head = (
+            f"{'covariate':<{name_w}}  {'SMD before':>10}  {'SMD after':>10}  {'VR before':>9}  {'VR after':>9}  flag"
+        )
         lines = [
-            f"Balance (estimand {self.estimand}; SMD denominator: {self.sd_formula}; "
-            f"flag |SMD| > {self.threshold:g})",
+            f"Balance (estimand {self.estimand}; SMD denominator: {self.sd_formula}; flag |SMD| > {self.threshold:g})",
             head,
             "-" * len(head),
         ]
@@ -330,8 +333,10 @@ class BalanceReport:
                 f"{r['vr_before']:>9.3f}  {r['vr_after']:>9.3f}  {flag}"
             )
         lines.append("")
-        lines.append(f"max |SMD|: before {self.max_abs_smd_before:.4f}, after {self.max_abs_smd_after:.4f}; "
-                     f"{self.n_flagged} covariate(s) above {self.threshold:g}")
+        lines.append(
+            f"max |SMD|: before {self.max_abs_smd_before:.4f}, after {self.max_abs_smd_after:.4f}; "
+            f"{self.n_flagged} covariate(s) above {self.threshold:g}"
+        )
         for arm, _ in _ARMS:
             ws = self.weights[arm]
             lines.append(
@@ -342,9 +347,11 @@ class BalanceReport:
         return "\n".join(lines)
 
     def __repr__(self) -> str:
-        return (f"BalanceReport(estimand={self.estimand!r}, covariates={len(self.feature_names)}, "
-                f"max|SMD| {self.max_abs_smd_before:.3f} -> {self.max_abs_smd_after:.3f}, "
-                f"ESS treated {self.ess['treated']:.1f}, control {self.ess['control']:.1f})")
+        return (
+            f"BalanceReport(estimand={self.estimand!r}, covariates={len(self.feature_names)}, "
+            f"max|SMD| {self.max_abs_smd_before:.3f} -> {self.max_abs_smd_after:.3f}, "
+            f"ESS treated {self.ess['treated']:.1f}, control {self.ess['control']:.1f})"
+        )
 
 
 def balance_table(
@@ -474,8 +481,9 @@ def balance_table(
     )
 
 
-def love_plot(report: BalanceReport, ax=None, path=None, *, threshold: Optional[float] = None,
-              title: Optional[str] = None):
+def love_plot(
+    report: BalanceReport, ax=None, path=None, *, threshold: Optional[float] = None, title: Optional[str] = None
+):
     """Love plot: |SMD| per covariate before (hollow) and after (filled) weighting.
 
     matplotlib is imported lazily; install it with ``pip install 'cina-ext[plot]'``.
@@ -506,9 +514,7 @@ def love_plot(report: BalanceReport, ax=None, path=None, *, threshold: Optional[
     try:
         import matplotlib.pyplot as plt
     except ImportError as exc:
-        raise ImportError(
-            "love_plot needs matplotlib, an optional extra: pip install 'cina-ext[plot]'"
-        ) from exc
+        raise ImportError("love_plot needs matplotlib, an optional extra: pip install 'cina-ext[plot]'") from exc
     thr = report.threshold if threshold is None else float(threshold)
     names = list(report.feature_names)
     before = np.abs(report.smd_before)

@@ -1,4 +1,5 @@
 """Random attention + hinge inputs shared by the CUDA tests and the CUDA-emulator tests."""
+
 from __future__ import annotations
 
 import torch

@@ -1,5 +1,6 @@
 """Test data and exact checks shared by the solver tests (tests/ops/test_qp_solve_cpu.py,
 tests/ops/test_qp_solve_cuda.py, tests/emulator/test_qp_cuda_emulator.py); independent of the solver under test."""
+
 from __future__ import annotations
 
 import math

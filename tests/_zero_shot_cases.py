@@ -1,4 +1,5 @@
 """Shared pieces of the zero-shot tests: a tiny model configuration, small datasets, one thread."""
+
 import pytest
 import torch
 
@@ -11,8 +12,17 @@ BALANCE = ("ate", "att")
 
 
 def _cfg(**kw):
-    base = dict(families=("setoguchi",), n_range=(16, 28), batch_size=4, steps=6, lr=3e-3, warmup_steps=2,
-                dtype="float64", backend="reference", model=dict(TINY))
+    base = dict(
+        families=("setoguchi",),
+        n_range=(16, 28),
+        batch_size=4,
+        steps=6,
+        lr=3e-3,
+        warmup_steps=2,
+        dtype="float64",
+        backend="reference",
+        model=dict(TINY),
+    )
     base.update(kw)
     return base
 

@@ -4,6 +4,7 @@
 Markers (pyproject.toml): ``cuda`` -- needs a CUDA device and a build with CUDA kernels (skipped
 without one); ``slow`` -- left out of ``make test``, run by ``make test-all`` (and CI).
 """
+
 from __future__ import annotations
 
 import os

@@ -5,6 +5,7 @@ and inputs that only *look* odd (rescaled columns, shuffled pandas indexes) give
 Each case names the entry point and the input; the assertions check the exception type and that
 its message names the problem.
 """
+
 from __future__ import annotations
 
 import io
@@ -161,15 +162,29 @@ def _with(i, value):
 
 
 ATTENTION_CASES = {
-    "NaN in K": (_with(0, lambda K: K.index_put_((torch.tensor([0]), torch.tensor([1]), torch.tensor([0])),
-                                                  torch.tensor(float("nan"), dtype=K.dtype))), {}, "K contains NaN"),
+    "NaN in K": (
+        _with(
+            0,
+            lambda K: K.index_put_(
+                (torch.tensor([0]), torch.tensor([1]), torch.tensor([0])), torch.tensor(float("nan"), dtype=K.dtype)
+            ),
+        ),
+        {},
+        "K contains NaN",
+    ),
     "Inf in V": (_with(1, lambda V: V.index_fill(1, torch.tensor([2]), float("inf"))), {}, "V contains NaN"),
     "W not a sign": (_with(2, lambda W: W * 0.5), {}, "W must be -1"),
     "NaN in b": (_with(3, lambda b: b + float("nan")), {}, "b contains NaN"),
-    "lam tensor with NaN": (_attention_inputs, {"lam": torch.tensor([0.1, float("nan")], dtype=torch.float64)},
-                            "lam must be positive and finite"),
-    "lam tensor with Inf": (_attention_inputs, {"lam": torch.tensor([0.1, float("inf")], dtype=torch.float64)},
-                            "lam must be positive and finite"),
+    "lam tensor with NaN": (
+        _attention_inputs,
+        {"lam": torch.tensor([0.1, float("nan")], dtype=torch.float64)},
+        "lam must be positive and finite",
+    ),
+    "lam tensor with Inf": (
+        _attention_inputs,
+        {"lam": torch.tensor([0.1, float("inf")], dtype=torch.float64)},
+        "lam must be positive and finite",
+    ),
     "lam <= 0": (_attention_inputs, {"lam": -1.0}, "lam must be a positive"),
     "scale Inf": (_attention_inputs, {"scale": float("inf")}, "scale must be a finite"),
     "V of the wrong shape": (_with(1, lambda V: V[:, :-1]), {}, "V must have shape"),
@@ -208,8 +223,7 @@ def test_qp_solve_never_reports_convergence_on_an_unbounded_problem(solve):
     p = torch.tensor([[1.0, 0.5]], dtype=torch.float64)
     with pytest.raises(ValueError, match="positive semi-definite"):
         solve(torch.tensor([[[-1.0, 0.0], [0.0, 1.0]]], dtype=torch.float64), p, -math.inf, math.inf)
-    res = solve(torch.tensor([[[0.0, 1.0], [1.0, 0.0]]], dtype=torch.float64), p, -math.inf, math.inf,
-                max_iter=500)
+    res = solve(torch.tensor([[[0.0, 1.0], [1.0, 0.0]]], dtype=torch.float64), p, -math.inf, math.inf, max_iter=500)
     assert not bool(res.converged.any())
 
 
@@ -293,8 +307,15 @@ def test_a_failed_save_leaves_no_temporary_file(tmp_path, monkeypatch):
         save_atomic({"a": 1}, str(tmp_path))
 
 
-TINY_TRAIN = dict(families=("setoguchi",), n_range=(16, 24), batch_size=2, steps=2, dtype="float64",
-                  backend="reference", model=dict(d_model=8, n_heads=2, n_layers=1, dim_feedforward=16, key_dim=4))
+TINY_TRAIN = dict(
+    families=("setoguchi",),
+    n_range=(16, 24),
+    batch_size=2,
+    steps=2,
+    dtype="float64",
+    backend="reference",
+    model=dict(d_model=8, n_heads=2, n_layers=1, dim_feedforward=16, key_dim=4),
+)
 
 
 def test_resume_refuses_a_changed_configuration_unless_overridden(tmp_path):
@@ -347,11 +368,29 @@ def table(tmp_path):
 
 CLI_CASES = {
     "missing column": lambda t, d: ("estimate", t[0], "--treatment", "nope", "--outcome", "y", "--method", "naive"),
-    "non-binary treatment": lambda t, d: ("estimate", t[1], "--treatment", "treat", "--outcome", "y",
-                                          "--method", "naive"),
+    "non-binary treatment": lambda t, d: (
+        "estimate",
+        t[1],
+        "--treatment",
+        "treat",
+        "--outcome",
+        "y",
+        "--method",
+        "naive",
+    ),
     "missing file": lambda t, d: ("estimate", str(d / "none.csv"), "--treatment", "treat", "--outcome", "y"),
-    "truncated checkpoint": lambda t, d: ("estimate", t[0], "--treatment", "treat", "--outcome", "y",
-                                          "--method", "zero-shot", "--checkpoint", str(d / "cut.pt")),
+    "truncated checkpoint": lambda t, d: (
+        "estimate",
+        t[0],
+        "--treatment",
+        "treat",
+        "--outcome",
+        "y",
+        "--method",
+        "zero-shot",
+        "--checkpoint",
+        str(d / "cut.pt"),
+    ),
     "train --out a directory": lambda t, d: ("train", "--out", str(d), "--steps", "1"),
 }
 
@@ -390,8 +429,7 @@ def test_cli_exits_quietly_on_a_broken_pipe(table, monkeypatch):
 
     err = io.StringIO()
     with redirect_stdout(Closed()), redirect_stderr(err):
-        code = cli.main(["estimate", table[0], "--treatment", "treat", "--outcome", "y", "--method", "naive",
-                         "--json"])
+        code = cli.main(["estimate", table[0], "--treatment", "treat", "--outcome", "y", "--method", "naive", "--json"])
     assert code == 141 and "Broken pipe" not in err.getvalue() and "error" not in err.getvalue()
 
 

@@ -1,4 +1,5 @@
 """Balance diagnostics against hand computations on a tiny example."""
+
 from __future__ import annotations
 
 import json

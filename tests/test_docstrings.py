@@ -16,6 +16,7 @@ methods of their classes) the docstring must have:
 A section is a header line followed by a line of dashes of the same length (numpydoc).  The
 ``Examples`` of these docstrings are run as doctests.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,8 +31,14 @@ import pytest
 # module -> names of __all__ outside the documented public API (constants, result containers and
 # the build probes are documented by their modules)
 MODULES = {
-    "cina_ext.ops": {"default_max_iter", "QPResult", "BalanceResult", "has_extension", "has_cuda_kernels",
-                     "extension_error"},
+    "cina_ext.ops": {
+        "default_max_iter",
+        "QPResult",
+        "BalanceResult",
+        "has_extension",
+        "has_cuda_kernels",
+        "extension_error",
+    },
     "cina_ext.reference": {"default_max_iter", "QPResult", "BalanceResult"},
     "cina_ext.estimators": {"EstimatorSummary"},
     "cina_ext.diagnostics": set(),
@@ -53,23 +60,42 @@ METHODS = {
     "BalanceReport": ("rows", "to_dict", "to_json", "summary_frame"),
     "CausalDataset": ("truth", "to_frame", "subsample"),
     "ERSCM": ("adjacency", "describe", "draw_exogenous", "propagate", "sample", "monte_carlo_ate", "dataset"),
-    "CInAZeroShotModel": ("forward", "weights", "loss", "balance_weights", "balance_objective", "standardise",
-                          "objective", "lam_abs", "estimand_index"),
+    "CInAZeroShotModel": (
+        "forward",
+        "weights",
+        "loss",
+        "balance_weights",
+        "balance_objective",
+        "standardise",
+        "objective",
+        "lam_abs",
+        "estimand_index",
+    ),
     "KeyNet": ("forward",),
     "ZeroShotConfig": ("from_any", "validate"),
 }
-ESTIMATORS = {name for name, methods in METHODS.items() if methods[:len(ESTIMATOR_METHODS)] == ESTIMATOR_METHODS}
+ESTIMATORS = {name for name, methods in METHODS.items() if methods[: len(ESTIMATOR_METHODS)] == ESTIMATOR_METHODS}
 
 # qualified names that return None (documented as such, so no Returns section)
 RETURNS_NONE = {"ZeroShotConfig.validate"}
 # qualified names that raise on bad input through helpers (no ``raise`` in their own source)
 MUST_RAISE = {
-    "cina_ext.ops.attention_hinge", "cina_ext.ops.qp_solve", "cina_ext.ops.dual_solve",
-    "cina_ext.ops.attention_hinge_packed", "cina_ext.ops.dual_solve_packed", "cina_ext.ops.qp_solve_packed",
-    "cina_ext.ops.offsets_from_lengths", "cina_ext.ops.resolve_backend",
-    "cina_ext.reference.attention_hinge", "cina_ext.reference.qp_solve", "cina_ext.reference.dual_solve",
-    "cina_ext.reference.attention_hinge_packed", "cina_ext.reference.dual_solve_packed",
-    "cina_ext.reference.qp_solve_packed", "cina_ext.reference.gram", "cina_ext.reference.readout_weights",
+    "cina_ext.ops.attention_hinge",
+    "cina_ext.ops.qp_solve",
+    "cina_ext.ops.dual_solve",
+    "cina_ext.ops.attention_hinge_packed",
+    "cina_ext.ops.dual_solve_packed",
+    "cina_ext.ops.qp_solve_packed",
+    "cina_ext.ops.offsets_from_lengths",
+    "cina_ext.ops.resolve_backend",
+    "cina_ext.reference.attention_hinge",
+    "cina_ext.reference.qp_solve",
+    "cina_ext.reference.dual_solve",
+    "cina_ext.reference.attention_hinge_packed",
+    "cina_ext.reference.dual_solve_packed",
+    "cina_ext.reference.qp_solve_packed",
+    "cina_ext.reference.gram",
+    "cina_ext.reference.readout_weights",
     "cina_ext.diagnostics.balance_table",
 } | {f"cina_ext.estimators.{cls}.{m}" for cls in ESTIMATORS for m in ("fit", "ate", "ate_interval")}
 
@@ -82,7 +108,7 @@ def sections(doc: str) -> dict:
     matches = [m for m in _HEADER.finditer(doc) if len(m.group("rule")) == len(m.group("title"))]
     for i, m in enumerate(matches):
         end = matches[i + 1].start() if i + 1 < len(matches) else len(doc)
-        out[m.group("title")] = doc[m.end():end]
+        out[m.group("title")] = doc[m.end() : end]
     return out
 
 
@@ -195,10 +221,16 @@ def test_sections_parser():
 
 def test_the_walk_covers_the_public_api():
     names = {q for q, _, _ in TARGETS}
-    for q in ("cina_ext.ops.attention_hinge", "cina_ext.ops.resolve_backend", "cina_ext.reference.gram",
-              "cina_ext.estimators.CInAZeroShot.from_pretrained", "cina_ext.diagnostics.BalanceReport.to_dict",
-              "cina_ext.data.load_ihdp", "cina_ext.models.CInAZeroShotModel.standardise",
-              "cina_ext.training.train_zero_shot"):
+    for q in (
+        "cina_ext.ops.attention_hinge",
+        "cina_ext.ops.resolve_backend",
+        "cina_ext.reference.gram",
+        "cina_ext.estimators.CInAZeroShot.from_pretrained",
+        "cina_ext.diagnostics.BalanceReport.to_dict",
+        "cina_ext.data.load_ihdp",
+        "cina_ext.models.CInAZeroShotModel.standardise",
+        "cina_ext.training.train_zero_shot",
+    ):
         assert q in names
     assert len(TARGETS) > 100
 

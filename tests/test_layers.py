@@ -4,6 +4,7 @@ layer or stays inside its own subpackage, and the import graph has no cycle.
 Layers, bottom to top (docs/architecture.md):
 _core <- reference <- ops <- data, diagnostics <- models <- training, estimators <- cli <- cina_ext
 """
+
 from __future__ import annotations
 
 import ast
@@ -129,7 +130,7 @@ def test_no_import_cycle():
         stack.append(m)
         for d in sorted(g.get(m, ())):
             if state.get(d) == 1:
-                cycle = stack[stack.index(d):] + [d]
+                cycle = stack[stack.index(d) :] + [d]
                 pytest.fail("import cycle: " + " -> ".join(cycle))
             if d in g and not state.get(d):
                 visit(d)

@@ -1,4 +1,5 @@
 """The README's Python examples run as written (so they cannot drift from the API)."""
+
 from __future__ import annotations
 
 import re

@@ -13,6 +13,7 @@ round of kernel work:
 Each case runs once unprofiled (warm-up: module load, allocator), then once between
 torch.cuda.profiler.start() and stop().
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,6 +52,7 @@ def attention(variant: str) -> None:
 
 def solver_case() -> None:
     import importlib
+
     solver = importlib.import_module("cina_ext.ops.qp_solve")
     import bench_solver
 
@@ -65,8 +67,11 @@ def solver_case() -> None:
     res = solver.dual_solve(X, W, 1.0, kernel="rbf", tol=1e-3, backend="fused")
     torch.cuda.synchronize()
     dt = time.perf_counter() - t0
-    print(f"solver 1 x 20000 overlap: {dt:.3f} s, {int(res.iterations[0])} sub-problem steps, "
-          f"converged {bool(res.converged[0])}", flush=True)
+    print(
+        f"solver 1 x 20000 overlap: {dt:.3f} s, {int(res.iterations[0])} sub-problem steps, "
+        f"converged {bool(res.converged[0])}",
+        flush=True,
+    )
     os.environ.pop("CINA_QP_WS_STATS")
     torch.cuda.profiler.start()
     solver.dual_solve(X, W, 1.0, kernel="rbf", tol=1e-3, backend="fused")

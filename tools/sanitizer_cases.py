@@ -12,6 +12,7 @@ few of torch's fills.  Exit status 0 when every case matched, 1 otherwise.
 
     compute-sanitizer --tool memcheck python3 tools/sanitizer_cases.py [--quick]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -83,7 +84,7 @@ def main() -> int:
         os.environ["CINA_ATTENTION_KERNEL"] = variant
         os.environ["CINA_ATTENTION_SPLITS"] = splits
         case = make_case(B, N, D, dtype, seed=i)
-        scale = D ** -0.5
+        scale = D**-0.5
         loss_kind = i % 2
         gpu = run_case(*case, "cuda", scale, loss_kind)
         cpu = run_case(*case, "cpu", scale, loss_kind)
@@ -108,6 +109,7 @@ def main() -> int:
 def solver_cases(quick: bool) -> int:
     """Tiny solves on the GPU against the compiled CPU solver (no shrinking: the same algorithm)."""
     import importlib
+
     solver = importlib.import_module("cina_ext.ops.qp_solve")
 
     from cina_ext._core.backend import _has_solver_kernel
@@ -124,8 +126,11 @@ def solver_cases(quick: bool) -> int:
     mask = torch.rand(B, N, generator=g) > 0.2
     mask[:, :2] = True
     mask[2, 20:] = False
-    plan = [("overlap", "rbf", torch.float64, 1024), ("ate", "cina", torch.float64, 1024),
-            ("overlap", "linear", torch.float32, 0.0002)]  # 2 cache slots
+    plan = [
+        ("overlap", "rbf", torch.float64, 1024),
+        ("ate", "cina", torch.float64, 1024),
+        ("overlap", "linear", torch.float32, 0.0002),
+    ]  # 2 cache slots
     if quick:
         plan = plan[:1]
     # both algorithms: one block per problem, and the working-set decomposition (forced, with a
@@ -146,8 +151,10 @@ def solver_cases(quick: bool) -> int:
         cpu = solver.dual_solve(X.to(dtype), W.to(dtype), 0.3, mask=mask, shrinking=False, **args)
         err = ((gpu.objective.cpu() - cpu.objective).abs() / cpu.objective.abs().clamp_min(1e-12)).max().item()
         ok = bool(gpu.converged.all()) and err <= (1e-8 if dtype == torch.float64 else 1e-4)
-        print(f"solver[{algo}] {est} {kernel} {dtype} cache_mb={cache_mb}: objective rel. error {err:.3g}, "
-              f"iterations {gpu.iterations.tolist()} (cpu {cpu.iterations.tolist()})")
+        print(
+            f"solver[{algo}] {est} {kernel} {dtype} cache_mb={cache_mb}: objective rel. error {err:.3g}, "
+            f"iterations {gpu.iterations.tolist()} (cpu {cpu.iterations.tolist()})"
+        )
         if not ok:
             print(f"FAIL solver[{algo}] {est} {kernel} {dtype}")
             failures += 1
@@ -160,8 +167,16 @@ def solver_cases(quick: bool) -> int:
         c = torch.randn(2, 20, generator=g, dtype=torch.float64)
         d = torch.tensor([0.2, -0.1], dtype=torch.float64)
         for cc, dd in ((None, None), (c, d)):
-            gpu = solver.qp_solve(Q.cuda(), p.cuda(), -1.0, 1.0, None if cc is None else cc.cuda(),
-                                  None if dd is None else dd.cuda(), tol=1e-9, backend="fused")
+            gpu = solver.qp_solve(
+                Q.cuda(),
+                p.cuda(),
+                -1.0,
+                1.0,
+                None if cc is None else cc.cuda(),
+                None if dd is None else dd.cuda(),
+                tol=1e-9,
+                backend="fused",
+            )
             cpu = solver.qp_solve(Q, p, -1.0, 1.0, cc, dd, tol=1e-9, backend="fused", shrinking=False)
             err = (gpu.objective.cpu() - cpu.objective).abs().max().item()
             print(f"solver generic qp equality={cc is not None}: objective error {err:.3g}")

@@ -13,6 +13,7 @@ or the pip package nvidia-cuda-cuobjdump).  No GPU.
 
     python tools/sass_stats.py [--arch sm_90a] [--dp 16] [--json OUT.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -100,10 +101,18 @@ def tile_loop(sass: str, work_ops: tuple[str, ...]) -> dict | None:
     in_inner = [op for a, op in body if any(x <= a <= y for x, y in inner)]
     outer = [op for a, op in body if not any(x <= a <= y for x, y in inner)]
     counts = collections.Counter(op.split(".")[0] for op in outer)
-    return {"instructions": len(outer), "inner_loops": len(inner), "inner_instructions": len(in_inner),
-            "HMMA": counts["HMMA"], "LDS": counts["LDS"], "MUFU": counts["MUFU"], "FFMA": counts["FFMA"],
-            "LDG+LDGSTS": counts["LDG"] + counts["LDGSTS"], "BAR": counts["BAR"],
-            "top": counts.most_common(8)}
+    return {
+        "instructions": len(outer),
+        "inner_loops": len(inner),
+        "inner_instructions": len(in_inner),
+        "HMMA": counts["HMMA"],
+        "LDS": counts["LDS"],
+        "MUFU": counts["MUFU"],
+        "FFMA": counts["FFMA"],
+        "LDG+LDGSTS": counts["LDG"] + counts["LDGSTS"],
+        "BAR": counts["BAR"],
+        "top": counts.most_common(8),
+    }
 
 
 def main() -> int:
@@ -114,13 +123,29 @@ def main() -> int:
     args = ap.parse_args()
     nvcc, cuobjdump = find_tool("nvcc"), find_tool("cuobjdump")
     if nvcc is None or cuobjdump is None:
-        print(f"sass_stats: needs nvcc ({nvcc}) and cuobjdump ({cuobjdump}; pip install nvidia-cuda-cuobjdump)",
-              file=sys.stderr)
+        print(
+            f"sass_stats: needs nvcc ({nvcc}) and cuobjdump ({cuobjdump}; pip install nvidia-cuda-cuobjdump)",
+            file=sys.stderr,
+        )
         return 2
     with tempfile.TemporaryDirectory() as tmp:
         cubin = os.path.join(tmp, "attention.cubin")
-        res = subprocess.run([nvcc, *NVCC_FLAGS, f"-arch={args.arch}", "-cubin", f"-I{ROOT / 'csrc'}",
-                              "-Xptxas", "-v", str(KERNEL_FILE), "-o", cubin], capture_output=True, text=True)
+        res = subprocess.run(
+            [
+                nvcc,
+                *NVCC_FLAGS,
+                f"-arch={args.arch}",
+                "-cubin",
+                f"-I{ROOT / 'csrc'}",
+                "-Xptxas",
+                "-v",
+                str(KERNEL_FILE),
+                "-o",
+                cubin,
+            ],
+            capture_output=True,
+            text=True,
+        )
         if res.returncode != 0:
             print(res.stderr[-4000:], file=sys.stderr)
             return 1
@@ -136,18 +161,31 @@ def main() -> int:
         regs, spill = resources.get(name, (-1, 0))
         threads = 128 if "tf32" in label else 256
         per_sm = 65536 // (((regs + 7) // 8 * 8) * threads) if regs > 0 else None
-        rows.append({"kernel": label, "registers": regs, "spill_bytes": spill, "blocks_per_sm_by_registers": per_sm,
-                     **(loop or {})})
+        rows.append(
+            {
+                "kernel": label,
+                "registers": regs,
+                "spill_bytes": spill,
+                "blocks_per_sm_by_registers": per_sm,
+                **(loop or {}),
+            }
+        )
     rows.sort(key=lambda r: r["kernel"])
-    print(f"SASS of {KERNEL_FILE.relative_to(ROOT)} for {args.arch} ({os.path.basename(nvcc)}: "
-          f"{subprocess.run([nvcc, '--version'], capture_output=True, text=True).stdout.strip().splitlines()[-1]})")
-    print("\n| kernel | registers | spills (B) | blocks/SM (regs) | tile loop instrs | HMMA | LDS | MUFU | FFMA | "
-          "nested loops (instrs) |")
+    print(
+        f"SASS of {KERNEL_FILE.relative_to(ROOT)} for {args.arch} ({os.path.basename(nvcc)}: "
+        f"{subprocess.run([nvcc, '--version'], capture_output=True, text=True).stdout.strip().splitlines()[-1]})"
+    )
+    print(
+        "\n| kernel | registers | spills (B) | blocks/SM (regs) | tile loop instrs | HMMA | LDS | MUFU | FFMA | "
+        "nested loops (instrs) |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
-        print(f"| {r['kernel']} | {r['registers']} | {r['spill_bytes']} | {r['blocks_per_sm_by_registers']} | "
-              f"{r.get('instructions', '-')} | {r.get('HMMA', '-')} | {r.get('LDS', '-')} | {r.get('MUFU', '-')} | "
-              f"{r.get('FFMA', '-')} | {r.get('inner_loops', 0)} ({r.get('inner_instructions', 0)}) |")
+        print(
+            f"| {r['kernel']} | {r['registers']} | {r['spill_bytes']} | {r['blocks_per_sm_by_registers']} | "
+            f"{r.get('instructions', '-')} | {r.get('HMMA', '-')} | {r.get('LDS', '-')} | {r.get('MUFU', '-')} | "
+            f"{r.get('FFMA', '-')} | {r.get('inner_loops', 0)} ({r.get('inner_instructions', 0)}) |"
+        )
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"arch": args.arch, "nvcc_flags": NVCC_FLAGS, "kernels": rows}, indent=1))

@@ -4,6 +4,7 @@
 not built for the device); ``"auto"`` the compiled kernels when they are, else the reference with a
 ``RuntimeWarning`` (once per operator family and process).
 """
+
 from __future__ import annotations
 
 import warnings
@@ -88,7 +89,9 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         return "fused"
     if backend == "fused":
         if not has_extension():
-            raise RuntimeError(f"backend='fused' requested but the compiled extension is unavailable: {extension_error()}")
+            raise RuntimeError(
+                f"backend='fused' requested but the compiled extension is unavailable: {extension_error()}"
+            )
         raise RuntimeError(f"backend='fused' requested but the compiled extension has no kernels for device {device}")
     reason = extension_error() if not has_extension() else f"no compiled kernels for {device}"
     return _fall_back("attention", f"cina_ext: falling back to the PyTorch reference ({reason})")
@@ -101,8 +104,11 @@ def resolve_solver_backend(backend: str, device: torch.device) -> str:
         return "reference"
     if _has_solver_kernel(device):
         return "fused"
-    reason = (f"the compiled extension is unavailable: {extension_error()}" if not has_extension()
-              else f"the compiled solver has no kernel for device {device}")
+    reason = (
+        f"the compiled extension is unavailable: {extension_error()}"
+        if not has_extension()
+        else f"the compiled solver has no kernel for device {device}"
+    )
     if backend == "fused":
         raise RuntimeError(f"backend='fused' requested but {reason}")
     return _fall_back("solver", f"cina_ext: QP solver falling back to the PyTorch reference ({reason})")

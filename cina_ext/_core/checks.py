@@ -41,6 +41,7 @@ carries no information, cannot be standardised and makes the balance table undef
 ``TypeError``: object / string / categorical / datetime / complex columns (the column is named),
 unsupported container types.
 """
+
 from __future__ import annotations
 
 import math
@@ -84,8 +85,8 @@ class DesignData:
     X: np.ndarray
     T: np.ndarray
     feature_names: List[str]
-    has_names: bool = False            # True when the names came from the input (pandas)
-    device: Optional[Any] = None       # torch.device of tensor inputs, else None
+    has_names: bool = False  # True when the names came from the input (pandas)
+    device: Optional[Any] = None  # torch.device of tensor inputs, else None
     index: Optional[Any] = field(default=None, repr=False)  # pandas index of the rows, if any
 
     @property
@@ -99,6 +100,7 @@ class DesignData:
 
 # --------------------------------------------------------------------------------------------
 # helpers
+
 
 def _is_torch(obj) -> bool:
     try:
@@ -176,9 +178,7 @@ def _frame_to_numpy(df, name: str):
             raise ValueError(f"{name} has duplicated column {label!r}")
         dt = s.dtype
         if isinstance(dt, pd.CategoricalDtype):
-            raise TypeError(
-                f"{name} column {label!r} is categorical; encode it numerically (e.g. pandas.get_dummies)"
-            )
+            raise TypeError(f"{name} column {label!r} is categorical; encode it numerically (e.g. pandas.get_dummies)")
         if pdt.is_datetime64_any_dtype(dt) or pdt.is_timedelta64_dtype(dt):
             raise TypeError(f"{name} column {label!r} has datetime dtype {dt}; convert it to a number")
         if pdt.is_complex_dtype(dt):
@@ -206,8 +206,7 @@ def _as_2d_float(X, name: str = "X"):
 
         if isinstance(X, pd.Series):
             raise ValueError(
-                f"{name} must be 2-D (N, p); got a pandas Series: use a DataFrame (X.to_frame()) "
-                "for a single covariate"
+                f"{name} must be 2-D (N, p); got a pandas Series: use a DataFrame (X.to_frame()) for a single covariate"
             )
         if not isinstance(X, pd.DataFrame):
             raise TypeError(f"{name} must be a DataFrame, array or tensor, got {type(X).__name__}")
@@ -321,9 +320,7 @@ def _check_arms(T: np.ndarray, min_arm: int = MIN_ARM_SIZE) -> None:
     n1, n0 = arm_sizes(T)
     for label, code, n in (("treated", 1, n1), ("control", 0, n0)):
         if n == 0:
-            raise ValueError(
-                f"the {label} arm (T == {code}) is empty: both treated and control units are needed"
-            )
+            raise ValueError(f"the {label} arm (T == {code}) is empty: both treated and control units are needed")
         if n < min_arm:
             raise ValueError(
                 f"the {label} arm (T == {code}) has only {n} unit(s); at least {min_arm} per arm are needed"
@@ -345,6 +342,7 @@ def _check_constant_columns(X: np.ndarray, names: Sequence[str]) -> None:
 # --------------------------------------------------------------------------------------------
 # public entry points
 
+
 def _align_to(v, index, name: str):
     """A pandas Series (or one-column DataFrame) ``v`` reordered to the rows of ``X`` (``index``).
 
@@ -358,8 +356,10 @@ def _align_to(v, index, name: str):
     if len(v.index) == len(index) and v.index.is_unique and index.is_unique and set(v.index) == set(index):
         return v.reindex(index)
     missing = [k for k in index[:1000] if k not in set(v.index)][:5]
-    raise ValueError(f"{name} and X have different pandas indexes (e.g. X rows {missing} are not in {name}); "
-                     f"align them (e.g. {name}.loc[X.index]) or pass numpy arrays to pair the rows by position")
+    raise ValueError(
+        f"{name} and X have different pandas indexes (e.g. X rows {missing} are not in {name}); "
+        f"align them (e.g. {name}.loc[X.index]) or pass numpy arrays to pair the rows by position"
+    )
 
 
 def check_design(X, T, *, min_arm: int = MIN_ARM_SIZE, allow_constant: bool = False) -> DesignData:
@@ -442,12 +442,15 @@ def standardize_columns(X: np.ndarray, mean=None, sd=None):
         sd = np.where(constant, 1.0, sdz * scale)
     if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(sd))):
         bad = np.nonzero(~(np.isfinite(mean) & np.isfinite(sd)))[0].tolist()
-        raise ValueError(f"covariate column(s) {bad[:10]} are too large to standardise in float64 "
-                         "(their spread overflows); rescale them")
+        raise ValueError(
+            f"covariate column(s) {bad[:10]} are too large to standardise in float64 "
+            "(their spread overflows); rescale them"
+        )
     return Z, mean, sd
 
 
 # ---- estimator parameters ----------------------------------------------------------------------
+
 
 def seed_from(random_state) -> int:
     """An int seed from None / int / numpy Generator / RandomState."""
@@ -563,8 +566,10 @@ def check_nonnegative_diagonal(Q: Tensor, mask: Tensor, name: str = "Q") -> None
     bad = mask & (diag < 0)
     if bool(bad.any()):
         rows = torch.nonzero(bad.any(-1)).flatten().tolist()
-        raise ValueError(f"{name} must be positive semi-definite, but it has negative diagonal entries in "
-                         f"dataset(s) {rows[:10]}: the problem has no minimum")
+        raise ValueError(
+            f"{name} must be positive semi-definite, but it has negative diagonal entries in "
+            f"dataset(s) {rows[:10]}: the problem has no minimum"
+        )
 
 
 def converged_and_finite(x: Tensor, objective: Tensor, converged: Tensor) -> Tensor:

@@ -1,4 +1,5 @@
 """Names and codes shared across the package (defined once)."""
+
 from __future__ import annotations
 
 import torch

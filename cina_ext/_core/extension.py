@@ -4,6 +4,7 @@ A binary built against one torch and imported under another fails with an undefi
 error deep inside the loader.  The build writes ``_build_info.py`` (torch version, CUDA or not);
 it is compared with the running torch *before* the library is loaded.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -5,25 +5,9 @@ Synthetic (always available): :func:`make_setoguchi`, :func:`make_er_dataset` (a
 Real / semi-synthetic (files inside installed packages, extra ``[data]``): :func:`load_lalonde`,
 :func:`load_nsw`, :func:`load_ihdp`. :func:`load_dataset` resolves a name.
 """
+
 from __future__ import annotations
 
-from .synthetic import (
-    MECHANISMS_ID,
-    MECHANISMS_OOD,
-    SETOGUCHI_ALPHA,
-    SETOGUCHI_BETA,
-    SETOGUCHI_ETA,
-    SETOGUCHI_GAMMA,
-    SETOGUCHI_SCENARIOS,
-    SETTINGS,
-    CausalDataset,
-    ERSCM,
-    make_er_dataset,
-    make_er_scm,
-    make_setoguchi,
-    sample_datasets,
-    setoguchi_scenario_terms,
-)
 from .real import (
     DATA_EXTRA_HINT,
     DATASETS,
@@ -37,12 +21,49 @@ from .real import (
     load_lalonde,
     load_nsw,
 )
+from .synthetic import (
+    ERSCM,
+    MECHANISMS_ID,
+    MECHANISMS_OOD,
+    SETOGUCHI_ALPHA,
+    SETOGUCHI_BETA,
+    SETOGUCHI_ETA,
+    SETOGUCHI_GAMMA,
+    SETOGUCHI_SCENARIOS,
+    SETTINGS,
+    CausalDataset,
+    make_er_dataset,
+    make_er_scm,
+    make_setoguchi,
+    sample_datasets,
+    setoguchi_scenario_terms,
+)
 
 __all__ = [
-    "CausalDataset", "ERSCM",
-    "make_setoguchi", "make_er_dataset", "make_er_scm", "sample_datasets", "setoguchi_scenario_terms",
-    "load_lalonde", "load_nsw", "load_ihdp", "load_dataset", "list_datasets", "data_available",
-    "SETOGUCHI_SCENARIOS", "SETOGUCHI_BETA", "SETOGUCHI_ALPHA", "SETOGUCHI_GAMMA", "SETOGUCHI_ETA",
-    "MECHANISMS_ID", "MECHANISMS_OOD", "SETTINGS", "DATASETS", "DATA_EXTRA_HINT",
-    "LALONDE_BENCHMARK_ATT", "LALONDE_COVARIATES", "IHDP_COVARIATES",
+    "CausalDataset",
+    "ERSCM",
+    "make_setoguchi",
+    "make_er_dataset",
+    "make_er_scm",
+    "sample_datasets",
+    "setoguchi_scenario_terms",
+    "load_lalonde",
+    "load_nsw",
+    "load_ihdp",
+    "load_dataset",
+    "list_datasets",
+    "data_available",
+    "SETOGUCHI_SCENARIOS",
+    "SETOGUCHI_BETA",
+    "SETOGUCHI_ALPHA",
+    "SETOGUCHI_GAMMA",
+    "SETOGUCHI_ETA",
+    "MECHANISMS_ID",
+    "MECHANISMS_OOD",
+    "SETTINGS",
+    "DATASETS",
+    "DATA_EXTRA_HINT",
+    "LALONDE_BENCHMARK_ATT",
+    "LALONDE_COVARIATES",
+    "IHDP_COVARIATES",
 ]

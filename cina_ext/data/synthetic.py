@@ -13,6 +13,7 @@ Two families, both deterministic given ``seed`` (NumPy ``default_rng`` / ``SeedS
 :func:`sample_datasets` draws many datasets from either family, in-distribution or
 out-of-distribution. Everything returns a :class:`CausalDataset`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -243,12 +244,21 @@ class CausalDataset:
             idx = np.sort(rng.choice(self.n, size=n, replace=False))
         sub = replace(
             self,
-            X=self.X[idx], T=self.T[idx], Y=self.Y[idx],
+            X=self.X[idx],
+            T=self.T[idx],
+            Y=self.Y[idx],
             mu0=None if self.mu0 is None else self.mu0[idx],
             mu1=None if self.mu1 is None else self.mu1[idx],
             propensity=None if self.propensity is None else self.propensity[idx],
-            meta={**self.meta, "subsample": {"n": n, "seed": None if seed is None else str(seed),
-                                             "keep_treated": keep_treated, "parent_n": self.n}},
+            meta={
+                **self.meta,
+                "subsample": {
+                    "n": n,
+                    "seed": None if seed is None else str(seed),
+                    "keep_treated": keep_treated,
+                    "parent_n": self.n,
+                },
+            },
         )
         ite = sub.ite
         if ite is not None:
@@ -265,8 +275,10 @@ class CausalDataset:
         def _f(v):
             return "None" if v is None else f"{v:.4g}"
 
-        return (f"CausalDataset(name={self.name!r}, n={self.n}, d={self.d}, treated={self.n_treated}, "
-                f"ate={_f(self.ate)}, att={_f(self.att)})")
+        return (
+            f"CausalDataset(name={self.name!r}, n={self.n}, d={self.d}, treated={self.n_treated}, "
+            f"ate={_f(self.ate)}, att={_f(self.att)})"
+        )
 
 
 def _truth(mu0: np.ndarray, mu1: np.ndarray, T: np.ndarray) -> Tuple[float, Optional[float]]:
@@ -301,8 +313,18 @@ _SETO_CORR = ((4, 0, 0.2), (5, 1, 0.9), (7, 2, 0.2), (8, 3, 0.9))  # (child, par
 _NONLIN_MILD = ((1.0, 2, (2, 2)),)
 _NONLIN_MOD = ((1.0, 2, (2, 2)), (1.0, 4, (4, 4)), (1.0, 7, (7, 7)))
 _NONADD_MILD = ((0.5, 1, (1, 3)), (0.7, 2, (2, 4)), (0.5, 4, (4, 5)), (0.5, 5, (5, 6)))
-_NONADD_MOD = ((0.5, 1, (1, 3)), (0.7, 2, (2, 4)), (0.5, 3, (3, 5)), (0.7, 4, (4, 6)), (0.5, 5, (5, 7)),
-               (0.5, 1, (1, 6)), (0.7, 2, (2, 3)), (0.5, 3, (3, 4)), (0.5, 4, (4, 5)), (0.5, 5, (5, 6)))
+_NONADD_MOD = (
+    (0.5, 1, (1, 3)),
+    (0.7, 2, (2, 4)),
+    (0.5, 3, (3, 5)),
+    (0.7, 4, (4, 6)),
+    (0.5, 5, (5, 7)),
+    (0.5, 1, (1, 6)),
+    (0.7, 2, (2, 3)),
+    (0.5, 3, (3, 4)),
+    (0.5, 4, (4, 5)),
+    (0.5, 5, (5, 6)),
+)
 _SETO_TERMS = {
     "A": (),
     "B": _NONLIN_MILD,
@@ -474,14 +496,34 @@ def make_setoguchi(
 
     ate, att = _truth(mu0, mu1, T)
     meta = {
-        "family": "setoguchi", "scenario": scenario, "seed": _seed_repr(seed), "varying": bool(varying),
-        "shift": float(shift), "heterogeneous": bool(heterogeneous), "noise_sd": float(noise_sd),
+        "family": "setoguchi",
+        "scenario": scenario,
+        "seed": _seed_repr(seed),
+        "varying": bool(varying),
+        "shift": float(shift),
+        "heterogeneous": bool(heterogeneous),
+        "noise_sd": float(noise_sd),
         "coef_sd": float(coef_sd),
-        "coefficients": {"beta": b.tolist(), "alpha": a.tolist(), "gamma": g,
-                         "eta": eta.tolist() if heterogeneous else None},
+        "coefficients": {
+            "beta": b.tolist(),
+            "alpha": a.tolist(),
+            "gamma": g,
+            "eta": eta.tolist() if heterogeneous else None,
+        },
     }
-    return CausalDataset(X=W, T=T, Y=Y, ate=ate, att=att, feature_names=[f"W{j}" for j in range(1, 11)],
-                         name=f"setoguchi-{scenario}", mu0=mu0, mu1=mu1, propensity=e, meta=meta)
+    return CausalDataset(
+        X=W,
+        T=T,
+        Y=Y,
+        ate=ate,
+        att=att,
+        feature_names=[f"W{j}" for j in range(1, 11)],
+        name=f"setoguchi-{scenario}",
+        mu0=mu0,
+        mu1=mu1,
+        propensity=e,
+        meta=meta,
+    )
 
 
 def _seed_repr(seed: SeedLike):
@@ -511,7 +553,7 @@ def _mech(name: str, z: np.ndarray) -> np.ndarray:
         return z * z
     if name == "cubic":
         zc = np.clip(z, -3.0, 3.0)  # bounded: unclipped cubes of heavy-tailed inputs explode
-        return zc ** 3
+        return zc**3
     if name == "abs":
         return np.abs(z)
     if name == "softplus":
@@ -649,9 +691,18 @@ class ERSCM:
         mechanism.
     """
 
-    def __init__(self, d: int = 10, *, seed: SeedLike = 0, density: float = 0.3,
-                 mechanism: Union[str, Sequence[str]] = "mixed", noise: float = 0.5,
-                 noise_dist: str = "gaussian", shift: float = 0.0, n_reference: int = 4096):
+    def __init__(
+        self,
+        d: int = 10,
+        *,
+        seed: SeedLike = 0,
+        density: float = 0.3,
+        mechanism: Union[str, Sequence[str]] = "mixed",
+        noise: float = 0.5,
+        noise_dist: str = "gaussian",
+        shift: float = 0.0,
+        n_reference: int = 4096,
+    ):
         d = int(d)
         if d < 1:
             raise ValueError(f"d must be >= 1, got {d}")
@@ -756,11 +807,19 @@ class ERSCM:
         """
         names, A = self.adjacency()
         return {
-            "d": self.d, "density": self.density, "mechanisms": list(self.mechanisms), "noise": self.noise,
-            "noise_dist": self.noise_dist, "shift": self.shift, "seed": self.seed,
-            "nodes": names, "edges": [[names[i], names[j]] for i, j in zip(*np.nonzero(A))],
-            "treatment_intercept": self.t_intercept, "treatment_scale": self.t_scale,
-            "tau0": self.tau0, "tau_het": self.tau_het,
+            "d": self.d,
+            "density": self.density,
+            "mechanisms": list(self.mechanisms),
+            "noise": self.noise,
+            "noise_dist": self.noise_dist,
+            "shift": self.shift,
+            "seed": self.seed,
+            "nodes": names,
+            "edges": [[names[i], names[j]] for i, j in zip(*np.nonzero(A))],
+            "treatment_intercept": self.t_intercept,
+            "treatment_scale": self.t_scale,
+            "tau0": self.tau0,
+            "tau_het": self.tau_het,
         }
 
     # -- simulation ----------------------------------------------------------------------------
@@ -789,8 +848,9 @@ class ERSCM:
         """
         return self._draw_exogenous(int(n), np.random.default_rng(seed))
 
-    def propagate(self, exo: Dict[str, np.ndarray], do: Optional[int] = None, *, freeze: bool = False
-                  ) -> Dict[str, np.ndarray]:
+    def propagate(
+        self, exo: Dict[str, np.ndarray], do: Optional[int] = None, *, freeze: bool = False
+    ) -> Dict[str, np.ndarray]:
         """Evaluate the SCM on given exogenous noise, optionally under do(T = ``do``).
 
         Parameters
@@ -820,7 +880,7 @@ class ERSCM:
         eps, u_t, eps_y = exo["eps"], exo["u_t"], exo["eps_y"]
         n = eps.shape[0]
         Xt = np.zeros((n, self.d))  # topological order
-        c = 1.0 / np.sqrt(1.0 + self.noise ** 2)
+        c = 1.0 / np.sqrt(1.0 + self.noise**2)
         for j, fn in enumerate(self.cov_fns):
             if freeze and fn.parents:
                 fn.freeze(Xt)
@@ -907,15 +967,31 @@ class ERSCM:
         """
         out = self.sample(int(n), seed)
         ate, att = _truth(out["mu0"], out["mu1"], out["T"])
-        return CausalDataset(X=out["X"], T=out["T"], Y=out["Y"], ate=ate, att=att,
-                             feature_names=self.feature_names, name=name, mu0=out["mu0"], mu1=out["mu1"],
-                             propensity=out["propensity"], meta={"family": "er", "scm": self.describe(),
-                                                                   "sample_seed": _seed_repr(seed)})
+        return CausalDataset(
+            X=out["X"],
+            T=out["T"],
+            Y=out["Y"],
+            ate=ate,
+            att=att,
+            feature_names=self.feature_names,
+            name=name,
+            mu0=out["mu0"],
+            mu1=out["mu1"],
+            propensity=out["propensity"],
+            meta={"family": "er", "scm": self.describe(), "sample_seed": _seed_repr(seed)},
+        )
 
 
-def make_er_scm(d: int = 10, *, seed: SeedLike = 0, density: float = 0.3,
-                mechanism: Union[str, Sequence[str]] = "mixed", noise: float = 0.5,
-                noise_dist: str = "gaussian", shift: float = 0.0) -> ERSCM:
+def make_er_scm(
+    d: int = 10,
+    *,
+    seed: SeedLike = 0,
+    density: float = 0.3,
+    mechanism: Union[str, Sequence[str]] = "mixed",
+    noise: float = 0.5,
+    noise_dist: str = "gaussian",
+    shift: float = 0.0,
+) -> ERSCM:
     """A random Erdos-Renyi SCM (see :class:`ERSCM`), deterministic given ``seed``.
 
     Parameters
@@ -937,13 +1013,20 @@ def make_er_scm(d: int = 10, *, seed: SeedLike = 0, density: float = 0.3,
     ValueError
         Invalid parameters (see :class:`ERSCM`).
     """
-    return ERSCM(d, seed=seed, density=density, mechanism=mechanism, noise=noise, noise_dist=noise_dist,
-                 shift=shift)
+    return ERSCM(d, seed=seed, density=density, mechanism=mechanism, noise=noise, noise_dist=noise_dist, shift=shift)
 
 
-def make_er_dataset(n: int, d: int = 10, *, seed: SeedLike = 0, density: float = 0.3,
-                    mechanism: Union[str, Sequence[str]] = "mixed", noise: float = 0.5,
-                    noise_dist: str = "gaussian", shift: float = 0.0) -> CausalDataset:
+def make_er_dataset(
+    n: int,
+    d: int = 10,
+    *,
+    seed: SeedLike = 0,
+    density: float = 0.3,
+    mechanism: Union[str, Sequence[str]] = "mixed",
+    noise: float = 0.5,
+    noise_dist: str = "gaussian",
+    shift: float = 0.0,
+) -> CausalDataset:
     """n units from a random Erdos-Renyi SCM over d covariates + treatment + outcome.
 
     ``density``: edge probability; ``mechanism``: "mixed" (= MECHANISMS_ID: linear, tanh, sin,
@@ -993,8 +1076,7 @@ def make_er_dataset(n: int, d: int = 10, *, seed: SeedLike = 0, density: float =
     """
     ss = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
     ss_scm, ss_units = ss.spawn(2)
-    scm = ERSCM(d, seed=ss_scm, density=density, mechanism=mechanism, noise=noise, noise_dist=noise_dist,
-                shift=shift)
+    scm = ERSCM(d, seed=ss_scm, density=density, mechanism=mechanism, noise=noise, noise_dist=noise_dist, shift=shift)
     ds = scm.dataset(int(n), ss_units, name="er")
     ds.meta["seed"] = _seed_repr(seed)
     return ds
@@ -1030,16 +1112,35 @@ SETTINGS: Dict[str, Dict[str, Dict[str, Any]]] = {
         "ood": {"scenario": list(SETOGUCHI_SCENARIOS), "varying": True, "shift": 1.0, "heterogeneous": True},
     },
     "er": {
-        "id": {"d": 10, "density": (0.2, 0.4), "mechanism": "mixed", "noise": (0.3, 0.7),
-               "noise_dist": "gaussian", "shift": 0.0},
-        "ood": {"d": 10, "density": (0.5, 0.7), "mechanism": "ood", "noise": (0.3, 0.7),
-                "noise_dist": ["laplace", "uniform"], "shift": 0.5},
+        "id": {
+            "d": 10,
+            "density": (0.2, 0.4),
+            "mechanism": "mixed",
+            "noise": (0.3, 0.7),
+            "noise_dist": "gaussian",
+            "shift": 0.0,
+        },
+        "ood": {
+            "d": 10,
+            "density": (0.5, 0.7),
+            "mechanism": "ood",
+            "noise": (0.3, 0.7),
+            "noise_dist": ["laplace", "uniform"],
+            "shift": 0.5,
+        },
     },
 }
 
 
-def sample_datasets(family: str, count: int, n_range: Union[int, Tuple[int, int]] = (64, 1024),
-                    seed: SeedLike = 0, *, setting: str = "id", **overrides) -> Iterator[CausalDataset]:
+def sample_datasets(
+    family: str,
+    count: int,
+    n_range: Union[int, Tuple[int, int]] = (64, 1024),
+    seed: SeedLike = 0,
+    *,
+    setting: str = "id",
+    **overrides,
+) -> Iterator[CausalDataset]:
     """Yield ``count`` datasets of ``family`` ("setoguchi" or "er"), deterministic given ``seed``.
 
     ``n_range``: an int or (lo, hi) inclusive, drawn uniformly per dataset. ``setting``: "id"

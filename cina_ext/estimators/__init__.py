@@ -1,5 +1,6 @@
 """Treatment-effect estimators: CInA (Algorithm 1), zero-shot CInA, exact kernel balancing and the
 usual baselines, all with the balancing-weights interface of :class:`~.base._WeightingEstimator`."""
+
 from __future__ import annotations
 
 from .base import EstimatorSummary

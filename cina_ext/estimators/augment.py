@@ -12,6 +12,7 @@ only the outcome model does, fitted on other folds than the units it predicts.  
 per-unit scores ``psi_i`` (``n w_i`` plays the part of the inverse propensity), whose spread gives
 the usual influence-function standard error.
 """
+
 from __future__ import annotations
 
 import math
@@ -59,8 +60,7 @@ def _with_seed(model, seed: int):
     return m
 
 
-def cross_fit_outcomes(model, Xs: np.ndarray, T: np.ndarray, Y: np.ndarray, seed: int,
-                       n_folds: int = AUGMENT_FOLDS):
+def cross_fit_outcomes(model, Xs: np.ndarray, T: np.ndarray, Y: np.ndarray, seed: int, n_folds: int = AUGMENT_FOLDS):
     """Out-of-fold predictions ``(mu1, mu0)`` of one outcome model per arm, folds stratified on T."""
     k = int(min(n_folds, np.sum(T == 1), np.sum(T == 0)))
     if k < 2:
@@ -79,8 +79,7 @@ def cross_fit_outcomes(model, Xs: np.ndarray, T: np.ndarray, Y: np.ndarray, seed
     return mu1, mu0
 
 
-def augmented_scores(w: np.ndarray, T: np.ndarray, Y: np.ndarray, mu1: np.ndarray, mu0: np.ndarray,
-                     estimand: str):
+def augmented_scores(w: np.ndarray, T: np.ndarray, Y: np.ndarray, mu1: np.ndarray, mu0: np.ndarray, estimand: str):
     """``(estimate, influence)``: the augmented estimate and its per-unit influence values (mean 0)."""
     n = T.shape[0]
     Tf = T.astype(np.float64)

@@ -39,6 +39,7 @@ Defaults were measured on a Setoguchi-type design (10 covariates, 6 dichotomised
 main effects, G = quadratic + interaction terms in the propensity; constant effect -0.4 unless
 "het"), mean absolute error of the estimate over replications, see the class docstrings.
 """
+
 from __future__ import annotations
 
 import math
@@ -60,6 +61,7 @@ __all__ = ["EstimatorSummary", "Inference"]
 
 
 # helpers shared by the estimators
+
 
 def _standardize(X: np.ndarray, mean=None, sd=None):
     """Column-standardise, scale-robust (:func:`cina_ext._core.checks.standardize_columns`)."""
@@ -105,8 +107,10 @@ def _overlap_problems(w: np.ndarray, T: np.ndarray, propensity=None, clip=None) 
         edge = max(c, 1e-6) * (1 + 1e-9)
         share = float(np.mean((e <= edge) | (e >= 1 - edge)))
         if share > CLIPPED_SHARE:
-            out.append(f"{share:.0%} of the propensity scores are at 0 / 1 or at the clipping bounds "
-                       f"(near-separation of the arms by the covariates)")
+            out.append(
+                f"{share:.0%} of the propensity scores are at 0 / 1 or at the clipping bounds "
+                f"(near-separation of the arms by the covariates)"
+            )
     return out
 
 
@@ -145,14 +149,24 @@ class Inference:
     estimand: str
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"estimate": self.estimate, "se": self.se, "ci": list(self.ci), "level": 1.0 - self.alpha,
-                "z": self.z, "pvalue": self.pvalue, "method": self.method, "estimand": self.estimand}
+        return {
+            "estimate": self.estimate,
+            "se": self.se,
+            "ci": list(self.ci),
+            "level": 1.0 - self.alpha,
+            "z": self.z,
+            "pvalue": self.pvalue,
+            "method": self.method,
+            "estimand": self.estimand,
+        }
 
     def __str__(self) -> str:
         lo, hi = self.ci
-        return (f"{ESTIMAND_LABEL.get(self.estimand, self.estimand)}: {self.estimate:.6g} (SE {self.se:.4g}; "
-                f"{100 * (1 - self.alpha):.0f}% CI {lo:.6g} to {hi:.6g}; z {self.z:.3g}, p {self.pvalue:.3g}; "
-                f"{self.method})")
+        return (
+            f"{ESTIMAND_LABEL.get(self.estimand, self.estimand)}: {self.estimate:.6g} (SE {self.se:.4g}; "
+            f"{100 * (1 - self.alpha):.0f}% CI {lo:.6g} to {hi:.6g}; z {self.z:.3g}, p {self.pvalue:.3g}; "
+            f"{self.method})"
+        )
 
 
 class EstimatorSummary(dict):
@@ -165,9 +179,13 @@ class EstimatorSummary(dict):
         for key in ("n_treated", "n_control"):
             lines.append(f"  {key}: {self.get(key)}")
         ess = self.get("ess", {})
-        lines.append(f"  ESS treated {ess.get('treated', float('nan')):.1f}, control {ess.get('control', float('nan')):.1f}")
-        lines.append(f"  max |SMD| before {self.get('max_abs_smd_before'):.4f}, after {self.get('max_abs_smd_after'):.4f} "
-                     f"({self.get('n_flagged')} above 0.1)")
+        lines.append(
+            f"  ESS treated {ess.get('treated', float('nan')):.1f}, control {ess.get('control', float('nan')):.1f}"
+        )
+        lines.append(
+            f"  max |SMD| before {self.get('max_abs_smd_before'):.4f}, after {self.get('max_abs_smd_after'):.4f} "
+            f"({self.get('n_flagged')} above 0.1)"
+        )
         for k, v in self.get("details", {}).items():
             lines.append(f"  {k}: {v}")
         return "\n".join(lines)
@@ -203,8 +221,9 @@ class _WeightingEstimator(BaseEstimator):
             return self._effect_core(state, X, T, Y, seed), None
         est = self._resolve_estimand() if not hasattr(self, "estimand_") else self.estimand_
         if est not in ("ate", "att"):
-            raise ValueError("augment=... needs estimand='ate' or 'att' (the overlap population has no "
-                             "outcome-model form here)")
+            raise ValueError(
+                "augment=... needs estimand='ate' or 'att' (the overlap population has no outcome-model form here)"
+            )
         Xs, _, _ = standardize_columns(X)
         mu1, mu0 = cross_fit_outcomes(model, Xs, T, Y, seed)
         return augmented_scores(np.asarray(state["weights"], dtype=np.float64), T, Y, mu1, mu0, est)
@@ -226,8 +245,16 @@ class _WeightingEstimator(BaseEstimator):
         est, infl = self._estimate(self._state, self.X_, self.T_, Ya, self.seed_)
         return est, influence_se(infl), "influence function (augmented, cross-fitted)"
 
-    def ate_inference(self, Y, alpha: float = 0.05, *, method: str = "auto", n_bootstrap: int = 200,
-                      random_state=None, verbose: Optional[bool] = None) -> "Inference":
+    def ate_inference(
+        self,
+        Y,
+        alpha: float = 0.05,
+        *,
+        method: str = "auto",
+        n_bootstrap: int = 200,
+        random_state=None,
+        verbose: Optional[bool] = None,
+    ) -> "Inference":
         """The estimate with a standard error, a ``1 - alpha`` interval, z and a two-sided p-value.
 
         Parameters
@@ -272,24 +299,34 @@ class _WeightingEstimator(BaseEstimator):
         z_crit = float(norm.ppf(1 - float(alpha) / 2))
         analytic = self._analytic_inference(Ya) if method in ("auto", "influence") else None
         if method == "influence" and analytic is None:
-            raise ValueError(f"{type(self).__name__} without augmentation has no analytic standard error here; "
-                             "use method='bootstrap' (or augment=True)")
+            raise ValueError(
+                f"{type(self).__name__} without augmentation has no analytic standard error here; "
+                "use method='bootstrap' (or augment=True)"
+            )
         if analytic is not None:
             est, se, how = analytic
             ci = (est - z_crit * se, est + z_crit * se)
         else:
             est = self.ate(Ya)
-            lo, hi = self.ate_interval(Ya, alpha=alpha, n_bootstrap=n_bootstrap, random_state=random_state,
-                                       verbose=verbose)
+            lo, hi = self.ate_interval(
+                Ya, alpha=alpha, n_bootstrap=n_bootstrap, random_state=random_state, verbose=verbose
+            )
             se = float(np.std(self.bootstrap_estimates_, ddof=1))
             ci, how = (lo, hi), f"percentile bootstrap ({len(self.bootstrap_estimates_)} refits of the weights)"
         if not (np.isfinite(est) and np.isfinite(se)):
             raise ValueError(f"the estimate ({est}) or its standard error ({se}) is not finite")
         zval = est / se if se > 0 else math.copysign(math.inf, est) if est else 0.0
         pval = float(2.0 * norm.sf(abs(zval)))
-        self.inference_ = Inference(estimate=float(est), se=float(se), ci=(float(ci[0]), float(ci[1])),
-                                    z=float(zval), pvalue=pval, method=how, alpha=float(alpha),
-                                    estimand=self.estimand_)
+        self.inference_ = Inference(
+            estimate=float(est),
+            se=float(se),
+            ci=(float(ci[0]), float(ci[1])),
+            z=float(zval),
+            pvalue=pval,
+            method=how,
+            alpha=float(alpha),
+            estimand=self.estimand_,
+        )
         return self.inference_
 
     def _resolve_estimand(self):
@@ -348,18 +385,24 @@ class _WeightingEstimator(BaseEstimator):
         self.weights_ = np.asarray(state["weights"], dtype=np.float64)
         self.n_treated_ = int(np.sum(data.T == 1))
         self.n_control_ = int(np.sum(data.T == 0))
-        self.overlap_warnings_ = _overlap_problems(self.weights_, data.T, state.get("propensity"),
-                                                   getattr(self, "clip", None))
+        self.overlap_warnings_ = _overlap_problems(
+            self.weights_, data.T, state.get("propensity"), getattr(self, "clip", None)
+        )
         if self._warns_on_imbalance:
             rep = self.balance()
             if rep.max_abs_smd_after > IMBALANCE_SMD:
                 worst = rep.feature_names[int(np.argmax(np.abs(rep.smd_after)))]
-                self.overlap_warnings_.append(f"a covariate is still imbalanced after weighting (max |SMD| "
-                                              f"{rep.max_abs_smd_after:.2f}, '{worst}')")
+                self.overlap_warnings_.append(
+                    f"a covariate is still imbalanced after weighting (max |SMD| "
+                    f"{rep.max_abs_smd_after:.2f}, '{worst}')"
+                )
         for msg in self.overlap_warnings_:
-            warnings.warn(f"{type(self).__name__}: poor overlap: {msg}; the estimate may be biased or rest on "
-                          "few units, and its interval may not cover (see balance())", RuntimeWarning,
-                          stacklevel=2)
+            warnings.warn(
+                f"{type(self).__name__}: poor overlap: {msg}; the estimate may be biased or rest on "
+                "few units, and its interval may not cover (see balance())",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         return self
 
     def _check_params(self) -> None:
@@ -402,8 +445,9 @@ class _WeightingEstimator(BaseEstimator):
             raise ValueError("the estimate is not finite (check the weights and the outcome)")
         return float(est)
 
-    def ate_interval(self, Y, alpha: float = 0.05, n_bootstrap: int = 200, random_state=None, *,
-                     verbose: Optional[bool] = None) -> Tuple[float, float]:
+    def ate_interval(
+        self, Y, alpha: float = 0.05, n_bootstrap: int = 200, random_state=None, *, verbose: Optional[bool] = None
+    ) -> Tuple[float, float]:
         """Percentile bootstrap interval ``(lo, hi)`` at level ``1 - alpha``.
 
         Each of the ``n_bootstrap`` resamples draws units with replacement *within each arm* (so arm
@@ -450,8 +494,9 @@ class _WeightingEstimator(BaseEstimator):
         Ya = check_outcome(Y, self.X_.shape[0], device=self._data.device, index=self._data.index)
         if random_state is None:
             random_state = getattr(self, "random_state", None)
-        rng = np.random.default_rng(random_state if not isinstance(random_state, np.random.RandomState)
-                                    else random_state.randint(0, 2**31 - 1))
+        rng = np.random.default_rng(
+            random_state if not isinstance(random_state, np.random.RandomState) else random_state.randint(0, 2**31 - 1)
+        )
         if verbose is None:
             verbose = bool(getattr(self, "verbose", False))
         from tqdm.auto import tqdm
@@ -461,10 +506,8 @@ class _WeightingEstimator(BaseEstimator):
         idx0 = np.nonzero(T == 0)[0]
         ests = []
         failures = []
-        for _ in tqdm(range(n_bootstrap), desc=f"bootstrap {type(self).__name__}", disable=not verbose,
-                      leave=False):
-            idx = np.concatenate([rng.choice(idx1, idx1.size, replace=True),
-                                  rng.choice(idx0, idx0.size, replace=True)])
+        for _ in tqdm(range(n_bootstrap), desc=f"bootstrap {type(self).__name__}", disable=not verbose, leave=False):
+            idx = np.concatenate([rng.choice(idx1, idx1.size, replace=True), rng.choice(idx0, idx0.size, replace=True)])
             seed = int(rng.integers(0, 2**31 - 1))
             Xb, Tb, Yb = X[idx], T[idx], Ya[idx]
             try:
@@ -479,11 +522,12 @@ class _WeightingEstimator(BaseEstimator):
                 failures.append("non-finite estimate")
         if failures:
             if len(failures) > 0.1 * n_bootstrap:
-                raise RuntimeError(
-                    f"{len(failures)} of {n_bootstrap} bootstrap refits failed (first: {failures[0]})"
-                )
-            warnings.warn(f"{len(failures)} of {n_bootstrap} bootstrap refits failed and were skipped "
-                          f"(first: {failures[0]})", RuntimeWarning, stacklevel=2)
+                raise RuntimeError(f"{len(failures)} of {n_bootstrap} bootstrap refits failed (first: {failures[0]})")
+            warnings.warn(
+                f"{len(failures)} of {n_bootstrap} bootstrap refits failed and were skipped (first: {failures[0]})",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         ests = np.asarray(ests)
         self.bootstrap_estimates_ = ests
         lo, hi = np.quantile(ests, [alpha / 2.0, 1.0 - alpha / 2.0])
@@ -510,8 +554,7 @@ class _WeightingEstimator(BaseEstimator):
         """
         self._check_fitted()
         est = self.estimand_ if self.estimand_ in ("ate", "att", "overlap") else "ate"
-        return balance_table(self.X_, self.T_, self.weights_, self.feature_names_, estimand=est,
-                             threshold=threshold)
+        return balance_table(self.X_, self.T_, self.weights_, self.feature_names_, estimand=est, threshold=threshold)
 
     def summary(self, Y=None) -> EstimatorSummary:
         """Estimate (if ``Y`` is given), arm sizes, ESS, balance and method-specific diagnostics.
@@ -552,4 +595,3 @@ class _WeightingEstimator(BaseEstimator):
             details=self._details(),
         )
         return out
-

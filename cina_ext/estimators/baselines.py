@@ -1,4 +1,5 @@
 """Baseline estimators: difference in means, IPW, self-normalised IPW, cross-fitted AIPW (DoubleML)."""
+
 from __future__ import annotations
 
 import math
@@ -16,7 +17,6 @@ from .augment import single_openmp_thread as _single_openmp_thread
 from .base import _arm_normalise, _standardize, _WeightingEstimator
 
 __all__ = ["DifferenceInMeans", "IPW", "SelfNormalizedIPW", "DoubleML"]
-
 
 
 class DifferenceInMeans(_WeightingEstimator):
@@ -159,8 +159,15 @@ class IPW(_WeightingEstimator):
 
     _normalised = False
 
-    def __init__(self, estimand: str = "ate", propensity_model=None, clip: Optional[float] = 0.01,
-                 random_state=None, verbose: bool = False, augment=False):
+    def __init__(
+        self,
+        estimand: str = "ate",
+        propensity_model=None,
+        clip: Optional[float] = 0.01,
+        random_state=None,
+        verbose: bool = False,
+        augment=False,
+    ):
         self.estimand = estimand
         self.propensity_model = propensity_model
         self.clip = clip
@@ -328,8 +335,16 @@ class DoubleML(_WeightingEstimator):
 
     _allowed_estimands = ("ate", "att")
 
-    def __init__(self, estimand: str = "ate", outcome_model=None, propensity_model=None, n_folds: int = 5,
-                 clip: Optional[float] = 0.01, random_state=None, verbose: bool = False):
+    def __init__(
+        self,
+        estimand: str = "ate",
+        outcome_model=None,
+        propensity_model=None,
+        n_folds: int = 5,
+        clip: Optional[float] = 0.01,
+        random_state=None,
+        verbose: bool = False,
+    ):
         self.estimand = estimand
         self.outcome_model = outcome_model
         self.propensity_model = propensity_model
@@ -425,15 +440,25 @@ class DoubleML(_WeightingEstimator):
         with np.errstate(over="ignore", invalid="ignore"):
             se = float(np.std(infl, ddof=1) / math.sqrt(len(infl)))
         if not (np.isfinite(est) and np.isfinite(se)):
-            raise ValueError(f"DoubleML: the estimate ({est}) or its standard error ({se}) is not finite; the "
-                             f"outcome is too extreme for float64 arithmetic (max |Y| = {np.max(np.abs(Ya)):.3g}): "
-                             "rescale Y (e.g. to thousands) and the estimate with it")
+            raise ValueError(
+                f"DoubleML: the estimate ({est}) or its standard error ({se}) is not finite; the "
+                f"outcome is too extreme for float64 arithmetic (max |Y| = {np.max(np.abs(Ya)):.3g}): "
+                "rescale Y (e.g. to thousands) and the estimate with it"
+            )
         self.influence_ = infl
         self.se_ = se
         return est
 
-    def ate_interval(self, Y, alpha: float = 0.05, n_bootstrap: int = 200, random_state=None, *,
-                     verbose: Optional[bool] = None, method: str = "bootstrap") -> Tuple[float, float]:
+    def ate_interval(
+        self,
+        Y,
+        alpha: float = 0.05,
+        n_bootstrap: int = 200,
+        random_state=None,
+        *,
+        verbose: Optional[bool] = None,
+        method: str = "bootstrap",
+    ) -> Tuple[float, float]:
         """Interval for the effect: the shared bootstrap or the influence-function normal interval.
 
         Parameters
@@ -471,8 +496,7 @@ class DoubleML(_WeightingEstimator):
             return est - z * self.se_, est + z * self.se_
         if method != "bootstrap":
             raise ValueError(f"method must be 'bootstrap' or 'influence', got {method!r}")
-        return super().ate_interval(Y, alpha=alpha, n_bootstrap=n_bootstrap, random_state=random_state,
-                                    verbose=verbose)
+        return super().ate_interval(Y, alpha=alpha, n_bootstrap=n_bootstrap, random_state=random_state, verbose=verbose)
 
     def has_analytic_se(self) -> bool:
         """DoubleML always has its influence-function standard error.
@@ -497,4 +521,3 @@ def _predict_proba(model, Xtr, Ttr, Xte, seed):
     m.fit(Xtr, Ttr)
     classes = list(getattr(m, "classes_", [0, 1]))
     return m.predict_proba(Xte)[:, classes.index(1)]
-

@@ -1,4 +1,5 @@
 """CInA on one dataset (Algorithm 1, docs/method.md §4), trained on the exact bilevel path."""
+
 from __future__ import annotations
 
 import math
@@ -9,16 +10,15 @@ import numpy as np
 import torch
 
 from .. import ops
-from .._core.checks import _tensor_devices, check_estimand, check_positive, resolve_dtype, resolve_device
+from .._core.checks import _tensor_devices, check_estimand, check_positive, resolve_device, resolve_dtype
 from ..models.key_net import KeyNet
-from .low_rank import EXACT_LIMIT, exact_cost
 from .base import _arm_normalise, _dual_solve, _lam_abs, _max_iter_arg, _standardize, _WeightingEstimator
+from .low_rank import EXACT_LIMIT, exact_cost
 
 __all__ = ["CInA"]
 
 
-
-_CINA_DEFAULT_LAM = 0.01         # relative, "overlap" training problem: lam_abs = lam / N
+_CINA_DEFAULT_LAM = 0.01  # relative, "overlap" training problem: lam_abs = lam / N
 _CINA_DEFAULT_READOUT_LAM = 0.01  # relative, "ate"/"att" read-out: lam_abs = readout_lam / N^2
 
 
@@ -181,12 +181,28 @@ class CInA(_WeightingEstimator):
     0.2-0.5 s with the compiled solver and fused attention, 5-10 s on the PyTorch reference.
     """
 
-    def __init__(self, estimand: str = "overlap", lam: Optional[float] = None, key_dim: int = 16,
-                 hidden_dim: int = 64, n_steps: int = 20, lr: float = 0.01, readout_lam: Optional[float] = None,
-                 key_scale: float = 1.0, loss: str = "hinge", tol: float = 1e-6, max_iter: Optional[int] = None,
-                 bootstrap_tol: float = 1e-4, bootstrap_refit: str = "solver", backend: str = "auto",
-                 device: str = "auto", dtype: str = "float64", random_state=None, verbose: bool = False,
-                 augment=False):
+    def __init__(
+        self,
+        estimand: str = "overlap",
+        lam: Optional[float] = None,
+        key_dim: int = 16,
+        hidden_dim: int = 64,
+        n_steps: int = 20,
+        lr: float = 0.01,
+        readout_lam: Optional[float] = None,
+        key_scale: float = 1.0,
+        loss: str = "hinge",
+        tol: float = 1e-6,
+        max_iter: Optional[int] = None,
+        bootstrap_tol: float = 1e-4,
+        bootstrap_refit: str = "solver",
+        backend: str = "auto",
+        device: str = "auto",
+        dtype: str = "float64",
+        random_state=None,
+        verbose: bool = False,
+        augment=False,
+    ):
         self.estimand = estimand
         self.lam = lam
         self.key_dim = key_dim
@@ -248,8 +264,9 @@ class CInA(_WeightingEstimator):
             # of 1e-6 would accept the uniform starting point (measured: 0 iterations); make it
             # relative to the kernel scale.  ("overlap" is O(1) already: p = 1.)
             tol = tol / (n * n)
-        kw = dict(kernel="cina", scale=self._scale, estimand=estimand, tol=float(tol),
-                  max_iter=_max_iter_arg(self.max_iter))
+        kw = dict(
+            kernel="cina", scale=self._scale, estimand=estimand, tol=float(tol), max_iter=_max_iter_arg(self.max_iter)
+        )
         if estimand == "overlap":
             kw["loss"] = self.loss
         with torch.no_grad():
@@ -261,8 +278,9 @@ class CInA(_WeightingEstimator):
         zeros_v = torch.zeros_like(Wt)
         zeros_b = torch.zeros(Wt.shape[0], dtype=Wt.dtype, device=Wt.device)
         with torch.no_grad():
-            _, _, lse = ops.attention_hinge(K.detach(), zeros_v, Wt, zeros_b, lam_abs, scale=self._scale,
-                                            loss=self.loss, backend=self.backend)
+            _, _, lse = ops.attention_hinge(
+                K.detach(), zeros_v, Wt, zeros_b, lam_abs, scale=self._scale, loss=self.loss, backend=self.backend
+            )
         return lse
 
     def _values(self, alpha, Wt, lse, lam_abs):
@@ -284,8 +302,9 @@ class CInA(_WeightingEstimator):
         eq. L itself is used.  Both go through :func:`cina_ext.ops.attention_hinge` (its ``out``
         and ``lse`` outputs are differentiable), so the fused kernel keeps memory O(N).
         """
-        loss, out, lse = ops.attention_hinge(K, V, Wt, b, lam_abs, scale=self._scale, loss=self.loss,
-                                             backend=self.backend)
+        loss, out, lse = ops.attention_hinge(
+            K, V, Wt, b, lam_abs, scale=self._scale, loss=self.loss, backend=self.backend
+        )
         if self.loss != "hinge":
             return loss.sum(), loss
         c = torch.exp(lse + math.log(lam_abs / 2.0))
@@ -342,9 +361,12 @@ class CInA(_WeightingEstimator):
         if estimand == "overlap" or full_diagnostics:
             res = self._solve(K, Wt, lam_abs, "overlap", tol)
             alpha = res.alpha.to(dtype)
-            out.update(alpha=alpha[0].cpu().double().numpy(), intercept=float(res.intercept.reshape(-1)[0]),
-                       converged_overlap=bool(res.converged.reshape(-1)[0]),
-                       objective_overlap=float(res.objective.reshape(-1)[0]))
+            out.update(
+                alpha=alpha[0].cpu().double().numpy(),
+                intercept=float(res.intercept.reshape(-1)[0]),
+                converged_overlap=bool(res.converged.reshape(-1)[0]),
+                objective_overlap=float(res.objective.reshape(-1)[0]),
+            )
             if estimand == "overlap":
                 out["weights"] = _arm_normalise(res.weights[0].cpu().double().numpy(), T)
                 out["converged"] = out["converged_overlap"]
@@ -353,8 +375,9 @@ class CInA(_WeightingEstimator):
                 V = self._values(alpha, Wt, lse, lam_abs)
                 b = res.intercept.to(dtype).reshape(1)
                 with torch.no_grad():
-                    loss, _, _ = ops.attention_hinge(K, V, Wt, b, lam_abs, scale=self._scale, loss=self.loss,
-                                                     backend=self.backend)
+                    loss, _, _ = ops.attention_hinge(
+                        K, V, Wt, b, lam_abs, scale=self._scale, loss=self.loss, backend=self.backend
+                    )
                 primal = float(loss.sum())
                 # exact dual value 1'a - (1/(2 lam)) a'Qa = -objective (the solver minimises)
                 dual = -out["objective_overlap"]
@@ -374,10 +397,13 @@ class CInA(_WeightingEstimator):
         if n > EXACT_LIMIT and not bootstrap:
             c = exact_cost(n, p)
             steps = int(self.n_steps) + 2
-            warnings.warn(f"CInA: {n:,} units: each of the {steps} exact solves is quadratic in N (about "
-                          f"{c['seconds']:.0f} s each on one CPU core, {c['seconds'] * steps / 60:.0f} min in all); "
-                          "KernelBalancing(estimand=...) has a low-rank path for datasets this large",
-                          UserWarning, stacklevel=3)
+            warnings.warn(
+                f"CInA: {n:,} units: each of the {steps} exact solves is quadratic in N (about "
+                f"{c['seconds']:.0f} s each on one CPU core, {c['seconds'] * steps / 60:.0f} min in all); "
+                "KernelBalancing(estimand=...) has a low-rank path for datasets this large",
+                UserWarning,
+                stacklevel=3,
+            )
         tol = float(self.bootstrap_tol if bootstrap else self.tol)
         if bootstrap and self.bootstrap_refit == "solver":
             Xs, _, _ = _standardize(X, self._x_mean, self._x_sd)
@@ -385,13 +411,25 @@ class CInA(_WeightingEstimator):
             ro = self._readout(net, Xs, T, tol, full_diagnostics=False)
             return {"weights": ro["weights"]}
         Xs, mean, sd = _standardize(X)
-        net, lam_abs, history, unconverged = self._train(Xs, T, seed, tol, progress=bool(self.verbose) and not bootstrap)
+        net, lam_abs, history, unconverged = self._train(
+            Xs, T, seed, tol, progress=bool(self.verbose) and not bootstrap
+        )
         ro = self._readout(net, Xs, T, tol, full_diagnostics=not bootstrap)
         if not bootstrap and not ro["converged"]:
-            warnings.warn("CInA: the final balancing solve did not converge (see converged_); raise max_iter "
-                          "or loosen tol", RuntimeWarning, stacklevel=3)
-        return {"weights": ro["weights"], "readout": ro, "net": net, "history": history,
-                "unconverged": unconverged, "mean": mean, "sd": sd}
+            warnings.warn(
+                "CInA: the final balancing solve did not converge (see converged_); raise max_iter or loosen tol",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return {
+            "weights": ro["weights"],
+            "readout": ro,
+            "net": net,
+            "history": history,
+            "unconverged": unconverged,
+            "mean": mean,
+            "sd": sd,
+        }
 
     def fit(self, X, T):
         # resolve the device before the core runs (it needs the data's device)
@@ -423,18 +461,25 @@ class CInA(_WeightingEstimator):
             warnings.warn(
                 f"CInA: {self.alpha_at_one_:.0%} of the dual variables sit at the upper bound: lam is too "
                 "large for this kernel and the overlap weights are nearly uniform (docs/method.md §7.1)",
-                RuntimeWarning, stacklevel=2)
+                RuntimeWarning,
+                stacklevel=2,
+            )
         self.diagnostics_ = {
-            "final_loss": self.final_loss_, "duality_gap": self.duality_gap_,
-            "alpha_at_zero": self.alpha_at_zero_, "alpha_at_one": self.alpha_at_one_,
-            "converged": self.converged_, "n_unconverged_steps": self.n_unconverged_steps_,
-            "lam": self._lam_rel(), "lam_abs": self.lam_abs_,
+            "final_loss": self.final_loss_,
+            "duality_gap": self.duality_gap_,
+            "alpha_at_zero": self.alpha_at_zero_,
+            "alpha_at_one": self.alpha_at_one_,
+            "converged": self.converged_,
+            "n_unconverged_steps": self.n_unconverged_steps_,
+            "lam": self._lam_rel(),
+            "lam_abs": self.lam_abs_,
             "readout_lam": self._readout_lam_rel() if self.estimand_ != "overlap" else None,
-            "readout_lam_abs": self.readout_lam_abs_, "n_steps": int(self.n_steps),
-            "device": str(self.device_), "dtype": str(resolve_dtype(self.dtype)).replace("torch.", ""),
+            "readout_lam_abs": self.readout_lam_abs_,
+            "n_steps": int(self.n_steps),
+            "device": str(self.device_),
+            "dtype": str(resolve_dtype(self.dtype)).replace("torch.", ""),
         }
         return self
 
     def _details(self):
         return dict(self.diagnostics_)
-

@@ -1,4 +1,5 @@
 """Estimators by short name: the methods of ``cina estimate --method``."""
+
 from __future__ import annotations
 
 import inspect
@@ -76,4 +77,3 @@ def make_estimator(name: str, *, estimand: Optional[str] = None, random_state=No
         kwargs["estimand"] = check_estimand(estimand, cls._allowed_estimands)
     kwargs["random_state"] = random_state
     return cls(**kwargs)
-

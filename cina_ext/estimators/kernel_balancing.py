@@ -1,5 +1,6 @@
 """Kernel balancing: the balancing problem of each estimand solved exactly by the batched dual
 solver, or, for large datasets, on a low-rank feature map (:mod:`.low_rank`)."""
+
 from __future__ import annotations
 
 import math
@@ -9,12 +10,11 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .._core.checks import check_estimand, check_positive, resolve_dtype, resolve_device
+from .._core.checks import check_estimand, check_positive, resolve_device, resolve_dtype
 from .base import _arm_normalise, _dual_solve, _lam_abs, _max_iter_arg, _standardize, _WeightingEstimator
 from .low_rank import DEFAULT_RANK, EXACT_LIMIT, RandomFourierFeatures, exact_cost, rank_for, simplex_balance
 
 __all__ = ["KernelBalancing"]
-
 
 
 _KB_KERNELS = ("rbf", "linear")
@@ -26,6 +26,8 @@ def _duration(seconds: float) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
+
+
 # Relative lam defaults (see the module docstring for the scaling); chosen by measurement,
 # see the class docstrings.
 _DEFAULT_LAM = {"overlap": 3e-4, "ate": 0.01, "att": 0.01}
@@ -165,12 +167,26 @@ class KernelBalancing(_WeightingEstimator):
     (True, 1.0)
     """
 
-    def __init__(self, estimand: str = "ate", kernel: str = "rbf", lam: Optional[float] = None,
-                 gamma: Optional[float] = None, intercept: bool = True, loss: str = "hinge",
-                 tol: float = 1e-6, max_iter: Optional[int] = None, bootstrap_tol: float = 1e-4,
-                 backend: str = "auto", device: str = "auto", dtype: str = "float64",
-                 random_state=None, verbose: bool = False, approximation: str = "auto",
-                 rank: Optional[int] = None, augment=False):
+    def __init__(
+        self,
+        estimand: str = "ate",
+        kernel: str = "rbf",
+        lam: Optional[float] = None,
+        gamma: Optional[float] = None,
+        intercept: bool = True,
+        loss: str = "hinge",
+        tol: float = 1e-6,
+        max_iter: Optional[int] = None,
+        bootstrap_tol: float = 1e-4,
+        backend: str = "auto",
+        device: str = "auto",
+        dtype: str = "float64",
+        random_state=None,
+        verbose: bool = False,
+        approximation: str = "auto",
+        rank: Optional[int] = None,
+        augment=False,
+    ):
         self.estimand = estimand
         self.kernel = kernel
         self.approximation = approximation
@@ -192,8 +208,9 @@ class KernelBalancing(_WeightingEstimator):
     def _check_params(self):
         if self.approximation not in ("auto", "exact", "rff"):
             raise ValueError(f"approximation must be 'auto', 'exact' or 'rff', got {self.approximation!r}")
-        if self.rank is not None and (not isinstance(self.rank, (int, np.integer)) or isinstance(self.rank, bool)
-                                      or self.rank < 1):
+        if self.rank is not None and (
+            not isinstance(self.rank, (int, np.integer)) or isinstance(self.rank, bool) or self.rank < 1
+        ):
             raise ValueError(f"rank must be a positive int, got {self.rank!r}")
         if self.kernel not in _KB_KERNELS:
             raise ValueError(f"kernel must be one of {_KB_KERNELS}, got {self.kernel!r}")
@@ -214,29 +231,42 @@ class KernelBalancing(_WeightingEstimator):
         if mode == "exact":
             if n > EXACT_LIMIT and not bootstrap:
                 c = exact_cost(n, p)
-                warnings.warn(f"KernelBalancing: the exact solve of {n:,} units is quadratic in N: about "
-                              f"{_duration(c['seconds'])} on one CPU core and {c['bytes'] / 2**30:.1f} GiB; "
-                              "approximation='rff' solves a low-rank version in O(N rank)", UserWarning,
-                              stacklevel=4)
+                warnings.warn(
+                    f"KernelBalancing: the exact solve of {n:,} units is quadratic in N: about "
+                    f"{_duration(c['seconds'])} on one CPU core and {c['bytes'] / 2**30:.1f} GiB; "
+                    "approximation='rff' solves a low-rank version in O(N rank)",
+                    UserWarning,
+                    stacklevel=4,
+                )
             return False
         if mode == "rff":
             if estimand == "overlap":
-                raise ValueError("approximation='rff' solves the ate/att problems; estimand='overlap' needs the "
-                                 "exact solver (approximation='exact')")
+                raise ValueError(
+                    "approximation='rff' solves the ate/att problems; estimand='overlap' needs the "
+                    "exact solver (approximation='exact')"
+                )
             return True
         if n <= EXACT_LIMIT:
             return False
         c = exact_cost(n, p)
         if estimand == "overlap":
             if not bootstrap:
-                warnings.warn(f"KernelBalancing: the exact overlap solve of {n:,} units is quadratic in N: about "
-                              f"{_duration(c['seconds'])} on one CPU core; only estimand='ate'/'att' have the "
-                              "low-rank path", UserWarning, stacklevel=4)
+                warnings.warn(
+                    f"KernelBalancing: the exact overlap solve of {n:,} units is quadratic in N: about "
+                    f"{_duration(c['seconds'])} on one CPU core; only estimand='ate'/'att' have the "
+                    "low-rank path",
+                    UserWarning,
+                    stacklevel=4,
+                )
             return False
         if not bootstrap:
-            warnings.warn(f"KernelBalancing: {n:,} units: the exact solve would take about {_duration(c['seconds'])} "
-                          f"(quadratic in N); solving on {self._rank()} random Fourier features instead "
-                          "(approximation='exact' forces the exact solver)", UserWarning, stacklevel=4)
+            warnings.warn(
+                f"KernelBalancing: {n:,} units: the exact solve would take about {_duration(c['seconds'])} "
+                f"(quadratic in N); solving on {self._rank()} random Fourier features instead "
+                "(approximation='exact' forces the exact solver)",
+                UserWarning,
+                stacklevel=4,
+            )
         return True
 
     def _rank(self) -> int:
@@ -250,8 +280,12 @@ class KernelBalancing(_WeightingEstimator):
         if self.kernel == "rbf":
             rank = rank_for(n, self._rank())
             if rank < self._rank():
-                warnings.warn(f"KernelBalancing: {n:,} units: {rank} random Fourier features instead of {self._rank()} "
-                              "(the feature matrix would not fit in memory)", UserWarning, stacklevel=4)
+                warnings.warn(
+                    f"KernelBalancing: {n:,} units: {rank} random Fourier features instead of {self._rank()} "
+                    "(the feature matrix would not fit in memory)",
+                    UserWarning,
+                    stacklevel=4,
+                )
             fmap = RandomFourierFeatures(p, gamma, rank, seed)
             target = fmap.mean(Xs[treated] if estimand == "att" else Xs)
             features = fmap.transform
@@ -260,6 +294,7 @@ class KernelBalancing(_WeightingEstimator):
 
             def features(Z):
                 return Z
+
         w = np.zeros(n)
         arms = [0] if estimand == "att" else [1, 0]
         gaps, iters, conv, obj = [], [], True, 0.0
@@ -273,8 +308,15 @@ class KernelBalancing(_WeightingEstimator):
             obj += r.objective
         if estimand == "att":
             w[treated] = 1.0 / max(1, int(treated.sum()))
-        return {"weights": w, "alpha": w.copy(), "intercept": 0.0, "converged": bool(conv), "kkt": float(max(gaps)),
-                "iterations": int(max(iters)), "objective": float(obj)}
+        return {
+            "weights": w,
+            "alpha": w.copy(),
+            "intercept": 0.0,
+            "converged": bool(conv),
+            "kkt": float(max(gaps)),
+            "iterations": int(max(iters)),
+            "objective": float(obj),
+        }
 
     def _fit_core(self, X, T, seed, *, bootstrap=False):
         estimand = check_estimand(self.estimand)
@@ -291,14 +333,25 @@ class KernelBalancing(_WeightingEstimator):
         if self._use_low_rank(estimand, n, p, bootstrap):
             st = self._fit_low_rank(Xs, T, estimand, gamma, lam_abs, seed, 1e-6 if not bootstrap else 1e-4)
             if not st["converged"] and not bootstrap:
-                warnings.warn(f"KernelBalancing: the low-rank dual did not reach its duality-gap tolerance (gap "
-                              f"{st['kkt']:.3g})", RuntimeWarning, stacklevel=3)
-            st.update(weights=_arm_normalise(st["weights"], T), lam_abs=lam_abs,
-                      gamma=gamma if self.kernel == "rbf" else None, low_rank=True)
+                warnings.warn(
+                    f"KernelBalancing: the low-rank dual did not reach its duality-gap tolerance (gap {st['kkt']:.3g})",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+            st.update(
+                weights=_arm_normalise(st["weights"], T),
+                lam_abs=lam_abs,
+                gamma=gamma if self.kernel == "rbf" else None,
+                low_rank=True,
+            )
             return st
-        kw = dict(kernel=self.kernel, estimand=estimand, loss=self.loss,
-                  tol=float(self.bootstrap_tol if bootstrap else self.tol),
-                  max_iter=_max_iter_arg(self.max_iter))
+        kw = dict(
+            kernel=self.kernel,
+            estimand=estimand,
+            loss=self.loss,
+            tol=float(self.bootstrap_tol if bootstrap else self.tol),
+            max_iter=_max_iter_arg(self.max_iter),
+        )
         if self.kernel == "rbf":
             kw["gamma"] = gamma
         if estimand == "overlap":
@@ -310,7 +363,9 @@ class KernelBalancing(_WeightingEstimator):
             warnings.warn(
                 f"KernelBalancing: the dual solver did not converge to tol={kw['tol']:g} in {int(res.iterations.max())} "
                 f"iterations (KKT violation {float(res.kkt.reshape(-1)[0]):.3g}); raise max_iter or tol",
-                RuntimeWarning, stacklevel=3)
+                RuntimeWarning,
+                stacklevel=3,
+            )
         w = res.weights[0].detach().cpu().double().numpy()
         alpha = res.alpha[0].detach().cpu().double().numpy()
         return {
@@ -346,9 +401,15 @@ class KernelBalancing(_WeightingEstimator):
         return self
 
     def _details(self):
-        d = {"kernel": self.kernel, "lam": self._lam_rel(self.estimand_), "lam_abs": self.lam_abs_,
-             "converged": self.converged_, "kkt": self.kkt_, "iterations": self.iterations_,
-             "solver": f"low-rank ({self._rank()} random Fourier features)" if self.low_rank_ else "exact"}
+        d = {
+            "kernel": self.kernel,
+            "lam": self._lam_rel(self.estimand_),
+            "lam_abs": self.lam_abs_,
+            "converged": self.converged_,
+            "kkt": self.kkt_,
+            "iterations": self.iterations_,
+            "solver": f"low-rank ({self._rank()} random Fourier features)" if self.low_rank_ else "exact",
+        }
         if self.kernel == "rbf":
             d["gamma"] = self.gamma_
         if self.estimand_ == "overlap":

@@ -20,16 +20,24 @@ Feature maps: for the RBF kernel ``exp(-gamma ||x - x'||^2)``, random Fourier fe
 their kernel error is O(1/sqrt(r)).  For the linear kernel the map is exact (the standardised
 covariates over sqrt(p)).
 """
+
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 
-__all__ = ["DEFAULT_RANK", "EXACT_LIMIT", "exact_cost", "rff_features", "simplex_balance", "SimplexBalanceResult",
-           "rank_for", "RandomFourierFeatures"]
+__all__ = [
+    "DEFAULT_RANK",
+    "EXACT_LIMIT",
+    "exact_cost",
+    "rff_features",
+    "simplex_balance",
+    "SimplexBalanceResult",
+    "rank_for",
+    "RandomFourierFeatures",
+]
 
 #: Random Fourier features used by default (the kernel error is about 1/sqrt(rank)).
 DEFAULT_RANK = 512
@@ -84,18 +92,17 @@ class RandomFourierFeatures:
             dtype = np.float64 if n * self.rank * 8 <= FEATURE_BYTES_FLOAT64 else np.float32
         out = np.empty((n, self.rank), dtype=dtype)
         for s in range(0, n, self.chunk):
-            out[s:s + self.chunk] = self._block(Z[s:s + self.chunk])
+            out[s : s + self.chunk] = self._block(Z[s : s + self.chunk])
         return out
 
     def mean(self, Z: np.ndarray) -> np.ndarray:
         tot = np.zeros(self.rank)
         for s in range(0, Z.shape[0], self.chunk):
-            tot += self._block(Z[s:s + self.chunk]).sum(axis=0)
+            tot += self._block(Z[s : s + self.chunk]).sum(axis=0)
         return tot / max(1, Z.shape[0])
 
 
-def rff_features(Z: np.ndarray, gamma: float, rank: int, seed: int, *, dtype=None,
-                 chunk: int = 65536) -> np.ndarray:
+def rff_features(Z: np.ndarray, gamma: float, rank: int, seed: int, *, dtype=None, chunk: int = 65536) -> np.ndarray:
     """Random Fourier features (n, rank) of the rows of ``Z`` (:class:`RandomFourierFeatures`)."""
     return RandomFourierFeatures(Z.shape[1], gamma, rank, seed, chunk).transform(Z, dtype)
 
@@ -122,8 +129,9 @@ class SimplexBalanceResult:
     converged: bool
 
 
-def simplex_balance(Phi: np.ndarray, mu: np.ndarray, lam: float, *, tol: float = 1e-6,
-                    max_iter: int = 500) -> SimplexBalanceResult:
+def simplex_balance(
+    Phi: np.ndarray, mu: np.ndarray, lam: float, *, tol: float = 1e-6, max_iter: int = 500
+) -> SimplexBalanceResult:
     """``argmin_{w in simplex} ||Phi'w - mu||^2 + lam ||w||^2`` through its r-dimensional dual.
 
     ``Phi`` (n, r) the features of the arm's units, ``mu`` (r,) the target mean, ``lam > 0``.
@@ -147,7 +155,7 @@ def simplex_balance(Phi: np.ndarray, mu: np.ndarray, lam: float, *, tol: float =
     G = np.zeros((r, r))
     s1 = np.zeros(r)
     for a in range(0, n, 65536):
-        blk = Phi[a:a + 65536].astype(np.float64, copy=False)
+        blk = Phi[a : a + 65536].astype(np.float64, copy=False)
         G += blk.T @ blk
         s1 += blk.sum(axis=0)
     H = 2.0 * np.eye(r) + (2.0 / lam) * (G - np.outer(s1, s1) / n)
@@ -169,12 +177,18 @@ def simplex_balance(Phi: np.ndarray, mu: np.ndarray, lam: float, *, tol: float =
         grad_theta = 2.0 * (pw - theta - mu)
         return -value, -solve_triangular(L, grad_theta, lower=True)
 
-    res = minimize(neg_dual, np.zeros(r), jac=True, method="L-BFGS-B",
-                   options={"maxiter": int(max_iter), "ftol": 1e-16, "gtol": 1e-12, "maxcor": 20})
+    res = minimize(
+        neg_dual,
+        np.zeros(r),
+        jac=True,
+        method="L-BFGS-B",
+        options={"maxiter": int(max_iter), "ftol": 1e-16, "gtol": 1e-12, "maxcor": 20},
+    )
     w = weights_of(theta_of(res.x))
     diff = (Phi.T @ w.astype(work, copy=False)).astype(np.float64) - mu
     primal = float(diff @ diff + lam * (w @ w))
     dual = float(-res.fun)
     gap = max(0.0, primal - dual)
-    return SimplexBalanceResult(weights=w, objective=primal, gap=gap, iterations=int(res.nit),
-                                converged=bool(gap <= tol * abs(primal)))
+    return SimplexBalanceResult(
+        weights=w, objective=primal, gap=gap, iterations=int(res.nit), converged=bool(gap <= tol * abs(primal))
+    )

@@ -4,6 +4,7 @@ The network is :class:`cina_ext.models.zero_shot.CInAZeroShotModel`; this module
 shared estimator interface, adds the optional exact-solver refinement (``refine``) and the batched
 ``estimate_many``.
 """
+
 from __future__ import annotations
 
 import os
@@ -104,9 +105,18 @@ class CInAZeroShot(_WeightingEstimator):
     _allowed_estimands = ("ate", "att", "overlap")
     _method_name = "zero-shot"
 
-    def __init__(self, model: Optional[CInAZeroShotModel] = None, checkpoint: Optional[str] = None,
-                 estimand: Optional[str] = None, refine: int = 0, backend: str = "auto", batch_size: int = 32,
-                 random_state=None, verbose: bool = False, augment=False):
+    def __init__(
+        self,
+        model: Optional[CInAZeroShotModel] = None,
+        checkpoint: Optional[str] = None,
+        estimand: Optional[str] = None,
+        refine: int = 0,
+        backend: str = "auto",
+        batch_size: int = 32,
+        random_state=None,
+        verbose: bool = False,
+        augment=False,
+    ):
         self.model = model
         self.checkpoint = checkpoint
         self.estimand = estimand
@@ -143,8 +153,10 @@ class CInAZeroShot(_WeightingEstimator):
         if path is None:
             path = pretrained_path()
             if not os.path.isfile(path):
-                raise FileNotFoundError(f"the pretrained model {PRETRAINED_FILE} is missing from this installation "
-                                        f"({path}); reinstall cina-ext or pass the path of a checkpoint")
+                raise FileNotFoundError(
+                    f"the pretrained model {PRETRAINED_FILE} is missing from this installation "
+                    f"({path}); reinstall cina-ext or pass the path of a checkpoint"
+                )
         est = cls(checkpoint=str(path), **kwargs)
         est._get_model()
         return est
@@ -155,8 +167,10 @@ class CInAZeroShot(_WeightingEstimator):
                 raise TypeError(f"model must be a CInAZeroShotModel, got {type(self.model).__name__}")
             return self.model
         if self.checkpoint is None:
-            raise ValueError("CInAZeroShot needs a trained model: pass model=..., checkpoint=PATH, or use "
-                             "CInAZeroShot.from_pretrained() for the shipped one")
+            raise ValueError(
+                "CInAZeroShot needs a trained model: pass model=..., checkpoint=PATH, or use "
+                "CInAZeroShot.from_pretrained() for the shipped one"
+            )
         cached = getattr(self, "_loaded", None)
         if cached is None or cached[0] != self.checkpoint:
             self._loaded = (self.checkpoint, model_from_checkpoint(self.checkpoint))
@@ -166,8 +180,10 @@ class CInAZeroShot(_WeightingEstimator):
         model = self._get_model()
         est = model.estimands[0] if self.estimand is None else self.estimand
         if not isinstance(est, str) or est.lower() not in model.estimands:
-            raise ValueError(f"this zero-shot model was trained for the estimand(s) {model.estimands}; "
-                             f"estimand={self.estimand!r} is not one of them")
+            raise ValueError(
+                f"this zero-shot model was trained for the estimand(s) {model.estimands}; "
+                f"estimand={self.estimand!r} is not one of them"
+            )
         return est.lower()
 
     def _check_params(self):
@@ -201,8 +217,18 @@ class CInAZeroShot(_WeightingEstimator):
                         info["raw_balance_objective"] = info["balance_objective"]
                     Z = model.standardise(X, mask, fm).double()
                     gamma = 1.0 / fm.sum(-1).double().clamp_min(1.0)
-                    res = dual_solve(Z, W.double(), model.balance_lam, kernel="rbf", gamma=gamma, estimand=estimand,
-                                     mask=mask, x0=w.double(), max_iter=int(self.refine), backend="fused")
+                    res = dual_solve(
+                        Z,
+                        W.double(),
+                        model.balance_lam,
+                        kernel="rbf",
+                        gamma=gamma,
+                        estimand=estimand,
+                        mask=mask,
+                        x0=w.double(),
+                        max_iter=int(self.refine),
+                        backend="fused",
+                    )
                     w = res.weights  # float64, as the solver returns it
                     info["refine_kkt"] = res.kkt
                     info["refine_converged"] = res.converged
@@ -219,9 +245,13 @@ class CInAZeroShot(_WeightingEstimator):
         model = self._get_model()
         n = X.shape[0]
         if n > ZERO_SHOT_WARN_UNITS and not bootstrap:
-            warnings.warn(f"CInAZeroShot: {n:,} units: the network's attention layers are quadratic in N (about "
-                          f"{ZERO_SHOT_SECONDS_PER_UNIT2 * n * n:.0f} s on a CPU); KernelBalancing(estimand=...) has "
-                          "a low-rank path for datasets this large", UserWarning, stacklevel=3)
+            warnings.warn(
+                f"CInAZeroShot: {n:,} units: the network's attention layers are quadratic in N (about "
+                f"{ZERO_SHOT_SECONDS_PER_UNIT2 * n * n:.0f} s on a CPU); KernelBalancing(estimand=...) has "
+                "a low-rank path for datasets this large",
+                UserWarning,
+                stacklevel=3,
+            )
         # standardised here in float64, scale-robust, before the model's own per-dataset standardisation
         # (which runs in the model's dtype): no covariate is too small or too large for it
         w, info = self._weights_batch(model, [(standardize_columns(X)[0], T)], self.estimand_)
@@ -249,8 +279,11 @@ class CInAZeroShot(_WeightingEstimator):
         if hasattr(self, "balance_objective_"):
             d["balance_objective"] = self.balance_objective_
         if self.refine:
-            d.update(raw_balance_objective=getattr(self, "raw_balance_objective_", None), refine_kkt=self.refine_kkt_,
-                     refine_converged=self.refine_converged_)
+            d.update(
+                raw_balance_objective=getattr(self, "raw_balance_objective_", None),
+                refine_kkt=self.refine_kkt_,
+                refine_converged=self.refine_converged_,
+            )
         return d
 
     def estimate_many(self, datasets: Sequence, Y: Optional[Sequence] = None) -> np.ndarray:
@@ -289,8 +322,10 @@ class CInAZeroShot(_WeightingEstimator):
             x, t = _as_xt(d)
             dd = check_design(x, t)
             if dd.X.shape[1] > model.max_features:
-                raise ValueError(f"dataset {i} has {dd.X.shape[1]} covariates; the model accepts at most "
-                                 f"max_features={model.max_features}")
+                raise ValueError(
+                    f"dataset {i} has {dd.X.shape[1]} covariates; the model accepts at most "
+                    f"max_features={model.max_features}"
+                )
             y = Y[i] if Y is not None else (d.Y if hasattr(d, "Y") else (d[2] if len(d) > 2 else None))
             if y is None:
                 raise ValueError(f"dataset {i} has no outcome Y")
@@ -301,11 +336,10 @@ class CInAZeroShot(_WeightingEstimator):
         # similar sizes share a batch (less padding); results go back to the caller's order
         order = sorted(range(len(designs)), key=lambda i: designs[i][0].shape[0])
         for s in range(0, len(order), bs):
-            ids = order[s:s + bs]
+            ids = order[s : s + bs]
             w, _ = self._weights_batch(model, [designs[i] for i in ids], estimand, diagnostics=False)
             for j, i in enumerate(ids):
                 x, t = designs[i]
                 n = x.shape[0]
                 out[i] = float(np.sum(w[j, :n] * (2.0 * t - 1.0) * outcomes[i]))
         return out
-

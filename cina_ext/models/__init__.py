@@ -1,4 +1,5 @@
 """Networks: the key network of per-dataset CInA and the zero-shot CInA model, with its checkpoints."""
+
 from __future__ import annotations
 
 from .checkpoint import export_checkpoint, load_checkpoint, model_from_checkpoint, pretrained_path

@@ -8,6 +8,7 @@ run code when unpickled) is refused, never executed.  It must hold a model (``mo
 :class:`~cina_ext.models.zero_shot.CInAZeroShotModel` from it, and :func:`pretrained_path` locates
 the models that ship inside the package (``cina_ext/pretrained/``, see docs/model_card.md).
 """
+
 from __future__ import annotations
 
 import os
@@ -20,8 +21,16 @@ import torch
 
 from .zero_shot import CInAZeroShotModel
 
-__all__ = ["PRETRAINED_FILE", "PRETRAINED_FILES", "pretrained_path", "load_checkpoint", "export_checkpoint",
-           "model_from_checkpoint", "save_atomic", "check_writable_target"]
+__all__ = [
+    "PRETRAINED_FILE",
+    "PRETRAINED_FILES",
+    "pretrained_path",
+    "load_checkpoint",
+    "export_checkpoint",
+    "model_from_checkpoint",
+    "save_atomic",
+    "check_writable_target",
+]
 
 PRETRAINED_FILE = "cina_zs_ate.pt"  # the default: self-supervised (CInA-ZS)
 PRETRAINED_FILES = {"zs": PRETRAINED_FILE, "zs-s": "cina_zs_s_ate.pt"}  # zs-s: the supervised variant
@@ -49,9 +58,9 @@ def pretrained_path(variant: str = "zs") -> str:
     if variant not in PRETRAINED_FILES:
         raise ValueError(f"variant must be one of {tuple(PRETRAINED_FILES)}, got {variant!r}")
     # next to this module: the source tree for an editable install, site-packages for a wheel
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pretrained",
-                        PRETRAINED_FILES[variant])
-
+    return os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pretrained", PRETRAINED_FILES[variant]
+    )
 
 
 def check_writable_target(path: str) -> None:
@@ -115,10 +124,13 @@ def load_checkpoint(path: str, *, map_location="cpu") -> Dict[str, Any]:
             f"refusing to load {path!r}: it needs objects other than tensors and plain Python data to "
             f"unpickle, and such a file can run code when loaded ({str(exc).splitlines()[-1][:200]}). "
             "cina_ext checkpoints never need them; re-export a trusted old checkpoint with a version "
-            "that wrote it, or train again") from None
+            "that wrote it, or train again"
+        ) from None
     except (EOFError, RuntimeError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise ValueError(f"{path!r} is truncated or corrupt and cannot be read as a checkpoint "
-                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
+        raise ValueError(
+            f"{path!r} is truncated or corrupt and cannot be read as a checkpoint "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})"
+        ) from None
     if not isinstance(ckpt, dict) or "model_state" not in ckpt or "model_config" not in ckpt:
         raise ValueError(f"{path!r} is not a CInA zero-shot checkpoint (missing model_state/model_config)")
     return ckpt
@@ -151,13 +163,19 @@ def export_checkpoint(src: str, dst: str) -> Dict[str, Any]:
     ckpt = load_checkpoint(src)
     hist = ckpt.get("history", {}).get("loss", [])
     slim = {
-        "kind": "cina_ext.zeroshot", "model_config": ckpt["model_config"], "dtype": "float32",
+        "kind": "cina_ext.zeroshot",
+        "model_config": ckpt["model_config"],
+        "dtype": "float32",
         "model_state": {k: (v.float() if v.is_floating_point() else v) for k, v in ckpt["model_state"].items()},
-        "step": int(ckpt.get("step", 0)), "train_config": ckpt.get("train_config"),
-        "train_seconds": ckpt.get("train_seconds"), "world_size": ckpt.get("world_size"),
+        "step": int(ckpt.get("step", 0)),
+        "train_config": ckpt.get("train_config"),
+        "train_seconds": ckpt.get("train_seconds"),
+        "world_size": ckpt.get("world_size"),
         "torch": None if ckpt.get("torch") is None else str(ckpt.get("torch")),
-        "loss_summary": {"first_100": float(np.mean(hist[:100])) if hist else None,
-                         "last_100": float(np.mean(hist[-100:])) if hist else None},
+        "loss_summary": {
+            "first_100": float(np.mean(hist[:100])) if hist else None,
+            "last_100": float(np.mean(hist[-100:])) if hist else None,
+        },
     }
     save_atomic(slim, dst)
     return slim
@@ -198,4 +216,3 @@ def model_from_checkpoint(ckpt: Union[str, Dict[str, Any]], *, map_location="cpu
     model.load_state_dict(ckpt["model_state"])
     model.eval()
     return model
-

@@ -1,4 +1,5 @@
 """The key network of per-dataset CInA (Algorithm 1): covariates -> attention keys of bounded norm."""
+
 from __future__ import annotations
 
 import torch

@@ -44,6 +44,7 @@ Choices (documented here, docs/method.md marks them as ours)
 * **Balancing penalty** (ate/att): ``balance_lam = 0.01`` on ``||w_a||^2`` (weights summing to
   one), the :class:`cina_ext.estimators.KernelBalancing` default for these estimands.
 """
+
 from __future__ import annotations
 
 import math
@@ -67,6 +68,7 @@ _SD_FLOOR = 1e-8
 # =============================================================================================
 # model
 # =============================================================================================
+
 
 class CInAZeroShotModel(nn.Module):
     """Amortised CInA network: ``forward(X, W, mask, feature_mask) -> (K, V, b)``.
@@ -121,16 +123,32 @@ class CInAZeroShotModel(nn.Module):
         ``unroll < 0``.
     """
 
-    def __init__(self, max_features: int = 32, d_model: int = 64, n_heads: int = 4, n_layers: int = 2,
-                 dim_feedforward: int = 128, key_dim: int = 16, dropout: float = 0.0,
-                 lam: float = DEFAULT_LAM, loss: str = "hinge", estimands: Sequence[str] = ("ate", "att"),
-                 balance_lam: float = DEFAULT_BALANCE_LAM, unroll: int = 8):
+    def __init__(
+        self,
+        max_features: int = 32,
+        d_model: int = 64,
+        n_heads: int = 4,
+        n_layers: int = 2,
+        dim_feedforward: int = 128,
+        key_dim: int = 16,
+        dropout: float = 0.0,
+        lam: float = DEFAULT_LAM,
+        loss: str = "hinge",
+        estimands: Sequence[str] = ("ate", "att"),
+        balance_lam: float = DEFAULT_BALANCE_LAM,
+        unroll: int = 8,
+    ):
         super().__init__()
         estimands = (estimands,) if isinstance(estimands, str) else tuple(str(e) for e in estimands)
-        if not estimands or len(set(estimands)) != len(estimands) or not (
-                estimands == ("overlap",) or set(estimands) <= {"ate", "att"}):
-            raise ValueError(f"estimands must be ('overlap',) or a non-empty subset of ('ate', 'att') without "
-                             f"repeats, got {estimands!r}")
+        if (
+            not estimands
+            or len(set(estimands)) != len(estimands)
+            or not (estimands == ("overlap",) or set(estimands) <= {"ate", "att"})
+        ):
+            raise ValueError(
+                f"estimands must be ('overlap',) or a non-empty subset of ('ate', 'att') without "
+                f"repeats, got {estimands!r}"
+            )
         if not (float(balance_lam) > 0 and math.isfinite(float(balance_lam))):
             raise ValueError(f"balance_lam must be a positive finite number, got {balance_lam!r}")
         if int(max_features) < 1:
@@ -141,10 +159,20 @@ class CInAZeroShotModel(nn.Module):
             raise ValueError(f"loss must be one of {LOSS_KINDS}, got {loss!r}")
         if d_model % n_heads != 0:
             raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
-        self.config = dict(max_features=int(max_features), d_model=int(d_model), n_heads=int(n_heads),
-                           n_layers=int(n_layers), dim_feedforward=int(dim_feedforward),
-                           key_dim=int(key_dim), dropout=float(dropout), lam=float(lam), loss=str(loss),
-                           estimands=estimands, balance_lam=float(balance_lam), unroll=int(unroll))
+        self.config = dict(
+            max_features=int(max_features),
+            d_model=int(d_model),
+            n_heads=int(n_heads),
+            n_layers=int(n_layers),
+            dim_feedforward=int(dim_feedforward),
+            key_dim=int(key_dim),
+            dropout=float(dropout),
+            lam=float(lam),
+            loss=str(loss),
+            estimands=estimands,
+            balance_lam=float(balance_lam),
+            unroll=int(unroll),
+        )
         if int(unroll) < 0:
             raise ValueError(f"unroll must be >= 0, got {unroll!r}")
         self.unroll = int(unroll) if estimands != ("overlap",) else 0
@@ -157,18 +185,31 @@ class CInAZeroShotModel(nn.Module):
         self.loss_kind = str(loss)
         self.emb_x = nn.Linear(self.max_features, d_model)
         self.emb_w = nn.Parameter(torch.randn(d_model) * 0.1)
-        self.layers = nn.ModuleList([
-            nn.TransformerEncoderLayer(d_model, n_heads, dim_feedforward=dim_feedforward, dropout=dropout,
-                                       batch_first=True, norm_first=True)
-            for _ in range(int(n_layers))
-        ])
+        self.layers = nn.ModuleList(
+            [
+                nn.TransformerEncoderLayer(
+                    d_model,
+                    n_heads,
+                    dim_feedforward=dim_feedforward,
+                    dropout=dropout,
+                    batch_first=True,
+                    norm_first=True,
+                )
+                for _ in range(int(n_layers))
+            ]
+        )
         self.norm = nn.LayerNorm(d_model)
-        self.key_head = nn.Sequential(nn.Linear(self.max_features, d_model), nn.GELU(), nn.Linear(d_model, key_dim),
-                                      nn.LayerNorm(key_dim, elementwise_affine=False))
+        self.key_head = nn.Sequential(
+            nn.Linear(self.max_features, d_model),
+            nn.GELU(),
+            nn.Linear(d_model, key_dim),
+            nn.LayerNorm(key_dim, elementwise_affine=False),
+        )
         self.value_head = nn.Sequential(nn.Linear(d_model, d_model), nn.GELU(), nn.Linear(d_model, 1))
         # overlap: one intercept b; ate/att: one offset nu per arm (treated, control)
-        self.intercept_head = nn.Sequential(nn.Linear(d_model, d_model), nn.GELU(),
-                                            nn.Linear(d_model, 2 if self.balancing else 1))
+        self.intercept_head = nn.Sequential(
+            nn.Linear(d_model, d_model), nn.GELU(), nn.Linear(d_model, 2 if self.balancing else 1)
+        )
         if self.balancing:
             # which estimand the weights are for (added to every token), and a key temperature:
             # scores are t^2 K_i.K_j / sqrt(key_dim) with t = exp(log_t) in [1/4, 4]
@@ -188,8 +229,10 @@ class CInAZeroShotModel(nn.Module):
             raise ValueError(f"X must have shape (B, N, p), got {tuple(X.shape)}")
         B, N, p = X.shape
         if p > self.max_features:
-            raise ValueError(f"X has {p} covariates but the model accepts at most max_features="
-                             f"{self.max_features}; reduce the covariates or train a model with a larger max_features")
+            raise ValueError(
+                f"X has {p} covariates but the model accepts at most max_features="
+                f"{self.max_features}; reduce the covariates or train a model with a larger max_features"
+            )
         if p < 1:
             raise ValueError("X has no covariate columns")
         if tuple(W.shape) != (B, N):
@@ -201,8 +244,10 @@ class CInAZeroShotModel(nn.Module):
         if mask.dtype != torch.bool or tuple(mask.shape) != (B, N):
             raise ValueError(f"mask must be a bool tensor of shape {(B, N)}, got {mask.dtype} {tuple(mask.shape)}")
         if feature_mask.dtype != torch.bool or tuple(feature_mask.shape) != (B, p):
-            raise ValueError(f"feature_mask must be a bool tensor of shape {(B, p)}, "
-                             f"got {feature_mask.dtype} {tuple(feature_mask.shape)}")
+            raise ValueError(
+                f"feature_mask must be a bool tensor of shape {(B, p)}, "
+                f"got {feature_mask.dtype} {tuple(feature_mask.shape)}"
+            )
         if not bool(mask.any(-1).all()):
             raise ValueError("every dataset needs at least one valid unit (a row of mask is all False)")
         Wv = torch.where(mask, W, torch.ones_like(W))
@@ -284,8 +329,9 @@ class CInAZeroShotModel(nn.Module):
             raise ValueError(f"estimand must give one of {self.estimands} for each of the {B} datasets")
         return idx
 
-    def forward(self, X: Tensor, W: Tensor, mask: Optional[Tensor] = None,
-                feature_mask: Optional[Tensor] = None, estimand=None) -> Tuple[Tensor, Tensor, Tensor]:
+    def forward(
+        self, X: Tensor, W: Tensor, mask: Optional[Tensor] = None, feature_mask: Optional[Tensor] = None, estimand=None
+    ) -> Tuple[Tensor, Tensor, Tensor]:
         """``(K, V, b)`` for a batch of datasets.
 
         Overlap models: ``b`` (B,) is eq. L's intercept and ``sign(V) = W``.  ate/att models:
@@ -367,8 +413,7 @@ class CInAZeroShotModel(nn.Module):
         """
         return self.lam / mask.sum(-1).to(dtype)
 
-    def objective(self, K: Tensor, V: Tensor, b: Tensor, W: Tensor, mask: Tensor, *,
-                  backend: str = "auto") -> Tensor:
+    def objective(self, K: Tensor, V: Tensor, b: Tensor, W: Tensor, mask: Tensor, *, backend: str = "auto") -> Tensor:
         """Mean over datasets of eq. L / n_valid, from the outputs of :meth:`forward` (overlap models).
 
         Parameters
@@ -393,16 +438,19 @@ class CInAZeroShotModel(nn.Module):
             Called on an ate/att model.
         """
         if self.balancing:
-            raise ValueError("objective() is eq. L of an overlap model; this model targets "
-                             f"{self.estimands}: use balance_weights() and balance_objective()")
+            raise ValueError(
+                "objective() is eq. L of an overlap model; this model targets "
+                f"{self.estimands}: use balance_weights() and balance_objective()"
+            )
         lam = self.lam_abs(mask, K.dtype)
         Wz = torch.where(mask, W, torch.ones_like(W))
         L, _, _ = ops.attention_hinge(K, V, Wz, b, lam, mask, loss=self.loss_kind, backend=backend)
         return (L / mask.sum(-1).to(L.dtype)).mean()
 
     # -- read-out and objective: ate / att (docs/method.md §6) ---------------------------------------
-    def balance_weights(self, K: Tensor, V: Tensor, b: Tensor, W: Tensor, mask: Tensor, est_idx: Tensor, *,
-                        backend: str = "auto") -> Tensor:
+    def balance_weights(
+        self, K: Tensor, V: Tensor, b: Tensor, W: Tensor, mask: Tensor, est_idx: Tensor, *, backend: str = "auto"
+    ) -> Tensor:
         """ATE/ATT analogue of eq. R, computed by the fused attention operator (docs/method.md §6).
 
         The KKT conditions of the balancing problem say the optimal weights are a monotone function
@@ -479,8 +527,9 @@ class CInAZeroShotModel(nn.Module):
                     g2 = P @ D
                 else:
                     Dv = torch.nn.functional.pad(D, (0, width - 2)).unsqueeze(1)
-                    g2 = torch.nn.functional.scaled_dot_product_attention(
-                        Kq, Kq, Dv, attn_mask=attn_mask, scale=scale)[:, 0, :, :2]
+                    g2 = torch.nn.functional.scaled_dot_product_attention(Kq, Kq, Dv, attn_mask=attn_mask, scale=scale)[
+                        :, 0, :, :2
+                    ]
                 g = torch.where(treated, g2[..., 0], g2[..., 1]) * n
                 eta = torch.nn.functional.softplus(self.unroll_step[t])
                 logits = logits - eta * g
@@ -488,8 +537,9 @@ class CInAZeroShotModel(nn.Module):
         n1 = t1.sum(-1, keepdim=True)
         return torch.where(is_att & treated, 1.0 / n1, w)
 
-    def balance_objective(self, X: Tensor, W: Tensor, mask: Tensor, feature_mask: Tensor, w: Tensor,
-                          est_idx: Tensor) -> Tensor:
+    def balance_objective(
+        self, X: Tensor, W: Tensor, mask: Tensor, feature_mask: Tensor, w: Tensor, est_idx: Tensor
+    ) -> Tensor:
         """Per-dataset balancing objective (B,) of weights ``w`` (docs/method.md §6), >= 0.
 
         ate: ``sum_a MMD^2(arm a weighted by w, whole sample) + balance_lam ||w_a||^2``; att: the
@@ -533,8 +583,7 @@ class CInAZeroShotModel(nn.Module):
             return (d.unsqueeze(-2) @ Kr @ d.unsqueeze(-1)).reshape(-1)
 
         all_mean = mf / mf.sum(-1, keepdim=True)
-        ate = (mmd(w * t1, all_mean) + mmd(w * t0, all_mean)
-               + self.balance_lam * ((w * t1) ** 2 + (w * t0) ** 2).sum(-1))
+        ate = mmd(w * t1, all_mean) + mmd(w * t0, all_mean) + self.balance_lam * ((w * t1) ** 2 + (w * t0) ** 2).sum(-1)
         if "att" not in self.estimands:
             return ate
         treated_mean = t1 / t1.sum(-1, keepdim=True)
@@ -542,8 +591,16 @@ class CInAZeroShotModel(nn.Module):
         return torch.where(est_idx == self.estimands.index("att"), att, ate)
 
     # -- both kinds ------------------------------------------------------------------------------
-    def loss(self, X: Tensor, W: Tensor, mask: Optional[Tensor] = None, feature_mask: Optional[Tensor] = None,
-             *, estimand=None, backend: str = "auto") -> Tensor:
+    def loss(
+        self,
+        X: Tensor,
+        W: Tensor,
+        mask: Optional[Tensor] = None,
+        feature_mask: Optional[Tensor] = None,
+        *,
+        estimand=None,
+        backend: str = "auto",
+    ) -> Tensor:
         """Self-supervised training loss (scalar).
 
         The mean over datasets of eq. L / n_valid (overlap) or of :meth:`balance_objective`
@@ -588,8 +645,17 @@ class CInAZeroShotModel(nn.Module):
         return self.balance_objective(X, W, mask, feature_mask, w, idx).mean()
 
     @torch.no_grad()
-    def weights(self, X: Tensor, W: Tensor, mask: Optional[Tensor] = None, feature_mask: Optional[Tensor] = None,
-                *, estimand=None, backend: str = "auto", return_alpha: bool = False):
+    def weights(
+        self,
+        X: Tensor,
+        W: Tensor,
+        mask: Optional[Tensor] = None,
+        feature_mask: Optional[Tensor] = None,
+        *,
+        estimand=None,
+        backend: str = "auto",
+        return_alpha: bool = False,
+    ):
         """Balancing weights (B, N), non-negative, summing to one in each arm.
 
         Overlap models: the eq. R read-out (``alpha`` = the dual variables).  ate/att models:
@@ -697,6 +763,7 @@ def _arm_softmax(logits: Tensor, treated: Tensor, control: Tensor) -> Tensor:
 # batching
 # =============================================================================================
 
+
 def _as_xt(d) -> Tuple[np.ndarray, np.ndarray]:
     if hasattr(d, "X") and hasattr(d, "T"):
         return np.asarray(d.X, dtype=np.float64), np.asarray(d.T)
@@ -754,7 +821,9 @@ def collate_datasets(datasets: Sequence, *, dtype=torch.float32, device="cpu"):
         mask[i, :n] = True
         fmask[i, :q] = True
     dev = torch.device(device)
-    return (torch.as_tensor(X, dtype=dtype, device=dev), torch.as_tensor(W, dtype=dtype, device=dev),
-            torch.as_tensor(mask, device=dev), torch.as_tensor(fmask, device=dev))
-
-
+    return (
+        torch.as_tensor(X, dtype=dtype, device=dev),
+        torch.as_tensor(W, dtype=dtype, device=dev),
+        torch.as_tensor(mask, device=dev),
+        torch.as_tensor(fmask, device=dev),
+    )

@@ -9,6 +9,7 @@ pure-PyTorch twin of :mod:`cina_ext.reference` instead.
 * :func:`attention_hinge_packed`, :func:`dual_solve_packed`, :func:`qp_solve_packed` -- the same
   on many datasets of different sizes stored back to back with offsets (:mod:`.packed`).
 """
+
 from __future__ import annotations
 
 from .._core.backend import resolve_backend

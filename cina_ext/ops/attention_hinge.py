@@ -5,6 +5,7 @@ else the reference with a warning), ``"fused"`` (compiled, error if unavailable)
 ``"reference"`` (pure PyTorch, :func:`cina_ext.reference.attention_hinge`); see
 :mod:`cina_ext._core.backend`.  Design: docs/ops/attention_hinge.md.
 """
+
 from __future__ import annotations
 
 import math
@@ -180,13 +181,21 @@ def attention_hinge(
     lam_t = _lam_tensor(lam, Bsz, K).contiguous()
     need_aux = torch.is_grad_enabled() and (K.requires_grad or V.requires_grad or b.requires_grad)
     loss_t, out, lse, _, _ = torch.ops.cina.attention_hinge_fwd(
-        K.contiguous(), V.contiguous(), W.contiguous(), b.contiguous(), lam_t, mask.contiguous(),
-        float(scale), _LOSS_CODES[loss], bool(need_aux),
+        K.contiguous(),
+        V.contiguous(),
+        W.contiguous(),
+        b.contiguous(),
+        lam_t,
+        mask.contiguous(),
+        float(scale),
+        _LOSS_CODES[loss],
+        bool(need_aux),
     )
     return loss_t, out, lse
 
 
 # --- autograd and fake (meta) implementations of the compiled operators -------------------------
+
 
 def _register() -> None:
     if not has_extension():
@@ -197,8 +206,11 @@ def _register() -> None:
         Bsz, N, D = K.shape
         aux_shape = (Bsz, N, D) if need_aux else (0,)
         return (
-            K.new_empty((Bsz,)), K.new_empty((Bsz, N)), K.new_empty((Bsz, N)),
-            K.new_empty(aux_shape), K.new_empty(aux_shape),
+            K.new_empty((Bsz,)),
+            K.new_empty((Bsz, N)),
+            K.new_empty((Bsz, N)),
+            K.new_empty(aux_shape),
+            K.new_empty(aux_shape),
         )
 
     @torch.library.register_fake("cina::attention_hinge_bwd")
@@ -221,11 +233,11 @@ def _register() -> None:
             raise RuntimeError(
                 "double backward (e.g. a Hessian-vector product, create_graph=True) through "
                 "cina_ext.ops.attention_hinge with the compiled backend is not implemented; "
-                "use backend='reference' for second derivatives")
+                "use backend='reference' for second derivatives"
+            )
         if not ctx.need_aux:
             # the forward-only call kept no auxiliaries: recompute them (one more forward pass)
-            _, _, _, A, Bk = torch.ops.cina.attention_hinge_fwd(K, V, W, b, lam, mask, ctx.scale, ctx.loss_kind,
-                                                                True)
+            _, _, _, A, Bk = torch.ops.cina.attention_hinge_fwd(K, V, W, b, lam, mask, ctx.scale, ctx.loss_kind, True)
         g_loss = torch.zeros_like(b) if g_loss is None else g_loss.contiguous()
         g_out = torch.zeros_like(V) if g_out is None else g_out.contiguous()
         g_lse = torch.zeros_like(V) if g_lse is None else g_lse.contiguous()

@@ -30,11 +30,11 @@ masked rows there (attention: loss 0, no outputs, zero gradients).
 Results never depend on the bucketing: each dataset is computed independently by the padded
 operators (up to floating-point summation order).
 """
+
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -101,8 +101,9 @@ def _max_len(lens: Tensor) -> int:
     return int(lens.max()) if lens.numel() else 0
 
 
-def pad_packed(x: Tensor, offsets: Tensor, *, max_len: Optional[int] = None, fill: float = 0.0
-               ) -> Tuple[Tensor, Tensor]:
+def pad_packed(
+    x: Tensor, offsets: Tensor, *, max_len: Optional[int] = None, fill: float = 0.0
+) -> Tuple[Tensor, Tensor]:
     """Packed ``x`` (total, ...) -> ``(padded (B, Nmax, ...), mask (B, Nmax) bool)``.
 
     ``Nmax`` is the longest dataset, or ``max_len`` when given (must be >= it; saves a device
@@ -145,8 +146,9 @@ def unpack_padded(x_padded: Tensor, offsets: Tensor) -> Tensor:
     check_offsets(offsets, total, x_padded.device)
     lens = lengths_from_offsets(offsets)
     if _max_len(lens) > x_padded.shape[1]:
-        raise ValueError(f"x_padded has padded length {x_padded.shape[1]} but the longest dataset has "
-                         f"{_max_len(lens)} units")
+        raise ValueError(
+            f"x_padded has padded length {x_padded.shape[1]} but the longest dataset has {_max_len(lens)} units"
+        )
     seg, pos, _ = _layout(offsets[:-1], lens, total)
     return x_padded[seg, pos]
 
@@ -216,8 +218,9 @@ def _per_dataset_slice(v, ds: Tensor, B: int, name: str):
 def _annotate(e: Exception, ds: Tensor) -> Exception:
     ids = ds.tolist()
     more = "" if len(ids) <= 20 else f", ... ({len(ids)} in all)"
-    return type(e)(f"{e} [dataset numbers are within a length bucket holding packed datasets "
-                   f"{ids[:20]}{more}, in that order]")
+    return type(e)(
+        f"{e} [dataset numbers are within a length bucket holding packed datasets {ids[:20]}{more}, in that order]"
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -316,8 +319,9 @@ def attention_hinge_packed(
     total, D = K.shape
     for name, t in (("V", V), ("W", W)):
         if tuple(t.shape) != (total,):
-            raise ValueError(f"{name} must have the packed shape ({total},) to match K {tuple(K.shape)}, "
-                             f"got {tuple(t.shape)}")
+            raise ValueError(
+                f"{name} must have the packed shape ({total},) to match K {tuple(K.shape)}, got {tuple(t.shape)}"
+            )
     B = check_offsets(offsets, total, K.device)
     if tuple(b.shape) != (B,):
         raise ValueError(f"b must have shape ({B},) (one intercept per dataset), got {tuple(b.shape)}")
@@ -338,8 +342,7 @@ def attention_hinge_packed(
         mask = torch.arange(nmax, device=dev).unsqueeze(0) < lens[ds].unsqueeze(1)
         lam_b = _per_dataset_slice(lam, ds, B, "lam")
         try:
-            l_b, o_b, s_b = _attention_hinge(Kp, Vp, Wp, b[ds], lam_b, mask, scale=scale, loss=loss,
-                                                backend=backend)
+            l_b, o_b, s_b = _attention_hinge(Kp, Vp, Wp, b[ds], lam_b, mask, scale=scale, loss=loss, backend=backend)
         except (ValueError, TypeError) as e:
             raise _annotate(e, ds.cpu()) from e
         losses.append(l_b)
@@ -459,8 +462,10 @@ def dual_solve_packed(
     (torch.Size([14]), torch.Size([2]))
     """
     if kwargs.get("kernel") == "precomputed":
-        raise ValueError('kernel="precomputed" has no packed form in dual_solve_packed; use qp_solve_packed '
-                         "(Q packed as flattened blocks) or cina_ext.ops.dual_solve on a padded batch")
+        raise ValueError(
+            'kernel="precomputed" has no packed form in dual_solve_packed; use qp_solve_packed '
+            "(Q packed as flattened blocks) or cina_ext.ops.dual_solve on a padded batch"
+        )
     if "mask" in kwargs:
         raise TypeError("dual_solve_packed takes offsets, not a mask")
     for name, t in (("X", X), ("W", W)):
@@ -488,8 +493,10 @@ def dual_solve_packed(
     n0 = lens - n1
     if B and bool(((n1 == 0) | (n0 == 0)).any()):
         bad = torch.nonzero((n1 == 0) | (n0 == 0)).flatten().tolist()
-        raise ValueError(f"dataset(s) {bad[:20]} have an empty treatment arm (a dataset needs at least one "
-                         "treated and one control unit)")
+        raise ValueError(
+            f"dataset(s) {bad[:20]} have an empty treatment arm (a dataset needs at least one "
+            "treated and one control unit)"
+        )
     parts = []
     estimand = kwargs.get("estimand", "overlap")
     for ds, nmax, count in _bucket_plan(offsets, bucket, dev):
@@ -501,17 +508,36 @@ def dual_solve_packed(
         x0p = None if x0 is None else _scatter_pad(x0[src], seg, pos, nb, nmax)
         try:
             r = _dual_solve(
-                Xp, Wp, _per_dataset_slice(lam, ds, B, "lam"), gamma=_per_dataset_slice(gamma, ds, B, "gamma"),
-                tol=_per_dataset_slice(tol, ds, B, "tol"), max_iter=_per_dataset_slice(max_iter, ds, B, "max_iter"),
-                x0=x0p, mask=mask, **kwargs)
+                Xp,
+                Wp,
+                _per_dataset_slice(lam, ds, B, "lam"),
+                gamma=_per_dataset_slice(gamma, ds, B, "gamma"),
+                tol=_per_dataset_slice(tol, ds, B, "tol"),
+                max_iter=_per_dataset_slice(max_iter, ds, B, "max_iter"),
+                x0=x0p,
+                mask=mask,
+                **kwargs,
+            )
         except (ValueError, TypeError) as e:
             raise _annotate(e, ds.cpu()) from e
         estimand = r.estimand
-        parts.append((ds, src, {"weights": r.weights[seg, pos], "alpha": r.alpha[seg, pos]},
-                      {"intercept": r.intercept, "objective": r.objective, "kkt": r.kkt,
-                       "iterations": r.iterations, "converged": r.converged}))
-    f = _assemble(B, total, parts, ("weights", "alpha"),
-                  ("intercept", "objective", "kkt", "iterations", "converged"), X)
+        parts.append(
+            (
+                ds,
+                src,
+                {"weights": r.weights[seg, pos], "alpha": r.alpha[seg, pos]},
+                {
+                    "intercept": r.intercept,
+                    "objective": r.objective,
+                    "kkt": r.kkt,
+                    "iterations": r.iterations,
+                    "converged": r.converged,
+                },
+            )
+        )
+    f = _assemble(
+        B, total, parts, ("weights", "alpha"), ("intercept", "objective", "kkt", "iterations", "converged"), X
+    )
     return PackedBalanceResult(estimand=estimand, offsets=offsets, **f)
 
 
@@ -612,8 +638,10 @@ def qp_solve_packed(
     qoff = torch.cumsum(sq, 0) - sq
     qtotal = int(sq.sum()) if B else 0
     if Q.dim() != 1 or Q.shape[0] != qtotal:
-        raise ValueError(f"Q must be packed as the flattened n_b x n_b blocks, shape ({qtotal},) for these offsets, "
-                         f"got {tuple(Q.shape)}")
+        raise ValueError(
+            f"Q must be packed as the flattened n_b x n_b blocks, shape ({qtotal},) for these offsets, "
+            f"got {tuple(Q.shape)}"
+        )
     if Q.device != dev:
         raise ValueError(f"Q is on {Q.device} but p is on {dev}")
     if (c is None) != (d is None):
@@ -643,13 +671,34 @@ def qp_solve_packed(
             raise ValueError(f"d must be a float or a tensor of shape ({B},), got {tuple(d.shape)}")
         x0p = None if x0 is None else _scatter_pad(x0[src], seg, pos, nb, nmax)
         try:
-            r = _qp_solve(Qp, _scatter_pad(p[src], seg, pos, nb, nmax), args[0], args[1], cp, dp, mask,
-                                tol=_per_dataset_slice(tol, ds, B, "tol"),
-                                max_iter=_per_dataset_slice(max_iter, ds, B, "max_iter"), x0=x0p, **kwargs)
+            r = _qp_solve(
+                Qp,
+                _scatter_pad(p[src], seg, pos, nb, nmax),
+                args[0],
+                args[1],
+                cp,
+                dp,
+                mask,
+                tol=_per_dataset_slice(tol, ds, B, "tol"),
+                max_iter=_per_dataset_slice(max_iter, ds, B, "max_iter"),
+                x0=x0p,
+                **kwargs,
+            )
         except (ValueError, TypeError) as e:
             raise _annotate(e, ds.cpu()) from e
-        parts.append((ds, src, {"x": r.x[seg, pos]},
-                      {"nu": r.nu, "objective": r.objective, "kkt": r.kkt, "iterations": r.iterations,
-                       "converged": r.converged}))
+        parts.append(
+            (
+                ds,
+                src,
+                {"x": r.x[seg, pos]},
+                {
+                    "nu": r.nu,
+                    "objective": r.objective,
+                    "kkt": r.kkt,
+                    "iterations": r.iterations,
+                    "converged": r.converged,
+                },
+            )
+        )
     f = _assemble(B, total, parts, ("x",), ("nu", "objective", "kkt", "iterations", "converged"), p)
     return PackedQPResult(offsets=offsets, **f)

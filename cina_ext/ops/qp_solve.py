@@ -37,6 +37,7 @@ Differences from the reference worth knowing:
   (the reference recomputes it because it accumulates in the input dtype); with shrinking, the
   gradients of the shrunk units are rebuilt exactly and the KKT test runs on all units.
 """
+
 from __future__ import annotations
 
 import math
@@ -63,8 +64,15 @@ from ..reference.qp_solve import BalanceResult, QPResult, default_max_iter
 from ..reference.qp_solve import dual_solve as _reference_dual_solve
 from ..reference.qp_solve import qp_solve as _reference_qp_solve
 
-__all__ = ["qp_solve", "dual_solve", "QPResult", "BalanceResult", "DEFAULT_CACHE_MB", "solver_backend",
-           "default_max_iter"]
+__all__ = [
+    "qp_solve",
+    "dual_solve",
+    "QPResult",
+    "BalanceResult",
+    "DEFAULT_CACHE_MB",
+    "solver_backend",
+    "default_max_iter",
+]
 
 _KIND = {"precomputed": 0, "linear": 1, "rbf": 2, "cina": 3}
 DEFAULT_CACHE_MB = 1024
@@ -85,7 +93,9 @@ _finite = check_finite_tensor
 
 def _same_dtype(t: Tensor, name: str, dt: torch.dtype) -> None:
     if t.dtype != dt:
-        raise TypeError(f"{name} must have dtype {dt} (like the matrix / features), got {t.dtype}; no silent conversion")
+        raise TypeError(
+            f"{name} must have dtype {dt} (like the matrix / features), got {t.dtype}; no silent conversion"
+        )
 
 
 def _same_device(t, name: str, device) -> None:
@@ -111,8 +121,9 @@ def _bound(v, name: str, B: int, N: int, like: Tensor, allow: float) -> Tensor:
 
 def _per_dataset(v, name: str, B: int, like: Tensor) -> Tensor:
     """float or (B,) tensor -> (B,) float64 tensor on the CPU, finite and > 0 (the kernels' format)."""
-    return per_dataset(v.detach() if isinstance(v, Tensor) else v, name, B, dtype=torch.float64,
-                       device="cpu").contiguous()
+    return per_dataset(
+        v.detach() if isinstance(v, Tensor) else v, name, B, dtype=torch.float64, device="cpu"
+    ).contiguous()
 
 
 def _tol_vector(tol, B: int) -> Tensor:
@@ -167,10 +178,16 @@ def _check_feasible(lo: Tensor, up: Tensor, c: Tensor, d: Tensor, mask: Tensor) 
     f_min, f_max = lim_lo.sum(-1), lim_hi.sum(-1)
     fin_lo = torch.where(torch.isfinite(lo), lo, zero)
     fin_up = torch.where(torch.isfinite(up), up, zero)
-    slack = 1e3 * torch.finfo(dt).eps * (1.0 + d.abs() + torch.where(act, (c * fin_lo).abs() + (c * fin_up).abs(), zero).sum(-1))
+    slack = (
+        1e3
+        * torch.finfo(dt).eps
+        * (1.0 + d.abs() + torch.where(act, (c * fin_lo).abs() + (c * fin_up).abs(), zero).sum(-1))
+    )
     bad = (d < f_min - slack) | (d > f_max + slack)
     if bool(bad.any()):
-        raise ValueError(f"the equality c'x = d cannot be met inside the bounds in dataset(s) {torch.nonzero(bad).flatten().tolist()}")
+        raise ValueError(
+            f"the equality c'x = d cannot be met inside the bounds in dataset(s) {torch.nonzero(bad).flatten().tolist()}"
+        )
 
 
 def _check_dense(A: Tensor, mask: Tensor, name: str, what: str = "symmetric") -> None:
@@ -179,12 +196,35 @@ def _check_dense(A: Tensor, mask: Tensor, name: str, what: str = "symmetric") ->
         raise ValueError(f"{name} contains NaN or Inf (dataset(s) {torch.nonzero(~finite).flatten().tolist()[:10]})")
     tolr = math.sqrt(torch.finfo(A.dtype).eps)
     if bool((asym > tolr).any()):
-        raise ValueError(f"{name} must be {what} (max relative asymmetry {float(asym.max()):.3g} in dataset(s) "
-                         f"{torch.nonzero(asym > tolr).flatten().tolist()[:10]})")
+        raise ValueError(
+            f"{name} must be {what} (max relative asymmetry {float(asym.max()):.3g} in dataset(s) "
+            f"{torch.nonzero(asym > tolr).flatten().tolist()[:10]})"
+        )
 
 
-def _run(X, kind, gamma, scale, lse, src, mask, sign, qscale, diag_add, p, lo, up, c, d, x0, tol, max_iter,
-         cache_bytes, shrinking, inner_min_units):
+def _run(
+    X,
+    kind,
+    gamma,
+    scale,
+    lse,
+    src,
+    mask,
+    sign,
+    qscale,
+    diag_add,
+    p,
+    lo,
+    up,
+    c,
+    d,
+    x0,
+    tol,
+    max_iter,
+    cache_bytes,
+    shrinking,
+    inner_min_units,
+):
     dev = X.device
     empty = torch.zeros(0, dtype=torch.float64, device=dev)
     # (no autograd here; the per-dataset parameters built on the CPU go to the data's device)
@@ -193,12 +233,28 @@ def _run(X, kind, gamma, scale, lse, src, mask, sign, qscale, diag_add, p, lo, u
     src, tol, max_iter = det(src), det(tol), det(max_iter)
     qscale, diag_add = det(qscale), det(diag_add)
     x, nu, obj, kkt, it, conv = torch.ops.cina.qp_solve_batch(
-        X.contiguous(), int(kind), empty if gamma is None else gamma, float(scale),
-        empty.reshape(0, 0) if lse is None else lse, src.contiguous(), mask.contiguous(),
-        None if sign is None else sign.contiguous(), qscale.contiguous(), diag_add.contiguous(),
-        p.contiguous(), lo.contiguous(), up.contiguous(), None if c is None else c.contiguous(),
-        None if d is None else d.contiguous(), None if x0 is None else x0.contiguous(), tol.contiguous(),
-        max_iter.contiguous(), int(cache_bytes), bool(shrinking), int(inner_min_units))
+        X.contiguous(),
+        int(kind),
+        empty if gamma is None else gamma,
+        float(scale),
+        empty.reshape(0, 0) if lse is None else lse,
+        src.contiguous(),
+        mask.contiguous(),
+        None if sign is None else sign.contiguous(),
+        qscale.contiguous(),
+        diag_add.contiguous(),
+        p.contiguous(),
+        lo.contiguous(),
+        up.contiguous(),
+        None if c is None else c.contiguous(),
+        None if d is None else d.contiguous(),
+        None if x0 is None else x0.contiguous(),
+        tol.contiguous(),
+        max_iter.contiguous(),
+        int(cache_bytes),
+        bool(shrinking),
+        int(inner_min_units),
+    )
     return x, nu, obj, kkt, it, conv
 
 
@@ -337,8 +393,18 @@ def qp_solve(
     if mode == "reference":
         ref_tol = _scalar_of(tol_v, "tol") if isinstance(tol, Tensor) else tol
         ref_it = _scalar_of(it_v, "max_iter") if isinstance(max_iter, Tensor) else max_iter
-        return _reference_qp_solve(Q, p, lower, upper, c, d, mask, tol=1e-6 if ref_tol is None else ref_tol,
-                                     max_iter=0 if ref_it is None else int(ref_it), x0=x0)
+        return _reference_qp_solve(
+            Q,
+            p,
+            lower,
+            upper,
+            c,
+            d,
+            mask,
+            tol=1e-6 if ref_tol is None else ref_tol,
+            max_iter=0 if ref_it is None else int(ref_it),
+            x0=x0,
+        )
     dt, dev = Q.dtype, Q.device
     mask = _mask(mask, B, N, dev)
     _finite(p, "p", mask)
@@ -372,8 +438,28 @@ def qp_solve(
         _check_feasible(lo, up, cm, d, mask)
     ones = torch.ones(B, dtype=torch.float64)
     x, nu, obj, kkt, it, conv = _run(
-        Q, 0, None, 1.0, None, torch.arange(B, dtype=torch.int64), mask, None, ones, torch.zeros(B, dtype=torch.float64),
-        torch.where(mask, p, zero), lo, up, cm, d, x0, tol_v, it_v, cache_bytes, shrinking, _inner_min_units)
+        Q,
+        0,
+        None,
+        1.0,
+        None,
+        torch.arange(B, dtype=torch.int64),
+        mask,
+        None,
+        ones,
+        torch.zeros(B, dtype=torch.float64),
+        torch.where(mask, p, zero),
+        lo,
+        up,
+        cm,
+        d,
+        x0,
+        tol_v,
+        it_v,
+        cache_bytes,
+        shrinking,
+        _inner_min_units,
+    )
     conv = converged_and_finite(x, obj, conv)
     return QPResult(x=x, nu=nu, objective=obj, kkt=kkt, iterations=it, converged=conv)
 
@@ -431,9 +517,13 @@ def _readout(alpha: Tensor, treated: Tensor, control: Tensor, conv: Tensor) -> T
         bad = torch.nonzero(empty & conv).flatten().tolist()
         raise ValueError(
             f"read-out weights of a treatment arm sum to zero in dataset(s) {bad}: "
-            "the balancing problem gave no weight to one arm (lam too large or an arm empty)")
-    w = torch.where(treated, a / s1.clamp_min(torch.finfo(a.dtype).tiny),
-                    torch.where(control, a / s0.clamp_min(torch.finfo(a.dtype).tiny), zero))
+            "the balancing problem gave no weight to one arm (lam too large or an arm empty)"
+        )
+    w = torch.where(
+        treated,
+        a / s1.clamp_min(torch.finfo(a.dtype).tiny),
+        torch.where(control, a / s0.clamp_min(torch.finfo(a.dtype).tiny), zero),
+    )
     return torch.where(empty.unsqueeze(-1), zero, w)
 
 
@@ -555,8 +645,24 @@ def dual_solve(
     if torch.compiler.is_compiling():
         # under torch.compile the whole front end (data-dependent checks, host-side set-up) is one
         # opaque custom op, so a compiled graph holds the solve without breaking (fullgraph=True)
-        return _traced_dual_solve(X, W, lam, kernel, gamma, scale, estimand, intercept, loss, mask, tol, max_iter,
-                                  x0, backend, cache_mb, shrinking)
+        return _traced_dual_solve(
+            X,
+            W,
+            lam,
+            kernel,
+            gamma,
+            scale,
+            estimand,
+            intercept,
+            loss,
+            mask,
+            tol,
+            max_iter,
+            x0,
+            backend,
+            cache_mb,
+            shrinking,
+        )
     if estimand not in ESTIMANDS:
         raise ValueError(f"estimand must be one of {ESTIMANDS}, got {estimand!r}")
     if loss not in LOSSES:
@@ -574,9 +680,20 @@ def dual_solve(
     mode = solver_backend(backend, X.device)
     if mode == "reference":
         return _reference_dual_solve(
-            X, W, lam, kernel=kernel, gamma=gamma, scale=scale, estimand=estimand, intercept=intercept, loss=loss,
-            mask=mask, tol=_scalar_of(tol_v, "tol") if isinstance(tol, Tensor) else tol,
-            max_iter=_scalar_of(it_v, "max_iter") if isinstance(max_iter, Tensor) else max_iter, x0=x0)
+            X,
+            W,
+            lam,
+            kernel=kernel,
+            gamma=gamma,
+            scale=scale,
+            estimand=estimand,
+            intercept=intercept,
+            loss=loss,
+            mask=mask,
+            tol=_scalar_of(tol_v, "tol") if isinstance(tol, Tensor) else tol,
+            max_iter=_scalar_of(it_v, "max_iter") if isinstance(max_iter, Tensor) else max_iter,
+            x0=x0,
+        )
     dt, dev = X.dtype, X.device
     _tensor(W, "W", 2)
     if tuple(W.shape) != (B, N):
@@ -650,13 +767,40 @@ def dual_solve(
                 bad = (s1 - s0).abs() > math.sqrt(torch.finfo(dt).eps) * (1 + s1 + s0)
                 xs = torch.where(bad.unsqueeze(-1), zero, xs)  # still infeasible: cold start (x = 0)
         x, nu, obj, kkt, it, conv = _run(
-            Xc, kind, g_v, sc, lse, ar, mask_c, Wf, 1.0 / lam_v,
+            Xc,
+            kind,
+            g_v,
+            sc,
+            lse,
+            ar,
+            mask_c,
+            Wf,
+            1.0 / lam_v,
             torch.full((B,), 1.0 if loss == "squared_hinge" else 0.0, dtype=torch.float64),
-            p, lo, up, c, d, xs, tol_v, it_v, cache_bytes, shrinking, _inner_min_units)
+            p,
+            lo,
+            up,
+            c,
+            d,
+            xs,
+            tol_v,
+            it_v,
+            cache_bytes,
+            shrinking,
+            _inner_min_units,
+        )
         weights = _readout(x, treated, control, conv)
         b = nu if intercept else torch.zeros(B, dtype=dt, device=dev)
-        return BalanceResult(weights=weights, alpha=x, intercept=b, objective=obj, kkt=kkt, iterations=it,
-                             converged=conv, estimand=estimand)
+        return BalanceResult(
+            weights=weights,
+            alpha=x,
+            intercept=b,
+            objective=obj,
+            kkt=kkt,
+            iterations=it,
+            converged=conv,
+            estimand=estimand,
+        )
 
     empty = torch.zeros(0, dtype=torch.float64, device=dev)
     g_arg = g_v.to(dev) if g_v is not None else empty
@@ -669,8 +813,9 @@ def dual_solve(
         pvec = torch.where(pm, 2.0 * torch.cat([kbar, kbar], 0), zero)
         lam2 = torch.cat([lam_v, lam_v])
     else:  # att: controls against the treated mean
-        rows = torch.ops.cina.qp_kernel_rowsum(Xc.detach(), kind, g_arg, sc, lse_arg, control.contiguous(),
-                                               treated.contiguous())
+        rows = torch.ops.cina.qp_kernel_rowsum(
+            Xc.detach(), kind, g_arg, sc, lse_arg, control.contiguous(), treated.contiguous()
+        )
         kbar = (rows / n1.unsqueeze(-1).to(torch.float64)).to(dt)
         pm = control
         src = ar
@@ -692,24 +837,58 @@ def dual_solve(
     tol2 = torch.cat([tol_v, tol_v]) if estimand == "ate" else tol_v
     it2 = torch.cat([it_v, it_v]) if estimand == "ate" else it_v
     x, nu, obj, kkt, it, conv = _run(
-        Xc, kind, g_v, sc, lse, src, pm.contiguous(), None, torch.full((P,), 2.0, dtype=torch.float64),
-        2.0 * lam2, pvec, lo, up, cvec, dvec, xs, tol2, it2, cache_bytes, shrinking, _inner_min_units)
+        Xc,
+        kind,
+        g_v,
+        sc,
+        lse,
+        src,
+        pm.contiguous(),
+        None,
+        torch.full((P,), 2.0, dtype=torch.float64),
+        2.0 * lam2,
+        pvec,
+        lo,
+        up,
+        cvec,
+        dvec,
+        xs,
+        tol2,
+        it2,
+        cache_bytes,
+        shrinking,
+        _inner_min_units,
+    )
     if estimand == "ate":
         x1, x0_ = x[:B], x[B:]
         alpha = torch.where(treated, x1, torch.where(control, x0_, zero))
         s1 = torch.where(treated, x1, zero).sum(-1, keepdim=True)
         s0 = torch.where(control, x0_, zero).sum(-1, keepdim=True)
         weights = torch.where(treated, x1 / s1, torch.where(control, x0_ / s0, zero))
-        return BalanceResult(weights=weights, alpha=alpha, intercept=torch.zeros(B, dtype=dt, device=dev),
-                             objective=obj[:B] + obj[B:], kkt=torch.maximum(kkt[:B], kkt[B:]),
-                             iterations=torch.maximum(it[:B], it[B:]), converged=conv[:B] & conv[B:],
-                             estimand=estimand)
+        return BalanceResult(
+            weights=weights,
+            alpha=alpha,
+            intercept=torch.zeros(B, dtype=dt, device=dev),
+            objective=obj[:B] + obj[B:],
+            kkt=torch.maximum(kkt[:B], kkt[B:]),
+            iterations=torch.maximum(it[:B], it[B:]),
+            converged=conv[:B] & conv[B:],
+            estimand=estimand,
+        )
     tw = (1.0 / n1.to(dt)).unsqueeze(-1).expand(B, N)
     alpha = torch.where(treated, tw, torch.where(control, x, zero))
     s0 = torch.where(control, x, zero).sum(-1, keepdim=True)
     weights = torch.where(treated, tw, torch.where(control, x / s0, zero))
-    return BalanceResult(weights=weights, alpha=alpha, intercept=torch.zeros(B, dtype=dt, device=dev),
-                         objective=obj, kkt=kkt, iterations=it, converged=conv, estimand=estimand)
+    return BalanceResult(
+        weights=weights,
+        alpha=alpha,
+        intercept=torch.zeros(B, dtype=dt, device=dev),
+        objective=obj,
+        kkt=kkt,
+        iterations=it,
+        converged=conv,
+        estimand=estimand,
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -721,12 +900,40 @@ def _register_fakes() -> None:
     if not has_extension():
         return
     try:
+
         @torch.library.register_fake("cina::qp_solve_batch")
-        def _solve_fake(X, kind, gamma, scale, lse, src, mask, sign, qscale, diag_add, p, lo, up, c, d, x0, tol,
-                        max_iter, cache_bytes, shrinking, inner_min_units):
+        def _solve_fake(
+            X,
+            kind,
+            gamma,
+            scale,
+            lse,
+            src,
+            mask,
+            sign,
+            qscale,
+            diag_add,
+            p,
+            lo,
+            up,
+            c,
+            d,
+            x0,
+            tol,
+            max_iter,
+            cache_bytes,
+            shrinking,
+            inner_min_units,
+        ):
             P, N = mask.shape
-            return (X.new_empty((P, N)), X.new_empty((P,)), X.new_empty((P,)), X.new_empty((P,)),
-                    X.new_empty((P,), dtype=torch.int64), X.new_empty((P,), dtype=torch.bool))
+            return (
+                X.new_empty((P, N)),
+                X.new_empty((P,)),
+                X.new_empty((P,)),
+                X.new_empty((P,)),
+                X.new_empty((P,), dtype=torch.int64),
+                X.new_empty((P,), dtype=torch.bool),
+            )
 
         @torch.library.register_fake("cina::qp_kernel_lse")
         def _lse_fake(X, mask, scale):
@@ -766,48 +973,131 @@ def _scalar_arg(v, name: str):
 
 
 @torch.library.custom_op("cina::dual_solve_front", mutates_args=())
-def _dual_solve_front(X: Tensor, W: Tensor, lam: Tensor, kernel: str, gamma: Optional[Tensor], scale: Optional[float],
-                      estimand: str, intercept: bool, loss: str, mask: Optional[Tensor], tol: float,
-                      max_iter: Optional[int], x0: Optional[Tensor], backend: str, cache_mb: Optional[float],
-                      shrinking: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    r = dual_solve(X, W, lam, kernel=kernel, gamma=gamma, scale=scale, estimand=estimand, intercept=intercept,
-                   loss=loss, mask=mask, tol=tol, max_iter=max_iter, x0=x0, backend=backend, cache_mb=cache_mb,
-                   shrinking=shrinking)
+def _dual_solve_front(
+    X: Tensor,
+    W: Tensor,
+    lam: Tensor,
+    kernel: str,
+    gamma: Optional[Tensor],
+    scale: Optional[float],
+    estimand: str,
+    intercept: bool,
+    loss: str,
+    mask: Optional[Tensor],
+    tol: float,
+    max_iter: Optional[int],
+    x0: Optional[Tensor],
+    backend: str,
+    cache_mb: Optional[float],
+    shrinking: bool,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    r = dual_solve(
+        X,
+        W,
+        lam,
+        kernel=kernel,
+        gamma=gamma,
+        scale=scale,
+        estimand=estimand,
+        intercept=intercept,
+        loss=loss,
+        mask=mask,
+        tol=tol,
+        max_iter=max_iter,
+        x0=x0,
+        backend=backend,
+        cache_mb=cache_mb,
+        shrinking=shrinking,
+    )
     return tuple(t.clone() for t in (r.weights, r.alpha, r.intercept, r.objective, r.kkt, r.iterations, r.converged))
 
 
 @_dual_solve_front.register_fake
-def _(X, W, lam, kernel, gamma, scale, estimand, intercept, loss, mask, tol, max_iter, x0, backend, cache_mb,
-      shrinking):
+def _(
+    X, W, lam, kernel, gamma, scale, estimand, intercept, loss, mask, tol, max_iter, x0, backend, cache_mb, shrinking
+):
     B, N = W.shape
-    return (X.new_empty((B, N)), X.new_empty((B, N)), X.new_empty((B,)), X.new_empty((B,)), X.new_empty((B,)),
-            X.new_empty((B,), dtype=torch.int64), X.new_empty((B,), dtype=torch.bool))
+    return (
+        X.new_empty((B, N)),
+        X.new_empty((B, N)),
+        X.new_empty((B,)),
+        X.new_empty((B,)),
+        X.new_empty((B,)),
+        X.new_empty((B,), dtype=torch.int64),
+        X.new_empty((B,), dtype=torch.bool),
+    )
 
 
-def _traced_dual_solve(X, W, lam, kernel, gamma, scale, estimand, intercept, loss, mask, tol, max_iter, x0, backend,
-                       cache_mb, shrinking) -> BalanceResult:
+def _traced_dual_solve(
+    X, W, lam, kernel, gamma, scale, estimand, intercept, loss, mask, tol, max_iter, x0, backend, cache_mb, shrinking
+) -> BalanceResult:
     B = W.shape[0]
     out = torch.ops.cina.dual_solve_front(
-        X, W, _as_batch_tensor(lam, B, X), kernel, _as_batch_tensor(gamma, B, X), scale, estimand, intercept, loss,
-        mask, float(_scalar_arg(tol, "tol")), _scalar_arg(max_iter, "max_iter"), x0, backend,
-        None if cache_mb is None else float(cache_mb), bool(shrinking))
+        X,
+        W,
+        _as_batch_tensor(lam, B, X),
+        kernel,
+        _as_batch_tensor(gamma, B, X),
+        scale,
+        estimand,
+        intercept,
+        loss,
+        mask,
+        float(_scalar_arg(tol, "tol")),
+        _scalar_arg(max_iter, "max_iter"),
+        x0,
+        backend,
+        None if cache_mb is None else float(cache_mb),
+        bool(shrinking),
+    )
     return BalanceResult(*out, estimand=estimand)
 
 
 @torch.library.custom_op("cina::qp_solve_front", mutates_args=())
-def _qp_solve_front(Q: Tensor, p: Tensor, lower: Tensor, upper: Tensor, c: Optional[Tensor], d: Optional[Tensor],
-                    mask: Optional[Tensor], tol: float, max_iter: Optional[int], x0: Optional[Tensor], backend: str,
-                    cache_mb: Optional[float], shrinking: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    r = qp_solve(Q, p, lower, upper, c, d, mask, tol=tol, max_iter=max_iter, x0=x0, backend=backend,
-                 cache_mb=cache_mb, shrinking=shrinking)
+def _qp_solve_front(
+    Q: Tensor,
+    p: Tensor,
+    lower: Tensor,
+    upper: Tensor,
+    c: Optional[Tensor],
+    d: Optional[Tensor],
+    mask: Optional[Tensor],
+    tol: float,
+    max_iter: Optional[int],
+    x0: Optional[Tensor],
+    backend: str,
+    cache_mb: Optional[float],
+    shrinking: bool,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    r = qp_solve(
+        Q,
+        p,
+        lower,
+        upper,
+        c,
+        d,
+        mask,
+        tol=tol,
+        max_iter=max_iter,
+        x0=x0,
+        backend=backend,
+        cache_mb=cache_mb,
+        shrinking=shrinking,
+    )
     return tuple(t.clone() for t in (r.x, r.nu, r.objective, r.kkt, r.iterations, r.converged))
 
 
 @_qp_solve_front.register_fake
 def _(Q, p, lower, upper, c, d, mask, tol, max_iter, x0, backend, cache_mb, shrinking):
     B, N = p.shape
-    return (p.new_empty((B, N)), p.new_empty((B,)), p.new_empty((B,)), p.new_empty((B,)),
-            p.new_empty((B,), dtype=torch.int64), p.new_empty((B,), dtype=torch.bool))
+    return (
+        p.new_empty((B, N)),
+        p.new_empty((B,)),
+        p.new_empty((B,)),
+        p.new_empty((B,)),
+        p.new_empty((B,), dtype=torch.int64),
+        p.new_empty((B,), dtype=torch.bool),
+    )
 
 
 def _traced_qp_solve(Q, p, lower, upper, c, d, mask, tol, max_iter, x0, backend, cache_mb, shrinking) -> QPResult:
@@ -817,7 +1107,19 @@ def _traced_qp_solve(Q, p, lower, upper, c, d, mask, tol, max_iter, x0, backend,
         return v if isinstance(v, Tensor) else torch.full((B, N), float(v), dtype=p.dtype, device=p.device)
 
     dd = d if d is None or isinstance(d, Tensor) else torch.full((B,), float(d), dtype=p.dtype, device=p.device)
-    out = torch.ops.cina.qp_solve_front(Q, p, bound(lower), bound(upper), c, dd, mask, float(_scalar_arg(tol, "tol")),
-                                        _scalar_arg(max_iter, "max_iter"), x0, backend,
-                                        None if cache_mb is None else float(cache_mb), bool(shrinking))
+    out = torch.ops.cina.qp_solve_front(
+        Q,
+        p,
+        bound(lower),
+        bound(upper),
+        c,
+        dd,
+        mask,
+        float(_scalar_arg(tol, "tol")),
+        _scalar_arg(max_iter, "max_iter"),
+        x0,
+        backend,
+        None if cache_mb is None else float(cache_mb),
+        bool(shrinking),
+    )
     return QPResult(*out)

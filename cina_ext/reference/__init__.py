@@ -5,6 +5,7 @@ over datasets, honours a (B, N) boolean mask, works in float32 and float64 and i
 with autograd where the operator is.  The operators in :mod:`cina_ext.ops` take the same
 arguments (plus ``backend=``) and must reproduce these results.
 """
+
 from __future__ import annotations
 
 from .attention_hinge import attention_hinge, effect_from_weights, readout_alpha, readout_weights

@@ -13,6 +13,7 @@ Conventions shared with :mod:`cina_ext.ops` (see docs/ops/attention_hinge.md):
   ``out`` (B, N) the attention output ``o = softmax(S) V``, ``lse`` (B, N) the row log-normaliser.
   Padded rows have ``out = 0`` and ``lse = 0`` and take no part in anything.
 """
+
 from __future__ import annotations
 
 import math
@@ -30,7 +31,6 @@ __all__ = [
     "readout_weights",
     "effect_from_weights",
 ]
-
 
 
 def _lam_tensor(lam: Union[float, Tensor], B: int, like: Tensor) -> Tensor:
@@ -251,4 +251,3 @@ def effect_from_weights(weights: Tensor, W: Tensor, Y: Tensor, mask: Optional[Te
     if mask is not None:
         prod = torch.where(mask, prod, torch.zeros_like(prod))
     return prod.sum(-1)
-

@@ -7,6 +7,7 @@ over the datasets and call the padded twins of :mod:`cina_ext.reference` on each
 obviously right, which is what the compiled packed path of :mod:`cina_ext.ops.packed` (length
 buckets, one padded call per bucket) is compared to.
 """
+
 from __future__ import annotations
 
 import math
@@ -80,8 +81,10 @@ def offsets_from_lengths(lengths: Union[Sequence[int], Tensor], *, device=None) 
 
 def _check_offsets_structure(offsets, device, name: str) -> None:
     if not isinstance(offsets, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor (int64, shape (B + 1,)), got {type(offsets).__name__}; "
-                        "build it with offsets_from_lengths")
+        raise TypeError(
+            f"{name} must be a torch.Tensor (int64, shape (B + 1,)), got {type(offsets).__name__}; "
+            "build it with offsets_from_lengths"
+        )
     if offsets.dtype != torch.int64:
         raise TypeError(f"{name} must have dtype torch.int64, got {offsets.dtype}")
     if offsets.dim() != 1:
@@ -106,8 +109,10 @@ def check_offsets(offsets, total: int, device: Optional[torch.device] = None, *,
         steps = offsets[1:] - offsets[:-1]
         if bool((steps < 0).any()):
             bad = int(torch.nonzero(steps < 0)[0])
-            raise ValueError(f"{name} must be non-decreasing; {name}[{bad + 1}] = {int(offsets[bad + 1])} < "
-                             f"{name}[{bad}] = {int(offsets[bad])}")
+            raise ValueError(
+                f"{name} must be non-decreasing; {name}[{bad + 1}] = {int(offsets[bad + 1])} < "
+                f"{name}[{bad}] = {int(offsets[bad])}"
+            )
     last = int(offsets[-1])
     if last != total:
         raise ValueError(f"{name}[-1] = {last} must equal the number of packed units ({total})")
@@ -209,8 +214,15 @@ def attention_hinge_packed(
         if e == s:  # an empty dataset: no rows, loss 0
             losses.append(b[i] * 0.0)
             continue
-        l_i, o_i, z_i = attention_hinge(K[s:e].unsqueeze(0), V[s:e].unsqueeze(0), W[s:e].unsqueeze(0), b[i:i + 1],
-                                        lam_v[i:i + 1], scale=scale, loss=loss)
+        l_i, o_i, z_i = attention_hinge(
+            K[s:e].unsqueeze(0),
+            V[s:e].unsqueeze(0),
+            W[s:e].unsqueeze(0),
+            b[i : i + 1],
+            lam_v[i : i + 1],
+            scale=scale,
+            loss=loss,
+        )
         losses.append(l_i[0])
         outs.append(o_i[0])
         lses.append(z_i[0])
@@ -274,9 +286,16 @@ def dual_solve_packed(
     for i in range(B):
         s, e = int(offsets[i]), int(offsets[i + 1])
         mi = _item(max_iter, i)
-        r = dual_solve(X[s:e].unsqueeze(0), W[s:e].unsqueeze(0), _item(lam, i), gamma=_item(gamma, i),
-                       tol=_item(tol, i), max_iter=None if mi is None else int(mi),
-                       x0=None if x0 is None else x0[s:e].unsqueeze(0), **kwargs)
+        r = dual_solve(
+            X[s:e].unsqueeze(0),
+            W[s:e].unsqueeze(0),
+            _item(lam, i),
+            gamma=_item(gamma, i),
+            tol=_item(tol, i),
+            max_iter=None if mi is None else int(mi),
+            x0=None if x0 is None else x0[s:e].unsqueeze(0),
+            **kwargs,
+        )
         estimand = r.estimand
         for k in unit:
             unit[k].append(getattr(r, k)[0])
@@ -343,7 +362,7 @@ def qp_solve_packed(
     for i in range(B):
         s, e = int(offsets[i]), int(offsets[i + 1])
         n = e - s
-        Qi = Q[q0:q0 + n * n].reshape(1, n, n)
+        Qi = Q[q0 : q0 + n * n].reshape(1, n, n)
         q0 += n * n
 
         def unit_arg(v):
@@ -351,8 +370,17 @@ def qp_solve_packed(
 
         di = None if d is None else torch.as_tensor([_item(d, i)], dtype=p.dtype, device=p.device)
         mi = _item(max_iter, i)
-        r = qp_solve(Qi, p[s:e].unsqueeze(0), unit_arg(lower), unit_arg(upper), unit_arg(c), di,
-                     tol=_item(tol, i), max_iter=None if mi is None else int(mi), x0=unit_arg(x0))
+        r = qp_solve(
+            Qi,
+            p[s:e].unsqueeze(0),
+            unit_arg(lower),
+            unit_arg(upper),
+            unit_arg(c),
+            di,
+            tol=_item(tol, i),
+            max_iter=None if mi is None else int(mi),
+            x0=unit_arg(x0),
+        )
         xs.append(r.x[0])
         for k in ds:
             ds[k].append(getattr(r, k)[0])

@@ -41,6 +41,7 @@ vanishes at free coordinates, i.e. ``nu = -G_i / c_i`` there (averaged over the 
 ``nu`` is the intercept ``b`` of the decision function ``f(x) = sum_j alpha_j W_j k(x_j, x) / lam
 + b``.
 """
+
 from __future__ import annotations
 
 import math
@@ -54,8 +55,8 @@ from .._core.checks import bound_tensor as _bound_tensor
 from .._core.checks import check_finite_tensor as _check_finite
 from .._core.checks import check_float as _check_float
 from .._core.checks import check_mask as _check_mask
-from .._core.checks import check_tensor as _check_tensor
 from .._core.checks import check_nonnegative_diagonal, converged_and_finite, per_dataset
+from .._core.checks import check_tensor as _check_tensor
 from .._core.constants import ESTIMANDS, KERNELS
 from .._core.constants import LOSS_KINDS as LOSSES
 from .attention_hinge import readout_weights
@@ -190,8 +191,7 @@ def _feasible_start(lo: Tensor, up: Tensor, c: Tensor, d: Tensor, valid: Tensor)
 class _State:
     """Tensors of the active datasets (row r of each is dataset ``rows[r]`` of the batch)."""
 
-    __slots__ = ("rows", "x", "G", "p", "lo", "up", "invc", "neg_invc", "dinv", "cpos", "pair",
-                 "single", "diag", "tau")
+    __slots__ = ("rows", "x", "G", "p", "lo", "up", "invc", "neg_invc", "dinv", "cpos", "pair", "single", "diag", "tau")
 
     def subset(self, keep: Tensor) -> "_State":
         s = _State()
@@ -650,6 +650,7 @@ def qp_solve(
         conv = converged_and_finite(x_out, objective, conv & (kkt_final < tol))
     return QPResult(x=x_out, nu=nu, objective=objective, kkt=kkt_final, iterations=iters, converged=conv)
 
+
 # ----------------------------------------------------------------------------------------------
 # kernels
 # ----------------------------------------------------------------------------------------------
@@ -734,8 +735,7 @@ def gram(
             pdim = X.shape[2]
             var = (Xc * Xc).sum(1) / n.unsqueeze(-1)  # (B, p) per-feature variance
             v = var.mean(-1) if pdim > 0 else torch.zeros(B, dtype=X.dtype, device=X.device)
-            g = torch.where(v > 0, 1.0 / (max(pdim, 1) * v.clamp_min(torch.finfo(X.dtype).tiny)),
-                            torch.ones_like(v))
+            g = torch.where(v > 0, 1.0 / (max(pdim, 1) * v.clamp_min(torch.finfo(X.dtype).tiny)), torch.ones_like(v))
         else:
             g = per_dataset(gamma, "gamma", B, dtype=X.dtype, device=X.device)
         sq = (Xc * Xc).sum(-1)
@@ -895,16 +895,33 @@ def dual_solve(
         upper = 1.0 if loss == "hinge" else math.inf
         start = None if x0 is None else torch.where(mask, x0.clamp(0.0, upper), zero)
         if intercept:
-            res = qp_solve(Q, p, 0.0, upper, c=Wf, d=torch.zeros(B, dtype=dt, device=dev), mask=mask,
-                           tol=tol, max_iter=max_iter, x0=start)
+            res = qp_solve(
+                Q,
+                p,
+                0.0,
+                upper,
+                c=Wf,
+                d=torch.zeros(B, dtype=dt, device=dev),
+                mask=mask,
+                tol=tol,
+                max_iter=max_iter,
+                x0=start,
+            )
             b = res.nu
         else:
             res = qp_solve(Q, p, 0.0, upper, mask=mask, tol=tol, max_iter=max_iter, x0=start)
             b = torch.zeros(B, dtype=dt, device=dev)
         weights = readout_weights(res.x, Wf, mask)
-        return BalanceResult(weights=weights, alpha=res.x, intercept=b, objective=res.objective,
-                             kkt=res.kkt, iterations=res.iterations, converged=res.converged,
-                             estimand=estimand)
+        return BalanceResult(
+            weights=weights,
+            alpha=res.x,
+            intercept=b,
+            objective=res.objective,
+            kkt=res.kkt,
+            iterations=res.iterations,
+            converged=res.converged,
+            estimand=estimand,
+        )
 
     Qa = 2.0 * (K + lam_t.view(B, 1, 1) * eye)
     Kv = torch.where(mask.unsqueeze(-2), K, zero)
@@ -915,30 +932,61 @@ def dual_solve(
         ms = torch.cat([treated, control], 0)
         ones = torch.where(ms, torch.ones_like(ps), zero)
         start = None if x0 is None else torch.cat([_arm_start(x0, treated), _arm_start(x0, control)], 0)
-        res = qp_solve(Qs, ps, 0.0, math.inf, c=ones, d=torch.ones(2 * B, dtype=dt, device=dev), mask=ms,
-                       tol=tol, max_iter=max_iter, x0=start)
+        res = qp_solve(
+            Qs,
+            ps,
+            0.0,
+            math.inf,
+            c=ones,
+            d=torch.ones(2 * B, dtype=dt, device=dev),
+            mask=ms,
+            tol=tol,
+            max_iter=max_iter,
+            x0=start,
+        )
         x_t, x_c = res.x[:B], res.x[B:]
         alpha = torch.where(treated, x_t, torch.where(control, x_c, zero))
         s1 = torch.where(treated, x_t, zero).sum(-1, keepdim=True)
         s0 = torch.where(control, x_c, zero).sum(-1, keepdim=True)
         weights = torch.where(treated, x_t / s1, torch.where(control, x_c / s0, zero))
         return BalanceResult(
-            weights=weights, alpha=alpha, intercept=torch.zeros(B, dtype=dt, device=dev),
+            weights=weights,
+            alpha=alpha,
+            intercept=torch.zeros(B, dtype=dt, device=dev),
             objective=res.objective[:B] + res.objective[B:],
             kkt=torch.maximum(res.kkt[:B], res.kkt[B:]),
             iterations=torch.maximum(res.iterations[:B], res.iterations[B:]),
-            converged=res.converged[:B] & res.converged[B:], estimand=estimand)
+            converged=res.converged[:B] & res.converged[B:],
+            estimand=estimand,
+        )
 
     # att: controls balanced to the treated mean
     kbar = torch.where(treated.unsqueeze(-2), K, zero).sum(-1) / n1.unsqueeze(-1).to(dt)
     ones = torch.where(control, torch.ones_like(Wf), zero)
     start = None if x0 is None else _arm_start(x0, control)
-    res = qp_solve(Qa, 2.0 * kbar, 0.0, math.inf, c=ones, d=torch.ones(B, dtype=dt, device=dev), mask=control,
-                   tol=tol, max_iter=max_iter, x0=start)
+    res = qp_solve(
+        Qa,
+        2.0 * kbar,
+        0.0,
+        math.inf,
+        c=ones,
+        d=torch.ones(B, dtype=dt, device=dev),
+        mask=control,
+        tol=tol,
+        max_iter=max_iter,
+        x0=start,
+    )
     tw = (1.0 / n1.to(dt)).unsqueeze(-1)
     alpha = torch.where(treated, tw.expand(B, N), torch.where(control, res.x, zero))
     s0 = torch.where(control, res.x, zero).sum(-1, keepdim=True)
     weights = torch.where(treated, tw.expand(B, N), torch.where(control, res.x / s0, zero))
-    return BalanceResult(weights=weights, alpha=alpha, intercept=torch.zeros(B, dtype=dt, device=dev),
-                         objective=res.objective, kkt=res.kkt, iterations=res.iterations,
-                         converged=res.converged, estimand=estimand)
+    return BalanceResult(
+        weights=weights,
+        alpha=alpha,
+        intercept=torch.zeros(B, dtype=dt, device=dev),
+        objective=res.objective,
+        kkt=res.kkt,
+        iterations=res.iterations,
+        converged=res.converged,
+        estimand=estimand,
+    )

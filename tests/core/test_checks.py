@@ -1,4 +1,5 @@
 """Input validation: every bad input raises ValueError/TypeError naming the problem."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 from cina_ext._core.checks import check_design, check_outcome
-from cina_ext.estimators import CInA, DifferenceInMeans, DoubleML, IPW, KernelBalancing, SelfNormalizedIPW
+from cina_ext.estimators import IPW, CInA, DifferenceInMeans, DoubleML, KernelBalancing, SelfNormalizedIPW
 
 
 def _data(n=40, p=3, seed=0):
@@ -21,6 +22,7 @@ def _data(n=40, p=3, seed=0):
 
 # ---------------------------------------------------------------------------------------------
 # accepted inputs
+
 
 def test_numpy_torch_pandas_agree():
     X, T, _ = _data()
@@ -59,10 +61,14 @@ def test_bool_covariates_and_int_columns_accepted():
 # ---------------------------------------------------------------------------------------------
 # refused inputs (check_design directly)
 
-@pytest.mark.parametrize("bad,match", [
-    (np.nan, "NaN"),
-    (np.inf, "Inf"),
-])
+
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (np.nan, "NaN"),
+        (np.inf, "Inf"),
+    ],
+)
 def test_nan_inf_in_X_named(bad, match):
     X, T, _ = _data()
     df = pd.DataFrame(X, columns=["age", "income", "score"])
@@ -106,11 +112,14 @@ def test_mismatched_lengths():
         check_outcome(Y[:-2], len(Y))
 
 
-@pytest.mark.parametrize("T_bad,match", [
-    (lambda T: np.where(np.arange(len(T)) == 0, 2, T), r"binary.*2\.0"),
-    (lambda T: np.where(np.arange(len(T)) == 0, 0.5, T.astype(float)), r"binary.*0\.5"),
-    (lambda T: T + 1, "binary"),  # {1, 2}
-])
+@pytest.mark.parametrize(
+    "T_bad,match",
+    [
+        (lambda T: np.where(np.arange(len(T)) == 0, 2, T), r"binary.*2\.0"),
+        (lambda T: np.where(np.arange(len(T)) == 0, 0.5, T.astype(float)), r"binary.*0\.5"),
+        (lambda T: T + 1, "binary"),  # {1, 2}
+    ],
+)
 def test_non_binary_treatment(T_bad, match):
     X, T, _ = _data()
     with pytest.raises(ValueError, match=match):

@@ -1,4 +1,5 @@
 """The build-info check: a torch mismatch gives a readable error, not an undefined-symbol crash."""
+
 from __future__ import annotations
 
 import subprocess

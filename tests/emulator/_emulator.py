@@ -8,6 +8,7 @@ shared library, cached in build/emulator/ under a hash of its sources (the file 
 emulator header, every file of the op folders it depends on and csrc/common), and loaded through
 ctypes.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -56,8 +57,9 @@ def source_files(main: Path, deps: Sequence[Path]) -> list[Path]:
     return sorted(files)
 
 
-def _compile(stem: str, main: Path, deps: Sequence[Path], *, label: str, flags: Sequence[str],
-             shared: bool, opt: str = "-O2") -> Path:
+def _compile(
+    stem: str, main: Path, deps: Sequence[Path], *, label: str, flags: Sequence[str], shared: bool, opt: str = "-O2"
+) -> Path:
     """Compile `main` into build/emulator/{stem}_{hash}[.so], cached under a hash of its
     source_files (names and contents) and the flags; returns the path."""
     # CINA_EMU_CXXFLAGS: extra compiler flags, e.g. "-mfma -ffp-contract=fast" to round like the
@@ -73,8 +75,19 @@ def _compile(stem: str, main: Path, deps: Sequence[Path], *, label: str, flags: 
     out = out_dir / (f"{stem}_{digest}.so" if shared else f"{stem}_{digest}")
     if not out.exists():
         tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
-        cmd = [CXX, "-std=c++20", "-pthread", "-Wno-unknown-pragmas", *(["-shared", "-fPIC"] if shared else []),
-               *extra, f"-I{CSRC}", f"-I{EMU_DIR}", str(main), "-o", str(tmp)]
+        cmd = [
+            CXX,
+            "-std=c++20",
+            "-pthread",
+            "-Wno-unknown-pragmas",
+            *(["-shared", "-fPIC"] if shared else []),
+            *extra,
+            f"-I{CSRC}",
+            f"-I{EMU_DIR}",
+            str(main),
+            "-o",
+            str(tmp),
+        ]
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
         if res.returncode != 0:
             raise RuntimeError(f"{label} build failed:\n{res.stderr[-4000:]}")
@@ -82,8 +95,15 @@ def _compile(stem: str, main: Path, deps: Sequence[Path], *, label: str, flags: 
     return out
 
 
-def build(stem: str, main: Path, deps: Sequence[Path], entry_points: Iterable[str], *,
-          label: str = "emulator", flags: Sequence[str] = ()) -> ctypes.CDLL:
+def build(
+    stem: str,
+    main: Path,
+    deps: Sequence[Path],
+    entry_points: Iterable[str],
+    *,
+    label: str = "emulator",
+    flags: Sequence[str] = (),
+) -> ctypes.CDLL:
     """Compile `main` (cached as build/emulator/{stem}_{hash}.so, the hash over its source_files
     and the flags), load it and declare the C entry points as returning error
     strings.  `flags`: extra compiler flags of this library (e.g. fma_flags())."""
@@ -94,15 +114,29 @@ def build(stem: str, main: Path, deps: Sequence[Path], entry_points: Iterable[st
     return dll
 
 
-def build_executable(stem: str, main: Path, deps: Sequence[Path], *, label: str = "emulator program",
-                     flags: Sequence[str] = (), opt: str = "-O1") -> Path:
+def build_executable(
+    stem: str,
+    main: Path,
+    deps: Sequence[Path],
+    *,
+    label: str = "emulator program",
+    flags: Sequence[str] = (),
+    opt: str = "-O1",
+) -> Path:
     """Compile the program `main` (e.g. a sanitizer driver of tests/emulator/cuda_emulator/) into
     build/emulator/{stem}_{hash}, cached like the libraries; returns its path."""
     return _compile(stem, main, deps, label=label, flags=flags, shared=False, opt=opt)
 
 
-def loader(stem: str, main: Path, deps: Sequence[Path], entry_points: Iterable[str], *,
-           label: str = "emulator", flags: Sequence[str] = ()) -> Callable[[], ctypes.CDLL]:
+def loader(
+    stem: str,
+    main: Path,
+    deps: Sequence[Path],
+    entry_points: Iterable[str],
+    *,
+    label: str = "emulator",
+    flags: Sequence[str] = (),
+) -> Callable[[], ctypes.CDLL]:
     """A function returning the emulator library, built on first use (then the same object)."""
     entry_points = tuple(entry_points)
     flags = tuple(flags)

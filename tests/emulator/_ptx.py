@@ -8,6 +8,7 @@ taken from an unrelated argument field (an illegal address on the H200; the CPU 
 by g++, cannot see it). A load from a kernel parameter at an offset at or beyond the parameter's
 declared size is the trace such a miscompile leaves in the PTX.
 """
+
 from __future__ import annotations
 
 import os
@@ -32,8 +33,12 @@ def find_nvcc() -> str | None:
 
 
 def compile_ptx(source: Path, out: Path, nvcc: str) -> str:
-    subprocess.run([nvcc, *NVCC_FLAGS, "-I", str(CSRC), "-ptx", str(source), "-o", str(out)],
-                   check=True, capture_output=True, text=True)
+    subprocess.run(
+        [nvcc, *NVCC_FLAGS, "-I", str(CSRC), "-ptx", str(source), "-o", str(out)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return out.read_text()
 
 
@@ -41,7 +46,7 @@ def compile_ptx(source: Path, out: Path, nvcc: str) -> str:
 class EntryReport:
     name: str
     param_sizes: dict[str, int]
-    param_loads: int = 0                      # loads from a by-value (.b8 array) parameter
+    param_loads: int = 0  # loads from a by-value (.b8 array) parameter
     out_of_range: list[int] = field(default_factory=list)  # offsets at or past the parameter's end
 
 

@@ -9,6 +9,7 @@ Skipped when no C++20 compiler is found.  Emulation is slow (256 host threads pe
 stay small, and the larger cases are marked slow.  The emulator library is cached in
 build/emulator/ under a hash of its sources (first build ~20 s).
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -22,9 +23,12 @@ from cina_ext import reference
 from _attention_cases import make_attention_case
 from _emulator import CSRC, CXX, EMU_DIR, loader
 
-lib = loader("libcina_emu", EMU_DIR / "emulator.cpp",
-             [CSRC / "attention_hinge" / "cuda.cu", CSRC / "attention_hinge" / "attention_hinge.h"],
-             ["emu_fwd_f32", "emu_fwd_f64", "emu_bwd_f32", "emu_bwd_f64"])
+lib = loader(
+    "libcina_emu",
+    EMU_DIR / "emulator.cpp",
+    [CSRC / "attention_hinge" / "cuda.cu", CSRC / "attention_hinge" / "attention_hinge.h"],
+    ["emu_fwd_f32", "emu_fwd_f64", "emu_bwd_f32", "emu_bwd_f64"],
+)
 
 
 pytestmark = pytest.mark.skipif(CXX is None, reason="no C++ compiler for the CUDA emulator")
@@ -47,9 +51,25 @@ def emu_forward(K, V, W, b, lam, mask, scale, loss_kind, need_aux):
     A = torch.full((B, N, D), float("nan"), dtype=dt) if need_aux else torch.empty(0, dtype=dt)
     Bk = torch.full((B, N, D), float("nan"), dtype=dt) if need_aux else torch.empty(0, dtype=dt)
     fn = lib().emu_fwd_f32 if dt == torch.float32 else lib().emu_fwd_f64
-    err = fn(_ptr(K), _ptr(V), _ptr(W), _ptr(b), _ptr(lam), _ptr(mask), _I(B), _I(N), _I(D),
-             ctypes.c_double(scale), _I(loss_kind), ctypes.c_int(int(need_aux)), _ptr(loss), _ptr(out),
-             _ptr(lse), _ptr(A) if need_aux else _P(0), _ptr(Bk) if need_aux else _P(0))
+    err = fn(
+        _ptr(K),
+        _ptr(V),
+        _ptr(W),
+        _ptr(b),
+        _ptr(lam),
+        _ptr(mask),
+        _I(B),
+        _I(N),
+        _I(D),
+        ctypes.c_double(scale),
+        _I(loss_kind),
+        ctypes.c_int(int(need_aux)),
+        _ptr(loss),
+        _ptr(out),
+        _ptr(lse),
+        _ptr(A) if need_aux else _P(0),
+        _ptr(Bk) if need_aux else _P(0),
+    )
     if err:
         raise RuntimeError(err.decode())
     return loss, out, lse, A, Bk
@@ -62,9 +82,29 @@ def emu_backward(K, V, W, b, lam, mask, out, lse, A, Bk, gL, gO, gLse, scale, lo
     dV = torch.full((B, N), float("nan"), dtype=dt)
     db = torch.full((B,), float("nan"), dtype=dt)
     fn = lib().emu_bwd_f32 if dt == torch.float32 else lib().emu_bwd_f64
-    err = fn(_ptr(K), _ptr(V), _ptr(W), _ptr(b), _ptr(lam), _ptr(mask), _ptr(out), _ptr(lse), _ptr(A),
-             _ptr(Bk), _ptr(gL), _ptr(gO), _ptr(gLse), _I(B), _I(N), _I(D), ctypes.c_double(scale),
-             _I(loss_kind), _ptr(dK), _ptr(dV), _ptr(db))
+    err = fn(
+        _ptr(K),
+        _ptr(V),
+        _ptr(W),
+        _ptr(b),
+        _ptr(lam),
+        _ptr(mask),
+        _ptr(out),
+        _ptr(lse),
+        _ptr(A),
+        _ptr(Bk),
+        _ptr(gL),
+        _ptr(gO),
+        _ptr(gLse),
+        _I(B),
+        _I(N),
+        _I(D),
+        ctypes.c_double(scale),
+        _I(loss_kind),
+        _ptr(dK),
+        _ptr(dV),
+        _ptr(db),
+    )
     if err:
         raise RuntimeError(err.decode())
     return dK, dV, db
@@ -122,8 +162,8 @@ def check_close(got, ref, mask, rtol):
     [
         (2, 1, 1, "hinge"),
         (3, 7, 3, "squared_hinge"),
-        (2, 70, 16, "hinge"),     # two column tiles, partial
-        (1, 130, 33, "hinge"),    # three tiles, DP = 64
+        (2, 70, 16, "hinge"),  # two column tiles, partial
+        (1, 130, 33, "hinge"),  # three tiles, DP = 64
         (2, 65, 128, "squared_hinge"),
     ],
 )
@@ -202,6 +242,7 @@ def test_emulated_deterministic():
 
 
 # ---- the tensor-core variants (float32 only; CINA_ATTENTION_KERNEL is read at every call) ------
+
 
 @pytest.fixture
 def kernel_variant(request, monkeypatch):
@@ -284,9 +325,11 @@ def test_emulated_unknown_variant_refused(monkeypatch):
 
 # ---- column splits (CINA_ATTENTION_SPLITS; the heuristic splits small grids on a GPU) ----------
 
+
 @pytest.mark.parametrize("variant", ["simt", "tf32x3"])
-@pytest.mark.parametrize("splits", ["1", pytest.param("2", marks=pytest.mark.slow), "3",
-                                    pytest.param("6", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "splits", ["1", pytest.param("2", marks=pytest.mark.slow), "3", pytest.param("6", marks=pytest.mark.slow)]
+)
 def test_emulated_column_splits(monkeypatch, variant, splits):
     """N = 330: 6 column tiles, split 2, 3 or 6 ways (one tile per block)."""
     monkeypatch.setenv("CINA_ATTENTION_KERNEL", variant)
@@ -320,7 +363,7 @@ def test_emulated_prefetch_variants_are_bit_identical(monkeypatch, plain, prefet
     the same bits as without.  Garbage padding, a column tile with no valid unit (skipped after
     its copy was issued), a dataset whose last tile is partial, D = 16, 11 and 20 (DP = 32)."""
     monkeypatch.setenv("CINA_ATTENTION_SPLITS", splits)
-    for (B, N, D) in [(2, 330, 16), (1, 150, 11), (1, 70, 20)]:
+    for B, N, D in [(2, 330, 16), (1, 150, 11), (1, 70, 20)]:
         K, V, W, b, lam, mask = make_case(B, N, D, torch.float32, seed=N + D, pad_frac=0.1)
         if N >= 256:
             mask[0, 64:128] = False

@@ -18,6 +18,7 @@ deliberately faulty kernel per class of bug, and the tests check that each is re
 tests can fail.  What stays for the GPU: timing-dependent behaviour, the real memory model
 (e.g. visibility without fences), and compute-sanitizer itself (tools/gpu_check.sh).
 """
+
 from __future__ import annotations
 
 import os
@@ -47,8 +48,13 @@ _QP_DEPS = [CSRC / "qp_solve" / "cuda.cu", CSRC / "qp_solve" / "qp_solve.h"]
 
 
 def _build(stem: str, main, deps, kind: str):
-    return build_executable(f"{stem}_{kind}", main, deps, flags=(*SANITIZERS[kind], *(fma_flags() or ())),
-                            label=f"{stem} ({kind} sanitizer)")
+    return build_executable(
+        f"{stem}_{kind}",
+        main,
+        deps,
+        flags=(*SANITIZERS[kind], *(fma_flags() or ())),
+        label=f"{stem} ({kind} sanitizer)",
+    )
 
 
 @cache
@@ -69,12 +75,12 @@ def _program(stem: str, main, deps, kind: str):
 
 
 def _run(exe, *args, timeout=1800):
-    res = subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=timeout,
-                         env={**os.environ, **ENV})
+    res = subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **ENV})
     return res.returncode, res.stdout + res.stderr
 
 
 # ---- the sanitizers do catch each class of bug ---------------------------------------------------
+
 
 @pytest.mark.parametrize("case", ["ok", "async_ok"])
 @pytest.mark.parametrize("kind", ["thread", "address"])
@@ -84,14 +90,17 @@ def test_correct_kernel_is_clean(kind, case):
     assert not any(m in out for m in REPORT_MARKERS), out
 
 
-@pytest.mark.parametrize("case, kind, marker", [
-    ("race", "thread", "ThreadSanitizer: data race"),
-    ("async_race", "thread", "ThreadSanitizer: data race"),  # cp.async read before its wait
-    ("overflow", "address", "AddressSanitizer"),
-    ("global_oob", "address", "AddressSanitizer: heap-buffer-overflow"),
-    ("misaligned", "address", "misaligned address"),
-    ("leak", "address", "LeakSanitizer: detected memory leaks"),
-])
+@pytest.mark.parametrize(
+    "case, kind, marker",
+    [
+        ("race", "thread", "ThreadSanitizer: data race"),
+        ("async_race", "thread", "ThreadSanitizer: data race"),  # cp.async read before its wait
+        ("overflow", "address", "AddressSanitizer"),
+        ("global_oob", "address", "AddressSanitizer: heap-buffer-overflow"),
+        ("misaligned", "address", "misaligned address"),
+        ("leak", "address", "LeakSanitizer: detected memory leaks"),
+    ],
+)
 def test_faulty_kernel_is_reported(case, kind, marker):
     rc, out = _run(_program("san_selftest", EMU_DIR / "san_selftest.cpp", [], kind), case)
     assert rc != 0, f"the {kind} sanitizer did not stop the faulty case {case!r}:\n{out}"
@@ -113,6 +122,7 @@ def test_emulator_refuses_unwaited_async_copies():
 
 
 # ---- the kernels of csrc/ under the sanitizers ----------------------------------------------------
+
 
 def _check_clean(rc, out, summary):
     reports = [line for line in out.splitlines() if any(m in line for m in REPORT_MARKERS)]

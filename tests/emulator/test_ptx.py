@@ -4,6 +4,7 @@ A kernel that loads from its by-value argument past the argument's end has been 
 tests/emulator/_ptx.py): nvcc 13.0 did this to copies of the solver's BlockSolver struct, and the working-set
 solver read a shared-memory address from an unrelated argument field on the H200.
 """
+
 from __future__ import annotations
 
 import pytest

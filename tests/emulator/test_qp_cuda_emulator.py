@@ -10,9 +10,11 @@ facts (KKT violation of the returned point recomputed from scratch).  Emulation 
 thread per CUDA thread, several barriers per step): problems stay small and blocks are 32-96
 threads (CINA_QP_THREADS).  The library is cached in build/emulator/ under a hash of its sources.
 """
+
 from __future__ import annotations
 
 import ctypes
+import importlib
 import math
 import re
 from functools import partial
@@ -21,15 +23,14 @@ import numpy as np
 import pytest
 import torch
 
-import importlib
-R = importlib.import_module("cina_ext.reference.qp_solve")
-import importlib
-solver = importlib.import_module("cina_ext.ops.qp_solve")
 from cina_ext._core.extension import extension_error, has_extension
 
 import _solver_cases
 from _emulator import CSRC, CXX, EMU_DIR, fma_flags, loader
 from _solver_cases import kkt_pair
+
+R = importlib.import_module("cina_ext.reference.qp_solve")
+solver = importlib.import_module("cina_ext.ops.qp_solve")
 
 F64, F32 = torch.float64, torch.float32
 INF = math.inf
@@ -44,8 +45,14 @@ _QP_ENTRIES = [name + suf for suf in ("f32", "f64") for name in ("emu_qp_solve_"
 lib = loader("libcina_qp_emu", EMU_DIR / "qp_emulator.cpp", _QP_DEPS, _QP_ENTRIES, label="QP emulator")
 # the same kernels compiled to round like the GPU (a*b+c contracted into fused multiply-adds)
 _FMA = fma_flags()
-lib_fma = loader("libcina_qp_emu_fma", EMU_DIR / "qp_emulator.cpp", _QP_DEPS, _QP_ENTRIES,
-                 label="QP emulator (FMA)", flags=_FMA or ())
+lib_fma = loader(
+    "libcina_qp_emu_fma",
+    EMU_DIR / "qp_emulator.cpp",
+    _QP_DEPS,
+    _QP_ENTRIES,
+    label="QP emulator (FMA)",
+    flags=_FMA or (),
+)
 
 
 _P = ctypes.c_void_p
@@ -60,8 +67,31 @@ def _ptr(t):
     return _P(t.data_ptr())
 
 
-def emu_qp_solve_batch(X, kind, gamma, scale, lse, src, mask, sign, qscale, diag_add, p, lo, up, c, d, x0, tol,
-                       max_iter, cache_bytes, shrinking, inner_min_units, *, emu=None):
+def emu_qp_solve_batch(
+    X,
+    kind,
+    gamma,
+    scale,
+    lse,
+    src,
+    mask,
+    sign,
+    qscale,
+    diag_add,
+    p,
+    lo,
+    up,
+    c,
+    d,
+    x0,
+    tol,
+    max_iter,
+    cache_bytes,
+    shrinking,
+    inner_min_units,
+    *,
+    emu=None,
+):
     """Same arguments and results as torch.ops.cina.qp_solve_batch, run on the emulated kernel
     (`emu`: the emulator library, lib() by default)."""
     X = X.contiguous()
@@ -87,11 +117,37 @@ def emu_qp_solve_batch(X, kind, gamma, scale, lse, src, mask, sign, qscale, diag
     conv = torch.zeros(P, dtype=torch.bool)
     dll = lib() if emu is None else emu
     fn = dll.emu_qp_solve_f32 if dt == F32 else dll.emu_qp_solve_f64
-    err = fn(_I(kind), _I(S), _I(N), _I(D), _ptr(X), _ptr(gamma), _D(scale), _ptr(lse), _I(P),
-             _ptr(c_(src, torch.int64)), _ptr(c_(mask)), _ptr(c_(sign)), _ptr(c_(qscale, F64)),
-             _ptr(c_(diag_add, F64)), _ptr(c_(p)), _ptr(c_(lo)), _ptr(c_(up)), _ptr(c_(c)), _ptr(c_(d)),
-             _ptr(c_(x0)), _ptr(c_(tol, F64)), _ptr(c_(max_iter, torch.int64)), _I(cache_bytes), _ptr(x),
-             _ptr(nu), _ptr(obj), _ptr(kkt), _ptr(it), _ptr(conv))
+    err = fn(
+        _I(kind),
+        _I(S),
+        _I(N),
+        _I(D),
+        _ptr(X),
+        _ptr(gamma),
+        _D(scale),
+        _ptr(lse),
+        _I(P),
+        _ptr(c_(src, torch.int64)),
+        _ptr(c_(mask)),
+        _ptr(c_(sign)),
+        _ptr(c_(qscale, F64)),
+        _ptr(c_(diag_add, F64)),
+        _ptr(c_(p)),
+        _ptr(c_(lo)),
+        _ptr(c_(up)),
+        _ptr(c_(c)),
+        _ptr(c_(d)),
+        _ptr(c_(x0)),
+        _ptr(c_(tol, F64)),
+        _ptr(c_(max_iter, torch.int64)),
+        _I(cache_bytes),
+        _ptr(x),
+        _ptr(nu),
+        _ptr(obj),
+        _ptr(kkt),
+        _ptr(it),
+        _ptr(conv),
+    )
     if err:
         raise RuntimeError(err.decode())
     return x, nu, obj, kkt, it, conv
@@ -113,8 +169,19 @@ def emu_rowsum(X, kind, gamma, scale, lse, rowmask, colmask):
     fn = lib().emu_qp_rowsum_f32 if X.dtype == F32 else lib().emu_qp_rowsum_f64
     g = gamma.contiguous() if gamma is not None and gamma.numel() else None
     ls = lse.contiguous() if lse is not None and lse.numel() else None
-    err = fn(_I(kind), _I(S), _I(N), _I(D), _ptr(X.contiguous()), _ptr(g), _D(scale), _ptr(ls),
-             _ptr(rowmask.contiguous()), _ptr(colmask.contiguous()), _ptr(out))
+    err = fn(
+        _I(kind),
+        _I(S),
+        _I(N),
+        _I(D),
+        _ptr(X.contiguous()),
+        _ptr(g),
+        _D(scale),
+        _ptr(ls),
+        _ptr(rowmask.contiguous()),
+        _ptr(colmask.contiguous()),
+        _ptr(out),
+    )
     if err:
         raise RuntimeError(err.decode())
     return out
@@ -216,7 +283,7 @@ def test_emulated_block_sizes_masks_and_att(emulated, monkeypatch, threads):
         assert (res.alpha[~mask] == 0).all() and (res.weights[~mask] == 0).all()
         for b in range(B):
             m = mask[b]
-            one = R.dual_solve(X[b:b + 1, m], W[b:b + 1, m], 0.2, estimand=est, tol=1e-9)
+            one = R.dual_solve(X[b : b + 1, m], W[b : b + 1, m], 0.2, estimand=est, tol=1e-9)
             assert torch.allclose(res.weights[b, m], one.weights[0], atol=1e-6)
             assert torch.allclose(res.objective[b], one.objective[0], rtol=1e-8)
 
@@ -451,7 +518,7 @@ def test_emulated_working_set_sizes(monkeypatch, size):
         assert (res.alpha[~mask] == 0).all()
         for b in range(B):
             m = mask[b]
-            one = R.dual_solve(X[b:b + 1, m], W[b:b + 1, m], 0.1, estimand=est, tol=1e-10)
+            one = R.dual_solve(X[b : b + 1, m], W[b : b + 1, m], 0.1, estimand=est, tol=1e-10)
             assert torch.allclose(res.objective[b], one.objective[0], rtol=1e-8)
             assert torch.allclose(res.weights[b, m], one.weights[0], atol=1e-5)
     # box + general equality with some c_i = 0: pairs and single coordinates in one working set
@@ -544,10 +611,18 @@ def test_emulated_working_set_keys_in_shared_or_global_memory(monkeypatch):
         assert torch.equal(r.alpha, runs[0].alpha) and torch.equal(r.iterations, runs[0].iterations)
 
 
-@pytest.mark.parametrize("var,value", [("CINA_QP_CUDA_ALGO", "fast"), ("CINA_QP_WS_SIZE", "1"),
-                                       ("CINA_QP_WS_SIZE", "4096"), ("CINA_QP_WS_LTOL", "0"),
-                                       ("CINA_QP_WS_LTOL", "1.5"), ("CINA_QP_WS_LTOL", "x"),
-                                       ("CINA_QP_WS_THREADS", "48")])
+@pytest.mark.parametrize(
+    "var,value",
+    [
+        ("CINA_QP_CUDA_ALGO", "fast"),
+        ("CINA_QP_WS_SIZE", "1"),
+        ("CINA_QP_WS_SIZE", "4096"),
+        ("CINA_QP_WS_LTOL", "0"),
+        ("CINA_QP_WS_LTOL", "1.5"),
+        ("CINA_QP_WS_LTOL", "x"),
+        ("CINA_QP_WS_THREADS", "48"),
+    ],
+)
 def test_emulated_bad_algorithm_settings_raise(monkeypatch, var, value):
     monkeypatch.setattr(solver, "_run", emu_qp_solve_batch)
     monkeypatch.setenv("CINA_QP_THREADS", "32")

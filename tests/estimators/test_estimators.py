@@ -1,4 +1,5 @@
 """Estimators: correctness against hand formulas / known truths, reproducibility, interface."""
+
 from __future__ import annotations
 
 import json
@@ -12,19 +13,19 @@ import torch
 from sklearn.base import clone
 
 from cina_ext.estimators import (
+    IPW,
     METHODS,
     CInA,
     DifferenceInMeans,
     DoubleML,
-    IPW,
     KernelBalancing,
     SelfNormalizedIPW,
     make_estimator,
 )
 
-
 # ---------------------------------------------------------------------------------------------
 # data generators (test helpers; independent of cina_ext.data)
+
 
 def confounded(n, seed, *, tau=1.5, hetero=False, p=4):
     """Linear confounding: e(x) = sigmoid(0.8 x0 - 0.6 x1 + 0.4 x2); Y = 1 + 2 x0 - x1 + x2 + tau(x) T + eps (confounding adds up)."""
@@ -50,8 +51,16 @@ def setoguchi_like(n, seed, gamma=-0.4):
         W[:, j] = (W[:, j] > 0).astype(float)
     lin = W[:, :7] @ np.array([0.8, -0.25, 0.6, -0.4, -0.8, -0.5, 0.7])
     T = (rng.random(n) < 1 / (1 + np.exp(-lin))).astype(int)
-    mu0 = (-3.85 + 0.3 * W[:, 0] - 0.36 * W[:, 1] - 0.73 * W[:, 2] - 0.2 * W[:, 3] + 0.71 * W[:, 7]
-           - 0.19 * W[:, 8] + 0.26 * W[:, 9])
+    mu0 = (
+        -3.85
+        + 0.3 * W[:, 0]
+        - 0.36 * W[:, 1]
+        - 0.73 * W[:, 2]
+        - 0.2 * W[:, 3]
+        + 0.71 * W[:, 7]
+        - 0.19 * W[:, 8]
+        + 0.26 * W[:, 9]
+    )
     Y = mu0 + gamma * T + 0.3 * rng.standard_normal(n)
     return dict(X=W, T=T, Y=Y, ate=gamma)
 
@@ -72,6 +81,7 @@ def per_arm_sums(w, T):
 
 # ---------------------------------------------------------------------------------------------
 # baselines
+
 
 def test_difference_in_means_hand_formula():
     d = confounded(300, 1)
@@ -133,6 +143,7 @@ def test_doubleml_linear_dgp():
 # ---------------------------------------------------------------------------------------------
 # exact kernel balancing
 
+
 def test_kernel_balancing_improves_balance_and_estimate():
     d = setoguchi_like(400, 5)
     naive = DifferenceInMeans().fit(d["X"], d["T"])
@@ -186,6 +197,7 @@ def test_kernel_balancing_ate_linear_kernel_balances_means():
 # ---------------------------------------------------------------------------------------------
 # CInA
 
+
 def _cina(**kw):
     base = dict(n_steps=6, backend="reference", random_state=0, key_dim=8, hidden_dim=16)
     base.update(kw)
@@ -234,8 +246,9 @@ def test_cina_overlap_readout_is_exact_dual(strong):
     est = _cina(estimand="overlap", n_steps=3).fit(strong["X"], strong["T"])
     K = torch.as_tensor(est.keys_).unsqueeze(0)
     W = torch.as_tensor(2.0 * strong["T"] - 1.0).unsqueeze(0)
-    res = dual_solve(K, W, est.lam_abs_, kernel="cina", scale=est.key_scale / math.sqrt(est.key_dim),
-                     estimand="overlap", tol=1e-9)
+    res = dual_solve(
+        K, W, est.lam_abs_, kernel="cina", scale=est.key_scale / math.sqrt(est.key_dim), estimand="overlap", tol=1e-9
+    )
     np.testing.assert_allclose(est.weights_, res.weights[0].numpy(), atol=1e-4)
     assert est.lam_abs_ == pytest.approx(est._lam_rel() / 160)  # documented lam / N
 
@@ -299,12 +312,16 @@ def test_cina_torch_float32_input_and_att(strong):
 # ---------------------------------------------------------------------------------------------
 # interface
 
-@pytest.mark.parametrize("cls,params", [
-    (CInA, dict(lam=0.5, key_dim=8, estimand="overlap", random_state=3)),
-    (KernelBalancing, dict(lam=0.2, kernel="linear", estimand="att")),
-    (IPW, dict(clip=0.05, estimand="att")),
-    (DoubleML, dict(n_folds=3)),
-])
+
+@pytest.mark.parametrize(
+    "cls,params",
+    [
+        (CInA, dict(lam=0.5, key_dim=8, estimand="overlap", random_state=3)),
+        (KernelBalancing, dict(lam=0.2, kernel="linear", estimand="att")),
+        (IPW, dict(clip=0.05, estimand="att")),
+        (DoubleML, dict(n_folds=3)),
+    ],
+)
 def test_clone_and_get_params(cls, params):
     est = cls(**params)
     got = est.get_params()
@@ -339,11 +356,14 @@ def test_pandas_names_carried_into_balance():
     assert "KernelBalancing" in str(s)
 
 
-@pytest.mark.parametrize("make", [
-    lambda: SelfNormalizedIPW(),
-    lambda: KernelBalancing(estimand="ate"),
-    lambda: _cina(n_steps=2, estimand="overlap"),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: SelfNormalizedIPW(),
+        lambda: KernelBalancing(estimand="ate"),
+        lambda: _cina(n_steps=2, estimand="overlap"),
+    ],
+)
 def test_ate_interval_seeded_and_contains_estimate(make):
     d = confounded(110, 11)
     est = make().fit(d["X"], d["T"])
@@ -388,8 +408,15 @@ def test_make_estimator():
     from cina_ext.models.checkpoint import pretrained_path
 
     assert set(METHODS) == {"cina", "kernel", "naive", "ipw", "snipw", "dml", "zero-shot"}
-    kinds = {"cina": CInA, "kernel": KernelBalancing, "naive": DifferenceInMeans, "ipw": IPW,
-             "snipw": SelfNormalizedIPW, "dml": DoubleML, "zero-shot": CInAZeroShot}
+    kinds = {
+        "cina": CInA,
+        "kernel": KernelBalancing,
+        "naive": DifferenceInMeans,
+        "ipw": IPW,
+        "snipw": SelfNormalizedIPW,
+        "dml": DoubleML,
+        "zero-shot": CInAZeroShot,
+    }
     for name in METHODS:
         est = make_estimator(name, random_state=5)
         assert type(est) is kinds[name]

@@ -1,4 +1,5 @@
 """Augmented (doubly robust) balancing and ate_inference: the formulas, the fields, the coverage."""
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,9 @@ class Oracle(BaseEstimator, RegressorMixin):
 
 
 @pytest.mark.parametrize("estimand", ["ate", "att"])
-@pytest.mark.parametrize("make", [lambda **k: KernelBalancing(**k), lambda **k: IPW(**k),
-                                  lambda **k: CInAZeroShot.from_pretrained(**k)])
+@pytest.mark.parametrize(
+    "make", [lambda **k: KernelBalancing(**k), lambda **k: IPW(**k), lambda **k: CInAZeroShot.from_pretrained(**k)]
+)
 def test_a_zero_outcome_model_gives_the_plain_weighted_contrast(make, estimand):
     d = make_setoguchi(300, seed=2)
     plain = make(estimand=estimand).fit(d.X, d.T)
@@ -105,13 +107,37 @@ def test_cli_augment_reports_se_and_interval(tmp_path, capsys):
     df["t"], df["y"] = d.T, d.Y
     path = tmp_path / "d.csv"
     df.to_csv(path, index=False)
-    code = cli.main(["estimate", str(path), "--treatment", "t", "--outcome", "y", "--method", "kernel",
-                     "--estimand", "ate", "--augment", "--n-bootstrap", "0", "--json", "--quiet"])
+    code = cli.main(
+        [
+            "estimate",
+            str(path),
+            "--treatment",
+            "t",
+            "--outcome",
+            "y",
+            "--method",
+            "kernel",
+            "--estimand",
+            "ate",
+            "--augment",
+            "--n-bootstrap",
+            "0",
+            "--json",
+            "--quiet",
+        ]
+    )
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and out["augmented"] and out["se"] > 0
-    assert "influence" in out["interval"]["method"] and out["interval"]["lower"] < out["estimate"] < out["interval"]["upper"]
-    assert cli.main(["estimate", str(path), "--treatment", "t", "--outcome", "y", "--method", "dml", "--augment",
-                     "--quiet"]) == 1
+    assert (
+        "influence" in out["interval"]["method"]
+        and out["interval"]["lower"] < out["estimate"] < out["interval"]["upper"]
+    )
+    assert (
+        cli.main(
+            ["estimate", str(path), "--treatment", "t", "--outcome", "y", "--method", "dml", "--augment", "--quiet"]
+        )
+        == 1
+    )
 
 
 @pytest.mark.slow

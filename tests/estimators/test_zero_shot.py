@@ -1,16 +1,10 @@
 """The zero-shot estimator (Algorithm 3): fit / ate / estimate_many agree."""
-import os
-import socket
 
 import numpy as np
-import pytest
-import torch
+
+from cina_ext.estimators import CInAZeroShot
 
 from _zero_shot_cases import BALANCE, OVERLAP, TINY, _cfg, _datasets, _model, _threads  # noqa: F401
-from cina_ext.estimators import CInAZeroShot
-from cina_ext.models.checkpoint import load_checkpoint
-from cina_ext.models.zero_shot import CInAZeroShotModel, collate_datasets
-from cina_ext.training import ZeroShotConfig, train_zero_shot
 
 
 def test_estimator_fit_ate_and_estimate_many_agree():

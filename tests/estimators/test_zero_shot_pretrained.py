@@ -1,5 +1,6 @@
 """The zero-shot models shipped inside the package: they load, they are trained, and the
 command line serves them (`cina estimate --method zero-shot`)."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,7 @@ import torch
 
 from cina_ext import cli
 from cina_ext.data import make_setoguchi, sample_datasets
-from cina_ext.estimators import make_estimator
-from cina_ext.estimators import CInAZeroShot
+from cina_ext.estimators import CInAZeroShot, make_estimator
 from cina_ext.models.checkpoint import load_checkpoint, pretrained_path
 from cina_ext.models.zero_shot import collate_datasets
 
@@ -69,8 +69,22 @@ def test_cli_estimate_zero_shot(tmp_path, capsys):
     ds = make_setoguchi(150, "A", seed=0)
     path = tmp_path / "d.csv"
     ds.to_frame().to_csv(path, index=False)
-    code = cli.main(["estimate", str(path), "--treatment", "treatment", "--outcome", "outcome",
-                     "--method", "zero-shot", "--n-bootstrap", "0", "--json", "--quiet"])
+    code = cli.main(
+        [
+            "estimate",
+            str(path),
+            "--treatment",
+            "treatment",
+            "--outcome",
+            "outcome",
+            "--method",
+            "zero-shot",
+            "--n-bootstrap",
+            "0",
+            "--json",
+            "--quiet",
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 0, err
     payload = json.loads(out)

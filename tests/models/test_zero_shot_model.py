@@ -1,19 +1,17 @@
 """The zero-shot CInA network: shapes, masks, weights, the balancing objective, bad inputs."""
-import os
-import socket
 
 import numpy as np
 import pytest
 import torch
 
-from _zero_shot_cases import BALANCE, OVERLAP, TINY, _cfg, _datasets, _model, _threads  # noqa: F401
 from cina_ext.estimators import CInAZeroShot
-from cina_ext.models.checkpoint import load_checkpoint
 from cina_ext.models.zero_shot import CInAZeroShotModel, collate_datasets
-from cina_ext.training import ZeroShotConfig, train_zero_shot
+from cina_ext.training import train_zero_shot
 
+from _zero_shot_cases import BALANCE, OVERLAP, TINY, _cfg, _datasets, _model, _threads  # noqa: F401
 
 # ---- shapes and masks -------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("estimands,estimand", [(OVERLAP, None), (BALANCE, "ate"), (BALANCE, "att")])
 def test_shapes_and_padded_batch_matches_each_dataset_alone(estimands, estimand):
@@ -68,8 +66,9 @@ def _rbf_mmd_objective(x, t, w, target, lam):
     total = 0.0
     arms = (1, 0) if target == "ate" else (0,)
     for a in arms:
-        v = np.where(t == a, w, 0.0) - (np.full(len(t), 1.0 / len(t)) if target == "ate"
-                                          else np.where(t == 1, 1.0 / np.sum(t == 1), 0.0))
+        v = np.where(t == a, w, 0.0) - (
+            np.full(len(t), 1.0 / len(t)) if target == "ate" else np.where(t == 1, 1.0 / np.sum(t == 1), 0.0)
+        )
         total += v @ k @ v + lam * np.sum(np.where(t == a, w, 0.0) ** 2)
     return total
 

@@ -1,4 +1,5 @@
 """Parity of the compiled CPU attention + hinge operator with the PyTorch reference."""
+
 from __future__ import annotations
 
 import math
@@ -44,8 +45,14 @@ def run_both(K, V, W, b, lam, mask, loss="hinge", upstream_seed=1):
 def to64(case):
     K, V, W, b, lam, mask = case
     lam64 = lam.double() if isinstance(lam, torch.Tensor) else lam
-    return (K.detach().double().requires_grad_(), V.detach().double().requires_grad_(), W.double(),
-            b.detach().double().requires_grad_(), lam64, mask)
+    return (
+        K.detach().double().requires_grad_(),
+        V.detach().double().requires_grad_(),
+        W.double(),
+        b.detach().double().requires_grad_(),
+        lam64,
+        mask,
+    )
 
 
 NAMES = ("loss", "out", "lse", "dK", "dV", "db")
@@ -126,6 +133,7 @@ def test_large_scores_no_overflow(dtype):
 
 def test_gradcheck_float64():
     K, V, W, b, lam, mask = make_case(2, 6, 3, torch.float64, seed=11)
+
     # keep every hinge residual away from the kink so the finite differences are meaningful
     def f(K, V, b):
         loss, out, lse = ops.attention_hinge(K, V, W, b, lam, mask, backend="fused")
@@ -136,14 +144,22 @@ def test_gradcheck_float64():
     assert torch.autograd.gradcheck(f, (K, V, b0.requires_grad_()), eps=1e-6, atol=1e-7)
     assert torch.autograd.gradcheck(
         lambda K, V, b: ops.attention_hinge(K, V, W, b, lam, mask, loss="squared_hinge", backend="fused"),
-        (K, V, b), eps=1e-6, atol=1e-7)
+        (K, V, b),
+        eps=1e-6,
+        atol=1e-7,
+    )
 
 
 def test_opcheck():
     K, V, W, b, lam, mask = make_case(2, 10, 4, torch.float64, seed=13, requires_grad=False)
     args = (K.requires_grad_(), V.requires_grad_(), W, b.requires_grad_(), lam, mask, 0.5, 0, True)
     torch.library.opcheck(torch.ops.cina.attention_hinge_fwd.default, args)
-    args32 = tuple(a.detach().float().requires_grad_(a.requires_grad) if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
+    args32 = tuple(
+        a.detach().float().requires_grad_(a.requires_grad)
+        if isinstance(a, torch.Tensor) and a.is_floating_point()
+        else a
+        for a in args
+    )
     torch.library.opcheck(torch.ops.cina.attention_hinge_fwd.default, args32)
 
 
@@ -225,17 +241,26 @@ def test_bad_inputs_raise_clear_errors(mutate, exc, match):
     args = dict(K=K, V=V, W=W, b=b, lam=lam, mask=mask, loss="hinge")
     mutate(args)
     with pytest.raises(exc, match=match):
-        ops.attention_hinge(args["K"], args["V"], args["W"], args["b"], args["lam"], args["mask"],
-                            loss=args["loss"], backend="fused")
+        ops.attention_hinge(
+            args["K"], args["V"], args["W"], args["b"], args["lam"], args["mask"], loss=args["loss"], backend="fused"
+        )
 
 
 def test_d_zero_refused_by_operator():
     K = torch.zeros(1, 3, 0, dtype=torch.float64)
     V = torch.zeros(1, 3, dtype=torch.float64)
     with pytest.raises(RuntimeError, match="D >= 1"):
-        torch.ops.cina.attention_hinge_fwd(K, V, V, torch.zeros(1, dtype=torch.float64),
-                                           torch.ones(1, dtype=torch.float64),
-                                           torch.ones(1, 3, dtype=torch.bool), 1.0, 0, False)
+        torch.ops.cina.attention_hinge_fwd(
+            K,
+            V,
+            V,
+            torch.zeros(1, dtype=torch.float64),
+            torch.ones(1, dtype=torch.float64),
+            torch.ones(1, 3, dtype=torch.bool),
+            1.0,
+            0,
+            False,
+        )
 
 
 def test_baseline_cpu_variant_matches_reference():
@@ -320,7 +345,9 @@ def test_double_backward_is_right_or_refused(backend):
     ref = torch.autograd.grad(
         ops.attention_hinge(K, V, W, b, lam, mask, loss="squared_hinge", backend="reference")[0].sum()
         + (ops.attention_hinge(K, V, W, b, lam, mask, loss="squared_hinge", backend="reference")[1] ** 2).sum()
-        + ops.attention_hinge(K, V, W, b, lam, mask, loss="squared_hinge", backend="reference")[2].sum(), K)[0]
+        + ops.attention_hinge(K, V, W, b, lam, mask, loss="squared_hinge", backend="reference")[2].sum(),
+        K,
+    )[0]
     torch.testing.assert_close(gK, ref, rtol=1e-9, atol=1e-11)
     with pytest.raises(RuntimeError, match="double backward .* backend='reference'"):
         (g,) = torch.autograd.grad(f(K, V, b), K, create_graph=True)

@@ -7,10 +7,10 @@ at each call: "simt" (the SIMT kernels), "tf32x3" (tensor cores, 3xTF32 split: h
 parity rule) and "tf32" (tensor cores, plain TF32: held to TF32-level tolerances, like torch's
 allow_tf32).  The tensor-core variants apply to float32; float64 always runs the SIMT kernels.
 """
+
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
@@ -126,12 +126,12 @@ def test_cuda_matches_cpu_operator():
 def test_arbitrary_masks_and_padding_garbage(variant):
     """Scattered masks, whole padded tiles, empty and length-1 datasets; padding holds NaN/inf."""
     K, V, W, b, lam, mask = make_case(5, 300, 16, torch.float32, seed=9, pad_frac=0.0, requires_grad=False)
-    mask[0] = False                      # empty dataset
+    mask[0] = False  # empty dataset
     mask[1] = False
-    mask[1, 137] = True                  # length-1 dataset
-    mask[2, 64:192] = False              # two whole padded tiles
-    mask[3, ::3] = False                 # scattered
-    mask[4, 250:] = False                # a prefix (variable length)
+    mask[1, 137] = True  # length-1 dataset
+    mask[2, 64:192] = False  # two whole padded tiles
+    mask[3, ::3] = False  # scattered
+    mask[4, 250:] = False  # a prefix (variable length)
     Kg, Vg, Wg = K.clone(), V.clone(), W.clone()
     Kg[~mask] = float("nan")
     Vg[~mask] = float("inf")
@@ -161,8 +161,9 @@ def test_padding_does_not_change_valid_results():
     keep = torch.zeros(200, dtype=torch.bool, device=DEV)
     keep[::3] = True
     full = ops.attention_hinge(K, V, W, b, lam, keep[None], backend="fused")
-    alone = ops.attention_hinge(K[:, keep].contiguous(), V[:, keep].contiguous(), W[:, keep].contiguous(), b,
-                                lam, None, backend="fused")
+    alone = ops.attention_hinge(
+        K[:, keep].contiguous(), V[:, keep].contiguous(), W[:, keep].contiguous(), b, lam, None, backend="fused"
+    )
     assert torch.allclose(full[0], alone[0], rtol=1e-12)
     assert torch.allclose(full[1][:, keep], alone[1], rtol=1e-12)
     assert torch.allclose(full[2][:, keep], alone[2], rtol=1e-12)
@@ -200,19 +201,28 @@ def test_gradcheck_float64():
     assert torch.autograd.gradcheck(f, (K, V, b), eps=1e-6, atol=1e-7)
     assert torch.autograd.gradcheck(
         lambda K, V, b: ops.attention_hinge(K, V, W, b, lam, mask, loss="squared_hinge", backend="fused"),
-        (K, V, b), eps=1e-6, atol=1e-7)
+        (K, V, b),
+        eps=1e-6,
+        atol=1e-7,
+    )
 
 
 def test_opcheck_cuda():
     K, V, W, b, lam, mask = make_case(2, 10, 4, torch.float64, seed=13, requires_grad=False)
     args = (K.requires_grad_(), V.requires_grad_(), W, b.requires_grad_(), lam, mask, 0.5, 0, True)
     torch.library.opcheck(torch.ops.cina.attention_hinge_fwd.default, args)
-    args32 = tuple(a.detach().float().requires_grad_(a.requires_grad) if isinstance(a, torch.Tensor)
-                   and a.is_floating_point() else a for a in args)
+    args32 = tuple(
+        a.detach().float().requires_grad_(a.requires_grad)
+        if isinstance(a, torch.Tensor) and a.is_floating_point()
+        else a
+        for a in args
+    )
     torch.library.opcheck(torch.ops.cina.attention_hinge_fwd.default, args32)
     plain = args[:-1] + (False,)
-    torch.library.opcheck(torch.ops.cina.attention_hinge_fwd.default, tuple(
-        a.detach() if isinstance(a, torch.Tensor) else a for a in plain))
+    torch.library.opcheck(
+        torch.ops.cina.attention_hinge_fwd.default,
+        tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in plain),
+    )
 
 
 def test_forward_only_path(variant):
@@ -336,7 +346,11 @@ def test_long_sequence_linear_memory(variant):
         p = torch.softmax(s, 0)
         assert math.isclose(lse[0, i].item(), torch.logsumexp(s, 0).item(), rel_tol=rel_lse, abs_tol=1e-4)
         ref_out = (p @ V.detach().double()[0]).item()
-        assert abs(out[0, i].item() - ref_out) <= rel_out * (V.detach().abs().max().item()), (i, out[0, i].item(), ref_out)
+        assert abs(out[0, i].item() - ref_out) <= rel_out * (V.detach().abs().max().item()), (
+            i,
+            out[0, i].item(),
+            ref_out,
+        )
 
 
 def test_unknown_variant_refused(monkeypatch):
@@ -357,7 +371,7 @@ def test_prefetch_variants_bit_identical(monkeypatch, plain, prefetch, splits):
     buffer): the same bits everywhere (forward, auxiliaries, gradients), with masks, partial and
     skipped tiles, column splits, D = 16, 12 and 48."""
     monkeypatch.setenv("CINA_ATTENTION_SPLITS", splits)
-    for (B, N, D) in [(1, 5000, 16), (3, 700, 12), (2, 300, 48)]:
+    for B, N, D in [(1, 5000, 16), (3, 700, 12), (2, 300, 48)]:
         K, V, W, b, lam, mask = make_case(B, N, D, torch.float32, requires_grad=False, seed=N + D)
         mask[0, 64:192] = False
         outs = []

@@ -1,17 +1,14 @@
 """Packed layout with offsets (cina_ext.ops.packed): conversions, bucketing, attention and solver parity."""
+
 from __future__ import annotations
 
+import importlib
 import warnings
 
 import pytest
 import torch
 
-import importlib
-
 from cina_ext import ops, reference
-
-packed = importlib.import_module("cina_ext.ops.packed")
-solver = importlib.import_module("cina_ext.ops.qp_solve")
 from cina_ext.ops.packed import (
     attention_hinge_packed,
     check_offsets,
@@ -22,6 +19,9 @@ from cina_ext.ops.packed import (
     qp_solve_packed,
     unpack_padded,
 )
+
+packed = importlib.import_module("cina_ext.ops.packed")
+solver = importlib.import_module("cina_ext.ops.qp_solve")
 
 F64 = torch.float64
 ATT_BACKENDS = ["reference"] + (["fused"] if ops.has_extension() else [])
@@ -167,8 +167,9 @@ def _loop_attention(K, V, W, b, lam, lengths, loss, backend):
     losses, outs, lses = [], [], []
     for i, sl in enumerate(_slices(lengths)):
         lam_i = lam[i : i + 1] if isinstance(lam, torch.Tensor) and lam.dim() == 1 else lam
-        l, o, s = ops.attention_hinge(K[sl][None], V[sl][None], W[sl][None], b[i : i + 1], lam_i, loss=loss,
-                                      backend=backend)
+        l, o, s = ops.attention_hinge(
+            K[sl][None], V[sl][None], W[sl][None], b[i : i + 1], lam_i, loss=loss, backend=backend
+        )
         losses.append(l)
         outs.append(o[0])
         lses.append(s[0])
@@ -189,8 +190,9 @@ def _grads(fn, K, V, b, seed=1):
 
 @pytest.mark.parametrize("backend", ATT_BACKENDS)
 @pytest.mark.parametrize("loss", ["hinge", "squared_hinge"])
-@pytest.mark.parametrize("lengths", [ODD_LENGTHS, WIDE_LENGTHS, [9], [1], [0, 0]], ids=["odd", "wide", "single",
-                                                                                       "one-unit", "all-empty"])
+@pytest.mark.parametrize(
+    "lengths", [ODD_LENGTHS, WIDE_LENGTHS, [9], [1], [0, 0]], ids=["odd", "wide", "single", "one-unit", "all-empty"]
+)
 def test_attention_packed_matches_loop(lengths, loss, backend):
     off, K, V, W, b, lam = _packed_inputs(lengths, seed=len(lengths))
     packed_fn = lambda K_, V_, b_: attention_hinge_packed(K_, V_, W, b_, lam, off, loss=loss, backend=backend)
@@ -257,8 +259,10 @@ def test_attention_packed_gradcheck(backend):
     V.requires_grad_()
     b.requires_grad_()
     for loss in ("hinge", "squared_hinge"):
+
         def f(K_, V_, b_):
             return attention_hinge_packed(K_, V_, W, b_, 0.3, off, loss=loss, backend=backend, bucket=1.2)
+
         assert torch.autograd.gradcheck(f, (K, V, b), eps=1e-6, atol=1e-6)
 
 
@@ -319,8 +323,9 @@ SOLVER_LENGTHS = [2, 7, 3, 40, 11, 5, 25, 2, 60, 16]
 
 
 @pytest.mark.parametrize("backend", ["reference", "fused"] if ops.has_extension() else ["reference"])
-@pytest.mark.parametrize("estimand, kernel", [("overlap", "rbf"), ("overlap", "cina"), ("ate", "linear"),
-                                              ("att", "rbf")])
+@pytest.mark.parametrize(
+    "estimand, kernel", [("overlap", "rbf"), ("overlap", "cina"), ("ate", "linear"), ("att", "rbf")]
+)
 def test_dual_solve_packed_matches_loop(estimand, kernel, backend):
     lengths = SOLVER_LENGTHS
     off, X, W = _solver_inputs(lengths, seed=1)
@@ -349,6 +354,7 @@ def test_dual_solve_packed_matches_loop(estimand, kernel, backend):
 
 def test_dual_solve_packed_matches_reference_qp():
     import importlib
+
     reference_qp = importlib.import_module("cina_ext.reference.qp_solve")
 
     lengths = [4, 9, 2, 13]

@@ -3,8 +3,10 @@
 Expected values come from sklearn.svm.SVC, a generic interior-point QP solver (clarabel through
 qpsolvers) and the pure-PyTorch reference (cina_ext.reference.qp_solve), never from the solver under test.
 """
+
 from __future__ import annotations
 
+import importlib
 import math
 from functools import partial
 
@@ -12,14 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-import importlib
-R = importlib.import_module("cina_ext.reference.qp_solve")
-import importlib
-solver = importlib.import_module("cina_ext.ops.qp_solve")
 from cina_ext._core.extension import extension_error, has_extension
 
 import _solver_cases
 from _solver_cases import kkt_pair
+
+R = importlib.import_module("cina_ext.reference.qp_solve")
+solver = importlib.import_module("cina_ext.ops.qp_solve")
 
 pytestmark = pytest.mark.skipif(not has_extension(), reason=f"compiled extension missing: {extension_error()}")
 
@@ -61,8 +62,19 @@ def clarabel_qp(Q, p, lo, up, c=None, d=None):
     hh = np.array(h) if rows else None
     A = sp.csc_matrix(np.asarray(c, dtype=float)[None, :]) if c is not None else None
     b = np.array([float(d)]) if c is not None else None
-    x = solve_qp(sp.csc_matrix(0.5 * (Q + Q.T)), -p, G, hh, A, b, solver="clarabel",
-                 tol_gap_abs=1e-13, tol_gap_rel=1e-13, tol_feas=1e-13, max_iter=500)
+    x = solve_qp(
+        sp.csc_matrix(0.5 * (Q + Q.T)),
+        -p,
+        G,
+        hh,
+        A,
+        b,
+        solver="clarabel",
+        tol_gap_abs=1e-13,
+        tol_gap_rel=1e-13,
+        tol_feas=1e-13,
+        max_iter=500,
+    )
     assert x is not None
     return x
 
@@ -221,8 +233,16 @@ def test_generic_qp_with_general_equality(dtype):
     c = torch.randn(n, generator=g, dtype=F64) * (torch.rand(n, generator=g) > 0.2)
     d = torch.tensor([0.3], dtype=F64)
     tol = 1e-9 if dtype == F64 else 1e-4
-    res = solver.qp_solve(Q[None], p[None], lo[None].to(dtype), up[None].to(dtype), c[None].to(dtype), d.to(dtype),
-                          tol=tol, backend="fused")
+    res = solver.qp_solve(
+        Q[None],
+        p[None],
+        lo[None].to(dtype),
+        up[None].to(dtype),
+        c[None].to(dtype),
+        d.to(dtype),
+        tol=tol,
+        backend="fused",
+    )
     assert bool(res.converged.all()) and float(res.kkt[0]) <= tol
     x_ref = clarabel_qp(Q.double(), p.double(), lo, up, c, 0.3)
     f_ref = objective(Q.double(), p.double(), x_ref)
@@ -304,8 +324,9 @@ def test_max_iter_reports_not_converged():
     res0 = solver.dual_solve(X, W, 0.1, max_iter=0, backend="fused")  # x = 0: no weights, flagged
     assert (res0.iterations == 0).all() and not bool(res0.converged.any()) and (res0.weights == 0).all()
     # per-dataset limits
-    res2 = solver.dual_solve(X, W, 0.1, max_iter=torch.tensor([2, 100_000, 5]), tol=torch.tensor([1e-6, 1e-7, 1e-6]),
-                             backend="fused")
+    res2 = solver.dual_solve(
+        X, W, 0.1, max_iter=torch.tensor([2, 100_000, 5]), tol=torch.tensor([1e-6, 1e-7, 1e-6]), backend="fused"
+    )
     assert res2.converged.tolist() == [False, True, False]
     assert res2.iterations[0] == 2 and res2.iterations[2] == 5 and float(res2.kkt[1]) <= 1e-7
 
@@ -345,7 +366,7 @@ def test_masks_equal_unpadded_solves():
         res = solver.dual_solve(Xp, Wp, 0.2, estimand=est, mask=mask, tol=1e-9, backend="fused")
         for b in range(B):
             m = mask[b]
-            one = solver.dual_solve(X[b:b + 1, m], W[b:b + 1, m], 0.2, estimand=est, tol=1e-9, backend="fused")
+            one = solver.dual_solve(X[b : b + 1, m], W[b : b + 1, m], 0.2, estimand=est, tol=1e-9, backend="fused")
             assert torch.allclose(res.weights[b, m], one.weights[0], atol=1e-12)
             assert (res.weights[b, ~m] == 0).all()
             assert torch.allclose(res.objective[b], one.objective[0], rtol=1e-12)
@@ -382,10 +403,15 @@ def test_thread_count_invariance(kernel):
     try:
         for nt in (1, 2):
             torch.set_num_threads(nt)
-            cases = [("batch", Xb, Wb, 10**9, "overlap"), ("batch", Xb, Wb, 10**9, "ate"), ("inner", X1, W1, 64, "overlap")]
+            cases = [
+                ("batch", Xb, Wb, 10**9, "overlap"),
+                ("batch", Xb, Wb, 10**9, "ate"),
+                ("inner", X1, W1, 64, "overlap"),
+            ]
             for name, X, W, inner, est in cases:
-                r = solver.dual_solve(X, W, 0.5, kernel=kernel, estimand=est, tol=1e-4, backend="fused",
-                                      _inner_min_units=inner)
+                r = solver.dual_solve(
+                    X, W, 0.5, kernel=kernel, estimand=est, tol=1e-4, backend="fused", _inner_min_units=inner
+                )
                 runs.setdefault((name, est), []).append(r)
     finally:
         torch.set_num_threads(old)
@@ -441,10 +467,19 @@ def test_general_equality_small_c_converges(shrinking):
     assert torch.allclose(res.objective, ref.objective, rtol=1e-12, atol=0.0)
     assert torch.allclose((c * res.x).sum(-1), d, atol=1e-12)
     for b in range(3):  # the problem that cycled, alone
-        one = solver.qp_solve(Q[b:b + 1], p[b:b + 1], lo[b:b + 1], up[b:b + 1], c[b:b + 1], d[b:b + 1],
-                              tol=1e-9, backend="fused", shrinking=shrinking)
+        one = solver.qp_solve(
+            Q[b : b + 1],
+            p[b : b + 1],
+            lo[b : b + 1],
+            up[b : b + 1],
+            c[b : b + 1],
+            d[b : b + 1],
+            tol=1e-9,
+            backend="fused",
+            shrinking=shrinking,
+        )
         assert bool(one.converged.all())
-        assert torch.allclose(one.objective, ref.objective[b:b + 1], rtol=1e-12, atol=0.0)
+        assert torch.allclose(one.objective, ref.objective[b : b + 1], rtol=1e-12, atol=0.0)
 
 
 def test_warm_start_x0():
@@ -468,8 +503,16 @@ def test_warm_start_x0():
     with pytest.raises(ValueError, match="outside the bounds"):
         solver.qp_solve(Q, p, 0.0, 1.0, x0=torch.full((1, 10), 2.0, dtype=F64), backend="fused")
     with pytest.raises(ValueError, match="equality"):
-        solver.qp_solve(Q, p, 0.0, 1.0, c=torch.ones(1, 10, dtype=F64), d=1.0, x0=torch.full((1, 10), 0.5, dtype=F64),
-                        backend="fused")
+        solver.qp_solve(
+            Q,
+            p,
+            0.0,
+            1.0,
+            c=torch.ones(1, 10, dtype=F64),
+            d=1.0,
+            x0=torch.full((1, 10), 0.5, dtype=F64),
+            backend="fused",
+        )
 
 
 def test_backends_and_result_types():
@@ -486,13 +529,33 @@ def test_backends_and_result_types():
 def test_fake_impl_and_schema():
     X, W = make_data(1, 12, seed=16)
     mask = torch.ones(1, 12, dtype=torch.bool)
-    torch.library.opcheck(torch.ops.cina.qp_kernel_lse.default, (X, mask, 0.5),
-                          test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(
+        torch.ops.cina.qp_kernel_lse.default, (X, mask, 0.5), test_utils=("test_schema", "test_faketensor")
+    )
     e = torch.zeros(0, dtype=F64)
-    args = (X, 2, torch.tensor([0.3], dtype=F64), 1.0, e.reshape(0, 0), torch.zeros(1, dtype=torch.long), mask, W,
-            torch.ones(1, dtype=F64), torch.zeros(1, dtype=F64), torch.ones(1, 12, dtype=F64),
-            torch.zeros(1, 12, dtype=F64), torch.ones(1, 12, dtype=F64), W.clone(), torch.zeros(1, dtype=F64), None,
-            torch.full((1,), 1e-6, dtype=F64), torch.full((1,), 1000, dtype=torch.long), 2**20, True, 8192)
+    args = (
+        X,
+        2,
+        torch.tensor([0.3], dtype=F64),
+        1.0,
+        e.reshape(0, 0),
+        torch.zeros(1, dtype=torch.long),
+        mask,
+        W,
+        torch.ones(1, dtype=F64),
+        torch.zeros(1, dtype=F64),
+        torch.ones(1, 12, dtype=F64),
+        torch.zeros(1, 12, dtype=F64),
+        torch.ones(1, 12, dtype=F64),
+        W.clone(),
+        torch.zeros(1, dtype=F64),
+        None,
+        torch.full((1,), 1e-6, dtype=F64),
+        torch.full((1,), 1000, dtype=torch.long),
+        2**20,
+        True,
+        8192,
+    )
     torch.library.opcheck(torch.ops.cina.qp_solve_batch.default, args, test_utils=("test_schema", "test_faketensor"))
 
 
@@ -593,11 +656,13 @@ def test_qp_solve_under_torch_compile_fullgraph_and_opcheck():
     x_c = torch.compile(lambda Q, p: solver.qp_solve(Q, p, 0.0, 1.0).x, fullgraph=True)(Q, p)
     torch.testing.assert_close(x_c, solver.qp_solve(Q, p, 0.0, 1.0).x, rtol=0, atol=0)
     lo, up = torch.zeros_like(p), torch.ones_like(p)
-    torch.library.opcheck(torch.ops.cina.qp_solve_front.default,
-                          (Q, p, lo, up, None, None, None, 1e-8, None, None, "auto", None, True))
+    torch.library.opcheck(
+        torch.ops.cina.qp_solve_front.default, (Q, p, lo, up, None, None, None, 1e-8, None, None, "auto", None, True)
+    )
     X = torch.randn(2, 10, 3, dtype=torch.float64)
     W = torch.tensor([[1.0, -1.0] * 5] * 2, dtype=torch.float64)
     lam = torch.full((2,), 0.1, dtype=torch.float64)
-    torch.library.opcheck(torch.ops.cina.dual_solve_front.default,
-                          (X, W, lam, "rbf", None, None, "ate", True, "hinge", None, 1e-8, None, None, "auto", None,
-                           True))
+    torch.library.opcheck(
+        torch.ops.cina.dual_solve_front.default,
+        (X, W, lam, "rbf", None, None, "ate", True, "hinge", None, 1e-8, None, None, "auto", None, True),
+    )

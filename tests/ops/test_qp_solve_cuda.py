@@ -5,24 +5,25 @@ iterates), the pure-PyTorch reference and exact facts (KKT violation recomputed 
 Skipped cleanly without a CUDA device or a build with the CUDA solver.  Run on the GPU machine by
 tools/gpu_check.sh.
 """
+
 from __future__ import annotations
 
+import importlib
 import math
 from functools import partial
 
 import numpy as np
 import pytest
 import torch
-from cina_ext._core.backend import _has_solver_kernel
 
-import importlib
-R = importlib.import_module("cina_ext.reference.qp_solve")
-import importlib
-solver = importlib.import_module("cina_ext.ops.qp_solve")
+from cina_ext._core.backend import _has_solver_kernel
 from cina_ext._core.extension import has_extension
 
 import _solver_cases
 from _solver_cases import kkt_pair
+
+R = importlib.import_module("cina_ext.reference.qp_solve")
+solver = importlib.import_module("cina_ext.ops.qp_solve")
 
 CUDA_OK = torch.cuda.is_available() and has_extension() and _has_solver_kernel(torch.device("cuda"))
 pytestmark = [
@@ -89,8 +90,9 @@ def test_masks_garbage_padding_and_block_sizes(monkeypatch):
     for threads in ("32", "256", "1024"):
         monkeypatch.setenv("CINA_QP_THREADS", threads)
         for est in ("overlap", "ate", "att"):
-            res = solver.dual_solve(Xp.to(DEV), Wp.to(DEV), 0.2, estimand=est, mask=mask.to(DEV), tol=1e-9,
-                                    backend="fused")
+            res = solver.dual_solve(
+                Xp.to(DEV), Wp.to(DEV), 0.2, estimand=est, mask=mask.to(DEV), tol=1e-9, backend="fused"
+            )
             ref = solver.dual_solve(Xp, Wp, 0.2, estimand=est, mask=mask, tol=1e-9, backend="fused")
             assert bool(res.converged.all())
             assert (res.weights.cpu()[~mask] == 0).all()
@@ -128,20 +130,33 @@ def test_generic_qp(dtype):
     up[:, 7] = INF
     tol = 1e-9 if dtype == F64 else 1e-4
     for cc, dd in ((None, None), (c, d)):
-        gpu = solver.qp_solve(Q.to(DEV), p.to(DEV), lo.to(DEV), up.to(DEV), None if cc is None else cc.to(DEV),
-                              None if dd is None else dd.to(DEV), tol=tol, backend="fused")
+        gpu = solver.qp_solve(
+            Q.to(DEV),
+            p.to(DEV),
+            lo.to(DEV),
+            up.to(DEV),
+            None if cc is None else cc.to(DEV),
+            None if dd is None else dd.to(DEV),
+            tol=tol,
+            backend="fused",
+        )
         cpu = solver.qp_solve(Q, p, lo, up, cc, dd, tol=tol, backend="fused", shrinking=False)
         assert bool(gpu.converged.all()) and bool(cpu.converged.all())
-        assert torch.allclose(gpu.objective.cpu().double(), cpu.objective.double(),
-                              rtol=1e-9 if dtype == F64 else 1e-4)
+        assert torch.allclose(gpu.objective.cpu().double(), cpu.objective.double(), rtol=1e-9 if dtype == F64 else 1e-4)
 
 
 def test_max_iter_not_converged_and_empty():
     X, W = make_data(3, 60, seed=8)
     res = solver.dual_solve(X.to(DEV), W.to(DEV), 0.1, max_iter=3, backend="fused")
     assert not bool(res.converged.any()) and (res.iterations == 3).all()
-    res2 = solver.dual_solve(X.to(DEV), W.to(DEV), 0.1, max_iter=torch.tensor([2, 100_000, 5]),
-                             tol=torch.tensor([1e-6, 1e-7, 1e-6]), backend="fused")
+    res2 = solver.dual_solve(
+        X.to(DEV),
+        W.to(DEV),
+        0.1,
+        max_iter=torch.tensor([2, 100_000, 5]),
+        tol=torch.tensor([1e-6, 1e-7, 1e-6]),
+        backend="fused",
+    )
     assert res2.converged.tolist() == [False, True, False]
     Q = torch.eye(3, dtype=F64).expand(2, 3, 3).contiguous().to(DEV)
     p = torch.ones(2, 3, dtype=F64, device=DEV)
@@ -173,11 +188,15 @@ def test_helper_operators_match_cpu(dtype):
     lse_d = torch.ops.cina.qp_kernel_lse(X.to(DEV), mask.to(DEV), 0.4)
     assert torch.allclose(lse_d.cpu(), lse, rtol=1e-12, atol=1e-12)
     e = torch.zeros(0, dtype=F64)
-    for kind, gamma, lse_arg in ((1, e, e.reshape(0, 0)), (2, torch.tensor([0.2, 0.5, 1.0], dtype=F64), e.reshape(0, 0)),
-                                 (3, e, lse)):
+    for kind, gamma, lse_arg in (
+        (1, e, e.reshape(0, 0)),
+        (2, torch.tensor([0.2, 0.5, 1.0], dtype=F64), e.reshape(0, 0)),
+        (3, e, lse),
+    ):
         ref = torch.ops.cina.qp_kernel_rowsum(X, kind, gamma, 0.4, lse_arg, mask, mask)
-        got = torch.ops.cina.qp_kernel_rowsum(X.to(DEV), kind, gamma.to(DEV), 0.4, lse_arg.to(DEV), mask.to(DEV),
-                                              mask.to(DEV))
+        got = torch.ops.cina.qp_kernel_rowsum(
+            X.to(DEV), kind, gamma.to(DEV), 0.4, lse_arg.to(DEV), mask.to(DEV), mask.to(DEV)
+        )
         assert torch.allclose(got.cpu(), ref, rtol=1e-11, atol=1e-11)
     A = R.gram(X, "rbf", mask=mask)
     A[1, 3, 4] += 0.5
@@ -198,12 +217,26 @@ def test_device_mismatch_errors():
     with pytest.raises(ValueError, match="p is on"):
         solver.qp_solve(Q, torch.ones(1, 4, dtype=F64), backend="fused")
     with pytest.raises(ValueError, match="c is on"):
-        solver.qp_solve(Q, torch.ones(1, 4, dtype=F64, device=DEV), 0.0, 1.0, c=torch.ones(1, 4, dtype=F64),
-                        d=torch.ones(1, dtype=F64, device=DEV), backend="fused")
+        solver.qp_solve(
+            Q,
+            torch.ones(1, 4, dtype=F64, device=DEV),
+            0.0,
+            1.0,
+            c=torch.ones(1, 4, dtype=F64),
+            d=torch.ones(1, dtype=F64, device=DEV),
+            backend="fused",
+        )
     with pytest.raises(RuntimeError, match="same device"):
         e = torch.zeros(0, dtype=F64, device=DEV)
-        torch.ops.cina.qp_kernel_rowsum(X.to(DEV), 1, e, 1.0, e.reshape(0, 0), torch.ones(1, 20, dtype=torch.bool),
-                                        torch.ones(1, 20, dtype=torch.bool, device=DEV))
+        torch.ops.cina.qp_kernel_rowsum(
+            X.to(DEV),
+            1,
+            e,
+            1.0,
+            e.reshape(0, 0),
+            torch.ones(1, 20, dtype=torch.bool),
+            torch.ones(1, 20, dtype=torch.bool, device=DEV),
+        )
 
 
 # ---- the working-set algorithm (default from 4096 units; forced here at smaller sizes) ---------
@@ -234,8 +267,7 @@ def test_working_set_matches_cpu(monkeypatch, size, kernel, estimand):
     mask[:, :2] = True
     mask[2, 300:] = False
     Xin = R.gram(X, "rbf", gamma=0.3, mask=mask) if kernel == "precomputed" else X
-    gpu, cpu = cuda_and_cpu(solver.dual_solve, Xin, W, 0.2, kernel=kernel, estimand=estimand, tol=1e-8,
-                            mask=mask)
+    gpu, cpu = cuda_and_cpu(solver.dual_solve, Xin, W, 0.2, kernel=kernel, estimand=estimand, tol=1e-8, mask=mask)
     check_optimum(gpu, cpu, rtol=1e-8, atol_w=1e-4 if kernel == "cina" else 1e-5)
     assert (gpu.alpha.cpu()[~mask] == 0).all()
     assert bool((gpu.kkt.cpu() < 1e-8).all())

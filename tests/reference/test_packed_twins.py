@@ -1,6 +1,7 @@
 """The packed twins of cina_ext.reference (a loop over datasets) agree with the packed operators
 of cina_ext.ops (length buckets, one padded call each), on every device, including empty and
 length-1 datasets."""
+
 import pytest
 import torch
 
@@ -37,8 +38,7 @@ def test_attention_packed_twin_matches_operator(lengths, device):
 def test_dual_solve_packed_twin_matches_operator(estimand, device):
     lengths = [9, 2, 14]
     X, _, _, _, off = _inputs(lengths, D=3, seed=1, device=device)
-    W = torch.tensor(([1.0, -1.0] * 10)[:9] + [1.0, -1.0] + ([-1.0, 1.0, 1.0] * 5)[:14], dtype=X.dtype,
-                     device=device)
+    W = torch.tensor(([1.0, -1.0] * 10)[:9] + [1.0, -1.0] + ([-1.0, 1.0, 1.0] * 5)[:14], dtype=X.dtype, device=device)
     ref = reference.dual_solve_packed(X, W, off, 0.1, estimand=estimand, tol=1e-9)
     got = ops.dual_solve_packed(X, W, off, 0.1, estimand=estimand, tol=1e-9)
     assert bool(ref.converged.all()) and bool(got.converged.all())

@@ -3,6 +3,7 @@
 Expected values come from hand-derived closed forms, sklearn.svm.SVC and a generic interior-point
 QP solver (clarabel through qpsolvers), never from this solver's own output.
 """
+
 from __future__ import annotations
 
 import math
@@ -45,8 +46,19 @@ def clarabel_qp(Q, p, lo, up, c=None, d=None):
     h = np.array(h) if rows else None
     A = sp.csc_matrix(np.asarray(c, dtype=float)[None, :]) if c is not None else None
     b = np.array([float(d)]) if c is not None else None
-    x = solve_qp(sp.csc_matrix(0.5 * (Q + Q.T)), -p, G, h, A, b, solver="clarabel",
-                 tol_gap_abs=1e-12, tol_gap_rel=1e-12, tol_feas=1e-12, max_iter=500)
+    x = solve_qp(
+        sp.csc_matrix(0.5 * (Q + Q.T)),
+        -p,
+        G,
+        h,
+        A,
+        b,
+        solver="clarabel",
+        tol_gap_abs=1e-12,
+        tol_gap_rel=1e-12,
+        tol_feas=1e-12,
+        max_iter=500,
+    )
     assert x is not None
     return x
 
@@ -168,7 +180,7 @@ def test_overlap_two_units_linear_closed_form():
 def test_overlap_two_units_rbf_closed_form():
     # K11 = K22 = 1, K12 = exp(-gamma d^2): a = min(1, lam / (1 - K12)), b = 0 by symmetry
     gamma, dist = 0.5, 1.3
-    k12 = math.exp(-gamma * dist ** 2)
+    k12 = math.exp(-gamma * dist**2)
     X = t64([[[0.0, 0.0], [dist, 0.0]]])
     W = t64([[-1.0, 1.0]])
     for lam in (0.1, 0.3, 2.0):
@@ -216,16 +228,21 @@ def test_feasible_start_general_c():
     lo = rng.choice([0.0, -1.0, -INF], size=(B, n))
     up = np.where(np.isfinite(lo), lo, -1.5) + rng.choice([0.5, 2.0, INF], size=(B, n))
     d = rng.normal(size=B) * 2
-    r = qp_solve(torch.zeros(B, n, n, dtype=F64), torch.zeros(B, n, dtype=F64), t64(lo), t64(up),
-                 c=t64(c), d=t64(d))
+    r = qp_solve(torch.zeros(B, n, n, dtype=F64), torch.zeros(B, n, dtype=F64), t64(lo), t64(up), c=t64(c), d=t64(d))
     x = r.x.numpy()
     assert np.all(x >= lo - 1e-15) and np.all(x <= up + 1e-15)
     assert np.allclose((c * x).sum(1), d, atol=1e-12)
     assert bool(r.converged.all())
     # infeasible equality -> ValueError
     with pytest.raises(ValueError, match="equality"):
-        qp_solve(torch.zeros(1, 3, 3, dtype=F64), torch.zeros(1, 3, dtype=F64), 0.0, 1.0,
-                 c=torch.ones(1, 3, dtype=F64), d=t64([4.0]))
+        qp_solve(
+            torch.zeros(1, 3, 3, dtype=F64),
+            torch.zeros(1, 3, dtype=F64),
+            0.0,
+            1.0,
+            c=torch.ones(1, 3, dtype=F64),
+            d=t64([4.0]),
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -248,8 +265,9 @@ def test_qp_matches_clarabel(eq):
         if eq == "c_with_zeros":
             c[:, ::4] = 0.0
         d = np.full(B, 0.3)
-    r = qp_solve(t64(Q), t64(p), t64(lo), t64(up), None if c is None else t64(c),
-                 None if d is None else t64(d), tol=1e-10)
+    r = qp_solve(
+        t64(Q), t64(p), t64(lo), t64(up), None if c is None else t64(c), None if d is None else t64(d), tol=1e-10
+    )
     assert bool(r.converged.all())
     for k in range(B):
         xr = clarabel_qp(Q[k], p[k], lo[k], up[k], None if c is None else c[k], None if d is None else d[k])
@@ -257,8 +275,7 @@ def test_qp_matches_clarabel(eq):
         obj = 0.5 * xr @ Q[k] @ xr - p[k] @ xr
         assert r.objective[k].item() == pytest.approx(obj, rel=1e-8, abs=1e-9)
         # independent KKT check at the returned multiplier (|c| <= 2 scales the measure)
-        viol = kkt_violation(Q[k], p[k], r.x[k].numpy(), lo[k], up[k],
-                             None if c is None else c[k], r.nu[k].item())
+        viol = kkt_violation(Q[k], p[k], r.x[k].numpy(), lo[k], up[k], None if c is None else c[k], r.nu[k].item())
         assert viol <= 2e-10
         assert r.kkt[k].item() <= 1e-10
         if c is not None:
@@ -323,8 +340,7 @@ def test_arm_balancing_matches_clarabel(estimand):
     arms = [t, ctl] if estimand == "ate" else [ctl]
     for arm in arms:
         Ka = K[np.ix_(arm, arm)]
-        xr = clarabel_qp(2 * (Ka + lam * np.eye(arm.sum())), 2 * target[arm], 0.0, INF,
-                         np.ones(arm.sum()), 1.0)
+        xr = clarabel_qp(2 * (Ka + lam * np.eye(arm.sum())), 2 * target[arm], 0.0, INF, np.ones(arm.sum()), 1.0)
         assert np.abs(w[arm] - xr).max() < 1e-5
     if estimand == "att":
         assert np.allclose(w[t], 1 / t.sum(), atol=1e-15)
@@ -338,8 +354,9 @@ def test_overlap_variants_match_clarabel(intercept, loss):
     N, lam, gamma = 60, 0.3, 0.5
     X, W = make_data(N, p=3, shift=0.7, seed=4)
     K = rbf_np(X, gamma)
-    r = dual_solve(t64(X)[None], t64(W)[None], lam, kernel="rbf", gamma=gamma, intercept=intercept,
-                   loss=loss, tol=1e-10)
+    r = dual_solve(
+        t64(X)[None], t64(W)[None], lam, kernel="rbf", gamma=gamma, intercept=intercept, loss=loss, tol=1e-10
+    )
     assert bool(r.converged.item())
     # docs/method.md §2: max 1'a - a'(Q_K [+ lam I]) a / (2 lam), Q_K = W W' * K
     QK = np.outer(W, W) * K + (lam * np.eye(N) if loss == "squared_hinge" else 0.0)
@@ -364,14 +381,22 @@ def test_squared_hinge_scaling_against_primal():
     # z = [beta (N), b, xi (N)]
     P = np.zeros((2 * N + 1, 2 * N + 1))
     P[:N, :N] = lam * np.eye(N)
-    P[N + 1:, N + 1:] = np.eye(N)
+    P[N + 1 :, N + 1 :] = np.eye(N)
     G = np.zeros((N, 2 * N + 1))
     G[:, :N] = -W[:, None] * L
     G[:, N] = -W
-    G[:, N + 1:] = -np.eye(N)
-    z = solve_qp(sp.csc_matrix(P), np.zeros(2 * N + 1), sp.csc_matrix(G), -np.ones(N), solver="clarabel",
-                 tol_gap_abs=1e-12, tol_gap_rel=1e-12, tol_feas=1e-12)
-    xi, b = z[N + 1:], z[N]
+    G[:, N + 1 :] = -np.eye(N)
+    z = solve_qp(
+        sp.csc_matrix(P),
+        np.zeros(2 * N + 1),
+        sp.csc_matrix(G),
+        -np.ones(N),
+        solver="clarabel",
+        tol_gap_abs=1e-12,
+        tol_gap_rel=1e-12,
+        tol_feas=1e-12,
+    )
+    xi, b = z[N + 1 :], z[N]
     r = dual_solve(t64(K)[None], t64(W)[None], lam, kernel="precomputed", loss="squared_hinge", tol=1e-11)
     assert np.abs(r.alpha[0].numpy() - xi).max() < 1e-6
     assert r.intercept.item() == pytest.approx(b, abs=1e-6)
@@ -424,8 +449,14 @@ def test_padded_batch_equals_separate_solves(estimand, intercept):
         Xb[k, pos] = t64(X)
         Wb[k, pos] = t64(W)
         mask[k, pos] = True
-        singles.append((pos, dual_solve(t64(X)[None], t64(W)[None], lams[k], kernel="rbf", estimand=estimand,
-                                        intercept=intercept, tol=1e-9)))
+        singles.append(
+            (
+                pos,
+                dual_solve(
+                    t64(X)[None], t64(W)[None], lams[k], kernel="rbf", estimand=estimand, intercept=intercept, tol=1e-9
+                ),
+            )
+        )
     # lam per dataset as a (B,) tensor
     rb = dual_solve(Xb, Wb, t64(lams), kernel="rbf", estimand=estimand, intercept=intercept, mask=mask, tol=1e-9)
     for k, (pos, rs) in enumerate(singles):
@@ -442,10 +473,17 @@ def test_float32_runs_and_is_close_to_float64():
     X, W = make_data(N, p=3, shift=0.5, seed=10)
     r64 = dual_solve(t64(X)[None], t64(W)[None], lam, kernel="rbf", tol=1e-9)
     for est in ("overlap", "ate"):
-        r64 = dual_solve(t64(X)[None], t64(W)[None], lam if est == "overlap" else 0.02, kernel="rbf",
-                         estimand=est, tol=1e-9)
-        r32 = dual_solve(t64(X)[None].float(), t64(W)[None].float(), lam if est == "overlap" else 0.02,
-                         kernel="rbf", estimand=est, tol=1e-4)
+        r64 = dual_solve(
+            t64(X)[None], t64(W)[None], lam if est == "overlap" else 0.02, kernel="rbf", estimand=est, tol=1e-9
+        )
+        r32 = dual_solve(
+            t64(X)[None].float(),
+            t64(W)[None].float(),
+            lam if est == "overlap" else 0.02,
+            kernel="rbf",
+            estimand=est,
+            tol=1e-4,
+        )
         assert r32.weights.dtype == torch.float32 and r32.objective.dtype == torch.float32
         assert bool(r32.converged.item())
         assert (r32.weights.double() - r64.weights).abs().max().item() < 2e-3
@@ -566,8 +604,19 @@ def _ok():
 @pytest.mark.parametrize(
     "case",
     [
-        "W_zero", "empty_arm", "lam_zero", "lam_nan", "kernel", "estimand", "loss", "X_nan", "X_2d",
-        "W_shape", "mask_dtype", "X_int", "precomputed_shape",
+        "W_zero",
+        "empty_arm",
+        "lam_zero",
+        "lam_nan",
+        "kernel",
+        "estimand",
+        "loss",
+        "X_nan",
+        "X_2d",
+        "W_shape",
+        "mask_dtype",
+        "X_int",
+        "precomputed_shape",
     ],
 )
 def test_dual_solve_validation(case):
@@ -609,8 +658,9 @@ def test_dual_solve_validation(case):
         dual_solve(X, W, lam, **kw)
 
 
-@pytest.mark.parametrize("case", ["Q_2d", "Q_int", "p_shape", "p_dtype", "lo_gt_up", "Q_nan", "c_no_d",
-                                  "asym", "tol", "lower_inf"])
+@pytest.mark.parametrize(
+    "case", ["Q_2d", "Q_int", "p_shape", "p_dtype", "lo_gt_up", "Q_nan", "c_no_d", "asym", "tol", "lower_inf"]
+)
 def test_qp_solve_validation(case):
     Q = torch.eye(3, dtype=F64)[None]
     p = torch.ones(1, 3, dtype=F64)

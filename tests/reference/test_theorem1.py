@@ -12,9 +12,8 @@ o = softmax(S) V = K u and the penalty is V'EV = u'Ku, with K the cina kernel.  
 solved by clarabel at high precision; V = (L')^{-1} beta / h is read back, the loss is re-evaluated
 with the attention operator itself, and eq. R is compared with the exact dual solver.
 """
-from __future__ import annotations
 
-import math
+from __future__ import annotations
 
 import numpy as np
 import pytest
@@ -51,18 +50,27 @@ def _solve_eq_L(Kmat, W, lam, loss):
     G = np.zeros((N, n))
     G[:, :N] = -W[:, None] * L
     G[:, N] = -W
-    G[:, N + 1:] = -np.eye(N)
+    G[:, N + 1 :] = -np.eye(N)
     h = -np.ones(N)
     if loss == "hinge":
-        q[N + 1:] = 1.0
+        q[N + 1 :] = 1.0
         Gpos = np.zeros((N, n))
-        Gpos[:, N + 1:] = -np.eye(N)  # xi >= 0
+        Gpos[:, N + 1 :] = -np.eye(N)  # xi >= 0
         G = np.vstack([G, Gpos])
         h = np.concatenate([h, np.zeros(N)])
     else:
-        P[N + 1:, N + 1:] = np.eye(N)
-    z = solve_qp(sp.csc_matrix(P), q, sp.csc_matrix(G), h, solver="clarabel",
-                 tol_gap_abs=1e-13, tol_gap_rel=1e-13, tol_feas=1e-13, max_iter=500)
+        P[N + 1 :, N + 1 :] = np.eye(N)
+    z = solve_qp(
+        sp.csc_matrix(P),
+        q,
+        sp.csc_matrix(G),
+        h,
+        solver="clarabel",
+        tol_gap_abs=1e-13,
+        tol_gap_rel=1e-13,
+        tol_feas=1e-13,
+        max_iter=500,
+    )
     assert z is not None
     beta, b = z[:N], z[N]
     u = sla.solve_triangular(L.T, beta, lower=False)  # L'u = beta

@@ -1,4 +1,5 @@
 """Training the zero-shot model (Algorithm 2): loss, reproducibility, checkpoints, DDP, bf16."""
+
 import os
 import socket
 
@@ -6,18 +7,27 @@ import numpy as np
 import pytest
 import torch
 
-from _zero_shot_cases import BALANCE, OVERLAP, TINY, _cfg, _datasets, _model, _threads  # noqa: F401
 from cina_ext.estimators import CInAZeroShot
 from cina_ext.models.checkpoint import load_checkpoint
 from cina_ext.models.zero_shot import CInAZeroShotModel, collate_datasets
-from cina_ext.training import ZeroShotConfig, train_zero_shot
+from cina_ext.training import train_zero_shot
 
+from _zero_shot_cases import BALANCE, OVERLAP, TINY, _cfg, _datasets, _model, _threads  # noqa: F401
 
 # ---- training ----------------------------------------------------------------------------------
 
+
 def test_overlap_loss_decreases_and_is_reproducible():
-    cfg = _cfg(steps=30, batch_size=2, lr=1e-2, warmup_steps=3, n_range=(16, 24), dtype="float32",
-               backend="auto", model=dict(TINY, estimands=OVERLAP))
+    cfg = _cfg(
+        steps=30,
+        batch_size=2,
+        lr=1e-2,
+        warmup_steps=3,
+        n_range=(16, 24),
+        dtype="float32",
+        backend="auto",
+        model=dict(TINY, estimands=OVERLAP),
+    )
     _, h1 = train_zero_shot(cfg)
     assert len(h1["loss"]) == 30 and all(np.isfinite(h1["loss"]))
     assert np.mean(h1["loss"][-5:]) < 0.5 * np.mean(h1["loss"][:5])
@@ -31,8 +41,10 @@ def _held_out_objective(model, estimand, datasets):
     w = model.weights(X, W, mask, fm, estimand=estimand)
     uniform = _arm_uniform(W, mask)
     with torch.no_grad():
-        return (float(model.balance_objective(X, W, mask, fm, w, idx).mean()),
-                float(model.balance_objective(X, W, mask, fm, uniform, idx).mean()))
+        return (
+            float(model.balance_objective(X, W, mask, fm, w, idx).mean()),
+            float(model.balance_objective(X, W, mask, fm, uniform, idx).mean()),
+        )
 
 
 def _arm_uniform(W, mask):
@@ -42,8 +54,16 @@ def _arm_uniform(W, mask):
 
 
 def test_balancing_training_beats_uniform_weights_on_held_out_data_and_is_reproducible():
-    cfg = _cfg(steps=40, batch_size=4, lr=3e-3, warmup_steps=4, n_range=(40, 60), dtype="float32",
-               backend="auto", model=dict(TINY, estimands=BALANCE, unroll=2))
+    cfg = _cfg(
+        steps=40,
+        batch_size=4,
+        lr=3e-3,
+        warmup_steps=4,
+        n_range=(40, 60),
+        dtype="float32",
+        backend="auto",
+        model=dict(TINY, estimands=BALANCE, unroll=2),
+    )
     torch.manual_seed(0)  # ZeroShotConfig.seed
     untrained = CInAZeroShotModel(**cfg["model"]).eval()  # the initial state of the run below
     model, h1 = train_zero_shot(cfg)
@@ -63,11 +83,10 @@ def test_supervised_term_changes_training_and_uses_the_truth():
     from cina_ext.training.zero_shot import _collate_outcomes
 
     ds = _datasets(2, seed=3)
-    Y, tau, sd = _collate_outcomes(ds, ("ate", "att"), [0, 1], max(d.n for d in ds), dtype=torch.float64,
-                                   device="cpu")
+    Y, tau, sd = _collate_outcomes(ds, ("ate", "att"), [0, 1], max(d.n for d in ds), dtype=torch.float64, device="cpu")
     assert float(tau[0]) == pytest.approx(ds[0].truth("ate")) and float(tau[1]) == pytest.approx(ds[1].truth("att"))
     assert float(sd[1]) == pytest.approx(np.std(ds[1].Y))
-    np.testing.assert_array_equal(Y[0, :ds[0].n].numpy(), ds[0].Y)
+    np.testing.assert_array_equal(Y[0, : ds[0].n].numpy(), ds[0].Y)
     base = _cfg(steps=3, model=dict(TINY, estimands=BALANCE, unroll=1))
     _, h0 = train_zero_shot(base)
     _, hs = train_zero_shot({**base, "supervised_weight": 1.0})
@@ -93,6 +112,7 @@ def test_checkpoint_resume_is_exact(tmp_path):
 
 
 # ---- DistributedDataParallel ---------------------------------------------------------------------
+
 
 def _free_port():
     with socket.socket() as s:
