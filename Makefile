@@ -56,7 +56,7 @@ demo: build
 bench: build
 	$(PY) benchmarks/bench_attention.py --quick
 
-# Compile and link the CUDA kernels (no GPU needed): build.md's recipe for this machine.
+# Compile and link the CUDA kernels (no GPU needed): the recipe of docs/building.md.
 cuda-check:
 	$(PYTHON) -m venv $(VENV_CUDA)
 	$(PYC) -m pip install -q --upgrade pip

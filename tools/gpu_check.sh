@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One script for the GPU machine (build.md): build, GPU tests, compute-sanitizer, benchmarks.
+# One script for the GPU machine (docs/building.md): build, GPU tests, compute-sanitizer, benchmarks.
 #
 #   tools/gpu_check.sh OUTDIR
 #
