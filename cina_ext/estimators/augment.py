@@ -23,7 +23,14 @@ from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.model_selection import StratifiedKFold
 from threadpoolctl import threadpool_limits
 
-__all__ = ["AUGMENT_FOLDS", "outcome_model", "cross_fit_outcomes", "augmented_scores", "single_openmp_thread"]
+__all__ = [
+    "AUGMENT_FOLDS",
+    "outcome_model",
+    "cross_fit_outcomes",
+    "augmented_scores",
+    "single_openmp_thread",
+    "with_seed",
+]
 
 #: Folds of the cross-fitted outcome model.
 AUGMENT_FOLDS = 5
@@ -50,7 +57,8 @@ def outcome_model(augment):
     raise TypeError(f"augment must be False, True or a scikit-learn regressor (fit / predict), got {augment!r}")
 
 
-def _with_seed(model, seed: int):
+def with_seed(model, seed: int):
+    """A clone of ``model`` seeded with ``seed`` when it has an unset ``random_state``."""
     m = clone(model)
     try:
         if "random_state" in m.get_params() and m.get_params()["random_state"] is None:
@@ -72,8 +80,8 @@ def cross_fit_outcomes(model, Xs: np.ndarray, T: np.ndarray, Y: np.ndarray, seed
         for f, (tr, te) in enumerate(folds.split(Xs, T)):
             s = seed + 7919 * (f + 1)
             t1, t0 = tr[T[tr] == 1], tr[T[tr] == 0]
-            mu1[te] = _with_seed(model, s).fit(Xs[t1], Y[t1]).predict(Xs[te])
-            mu0[te] = _with_seed(model, s + 1).fit(Xs[t0], Y[t0]).predict(Xs[te])
+            mu1[te] = with_seed(model, s).fit(Xs[t1], Y[t1]).predict(Xs[te])
+            mu0[te] = with_seed(model, s + 1).fit(Xs[t0], Y[t0]).predict(Xs[te])
     if not (np.all(np.isfinite(mu1)) and np.all(np.isfinite(mu0))):
         raise ValueError("the outcome model predicted NaN or Inf")
     return mu1, mu0

@@ -53,7 +53,7 @@ from sklearn.base import BaseEstimator
 
 from .._core.checks import check_design, check_estimand, check_outcome, seed_from, standardize_columns
 from .._core.constants import ESTIMAND_LABEL, ESTIMANDS
-from ..diagnostics import balance_table
+from ..diagnostics import balance_table, kish_ess
 from ..ops import default_max_iter, dual_solve
 from .augment import augmented_scores, cross_fit_outcomes, influence_se, outcome_model
 
@@ -96,9 +96,7 @@ def _overlap_problems(w: np.ndarray, T: np.ndarray, propensity=None, clip=None) 
     for code, label in ((1, "treated"), (0, "control")):
         a = np.asarray(w[T == code], dtype=np.float64)
         n = a.size
-        tot = a.sum()
-        sq = np.sum(a * a)
-        ess = float(tot * tot / sq) if sq > 0 else 0.0
+        ess = kish_ess(a)
         if n >= 10 and ess < max(ESS_FLOOR, ESS_FRACTION * n):
             out.append(f"the {label} arm's weights have an effective sample size of {ess:.1f} from {n} units")
     if propensity is not None:

@@ -7,13 +7,13 @@ from typing import Optional, Tuple
 
 import numpy as np
 from scipy.stats import norm
-from sklearn.base import clone
 from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
 from .._core.checks import check_estimand, check_outcome
 from .augment import single_openmp_thread as _single_openmp_thread
+from .augment import with_seed
 from .base import _arm_normalise, _standardize, _WeightingEstimator
 
 __all__ = ["DifferenceInMeans", "IPW", "SelfNormalizedIPW", "DoubleML"]
@@ -81,18 +81,8 @@ def _default_propensity_model():
     return LogisticRegression(C=1.0, max_iter=2000)
 
 
-def _with_seed(model, seed: int):
-    m = clone(model)
-    try:
-        if "random_state" in m.get_params() and m.get_params()["random_state"] is None:
-            m.set_params(random_state=seed)
-    except Exception:  # noqa: BLE001 - non-sklearn models
-        pass
-    return m
-
-
 def _fit_propensity(model, Xs: np.ndarray, T: np.ndarray, seed: int) -> np.ndarray:
-    m = _with_seed(model, seed)
+    m = with_seed(model, seed)
     m.fit(Xs, T)
     classes = list(getattr(m, "classes_", [0, 1]))
     return m.predict_proba(Xs)[:, classes.index(1)] if hasattr(m, "predict_proba") else m.predict(Xs)
@@ -394,8 +384,8 @@ class DoubleML(_WeightingEstimator):
             e[te] = _predict_proba(pm, Xs[tr], T[tr], Xs[te], s)
             t1 = tr[T[tr] == 1]
             t0 = tr[T[tr] == 0]
-            m1 = _with_seed(om, s).fit(Xs[t1], Y[t1])
-            m0 = _with_seed(om, s + 1).fit(Xs[t0], Y[t0])
+            m1 = with_seed(om, s).fit(Xs[t1], Y[t1])
+            m0 = with_seed(om, s + 1).fit(Xs[t0], Y[t0])
             mu1[te] = m1.predict(Xs[te])
             mu0[te] = m0.predict(Xs[te])
 
@@ -517,7 +507,7 @@ class DoubleML(_WeightingEstimator):
 
 
 def _predict_proba(model, Xtr, Ttr, Xte, seed):
-    m = _with_seed(model, seed)
+    m = with_seed(model, seed)
     m.fit(Xtr, Ttr)
     classes = list(getattr(m, "classes_", [0, 1]))
     return m.predict_proba(Xte)[:, classes.index(1)]
