@@ -176,8 +176,6 @@ def attention_hinge(
         _check_attention_values(K, V, W, b, lam, mask, scale)
     if resolve_backend(backend, K.device) == "reference":
         return reference.attention_hinge(K, V, W, b, lam, mask, scale=scale, loss=loss)
-    if mask is None:
-        mask = torch.ones(Bsz, N, dtype=torch.bool, device=K.device)
     lam_t = _lam_tensor(lam, Bsz, K).contiguous()
     need_aux = torch.is_grad_enabled() and (K.requires_grad or V.requires_grad or b.requires_grad)
     loss_t, out, lse, _, _ = torch.ops.cina.attention_hinge_fwd(
@@ -186,7 +184,7 @@ def attention_hinge(
         W.contiguous(),
         b.contiguous(),
         lam_t,
-        mask.contiguous(),
+        None if mask is None else mask.contiguous(),  # the op reads None as "every unit is real"
         float(scale),
         _LOSS_CODES[loss],
         bool(need_aux),

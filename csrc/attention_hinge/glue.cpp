@@ -5,6 +5,8 @@
 
 #include <torch/library.h>
 
+#include <optional>
+
 #ifdef CINA_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -17,6 +19,7 @@ namespace {
 
 void check_attention_args(const at::Tensor& K, const at::Tensor& V, const at::Tensor& W,
                           const at::Tensor& b, const at::Tensor& lam, const at::Tensor& mask) {
+  // mask is the resolved one (resolve_mask): an absent mask became all-true before this
   TORCH_CHECK(K.dim() == 3, "cina::attention_hinge: K must be (B, N, D), got ", K.sizes());
   const int64_t B = K.size(0), N = K.size(1);
   TORCH_CHECK(K.size(2) >= 1, "cina::attention_hinge: K needs at least one feature (D >= 1)");
@@ -43,11 +46,20 @@ void check_attention_args(const at::Tensor& K, const at::Tensor& V, const at::Te
               "cina::attention_hinge: inputs must be contiguous");
 }
 
+// An absent mask (None) means every unit is real; the kernels always read one.
+at::Tensor resolve_mask(const at::Tensor& K, const std::optional<at::Tensor>& mask) {
+  if (mask.has_value()) return *mask;
+  TORCH_CHECK(K.dim() == 3, "cina::attention_hinge: K must be (B, N, D), got ", K.sizes());
+  return at::ones({K.size(0), K.size(1)}, K.options().dtype(at::kBool));
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_hinge_fwd(
     const at::Tensor& K, const at::Tensor& V, const at::Tensor& W, const at::Tensor& b,
-    const at::Tensor& lam, const at::Tensor& mask, double scale, int64_t loss_kind, bool need_aux) {
+    const at::Tensor& lam, const std::optional<at::Tensor>& mask_opt, double scale,
+    int64_t loss_kind, bool need_aux) {
+  const at::Tensor mask = resolve_mask(K, mask_opt);
   check_attention_args(K, V, W, b, lam, mask);
   TORCH_CHECK(loss_kind == kHinge || loss_kind == kSquaredHinge,
               "cina::attention_hinge: loss_kind must be 0 (hinge) or 1 (squared hinge)");
@@ -90,9 +102,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_hinge_bwd(
     const at::Tensor& K, const at::Tensor& V, const at::Tensor& W, const at::Tensor& b,
-    const at::Tensor& lam, const at::Tensor& mask, const at::Tensor& out, const at::Tensor& lse,
-    const at::Tensor& A, const at::Tensor& Bk, const at::Tensor& g_loss, const at::Tensor& g_out,
-    const at::Tensor& g_lse, double scale, int64_t loss_kind) {
+    const at::Tensor& lam, const std::optional<at::Tensor>& mask_opt, const at::Tensor& out,
+    const at::Tensor& lse, const at::Tensor& A, const at::Tensor& Bk, const at::Tensor& g_loss,
+    const at::Tensor& g_out, const at::Tensor& g_lse, double scale, int64_t loss_kind) {
+  const at::Tensor mask = resolve_mask(K, mask_opt);
   check_attention_args(K, V, W, b, lam, mask);
   const AttentionHingeShape shape{K.size(0), K.size(1), K.size(2)};
   for (const auto* t : {&out, &lse, &g_out, &g_lse})
@@ -143,10 +156,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_hinge_bwd(
 // (the namespace itself is declared in csrc/module.cpp)
 TORCH_LIBRARY_FRAGMENT(cina, m) {
   m.def(
-      "attention_hinge_fwd(Tensor K, Tensor V, Tensor W, Tensor b, Tensor lam, Tensor mask, "
+      "attention_hinge_fwd(Tensor K, Tensor V, Tensor W, Tensor b, Tensor lam, Tensor? mask, "
       "float scale, int loss_kind, bool need_aux) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
-      "attention_hinge_bwd(Tensor K, Tensor V, Tensor W, Tensor b, Tensor lam, Tensor mask, "
+      "attention_hinge_bwd(Tensor K, Tensor V, Tensor W, Tensor b, Tensor lam, Tensor? mask, "
       "Tensor out, Tensor lse, Tensor A, Tensor Bk, Tensor g_loss, Tensor g_out, Tensor g_lse, "
       "float scale, int loss_kind) -> (Tensor, Tensor, Tensor)");
 }

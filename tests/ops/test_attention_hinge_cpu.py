@@ -329,6 +329,29 @@ def test_opcheck_forward_only_variant():
     torch.library.opcheck(torch.ops.cina.attention_hinge_fwd.default, args)
 
 
+@pytest.mark.parametrize("need_aux", [True, False])
+def test_opcheck_without_mask(need_aux):
+    """mask is optional in the schema (Tensor? mask): None means every unit is real, and gives the
+    same values and gradients as an all-true mask."""
+    K, V, W, b, lam, mask = make_case(2, 9, 3, torch.float64, seed=29, requires_grad=False)
+    full = torch.ones_like(mask)
+    args = (K.requires_grad_(), V.requires_grad_(), W, b.requires_grad_(), lam, None, 0.5, 0, need_aux)
+    torch.library.opcheck(torch.ops.cina.attention_hinge_fwd.default, args)
+    got = torch.ops.cina.attention_hinge_fwd(*args)
+    want = torch.ops.cina.attention_hinge_fwd(K, V, W, b, lam, full, 0.5, 0, need_aux)
+    for g, w in zip(got[:3], want[:3]):
+        torch.testing.assert_close(g, w, rtol=0, atol=0)
+    (dk,) = torch.autograd.grad(got[0].sum() + got[1].sum(), K)
+    (dk_full,) = torch.autograd.grad(want[0].sum() + want[1].sum(), K)
+    torch.testing.assert_close(dk, dk_full, rtol=0, atol=0)
+    # and the public op with mask=None agrees with the reference twin
+    loss, out, lse = ops.attention_hinge(K, V, W, b, lam, None, scale=0.5, backend="fused")
+    rl, ro, rs = reference.attention_hinge(K, V, W, b, lam, None, scale=0.5)
+    torch.testing.assert_close(loss, rl)
+    torch.testing.assert_close(out, ro)
+    torch.testing.assert_close(lse, rs)
+
+
 @pytest.mark.parametrize("backend", ["reference", "fused"])
 def test_double_backward_is_right_or_refused(backend):
     """A Hessian-vector product is either correct (gradgradcheck) or a clear error, never a silent 0."""

@@ -666,3 +666,88 @@ def test_qp_solve_under_torch_compile_fullgraph_and_opcheck():
         torch.ops.cina.dual_solve_front.default,
         (X, W, lam, "rbf", None, None, "ate", True, "hinge", None, 1e-8, None, None, "auto", None, True),
     )
+
+
+@pytest.mark.parametrize("with_optionals", [False, True])
+def test_opcheck_with_and_without_optional_arguments(with_optionals):
+    """Every solver op passes opcheck both when its optional arguments (sign, c, d, x0, mask,
+    gamma, scale, max_iter, cache_mb) are None and when they are given."""
+    torch.manual_seed(31)
+    X = torch.randn(2, 10, 3, dtype=torch.float64)
+    W = torch.tensor([[1.0, -1.0] * 5] * 2, dtype=torch.float64)
+    lam = torch.full((2,), 0.1, dtype=torch.float64)
+    mask = torch.ones(2, 10, dtype=torch.bool)
+    mask[1, -3:] = False
+    x0 = torch.full((2, 10), 0.1, dtype=torch.float64)
+    opt = (lambda v: v) if with_optionals else (lambda v: None)
+    torch.library.opcheck(
+        torch.ops.cina.dual_solve_front.default,
+        (
+            X,
+            W,
+            lam,
+            "rbf",
+            opt(torch.tensor(0.4, dtype=torch.float64)),
+            opt(0.7),
+            "ate",
+            True,
+            "hinge",
+            opt(mask),
+            1e-8,
+            opt(5000),
+            opt(x0),
+            "auto",
+            opt(4.0),
+            True,
+        ),
+    )
+    Q = (2.0 * torch.eye(5, dtype=torch.float64)).expand(2, 5, 5).contiguous()
+    p = torch.arange(10, dtype=torch.float64).reshape(2, 5) / 10
+    lo, up = torch.zeros_like(p), torch.ones_like(p)
+    c = torch.ones(2, 5, dtype=torch.float64)
+    d = torch.full((2,), 2.0, dtype=torch.float64)
+    qmask = torch.ones(2, 5, dtype=torch.bool)
+    torch.library.opcheck(
+        torch.ops.cina.qp_solve_front.default,
+        (
+            Q,
+            p,
+            lo,
+            up,
+            opt(c),
+            opt(d),
+            opt(qmask),
+            1e-8,
+            opt(3000),
+            opt(torch.full((2, 5), 0.4, dtype=F64)),
+            "auto",
+            opt(4.0),
+            True,
+        ),
+    )
+    Xs, Ws = make_data(1, 12, seed=32)
+    smask = torch.ones(1, 12, dtype=torch.bool)
+    args = (
+        Xs,
+        2,
+        torch.tensor([0.3], dtype=F64),
+        1.0,
+        torch.zeros(0, 0, dtype=F64),
+        torch.zeros(1, dtype=torch.long),
+        smask,
+        opt(Ws),
+        torch.ones(1, dtype=F64),
+        torch.zeros(1, dtype=F64),
+        torch.ones(1, 12, dtype=F64),
+        torch.zeros(1, 12, dtype=F64),
+        torch.ones(1, 12, dtype=F64),
+        opt(Ws.clone()),
+        opt(torch.zeros(1, dtype=F64)),
+        opt(torch.full((1, 12), 0.5, dtype=F64)),
+        torch.full((1,), 1e-6, dtype=F64),
+        torch.full((1,), 1000, dtype=torch.long),
+        2**20,
+        True,
+        8192,
+    )
+    torch.library.opcheck(torch.ops.cina.qp_solve_batch.default, args, test_utils=("test_schema", "test_faketensor"))
