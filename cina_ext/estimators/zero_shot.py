@@ -15,19 +15,28 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._core.checks import check_design, check_estimand, check_outcome, standardize_columns
+from .._core.checks import check_design, check_estimand, check_outcome, seed_from, standardize_columns
 from ..models.checkpoint import PRETRAINED_FILE, model_from_checkpoint, pretrained_path
-from ..models.zero_shot import MATERIALISE_LIMIT, CInAZeroShotModel, _as_xt, collate_datasets
+from ..models.zero_shot import (
+    DEFAULT_LANDMARKS,
+    MATERIALISE_LIMIT,
+    CInAZeroShotModel,
+    _as_xt,
+    collate_datasets,
+    sample_landmarks,
+)
 from ..ops import dual_solve
 from .base import _WeightingEstimator
 
 __all__ = ["CInAZeroShot"]
 
-#: Above this many units a fit warns that the network's attention is quadratic in N.
-ZERO_SHOT_WARN_UNITS = 50_000
-#: Seconds per unit^2 of one forward pass of the shipped model on the 2-core development CPU
-#: (measured: 8,000 units in 2.3 s; an order of magnitude, for the warning only).
+#: Above this many units ``approximation="auto"`` switches to landmark attention (and
+#: ``approximation="exact"`` warns that the network's attention is quadratic in N).
+ZERO_SHOT_EXACT_LIMIT = 20_000
+#: Seconds per unit^2 of one exact forward pass of the shipped model on the 2-core development
+#: CPU (an order of magnitude, for the warning only; docs/benchmarks.md).
 ZERO_SHOT_SECONDS_PER_UNIT2 = 4e-8
+_APPROXIMATIONS = ("auto", "exact", "landmarks")
 
 
 class CInAZeroShot(_WeightingEstimator):
@@ -61,6 +70,18 @@ class CInAZeroShot(_WeightingEstimator):
         Seed (bootstrap).
     verbose : bool, default False
         Progress bars.
+    approximation : {"auto", "exact", "landmarks"}, default "auto"
+        "exact": the full forward pass, whose attention layers are quadratic in N (above
+        :data:`ZERO_SHOT_EXACT_LIMIT` units a warning states the estimated time).  "landmarks":
+        every attention of the network against ``landmarks`` units sampled from the dataset
+        (stratified by arm, seeded by ``random_state``;
+        :meth:`~cina_ext.models.zero_shot.CInAZeroShotModel.weights_landmarks`): O(N m) work,
+        O(N) memory; a dataset of at most ``landmarks`` units gets the exact pass.  "auto":
+        exact up to ``ZERO_SHOT_EXACT_LIMIT`` units, landmarks beyond (with a warning saying so).
+        ate/att models only.
+    landmarks : int, optional
+        Landmarks per dataset of the landmark path, >= 2 (default
+        :data:`~cina_ext.models.zero_shot.DEFAULT_LANDMARKS`).
     augment : bool or scikit-learn regressor, default False
         Augmented (doubly robust) estimate: ``True`` fits a cross-fitted
         HistGradientBoostingRegressor per arm (folds seeded by ``random_state``), or pass any
@@ -116,6 +137,8 @@ class CInAZeroShot(_WeightingEstimator):
         random_state=None,
         verbose: bool = False,
         augment=False,
+        approximation: str = "auto",
+        landmarks: Optional[int] = None,
     ):
         self.model = model
         self.checkpoint = checkpoint
@@ -126,6 +149,8 @@ class CInAZeroShot(_WeightingEstimator):
         self.random_state = random_state
         self.verbose = verbose
         self.augment = augment
+        self.approximation = approximation
+        self.landmarks = landmarks
 
     @classmethod
     def from_pretrained(cls, path: Optional[str] = None, **kwargs) -> "CInAZeroShot":
@@ -191,14 +216,59 @@ class CInAZeroShot(_WeightingEstimator):
             raise ValueError(f"refine must be an integer >= 0 (solver iterations), got {self.refine!r}")
         if self.refine and not self._get_model().balancing:
             raise ValueError("refine needs an ate/att model; this one computes the overlap weights of eq. L")
+        if self.approximation not in _APPROXIMATIONS:
+            raise ValueError(f"approximation must be one of {_APPROXIMATIONS}, got {self.approximation!r}")
+        if self.landmarks is not None and (
+            isinstance(self.landmarks, bool) or not isinstance(self.landmarks, (int, np.integer)) or self.landmarks < 2
+        ):
+            raise ValueError(f"landmarks must be an integer >= 2, got {self.landmarks!r}")
+        if self.approximation == "landmarks" and not self._get_model().balancing:
+            raise ValueError("approximation='landmarks' needs an ate/att model, not an overlap model")
+
+    def _use_landmarks(self, n: int, *, warn: bool, stacklevel: int = 5) -> bool:
+        """Whether a dataset of ``n`` units takes the landmark path (warning as the docstring says)."""
+        mode = self.approximation
+        m = DEFAULT_LANDMARKS if self.landmarks is None else int(self.landmarks)
+        if mode == "landmarks":
+            use = n > m
+        elif n <= ZERO_SHOT_EXACT_LIMIT:
+            return False
+        elif mode == "exact" or not self._get_model().balancing:
+            if warn:
+                warnings.warn(
+                    f"CInAZeroShot: {n:,} units: the network's attention layers are quadratic in N (about "
+                    f"{ZERO_SHOT_SECONDS_PER_UNIT2 * n * n:.0f} s on a CPU); approximation='landmarks' "
+                    "(ate/att models) is O(N landmarks)",
+                    UserWarning,
+                    stacklevel=stacklevel,
+                )
+            return False
+        else:
+            use = True
+            if warn:
+                warnings.warn(
+                    f"CInAZeroShot: {n:,} units > {ZERO_SHOT_EXACT_LIMIT:,}: every attention of the network "
+                    f"runs against {m:,} landmark units (approximation='auto'; 'exact' forces the quadratic "
+                    "forward pass)",
+                    UserWarning,
+                    stacklevel=stacklevel,
+                )
+        if use and self.refine:
+            raise ValueError(
+                f"refine runs the exact solver, quadratic in N; with {n:,} units use refine=0 (landmark "
+                "attention) or KernelBalancing(approximation='rff') for the solved problem"
+            )
+        return use
 
     @staticmethod
     def _dtype_device(model):
         p = next(model.parameters())
         return p.dtype, p.device
 
-    def _weights_batch(self, model, items, estimand: str, diagnostics: bool = True):
-        """Weights (B, N) as float64 numpy for ``items`` = [(X, T)], plus diagnostics per dataset."""
+    def _weights_batch(self, model, items, estimand: str, diagnostics: bool = True, landmark_seed=None):
+        """Weights (B, N) as float64 numpy for ``items`` = [(X, T)], plus diagnostics per dataset.
+
+        ``landmark_seed`` (an int): the landmark path, landmarks drawn with that seed."""
         dtype, device = self._dtype_device(model)
         X, W, mask, fm = collate_datasets(items, dtype=dtype, device=device)  # the model checks X
         model.eval()
@@ -206,7 +276,13 @@ class CInAZeroShot(_WeightingEstimator):
         # the objective forms the (B, N, N) RBF Gram matrix: a diagnostic for moderate N only
         diagnostics = diagnostics and X.shape[0] * X.shape[1] ** 2 <= MATERIALISE_LIMIT
         with torch.no_grad():
-            w = model.weights(X, W, mask, fm, estimand=estimand, backend=self.backend)
+            if landmark_seed is None:
+                w = model.weights(X, W, mask, fm, estimand=estimand, backend=self.backend)
+            else:
+                m = DEFAULT_LANDMARKS if self.landmarks is None else int(self.landmarks)
+                gen = torch.Generator().manual_seed(int(landmark_seed))
+                lm = sample_landmarks(W, mask, m, generator=gen)
+                w = model.weights_landmarks(X, W, lm, mask, fm, estimand=estimand)
             if model.balancing:
                 idx = model.estimand_index(estimand, X.shape[0], X.device)
                 if diagnostics:
@@ -243,18 +319,13 @@ class CInAZeroShot(_WeightingEstimator):
 
     def _fit_core(self, X, T, seed, *, bootstrap=False):
         model = self._get_model()
-        n = X.shape[0]
-        if n > ZERO_SHOT_WARN_UNITS and not bootstrap:
-            warnings.warn(
-                f"CInAZeroShot: {n:,} units: the network's attention layers are quadratic in N (about "
-                f"{ZERO_SHOT_SECONDS_PER_UNIT2 * n * n:.0f} s on a CPU); KernelBalancing(estimand=...) has "
-                "a low-rank path for datasets this large",
-                UserWarning,
-                stacklevel=3,
-            )
+        self._check_params()
+        landmark_seed = seed if self._use_landmarks(X.shape[0], warn=not bootstrap) else None
         # standardised here in float64, scale-robust, before the model's own per-dataset standardisation
         # (which runs in the model's dtype): no covariate is too small or too large for it
-        w, info = self._weights_batch(model, [(standardize_columns(X)[0], T)], self.estimand_)
+        w, info = self._weights_batch(
+            model, [(standardize_columns(X)[0], T)], self.estimand_, landmark_seed=landmark_seed
+        )
         state = {"weights": w[0]}
         for k, v in info.items():
             state[k] = v[0]
@@ -332,12 +403,23 @@ class CInAZeroShot(_WeightingEstimator):
             designs.append((standardize_columns(dd.X)[0], dd.T))
             outcomes.append(check_outcome(y, dd.X.shape[0], index=dd.index))
         bs = max(1, int(self.batch_size))
+        seed = seed_from(self.random_state)
         out = np.empty(len(designs))
         # similar sizes share a batch (less padding); results go back to the caller's order
         order = sorted(range(len(designs)), key=lambda i: designs[i][0].shape[0])
+        warned = False
         for s in range(0, len(order), bs):
             ids = order[s : s + bs]
-            w, _ = self._weights_batch(model, [designs[i] for i in ids], estimand, diagnostics=False)
+            n_max = designs[ids[-1]][0].shape[0]  # the batch's largest dataset (sorted by size)
+            use = self._use_landmarks(n_max, warn=not warned, stacklevel=3)
+            warned = warned or n_max > ZERO_SHOT_EXACT_LIMIT
+            w, _ = self._weights_batch(
+                model,
+                [designs[i] for i in ids],
+                estimand,
+                diagnostics=False,
+                landmark_seed=(seed + s) if use else None,
+            )
             for j, i in enumerate(ids):
                 x, t = designs[i]
                 n = x.shape[0]

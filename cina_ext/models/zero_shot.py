@@ -57,10 +57,22 @@ from torch import Tensor, nn
 from .. import ops, reference
 from .._core.constants import LOSS_KINDS
 
-__all__ = ["CInAZeroShotModel", "collate_datasets", "DEFAULT_LAM", "DEFAULT_BALANCE_LAM", "MATERIALISE_LIMIT"]
+__all__ = [
+    "CInAZeroShotModel",
+    "collate_datasets",
+    "sample_landmarks",
+    "DEFAULT_LAM",
+    "DEFAULT_BALANCE_LAM",
+    "DEFAULT_LANDMARKS",
+    "MATERIALISE_LIMIT",
+]
 
 DEFAULT_LAM = 0.01  # relative; lam_abs = lam / n_valid (module docstring)
 MATERIALISE_LIMIT = 1 << 25  # entries of the (B, N, N) attention matrix the unrolled steps may form
+#: Landmarks per dataset of the scalable path (:meth:`CInAZeroShotModel.weights_landmarks`).
+DEFAULT_LANDMARKS = 1024
+#: Query units per chunk of the landmark path (bounds its memory, not its result).
+LANDMARK_CHUNK = 65536
 DEFAULT_BALANCE_LAM = 0.01  # ate/att: ridge on the weights, the KernelBalancing default
 _SD_FLOOR = 1e-8
 
@@ -329,6 +341,21 @@ class CInAZeroShotModel(nn.Module):
             raise ValueError(f"estimand must give one of {self.estimands} for each of the {B} datasets")
         return idx
 
+    def _tokens(self, Z: Tensor, W: Tensor, mask: Tensor, est_idx: Optional[Tensor]) -> Tensor:
+        """Input tokens (B, n, d_model) of standardised covariates ``Z`` and signs ``W``."""
+        Wz = torch.where(mask, W, torch.zeros_like(W))
+        h = self.emb_x(Z) + Wz.unsqueeze(-1) * self.emb_w
+        if self.balancing:
+            h = h + self.emb_estimand[est_idx].unsqueeze(1)
+        return h
+
+    def _keys(self, Z: Tensor, mask: Tensor) -> Tensor:
+        """Keys (B, n, key_dim) from the covariate path only; 0 on padded units."""
+        K = self.key_head(Z)
+        if self.balancing:
+            K = K * self.log_key_temp.clamp(-math.log(4.0), math.log(4.0)).exp()
+        return torch.where(mask.unsqueeze(-1), K, torch.zeros_like(K))
+
     def forward(
         self, X: Tensor, W: Tensor, mask: Optional[Tensor] = None, feature_mask: Optional[Tensor] = None, estimand=None
     ) -> Tuple[Tensor, Tensor, Tensor]:
@@ -371,25 +398,21 @@ class CInAZeroShotModel(nn.Module):
         """
         mask, feature_mask = self._check(X, W, mask, feature_mask)
         Z = self.standardise(X, mask, feature_mask)
-        Wz = torch.where(mask, W, torch.zeros_like(W))
-        h = self.emb_x(Z) + Wz.unsqueeze(-1) * self.emb_w
-        if self.balancing:
-            h = h + self.emb_estimand[self.estimand_index(estimand, X.shape[0], X.device)].unsqueeze(1)
+        est_idx = self.estimand_index(estimand, X.shape[0], X.device) if self.balancing else None
+        h = self._tokens(Z, W, mask, est_idx)
         attn_mask = mask[:, None, None, :]  # (B, 1, 1, N): every unit attends to the valid units
         for layer in self.layers:
             h = _encoder_layer(layer, h, attn_mask)
         h = self.norm(h)
         h = torch.where(mask.unsqueeze(-1), h, torch.zeros_like(h))
-        K = self.key_head(Z)
-        if self.balancing:
-            K = K * self.log_key_temp.clamp(-math.log(4.0), math.log(4.0)).exp()
-        K = torch.where(mask.unsqueeze(-1), K, torch.zeros_like(K))
+        K = self._keys(Z, mask)
         n = mask.sum(-1, keepdim=True).to(h.dtype)
         pooled = h.sum(1) / n
         if self.balancing:
             V = torch.where(mask, self.value_head(h).squeeze(-1), torch.zeros_like(W))
             return K, V, self.intercept_head(pooled)
         # sign(V) = W (the sign of the optimal V, eq. R with alpha >= 0), so alpha > 0 for every unit
+        Wz = torch.where(mask, W, torch.zeros_like(W))
         V = Wz * torch.nn.functional.softplus(self.value_head(h).squeeze(-1)) / self.lam
         V = torch.where(mask, V, torch.zeros_like(V))
         b = self.intercept_head(pooled).squeeze(-1)
@@ -493,19 +516,7 @@ class CInAZeroShotModel(nn.Module):
         zero_b = torch.zeros(B, dtype=K.dtype, device=K.device)
         one_b = torch.ones_like(zero_b)
         _, out, lse = ops.attention_hinge(K, V, Wz, zero_b, one_b, mask, loss=self.loss_kind, backend=backend)
-        treated = mask & (W > 0)
-        control = mask & (W < 0)
-        nu = torch.where(treated, b[:, 0:1], b[:, 1:2])
-        logits = out + nu
-        w = _arm_softmax(logits, treated, control)
-        mf = mask.to(K.dtype)
-        n = mf.sum(-1, keepdim=True)
-        is_att = torch.zeros(B, 1, dtype=torch.bool, device=K.device)
-        if "att" in self.estimands:
-            is_att = (est_idx == self.estimands.index("att")).unsqueeze(-1)
-        t1 = treated.to(K.dtype)
-        t0 = control.to(K.dtype)
-        target = torch.where(is_att, t1 / t1.sum(-1, keepdim=True), mf / n)
+        witness = None
         if self.unroll:
             # The steps reuse the attention matrix P = softmax(S) of the first pass.  Up to
             # MATERIALISE_LIMIT entries P is formed once from the fused op's lse (N^2 exps once;
@@ -514,26 +525,51 @@ class CInAZeroShotModel(nn.Module):
             # value columns, zero-padded to the key width (the flash kernel needs equal widths).
             scale = 1.0 / math.sqrt(K.shape[-1]) if K.shape[-1] > 0 else 1.0
             N = K.shape[1]
-            dense = self.materialise_unroll and B * N * N <= MATERIALISE_LIMIT
-            if dense:
+            if self.materialise_unroll and B * N * N <= MATERIALISE_LIMIT:
                 P = _attention_rows(K, lse, mask, mask.unsqueeze(-2), scale, 0, N)
+
+                def witness(D: Tensor) -> Tensor:
+                    return P @ D
+
             else:
                 width = max(2, K.shape[-1])
                 Kq = torch.nn.functional.pad(K, (0, width - K.shape[-1])).unsqueeze(1)
                 attn_mask = mask[:, None, None, :]
-            for t in range(self.unroll):
-                D = torch.stack([w * t1 - target, w * t0 - target], -1)  # (B, N, 2)
-                if dense:
-                    g2 = P @ D
-                else:
+
+                def witness(D: Tensor) -> Tensor:
                     Dv = torch.nn.functional.pad(D, (0, width - 2)).unsqueeze(1)
-                    g2 = torch.nn.functional.scaled_dot_product_attention(Kq, Kq, Dv, attn_mask=attn_mask, scale=scale)[
-                        :, 0, :, :2
-                    ]
-                g = torch.where(treated, g2[..., 0], g2[..., 1]) * n
-                eta = torch.nn.functional.softplus(self.unroll_step[t])
-                logits = logits - eta * g
-                w = _arm_softmax(logits, treated, control)
+                    g2 = torch.nn.functional.scaled_dot_product_attention(Kq, Kq, Dv, attn_mask=attn_mask, scale=scale)
+                    return g2[:, 0, :, :2]
+
+        return self._witness_readout(out, b, W, mask, est_idx, witness)
+
+    def _witness_readout(self, out: Tensor, b: Tensor, W: Tensor, mask: Tensor, est_idx: Tensor, witness) -> Tensor:
+        """The per-arm softmax read-out of :meth:`balance_weights` and its ``unroll`` witness steps.
+
+        ``witness(D)`` maps the arms' imbalances ``D`` (B, N, 2) to ``softmax(S) D`` (B, N, 2):
+        exact in :meth:`balance_weights`, through the landmarks in :meth:`weights_landmarks`.
+        """
+        B = out.shape[0]
+        treated = mask & (W > 0)
+        control = mask & (W < 0)
+        nu = torch.where(treated, b[:, 0:1], b[:, 1:2])
+        logits = out + nu
+        w = _arm_softmax(logits, treated, control)
+        mf = mask.to(out.dtype)
+        n = mf.sum(-1, keepdim=True)
+        is_att = torch.zeros(B, 1, dtype=torch.bool, device=out.device)
+        if "att" in self.estimands:
+            is_att = (est_idx == self.estimands.index("att")).unsqueeze(-1)
+        t1 = treated.to(out.dtype)
+        t0 = control.to(out.dtype)
+        target = torch.where(is_att, t1 / t1.sum(-1, keepdim=True), mf / n)
+        for t in range(self.unroll):
+            D = torch.stack([w * t1 - target, w * t0 - target], -1)  # (B, N, 2)
+            g2 = witness(D)
+            g = torch.where(treated, g2[..., 0], g2[..., 1]) * n
+            eta = torch.nn.functional.softplus(self.unroll_step[t])
+            logits = logits - eta * g
+            w = _arm_softmax(logits, treated, control)
         n1 = t1.sum(-1, keepdim=True)
         return torch.where(is_att & treated, 1.0 / n1, w)
 
@@ -714,18 +750,297 @@ class CInAZeroShotModel(nn.Module):
         w = reference.readout_weights(alpha, Wz, mask)
         return (w, alpha) if return_alpha else w
 
+    @torch.no_grad()
+    def weights_landmarks(
+        self,
+        X: Tensor,
+        W: Tensor,
+        landmarks: Tuple[Tensor, Tensor, Tensor],
+        mask: Optional[Tensor] = None,
+        feature_mask: Optional[Tensor] = None,
+        *,
+        estimand=None,
+        chunk: int = LANDMARK_CHUNK,
+    ) -> Tensor:
+        """Balancing weights (B, N) of an ate/att model with every attention restricted to landmarks.
 
-def _encoder_layer(layer: nn.TransformerEncoderLayer, h: Tensor, attn_mask: Tensor) -> Tensor:
+        The scalable path for large datasets (docs/method.md §5, "landmark attention"): each softmax
+        attention of the network -- the encoder layers, the read-out and the witness steps -- is
+        a kernel-weighted mean over the units of the dataset; here every unit attends to ``m``
+        landmark units sampled from its own dataset (:func:`sample_landmarks`, stratified by arm,
+        with the log inverse inclusion probability added to their scores, so each mean is a
+        ratio (Horvitz-Thompson) estimate of the full one).  Work and memory are O(N m) and O(N)
+        (queries in chunks) instead of O(N^2); with every valid unit a landmark it is the exact
+        forward pass.  The landmarks' own encoder states depend on the landmarks only, so they are
+        computed once; then every unit passes through the layers attending to them.
+
+        Parameters
+        ----------
+        X : Tensor, shape (B, N, p)
+            Covariates, ``p <= max_features``, finite on valid units.
+        W : Tensor, shape (B, N)
+            Signs in {-1, +1} on valid units (``W = 2T - 1``).
+        landmarks : tuple of Tensor
+            ``(index, valid, log_weight)`` from :func:`sample_landmarks`: (B, m) unit indices,
+            (B, m) bool, (B, m) log inverse inclusion probabilities.
+        mask : Tensor of bool, shape (B, N), optional
+            Valid units (each dataset needs at least one); default all.
+        feature_mask : Tensor of bool, shape (B, p), optional
+            Valid covariates; default all.
+        estimand : str, sequence or Tensor, optional
+            As for :meth:`forward`.
+        chunk : int, default LANDMARK_CHUNK
+            Units per query chunk (memory bound, not the result).
+
+        Returns
+        -------
+        Tensor, shape (B, N)
+            The weights, non-negative, summing to one in each arm.
+
+        Raises
+        ------
+        ValueError
+            An overlap model (the eq. R read-out needs the full normaliser); landmarks of the wrong
+            shape, dtype or range, or a dataset without a valid landmark; and the errors of
+            :meth:`weights`.
+        TypeError
+            X or W not a tensor.
+        """
+        if not self.balancing:
+            raise ValueError("landmark attention is implemented for ate/att models only, not overlap models")
+        mask, feature_mask = self._check(X, W, mask, feature_mask)
+        B, N, _ = X.shape
+        idx, lvalid, logw = _check_landmarks(landmarks, B, N, mask)
+        chunk = max(1, int(chunk))
+        est_idx = self.estimand_index(estimand, B, X.device)
+        Z = self.standardise(X, mask, feature_mask)
+        bias = torch.where(lvalid, logw.to(Z.dtype), torch.full_like(logw, float("-inf"), dtype=Z.dtype))
+        bias4 = bias[:, None, None, :]  # (B, 1, 1, m), added to every score of a query against the landmarks
+
+        def gather(t: Tensor) -> Tensor:
+            if t.dim() == 2:
+                return torch.gather(t, 1, idx)
+            return torch.gather(t, 1, idx.unsqueeze(-1).expand(-1, -1, t.shape[-1]))
+
+        # 1. the landmarks through the encoder (they attend to the landmarks only): each layer's k, v
+        hL = self._tokens(gather(Z), gather(W), lvalid, est_idx)
+        kv = []
+        for layer in self.layers:
+            k, v = _layer_kv(layer, hL)
+            kv.append((k, v))
+            hL = _encoder_layer(layer, hL, bias4, kv=(k, v))
+        # 2. every unit, in chunks, through the layers against the landmarks' k, v
+        K = torch.zeros(B, N, self.key_head[-2].out_features, dtype=Z.dtype, device=Z.device)
+        V = torch.zeros(B, N, dtype=Z.dtype, device=Z.device)
+        pooled = torch.zeros(B, self.norm.normalized_shape[0], dtype=Z.dtype, device=Z.device)
+        for s in range(0, N, chunk):
+            e = min(N, s + chunk)
+            m_c = mask[:, s:e]
+            h = self._tokens(Z[:, s:e], W[:, s:e], m_c, est_idx)
+            for layer, lkv in zip(self.layers, kv):
+                h = _encoder_layer(layer, h, bias4, kv=lkv)
+            h = torch.where(m_c.unsqueeze(-1), self.norm(h), torch.zeros_like(h))
+            pooled += h.sum(1)
+            V[:, s:e] = torch.where(m_c, self.value_head(h).squeeze(-1), torch.zeros_like(V[:, s:e]))
+            K[:, s:e] = self._keys(Z[:, s:e], m_c)
+        b = self.intercept_head(pooled / mask.sum(-1, keepdim=True).to(Z.dtype))
+        # 3. the read-out and the witness steps: sums over every unit in the Nystrom approximation
+        #    of the read-out kernel on the landmarks (exact sums of an approximate kernel: the small
+        #    imbalances the witness steps correct are below a subsample's noise)
+        attend = _nystrom_attention(K, mask, idx, lvalid, chunk)
+        out = attend(V.unsqueeze(-1)).squeeze(-1)
+        return self._witness_readout(out, b, W, mask, est_idx, attend)
+
+
+def sample_landmarks(
+    W: Tensor, mask: Optional[Tensor] = None, m: int = DEFAULT_LANDMARKS, *, generator: Optional[torch.Generator] = None
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Landmark units for :meth:`CInAZeroShotModel.weights_landmarks`, per dataset and stratified by arm.
+
+    A dataset with at most ``m`` valid units keeps them all (weight 1: the exact forward pass).
+    Otherwise each arm gets its proportional share of ``m``, but at least ``min(n_arm, m // 8)``
+    so a small arm is still represented, sampled uniformly without replacement; each landmark
+    carries ``log(n_arm / m_arm)``, the log of its inverse inclusion probability.
+
+    Parameters
+    ----------
+    W : Tensor, shape (B, N)
+        Signs in {-1, +1} on valid units.
+    mask : Tensor of bool, shape (B, N), optional
+        Valid units; default all.
+    m : int, default DEFAULT_LANDMARKS
+        Landmarks per dataset, >= 2.
+    generator : torch.Generator, optional
+        A CPU generator (the sample is drawn on the CPU), for reproducible landmarks.
+
+    Returns
+    -------
+    index : Tensor of int64, shape (B, M)
+        Unit indices, ``M = min(m, max valid units)``; padded slots point at unit 0.
+    valid : Tensor of bool, shape (B, M)
+        Real landmarks.
+    log_weight : Tensor, shape (B, M)
+        ``log(n_arm / m_arm)`` per landmark (0 on padded slots), W's dtype.
+
+    Raises
+    ------
+    ValueError
+        ``m`` below 2; W or mask of the wrong shape.
+
+    Examples
+    --------
+    >>> import torch
+    >>> W = torch.tensor([[1.0] * 10 + [-1.0] * 90])
+    >>> idx, valid, logw = sample_landmarks(W, m=20, generator=torch.Generator().manual_seed(0))
+    >>> int(valid.sum()), int((W[0, idx[0]] > 0).sum())
+    (20, 2)
+    """
+    if isinstance(m, bool) or int(m) != m or int(m) < 2:
+        raise ValueError(f"the number of landmarks m must be an integer >= 2, got {m!r}")
+    m = int(m)
+    if not isinstance(W, Tensor) or W.dim() != 2:
+        raise ValueError(f"W must be a (B, N) tensor, got {getattr(W, 'shape', type(W).__name__)}")
+    if mask is None:
+        mask = torch.ones(W.shape, dtype=torch.bool, device=W.device)
+    if mask.dtype != torch.bool or mask.shape != W.shape:
+        raise ValueError(f"mask must be a bool tensor of shape {tuple(W.shape)}")
+    Wc, mc = W.detach().cpu(), mask.cpu()
+    rows = []
+    for b in range(W.shape[0]):
+        arms = [torch.nonzero(mc[b] & (Wc[b] > 0)).squeeze(-1), torch.nonzero(mc[b] & (Wc[b] < 0)).squeeze(-1)]
+        sizes = [len(a) for a in arms]
+        n = sum(sizes)
+        if n <= m:
+            ids = torch.cat(arms)
+            rows.append((ids, torch.zeros(len(ids), dtype=torch.float64)))
+            continue
+        take = [0, 0]
+        floor = m // 8
+        take[0] = min(sizes[0], max(round(m * sizes[0] / n), min(sizes[0], floor)))
+        take[1] = min(sizes[1], m - take[0])
+        take[0] = min(sizes[0], m - take[1])  # give back what a small control arm could not use
+        ids, logw = [], []
+        for a, k, na in zip(arms, take, sizes):
+            if k == 0:
+                continue
+            ids.append(a[torch.randperm(na, generator=generator)[:k]])
+            logw.append(torch.full((k,), math.log(na / k), dtype=torch.float64))
+        rows.append((torch.cat(ids), torch.cat(logw)))
+    M = max(1, max(len(r[0]) for r in rows))
+    B = W.shape[0]
+    index = torch.zeros(B, M, dtype=torch.long)
+    valid = torch.zeros(B, M, dtype=torch.bool)
+    log_weight = torch.zeros(B, M, dtype=torch.float64)
+    for b, (ids, lw) in enumerate(rows):
+        index[b, : len(ids)] = ids
+        valid[b, : len(ids)] = True
+        log_weight[b, : len(ids)] = lw
+    dev = W.device
+    return index.to(dev), valid.to(dev), log_weight.to(dtype=W.dtype, device=dev)
+
+
+def _check_landmarks(landmarks, B: int, N: int, mask: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    if not isinstance(landmarks, (tuple, list)) or len(landmarks) != 3:
+        raise ValueError("landmarks must be the (index, valid, log_weight) tuple of sample_landmarks")
+    idx, valid, logw = landmarks
+    if not all(isinstance(t, Tensor) for t in (idx, valid, logw)):
+        raise ValueError("landmarks must be three tensors (index, valid, log_weight)")
+    if idx.dim() != 2 or idx.shape[0] != B or valid.shape != idx.shape or logw.shape != idx.shape:
+        raise ValueError(
+            f"landmark index, valid and log_weight must all have shape ({B}, m), got "
+            f"{tuple(idx.shape)}, {tuple(valid.shape)}, {tuple(logw.shape)}"
+        )
+    if idx.dtype != torch.long or valid.dtype != torch.bool or not logw.is_floating_point():
+        raise ValueError("landmarks: index must be int64, valid bool and log_weight floating point")
+    dev = mask.device
+    idx, valid, logw = idx.to(dev), valid.to(dev), logw.to(dev)
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= N):
+        raise ValueError(f"landmark indices must lie in [0, {N})")
+    if not bool(valid.any(-1).all()):
+        raise ValueError("every dataset needs at least one valid landmark")
+    if not bool((torch.gather(mask, 1, idx) | ~valid).all()):
+        raise ValueError("a landmark points at a padded (invalid) unit")
+    if not bool(torch.isfinite(logw).all()):
+        raise ValueError("landmark log_weight contains NaN or Inf")
+    return idx, valid, logw
+
+
+#: Nystrom: eigenvalues of the landmark Gram matrix below this share of the largest are dropped,
+#: per dtype of the kernel rows (bounds the pseudo-inverse, so float32 rows lose ~1e-4 at most).
+_NYSTROM_RCOND = {torch.float32: 1e-6, torch.float64: 1e-12}
+
+
+def _nystrom_attention(K: Tensor, mask: Tensor, idx: Tensor, lvalid: Tensor, chunk: int):
+    """``attend(values)`` = ``softmax(scale K K') values`` over the valid units, ``scale = 1/sqrt(key_dim)``,
+    with the kernel ``exp(scale k.k')`` replaced by its Nystrom approximation on the landmarks
+    ``idx`` (``K_NL pinv(K_LL) K_LN``): every row sum and weighted sum runs over all N units, in
+    O(N m) work and O(chunk m) memory per call.  Scores are shifted by their upper bound
+    ``scale max ||k||^2`` (a constant per dataset, which cancels in the ratio); the landmark Gram
+    matrix and its truncated pseudo-inverse are float64, the N x m kernel rows in K's dtype
+    (float32 for float32 models: their exponentials are the cost) accumulated into float64."""
+    B, N, kd = K.shape
+    scale = 1.0 / math.sqrt(kd)
+    rdt = torch.float64 if K.dtype == torch.float64 else torch.float32
+    K32 = K.to(rdt)
+    KL32 = torch.gather(K32, 1, idx.unsqueeze(-1).expand(-1, -1, kd))
+    KL = KL32.double()
+    lv = lvalid.double()
+    c0 = scale * (K.double() ** 2).sum(-1).amax(-1)  # (B,)
+    KLL = torch.exp(scale * KL @ KL.transpose(-1, -2) - c0[:, None, None]) * lv[:, :, None] * lv[:, None, :]
+    evals, evecs = torch.linalg.eigh(KLL)
+    keep = evals > _NYSTROM_RCOND[rdt] * evals.amax(-1, keepdim=True)
+    inv = torch.where(keep, 1.0 / torch.where(keep, evals, torch.ones_like(evals)), torch.zeros_like(evals))
+    pinv = evecs @ (inv.unsqueeze(-1) * evecs.transpose(-1, -2))
+    mf = mask.to(rdt).unsqueeze(-1)
+    c0_32, lv32, KLt = c0.to(rdt)[:, None, None], lvalid.to(rdt)[:, None, :], KL32.transpose(-1, -2)
+
+    def rows(s: int, e: int) -> Tensor:  # exp(scale K[s:e] KL' - c0) (B, e - s, m), in rdt
+        return torch.exp(torch.baddbmm(-c0_32, K32[:, s:e], KLt, alpha=scale)) * lv32
+
+    def attend(values: Tensor) -> Tensor:
+        c = values.shape[-1]
+        V1 = torch.cat([values.to(rdt), torch.ones_like(values[..., :1], dtype=rdt)], -1) * mf
+        A = torch.zeros(B, KL.shape[1], c + 1, dtype=torch.float64, device=K.device)
+        for s in range(0, N, chunk):
+            A += (rows(s, min(N, s + chunk)).transpose(-1, -2) @ V1[:, s : s + chunk]).double()
+        C = (pinv @ A).to(rdt)
+        out = torch.empty(B, N, c, dtype=torch.float64, device=K.device)
+        tiny = torch.finfo(torch.float64).tiny
+        for s in range(0, N, chunk):
+            r = (rows(s, min(N, s + chunk)) @ C).double()
+            out[:, s : s + chunk] = r[..., :c] / r[..., c:].clamp_min(tiny)
+        return out.to(values.dtype) * mask.unsqueeze(-1).to(values.dtype)
+
+    return attend
+
+
+def _layer_kv(layer: nn.TransformerEncoderLayer, h: Tensor) -> Tuple[Tensor, Tensor]:
+    """Keys and values (B, H, n, E / H) of ``layer``'s self-attention for the states ``h``."""
+    sa = layer.self_attn
+    B, n, E = h.shape
+    H = sa.num_heads
+    _, k, v = torch.nn.functional.linear(layer.norm1(h), sa.in_proj_weight, sa.in_proj_bias).chunk(3, dim=-1)
+    return tuple(t.reshape(B, n, H, E // H).transpose(1, 2) for t in (k, v))
+
+
+def _encoder_layer(
+    layer: nn.TransformerEncoderLayer, h: Tensor, attn_mask: Tensor, kv: Optional[Tuple[Tensor, Tensor]] = None
+) -> Tensor:
     """``layer(h, src_key_padding_mask=~mask)`` (pre-LN, batch_first, dropout as in the layer)
     computed with ``scaled_dot_product_attention``, which on the CPU runs a fused flash kernel:
     measured 6x faster at 32 x 500 units than the module's masked-softmax path, same parameters
-    (tests/models/test_zero_shot_model.py checks the two agree)."""
+    (tests/models/test_zero_shot_model.py checks the two agree).  With ``kv`` (from
+    :func:`_layer_kv` of other states, e.g. landmarks) the queries ``h`` attend to those instead."""
     sa = layer.self_attn
     B, N, E = h.shape
     H = sa.num_heads
     x = layer.norm1(h)
     q, k, v = torch.nn.functional.linear(x, sa.in_proj_weight, sa.in_proj_bias).chunk(3, dim=-1)
-    q, k, v = (t.reshape(B, N, H, E // H).transpose(1, 2) for t in (q, k, v))
+    q = q.reshape(B, N, H, E // H).transpose(1, 2)
+    if kv is None:
+        k, v = (t.reshape(B, N, H, E // H).transpose(1, 2) for t in (k, v))
+    else:
+        k, v = kv
     drop = sa.dropout if layer.training else 0.0
     a = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=drop)
     a = sa.out_proj(a.transpose(1, 2).reshape(B, N, E))
