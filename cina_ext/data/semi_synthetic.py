@@ -87,11 +87,14 @@ def make_semi_synthetic(
     n_outcome: int = 6,
     n_modifiers: int = 3,
     feature_names: Optional[Sequence[str]] = None,
+    drop_constant: bool = True,
     name: str = "semi-synthetic",
 ) -> CausalDataset:
     """Simulate a treatment with poor overlap and heterogeneous outcomes on real covariates.
 
-    The covariates are returned unchanged; the simulation works on their standardised copy
+    The covariates are returned unchanged (less the columns constant over the drawn units, with
+    ``drop_constant``: the estimators reject constant columns, and a rare one-hot level can
+    vanish from a subsample); the simulation works on their standardised copy
     ``z`` (mean 0, sd 1 per column, clipped to [-3, 3]; constant columns are never selected).
     With a generator ``rng = numpy.random.default_rng(seed)``:
 
@@ -135,14 +138,17 @@ def make_semi_synthetic(
         (each capped by the number of non-constant columns).
     feature_names : sequence of str, optional
         Column names (default: the DataFrame's columns, else ``X1 .. Xd``).
+    drop_constant : bool, default True
+        Leave out the columns that are constant over the drawn units (``meta["dropped"]`` names
+        them).
     name : str, default "semi-synthetic"
         The dataset's name.
 
     Returns
     -------
     CausalDataset
-        With ``mu0``, ``mu1``, ``propensity`` and ``meta`` (seed, rows, the formulas as text,
-        intercept, extreme_share).
+        With ``mu0``, ``mu1``, ``propensity`` and ``meta`` (seed, rows, dropped columns, the
+        formulas as text, intercept, extreme_share).
 
     Raises
     ------
@@ -222,13 +228,14 @@ def make_semi_synthetic(
     tau = float(effect) + float(heterogeneity) * h
     mu1 = mu0 + tau
     Y = np.where(T == 1, mu1, mu0) + float(noise) * rng.standard_normal(Xs.shape[0])
+    keep = usable if drop_constant else np.arange(d)
     return CausalDataset(
-        X=Xs,
+        X=Xs[:, keep],
         T=T,
         Y=Y,
         ate=float(tau.mean()),
         att=float(tau[T == 1].mean()),
-        feature_names=names,
+        feature_names=[names[j] for j in keep],
         name=name,
         mu0=mu0,
         mu1=mu1,
@@ -236,6 +243,7 @@ def make_semi_synthetic(
         meta={
             "seed": None if seed is None else str(seed),
             "rows": None if n is None else rows.tolist(),
+            "dropped": [names[j] for j in np.setdiff1d(np.arange(d), keep)],
             "treated_share": float(treated_share),
             "overlap": float(overlap),
             "intercept": b,

@@ -27,8 +27,12 @@ def _same(a: CausalDataset, b: CausalDataset) -> bool:
 def test_shapes_truth_and_covariates_kept():
     X = _table()
     ds = make_semi_synthetic(X, seed=1)
-    assert ds.X.shape == X.shape == (1500, 60)
-    np.testing.assert_array_equal(ds.X, X)  # the covariates are the real ones, untouched
+    assert X.shape == (1500, 60) and ds.X.shape == (1500, 59)  # the constant last column dropped
+    np.testing.assert_array_equal(ds.X, X[:, :59])  # the covariates are the real ones, untouched
+    assert ds.meta["dropped"] == ["X60"] and ds.feature_names == [f"X{j}" for j in range(1, 60)]
+    kept = make_semi_synthetic(X, seed=1, drop_constant=False)
+    np.testing.assert_array_equal(kept.X, X)
+    np.testing.assert_array_equal(kept.Y, ds.Y)  # the simulation does not depend on the option
     for v in (ds.X, ds.Y, ds.mu0, ds.mu1, ds.propensity):
         assert np.isfinite(v).all()
     assert set(np.unique(ds.T)) == {0, 1}
@@ -88,14 +92,20 @@ def test_confounded():
 def test_subsample_rows_and_names():
     X = _table()
     names = [f"c{j}" for j in range(X.shape[1])]
+    X[:, 20] = 0.0
+    X[:2, 20] = 1.0  # a rare level: only two units have it, so it is constant in many subsamples
     ds = make_semi_synthetic(X, seed=4, n=300, feature_names=names)
-    assert ds.X.shape == (300, 60) and ds.feature_names == names
     rows = np.asarray(ds.meta["rows"])
     assert len(set(rows.tolist())) == 300
-    np.testing.assert_array_equal(ds.X, X[rows])
+    sub = X[rows]
+    varying = [j for j in range(60) if np.ptp(sub[:, j]) > 0]
+    assert ds.X.shape == (300, len(varying)) and ds.feature_names == [names[j] for j in varying]
+    np.testing.assert_array_equal(ds.X, sub[:, varying])
+    assert np.ptp(ds.X, axis=0).min() > 0  # no constant column reaches the estimators
+    assert len(ds.meta["dropped"]) == 60 - len(varying) >= 1
     pd = pytest.importorskip("pandas")
     frame = pd.DataFrame(X, columns=names)
-    assert make_semi_synthetic(frame, seed=4).feature_names == names
+    assert make_semi_synthetic(frame, seed=4, drop_constant=False).feature_names == names
 
 
 @pytest.mark.parametrize(
