@@ -20,6 +20,7 @@ __all__ = ["make_semi_synthetic", "SEMI_SYNTHETIC_TRANSFORMS"]
 #: the nonlinear transforms a selected (standardised, clipped) covariate goes through
 SEMI_SYNTHETIC_TRANSFORMS = ("linear", "square", "step", "tanh", "abs")
 _CLIP = 3.0
+_RICH = 10  # distinct values that make a column eligible for the propensity score
 
 
 def _transform(kind: str, z: np.ndarray) -> np.ndarray:
@@ -55,6 +56,14 @@ def _intercept_for_share(score: np.ndarray, share: float) -> float:
         else:
             hi = mid
     return 0.5 * (lo + hi)
+
+
+def _normal_scores(v: np.ndarray) -> np.ndarray:
+    """Rank-based normal scores: Phi^-1((rank - 1/2) / N), ties sharing their mean rank."""
+    from scipy.special import ndtri
+    from scipy.stats import rankdata
+
+    return ndtri((rankdata(v) - 0.5) / v.shape[0])
 
 
 def _random_score(rng, Z, cols, names):
@@ -99,12 +108,14 @@ def make_semi_synthetic(
     With a generator ``rng = numpy.random.default_rng(seed)``:
 
     1. (optional) ``n`` units drawn without replacement;
-    2. **propensity**: ``s`` = a standardised sum of random nonlinear transforms (linear,
-       square, step, tanh, abs; random signed weights) of ``n_propensity`` random covariates plus
-       one pairwise interaction; ``e = expit(overlap * s + b)`` with ``b`` solved so that
+    2. **propensity**: a sum of random nonlinear transforms (linear, square, step, tanh, abs;
+       random signed weights) of ``n_propensity`` random covariates with at least 10 distinct
+       values (any non-constant ones if fewer than 2 have), plus one pairwise interaction, turned
+       into normal scores ``s`` (``Phi^-1`` of the ranks: ``s`` is about N(0, 1) whatever the
+       covariates); ``e = expit(overlap * s + b)`` with ``b`` solved so that
        ``mean(e) = treated_share``; ``T ~ Bernoulli(e)``. ``overlap`` is the slope: 0 gives a
-       randomised trial, 3 (the default) puts about a third of the units at e < 0.05 or
-       e > 0.95 (``meta["extreme_share"]``);
+       randomised trial; 3 (the default) puts about 45% of the units at e < 0.05 or e > 0.95
+       with ``treated_share=0.25`` (``meta["extreme_share"]``);
     3. **outcomes**: ``mu0 = confounding * s + g(x)`` with ``g`` a standardised random score of
        the propensity covariates and ``n_outcome`` further ones (so the confounding is nonlinear
        too); ``tau(x) = effect + heterogeneity * h(x)`` with ``h`` a standardised random score of
@@ -203,8 +214,12 @@ def make_semi_synthetic(
     Z = np.zeros_like(Xs)
     Z[:, usable] = np.clip((Xs[:, usable] - Xs[:, usable].mean(axis=0)) / sd[usable], -_CLIP, _CLIP)
 
-    k_p = min(int(n_propensity), usable.size)
-    prop_cols = [int(j) for j in rng.choice(usable, size=k_p, replace=False)]
+    # the propensity covariates come from the columns with many distinct values (so the score is
+    # spread out, not a few steps of rare indicators), the others from every non-constant column
+    rich = np.asarray([j for j in usable if np.unique(Xs[:, j]).size >= _RICH], dtype=np.int64)
+    pool = rich if rich.size >= min(int(n_propensity), 2) else usable
+    k_p = min(int(n_propensity), pool.size)
+    prop_cols = [int(j) for j in rng.choice(pool, size=k_p, replace=False)]
     rest = np.setdiff1d(usable, prop_cols)
     k_o = min(int(n_outcome), rest.size)
     out_cols = prop_cols + [int(j) for j in rng.choice(rest, size=k_o, replace=False)]
@@ -213,6 +228,7 @@ def make_semi_synthetic(
     mod_cols = [prop_cols[0]] + [int(j) for j in rng.choice(others, size=min(k_m - 1, others.size), replace=False)]
 
     s, s_terms = _random_score(rng, Z, prop_cols, names)
+    s = _normal_scores(s)  # N(0, 1) margins: the overlap depends on ``overlap``, not on the draw
     g, g_terms = _random_score(rng, Z, out_cols, names)
     h, h_terms = _random_score(rng, Z, mod_cols, names)
     logit = float(overlap) * s
