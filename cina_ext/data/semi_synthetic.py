@@ -1,0 +1,271 @@
+"""Semi-synthetic data: real covariates, simulated treatment and outcomes with known truth.
+
+:func:`make_semi_synthetic` keeps a real covariate table as it is (the units, the columns and
+their joint distribution) and simulates on top of it a treatment with poor overlap and
+nonlinear, heterogeneous outcomes, so the effect of every unit is known. With the ACIC 2016
+covariates (:func:`cina_ext.data.acic2016_covariates`, 82 columns) it is the "acic-semi" dataset
+of :func:`cina_ext.data.load_dataset`.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+from .synthetic import CausalDataset, SeedLike
+
+__all__ = ["make_semi_synthetic", "SEMI_SYNTHETIC_TRANSFORMS"]
+
+#: the nonlinear transforms a selected (standardised, clipped) covariate goes through
+SEMI_SYNTHETIC_TRANSFORMS = ("linear", "square", "step", "tanh", "abs")
+_CLIP = 3.0
+_RICH = 10  # distinct values that make a column eligible for the propensity score
+
+
+def _transform(kind: str, z: np.ndarray) -> np.ndarray:
+    if kind == "linear":
+        return z
+    if kind == "square":
+        return z * z - 1.0
+    if kind == "step":
+        return np.where(z > 0.0, 1.0, -1.0)
+    if kind == "tanh":
+        return np.tanh(2.0 * z)
+    if kind == "abs":
+        return np.abs(z) - 0.8
+    raise ValueError(f"unknown transform {kind!r}")  # pragma: no cover - internal
+
+
+def _standardise(v: np.ndarray) -> np.ndarray:
+    sd = v.std()
+    return (v - v.mean()) / sd if sd > 0 else np.zeros_like(v)
+
+
+def _expit(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+def _intercept_for_share(score: np.ndarray, share: float) -> float:
+    """b such that mean(expit(score + b)) = share (bisection: the mean is increasing in b)."""
+    lo, hi = -50.0 - score.max(), 50.0 - score.min()
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if _expit(score + mid).mean() < share:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+def _normal_scores(v: np.ndarray) -> np.ndarray:
+    """Rank-based normal scores: Phi^-1((rank - 1/2) / N), ties sharing their mean rank."""
+    from scipy.special import ndtri
+    from scipy.stats import rankdata
+
+    return ndtri((rankdata(v) - 0.5) / v.shape[0])
+
+
+def _random_score(rng, Z, cols, names):
+    """A standardised sum of random transforms of ``cols`` plus one pairwise interaction."""
+    kinds = [str(k) for k in rng.choice(SEMI_SYNTHETIC_TRANSFORMS, size=len(cols))]
+    coefs = rng.uniform(0.5, 1.0, size=len(cols)) * rng.choice([-1.0, 1.0], size=len(cols))
+    v = np.zeros(Z.shape[0])
+    for j, k, c in zip(cols, kinds, coefs):
+        v += c * _standardise(_transform(k, Z[:, j]))
+    terms = [f"{c:+.3f} * {k}({names[j]})" for j, k, c in zip(cols, kinds, coefs)]
+    if len(cols) >= 2:
+        a, b = (int(i) for i in rng.choice(cols, size=2, replace=False))
+        v += 0.5 * _standardise(Z[:, a] * Z[:, b])
+        terms.append(f"+0.500 * {names[a]} * {names[b]}")
+    return _standardise(v), terms
+
+
+def make_semi_synthetic(
+    X,
+    seed: SeedLike = 0,
+    *,
+    n: Optional[int] = None,
+    treated_share: float = 0.25,
+    overlap: float = 3.0,
+    confounding: float = 1.0,
+    effect: float = 1.0,
+    heterogeneity: float = 0.5,
+    noise: float = 0.5,
+    n_propensity: int = 4,
+    n_outcome: int = 6,
+    n_modifiers: int = 3,
+    feature_names: Optional[Sequence[str]] = None,
+    drop_constant: bool = True,
+    name: str = "semi-synthetic",
+) -> CausalDataset:
+    """Simulate a treatment with poor overlap and heterogeneous outcomes on real covariates.
+
+    The covariates are returned unchanged (less the columns constant over the drawn units, with
+    ``drop_constant``: the estimators reject constant columns, and a rare one-hot level can
+    vanish from a subsample); the simulation works on their standardised copy
+    ``z`` (mean 0, sd 1 per column, clipped to [-3, 3]; constant columns are never selected).
+    With a generator ``rng = numpy.random.default_rng(seed)``:
+
+    1. (optional) ``n`` units drawn without replacement;
+    2. **propensity**: a sum of random nonlinear transforms (linear, square, step, tanh, abs;
+       random signed weights) of ``n_propensity`` random covariates with at least 10 distinct
+       values (any non-constant ones if fewer than 2 have), plus one pairwise interaction, turned
+       into normal scores ``s`` (``Phi^-1`` of the ranks: ``s`` is about N(0, 1) whatever the
+       covariates); ``e = expit(overlap * s + b)`` with ``b`` solved so that
+       ``mean(e) = treated_share``; ``T ~ Bernoulli(e)``. ``overlap`` is the slope: 0 gives a
+       randomised trial; 3 (the default) puts about 45% of the units at e < 0.05 or e > 0.95
+       with ``treated_share=0.25`` (``meta["extreme_share"]``);
+    3. **outcomes**: ``mu0 = confounding * s + g(x)`` with ``g`` a standardised random score of
+       the propensity covariates and ``n_outcome`` further ones (so the confounding is nonlinear
+       too); ``tau(x) = effect + heterogeneity * h(x)`` with ``h`` a standardised random score of
+       ``n_modifiers`` covariates, the first of them a propensity covariate (the ATT then differs
+       from the ATE); ``mu1 = mu0 + tau``; ``Y = mu_T + noise * N(0, 1)``.
+
+    Truth: ``ate`` = mean(mu1 - mu0) and ``att`` = its mean over the treated, both over the
+    sample; ``propensity`` is ``e``. Deterministic given ``seed``.
+
+    Parameters
+    ----------
+    X : array-like or pandas.DataFrame of shape (N, d)
+        Numeric covariates (one-hot encode categorical ones first), at least 2 non-constant
+        columns, no NaN.
+    seed : int, SeedSequence or None, default 0
+        The replication.
+    n : int, optional
+        Number of units to draw (default: all N).
+    treated_share : float, default 0.25
+        Expected share of treated units, in (0, 1).
+    overlap : float, default 3.0
+        Slope of the logit on the standardised score, >= 0 (larger: poorer overlap).
+    confounding : float, default 1.0
+        Weight of the propensity score in ``mu0``.
+    effect, heterogeneity : float, default 1.0 and 0.5
+        Mean and standard deviation (over the sample) of the unit effects.
+    noise : float, default 0.5
+        Standard deviation of the outcome noise, >= 0.
+    n_propensity, n_outcome, n_modifiers : int, default 4, 6 and 3
+        Covariates in the propensity score, further ones in the outcome, and effect modifiers
+        (each capped by the number of non-constant columns).
+    feature_names : sequence of str, optional
+        Column names (default: the DataFrame's columns, else ``X1 .. Xd``).
+    drop_constant : bool, default True
+        Leave out the columns that are constant over the drawn units (``meta["dropped"]`` names
+        them).
+    name : str, default "semi-synthetic"
+        The dataset's name.
+
+    Returns
+    -------
+    CausalDataset
+        With ``mu0``, ``mu1``, ``propensity`` and ``meta`` (seed, rows, dropped columns, the
+        formulas as text, intercept, extreme_share).
+
+    Raises
+    ------
+    ValueError
+        X not 2-D, not finite or with fewer than 2 non-constant columns; an argument out of range;
+        a draw that leaves fewer than 2 units in an arm.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cina_ext.data import make_semi_synthetic
+    >>> X = np.random.default_rng(0).normal(size=(300, 8))
+    >>> ds = make_semi_synthetic(X, seed=1, treated_share=0.2)
+    >>> ds.X.shape, ds.truth("ate") is not None
+    ((300, 8), True)
+    """
+    if feature_names is None and hasattr(X, "columns"):
+        feature_names = [str(c) for c in X.columns]
+    Xa = np.asarray(X, dtype=np.float64)
+    if Xa.ndim != 2:
+        raise ValueError(f"X must be 2-D (N x d), got shape {Xa.shape}")
+    if not np.isfinite(Xa).all():
+        raise ValueError("X must be finite (no NaN or inf); impute or drop missing values first")
+    N, d = Xa.shape
+    names: List[str] = [str(c) for c in feature_names] if feature_names is not None else []
+    if names and len(names) != d:
+        raise ValueError(f"feature_names has {len(names)} names for {d} columns")
+    if not names:
+        names = [f"X{j + 1}" for j in range(d)]
+    if not 0.0 < float(treated_share) < 1.0:
+        raise ValueError(f"treated_share must be in (0, 1), got {treated_share!r}")
+    if float(overlap) < 0 or float(noise) < 0 or float(heterogeneity) < 0:
+        raise ValueError("overlap, noise and heterogeneity must be >= 0")
+    for arg, val, lo in (
+        ("n_propensity", n_propensity, 1),
+        ("n_outcome", n_outcome, 0),
+        ("n_modifiers", n_modifiers, 1),
+    ):
+        if int(val) != val or val < lo:
+            raise ValueError(f"{arg} must be an integer >= {lo}, got {val!r}")
+    rng = np.random.default_rng(seed)
+    rows = np.arange(N)
+    if n is not None:
+        if int(n) != n or not 10 <= n <= N:
+            raise ValueError(f"n must be an integer from 10 to {N}, got {n!r}")
+        rows = np.sort(rng.choice(N, size=int(n), replace=False))
+    Xs = Xa[rows]
+    sd = Xs.std(axis=0)
+    usable = np.flatnonzero(sd > 0)
+    if usable.size < 2:
+        raise ValueError("X needs at least 2 non-constant columns")
+    Z = np.zeros_like(Xs)
+    Z[:, usable] = np.clip((Xs[:, usable] - Xs[:, usable].mean(axis=0)) / sd[usable], -_CLIP, _CLIP)
+
+    # the propensity covariates come from the columns with many distinct values (so the score is
+    # spread out, not a few steps of rare indicators), the others from every non-constant column
+    rich = np.asarray([j for j in usable if np.unique(Xs[:, j]).size >= _RICH], dtype=np.int64)
+    pool = rich if rich.size >= min(int(n_propensity), 2) else usable
+    k_p = min(int(n_propensity), pool.size)
+    prop_cols = [int(j) for j in rng.choice(pool, size=k_p, replace=False)]
+    rest = np.setdiff1d(usable, prop_cols)
+    k_o = min(int(n_outcome), rest.size)
+    out_cols = prop_cols + [int(j) for j in rng.choice(rest, size=k_o, replace=False)]
+    k_m = min(int(n_modifiers), usable.size)
+    others = np.setdiff1d(usable, [prop_cols[0]])
+    mod_cols = [prop_cols[0]] + [int(j) for j in rng.choice(others, size=min(k_m - 1, others.size), replace=False)]
+
+    s, s_terms = _random_score(rng, Z, prop_cols, names)
+    s = _normal_scores(s)  # N(0, 1) margins: the overlap depends on ``overlap``, not on the draw
+    g, g_terms = _random_score(rng, Z, out_cols, names)
+    h, h_terms = _random_score(rng, Z, mod_cols, names)
+    logit = float(overlap) * s
+    b = _intercept_for_share(logit, float(treated_share))
+    e = _expit(logit + b)
+    T = (rng.random(Xs.shape[0]) < e).astype(np.int64)
+    if T.sum() < 2 or (1 - T).sum() < 2:
+        raise ValueError(
+            f"the draw left {int(T.sum())} treated and {int((1 - T).sum())} control units "
+            "(fewer than 2 in an arm); use more units or a treated_share closer to 0.5"
+        )
+    mu0 = float(confounding) * s + g
+    tau = float(effect) + float(heterogeneity) * h
+    mu1 = mu0 + tau
+    Y = np.where(T == 1, mu1, mu0) + float(noise) * rng.standard_normal(Xs.shape[0])
+    keep = usable if drop_constant else np.arange(d)
+    return CausalDataset(
+        X=Xs[:, keep],
+        T=T,
+        Y=Y,
+        ate=float(tau.mean()),
+        att=float(tau[T == 1].mean()),
+        feature_names=[names[j] for j in keep],
+        name=name,
+        mu0=mu0,
+        mu1=mu1,
+        propensity=e,
+        meta={
+            "seed": None if seed is None else str(seed),
+            "rows": None if n is None else rows.tolist(),
+            "dropped": [names[j] for j in np.setdiff1d(np.arange(d), keep)],
+            "treated_share": float(treated_share),
+            "overlap": float(overlap),
+            "intercept": b,
+            "propensity_score": " ".join(s_terms),
+            "outcome_score": " ".join(g_terms),
+            "effect_modifiers": " ".join(h_terms),
+            "extreme_share": float(np.mean((e < 0.05) | (e > 0.95))),
+        },
+    )
