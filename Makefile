@@ -24,6 +24,8 @@ venv: $(VENV)/.ready
 # --no-build-isolation: build against the torch installed above (isolation would fetch another one)
 build: venv
 	$(PY) -m pip install -q --no-build-isolation -e ".[test,plot,data]" -Cbuild-dir=build/cpu
+# the ACIC 2016 files of causallib, without its dependencies (it pins pandas < 3; docs/building.md)
+	$(PY) -m pip install -q --no-deps causallib==0.10.0
 
 # The fast suite (minutes): everything but the tests marked slow (the CPU emulator of the CUDA
 # kernels under the host sanitizers, the PTX check and the larger emulated cases).

