@@ -135,9 +135,7 @@ def _package_dir(package: str, purpose: str) -> str:
     """The installed directory of ``package`` without importing it, or an ImportError naming the extra."""
     path = _distribution_dir(package)
     if path is None:
-        raise ImportError(
-            f"{purpose} needs the '{package}' package, which is not installed: {_install_hint(package)}"
-        )
+        raise ImportError(f"{purpose} needs the '{package}' package, which is not installed: {_install_hint(package)}")
     return path
 
 
