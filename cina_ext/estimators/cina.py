@@ -431,7 +431,7 @@ class CInA(_WeightingEstimator):
             "sd": sd,
         }
 
-    def fit(self, X, T):
+    def fit(self, X, T, sample_weight=None):
         # resolve the device before the core runs (it needs the data's device)
         data_device = None
         try:
@@ -439,7 +439,7 @@ class CInA(_WeightingEstimator):
         except ValueError:
             pass  # check_design (in super().fit) raises the proper error
         self.device_ = resolve_device(self.device, data_device)
-        super().fit(X, T)
+        super().fit(X, T, sample_weight=sample_weight)
         st = self._state
         ro = st["readout"]
         self.key_net_ = st["net"]
