@@ -43,7 +43,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["BalanceReport", "balance_table", "love_plot", "kish_ess", "weight_summary"]
+__all__ = ["BalanceReport", "balance_table", "love_plot", "overlap_plot", "kish_ess", "weight_summary"]
 
 _ARMS = (("treated", 1), ("control", 0))
 
@@ -537,12 +537,94 @@ def balance_table(
     )
 
 
+def _pyplot(what: str):
+    """``matplotlib.pyplot``, imported lazily, or an ImportError naming the ``[plot]`` extra."""
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise ImportError(
+            f"{what} needs matplotlib, an optional extra: pip install 'cina-ext[plot]' (or pip install matplotlib)"
+        ) from exc
+    return plt
+
+
+def overlap_plot(
+    values, T, *, sample_weight=None, ax=None, xlabel: str = "value", title: Optional[str] = None, bins=30
+):
+    """Overlap plot: the distribution of ``values`` (propensity scores or weights) in each arm.
+
+    Two step histograms on shared bins, normalised to densities (s-weighted with
+    ``sample_weight``); matplotlib is imported lazily (``pip install 'cina-ext[plot]'``).
+
+    Parameters
+    ----------
+    values : array-like of shape (N,)
+        Per-unit values (e.g. estimated propensity scores), finite.
+    T : array-like of shape (N,)
+        Binary treatment (bool, 0/1 or -1/+1).
+    sample_weight : array-like of shape (N,), optional
+        Frequency weights of the units.
+    ax : matplotlib Axes, optional
+        Draws on ``ax``; a new figure if None.
+    xlabel : str, default "value"
+        Label of the x axis.
+    title : str, optional
+        Title; default ``"Overlap"``.
+    bins : int, default 30
+        Number of shared bins.
+
+    Returns
+    -------
+    matplotlib Axes
+        The axes drawn on: one histogram (a patch container) per arm, labelled
+        ``"treated (n=...)"`` and ``"control (n=...)"``.
+
+    Raises
+    ------
+    ImportError
+        matplotlib is not installed.
+    ValueError
+        ``values`` of the wrong length or not finite; an invalid ``T``.
+    """
+    from ._core.checks import _as_1d, _binary_treatment, _check_finite
+
+    plt = _pyplot("overlap_plot")
+    v = _as_1d(values, "values").astype(np.float64)
+    t = _binary_treatment(_as_1d(T, "T"))
+    if v.shape != t.shape:
+        raise ValueError(f"values has length {v.shape[0]} but T has {t.shape[0]} (mismatched lengths)")
+    _check_finite(v, "values")
+    s = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.0, 3.5))
+    edges = np.histogram_bin_edges(v, bins=bins)
+    for arm, code, color in (("treated", 1, "tab:blue"), ("control", 0, "tab:red")):
+        sel = t == code
+        ax.hist(
+            v[sel],
+            bins=edges,
+            weights=None if s is None else s[sel],
+            density=True,
+            histtype="step",
+            lw=1.5,
+            color=color,
+            label=f"{arm} (n={int(sel.sum())})",
+        )
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("density")
+    ax.set_title(title or "Overlap")
+    ax.legend(loc="upper center", fontsize="small")
+    return ax
+
+
 def love_plot(
     report: BalanceReport, ax=None, path=None, *, threshold: Optional[float] = None, title: Optional[str] = None
 ):
     """Love plot: |SMD| per covariate before (hollow) and after (filled) weighting.
 
-    matplotlib is imported lazily; install it with ``pip install 'cina-ext[plot]'``.
+    One row per covariate (largest imbalance before weighting at the top), a dashed vertical
+    reference line at ``threshold`` (0.1 by default).  matplotlib is imported lazily; install it
+    with ``pip install 'cina-ext[plot]'``.
 
     Parameters
     ----------
@@ -567,10 +649,7 @@ def love_plot(
     ImportError
         matplotlib is not installed.
     """
-    try:
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        raise ImportError("love_plot needs matplotlib, an optional extra: pip install 'cina-ext[plot]'") from exc
+    plt = _pyplot("love_plot")
     thr = report.threshold if threshold is None else float(threshold)
     names = list(report.feature_names)
     before = np.abs(report.smd_before)

@@ -60,7 +60,7 @@ from .._core.checks import (
     standardize_columns,
 )
 from .._core.constants import ESTIMAND_LABEL, ESTIMANDS
-from ..diagnostics import balance_table, kish_ess
+from ..diagnostics import balance_table, kish_ess, overlap_plot
 from ..ops import default_max_iter, dual_solve
 from .augment import augmented_scores, cross_fit_outcomes, influence_se, outcome_model
 
@@ -637,6 +637,61 @@ class _WeightingEstimator(BaseEstimator):
             threshold=threshold,
             sample_weight=self.sample_weight_,
         )
+
+    def plot_overlap(self, ax=None, *, kind: str = "propensity", bins: int = 30):
+        """Overlap of the arms: the distribution of the propensity score (or of the weights) per arm.
+
+        ``kind="propensity"``: the estimator's own propensity scores where it has them (IPW,
+        SelfNormalizedIPW, DoubleML: ``propensity_``), otherwise those of a logistic regression
+        (``C=1``) on the standardised covariates, fitted here for the plot only (s-weighted with
+        ``sample_weight``); little mass near 0 or 1 and overlapping histograms mean good overlap.
+        ``kind="weights"``: the balancing weights times the arm size (mean 1 in an unweighted arm).
+        Densities, s-weighted when the fit had ``sample_weight``.
+
+        Parameters
+        ----------
+        ax : matplotlib Axes, optional
+            Draws on ``ax``; a new figure if None.
+        kind : {"propensity", "weights"}, default "propensity"
+            What to draw.
+        bins : int, default 30
+            Shared histogram bins.
+
+        Returns
+        -------
+        matplotlib Axes
+            The axes: one histogram per arm (:func:`cina_ext.diagnostics.overlap_plot`).
+
+        Raises
+        ------
+        RuntimeError
+            The estimator is not fitted.
+        ValueError
+            An unknown ``kind``.
+        ImportError
+            matplotlib is not installed (the ``[plot]`` extra).
+        """
+        self._check_fitted()
+        sw = getattr(self, "sample_weight_", None)
+        if kind == "propensity":
+            e = getattr(self, "propensity_", None)
+            source = "the estimator's model"
+            if e is None:
+                from sklearn.linear_model import LogisticRegression
+
+                Xs, _, _ = _standardize(self.X_, sample_weight=sw)
+                m = LogisticRegression(C=1.0, max_iter=2000)
+                m.fit(Xs, self.T_, sample_weight=sw)
+                e = m.predict_proba(Xs)[:, list(m.classes_).index(1)]
+                source = "logistic regression on the standardised covariates"
+            values, xlabel = e, f"estimated propensity score ({source})"
+        elif kind == "weights":
+            n_arm = np.where(self.T_ == 1, np.sum(self.T_ == 1), np.sum(self.T_ == 0))
+            values, xlabel = self.weights_ * n_arm, "weight x arm size"
+        else:
+            raise ValueError(f"kind must be 'propensity' or 'weights', got {kind!r}")
+        title = f"Overlap: {type(self).__name__} ({ESTIMAND_LABEL.get(self.estimand_, self.estimand_)})"
+        return overlap_plot(values, self.T_, sample_weight=sw, ax=ax, xlabel=xlabel, title=title, bins=bins)
 
     def summary(self, Y=None) -> EstimatorSummary:
         """Estimate (if ``Y`` is given), arm sizes, ESS, balance and method-specific diagnostics.
