@@ -47,6 +47,11 @@ class DifferenceInMeans(_WeightingEstimator):
         Covariate names (the DataFrame columns, else ``x0, x1, ...``).
     feature_names_in_ : ndarray of str
         The DataFrame column names (only for pandas input).
+    encoded_columns_ : dict
+        The one-hot encoded DataFrame columns: original name -> the names of its ``col=level``
+        columns (empty when none was encoded).
+    sample_weight_ : ndarray of shape (N,) or None
+        The frequency weights of the fit (None without).
     n_treated_, n_control_ : int
         Arm sizes.
     seed_ : int
@@ -140,6 +145,11 @@ class IPW(_WeightingEstimator):
         Covariate names (the DataFrame columns, else ``x0, x1, ...``).
     feature_names_in_ : ndarray of str
         The DataFrame column names (only for pandas input).
+    encoded_columns_ : dict
+        The one-hot encoded DataFrame columns: original name -> the names of its ``col=level``
+        columns (empty when none was encoded).
+    sample_weight_ : ndarray of shape (N,) or None
+        The frequency weights of the fit (None without).
     n_treated_, n_control_ : int
         Arm sizes.
     seed_ : int
@@ -256,6 +266,11 @@ class SelfNormalizedIPW(IPW):
         Covariate names (the DataFrame columns, else ``x0, x1, ...``).
     feature_names_in_ : ndarray of str
         The DataFrame column names (only for pandas input).
+    encoded_columns_ : dict
+        The one-hot encoded DataFrame columns: original name -> the names of its ``col=level``
+        columns (empty when none was encoded).
+    sample_weight_ : ndarray of shape (N,) or None
+        The frequency weights of the fit (None without).
     n_treated_, n_control_ : int
         Arm sizes.
     seed_ : int
@@ -326,6 +341,11 @@ class DoubleML(_WeightingEstimator):
         Covariate names (the DataFrame columns, else ``x0, x1, ...``).
     feature_names_in_ : ndarray of str
         The DataFrame column names (only for pandas input).
+    encoded_columns_ : dict
+        The one-hot encoded DataFrame columns: original name -> the names of its ``col=level``
+        columns (empty when none was encoded).
+    sample_weight_ : ndarray of shape (N,) or None
+        The frequency weights of the fit (None without).
     n_treated_, n_control_ : int
         Arm sizes.
     seed_ : int

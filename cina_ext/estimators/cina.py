@@ -107,6 +107,11 @@ class CInA(_WeightingEstimator):
         Covariate names (the DataFrame columns, else ``x0, x1, ...``).
     feature_names_in_ : ndarray of str
         The DataFrame column names (only for pandas input).
+    encoded_columns_ : dict
+        The one-hot encoded DataFrame columns: original name -> the names of its ``col=level``
+        columns (empty when none was encoded).
+    sample_weight_ : ndarray of shape (N,) or None
+        The frequency weights of the fit (None without).
     n_treated_, n_control_ : int
         Arm sizes.
     seed_ : int

@@ -148,6 +148,11 @@ class KernelBalancing(_WeightingEstimator):
         Covariate names (the DataFrame columns, else ``x0, x1, ...``).
     feature_names_in_ : ndarray of str
         The DataFrame column names (only for pandas input).
+    encoded_columns_ : dict
+        The one-hot encoded DataFrame columns: original name -> the names of its ``col=level``
+        columns (empty when none was encoded).
+    sample_weight_ : ndarray of shape (N,) or None
+        The frequency weights of the fit (None without).
     n_treated_, n_control_ : int
         Arm sizes.
     seed_ : int
@@ -545,6 +550,10 @@ class KernelBalancing(_WeightingEstimator):
             "iterations": self.iterations_,
             "solver": f"low-rank ({self._rank()} random Fourier features)" if self.low_rank_ else "exact",
         }
+        if self.sample_weight_ is not None:
+            d["solver"] += (
+                " (low-rank dual, per-unit ridge)" if self.low_rank_ else " (dense per-arm QP, per-unit ridge)"
+            )
         if self.kernel == "rbf":
             d["gamma"] = self.gamma_
         if self.estimand_ == "overlap":

@@ -246,3 +246,16 @@ def test_balance_table_sample_weight_matches_replication(data):
     np.testing.assert_allclose(a.smd_after, b.smd_after, atol=1e-12)
     np.testing.assert_allclose(a.vr_after, b.vr_after, rtol=1e-10)
     assert a.ess["control"] == pytest.approx(b.ess["control"], rel=1e-10)
+
+
+def test_pandas_weights_are_aligned_by_label(data):
+    import pandas as pd
+
+    X, T, Y, k, _ = data
+    df = pd.DataFrame(X, index=np.arange(T.size) + 100)
+    s = pd.Series(k, index=df.index).sample(frac=1.0, random_state=0)  # same labels, shuffled
+    a = IPW(random_state=0).fit(df, pd.Series(T, index=df.index), sample_weight=s).ate(Y)
+    b = IPW(random_state=0).fit(X, T, sample_weight=k).ate(Y)
+    assert a == pytest.approx(b, abs=1e-12)
+    with pytest.raises(ValueError, match="different pandas indexes"):
+        IPW().fit(df, pd.Series(T, index=df.index), sample_weight=pd.Series(k))
