@@ -127,20 +127,28 @@ IMBALANCE_SMD = 0.25
 CLIPPED_SHARE = 0.05
 
 
-def _overlap_problems(w: np.ndarray, T: np.ndarray, propensity=None, clip=None) -> list:
-    """Plain-language overlap problems of fitted weights (and propensity scores, where there are)."""
+def _overlap_problems(w: np.ndarray, T: np.ndarray, propensity=None, clip=None, sample_weight=None) -> list:
+    """Plain-language overlap problems of fitted weights (and propensity scores, where there are);
+    with ``sample_weight`` the ESS and the shares are those of the rows replicated ``s_i`` times."""
     out = []
+    sw = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
     for code, label in ((1, "treated"), (0, "control")):
-        a = np.asarray(w[T == code], dtype=np.float64)
+        sel = T == code
+        a = np.asarray(w[sel], dtype=np.float64)
         n = a.size
-        ess = kish_ess(a)
-        if n >= 10 and ess < max(ESS_FLOOR, ESS_FRACTION * n):
-            out.append(f"the {label} arm's weights have an effective sample size of {ess:.1f} from {n} units")
+        if sw is None:
+            ess, size, what = kish_ess(a), n, "units"
+        else:
+            q = float(np.sum(np.divide(a * a, sw[sel], out=np.zeros_like(a), where=sw[sel] > 0)))
+            ess, size, what = (float(a.sum()) ** 2 / q if q > 0 else 0.0), float(sw[sel].sum()), "weighted units"
+        if n >= 10 and ess < max(ESS_FLOOR, ESS_FRACTION * size):
+            out.append(f"the {label} arm's weights have an effective sample size of {ess:.1f} from {size:.6g} {what}")
     if propensity is not None:
         e = np.asarray(propensity, dtype=np.float64)
         c = float(clip) if clip else 0.0
         edge = max(c, 1e-6) * (1 + 1e-9)
-        share = float(np.mean((e <= edge) | (e >= 1 - edge)))
+        at_edge = (e <= edge) | (e >= 1 - edge)
+        share = float(np.mean(at_edge)) if sw is None else float(sw @ at_edge / sw.sum())
         if share > CLIPPED_SHARE:
             out.append(
                 f"{share:.0%} of the propensity scores are at 0 / 1 or at the clipping bounds "
@@ -456,7 +464,7 @@ class _WeightingEstimator(BaseEstimator):
         self.n_treated_ = int(np.sum(data.T == 1))
         self.n_control_ = int(np.sum(data.T == 0))
         self.overlap_warnings_ = _overlap_problems(
-            self.weights_, data.T, state.get("propensity"), getattr(self, "clip", None)
+            self.weights_, data.T, state.get("propensity"), getattr(self, "clip", None), sw
         )
         if self._warns_on_imbalance:
             rep = self.balance()

@@ -259,3 +259,33 @@ def test_pandas_weights_are_aligned_by_label(data):
     assert a == pytest.approx(b, abs=1e-12)
     with pytest.raises(ValueError, match="different pandas indexes"):
         IPW().fit(df, pd.Series(T, index=df.index), sample_weight=pd.Series(k))
+
+
+def test_large_weighted_arms_switch_to_the_low_rank_dual(data, monkeypatch):
+    from cina_ext.estimators import kernel_balancing
+
+    X, T, Y, k, idx = data
+    monkeypatch.setattr(kernel_balancing, "WEIGHTED_DENSE_LIMIT", 20)
+    with pytest.warns(UserWarning, match="random Fourier features"):
+        est = KernelBalancing(random_state=0).fit(X, T, sample_weight=k)
+    assert est.low_rank_ and "per-unit ridge" in est.summary()["details"]["solver"]
+    exact = KernelBalancing(approximation="exact", tol=1e-9).fit(X, T, sample_weight=k)
+    assert not exact.low_rank_
+    # the low-rank answer approximates the exact weighted one (kernel error ~ 1/sqrt(rank))
+    assert abs(est.ate(Y) - exact.ate(Y)) < 0.05
+
+
+def test_overlap_check_counts_replicated_units():
+    from cina_ext.estimators.base import _overlap_problems
+
+    T = np.r_[np.ones(30), np.zeros(30)].astype(np.int8)
+    w = np.where(T == 1, 1.0, 1e-9)
+    w[30] = 1.0  # the control weight sits on one row
+    s = np.full(60, 2.0)
+    rep = np.repeat(np.arange(60), 2)
+    a = _overlap_problems(w * s, T, sample_weight=s)
+    b = _overlap_problems((w * s)[rep] / 2.0, T[rep])
+    assert len(a) == len(b) == 1 and "control" in a[0]
+    assert a[0].replace("weighted units", "units") == b[0]
+    # evenly replicated rows are no overlap problem, whatever the weights' scale
+    assert _overlap_problems(np.ones(60) * 3.0, T, sample_weight=np.full(60, 3.0)) == []
