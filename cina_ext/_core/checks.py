@@ -214,9 +214,8 @@ def _one_hot(s, label: str, name: str):
     names = [f"{label}={v}" for v in levels]
     if len(set(names)) != len(names):
         raise ValueError(f"{name} column {label!r} has distinct levels with the same text {names}; recode them")
-    values = s.to_numpy(dtype=object)
-    cols = [np.fromiter((u == v for u in values), dtype=bool, count=len(values)) for v in levels]
-    arr = np.column_stack(cols).astype(np.float64) if cols else np.empty((len(s), 0))
+    codes = np.asarray(pd.Categorical(s, categories=levels).codes)  # vectorised: no loop over rows
+    arr = (codes[:, None] == np.arange(len(levels))[None, :]).astype(np.float64)
     return arr, names
 
 
