@@ -1,7 +1,7 @@
 """The ``cina`` command line.
 
     cina estimate FILE.csv --treatment COL --outcome COL [--covariates C1 C2 ...]
-                  [--method cina|kernel|naive|ipw|snipw|dml|zero-shot] [--estimand ate|att|overlap]
+                  [--method kernel|cina|naive|ipw|snipw|dml|zero-shot] [--estimand ate|att|overlap]
                   [--n-bootstrap N] [--alpha 0.05] [--seed S] [--dropna] [--json] [--quiet]
     cina demo [--dataset auto|lalonde-cps|lalonde-psid|ihdp-a|ihdp-b|setoguchi|er]
               [--n N] [--seed S] [--methods M ...] [--estimand E] [--n-bootstrap N] [--json] [--quiet]
@@ -12,6 +12,13 @@ stderr, no traceback; set CINA_DEBUG=1 to get the traceback); 2 for command-line
 (argparse). Warnings raised while estimating are printed as one line each ("cina: warning: ...")
 and listed under "warnings" in the JSON output. Progress bars (tqdm) go to stderr; ``--quiet``
 silences them and the informational notes.
+
+``cina estimate`` defaults to ``--method kernel --estimand ate`` (**choice**): exact kernel
+balancing solves a convex problem to its optimum with a certificate (the KKT violation), is
+deterministic and takes seconds, where ``cina`` (Algorithm 1) trains a key network by gradient
+steps (non-convex, seed-dependent, slower).  Every output names its estimand.  String covariate
+columns of the CSV are one-hot encoded by the estimator (every level kept, ``col=level``); the
+text output lists them in one line, the JSON under ``encoded_columns``.
 """
 
 from __future__ import annotations
@@ -165,6 +172,15 @@ def _read_csv(path: str, usecols: Optional[Sequence[str]] = None):
             cols = [c for c in header if c in wanted] or None  # missing names: reported by prepare_table
         chunks = pd.read_csv(source, usecols=cols, chunksize=CSV_CHUNK_ROWS)
         parts = list(chunks)
+        mixed = _mixed_columns(parts)
+        if mixed and source is not sys.stdin:
+            # each chunk infers its own types: a column of numbers in one chunk and strings in
+            # another is read again as text throughout (its levels are then "1", "2", "A", ...)
+            parts = list(pd.read_csv(source, usecols=cols, chunksize=CSV_CHUNK_ROWS, dtype={c: str for c in mixed}))
+        elif mixed:  # standard input cannot be read twice: the numbers of such a column as text
+            for part in parts:
+                for c in mixed:
+                    part[c] = part[c].astype(object).where(part[c].isna(), part[c].astype(str))
         if not parts:
             return pd.read_csv(source, usecols=cols, nrows=0)
         return parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
@@ -174,6 +190,34 @@ def _read_csv(path: str, usecols: Optional[Sequence[str]] = None):
         raise CLIError(f"{path}: cannot be read as CSV: {_one_line(exc)}") from None
     except OSError as exc:
         raise CLIError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+
+
+def _mixed_columns(parts) -> List[str]:
+    """Columns that are text in some chunks and numbers (or booleans) in others."""
+    from pandas.api import types as pdt
+
+    if len(parts) < 2:
+        return []
+    out = []
+    for c in parts[0].columns:
+        kinds = {pdt.is_numeric_dtype(p[c].dtype) for p in parts if p[c].notna().any()}
+        if len(kinds) > 1:
+            out.append(c)
+    return out
+
+
+def _categorical(s) -> bool:
+    """A covariate the estimators one-hot encode: strings or booleans in a text column."""
+    import pandas as pd
+    from pandas.api import types as pdt
+
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        return True
+    return (pdt.is_string_dtype(s.dtype) or s.dtype == object) and pdt.infer_dtype(s, skipna=True) in (
+        "string",
+        "boolean",
+        "empty",
+    )
 
 
 def prepare_table(
@@ -188,8 +232,9 @@ def prepare_table(
     """Validate a DataFrame for estimation; returns (X DataFrame, T int array, Y float array, info).
 
     Raises :class:`CLIError` with one clear message for: missing columns, a treatment/outcome
-    listed as covariate, no covariates, non-numeric covariates or outcome, missing or infinite
-    values (unless ``dropna``), a non-binary treatment, an arm with fewer than 2 units.
+    listed as covariate, no covariates, covariates neither numeric nor text (text columns are
+    kept as they are, for the estimator to one-hot encode), a non-numeric outcome, missing or
+    infinite values (unless ``dropna``), a non-binary treatment, an arm with fewer than 2 units.
     """
     import pandas as pd
     from pandas.api import types as pdt
@@ -224,13 +269,13 @@ def prepare_table(
         s = df[c]
         return pdt.is_bool_dtype(s) or (pdt.is_numeric_dtype(s) and not pdt.is_complex_dtype(s))
 
-    bad = [c for c in covs if not numeric(c)]
+    bad = [c for c in covs if not numeric(c) and not _categorical(df[c])]
     if bad:
         ex = df[bad[0]].dropna()
         example = f" (e.g. {str(ex.iloc[0])!r} in {bad[0]!r})" if len(ex) else ""
         raise CLIError(
-            f"non-numeric covariate column(s): {_quote(bad)}{example}; "
-            f"encode them as numbers first (e.g. one-hot dummies)"
+            f"covariate column(s) {_quote(bad)} are neither numeric nor text{example}; "
+            f"make them numbers, or text to be one-hot encoded"
         )
     if not numeric(outcome):
         ex = df[outcome].dropna()
@@ -279,7 +324,7 @@ def prepare_table(
             f"treatment column {treatment!r} needs at least 2 treated and 2 control units; "
             f"found {n1} treated and {n0} control"
         )
-    X = sub[covs].astype(np.float64)
+    X = sub[covs].astype({c: np.float64 for c in covs if numeric(c)})
     Y = sub[outcome].to_numpy(dtype=np.float64)
     info = {"n": int(T.size), "n_treated": n1, "n_control": n0, "dropped_rows": n_dropped, "covariates": covs}
     return X, T, Y, info
@@ -343,6 +388,7 @@ def _cmd_estimate(args) -> int:
     report = est.balance()
     elapsed = time.perf_counter() - t0
     estimand = _estimand_of(est, args.estimand)
+    encoded = {str(k): list(v) for k, v in (getattr(est, "encoded_columns_", None) or {}).items()}
 
     if args.json:
         payload = {
@@ -354,6 +400,7 @@ def _cmd_estimate(args) -> int:
             "treatment": args.treatment,
             "outcome": args.outcome,
             "covariates": info["covariates"],
+            "encoded_columns": encoded,
             "n": info["n"],
             "n_treated": info["n_treated"],
             "n_control": info["n_control"],
@@ -386,6 +433,11 @@ def _cmd_estimate(args) -> int:
         f"  units: {info['n']} (treated {info['n_treated']}, control {info['n_control']})"
         + (f"; dropped {info['dropped_rows']} row(s) with missing values" if info["dropped_rows"] else ""),
         f"  covariates ({len(info['covariates'])}): {', '.join(info['covariates'])}",
+    ]
+    if encoded:
+        enc = "; ".join(f"{k} -> {', '.join(v)}" for k, v in encoded.items())
+        lines.append(f"  one-hot encoded (every level kept): {enc}")
+    lines += [
         f"  method: {args.method}    estimand: {label}",
         f"  estimate: {_fmt(effect, 8)}",
     ]
@@ -625,7 +677,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="COL",
         help="covariate columns (default: every other column, except an unnamed index column)",
     )
-    p.add_argument("--method", default="cina", choices=ALL_METHODS, help="estimator (default: cina)")
+    p.add_argument(
+        "--method",
+        default="kernel",
+        choices=ALL_METHODS,
+        help="estimator (default: kernel, exact kernel balancing; cina is Algorithm 1 of the paper)",
+    )
     p.add_argument(
         "--estimand",
         default="ate",

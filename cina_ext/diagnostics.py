@@ -26,6 +26,12 @@ Formulas (``w`` are the weights of one arm, normalised to sum to one within the 
 * weight summary per arm: min, max, mean, coefficient of variation ``sd(w) / mean(w)`` (population
   ``sd``, ``ddof=0``, so that ``ESS = n / (1 + CV^2)``), number of zero weights, and the share of
   the arm's total weight held by its largest ``ceil(1% of n)`` and ``ceil(5% of n)`` units.
+
+Frequency weights ``s`` (``sample_weight``, e.g. of an estimator fitted with them): "before" is
+then the s-weighted arm (``w = s`` normalised) and every moment and ESS is that of the data with
+each row replicated ``s_i`` times (the copies sharing the row's weight): ``1 - sum w^2`` becomes
+``1 - sum w^2 / s`` in the variance and ``ESS = (sum w)^2 / sum (w^2 / s)``.  The weight summaries
+stay per row.  :meth:`BalanceReport.plot` draws the love plot.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["BalanceReport", "balance_table", "love_plot", "kish_ess", "weight_summary"]
+__all__ = ["BalanceReport", "balance_table", "love_plot", "overlap_plot", "kish_ess", "weight_summary"]
 
 _ARMS = (("treated", 1), ("control", 0))
 
@@ -84,6 +90,14 @@ def kish_ess(w: np.ndarray) -> float:
     return float(np.sum(w)) ** 2 / s2 if s2 > 0 else 0.0
 
 
+def _ess(w: np.ndarray, s: Optional[np.ndarray]) -> float:
+    """Kish ESS; with frequency weights ``s`` that of the replicated rows, ``(sum w)^2 / sum w^2/s``."""
+    if s is None:
+        return kish_ess(w)
+    q = _sq_over(np.asarray(w, dtype=np.float64), s)
+    return float(np.sum(w)) ** 2 / q if q > 0 else 0.0
+
+
 def weight_summary(w: np.ndarray) -> Dict[str, float]:
     """Summary of the weights of one arm (see the module docstring).
 
@@ -121,10 +135,18 @@ def weight_summary(w: np.ndarray) -> Dict[str, float]:
     }
 
 
-def _wmean_var(x: np.ndarray, w: np.ndarray):
-    """Weighted mean and reliability-weighted variance of the columns of x (w sums to 1)."""
+def _sq_over(w: np.ndarray, s: Optional[np.ndarray]) -> float:
+    """``sum w^2`` (``s`` None) or ``sum w^2 / s`` (0 where s = 0)."""
+    if s is None:
+        return float(np.sum(w * w))
+    return float(np.sum(np.divide(w * w, s, out=np.zeros_like(w), where=s > 0)))
+
+
+def _wmean_var(x: np.ndarray, w: np.ndarray, s: Optional[np.ndarray] = None):
+    """Weighted mean and reliability-weighted variance of the columns of x (w sums to 1); with
+    frequency weights ``s`` those of the rows replicated ``s_i`` times."""
     m = w @ x
-    denom = 1.0 - float(np.sum(w * w))
+    denom = 1.0 - _sq_over(w, s)
     if denom <= 1e-12:
         v = np.full(x.shape[1], np.nan)
     else:
@@ -228,6 +250,31 @@ class BalanceReport:
     @property
     def balanced(self) -> bool:
         return self.n_flagged == 0
+
+    def plot(self, ax=None, *, threshold: Optional[float] = None, title: Optional[str] = None):
+        """Love plot of this report (:func:`love_plot`): |SMD| per covariate before and after.
+
+        Parameters
+        ----------
+        ax : matplotlib Axes, optional
+            Draws on ``ax``; a new figure if None.
+        threshold : float, optional
+            The vertical reference line; default the report's threshold (0.1 unless set).
+        title : str, optional
+            Default ``"Covariate balance (<estimand>)"``.
+
+        Returns
+        -------
+        matplotlib Axes
+            The axes drawn on: two scatter collections (before, after) of one point per covariate,
+            the covariates as y tick labels.
+
+        Raises
+        ------
+        ImportError
+            matplotlib is not installed (the ``[plot]`` extra).
+        """
+        return love_plot(self, ax=ax, threshold=threshold, title=title)
 
     # -- exports ---------------------------------------------------------------------------
     def rows(self) -> List[Dict[str, Any]]:
@@ -363,6 +410,7 @@ def balance_table(
     estimand: str = "ate",
     threshold: float = 0.1,
     vr_threshold: float = 2.0,
+    sample_weight=None,
 ) -> BalanceReport:
     """Balance of ``X`` between the arms of ``T`` before and after ``weights``.
 
@@ -385,6 +433,10 @@ def balance_table(
         |SMD after| above which a covariate is flagged.
     vr_threshold : float, default 2.0
         Variance ratios after weighting outside ``[1 / vr_threshold, vr_threshold]`` are flagged.
+    sample_weight : array-like of shape (N,), optional
+        Frequency weights ``s`` of the units: "before" is the s-weighted arm, and the moments and
+        ESS are those of the rows replicated ``s_i`` times (module docstring); ``weights`` should
+        then include ``s`` (as an estimator's ``weights_`` fitted with them do).
 
     Returns
     -------
@@ -395,8 +447,8 @@ def balance_table(
     ------
     ValueError
         An invalid design (see :func:`cina_ext._core.checks.check_design`); ``feature_names`` of
-        the wrong length; ``weights`` of the wrong length, non-finite or negative; an unknown
-        estimand; an arm whose weights sum to zero.
+        the wrong length; ``weights`` or ``sample_weight`` of the wrong length, non-finite or
+        negative; an unknown estimand; an arm whose weights sum to zero.
     TypeError
         Non-numeric inputs.
 
@@ -409,7 +461,7 @@ def balance_table(
     >>> rep.n, round(rep.max_abs_smd_before, 4)
     ({'treated': 2, 'control': 2}, 2.8284)
     """
-    from ._core.checks import _as_1d, _check_finite, check_design
+    from ._core.checks import _as_1d, _check_finite, check_design, check_sample_weight
 
     data = check_design(X, T, allow_constant=True)
     if feature_names is None:
@@ -425,6 +477,7 @@ def balance_table(
         raise ValueError("weights must be non-negative")
     if estimand not in ("ate", "att", "overlap"):
         raise ValueError(f"estimand must be 'ate', 'att' or 'overlap', got {estimand!r}")
+    sw = None if sample_weight is None else check_sample_weight(sample_weight, data.n, index=data.index)
 
     # moments of each column divided by its largest magnitude (SMD and variance ratios do not depend
     # on it): no overflow for huge covariates, no underflow for tiny ones; means and SDs are
@@ -438,15 +491,18 @@ def balance_table(
         sel = Ta == code
         x = Xa[sel]
         n_a = x.shape[0]
-        u = np.full(n_a, 1.0 / n_a)
+        sa = None if sw is None else sw[sel]
+        if sa is not None and not sa.sum() > 0:
+            raise ValueError(f"the sample weights of the {arm} arm sum to zero")
+        u = np.full(n_a, 1.0 / n_a) if sa is None else sa / sa.sum()
         wa = w[sel]
         tot = wa.sum()
         if tot <= 0:
             raise ValueError(f"the weights of the {arm} arm sum to zero")
         wn = wa / tot
-        m0, v0 = _wmean_var(x, u)
-        m1, v1 = _wmean_var(x, wn)
-        stats[arm] = dict(mb=m0, vb=v0, ma=m1, va=v1, w=wa, n=n_a)
+        m0, v0 = _wmean_var(x, u, sa)
+        m1, v1 = _wmean_var(x, wn, sa)
+        stats[arm] = dict(mb=m0, vb=v0, ma=m1, va=v1, w=wa, n=n_a, s=sa)
 
     if estimand == "att":
         sd = np.sqrt(stats["treated"]["vb"])
@@ -476,9 +532,89 @@ def balance_table(
         vr_before=vr_b,
         vr_after=vr_a,
         n={arm: int(stats[arm]["n"]) for arm, _ in _ARMS},
-        ess={arm: kish_ess(stats[arm]["w"]) for arm, _ in _ARMS},
+        ess={arm: _ess(stats[arm]["w"], stats[arm]["s"]) for arm, _ in _ARMS},
         weights={arm: weight_summary(stats[arm]["w"]) for arm, _ in _ARMS},
     )
+
+
+def _pyplot(what: str):
+    """``matplotlib.pyplot``, imported lazily, or an ImportError naming the ``[plot]`` extra."""
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise ImportError(
+            f"{what} needs matplotlib, an optional extra: pip install 'cina-ext[plot]' (or pip install matplotlib)"
+        ) from exc
+    return plt
+
+
+def overlap_plot(
+    values, T, *, sample_weight=None, ax=None, xlabel: str = "value", title: Optional[str] = None, bins=30
+):
+    """Overlap plot: the distribution of ``values`` (propensity scores or weights) in each arm.
+
+    Two step histograms on shared bins, normalised to densities (s-weighted with
+    ``sample_weight``); matplotlib is imported lazily (``pip install 'cina-ext[plot]'``).
+
+    Parameters
+    ----------
+    values : array-like of shape (N,)
+        Per-unit values (e.g. estimated propensity scores), finite.
+    T : array-like of shape (N,)
+        Binary treatment (bool, 0/1 or -1/+1).
+    sample_weight : array-like of shape (N,), optional
+        Frequency weights of the units.
+    ax : matplotlib Axes, optional
+        Draws on ``ax``; a new figure if None.
+    xlabel : str, default "value"
+        Label of the x axis.
+    title : str, optional
+        Title; default ``"Overlap"``.
+    bins : int, default 30
+        Number of shared bins.
+
+    Returns
+    -------
+    matplotlib Axes
+        The axes drawn on: one histogram (a patch container) per arm, labelled
+        ``"treated (n=...)"`` and ``"control (n=...)"``.
+
+    Raises
+    ------
+    ImportError
+        matplotlib is not installed.
+    ValueError
+        ``values`` of the wrong length or not finite; an invalid ``T``.
+    """
+    from ._core.checks import _as_1d, _binary_treatment, _check_finite
+
+    plt = _pyplot("overlap_plot")
+    v = _as_1d(values, "values").astype(np.float64)
+    t = _binary_treatment(_as_1d(T, "T"))
+    if v.shape != t.shape:
+        raise ValueError(f"values has length {v.shape[0]} but T has {t.shape[0]} (mismatched lengths)")
+    _check_finite(v, "values")
+    s = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.0, 3.5))
+    edges = np.histogram_bin_edges(v, bins=bins)
+    for arm, code, color in (("treated", 1, "tab:blue"), ("control", 0, "tab:red")):
+        sel = t == code
+        ax.hist(
+            v[sel],
+            bins=edges,
+            weights=None if s is None else s[sel],
+            density=True,
+            histtype="step",
+            lw=1.5,
+            color=color,
+            label=f"{arm} (n={int(sel.sum())})",
+        )
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("density")
+    ax.set_title(title or "Overlap")
+    ax.legend(loc="upper center", fontsize="small")
+    return ax
 
 
 def love_plot(
@@ -486,7 +622,9 @@ def love_plot(
 ):
     """Love plot: |SMD| per covariate before (hollow) and after (filled) weighting.
 
-    matplotlib is imported lazily; install it with ``pip install 'cina-ext[plot]'``.
+    One row per covariate (largest imbalance before weighting at the top), a dashed vertical
+    reference line at ``threshold`` (0.1 by default).  matplotlib is imported lazily; install it
+    with ``pip install 'cina-ext[plot]'``.
 
     Parameters
     ----------
@@ -511,10 +649,7 @@ def love_plot(
     ImportError
         matplotlib is not installed.
     """
-    try:
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        raise ImportError("love_plot needs matplotlib, an optional extra: pip install 'cina-ext[plot]'") from exc
+    plt = _pyplot("love_plot")
     thr = report.threshold if threshold is None else float(threshold)
     names = list(report.feature_names)
     before = np.abs(report.smd_before)

@@ -38,8 +38,25 @@ lengths, a non-binary treatment, an empty treatment arm, an arm with fewer than
 carries no information, cannot be standardised and makes the balance table undefined — drop it;
 **choice**: refuse rather than drop silently), tensors on different devices.
 
-``TypeError``: object / string / categorical / datetime / complex columns (the column is named),
-unsupported container types.
+``TypeError``: datetime / complex columns, object columns mixing numbers and strings (the column
+is named), string or object values in a numpy array, torch tensor or list (only a DataFrame carries
+the column types needed to encode them), unsupported container types.
+
+Categorical columns of a DataFrame (one-hot encoding) -- **choice**
+------------------------------------------------------------------
+A DataFrame column of strings (object or ``string`` dtype), a ``category`` column or an object
+column of booleans is one-hot encoded in place: one 0/1 column per observed level, named
+``col=level`` (levels in category order for a ``category``, else sorted), recorded in
+:attr:`DesignData.encoded` (original column -> new names).  **Full** one-hot (every level kept,
+none dropped as a reference): balancing weights and balance tables are then symmetric in the
+levels (with drop-first the standardised distances of the kernel, and so the weights, depend on
+which level is the reference), every level appears in the balance table as cobalt shows it, and no
+estimator here inverts ``X'X`` (the propensity models are penalised, the outcome models trees), so
+the collinear set of dummies costs nothing.  An object column holding only booleans becomes one
+indicator ``col=True``.  Refused: a missing value in such a column (``ValueError``, as for a
+numeric NaN: impute it or make it a level, e.g. ``df[col].fillna("missing")``); more than
+:data:`MAX_LEVELS` (= 50) levels (``ValueError``: most likely an identifier).  Numeric and bool
+columns are untouched.
 """
 
 from __future__ import annotations
@@ -47,7 +64,7 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass, field
-from typing import Any, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -57,7 +74,9 @@ from .constants import ESTIMANDS, FLOAT_DTYPES, MIN_ARM_SIZE
 
 __all__ = [
     "MIN_ARM_SIZE",
+    "MAX_LEVELS",
     "DesignData",
+    "check_sample_weight",
     "check_design",
     "check_outcome",
     "check_estimand",
@@ -88,6 +107,8 @@ class DesignData:
     has_names: bool = False  # True when the names came from the input (pandas)
     device: Optional[Any] = None  # torch.device of tensor inputs, else None
     index: Optional[Any] = field(default=None, repr=False)  # pandas index of the rows, if any
+    # one-hot encoded DataFrame columns: original column -> the names of its indicator columns
+    encoded: Dict[str, List[str]] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -153,7 +174,8 @@ def _check_numeric_array(arr: np.ndarray, name: str, col_names: Optional[Sequenc
                 except (TypeError, ValueError):
                     raise TypeError(
                         f"{name} column {col_names[j]!r} is not numeric (dtype {arr.dtype}, e.g. "
-                        f"value {arr[0, j]!r}); encode it numerically (e.g. pandas.get_dummies)"
+                        f"value {arr[0, j]!r}); encode it numerically, or pass a pandas DataFrame "
+                        "(whose string columns are one-hot encoded)"
                     ) from None
         raise TypeError(
             f"{name} has non-numeric dtype {arr.dtype}; convert strings/objects to numbers "
@@ -162,8 +184,57 @@ def _check_numeric_array(arr: np.ndarray, name: str, col_names: Optional[Sequenc
     raise TypeError(f"{name} has unsupported dtype {arr.dtype}; a numeric array is required")
 
 
+#: A categorical DataFrame column with more levels than this is refused (most likely an identifier).
+MAX_LEVELS = 50
+
+
+def _one_hot(s, label: str, name: str):
+    """The indicator columns ``(array (N, k), names)`` of a categorical / string / boolean-object
+    column (see the module docstring), or raise."""
+    import pandas as pd
+
+    if s.isna().any():
+        k = int(s.isna().sum())
+        raise ValueError(
+            f"{name} column {label!r} (categorical) contains NaN / missing values ({k} entries); impute or "
+            f"drop them, or make missingness its own level (e.g. df[{label!r}].fillna('missing'))"
+        )
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        present = set(s.unique())
+        levels = [c for c in s.cat.categories if c in present]
+    else:
+        levels = sorted(pd.unique(s), key=lambda v: (type(v).__name__, str(v)))
+    if len(levels) > MAX_LEVELS:
+        raise ValueError(
+            f"{name} column {label!r} has {len(levels)} distinct levels (more than {MAX_LEVELS}): most likely "
+            "an identifier, not a covariate; drop it, or group its levels and encode it yourself"
+        )
+    if not isinstance(s.dtype, pd.CategoricalDtype) and all(isinstance(v, (bool, np.bool_)) for v in levels):
+        return s.to_numpy(dtype=bool).astype(np.float64)[:, None], [f"{label}=True"]
+    names = [f"{label}={v}" for v in levels]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{name} column {label!r} has distinct levels with the same text {names}; recode them")
+    codes = np.asarray(pd.Categorical(s, categories=levels).codes)  # vectorised: no loop over rows
+    arr = (codes[:, None] == np.arange(len(levels))[None, :]).astype(np.float64)
+    return arr, names
+
+
+def _is_categorical_column(s) -> bool:
+    """A column to one-hot encode: category dtype, or strings / booleans in an object or string column."""
+    import pandas as pd
+    from pandas.api import types as pdt
+
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        return True
+    if pdt.is_string_dtype(s.dtype) or s.dtype == object:
+        kind = pdt.infer_dtype(s, skipna=True)
+        if kind in ("string", "boolean", "categorical", "empty"):
+            return True
+    return False
+
+
 def _frame_to_numpy(df, name: str):
-    """DataFrame -> (float64 array, column names), naming bad columns."""
+    """DataFrame -> (float64 array, column names, encoded columns), naming bad columns."""
     import pandas as pd
     from pandas.api import types as pdt
 
@@ -172,33 +243,49 @@ def _frame_to_numpy(df, name: str):
         dup = sorted({n for n in names if names.count(n) > 1})
         raise ValueError(f"{name} has duplicated column names {dup}")
     cols = []
+    out_names: List[str] = []
+    encoded: Dict[str, List[str]] = {}
     for c, label in zip(df.columns, names):
         s = df[c]
         if isinstance(s, pd.DataFrame):  # pragma: no cover - duplicated labels caught above
             raise ValueError(f"{name} has duplicated column {label!r}")
         dt = s.dtype
-        if isinstance(dt, pd.CategoricalDtype):
-            raise TypeError(f"{name} column {label!r} is categorical; encode it numerically (e.g. pandas.get_dummies)")
+        if _is_categorical_column(s):
+            block, new = _one_hot(s, label, name)
+            cols.extend(block.T)
+            out_names.extend(new)
+            encoded[label] = new
+            continue
         if pdt.is_datetime64_any_dtype(dt) or pdt.is_timedelta64_dtype(dt):
             raise TypeError(f"{name} column {label!r} has datetime dtype {dt}; convert it to a number")
         if pdt.is_complex_dtype(dt):
             raise TypeError(f"{name} column {label!r} has complex dtype {dt}")
         if not (pdt.is_bool_dtype(dt) or pdt.is_numeric_dtype(dt)):
             example = s.iloc[0] if len(s) else None
+            kind = pdt.infer_dtype(s, skipna=True)
+            if kind in ("integer", "floating", "mixed-integer-float", "decimal"):  # numbers in an object column
+                cols.append(s.to_numpy(dtype=np.float64, na_value=np.nan))
+                out_names.append(label)
+                continue
             raise TypeError(
-                f"{name} column {label!r} is not numeric (dtype {dt}, e.g. value {example!r}); "
-                "encode it numerically (e.g. pandas.get_dummies)"
+                f"{name} column {label!r} is neither numeric nor categorical (dtype {dt}, values of kind "
+                f"{kind!r}, e.g. {example!r}); make it numbers, or strings to be one-hot encoded"
             )
         cols.append(s.to_numpy(dtype=np.float64, na_value=np.nan))
+        out_names.append(label)
+    if len(set(out_names)) != len(out_names):
+        dup = sorted({n for n in out_names if out_names.count(n) > 1})
+        raise ValueError(f"{name}: the one-hot encoded names {dup} clash with other columns; rename them")
     arr = np.column_stack(cols) if cols else np.empty((len(df), 0), dtype=np.float64)
-    return arr, names
+    return arr, out_names, encoded
 
 
 def _as_2d_float(X, name: str = "X"):
-    """Convert X to float64 (N, p); returns (array, names, has_names, index)."""
+    """Convert X to float64 (N, p); returns (array, names, has_names, index, encoded)."""
     names = None
     has_names = False
     index = None
+    encoded: Dict[str, List[str]] = {}
     if _is_torch(X):
         arr = _tensor_to_numpy(X, name)
     elif _is_pandas(X):
@@ -210,7 +297,7 @@ def _as_2d_float(X, name: str = "X"):
             )
         if not isinstance(X, pd.DataFrame):
             raise TypeError(f"{name} must be a DataFrame, array or tensor, got {type(X).__name__}")
-        arr, names = _frame_to_numpy(X, name)
+        arr, names, encoded = _frame_to_numpy(X, name)
         has_names = True
         index = X.index
     elif isinstance(X, (np.ndarray, list, tuple)):
@@ -232,7 +319,7 @@ def _as_2d_float(X, name: str = "X"):
         names = [f"x{j}" for j in range(arr.shape[1])]
     _check_numeric_array(arr, name, names)
     arr = np.ascontiguousarray(arr, dtype=np.float64)
-    return arr, names, has_names, index
+    return arr, names, has_names, index, encoded
 
 
 def _as_1d(v, name: str):
@@ -368,7 +455,7 @@ def check_design(X, T, *, min_arm: int = MIN_ARM_SIZE, allow_constant: bool = Fa
     Returns a :class:`DesignData` with ``X`` float64 (N, p) and ``T`` int8 (N,) in {0, 1}.
     """
     device = _tensor_devices(X=X, T=T)
-    Xa, names, has_names, index = _as_2d_float(X, "X")
+    Xa, names, has_names, index, encoded = _as_2d_float(X, "X")
     Ta = _as_1d(_align_to(T, index, "T"), "T")
     if Xa.shape[0] != Ta.shape[0]:
         raise ValueError(f"X and T have mismatched lengths: X has {Xa.shape[0]} rows, T has {Ta.shape[0]}")
@@ -379,7 +466,9 @@ def check_design(X, T, *, min_arm: int = MIN_ARM_SIZE, allow_constant: bool = Fa
     _check_arms(Tb, min_arm)
     if not allow_constant:
         _check_constant_columns(Xa, names)
-    return DesignData(X=Xa, T=Tb, feature_names=list(names), has_names=has_names, device=device, index=index)
+    return DesignData(
+        X=Xa, T=Tb, feature_names=list(names), has_names=has_names, device=device, index=index, encoded=encoded
+    )
 
 
 def check_outcome(Y, n: int, *, device=None, index=None) -> np.ndarray:
@@ -393,6 +482,26 @@ def check_outcome(Y, n: int, *, device=None, index=None) -> np.ndarray:
     Ya = Ya.astype(np.float64)
     _check_finite(Ya, "Y")
     return Ya
+
+
+def check_sample_weight(sample_weight, n: int, *, device=None, index=None) -> np.ndarray:
+    """Validate survey / frequency weights of the ``n`` fitted units; returns float64 (n,).
+
+    Finite, non-negative, not all zero, length ``n``; a pandas ``sample_weight`` is aligned to
+    ``index`` (the rows of ``X``) by label.  Raises ``ValueError`` (or ``TypeError`` for
+    non-numeric weights) naming the problem.
+    """
+    if device is not None and _is_torch(sample_weight) and str(sample_weight.device) != str(device):
+        raise ValueError(f"sample_weight is on {sample_weight.device} but the design (X, T) was on {device}")
+    s = _as_1d(_align_to(sample_weight, index, "sample_weight"), "sample_weight").astype(np.float64)
+    if s.shape[0] != n:
+        raise ValueError(f"sample_weight has length {s.shape[0]} but X has {n} rows (mismatched lengths)")
+    _check_finite(s, "sample_weight")
+    if np.any(s < 0):
+        raise ValueError(f"sample_weight must be non-negative; {int(np.sum(s < 0))} weight(s) are negative")
+    if not np.any(s > 0):
+        raise ValueError("sample_weight is zero for every unit")
+    return s
 
 
 def check_estimand(estimand, allowed: Sequence[str] = ESTIMANDS) -> str:

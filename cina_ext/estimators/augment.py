@@ -11,6 +11,11 @@ the outcome model's prediction for the estimand's population corrected by the we
 only the outcome model does, fitted on other folds than the units it predicts.  Both are means of
 per-unit scores ``psi_i`` (``n w_i`` plays the part of the inverse propensity), whose spread gives
 the usual influence-function standard error.
+
+Frequency weights ``s`` (``fit(..., sample_weight=s)``): the outcome models are fitted with
+``sample_weight``, the population means are s-weighted (``mean_i`` becomes ``sum_i s_i . / S``,
+``S = sum s``), ``n w_i`` becomes ``S w_i / s_i`` (``w`` then already includes ``s``) and the
+standard error is that of the data with every row replicated ``s_i`` times.
 """
 
 from __future__ import annotations
@@ -68,8 +73,31 @@ def with_seed(model, seed: int):
     return m
 
 
-def cross_fit_outcomes(model, Xs: np.ndarray, T: np.ndarray, Y: np.ndarray, seed: int, n_folds: int = AUGMENT_FOLDS):
-    """Out-of-fold predictions ``(mu1, mu0)`` of one outcome model per arm, folds stratified on T."""
+def _fit(model, X, y, sample_weight=None):
+    if sample_weight is None:
+        return model.fit(X, y)
+    try:
+        return model.fit(X, y, sample_weight=sample_weight)
+    except TypeError as exc:
+        if "sample_weight" not in str(exc):
+            raise
+        raise TypeError(
+            f"the outcome model {type(model).__name__}.fit does not accept sample_weight, which a weighted "
+            "fit needs; use one that does (e.g. HistGradientBoostingRegressor, LinearRegression)"
+        ) from None
+
+
+def cross_fit_outcomes(
+    model,
+    Xs: np.ndarray,
+    T: np.ndarray,
+    Y: np.ndarray,
+    seed: int,
+    n_folds: int = AUGMENT_FOLDS,
+    sample_weight=None,
+):
+    """Out-of-fold predictions ``(mu1, mu0)`` of one outcome model per arm, folds stratified on T
+    (each model fitted with ``sample_weight`` when given)."""
     k = int(min(n_folds, np.sum(T == 1), np.sum(T == 0)))
     if k < 2:
         raise ValueError("augmentation needs at least 2 units in each arm (cross-fitting)")
@@ -80,31 +108,54 @@ def cross_fit_outcomes(model, Xs: np.ndarray, T: np.ndarray, Y: np.ndarray, seed
         for f, (tr, te) in enumerate(folds.split(Xs, T)):
             s = seed + 7919 * (f + 1)
             t1, t0 = tr[T[tr] == 1], tr[T[tr] == 0]
-            mu1[te] = with_seed(model, s).fit(Xs[t1], Y[t1]).predict(Xs[te])
-            mu0[te] = with_seed(model, s + 1).fit(Xs[t0], Y[t0]).predict(Xs[te])
+            sw1 = None if sample_weight is None else sample_weight[t1]
+            sw0 = None if sample_weight is None else sample_weight[t0]
+            mu1[te] = _fit(with_seed(model, s), Xs[t1], Y[t1], sw1).predict(Xs[te])
+            mu0[te] = _fit(with_seed(model, s + 1), Xs[t0], Y[t0], sw0).predict(Xs[te])
     if not (np.all(np.isfinite(mu1)) and np.all(np.isfinite(mu0))):
         raise ValueError("the outcome model predicted NaN or Inf")
     return mu1, mu0
 
 
-def augmented_scores(w: np.ndarray, T: np.ndarray, Y: np.ndarray, mu1: np.ndarray, mu0: np.ndarray, estimand: str):
-    """``(estimate, influence)``: the augmented estimate and its per-unit influence values (mean 0)."""
-    n = T.shape[0]
+def augmented_scores(
+    w: np.ndarray,
+    T: np.ndarray,
+    Y: np.ndarray,
+    mu1: np.ndarray,
+    mu0: np.ndarray,
+    estimand: str,
+    sample_weight=None,
+):
+    """``(estimate, influence)``: the augmented estimate and its per-unit influence values (their
+    s-weighted mean is 0); ``sample_weight`` the frequency weights ``s`` (see the module docstring)."""
     Tf = T.astype(np.float64)
+    if sample_weight is None:
+        s = np.ones(T.shape[0])
+        ratio = w
+    else:
+        s = np.asarray(sample_weight, dtype=np.float64)
+        ratio = np.divide(w, s, out=np.zeros_like(w), where=s > 0)
+    S = float(s.sum())
     if estimand == "ate":
         resid = np.where(T == 1, Y - mu1, -(Y - mu0))
-        psi = (mu1 - mu0) + n * w * resid
-        est = float(np.mean(psi))
+        psi = (mu1 - mu0) + S * ratio * resid
+        est = float(s @ psi / S)
         return est, psi - est
     if estimand == "att":
-        p1 = float(np.mean(Tf))
+        p1 = float(s @ Tf / S)
         r0 = Y - mu0
-        psi = (Tf * r0 - n * p1 * w * (1.0 - Tf) * r0) / p1
-        est = float(np.mean(psi))
+        psi = (Tf * r0 - S * p1 * ratio * (1.0 - Tf) * r0) / p1
+        est = float(s @ psi / S)
         return est, psi - est * Tf / p1
     raise ValueError(f"augmentation targets the ATE or the ATT, not {estimand!r}")
 
 
-def influence_se(infl: np.ndarray) -> float:
-    """Standard error ``sd(influence) / sqrt(n)``."""
-    return float(np.std(infl, ddof=1) / math.sqrt(infl.shape[0]))
+def influence_se(infl: np.ndarray, sample_weight=None) -> float:
+    """Standard error ``sd(influence) / sqrt(n)``; with frequency weights ``s`` that of the data
+    with every row replicated ``s_i`` times (``sqrt(sum s infl^2 / (S - 1) / S)``)."""
+    if sample_weight is None:
+        return float(np.std(infl, ddof=1) / math.sqrt(infl.shape[0]))
+    s = np.asarray(sample_weight, dtype=np.float64)
+    S = float(s.sum())
+    m = float(s @ infl / S)
+    return float(math.sqrt(float(s @ (infl - m) ** 2) / (S - 1.0 if S > 1 else S) / S))

@@ -51,9 +51,16 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator
 
-from .._core.checks import check_design, check_estimand, check_outcome, seed_from, standardize_columns
+from .._core.checks import (
+    check_design,
+    check_estimand,
+    check_outcome,
+    check_sample_weight,
+    seed_from,
+    standardize_columns,
+)
 from .._core.constants import ESTIMAND_LABEL, ESTIMANDS
-from ..diagnostics import balance_table, kish_ess
+from ..diagnostics import balance_table, kish_ess, overlap_plot
 from ..ops import default_max_iter, dual_solve
 from .augment import augmented_scores, cross_fit_outcomes, influence_se, outcome_model
 
@@ -63,12 +70,42 @@ __all__ = ["EstimatorSummary", "Inference"]
 # helpers shared by the estimators
 
 
-def _standardize(X: np.ndarray, mean=None, sd=None):
-    """Column-standardise, scale-robust (:func:`cina_ext._core.checks.standardize_columns`)."""
-    return standardize_columns(X, mean, sd)
+def _standardize(X: np.ndarray, mean=None, sd=None, sample_weight=None):
+    """Column-standardise, scale-robust (:func:`cina_ext._core.checks.standardize_columns`).
+
+    With ``sample_weight`` (frequency weights ``s``): the s-weighted mean and population SD, i.e.
+    the standardisation of the data with every row replicated ``s_i`` times.
+    """
+    if sample_weight is None or mean is not None:
+        return standardize_columns(X, mean, sd)
+    s = np.asarray(sample_weight, dtype=np.float64)
+    _, m0, sd0 = standardize_columns(X)  # the unweighted scale first: no overflow in the moments below
+    Z0 = (X - m0) / sd0
+    mz = s @ Z0 / s.sum()
+    vz = s @ (Z0 - mz) ** 2 / s.sum()
+    sdz = np.where(vz > 0, np.sqrt(vz), 1.0)
+    mean = m0 + mz * sd0
+    sd = sdz * sd0
+    return (Z0 - mz) / sdz, mean, sd
+
+
+def _fit_weighted(model, X, y, sample_weight=None):
+    """``model.fit(X, y)``, with ``sample_weight`` when given (a clear error if the model has none)."""
+    if sample_weight is None:
+        return model.fit(X, y)
+    try:
+        return model.fit(X, y, sample_weight=sample_weight)
+    except TypeError as exc:
+        if "sample_weight" not in str(exc):
+            raise
+        raise TypeError(
+            f"{type(model).__name__}.fit does not accept sample_weight, which a weighted fit needs; "
+            "use a scikit-learn model that does (e.g. LogisticRegression, HistGradientBoostingRegressor)"
+        ) from None
 
 
 def _arm_normalise(w: np.ndarray, T: np.ndarray) -> np.ndarray:
+    """``w`` scaled to sum to one within each arm (ValueError for an arm with no weight)."""
     w = np.asarray(w, dtype=np.float64)
     out = np.zeros_like(w)
     for code, label in ((1, "treated"), (0, "control")):
@@ -90,20 +127,28 @@ IMBALANCE_SMD = 0.25
 CLIPPED_SHARE = 0.05
 
 
-def _overlap_problems(w: np.ndarray, T: np.ndarray, propensity=None, clip=None) -> list:
-    """Plain-language overlap problems of fitted weights (and propensity scores, where there are)."""
+def _overlap_problems(w: np.ndarray, T: np.ndarray, propensity=None, clip=None, sample_weight=None) -> list:
+    """Plain-language overlap problems of fitted weights (and propensity scores, where there are);
+    with ``sample_weight`` the ESS and the shares are those of the rows replicated ``s_i`` times."""
     out = []
+    sw = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
     for code, label in ((1, "treated"), (0, "control")):
-        a = np.asarray(w[T == code], dtype=np.float64)
+        sel = T == code
+        a = np.asarray(w[sel], dtype=np.float64)
         n = a.size
-        ess = kish_ess(a)
-        if n >= 10 and ess < max(ESS_FLOOR, ESS_FRACTION * n):
-            out.append(f"the {label} arm's weights have an effective sample size of {ess:.1f} from {n} units")
+        if sw is None:
+            ess, size, what = kish_ess(a), n, "units"
+        else:
+            q = float(np.sum(np.divide(a * a, sw[sel], out=np.zeros_like(a), where=sw[sel] > 0)))
+            ess, size, what = (float(a.sum()) ** 2 / q if q > 0 else 0.0), float(sw[sel].sum()), "weighted units"
+        if n >= 10 and ess < max(ESS_FLOOR, ESS_FRACTION * size):
+            out.append(f"the {label} arm's weights have an effective sample size of {ess:.1f} from {size:.6g} {what}")
     if propensity is not None:
         e = np.asarray(propensity, dtype=np.float64)
         c = float(clip) if clip else 0.0
         edge = max(c, 1e-6) * (1 + 1e-9)
-        share = float(np.mean((e <= edge) | (e >= 1 - edge)))
+        at_edge = (e <= edge) | (e >= 1 - edge)
+        share = float(np.mean(at_edge)) if sw is None else float(sw @ at_edge / sw.sum())
         if share > CLIPPED_SHARE:
             out.append(
                 f"{share:.0%} of the propensity scores are at 0 / 1 or at the clipping bounds "
@@ -184,6 +229,12 @@ class EstimatorSummary(dict):
             f"  max |SMD| before {self.get('max_abs_smd_before'):.4f}, after {self.get('max_abs_smd_after'):.4f} "
             f"({self.get('n_flagged')} above 0.1)"
         )
+        if self.get("encoded_columns"):
+            enc = "; ".join(f"{k} -> {', '.join(v)}" for k, v in self["encoded_columns"].items())
+            lines.append(f"  one-hot encoded (every level kept): {enc}")
+        if self.get("sample_weight") is not None:
+            sw = self["sample_weight"]
+            lines.append(f"  sample_weight: frequency weights, total {sw['total']:.6g} over {sw['n']} units")
         for k, v in self.get("details", {}).items():
             lines.append(f"  {k}: {v}")
         return "\n".join(lines)
@@ -222,9 +273,10 @@ class _WeightingEstimator(BaseEstimator):
             raise ValueError(
                 "augment=... needs estimand='ate' or 'att' (the overlap population has no outcome-model form here)"
             )
-        Xs, _, _ = standardize_columns(X)
-        mu1, mu0 = cross_fit_outcomes(model, Xs, T, Y, seed)
-        return augmented_scores(np.asarray(state["weights"], dtype=np.float64), T, Y, mu1, mu0, est)
+        sw = state.get("sample_weight")
+        Xs, _, _ = _standardize(X, sample_weight=sw)
+        mu1, mu0 = cross_fit_outcomes(model, Xs, T, Y, seed, sample_weight=sw)
+        return augmented_scores(np.asarray(state["weights"], dtype=np.float64), T, Y, mu1, mu0, est, sample_weight=sw)
 
     def has_analytic_se(self) -> bool:
         """Whether :meth:`ate_inference` has an analytic (influence-function) standard error.
@@ -241,7 +293,7 @@ class _WeightingEstimator(BaseEstimator):
         if self._augment_model() is None:
             return None
         est, infl = self._estimate(self._state, self.X_, self.T_, Ya, self.seed_)
-        return est, influence_se(infl), "influence function (augmented, cross-fitted)"
+        return est, influence_se(infl, self._state.get("sample_weight")), "influence function (augmented, cross-fitted)"
 
     def ate_inference(
         self,
@@ -331,16 +383,31 @@ class _WeightingEstimator(BaseEstimator):
         return getattr(self, "estimand", "ate")
 
     # -- public API ------------------------------------------------------------------------
-    def fit(self, X, T):
+    def _sample_weight_refusal(self, estimand: str) -> Optional[str]:
+        """None when the estimator takes ``sample_weight`` for ``estimand``, else why not."""
+        return (
+            f"{type(self).__name__} does not support sample_weight (its weights come from a trained attention "
+            "network, which has no frequency-weighted form); "
+            "use KernelBalancing(estimand='ate' or 'att'), IPW, SelfNormalizedIPW or DoubleML for weighted data"
+        )
+
+    def fit(self, X, T, sample_weight=None):
         """Validate ``(X, T)`` and compute the balancing weights ``weights_`` (no outcome used).
 
         Parameters
         ----------
         X : array-like of shape (N, p)
             Covariates: a numpy array, torch tensor (any device), pandas DataFrame (column names are
-            kept) or list; numeric or bool columns, finite, no constant column.
+            kept; string, ``category`` and boolean-object columns are one-hot encoded, every level
+            kept, see :mod:`cina_ext._core.checks`) or list; finite, no constant column.
         T : array-like of shape (N,) or (N, 1)
             Binary treatment: bool, 0/1 or -1/+1 (+1 = treated); at least 2 units per arm.
+        sample_weight : array-like of shape (N,), optional
+            Survey / frequency weights ``s_i >= 0`` (finite, not all zero): a unit of integer weight k
+            counts as k copies of the row.  The target population and the arm means are s-weighted
+            and ``weights_`` (the total weight on each unit) include ``s``.  Supported by
+            DifferenceInMeans, IPW, SelfNormalizedIPW, DoubleML, KernelBalancing ("ate", "att") and
+            the augmentation; the others raise ``NotImplementedError``.
 
         Returns
         -------
@@ -355,9 +422,13 @@ class _WeightingEstimator(BaseEstimator):
             constant covariate column; tensors on different devices (see :mod:`cina_ext._core.checks`);
             method-specific failures (e.g. propensity scores reaching 0 or 1, a DoubleML arm smaller
             than ``n_folds``, a balancing problem that gives an arm no weight).
+            Also: a missing value in a categorical column, a categorical column with more than 50
+            levels; invalid ``sample_weight`` (negative, non-finite, all zero, wrong length).
         TypeError
-            Non-numeric (object, string, categorical, datetime, complex) columns or an unsupported
-            container; a parameter of the wrong type.
+            Non-numeric columns that cannot be encoded (datetime, complex, strings outside a
+            DataFrame) or an unsupported container; a parameter of the wrong type.
+        NotImplementedError
+            ``sample_weight`` for an estimator (or estimand) that does not support it.
 
         Warns
         -----
@@ -368,23 +439,32 @@ class _WeightingEstimator(BaseEstimator):
         estimand = check_estimand(self._resolve_estimand(), self._allowed_estimands)
         data = check_design(X, T)
         self._check_params()
+        sw = None
+        if sample_weight is not None:
+            sw = check_sample_weight(sample_weight, data.n, device=data.device, index=data.index)
+            refusal = self._sample_weight_refusal(estimand)
+            if refusal:
+                raise NotImplementedError(refusal)
         seed = seed_from(getattr(self, "random_state", None))
         self._data = data
         self.X_ = data.X
         self.T_ = data.T
         self.n_features_in_ = data.X.shape[1]
         self.feature_names_ = list(data.feature_names)
+        self.encoded_columns_ = {k: list(v) for k, v in data.encoded.items()}
         if data.has_names:
             self.feature_names_in_ = np.asarray(data.feature_names, dtype=object)
         self.estimand_ = estimand
         self.seed_ = seed
-        state = self._fit_core(data.X, data.T, seed)
+        self.sample_weight_ = sw
+        state = self._fit_core(data.X, data.T, seed, **({} if sw is None else {"sample_weight": sw}))
+        state["sample_weight"] = sw
         self._state = state
         self.weights_ = np.asarray(state["weights"], dtype=np.float64)
         self.n_treated_ = int(np.sum(data.T == 1))
         self.n_control_ = int(np.sum(data.T == 0))
         self.overlap_warnings_ = _overlap_problems(
-            self.weights_, data.T, state.get("propensity"), getattr(self, "clip", None)
+            self.weights_, data.T, state.get("propensity"), getattr(self, "clip", None), sw
         )
         if self._warns_on_imbalance:
             rep = self.balance()
@@ -450,7 +530,9 @@ class _WeightingEstimator(BaseEstimator):
 
         Each of the ``n_bootstrap`` resamples draws units with replacement *within each arm* (so arm
         sizes are kept and no resample can lose an arm) and **refits the weights** on the resample
-        (with the cheaper ``bootstrap`` solver settings of the estimator, if it has any).
+        (with the cheaper ``bootstrap`` solver settings of the estimator, if it has any).  With
+        ``sample_weight`` a unit is drawn together with its weight (the rows, not the replicates
+        they stand for, are resampled).
 
         Parameters
         ----------
@@ -508,8 +590,10 @@ class _WeightingEstimator(BaseEstimator):
             idx = np.concatenate([rng.choice(idx1, idx1.size, replace=True), rng.choice(idx0, idx0.size, replace=True)])
             seed = int(rng.integers(0, 2**31 - 1))
             Xb, Tb, Yb = X[idx], T[idx], Ya[idx]
+            swb = None if self.sample_weight_ is None else self.sample_weight_[idx]
             try:
-                state = self._fit_core(Xb, Tb, seed, bootstrap=True)
+                state = self._fit_core(Xb, Tb, seed, bootstrap=True, **({} if swb is None else {"sample_weight": swb}))
+                state["sample_weight"] = swb
                 est, _ = self._estimate(state, Xb, Tb, Yb, seed)
             except (ValueError, RuntimeError, np.linalg.LinAlgError) as exc:
                 failures.append(str(exc))
@@ -552,7 +636,70 @@ class _WeightingEstimator(BaseEstimator):
         """
         self._check_fitted()
         est = self.estimand_ if self.estimand_ in ("ate", "att", "overlap") else "ate"
-        return balance_table(self.X_, self.T_, self.weights_, self.feature_names_, estimand=est, threshold=threshold)
+        return balance_table(
+            self.X_,
+            self.T_,
+            self.weights_,
+            self.feature_names_,
+            estimand=est,
+            threshold=threshold,
+            sample_weight=self.sample_weight_,
+        )
+
+    def plot_overlap(self, ax=None, *, kind: str = "propensity", bins: int = 30):
+        """Overlap of the arms: the distribution of the propensity score (or of the weights) per arm.
+
+        ``kind="propensity"``: the estimator's own propensity scores where it has them (IPW,
+        SelfNormalizedIPW, DoubleML: ``propensity_``), otherwise those of a logistic regression
+        (``C=1``) on the standardised covariates, fitted here for the plot only (s-weighted with
+        ``sample_weight``); little mass near 0 or 1 and overlapping histograms mean good overlap.
+        ``kind="weights"``: the balancing weights times the arm size (mean 1 in an unweighted arm).
+        Densities, s-weighted when the fit had ``sample_weight``.
+
+        Parameters
+        ----------
+        ax : matplotlib Axes, optional
+            Draws on ``ax``; a new figure if None.
+        kind : {"propensity", "weights"}, default "propensity"
+            What to draw.
+        bins : int, default 30
+            Shared histogram bins.
+
+        Returns
+        -------
+        matplotlib Axes
+            The axes: one histogram per arm (:func:`cina_ext.diagnostics.overlap_plot`).
+
+        Raises
+        ------
+        RuntimeError
+            The estimator is not fitted.
+        ValueError
+            An unknown ``kind``.
+        ImportError
+            matplotlib is not installed (the ``[plot]`` extra).
+        """
+        self._check_fitted()
+        sw = getattr(self, "sample_weight_", None)
+        if kind == "propensity":
+            e = getattr(self, "propensity_", None)
+            source = "the estimator's model"
+            if e is None:
+                from sklearn.linear_model import LogisticRegression
+
+                Xs, _, _ = _standardize(self.X_, sample_weight=sw)
+                m = LogisticRegression(C=1.0, max_iter=2000)
+                m.fit(Xs, self.T_, sample_weight=sw)
+                e = m.predict_proba(Xs)[:, list(m.classes_).index(1)]
+                source = "logistic regression on the standardised covariates"
+            values, xlabel = e, f"estimated propensity score ({source})"
+        elif kind == "weights":
+            n_arm = np.where(self.T_ == 1, np.sum(self.T_ == 1), np.sum(self.T_ == 0))
+            values, xlabel = self.weights_ * n_arm, "weight x arm size"
+        else:
+            raise ValueError(f"kind must be 'propensity' or 'weights', got {kind!r}")
+        title = f"Overlap: {type(self).__name__} ({ESTIMAND_LABEL.get(self.estimand_, self.estimand_)})"
+        return overlap_plot(values, self.T_, sample_weight=sw, ax=ax, xlabel=xlabel, title=title, bins=bins)
 
     def summary(self, Y=None) -> EstimatorSummary:
         """Estimate (if ``Y`` is given), arm sizes, ESS, balance and method-specific diagnostics.
@@ -567,7 +714,9 @@ class _WeightingEstimator(BaseEstimator):
         EstimatorSummary
             A dict with ``method``, ``estimand``, ``estimand_label``, ``effect``, ``n_treated``,
             ``n_control``, ``ess``, ``max_abs_smd_before``, ``max_abs_smd_after``, ``n_flagged``,
-            ``weights`` (the per-arm weight summaries) and ``details``; it prints as a short report.
+            ``weights`` (the per-arm weight summaries), ``encoded_columns`` (the one-hot encoded
+            DataFrame columns and their new names), ``sample_weight`` (None or its ``n`` and
+            ``total``) and ``details``; it prints as a short report.
 
         Raises
         ------
@@ -590,6 +739,10 @@ class _WeightingEstimator(BaseEstimator):
             max_abs_smd_after=rep.max_abs_smd_after,
             n_flagged=rep.n_flagged,
             weights=rep.to_dict()["weights"],
+            encoded_columns={k: list(v) for k, v in getattr(self, "encoded_columns_", {}).items()},
+            sample_weight=None
+            if getattr(self, "sample_weight_", None) is None
+            else {"n": int(self.sample_weight_.size), "total": float(self.sample_weight_.sum())},
             details=self._details(),
         )
         return out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Optional, Tuple
 
 import numpy as np
@@ -12,9 +11,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
 from .._core.checks import check_estimand, check_outcome
+from .augment import influence_se, with_seed
 from .augment import single_openmp_thread as _single_openmp_thread
-from .augment import with_seed
-from .base import _arm_normalise, _standardize, _WeightingEstimator
+from .base import _arm_normalise, _fit_weighted, _standardize, _WeightingEstimator
 
 __all__ = ["DifferenceInMeans", "IPW", "SelfNormalizedIPW", "DoubleML"]
 
@@ -48,6 +47,11 @@ class DifferenceInMeans(_WeightingEstimator):
         Covariate names (the DataFrame columns, else ``x0, x1, ...``).
     feature_names_in_ : ndarray of str
         The DataFrame column names (only for pandas input).
+    encoded_columns_ : dict
+        The one-hot encoded DataFrame columns: original name -> the names of its ``col=level``
+        columns (empty when none was encoded).
+    sample_weight_ : ndarray of shape (N,) or None
+        The frequency weights of the fit (None without).
     n_treated_, n_control_ : int
         Arm sizes.
     seed_ : int
@@ -72,7 +76,12 @@ class DifferenceInMeans(_WeightingEstimator):
         self.random_state = random_state
         self.verbose = verbose
 
-    def _fit_core(self, X, T, seed, *, bootstrap=False):
+    def _sample_weight_refusal(self, estimand):
+        return None
+
+    def _fit_core(self, X, T, seed, *, bootstrap=False, sample_weight=None):
+        if sample_weight is not None:  # the s-weighted arm means
+            return {"weights": _arm_normalise(sample_weight, T)}
         w = np.where(T == 1, 1.0 / max(1, np.sum(T == 1)), 1.0 / max(1, np.sum(T == 0)))
         return {"weights": w}
 
@@ -81,9 +90,9 @@ def _default_propensity_model():
     return LogisticRegression(C=1.0, max_iter=2000)
 
 
-def _fit_propensity(model, Xs: np.ndarray, T: np.ndarray, seed: int) -> np.ndarray:
+def _fit_propensity(model, Xs: np.ndarray, T: np.ndarray, seed: int, sample_weight=None) -> np.ndarray:
     m = with_seed(model, seed)
-    m.fit(Xs, T)
+    _fit_weighted(m, Xs, T, sample_weight)
     classes = list(getattr(m, "classes_", [0, 1]))
     return m.predict_proba(Xs)[:, classes.index(1)] if hasattr(m, "predict_proba") else m.predict(Xs)
 
@@ -95,7 +104,9 @@ class IPW(_WeightingEstimator):
     mild ridge), clipped to ``[clip, 1 - clip]``.  Raw weights ``r``: "ate" treated 1/e, control
     1/(1-e); "att" treated 1, control e/(1-e); "overlap" treated 1-e, control e.  The estimate is
     the *unnormalised* HT contrast ``(sum_T r Y - sum_C r Y) / D`` with D = N (ate), n_treated
-    (att), sum e(1-e) (overlap).
+    (att), sum e(1-e) (overlap).  With ``fit(X, T, sample_weight=s)`` (frequency weights) the
+    propensity model is fitted with ``sample_weight``, ``r`` is multiplied by ``s`` and every sum in
+    D is s-weighted.
 
     Parameters
     ----------
@@ -134,6 +145,11 @@ class IPW(_WeightingEstimator):
         Covariate names (the DataFrame columns, else ``x0, x1, ...``).
     feature_names_in_ : ndarray of str
         The DataFrame column names (only for pandas input).
+    encoded_columns_ : dict
+        The one-hot encoded DataFrame columns: original name -> the names of its ``col=level``
+        columns (empty when none was encoded).
+    sample_weight_ : ndarray of shape (N,) or None
+        The frequency weights of the fit (None without).
     n_treated_, n_control_ : int
         Arm sizes.
     seed_ : int
@@ -169,10 +185,13 @@ class IPW(_WeightingEstimator):
         if self.clip is not None and not (0 <= float(self.clip) < 0.5):
             raise ValueError(f"clip must be in [0, 0.5) or None, got {self.clip!r}")
 
-    def _fit_core(self, X, T, seed, *, bootstrap=False):
-        Xs, _, _ = _standardize(X)
+    def _sample_weight_refusal(self, estimand):
+        return None
+
+    def _fit_core(self, X, T, seed, *, bootstrap=False, sample_weight=None):
+        Xs, _, _ = _standardize(X, sample_weight=sample_weight)
         model = self.propensity_model if self.propensity_model is not None else _default_propensity_model()
-        e = np.asarray(_fit_propensity(model, Xs, T, seed), dtype=np.float64)
+        e = np.asarray(_fit_propensity(model, Xs, T, seed, sample_weight), dtype=np.float64)
         c = float(self.clip) if self.clip else 0.0
         if c > 0:
             e = np.clip(e, c, 1 - c)
@@ -188,6 +207,10 @@ class IPW(_WeightingEstimator):
         else:
             r = np.where(T == 1, 1.0 - e, e)
             denom = float(np.sum(e * (1 - e)))
+        if sample_weight is not None:  # frequency weights: every sum over units is s-weighted
+            s = np.asarray(sample_weight, dtype=np.float64)
+            r = s * r
+            denom = {"ate": float(s.sum()), "att": float(s[T == 1].sum())}.get(est, float(s @ (e * (1 - e))))
         return {"weights": _arm_normalise(r, T), "raw": r, "denom": denom, "propensity": e}
 
     def _effect_core(self, state, X, T, Y, seed):
@@ -196,8 +219,8 @@ class IPW(_WeightingEstimator):
         r = state["raw"]
         return float((np.sum(r[T == 1] * Y[T == 1]) - np.sum(r[T == 0] * Y[T == 0])) / state["denom"])
 
-    def fit(self, X, T):
-        super().fit(X, T)
+    def fit(self, X, T, sample_weight=None):
+        super().fit(X, T, sample_weight=sample_weight)
         self.propensity_ = self._state["propensity"]
         self.raw_weights_ = self._state["raw"]
         return self
@@ -243,6 +266,11 @@ class SelfNormalizedIPW(IPW):
         Covariate names (the DataFrame columns, else ``x0, x1, ...``).
     feature_names_in_ : ndarray of str
         The DataFrame column names (only for pandas input).
+    encoded_columns_ : dict
+        The one-hot encoded DataFrame columns: original name -> the names of its ``col=level``
+        columns (empty when none was encoded).
+    sample_weight_ : ndarray of shape (N,) or None
+        The frequency weights of the fit (None without).
     n_treated_, n_control_ : int
         Arm sizes.
     seed_ : int
@@ -270,6 +298,10 @@ class DoubleML(_WeightingEstimator):
 
     * ATE: ``psi = mu1 - mu0 + T (Y - mu1) / e - (1 - T) (Y - mu0) / (1 - e)``, estimate mean(psi);
     * ATT: ``[T (Y - mu0) - (1 - T) e (Y - mu0) / (1 - e)] / mean(T)``.
+
+    With ``fit(X, T, sample_weight=s)`` (frequency weights) every learner is fitted with
+    ``sample_weight`` and every mean above (the estimate, ``mean(T)``, the standard error) is
+    s-weighted.
 
     ``ate_interval`` is the generic bootstrap (which refits everything, so it costs
     ``n_bootstrap`` cross-fits); pass ``method="influence"`` for the usual normal interval from
@@ -309,6 +341,11 @@ class DoubleML(_WeightingEstimator):
         Covariate names (the DataFrame columns, else ``x0, x1, ...``).
     feature_names_in_ : ndarray of str
         The DataFrame column names (only for pandas input).
+    encoded_columns_ : dict
+        The one-hot encoded DataFrame columns: original name -> the names of its ``col=level``
+        columns (empty when none was encoded).
+    sample_weight_ : ndarray of shape (N,) or None
+        The frequency weights of the fit (None without).
     n_treated_, n_control_ : int
         Arm sizes.
     seed_ : int
@@ -349,8 +386,11 @@ class DoubleML(_WeightingEstimator):
         if self.clip is not None and not (0 <= float(self.clip) < 0.5):
             raise ValueError(f"clip must be in [0, 0.5) or None, got {self.clip!r}")
 
-    def fit(self, X, T):
-        super().fit(X, T)
+    def _sample_weight_refusal(self, estimand):
+        return None
+
+    def fit(self, X, T, sample_weight=None):
+        super().fit(X, T, sample_weight=sample_weight)
         k = int(self.n_folds)
         if min(self.n_treated_, self.n_control_) < k:
             raise ValueError(
@@ -369,29 +409,35 @@ class DoubleML(_WeightingEstimator):
         c = float(self.clip) if self.clip else 0.0
         return np.clip(e, c, 1 - c) if c > 0 else e
 
-    def _fit_core(self, X, T, seed, *, bootstrap=False):
-        Xs, _, _ = _standardize(X)
+    def _fit_core(self, X, T, seed, *, bootstrap=False, sample_weight=None):
+        Xs, _, _ = _standardize(X, sample_weight=sample_weight)
         _, pm = self._models()
-        e = self._clip(np.asarray(_fit_propensity(pm, Xs, T, seed), dtype=np.float64))
+        e = self._clip(np.asarray(_fit_propensity(pm, Xs, T, seed, sample_weight), dtype=np.float64))
         est = check_estimand(self.estimand, self._allowed_estimands)
         r = np.where(T == 1, 1.0 / e, 1.0 / (1.0 - e)) if est == "ate" else np.where(T == 1, 1.0, e / (1.0 - e))
+        if sample_weight is not None:
+            r = r * sample_weight
         return {"weights": _arm_normalise(r, T), "propensity": e}
 
     @staticmethod
-    def _cross_fit(folds, Xs, T, Y, seed, om, pm, e, mu1, mu0):
+    def _cross_fit(folds, Xs, T, Y, seed, om, pm, e, mu1, mu0, sw=None):
+        def part(idx):
+            return None if sw is None else sw[idx]
+
         for f, (tr, te) in enumerate(folds.split(Xs, T)):
             s = seed + 7919 * (f + 1)
-            e[te] = _predict_proba(pm, Xs[tr], T[tr], Xs[te], s)
+            e[te] = _predict_proba(pm, Xs[tr], T[tr], Xs[te], s, part(tr))
             t1 = tr[T[tr] == 1]
             t0 = tr[T[tr] == 0]
-            m1 = with_seed(om, s).fit(Xs[t1], Y[t1])
-            m0 = with_seed(om, s + 1).fit(Xs[t0], Y[t0])
+            m1 = _fit_weighted(with_seed(om, s), Xs[t1], Y[t1], part(t1))
+            m0 = _fit_weighted(with_seed(om, s + 1), Xs[t0], Y[t0], part(t0))
             mu1[te] = m1.predict(Xs[te])
             mu0[te] = m0.predict(Xs[te])
 
-    def _scores(self, X, T, Y, seed):
+    def _scores(self, X, T, Y, seed, sw=None):
+        """Per-unit AIPW scores ``psi`` (with ``sw``: their s-weighted mean is the estimate)."""
         om, pm = self._models()
-        Xs, _, _ = _standardize(X)
+        Xs, _, _ = _standardize(X, sample_weight=sw)
         n = X.shape[0]
         e = np.empty(n)
         mu1 = np.empty(n)
@@ -401,7 +447,7 @@ class DoubleML(_WeightingEstimator):
             raise ValueError(f"an arm has fewer than n_folds={k} units: cannot cross-fit")
         folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed % (2**31 - 1))
         with _single_openmp_thread():
-            self._cross_fit(folds, Xs, T, Y, seed, om, pm, e, mu1, mu0)
+            self._cross_fit(folds, Xs, T, Y, seed, om, pm, e, mu1, mu0, sw)
         e = self._clip(e)
         if np.any((e <= 0) | (e >= 1)):
             raise ValueError("cross-fitted propensity scores reach 0 or 1 (perfect separation); set clip > 0")
@@ -409,26 +455,31 @@ class DoubleML(_WeightingEstimator):
         if check_estimand(self.estimand, self._allowed_estimands) == "ate":
             psi = mu1 - mu0 + Tf * (Y - mu1) / e - (1 - Tf) * (Y - mu0) / (1 - e)
         else:
-            p1 = Tf.mean()
+            p1 = Tf.mean() if sw is None else float(sw @ Tf / sw.sum())
             psi = (Tf * (Y - mu0) - (1 - Tf) * e * (Y - mu0) / (1 - e)) / p1
         return psi
 
+    @staticmethod
+    def _mean(psi, sw):
+        return float(np.mean(psi)) if sw is None else float(sw @ psi / sw.sum())
+
     def _effect_core(self, state, X, T, Y, seed):
-        psi = self._scores(X, T, Y, seed)
-        return float(np.mean(psi))
+        sw = state.get("sample_weight")
+        return self._mean(self._scores(X, T, Y, seed, sw), sw)
 
     def ate(self, Y) -> float:
         self._check_fitted()
         Ya = check_outcome(Y, self.X_.shape[0], device=self._data.device, index=self._data.index)
-        psi = self._scores(self.X_, self.T_, Ya, self.seed_)
-        est = float(np.mean(psi))
+        sw = self.sample_weight_
+        psi = self._scores(self.X_, self.T_, Ya, self.seed_, sw)
+        est = self._mean(psi, sw)
         if self.estimand_ == "att":
             # influence function of the ratio estimator: subtract the estimate on the treated
-            infl = psi - est * self.T_ / np.mean(self.T_)
+            infl = psi - est * self.T_ / self._mean(self.T_.astype(np.float64), sw)
         else:
             infl = psi - est
         with np.errstate(over="ignore", invalid="ignore"):
-            se = float(np.std(infl, ddof=1) / math.sqrt(len(infl)))
+            se = influence_se(infl, sw)
         if not (np.isfinite(est) and np.isfinite(se)):
             raise ValueError(
                 f"DoubleML: the estimate ({est}) or its standard error ({se}) is not finite; the "
@@ -506,8 +557,8 @@ class DoubleML(_WeightingEstimator):
         return {"n_folds": int(self.n_folds), "clip": self.clip}
 
 
-def _predict_proba(model, Xtr, Ttr, Xte, seed):
+def _predict_proba(model, Xtr, Ttr, Xte, seed, sample_weight=None):
     m = with_seed(model, seed)
-    m.fit(Xtr, Ttr)
+    _fit_weighted(m, Xtr, Ttr, sample_weight)
     classes = list(getattr(m, "classes_", [0, 1]))
     return m.predict_proba(Xte)[:, classes.index(1)]

@@ -107,6 +107,11 @@ class CInA(_WeightingEstimator):
         Covariate names (the DataFrame columns, else ``x0, x1, ...``).
     feature_names_in_ : ndarray of str
         The DataFrame column names (only for pandas input).
+    encoded_columns_ : dict
+        The one-hot encoded DataFrame columns: original name -> the names of its ``col=level``
+        columns (empty when none was encoded).
+    sample_weight_ : ndarray of shape (N,) or None
+        The frequency weights of the fit (None without).
     n_treated_, n_control_ : int
         Arm sizes.
     seed_ : int
@@ -431,7 +436,7 @@ class CInA(_WeightingEstimator):
             "sd": sd,
         }
 
-    def fit(self, X, T):
+    def fit(self, X, T, sample_weight=None):
         # resolve the device before the core runs (it needs the data's device)
         data_device = None
         try:
@@ -439,7 +444,7 @@ class CInA(_WeightingEstimator):
         except ValueError:
             pass  # check_design (in super().fit) raises the proper error
         self.device_ = resolve_device(self.device, data_device)
-        super().fit(X, T)
+        super().fit(X, T, sample_weight=sample_weight)
         st = self._state
         ro = st["readout"]
         self.key_net_ = st["net"]

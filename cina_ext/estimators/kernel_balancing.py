@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from .._core.checks import check_estimand, check_positive, resolve_device, resolve_dtype
+from ..ops import qp_solve
 from .base import _arm_normalise, _dual_solve, _lam_abs, _max_iter_arg, _standardize, _WeightingEstimator
 from .low_rank import DEFAULT_RANK, EXACT_LIMIT, RandomFourierFeatures, exact_cost, rank_for, simplex_balance
 
@@ -28,6 +29,29 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+#: Weighted fits (``sample_weight``) solve the arm problems exactly with a dense per-arm QP up to
+#: this many units in the larger arm (its N_arm x N_arm matrix: 200 MB at 5,000); beyond, and with
+#: approximation="rff", on the low-rank path.
+WEIGHTED_DENSE_LIMIT = 5_000
+
+
+def _kernel_block(A: np.ndarray, B: np.ndarray, kernel: str, gamma: float) -> np.ndarray:
+    """The kernel matrix between the rows of A and B (standardised; "linear": already / sqrt(p))."""
+    G = A @ B.T
+    if kernel == "linear":
+        return G
+    d2 = np.maximum((A * A).sum(1)[:, None] + (B * B).sum(1)[None, :] - 2.0 * G, 0.0)
+    return np.exp(-gamma * d2)
+
+
+def _kernel_mean(A: np.ndarray, B: np.ndarray, wb: np.ndarray, kernel: str, gamma: float, chunk: int = 2048):
+    """``K(A, B) wb`` in chunks of rows of A (memory O(chunk x len(B)))."""
+    out = np.empty(A.shape[0])
+    for a in range(0, A.shape[0], chunk):
+        out[a : a + chunk] = _kernel_block(A[a : a + chunk], B, kernel, gamma) @ wb
+    return out
+
+
 # Relative lam defaults (see the module docstring for the scaling); chosen by measurement,
 # see the class docstrings.
 _DEFAULT_LAM = {"overlap": 3e-4, "ate": 0.01, "att": 0.01}
@@ -43,6 +67,18 @@ class KernelBalancing(_WeightingEstimator):
     * ``estimand="att"``: the control arm balanced to the treated mean; treated weights ``1/n1``.
 
     Covariates are standardised (population SD) first.
+
+    ``fit(X, T, sample_weight=c)`` ("ate" / "att"; frequency weights): the target is the
+    c-weighted mean embedding (all units, or the treated) and each arm solves
+    ``min ||sum_arm w_i phi_i - target_c||^2 + lam_abs sum_i w_i^2 / c_i`` on the simplex, ``w_i``
+    the total weight on unit i: exactly the problem of the data with every row replicated ``c_i``
+    times (the copies of a row share its weight).  The batched dual solver has no per-unit ridge,
+    so a weighted fit solves each arm's QP with :func:`cina_ext.ops.qp_solve` on its dense
+    ``N_arm x N_arm`` matrix while the larger arm has at most :data:`WEIGHTED_DENSE_LIMIT` units
+    (exact), beyond that (or with ``approximation="rff"``) the low-rank dual with the same per-unit
+    ridge (:func:`~cina_ext.estimators.low_rank.simplex_balance`).  Units of weight 0 get weight 0.
+    "att" treated weights are ``c_i / sum_T c``.  "overlap" refuses ``sample_weight`` (the SVM dual
+    has no frequency-weight form here): use "ate" or "att".
 
     Parameters
     ----------
@@ -112,6 +148,11 @@ class KernelBalancing(_WeightingEstimator):
         Covariate names (the DataFrame columns, else ``x0, x1, ...``).
     feature_names_in_ : ndarray of str
         The DataFrame column names (only for pandas input).
+    encoded_columns_ : dict
+        The one-hot encoded DataFrame columns: original name -> the names of its ``col=level``
+        columns (empty when none was encoded).
+    sample_weight_ : ndarray of shape (N,) or None
+        The frequency weights of the fit (None without).
     n_treated_, n_control_ : int
         Arm sizes.
     seed_ : int
@@ -318,8 +359,107 @@ class KernelBalancing(_WeightingEstimator):
             "objective": float(obj),
         }
 
-    def _fit_core(self, X, T, seed, *, bootstrap=False):
+    def _sample_weight_refusal(self, estimand):
+        if estimand == "overlap":
+            return (
+                "KernelBalancing(estimand='overlap') does not support sample_weight (the SVM dual has no "
+                "frequency-weight form here); use estimand='ate' or 'att' for weighted data"
+            )
+        return None
+
+    def _fit_weighted(self, X, T, sw, estimand, seed, bootstrap):
+        """The weighted arm problems (see the class docstring): dense QPs or the low-rank dual."""
+        n, p = X.shape
+        Xs, _, _ = _standardize(X, sample_weight=sw)
+        if self.kernel == "linear":
+            Xs = Xs / math.sqrt(p)
+        gamma = float(self.gamma) if self.gamma is not None else 1.0 / p
+        lam_abs = _lam_abs(self._lam_rel(estimand), estimand, n, self.kernel)
+        tol = float(self.bootstrap_tol if bootstrap else self.tol)
+        treated = T == 1
+        tgt = (treated if estimand == "att" else np.ones(n, dtype=bool)) & (sw > 0)
+        arms = [0] if estimand == "att" else [1, 0]
+        largest = max(int(np.sum((T == a) & (sw > 0))) for a in arms)
+        low_rank = self.approximation == "rff" or (self.approximation == "auto" and largest > WEIGHTED_DENSE_LIMIT)
+        if low_rank and self.approximation == "auto" and not bootstrap:
+            warnings.warn(
+                f"KernelBalancing: a weighted fit with {largest:,} units in an arm (more than "
+                f"{WEIGHTED_DENSE_LIMIT:,}) is solved on {self._rank()} random Fourier features "
+                "(approximation='exact' forces the dense QP)",
+                UserWarning,
+                stacklevel=4,
+            )
+        wt = sw[tgt] / sw[tgt].sum()
+        if low_rank and self.kernel == "rbf":
+            fmap = RandomFourierFeatures(p, gamma, rank_for(n, self._rank()), seed)
+            features = fmap.transform
+            target = fmap.mean(Xs[tgt], wt)
+        elif low_rank:
+
+            def features(Z):
+                return Z
+
+            target = wt @ Xs[tgt]
+        w = np.zeros(n)
+        gaps, iters, conv, obj = [], [], True, 0.0
+        dtype = resolve_dtype(self.dtype)
+        for code in arms:
+            idx = np.nonzero((T == code) & (sw > 0))[0]
+            c = sw[idx]
+            if low_rank:
+                r = simplex_balance(features(Xs[idx]), target, lam_abs, tol=1e-6 if not bootstrap else 1e-4, c=c)
+                w[idx] = r.weights
+                gaps.append(r.gap)
+                iters.append(r.iterations)
+                conv &= r.converged
+                obj += r.objective
+                continue
+            Za = Xs[idx]
+            Q = 2.0 * (_kernel_block(Za, Za, self.kernel, gamma) + np.diag(lam_abs / c))
+            lin = 2.0 * _kernel_mean(Za, Xs[tgt], wt, self.kernel, gamma)
+            with torch.no_grad():
+                res = qp_solve(
+                    torch.as_tensor(Q, dtype=dtype).unsqueeze(0),
+                    torch.as_tensor(lin, dtype=dtype).unsqueeze(0),
+                    0.0,
+                    float("inf"),
+                    torch.ones(1, idx.size, dtype=dtype),
+                    1.0,
+                    tol=tol,
+                    max_iter=_max_iter_arg(self.max_iter),
+                    backend=self.backend,
+                )
+            w[idx] = res.x[0].double().numpy()
+            const = float(wt @ _kernel_mean(Xs[tgt], Xs[tgt], wt, self.kernel, gamma))
+            gaps.append(float(res.kkt[0]))
+            iters.append(int(res.iterations[0]))
+            conv &= bool(res.converged[0])
+            obj += float(res.objective[0]) + const
+        if estimand == "att":
+            w[treated] = sw[treated]
+        if not conv and not bootstrap:
+            warnings.warn(
+                f"KernelBalancing: a weighted balancing solve did not converge (KKT / gap {max(gaps):.3g})",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+        return {
+            "weights": _arm_normalise(w, T),
+            "alpha": w.copy(),
+            "intercept": 0.0,
+            "converged": bool(conv),
+            "kkt": float(max(gaps)),
+            "iterations": int(max(iters)),
+            "objective": float(obj),
+            "lam_abs": lam_abs,
+            "gamma": gamma if self.kernel == "rbf" else None,
+            "low_rank": bool(low_rank),
+        }
+
+    def _fit_core(self, X, T, seed, *, bootstrap=False, sample_weight=None):
         estimand = check_estimand(self.estimand)
+        if sample_weight is not None:
+            return self._fit_weighted(X, T, np.asarray(sample_weight, dtype=np.float64), estimand, seed, bootstrap)
         n, p = X.shape
         Xs, _, _ = _standardize(X)
         if self.kernel == "linear":
@@ -381,8 +521,8 @@ class KernelBalancing(_WeightingEstimator):
             "low_rank": False,
         }
 
-    def fit(self, X, T):
-        super().fit(X, T)
+    def fit(self, X, T, sample_weight=None):
+        super().fit(X, T, sample_weight=sample_weight)
         st = self._state
         self.alpha_ = st["alpha"]
         self.intercept_ = st["intercept"]
@@ -410,6 +550,10 @@ class KernelBalancing(_WeightingEstimator):
             "iterations": self.iterations_,
             "solver": f"low-rank ({self._rank()} random Fourier features)" if self.low_rank_ else "exact",
         }
+        if self.sample_weight_ is not None:
+            d["solver"] += (
+                " (low-rank dual, per-unit ridge)" if self.low_rank_ else " (dense per-arm QP, per-unit ridge)"
+            )
         if self.kernel == "rbf":
             d["gamma"] = self.gamma_
         if self.estimand_ == "overlap":

@@ -95,11 +95,13 @@ class RandomFourierFeatures:
             out[s : s + self.chunk] = self._block(Z[s : s + self.chunk])
         return out
 
-    def mean(self, Z: np.ndarray) -> np.ndarray:
+    def mean(self, Z: np.ndarray, weights=None) -> np.ndarray:
+        """Column means of the features of ``Z`` (``weights``-weighted when given)."""
         tot = np.zeros(self.rank)
         for s in range(0, Z.shape[0], self.chunk):
-            tot += self._block(Z[s : s + self.chunk]).sum(axis=0)
-        return tot / max(1, Z.shape[0])
+            blk = self._block(Z[s : s + self.chunk])
+            tot += blk.sum(axis=0) if weights is None else weights[s : s + self.chunk] @ blk
+        return tot / (max(1, Z.shape[0]) if weights is None else float(np.sum(weights)))
 
 
 def rff_features(Z: np.ndarray, gamma: float, rank: int, seed: int, *, dtype=None, chunk: int = 65536) -> np.ndarray:
@@ -107,15 +109,27 @@ def rff_features(Z: np.ndarray, gamma: float, rank: int, seed: int, *, dtype=Non
     return RandomFourierFeatures(Z.shape[1], gamma, rank, seed, chunk).transform(Z, dtype)
 
 
-def _project_simplex(v: np.ndarray) -> np.ndarray:
-    """Euclidean projection of ``v`` onto the probability simplex (sort-based, O(n log n))."""
-    u = np.sort(v)[::-1]
-    css = np.cumsum(u) - 1.0
-    k = np.arange(1, v.size + 1)
-    cond = u - css / k > 0
-    rho = int(np.nonzero(cond)[0][-1])
-    tau = css[rho] / (rho + 1)
-    return np.maximum(v - tau, 0.0)
+def _project_simplex(v: np.ndarray, c=None) -> np.ndarray:
+    """Euclidean projection of ``v`` onto the probability simplex (sort-based, O(n log n)).
+
+    With ``c > 0`` (per-unit weights) the weighted projection ``argmin_{w in simplex}
+    sum_i (w_i - c_i v_i)^2 / c_i``, i.e. ``w_i = c_i max(0, v_i - tau)`` with ``tau`` such that
+    the weights sum to one.
+    """
+    if c is None:
+        u = np.sort(v)[::-1]
+        css = np.cumsum(u) - 1.0
+        k = np.arange(1, v.size + 1)
+        cond = u - css / k > 0
+        rho = int(np.nonzero(cond)[0][-1])
+        tau = css[rho] / (rho + 1)
+        return np.maximum(v - tau, 0.0)
+    order = np.argsort(-v, kind="stable")
+    u, cu = v[order], c[order]
+    ccs = np.cumsum(cu)
+    tau_k = (np.cumsum(cu * u) - 1.0) / ccs
+    rho = int(np.nonzero(u - tau_k > 0)[0][-1])
+    return c * np.maximum(v - tau_k[rho], 0.0)
 
 
 @dataclass
@@ -130,11 +144,15 @@ class SimplexBalanceResult:
 
 
 def simplex_balance(
-    Phi: np.ndarray, mu: np.ndarray, lam: float, *, tol: float = 1e-6, max_iter: int = 500
+    Phi: np.ndarray, mu: np.ndarray, lam: float, *, tol: float = 1e-6, max_iter: int = 500, c=None
 ) -> SimplexBalanceResult:
     """``argmin_{w in simplex} ||Phi'w - mu||^2 + lam ||w||^2`` through its r-dimensional dual.
 
     ``Phi`` (n, r) the features of the arm's units, ``mu`` (r,) the target mean, ``lam > 0``.
+    ``c`` (n,), > 0, optional: a per-unit ridge, ``lam sum_i w_i^2 / c_i`` instead of
+    ``lam ||w||^2`` (frequency weights: a unit of weight k is k copies sharing its weight ``w_i``);
+    the inner minimiser is then the weighted projection ``w_i = c_i max(0, -(Phi theta)_i / lam - tau)``
+    and the starting Hessian ``2 I + (2 / lam) Phi'(C - c c'/sum c) Phi``.
     The dual is maximised by L-BFGS in preconditioned coordinates: ``theta = L^-T u`` with ``L L'``
     the dual's Hessian at the start (all units in the support), ``2 I + (2 / lam) Phi'(I - 11'/n) Phi``,
     which makes the problem well conditioned whatever n and lam are (without it L-BFGS needs
@@ -150,30 +168,38 @@ def simplex_balance(
     if n == 0:
         raise ValueError("an arm has no units")
     mu = np.asarray(mu, dtype=np.float64)
+    if c is not None:
+        c = np.asarray(c, dtype=np.float64)
+        if c.shape != (n,) or not np.all(np.isfinite(c)) or np.any(c <= 0):
+            raise ValueError("c must be a finite, positive vector with one entry per unit")
     work = Phi.dtype
     # the starting Hessian, accumulated in float64 over chunks of rows
     G = np.zeros((r, r))
     s1 = np.zeros(r)
     for a in range(0, n, 65536):
         blk = Phi[a : a + 65536].astype(np.float64, copy=False)
-        G += blk.T @ blk
-        s1 += blk.sum(axis=0)
-    H = 2.0 * np.eye(r) + (2.0 / lam) * (G - np.outer(s1, s1) / n)
+        cb = None if c is None else c[a : a + 65536]
+        G += blk.T @ blk if cb is None else (blk * cb[:, None]).T @ blk
+        s1 += blk.sum(axis=0) if cb is None else cb @ blk
+    H = 2.0 * np.eye(r) + (2.0 / lam) * (G - np.outer(s1, s1) / (n if c is None else float(c.sum())))
     L, _ = cho_factor(H, lower=True)
     L = np.tril(L)
 
     def theta_of(u):
         return solve_triangular(L, u, lower=True, trans="T")
 
+    def ridge(w):
+        return float(w @ w) if c is None else float(w @ (w / c))
+
     def weights_of(theta):
-        c = (Phi @ theta.astype(work, copy=False)).astype(np.float64)
-        return _project_simplex(-c / lam)
+        g = (Phi @ theta.astype(work, copy=False)).astype(np.float64)
+        return _project_simplex(-g / lam, c)
 
     def neg_dual(u):
         theta = theta_of(u)
         w = weights_of(theta)
         pw = (Phi.T @ w.astype(work, copy=False)).astype(np.float64)
-        value = -theta @ theta - 2.0 * theta @ mu + 2.0 * theta @ pw + lam * (w @ w)
+        value = -theta @ theta - 2.0 * theta @ mu + 2.0 * theta @ pw + lam * ridge(w)
         grad_theta = 2.0 * (pw - theta - mu)
         return -value, -solve_triangular(L, grad_theta, lower=True)
 
@@ -186,7 +212,7 @@ def simplex_balance(
     )
     w = weights_of(theta_of(res.x))
     diff = (Phi.T @ w.astype(work, copy=False)).astype(np.float64) - mu
-    primal = float(diff @ diff + lam * (w @ w))
+    primal = float(diff @ diff + lam * ridge(w))
     dual = float(-res.fun)
     gap = max(0.0, primal - dual)
     return SimplexBalanceResult(

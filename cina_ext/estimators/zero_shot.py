@@ -331,8 +331,8 @@ class CInAZeroShot(_WeightingEstimator):
             state[k] = v[0]
         return state
 
-    def fit(self, X, T):
-        super().fit(X, T)
+    def fit(self, X, T, sample_weight=None):
+        super().fit(X, T, sample_weight=sample_weight)
         st = self._state
         if "balance_objective" in st:
             self.balance_objective_ = float(st["balance_objective"])

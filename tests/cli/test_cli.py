@@ -198,7 +198,8 @@ def test_estimate_json_schema(capsys, fake, csv):
         "warnings",
     }
     assert expected <= set(p)
-    assert p["method"] == "cina" and p["estimand"] == "att" and p["covariates"] == ["W1", "W2", "W3"]
+    assert p["method"] == "kernel" and p["estimand"] == "att" and p["covariates"] == ["W1", "W2", "W3"]
+    assert p["encoded_columns"] == {}  # the fake records no encoding
     assert p["n"] == ds.n and p["n_treated"] == ds.n_treated and p["seed"] == 7
     assert isinstance(p["estimate"], float)
     iv = p["interval"]
@@ -252,7 +253,11 @@ def _bad_cases(tmp_path):
         "covariate column(s) not found: 'x9'",
     )
     g = f.assign(city=["Paris", "Lyon"] * 10)
-    cases["non-numeric covariate"] = ([_write(tmp_path, g, "d.csv")], "non-numeric covariate column(s): 'city'")
+    g.loc[4, "city"] = None
+    cases["missing categorical covariate"] = (
+        [_write(tmp_path, g, "d.csv")],
+        "missing or infinite values in column(s) 'city' (1 row)",
+    )
     g = f.copy()
     g.loc[3, "x2"] = np.nan
     cases["nan covariate"] = ([_write(tmp_path, g, "e.csv")], "missing or infinite values in column(s) 'x2' (1 row)")
@@ -285,7 +290,7 @@ CASES = [
     "missing treatment",
     "missing outcome",
     "missing covariate",
-    "non-numeric covariate",
+    "missing categorical covariate",
     "nan covariate",
     "nan treatment",
     "non-binary treatment",

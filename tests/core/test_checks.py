@@ -164,22 +164,103 @@ def test_constant_column_named():
         check_design(X2, T)
 
 
-def test_object_and_string_columns_type_error():
+def test_non_numeric_columns_type_error():
+    """Strings outside a DataFrame (numpy object arrays) and datetime / complex columns stay TypeErrors."""
     X, T, _ = _data()
-    df = pd.DataFrame(X, columns=["age", "income", "score"])
-    df["city"] = ["a", "b"] * (len(df) // 2)
-    with pytest.raises(TypeError, match="city"):
-        check_design(df, T)
     obj = X.astype(object)
     obj[0, 1] = "oops"
     with pytest.raises(TypeError, match="x1"):
         check_design(obj, T)
-    with pytest.raises(TypeError, match="categorical"):
-        check_design(pd.DataFrame({"g": pd.Categorical(["u", "v"] * 20), "z": X[:, 0]}), T)
+    with pytest.raises(TypeError, match="pass a pandas DataFrame"):
+        check_design(np.where(X > 0, "hi", "lo"), T)
     with pytest.raises(TypeError, match="complex"):
         check_design(X.astype(complex), T)
     with pytest.raises(TypeError, match="datetime"):
         check_design(pd.DataFrame({"d": pd.date_range("2020-01-01", periods=40), "z": X[:, 0]}), T)
+    mixed = pd.DataFrame({"m": [1, "a"] * 20, "z": X[:, 0]})
+    with pytest.raises(TypeError, match="'m'"):
+        check_design(mixed, T)
+
+
+# ---------------------------------------------------------------------------------------------
+# one-hot encoding of categorical DataFrame columns
+
+
+def _frame():
+    X, T, _ = _data()
+    df = pd.DataFrame(X, columns=["age", "income", "score"])
+    df["city"] = (["Paris", "Lyon", "Nice", "Lyon"] * 10)[: len(df)]
+    return df, T
+
+
+def test_string_column_is_one_hot_encoded_full():
+    df, T = _frame()
+    d = check_design(df, T)
+    levels = sorted(set(df["city"]))
+    assert d.feature_names == ["age", "income", "score"] + [f"city={v}" for v in levels]
+    assert d.encoded == {"city": [f"city={v}" for v in levels]}
+    np.testing.assert_array_equal(d.X[:, :3], df[["age", "income", "score"]].to_numpy())  # numeric untouched
+    for j, v in enumerate(levels):
+        np.testing.assert_array_equal(d.X[:, 3 + j], (df["city"] == v).to_numpy().astype(float))
+    assert np.all(d.X[:, 3:].sum(axis=1) == 1.0)  # full one-hot: every row in exactly one level
+
+
+def test_categorical_string_dtype_and_bool_object_columns():
+    df, T = _frame()
+    cat = pd.Categorical(df["city"], categories=["Nice", "Paris", "Lyon", "Unused"])
+    e = pd.DataFrame(
+        {"z": df["age"], "g": cat, "s": df["city"].astype("string"), "b": pd.Series([True, False] * 20, dtype=object)}
+    )
+    d = check_design(e, T)
+    # category order kept, the unobserved level dropped (it would be a constant column)
+    assert d.encoded["g"] == ["g=Nice", "g=Paris", "g=Lyon"]
+    assert d.encoded["s"] == ["s=Lyon", "s=Nice", "s=Paris"]
+    assert d.encoded["b"] == ["b=True"]
+    np.testing.assert_array_equal(d.X[:, d.feature_names.index("b=True")], np.array([1.0, 0.0] * 20))
+    assert "z" in d.feature_names and "z" not in d.encoded
+
+
+def test_categorical_nan_and_too_many_levels_are_value_errors():
+    df, T = _frame()
+    df.loc[3, "city"] = None
+    with pytest.raises(ValueError, match="'city'.*missing"):
+        check_design(df, T)
+    X, T, _ = _data(n=120)
+    ids = pd.DataFrame({"z": X[:, 0], "id": [f"u{i}" for i in range(120)]})
+    with pytest.raises(ValueError, match="'id' has 120 distinct levels"):
+        check_design(ids, T)
+    ok = pd.DataFrame({"z": X[:, 0], "g": [f"g{i % 50}" for i in range(120)]})
+    assert len(check_design(ok, T).encoded["g"]) == 50  # the cap itself is accepted
+
+
+def test_single_level_column_is_constant_error():
+    df, T = _frame()
+    df["city"] = "Paris"
+    with pytest.raises(ValueError, match=r"city=Paris.*constant"):
+        check_design(df, T)
+
+
+def test_estimators_carry_encoded_names():
+    df, T = _frame()
+    rng = np.random.default_rng(3)
+    Y = rng.standard_normal(len(T))
+    est = DifferenceInMeans().fit(df, T)
+    assert est.encoded_columns_ == {"city": ["city=Lyon", "city=Nice", "city=Paris"]}
+    assert est.feature_names_[-3:] == ["city=Lyon", "city=Nice", "city=Paris"]
+    assert est.balance().feature_names == est.feature_names_
+    summ = est.summary(Y)
+    assert summ["encoded_columns"] == est.encoded_columns_
+    text = str(summ)
+    enc_lines = [ln for ln in text.splitlines() if "one-hot" in ln]
+    assert len(enc_lines) == 1 and "city -> city=Lyon, city=Nice, city=Paris" in enc_lines[0]
+    assert "one-hot" not in str(DifferenceInMeans().fit(df[["age", "income"]], T).summary())
+    # the encoded fit equals the fit on the dummies made by hand
+    manual = pd.concat(
+        [df[["age", "income", "score"]], pd.get_dummies(df["city"], prefix="city", prefix_sep="=", dtype=float)], axis=1
+    )
+    a = IPW(random_state=0).fit(df, T).ate(Y)
+    b = IPW(random_state=0).fit(manual, T).ate(Y)
+    assert a == pytest.approx(b, abs=1e-12)
 
 
 def test_nullable_missing_is_nan_error():
