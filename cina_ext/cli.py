@@ -793,6 +793,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="ZS-S: weight of |tau_hat - tau| / sd(Y) on the synthetic datasets' known truth "
         "(default: 0, self-supervised)",
     )
+    p.add_argument(
+        "--input-features",
+        default="pad",
+        choices=["pad", "rff"],
+        help="pad: covariates zero-padded to --max-features; rff: random Fourier features, any number "
+        "of covariates up to --max-features (default: pad)",
+    )
+    p.add_argument("--rff-dim", type=int, default=128, help="random Fourier features with rff (default: 128)")
+    p.add_argument(
+        "--max-features", type=int, default=None, help="most covariates a dataset may have (default: 32; rff: 1024)"
+    )
+    p.add_argument(
+        "--er-covariates",
+        type=int,
+        nargs=2,
+        metavar=("LO", "HI"),
+        default=None,
+        help="ER family: covariates per dataset drawn from LO..HI (default: the prior's 10)",
+    )
     p.add_argument("--d-model", type=int, default=64, help="transformer width (default: 64)")
     p.add_argument("--layers", type=int, default=2, help="transformer encoder layers (default: 2)")
     p.add_argument("--heads", type=int, default=4, help="attention heads (default: 4)")
@@ -842,6 +861,23 @@ def _cmd_train(args) -> int:
         raise CLIError(
             f"need --d-model divisible by --heads and --layers >= 0, got {args.d_model}, {args.heads}, {args.layers}"
         )
+    model_inputs = {}
+    if args.input_features == "rff":
+        model_inputs = dict(input_features="rff", rff_dim=args.rff_dim, max_features=args.max_features or 1024)
+        if args.rff_dim < 2 or args.rff_dim % 2:
+            raise CLIError(f"--rff-dim must be an even number >= 2, got {args.rff_dim}")
+    elif args.max_features is not None:
+        model_inputs = dict(max_features=args.max_features)
+    if model_inputs.get("max_features", 1) < 1:
+        raise CLIError(f"--max-features must be >= 1, got {args.max_features}")
+    family_overrides = {}
+    if args.er_covariates is not None:
+        lo, hi = args.er_covariates
+        if "er" not in args.families or lo < 1 or hi < lo:
+            raise CLIError(f"--er-covariates needs the er family and 1 <= LO <= HI, got {lo} {hi}")
+        if hi > model_inputs.get("max_features", 32):
+            raise CLIError(f"--er-covariates HI={hi} exceeds --max-features")
+        family_overrides = {"er": {"d": (lo, hi)}}
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -899,7 +935,9 @@ def _cmd_train(args) -> int:
             n_heads=args.heads,
             dim_feedforward=2 * args.d_model,
             unroll=args.unroll,
+            **model_inputs,
         ),
+        family_overrides=family_overrides,
         progress=not (args.quiet or args.json) and rank == 0,
     )
     t0 = time.perf_counter()

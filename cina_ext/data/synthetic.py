@@ -591,6 +591,9 @@ def _draw_noise(rng: np.random.Generator, kind: str, size) -> np.ndarray:
     raise ValueError(f"unknown noise {kind!r}; choose from {_NOISES}")
 
 
+_NODE_CLIP = 10.0
+
+
 class _AdditiveFn:
     """f(x) = (sum_k w_k g_k(x[:, k]) - loc) / scale over parent columns (constants frozen)."""
 
@@ -616,7 +619,9 @@ class _AdditiveFn:
     def __call__(self, X: np.ndarray) -> np.ndarray:
         if not self.parents:
             return np.zeros(X.shape[0])
-        return (self.raw(X) - self.loc) / self.scale
+        # bounded at _NODE_CLIP reference sds: in deep graphs (dozens of covariates) the quadratic
+        # and exponential-type mechanisms otherwise compound a rare outlier into an overflow
+        return np.clip((self.raw(X) - self.loc) / self.scale, -_NODE_CLIP, _NODE_CLIP)
 
     def describe(self) -> Dict[str, Any]:
         return {"parents": list(self.parents), "weights": self.weights.tolist(), "mechanisms": list(self.mechs)}

@@ -75,6 +75,7 @@ DEFAULT_LANDMARKS = 1024
 LANDMARK_CHUNK = 65536
 DEFAULT_BALANCE_LAM = 0.01  # ate/att: ridge on the weights, the KernelBalancing default
 _SD_FLOOR = 1e-8
+_RFF_SEED = 20261202  # the frequency matrix of input_features="rff" (also saved as a buffer)
 
 
 # =============================================================================================
@@ -92,7 +93,8 @@ class CInAZeroShotModel(nn.Module):
     Parameters
     ----------
     max_features : int, default 32
-        Most covariates a dataset may have (fewer are zero-padded), >= 1.
+        Most covariates a dataset may have, >= 1 ("pad": fewer are zero-padded; "rff": the rows
+        of the fixed frequency matrix, so any p up to this, e.g. 1024).
     d_model : int, default 64
         Token width; divisible by ``n_heads``.
     n_heads : int, default 4
@@ -115,6 +117,16 @@ class CInAZeroShotModel(nn.Module):
         ate/att ridge on the weights, positive and finite.
     unroll : int, default 8
         Witness steps of :meth:`balance_weights`, >= 0 (0 for overlap models).
+    input_features : {"pad", "rff"}, default "pad"
+        What the token embedding and the key path read.  "pad": the standardised covariates
+        zero-padded to ``max_features`` (the shipped models).  "rff": ``rff_dim`` random Fourier
+        features ``[cos(z Omega s), sin(z Omega s)]`` of the standardised covariates ``z``, with a
+        fixed Gaussian ``Omega`` (a buffer, seeded, saved with the model) and ``s = sqrt(2 / p)``
+        for a dataset of ``p`` valid covariates, so their inner products approximate the
+        training kernel ``exp(-||z - z'||^2 / p)`` at every p: the input width no longer
+        depends on p.
+    rff_dim : int, default 128
+        Number of random Fourier features ("rff"), even, >= 2.
 
     Attributes
     ----------
@@ -132,7 +144,7 @@ class CInAZeroShotModel(nn.Module):
     ValueError
         Invalid ``estimands``; ``balance_lam`` or ``lam`` not positive and finite;
         ``max_features < 1``; an unknown ``loss``; ``d_model`` not divisible by ``n_heads``;
-        ``unroll < 0``.
+        ``unroll < 0``; an unknown ``input_features``; ``rff_dim`` odd or below 2.
     """
 
     def __init__(
@@ -149,8 +161,14 @@ class CInAZeroShotModel(nn.Module):
         estimands: Sequence[str] = ("ate", "att"),
         balance_lam: float = DEFAULT_BALANCE_LAM,
         unroll: int = 8,
+        input_features: str = "pad",
+        rff_dim: int = 128,
     ):
         super().__init__()
+        if input_features not in ("pad", "rff"):
+            raise ValueError(f"input_features must be 'pad' or 'rff', got {input_features!r}")
+        if isinstance(rff_dim, bool) or int(rff_dim) != rff_dim or int(rff_dim) < 2 or int(rff_dim) % 2:
+            raise ValueError(f"rff_dim must be an even integer >= 2, got {rff_dim!r}")
         estimands = (estimands,) if isinstance(estimands, str) else tuple(str(e) for e in estimands)
         if (
             not estimands
@@ -185,6 +203,8 @@ class CInAZeroShotModel(nn.Module):
             balance_lam=float(balance_lam),
             unroll=int(unroll),
         )
+        if input_features != "pad":  # older checkpoints have neither key: "pad"
+            self.config.update(input_features=str(input_features), rff_dim=int(rff_dim))
         if int(unroll) < 0:
             raise ValueError(f"unroll must be >= 0, got {unroll!r}")
         self.unroll = int(unroll) if estimands != ("overlap",) else 0
@@ -195,7 +215,13 @@ class CInAZeroShotModel(nn.Module):
         self.max_features = int(max_features)
         self.lam = float(lam)
         self.loss_kind = str(loss)
-        self.emb_x = nn.Linear(self.max_features, d_model)
+        self.input_features = str(input_features)
+        in_dim = self.max_features
+        if self.input_features == "rff":
+            in_dim = int(rff_dim)
+            gen = torch.Generator().manual_seed(_RFF_SEED)
+            self.register_buffer("rff_omega", torch.randn(self.max_features, in_dim // 2, generator=gen))
+        self.emb_x = nn.Linear(in_dim, d_model)
         self.emb_w = nn.Parameter(torch.randn(d_model) * 0.1)
         self.layers = nn.ModuleList(
             [
@@ -212,7 +238,7 @@ class CInAZeroShotModel(nn.Module):
         )
         self.norm = nn.LayerNorm(d_model)
         self.key_head = nn.Sequential(
-            nn.Linear(self.max_features, d_model),
+            nn.Linear(in_dim, d_model),
             nn.GELU(),
             nn.Linear(d_model, key_dim),
             nn.LayerNorm(key_dim, elementwise_affine=False),
@@ -298,9 +324,32 @@ class CInAZeroShotModel(nn.Module):
         sd = torch.where(sd > _SD_FLOOR, sd, torch.ones_like(sd))
         Z = (Xz - mean) / sd * m * feature_mask.unsqueeze(1).to(X.dtype)
         p = X.shape[-1]
-        if p < self.max_features:
+        if p < self.max_features and self.input_features == "pad":
             Z = torch.nn.functional.pad(Z, (0, self.max_features - p))
         return Z
+
+    def features(self, Z: Tensor, feature_mask: Tensor) -> Tensor:
+        """What the token embedding and the key path read, from :meth:`standardise`'s ``Z``.
+
+        Parameters
+        ----------
+        Z : Tensor, shape (B, N, p')
+            Standardised covariates (zero on padded units and covariates).
+        feature_mask : Tensor of bool, shape (B, p)
+            Valid covariates.
+
+        Returns
+        -------
+        Tensor
+            "pad": ``Z`` itself (B, N, max_features); "rff": (B, N, rff_dim) random Fourier
+            features, ``[cos(Z Omega s), sin(Z Omega s)]`` with ``s = sqrt(2 / p_valid)``.
+        """
+        if self.input_features == "pad":
+            return Z
+        p = Z.shape[-1]
+        s = (2.0 / feature_mask.sum(-1).to(Z.dtype).clamp_min(1.0)).sqrt().view(-1, 1, 1)
+        proj = (Z @ self.rff_omega[:p].to(Z.dtype)) * s
+        return torch.cat([torch.cos(proj), torch.sin(proj)], -1)
 
     # -- the network ---------------------------------------------------------------------------
     def estimand_index(self, estimand, B: int, device) -> Tensor:
@@ -341,17 +390,17 @@ class CInAZeroShotModel(nn.Module):
             raise ValueError(f"estimand must give one of {self.estimands} for each of the {B} datasets")
         return idx
 
-    def _tokens(self, Z: Tensor, W: Tensor, mask: Tensor, est_idx: Optional[Tensor]) -> Tensor:
-        """Input tokens (B, n, d_model) of standardised covariates ``Z`` and signs ``W``."""
+    def _tokens(self, F: Tensor, W: Tensor, mask: Tensor, est_idx: Optional[Tensor]) -> Tensor:
+        """Input tokens (B, n, d_model) of the input features ``F`` (:meth:`features`) and signs ``W``."""
         Wz = torch.where(mask, W, torch.zeros_like(W))
-        h = self.emb_x(Z) + Wz.unsqueeze(-1) * self.emb_w
+        h = self.emb_x(F) + Wz.unsqueeze(-1) * self.emb_w
         if self.balancing:
             h = h + self.emb_estimand[est_idx].unsqueeze(1)
         return h
 
-    def _keys(self, Z: Tensor, mask: Tensor) -> Tensor:
-        """Keys (B, n, key_dim) from the covariate path only; 0 on padded units."""
-        K = self.key_head(Z)
+    def _keys(self, F: Tensor, mask: Tensor) -> Tensor:
+        """Keys (B, n, key_dim) from the covariate path only (the input features); 0 on padded units."""
+        K = self.key_head(F)
         if self.balancing:
             K = K * self.log_key_temp.clamp(-math.log(4.0), math.log(4.0)).exp()
         return torch.where(mask.unsqueeze(-1), K, torch.zeros_like(K))
@@ -397,15 +446,15 @@ class CInAZeroShotModel(nn.Module):
             X or W not a tensor.
         """
         mask, feature_mask = self._check(X, W, mask, feature_mask)
-        Z = self.standardise(X, mask, feature_mask)
+        F = self.features(self.standardise(X, mask, feature_mask), feature_mask)
         est_idx = self.estimand_index(estimand, X.shape[0], X.device) if self.balancing else None
-        h = self._tokens(Z, W, mask, est_idx)
+        h = self._tokens(F, W, mask, est_idx)
         attn_mask = mask[:, None, None, :]  # (B, 1, 1, N): every unit attends to the valid units
         for layer in self.layers:
             h = _encoder_layer(layer, h, attn_mask)
         h = self.norm(h)
         h = torch.where(mask.unsqueeze(-1), h, torch.zeros_like(h))
-        K = self._keys(Z, mask)
+        K = self._keys(F, mask)
         n = mask.sum(-1, keepdim=True).to(h.dtype)
         pooled = h.sum(1) / n
         if self.balancing:
@@ -813,8 +862,8 @@ class CInAZeroShotModel(nn.Module):
         idx, lvalid, logw = _check_landmarks(landmarks, B, N, mask)
         chunk = max(1, int(chunk))
         est_idx = self.estimand_index(estimand, B, X.device)
-        Z = self.standardise(X, mask, feature_mask)
-        bias = torch.where(lvalid, logw.to(Z.dtype), torch.full_like(logw, float("-inf"), dtype=Z.dtype))
+        F = self.features(self.standardise(X, mask, feature_mask), feature_mask)
+        bias = torch.where(lvalid, logw.to(F.dtype), torch.full_like(logw, float("-inf"), dtype=F.dtype))
         bias4 = bias[:, None, None, :]  # (B, 1, 1, m), added to every score of a query against the landmarks
 
         def gather(t: Tensor) -> Tensor:
@@ -823,27 +872,27 @@ class CInAZeroShotModel(nn.Module):
             return torch.gather(t, 1, idx.unsqueeze(-1).expand(-1, -1, t.shape[-1]))
 
         # 1. the landmarks through the encoder (they attend to the landmarks only): each layer's k, v
-        hL = self._tokens(gather(Z), gather(W), lvalid, est_idx)
+        hL = self._tokens(gather(F), gather(W), lvalid, est_idx)
         kv = []
         for layer in self.layers:
             k, v = _layer_kv(layer, hL)
             kv.append((k, v))
             hL = _encoder_layer(layer, hL, bias4, kv=(k, v))
         # 2. every unit, in chunks, through the layers against the landmarks' k, v
-        K = torch.zeros(B, N, self.key_head[-2].out_features, dtype=Z.dtype, device=Z.device)
-        V = torch.zeros(B, N, dtype=Z.dtype, device=Z.device)
-        pooled = torch.zeros(B, self.norm.normalized_shape[0], dtype=Z.dtype, device=Z.device)
+        K = torch.zeros(B, N, self.key_head[-2].out_features, dtype=F.dtype, device=F.device)
+        V = torch.zeros(B, N, dtype=F.dtype, device=F.device)
+        pooled = torch.zeros(B, self.norm.normalized_shape[0], dtype=F.dtype, device=F.device)
         for s in range(0, N, chunk):
             e = min(N, s + chunk)
             m_c = mask[:, s:e]
-            h = self._tokens(Z[:, s:e], W[:, s:e], m_c, est_idx)
+            h = self._tokens(F[:, s:e], W[:, s:e], m_c, est_idx)
             for layer, lkv in zip(self.layers, kv):
                 h = _encoder_layer(layer, h, bias4, kv=lkv)
             h = torch.where(m_c.unsqueeze(-1), self.norm(h), torch.zeros_like(h))
             pooled += h.sum(1)
             V[:, s:e] = torch.where(m_c, self.value_head(h).squeeze(-1), torch.zeros_like(V[:, s:e]))
-            K[:, s:e] = self._keys(Z[:, s:e], m_c)
-        b = self.intercept_head(pooled / mask.sum(-1, keepdim=True).to(Z.dtype))
+            K[:, s:e] = self._keys(F[:, s:e], m_c)
+        b = self.intercept_head(pooled / mask.sum(-1, keepdim=True).to(F.dtype))
         # 3. the read-out and the witness steps: sums over every unit in the Nystrom approximation
         #    of the read-out kernel on the landmarks (exact sums of an approximate kernel: the small
         #    imbalances the witness steps correct are below a subsample's noise)

