@@ -13,11 +13,14 @@ import torch
 from .._core.checks import check_estimand, check_positive, resolve_device, resolve_dtype
 from .base import _arm_normalise, _dual_solve, _lam_abs, _max_iter_arg, _standardize, _WeightingEstimator
 from .low_rank import DEFAULT_RANK, EXACT_LIMIT, RandomFourierFeatures, exact_cost, rank_for, simplex_balance
+from .tuning import LAM_GRID, median_gamma, select_lam
 
 __all__ = ["KernelBalancing"]
 
 
-_KB_KERNELS = ("rbf", "linear")
+_KB_KERNELS = ("rbf", "linear", "laplace")
+#: The bandwidth rules (``gamma=`` as a string); "auto" is "median".
+_GAMMA_RULES = ("median", "auto", "scale")
 
 
 def _duration(seconds: float) -> str:
@@ -31,6 +34,12 @@ def _duration(seconds: float) -> str:
 # Relative lam defaults (see the module docstring for the scaling); chosen by measurement,
 # see the class docstrings.
 _DEFAULT_LAM = {"overlap": 3e-4, "ate": 0.01, "att": 0.01}
+# The bandwidth rule of gamma=None (docs/method.md §8).
+_DEFAULT_GAMMA = "scale"
+
+
+def _is_rule(v, rules) -> bool:
+    return isinstance(v, str) and v in rules
 
 
 class KernelBalancing(_WeightingEstimator):
@@ -214,9 +223,19 @@ class KernelBalancing(_WeightingEstimator):
             raise ValueError(f"rank must be a positive int, got {self.rank!r}")
         if self.kernel not in _KB_KERNELS:
             raise ValueError(f"kernel must be one of {_KB_KERNELS}, got {self.kernel!r}")
-        if self.lam is not None:
+        if isinstance(self.lam, str):
+            if self.lam != "auto":
+                raise ValueError(f"lam must be a positive number, None or 'auto', got {self.lam!r}")
+            if self.estimand == "overlap":
+                raise ValueError(
+                    "lam='auto' chooses the penalty of the ate/att problems; give estimand='overlap' a number"
+                )
+        elif self.lam is not None:
             check_positive("lam", self.lam)
-        if self.gamma is not None:
+        if isinstance(self.gamma, str):
+            if self.gamma not in _GAMMA_RULES:
+                raise ValueError(f"gamma must be a positive number, None or one of {_GAMMA_RULES}, got {self.gamma!r}")
+        elif self.gamma is not None:
             check_positive("gamma", self.gamma)
         if self.loss not in ("hinge", "squared_hinge"):
             raise ValueError(f"loss must be 'hinge' or 'squared_hinge', got {self.loss!r}")
@@ -224,10 +243,50 @@ class KernelBalancing(_WeightingEstimator):
         resolve_dtype(self.dtype)
 
     def _lam_rel(self, estimand):
+        if self.lam == "auto":
+            return float(self.lam_)  # the value chosen by the fit (bootstrap refits reuse it)
         return float(self.lam) if self.lam is not None else _DEFAULT_LAM[estimand]
+
+    def _gamma_rule(self) -> str:
+        if self.gamma is None:
+            return _DEFAULT_GAMMA
+        if isinstance(self.gamma, str):
+            return "median" if self.gamma == "auto" else self.gamma
+        return "fixed"
+
+    def _resolve_gamma(self, Xs, seed, bootstrap):
+        """The bandwidth on the standardised scale (None for "linear"); bootstrap refits reuse
+        the fitted ``gamma_``."""
+        if self.kernel == "linear":
+            return None
+        rule = self._gamma_rule()
+        if rule == "fixed":
+            return float(self.gamma)
+        if bootstrap and getattr(self, "gamma_", None) is not None:
+            return float(self.gamma_)
+        p = Xs.shape[1]
+        if rule == "scale":  # 1/p (sklearn's gamma="scale" on standardised data); its root for laplace
+            return 1.0 / p if self.kernel == "rbf" else 1.0 / math.sqrt(p)
+        return median_gamma(Xs, self.kernel, seed)
 
     def _use_low_rank(self, estimand: str, n: int, p: int, bootstrap: bool) -> bool:
         mode = self.approximation
+        if self.kernel == "laplace":
+            if mode == "rff":
+                raise ValueError(
+                    "approximation='rff' has feature maps for the rbf and linear kernels; "
+                    "kernel='laplace' needs the exact solver (approximation='exact')"
+                )
+            if n > EXACT_LIMIT and not bootstrap:
+                c = exact_cost(n, p)
+                warnings.warn(
+                    f"KernelBalancing: the exact laplace solve of {n:,} units is quadratic in N: about "
+                    f"{_duration(c['seconds'])} on one CPU core; only the rbf and linear kernels have the "
+                    "low-rank path",
+                    UserWarning,
+                    stacklevel=4,
+                )
+            return False
         if mode == "exact":
             if n > EXACT_LIMIT and not bootstrap:
                 c = exact_cost(n, p)
@@ -322,64 +381,81 @@ class KernelBalancing(_WeightingEstimator):
         estimand = check_estimand(self.estimand)
         n, p = X.shape
         Xs, _, _ = _standardize(X)
+        gamma = self._resolve_gamma(Xs, seed, bootstrap)
         if self.kernel == "linear":
             Xs = Xs / math.sqrt(p)
+        auto = self.lam == "auto" and not bootstrap
+        lam_rels = list(LAM_GRID) if auto else [self._lam_rel(estimand)]
+        lam_abs = [_lam_abs(lr, estimand, n, self.kernel) for lr in lam_rels]
+        tol = float(self.bootstrap_tol if bootstrap else self.tol)
+        if self._use_low_rank(estimand, n, p, bootstrap):
+            sts = []
+            for la in lam_abs:
+                st = self._fit_low_rank(Xs, T, estimand, gamma, la, seed, 1e-6 if not bootstrap else 1e-4)
+                st.update(weights=_arm_normalise(st["weights"], T), lam_abs=la, low_rank=True)
+                sts.append(st)
+            what = "the low-rank dual did not reach its duality-gap tolerance (gap {kkt:.3g})"
+        else:
+            sts = self._fit_exact(Xs, T, estimand, gamma, lam_abs, tol)
+            what = (
+                f"the dual solver did not converge to tol={tol:g} in {{iterations}} iterations "
+                "(KKT violation {kkt:.3g}); raise max_iter or tol"
+            )
+        k = 0
+        if auto:
+            sel = select_lam(
+                X,
+                T,
+                [st["weights"] for st in sts],
+                lam_rels,
+                estimand=estimand,
+                converged=[st["converged"] for st in sts],
+            )
+            k = sel.index
+        st = sts[k]
+        if not st["converged"] and not bootstrap:
+            warnings.warn(
+                "KernelBalancing: " + what.format(kkt=st["kkt"], iterations=st["iterations"]),
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        st.update(gamma=gamma, lam=lam_rels[k], lam_selection=sel if auto else None)
+        return st
+
+    def _fit_exact(self, Xs, T, estimand, gamma, lam_abs, tol):
+        """The exact solves, one per penalty of ``lam_abs``: one batched call on the dataset
+        stacked once per penalty (a per-dataset ``lam``)."""
+        G = len(lam_abs)
         dtype = resolve_dtype(self.dtype)
         device = resolve_device(self.device, getattr(getattr(self, "_data", None), "device", None))
-        Xt = torch.as_tensor(Xs, dtype=dtype, device=device).unsqueeze(0)
-        Wt = torch.as_tensor(2.0 * T - 1.0, dtype=dtype, device=device).unsqueeze(0)
-        lam_abs = _lam_abs(self._lam_rel(estimand), estimand, n, self.kernel)
-        gamma = float(self.gamma) if self.gamma is not None else 1.0 / p
-        if self._use_low_rank(estimand, n, p, bootstrap):
-            st = self._fit_low_rank(Xs, T, estimand, gamma, lam_abs, seed, 1e-6 if not bootstrap else 1e-4)
-            if not st["converged"] and not bootstrap:
-                warnings.warn(
-                    f"KernelBalancing: the low-rank dual did not reach its duality-gap tolerance (gap {st['kkt']:.3g})",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-            st.update(
-                weights=_arm_normalise(st["weights"], T),
-                lam_abs=lam_abs,
-                gamma=gamma if self.kernel == "rbf" else None,
-                low_rank=True,
-            )
-            return st
-        kw = dict(
-            kernel=self.kernel,
-            estimand=estimand,
-            loss=self.loss,
-            tol=float(self.bootstrap_tol if bootstrap else self.tol),
-            max_iter=_max_iter_arg(self.max_iter),
-        )
-        if self.kernel == "rbf":
+        Xt = torch.as_tensor(Xs, dtype=dtype, device=device).unsqueeze(0).expand(G, -1, -1).contiguous()
+        Wt = torch.as_tensor(2.0 * T - 1.0, dtype=dtype, device=device).unsqueeze(0).expand(G, -1).contiguous()
+        lam_t = torch.tensor(lam_abs, dtype=torch.float64) if G > 1 else lam_abs[0]
+        kw = dict(kernel=self.kernel, estimand=estimand, loss=self.loss, tol=tol, max_iter=_max_iter_arg(self.max_iter))
+        if self.kernel in ("rbf", "laplace"):
             kw["gamma"] = gamma
         if estimand == "overlap":
             kw["intercept"] = bool(self.intercept)
         with torch.no_grad():
-            res = _dual_solve(Xt, Wt, lam_abs, backend=self.backend, **kw)
-        converged = bool(res.converged.reshape(-1)[0])
-        if not converged and not bootstrap:
-            warnings.warn(
-                f"KernelBalancing: the dual solver did not converge to tol={kw['tol']:g} in {int(res.iterations.max())} "
-                f"iterations (KKT violation {float(res.kkt.reshape(-1)[0]):.3g}); raise max_iter or tol",
-                RuntimeWarning,
-                stacklevel=3,
+            res = _dual_solve(Xt, Wt, lam_t, backend=self.backend, **kw)
+        out = []
+        for b in range(G):
+            w = res.weights[b].detach().cpu().double().numpy()
+            converged = bool(res.converged[b])
+            out.append(
+                {
+                    "weights": _arm_normalise(w, T),
+                    "alpha": res.alpha[b].detach().cpu().double().numpy(),
+                    "intercept": float(res.intercept[b]) if getattr(res, "intercept", None) is not None else 0.0,
+                    "converged": converged,
+                    "kkt": float(res.kkt[b]),
+                    "iterations": int(res.iterations[b]),
+                    "objective": float(res.objective[b]),
+                    "lam_abs": lam_abs[b],
+                    "low_rank": False,
+                }
             )
-        w = res.weights[0].detach().cpu().double().numpy()
-        alpha = res.alpha[0].detach().cpu().double().numpy()
-        return {
-            "weights": _arm_normalise(w, T),
-            "alpha": alpha,
-            "intercept": float(res.intercept.reshape(-1)[0]) if getattr(res, "intercept", None) is not None else 0.0,
-            "converged": converged,
-            "kkt": float(res.kkt.reshape(-1)[0]),
-            "iterations": int(res.iterations.reshape(-1)[0]),
-            "objective": float(res.objective.reshape(-1)[0]),
-            "lam_abs": lam_abs,
-            "gamma": gamma if self.kernel == "rbf" else None,
-            "low_rank": False,
-        }
+        return out
 
     def fit(self, X, T):
         super().fit(X, T)
@@ -392,6 +468,9 @@ class KernelBalancing(_WeightingEstimator):
         self.objective_ = st["objective"]
         self.lam_abs_ = st["lam_abs"]
         self.gamma_ = st["gamma"]
+        self.lam_ = st["lam"]
+        sel = st.get("lam_selection")
+        self.lam_grid_ = sel.to_dict() if sel is not None else None
         self.low_rank_ = bool(st.get("low_rank", False))
         if self.estimand_ == "overlap":
             a = self.alpha_
@@ -410,8 +489,13 @@ class KernelBalancing(_WeightingEstimator):
             "iterations": self.iterations_,
             "solver": f"low-rank ({self._rank()} random Fourier features)" if self.low_rank_ else "exact",
         }
-        if self.kernel == "rbf":
+        if self.lam_grid_ is not None:
+            g = self.lam_grid_
+            d["lam_rule"] = "auto: " + g["rule"]
+            d["lam_grid"] = ", ".join(f"{lv:g}: {m:.3f}" for lv, m in zip(g["grid"], g["imbalance"]))
+        if self.kernel in ("rbf", "laplace"):
             d["gamma"] = self.gamma_
+            d["gamma_rule"] = self._gamma_rule()
         if self.estimand_ == "overlap":
             d["alpha_at_zero"] = self.alpha_at_zero_
             d["alpha_at_one"] = self.alpha_at_one_
