@@ -2,14 +2,16 @@
 fixed lam) against the median heuristic and lam="auto", and the laplace kernel.
 
     python benchmarks/eval_tuning.py [--seeds 5] [--ihdp 10] [--n 2000] [--p 50 200] [--quick]
-                                     [--out benchmarks/out]
+                                     [--lalonde psid cps] [--no-sim] [--configs ...]
+                                     [--factor F] [--slack S] [--out benchmarks/out]
 
 Designs (mean absolute error of the estimate against the truth of its estimand):
   * "sim p=P": N units, P standard-normal covariates (pairwise correlation 0.3), the propensity
     and the outcome depending non-linearly on the first 5, a heterogeneous effect 1 + x1 / 2;
     estimand "ate", truth the sample mean of the unit effects; ``seeds`` replications;
   * IHDP-A / IHDP-B: ``ihdp`` replications, estimand "ate" (truth mean(mu1 - mu0));
-  * LaLonde-PSID: |ATT estimate - 1794| on the full data (one dataset).
+  * LaLonde-PSID / -CPS: |ATT estimate - 1794| on the full data (one dataset each; CPS has
+    15,992 controls, solved exactly).
 Writes eval_tuning.json and eval_tuning.md.
 """
 
@@ -29,12 +31,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cina_ext.data import LALONDE_BENCHMARK_ATT, load_ihdp, load_lalonde  # noqa: E402
 from cina_ext.estimators import KernelBalancing, tuning  # noqa: E402
 
+# "old": the defaults before the tuning rules (gamma 1/p, lam 0.01 for ate/att); the defaults now
+# are "median + lam auto" for ate/att (KernelBalancing() with no tuning arguments).
 CONFIGS = {
-    "old (1/p, fixed lam)": dict(gamma="scale"),
-    "median gamma": dict(gamma="median"),
+    "old (1/p, fixed lam)": dict(gamma="scale", lam=0.01),
+    "median gamma": dict(gamma="median", lam=0.01),
     "lam auto": dict(gamma="scale", lam="auto"),
     "median + lam auto": dict(gamma="median", lam="auto"),
-    "laplace median": dict(kernel="laplace", gamma="median"),
+    "defaults": dict(),
+    "laplace median": dict(kernel="laplace", gamma="median", lam=0.01),
     "laplace median + auto": dict(kernel="laplace", gamma="median", lam="auto"),
 }
 
@@ -70,6 +75,8 @@ def main(argv=None):
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--p", type=int, nargs="+", default=[50, 200])
     ap.add_argument("--configs", nargs="+", default=list(CONFIGS))
+    ap.add_argument("--lalonde", nargs="*", default=["psid", "cps"], help="LaLonde control groups")
+    ap.add_argument("--no-sim", action="store_true", help="skip the simulated designs")
     ap.add_argument("--factor", type=float, default=None, help="override tuning.LAM_FACTOR")
     ap.add_argument("--slack", type=float, default=None, help="override tuning.LAM_SLACK")
     ap.add_argument("--quick", action="store_true")
@@ -82,7 +89,7 @@ def main(argv=None):
     if a.quick:
         a.seeds, a.ihdp, a.n = 2, 3, 600
     designs = []
-    for p in a.p:
+    for p in [] if a.no_sim else a.p:
         designs.append((f"sim p={p} N={a.n}", "ate", [simulate(a.n, p, s) for s in range(a.seeds)]))
     for surf in ("A", "B"):
         reps = []
@@ -90,8 +97,9 @@ def main(argv=None):
             ds = load_ihdp(surf, seed=s)
             reps.append((ds.X, ds.T, ds.Y, float(ds.ate)))
         designs.append((f"IHDP-{surf}", "ate", reps))
-    ds = load_lalonde("psid")
-    designs.append(("LaLonde-PSID (att)", "att", [(ds.X, ds.T, ds.Y, LALONDE_BENCHMARK_ATT)]))
+    for controls in a.lalonde:
+        ds = load_lalonde(controls)
+        designs.append((f"LaLonde-{controls.upper()} (att)", "att", [(ds.X, ds.T, ds.Y, LALONDE_BENCHMARK_ATT)]))
     rows = {}
     for name, estimand, reps in designs:
         for cfg in a.configs:

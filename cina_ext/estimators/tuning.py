@@ -34,8 +34,8 @@ MEDIAN_UNITS = 2000
 #: The relative penalties ``lam="auto"`` chooses from ("ate"/"att"): 1e-4 to 1, half a decade apart.
 LAM_GRID = tuple(float(10.0**e) for e in np.arange(-4.0, 0.01, 0.5))
 #: ``lam="auto"`` accepts an imbalance up to ``max(LAM_FACTOR * best, best + LAM_SLACK)``.
-LAM_FACTOR = 1.5
-LAM_SLACK = 0.01
+LAM_FACTOR = 1.1
+LAM_SLACK = 0.005
 
 
 def median_gamma(Xs: np.ndarray, kernel: str, seed: int, max_units: int = MEDIAN_UNITS) -> float:
