@@ -197,3 +197,24 @@ def test_laplace_estimator_matches_the_reference_solver(estimand):
     lam_abs = 0.05 * len(ds.T) if estimand == "overlap" else 0.05
     ref = ref_dual_solve(Z, W, lam_abs, kernel="laplace", gamma=0.3, estimand=estimand, tol=1e-8)
     np.testing.assert_allclose(est.weights_, ref.weights[0].numpy(), atol=1e-5)
+
+
+def test_defaults_by_estimand_and_path():
+    """ate/att: the median heuristic and lam="auto" on the exact path, a fixed 0.01 on the
+    low-rank one; overlap: gamma 1/p and lam 3e-4."""
+    ds = make_setoguchi(120, "A", seed=6)
+    p = ds.X.shape[1]
+    for estimand in ("ate", "att"):
+        d = KernelBalancing(estimand=estimand, random_state=0).fit(ds.X, ds.T)
+        e = KernelBalancing(estimand=estimand, gamma="median", lam="auto", random_state=0).fit(ds.X, ds.T)
+        assert d.gamma_ == e.gamma_ and d.lam_ == e.lam_ and d.lam_grid_ is not None
+        np.testing.assert_array_equal(d.weights_, e.weights_)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            r = KernelBalancing(estimand=estimand, approximation="rff", rank=64, random_state=0).fit(ds.X, ds.T)
+            ra = KernelBalancing(estimand=estimand, approximation="rff", rank=64, lam="auto", random_state=0)
+            ra.fit(ds.X, ds.T)
+        assert r.lam_ == 0.01 and r.lam_grid_ is None and r.low_rank_
+        assert ra.lam_ in LAM_GRID and len(ra.lam_grid_["imbalance"]) == len(LAM_GRID)
+    o = KernelBalancing(estimand="overlap").fit(ds.X, ds.T)
+    assert o.gamma_ == pytest.approx(1 / p) and o.lam_ == 3e-4 and o.lam_grid_ is None
