@@ -129,8 +129,9 @@ def solver_cases(quick: bool) -> int:
     plan = [
         ("overlap", "rbf", torch.float64, 1024),
         ("ate", "cina", torch.float64, 1024),
-        ("overlap", "linear", torch.float32, 0.0002),
-    ]  # 2 cache slots
+        ("overlap", "linear", torch.float32, 0.0002),  # 2 cache slots
+        ("att", "laplace", torch.float64, 1024),
+    ]
     if quick:
         plan = plan[:1]
     # both algorithms: one block per problem, and the working-set decomposition (forced, with a

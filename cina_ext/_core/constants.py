@@ -32,7 +32,7 @@ LOSS_CODES = {"hinge": 0, "squared_hinge": 1}
 #: ``backend=`` of every operator: compiled when available (auto), compiled or error (fused), pure PyTorch.
 BACKENDS = ("auto", "fused", "reference")
 #: Kernels of the balancing solver.
-KERNELS = ("linear", "rbf", "cina", "precomputed")
+KERNELS = ("linear", "rbf", "laplace", "cina", "precomputed")
 #: The float dtypes the operators compute in.
 FLOAT_DTYPES = (torch.float32, torch.float64)
 #: The smallest treatment arm the estimators accept.

@@ -14,11 +14,14 @@ from .._core.checks import check_estimand, check_positive, resolve_device, resol
 from ..ops import qp_solve
 from .base import _arm_normalise, _dual_solve, _lam_abs, _max_iter_arg, _standardize, _WeightingEstimator
 from .low_rank import DEFAULT_RANK, EXACT_LIMIT, RandomFourierFeatures, exact_cost, rank_for, simplex_balance
+from .tuning import LAM_GRID, median_gamma, select_lam
 
 __all__ = ["KernelBalancing"]
 
 
-_KB_KERNELS = ("rbf", "linear")
+_KB_KERNELS = ("rbf", "linear", "laplace")
+#: The bandwidth rules (``gamma=`` as a string); "auto" is "median".
+_GAMMA_RULES = ("median", "auto", "scale")
 
 
 def _duration(seconds: float) -> str:
@@ -41,6 +44,8 @@ def _kernel_block(A: np.ndarray, B: np.ndarray, kernel: str, gamma: float) -> np
     if kernel == "linear":
         return G
     d2 = np.maximum((A * A).sum(1)[:, None] + (B * B).sum(1)[None, :] - 2.0 * G, 0.0)
+    if kernel == "laplace":
+        return np.exp(-gamma * np.sqrt(d2))
     return np.exp(-gamma * d2)
 
 
@@ -55,6 +60,14 @@ def _kernel_mean(A: np.ndarray, B: np.ndarray, wb: np.ndarray, kernel: str, gamm
 # Relative lam defaults (see the module docstring for the scaling); chosen by measurement,
 # see the class docstrings.
 _DEFAULT_LAM = {"overlap": 3e-4, "ate": 0.01, "att": 0.01}
+# The bandwidth rule of gamma=None, and the estimands whose lam=None means "auto" on the exact
+# path; chosen by measurement (docs/method.md §8, benchmarks/eval_tuning.py).
+_DEFAULT_GAMMA = {"overlap": "scale", "ate": "median", "att": "median"}
+_AUTO_LAM_BY_DEFAULT = ("ate", "att")
+
+
+def _is_rule(v, rules) -> bool:
+    return isinstance(v, str) and v in rules
 
 
 class KernelBalancing(_WeightingEstimator):
@@ -84,16 +97,31 @@ class KernelBalancing(_WeightingEstimator):
     ----------
     estimand : {"ate", "att", "overlap"}, default "ate"
         The balancing problem.
-    kernel : {"rbf", "linear"}, default "rbf"
-        "rbf": ``exp(-gamma ||x-x'||^2)`` on the standardised scale; "linear": ``x.x' / p`` on
-        the standardised scale (mean diagonal 1).
-    lam : float, optional
+    kernel : {"rbf", "linear", "laplace"}, default "rbf"
+        "rbf": ``exp(-gamma ||x-x'||^2)`` on the standardised scale; "laplace":
+        ``exp(-gamma ||x-x'||_2)`` there (exact solver only); "linear": ``x.x' / p`` on the
+        standardised scale (mean diagonal 1).
+    lam : float or "auto", optional
         Relative penalty, > 0 (see the module docstring of :mod:`cina_ext.estimators.base`): the
         solver gets ``lam_abs = lam * N`` ("overlap") or ``lam_abs = lam`` ("ate"/"att").
-        Default (None): 3e-4 for "overlap", 0.01 for "ate"/"att".
-    gamma : float, optional
-        RBF bandwidth on the standardised scale, > 0; default ``1/p`` (sklearn's
-        ``gamma="scale"`` there).
+        Default (None): 3e-4 for "overlap"; "auto" for "ate"/"att" on the exact solver, 0.01 on
+        the low-rank one (``approximation="rff"``, or "auto" above ``EXACT_LIMIT`` units).
+        ``"auto"`` ("ate"/"att"): the
+        data-driven rule of docs/method.md §8: every relative lam of
+        :data:`~cina_ext.estimators.tuning.LAM_GRID` (1e-4 to 1, half a decade apart) is solved
+        (one batched solve), and the largest one whose weighted imbalance (the largest absolute
+        standardised mean difference of the covariates, as :meth:`balance` reports it) is at most
+        ``max(1.1 * best, best + 0.005)``, ``best`` the smallest on the grid, is kept
+        (:func:`~cina_ext.estimators.tuning.select_lam`).  Bootstrap refits reuse the chosen value.
+    gamma : float, "median", "auto" or "scale", optional
+        Bandwidth of "rbf" / "laplace" on the standardised scale.  A number (> 0) is used as
+        given.  "median" (or "auto"): the median heuristic, ``1 / median ||x_i - x_j||^2`` for
+        "rbf" and ``1 / median ||x_i - x_j||`` for "laplace", over the pairs of a seeded subsample
+        of at most 2000 units (:func:`~cina_ext.estimators.tuning.median_gamma`; deterministic
+        given ``random_state``).  "scale": ``1/p`` for "rbf" (sklearn's ``gamma="scale"`` on
+        standardised data) and ``1/sqrt(p)`` for "laplace".  Default (None): "median" for
+        "ate"/"att", "scale" for "overlap" (chosen by measurement, docs/method.md §8).
+        Bootstrap refits reuse the fitted ``gamma_``.
     intercept : bool, default True
         "overlap": the SVM intercept (``W'alpha = 0``).
     loss : {"hinge", "squared_hinge"}, default "hinge"
@@ -171,7 +199,13 @@ class KernelBalancing(_WeightingEstimator):
     lam_abs_ : float
         The absolute penalty handed to the solver.
     gamma_ : float or None
-        The RBF bandwidth used (None for "linear").
+        The bandwidth used (None for "linear").
+    lam_ : float
+        The relative penalty used (the chosen one for ``lam="auto"``).
+    lam_grid_ : dict or None
+        ``lam="auto"``: the grid (``grid``), the imbalance (``imbalance``), the Kish effective
+        sample sizes per arm (``ess_treated``, ``ess_control``) and convergence of every grid
+        solve, the ``threshold`` and the ``rule``; None otherwise.
     low_rank_ : bool
         Whether the low-rank solver was used (then ``kkt_`` holds its duality gap).
     alpha_at_zero_, alpha_at_one_ : float
@@ -179,6 +213,11 @@ class KernelBalancing(_WeightingEstimator):
 
     Notes
     -----
+    The data-driven defaults of "ate"/"att" (median-heuristic gamma and ``lam="auto"``) were
+    chosen on the simulations with 50 and 200 covariates, IHDP and LaLonde of docs/method.md §8
+    (``benchmarks/eval_tuning.py``), where they beat or match ``gamma=1/p, lam=0.01``; pass
+    ``gamma="scale", lam=0.01`` for the former defaults, which the table below used.
+
     Measured (rbf, gamma 1/p, MAE; naive / SNIPW for reference):
 
     =========  ==========  ==========  ==========  ==========  ============  =============
@@ -255,20 +294,78 @@ class KernelBalancing(_WeightingEstimator):
             raise ValueError(f"rank must be a positive int, got {self.rank!r}")
         if self.kernel not in _KB_KERNELS:
             raise ValueError(f"kernel must be one of {_KB_KERNELS}, got {self.kernel!r}")
-        if self.lam is not None:
+        if isinstance(self.lam, str):
+            if self.lam != "auto":
+                raise ValueError(f"lam must be a positive number, None or 'auto', got {self.lam!r}")
+            if self.estimand == "overlap":
+                raise ValueError(
+                    "lam='auto' chooses the penalty of the ate/att problems; give estimand='overlap' a number"
+                )
+        elif self.lam is not None:
             check_positive("lam", self.lam)
-        if self.gamma is not None:
+        if isinstance(self.gamma, str):
+            if self.gamma not in _GAMMA_RULES:
+                raise ValueError(f"gamma must be a positive number, None or one of {_GAMMA_RULES}, got {self.gamma!r}")
+        elif self.gamma is not None:
             check_positive("gamma", self.gamma)
         if self.loss not in ("hinge", "squared_hinge"):
             raise ValueError(f"loss must be 'hinge' or 'squared_hinge', got {self.loss!r}")
         check_positive("tol", self.tol)
         resolve_dtype(self.dtype)
 
-    def _lam_rel(self, estimand):
-        return float(self.lam) if self.lam is not None else _DEFAULT_LAM[estimand]
+    def _lam_rel(self, estimand, bootstrap=False):
+        if self.lam is not None and not isinstance(self.lam, str):
+            return float(self.lam)
+        if bootstrap and getattr(self, "lam_", None) is not None:
+            return float(self.lam_)  # the value chosen by the fit ("auto")
+        return _DEFAULT_LAM[estimand]
+
+    def _lam_auto(self, estimand, low_rank) -> bool:
+        """Whether the fit chooses lam: ``lam="auto"``, or the default for "ate"/"att" on the exact path."""
+        if self.lam == "auto":
+            return True
+        return self.lam is None and estimand in _AUTO_LAM_BY_DEFAULT and not low_rank
+
+    def _gamma_rule(self, estimand=None) -> str:
+        if self.gamma is None:
+            return _DEFAULT_GAMMA[check_estimand(estimand if estimand is not None else self.estimand)]
+        if isinstance(self.gamma, str):
+            return "median" if self.gamma == "auto" else self.gamma
+        return "fixed"
+
+    def _resolve_gamma(self, Xs, seed, bootstrap):
+        """The bandwidth on the standardised scale (None for "linear"); bootstrap refits reuse
+        the fitted ``gamma_``."""
+        if self.kernel == "linear":
+            return None
+        rule = self._gamma_rule(self.estimand)
+        if rule == "fixed":
+            return float(self.gamma)
+        if bootstrap and getattr(self, "gamma_", None) is not None:
+            return float(self.gamma_)
+        p = Xs.shape[1]
+        if rule == "scale":  # 1/p (sklearn's gamma="scale" on standardised data); its root for laplace
+            return 1.0 / p if self.kernel == "rbf" else 1.0 / math.sqrt(p)
+        return median_gamma(Xs, self.kernel, seed)
 
     def _use_low_rank(self, estimand: str, n: int, p: int, bootstrap: bool) -> bool:
         mode = self.approximation
+        if self.kernel == "laplace":
+            if mode == "rff":
+                raise ValueError(
+                    "approximation='rff' has feature maps for the rbf and linear kernels; "
+                    "kernel='laplace' needs the exact solver (approximation='exact')"
+                )
+            if n > EXACT_LIMIT and not bootstrap:
+                c = exact_cost(n, p)
+                warnings.warn(
+                    f"KernelBalancing: the exact laplace solve of {n:,} units is quadratic in N: about "
+                    f"{_duration(c['seconds'])} on one CPU core; only the rbf and linear kernels have the "
+                    "low-rank path",
+                    UserWarning,
+                    stacklevel=4,
+                )
+            return False
         if mode == "exact":
             if n > EXACT_LIMIT and not bootstrap:
                 c = exact_cost(n, p)
@@ -373,14 +470,24 @@ class KernelBalancing(_WeightingEstimator):
         Xs, _, _ = _standardize(X, sample_weight=sw)
         if self.kernel == "linear":
             Xs = Xs / math.sqrt(p)
-        gamma = float(self.gamma) if self.gamma is not None else 1.0 / p
-        lam_abs = _lam_abs(self._lam_rel(estimand), estimand, n, self.kernel)
+        gamma = self._resolve_gamma(Xs[sw > 0], seed, bootstrap)  # units of weight 0 take no part
+        if self.lam == "auto":
+            raise ValueError(
+                "lam='auto' is not implemented for weighted fits (sample_weight); pass a number "
+                f"(the default without 'auto' is {_DEFAULT_LAM[estimand]:g})"
+            )
+        lam_rel = self._lam_rel(estimand, bootstrap)
+        lam_abs = _lam_abs(lam_rel, estimand, n, self.kernel)
         tol = float(self.bootstrap_tol if bootstrap else self.tol)
         treated = T == 1
         tgt = (treated if estimand == "att" else np.ones(n, dtype=bool)) & (sw > 0)
         arms = [0] if estimand == "att" else [1, 0]
         largest = max(int(np.sum((T == a) & (sw > 0))) for a in arms)
         low_rank = self.approximation == "rff" or (self.approximation == "auto" and largest > WEIGHTED_DENSE_LIMIT)
+        if low_rank and self.kernel == "laplace":
+            if self.approximation == "rff":
+                raise ValueError("approximation='rff' has no feature map for kernel='laplace'; use 'exact'")
+            low_rank = False  # laplace: the dense QP at any size
         if low_rank and self.approximation == "auto" and not bootstrap:
             warnings.warn(
                 f"KernelBalancing: a weighted fit with {largest:,} units in an arm (more than "
@@ -452,7 +559,9 @@ class KernelBalancing(_WeightingEstimator):
             "iterations": int(max(iters)),
             "objective": float(obj),
             "lam_abs": lam_abs,
-            "gamma": gamma if self.kernel == "rbf" else None,
+            "gamma": gamma,
+            "lam": lam_rel,
+            "lam_selection": None,
             "low_rank": bool(low_rank),
         }
 
@@ -462,64 +571,82 @@ class KernelBalancing(_WeightingEstimator):
             return self._fit_weighted(X, T, np.asarray(sample_weight, dtype=np.float64), estimand, seed, bootstrap)
         n, p = X.shape
         Xs, _, _ = _standardize(X)
+        gamma = self._resolve_gamma(Xs, seed, bootstrap)
         if self.kernel == "linear":
             Xs = Xs / math.sqrt(p)
+        low_rank = self._use_low_rank(estimand, n, p, bootstrap)
+        auto = self._lam_auto(estimand, low_rank) and not bootstrap
+        lam_rels = list(LAM_GRID) if auto else [self._lam_rel(estimand, bootstrap)]
+        lam_abs = [_lam_abs(lr, estimand, n, self.kernel) for lr in lam_rels]
+        tol = float(self.bootstrap_tol if bootstrap else self.tol)
+        if low_rank:
+            sts = []
+            for la in lam_abs:
+                st = self._fit_low_rank(Xs, T, estimand, gamma, la, seed, 1e-6 if not bootstrap else 1e-4)
+                st.update(weights=_arm_normalise(st["weights"], T), lam_abs=la, low_rank=True)
+                sts.append(st)
+            what = "the low-rank dual did not reach its duality-gap tolerance (gap {kkt:.3g})"
+        else:
+            sts = self._fit_exact(Xs, T, estimand, gamma, lam_abs, tol)
+            what = (
+                f"the dual solver did not converge to tol={tol:g} in {{iterations}} iterations "
+                "(KKT violation {kkt:.3g}); raise max_iter or tol"
+            )
+        k = 0
+        if auto:
+            sel = select_lam(
+                X,
+                T,
+                [st["weights"] for st in sts],
+                lam_rels,
+                estimand=estimand,
+                converged=[st["converged"] for st in sts],
+            )
+            k = sel.index
+        st = sts[k]
+        if not st["converged"] and not bootstrap:
+            warnings.warn(
+                "KernelBalancing: " + what.format(kkt=st["kkt"], iterations=st["iterations"]),
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        st.update(gamma=gamma, lam=lam_rels[k], lam_selection=sel if auto else None)
+        return st
+
+    def _fit_exact(self, Xs, T, estimand, gamma, lam_abs, tol):
+        """The exact solves, one per penalty of ``lam_abs``: one batched call on the dataset
+        stacked once per penalty (a per-dataset ``lam``)."""
+        G = len(lam_abs)
         dtype = resolve_dtype(self.dtype)
         device = resolve_device(self.device, getattr(getattr(self, "_data", None), "device", None))
-        Xt = torch.as_tensor(Xs, dtype=dtype, device=device).unsqueeze(0)
-        Wt = torch.as_tensor(2.0 * T - 1.0, dtype=dtype, device=device).unsqueeze(0)
-        lam_abs = _lam_abs(self._lam_rel(estimand), estimand, n, self.kernel)
-        gamma = float(self.gamma) if self.gamma is not None else 1.0 / p
-        if self._use_low_rank(estimand, n, p, bootstrap):
-            st = self._fit_low_rank(Xs, T, estimand, gamma, lam_abs, seed, 1e-6 if not bootstrap else 1e-4)
-            if not st["converged"] and not bootstrap:
-                warnings.warn(
-                    f"KernelBalancing: the low-rank dual did not reach its duality-gap tolerance (gap {st['kkt']:.3g})",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-            st.update(
-                weights=_arm_normalise(st["weights"], T),
-                lam_abs=lam_abs,
-                gamma=gamma if self.kernel == "rbf" else None,
-                low_rank=True,
-            )
-            return st
-        kw = dict(
-            kernel=self.kernel,
-            estimand=estimand,
-            loss=self.loss,
-            tol=float(self.bootstrap_tol if bootstrap else self.tol),
-            max_iter=_max_iter_arg(self.max_iter),
-        )
-        if self.kernel == "rbf":
+        Xt = torch.as_tensor(Xs, dtype=dtype, device=device).unsqueeze(0).expand(G, -1, -1).contiguous()
+        Wt = torch.as_tensor(2.0 * T - 1.0, dtype=dtype, device=device).unsqueeze(0).expand(G, -1).contiguous()
+        lam_t = torch.tensor(lam_abs, dtype=torch.float64) if G > 1 else lam_abs[0]
+        kw = dict(kernel=self.kernel, estimand=estimand, loss=self.loss, tol=tol, max_iter=_max_iter_arg(self.max_iter))
+        if self.kernel in ("rbf", "laplace"):
             kw["gamma"] = gamma
         if estimand == "overlap":
             kw["intercept"] = bool(self.intercept)
         with torch.no_grad():
-            res = _dual_solve(Xt, Wt, lam_abs, backend=self.backend, **kw)
-        converged = bool(res.converged.reshape(-1)[0])
-        if not converged and not bootstrap:
-            warnings.warn(
-                f"KernelBalancing: the dual solver did not converge to tol={kw['tol']:g} in {int(res.iterations.max())} "
-                f"iterations (KKT violation {float(res.kkt.reshape(-1)[0]):.3g}); raise max_iter or tol",
-                RuntimeWarning,
-                stacklevel=3,
+            res = _dual_solve(Xt, Wt, lam_t, backend=self.backend, **kw)
+        out = []
+        for b in range(G):
+            w = res.weights[b].detach().cpu().double().numpy()
+            converged = bool(res.converged[b])
+            out.append(
+                {
+                    "weights": _arm_normalise(w, T),
+                    "alpha": res.alpha[b].detach().cpu().double().numpy(),
+                    "intercept": float(res.intercept[b]) if getattr(res, "intercept", None) is not None else 0.0,
+                    "converged": converged,
+                    "kkt": float(res.kkt[b]),
+                    "iterations": int(res.iterations[b]),
+                    "objective": float(res.objective[b]),
+                    "lam_abs": lam_abs[b],
+                    "low_rank": False,
+                }
             )
-        w = res.weights[0].detach().cpu().double().numpy()
-        alpha = res.alpha[0].detach().cpu().double().numpy()
-        return {
-            "weights": _arm_normalise(w, T),
-            "alpha": alpha,
-            "intercept": float(res.intercept.reshape(-1)[0]) if getattr(res, "intercept", None) is not None else 0.0,
-            "converged": converged,
-            "kkt": float(res.kkt.reshape(-1)[0]),
-            "iterations": int(res.iterations.reshape(-1)[0]),
-            "objective": float(res.objective.reshape(-1)[0]),
-            "lam_abs": lam_abs,
-            "gamma": gamma if self.kernel == "rbf" else None,
-            "low_rank": False,
-        }
+        return out
 
     def fit(self, X, T, sample_weight=None):
         super().fit(X, T, sample_weight=sample_weight)
@@ -532,6 +659,9 @@ class KernelBalancing(_WeightingEstimator):
         self.objective_ = st["objective"]
         self.lam_abs_ = st["lam_abs"]
         self.gamma_ = st["gamma"]
+        self.lam_ = st["lam"]
+        sel = st.get("lam_selection")
+        self.lam_grid_ = sel.to_dict() if sel is not None else None
         self.low_rank_ = bool(st.get("low_rank", False))
         if self.estimand_ == "overlap":
             a = self.alpha_
@@ -543,7 +673,7 @@ class KernelBalancing(_WeightingEstimator):
     def _details(self):
         d = {
             "kernel": self.kernel,
-            "lam": self._lam_rel(self.estimand_),
+            "lam": self.lam_,
             "lam_abs": self.lam_abs_,
             "converged": self.converged_,
             "kkt": self.kkt_,
@@ -554,8 +684,13 @@ class KernelBalancing(_WeightingEstimator):
             d["solver"] += (
                 " (low-rank dual, per-unit ridge)" if self.low_rank_ else " (dense per-arm QP, per-unit ridge)"
             )
-        if self.kernel == "rbf":
+        if self.lam_grid_ is not None:
+            g = self.lam_grid_
+            d["lam_rule"] = "auto: " + g["rule"]
+            d["lam_grid"] = ", ".join(f"{lv:g}: {m:.3f}" for lv, m in zip(g["grid"], g["imbalance"]))
+        if self.kernel in ("rbf", "laplace"):
             d["gamma"] = self.gamma_
+            d["gamma_rule"] = self._gamma_rule(self.estimand_)
         if self.estimand_ == "overlap":
             d["alpha_at_zero"] = self.alpha_at_zero_
             d["alpha_at_one"] = self.alpha_at_one_

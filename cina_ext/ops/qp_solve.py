@@ -6,7 +6,7 @@ the compiled solver.  They return the reference's :class:`QPResult` / :class:`Ba
 
 The compiled CPU solver (csrc/qp_solve) works on one dataset per thread (or, for a few large
 datasets, inside a dataset), keeps the gradient in double, computes kernel columns on the fly from
-the features (``linear``, ``rbf``, ``cina``: memory O(N p) per dataset plus a column cache bounded
+the features (``linear``, ``rbf``, ``laplace``, ``cina``: memory O(N p) per dataset plus a column cache bounded
 by ``cache_mb``) and uses coordinate descent without the equality constraint and SMO with
 second-order working-set selection (LIBSVM's WSS2) with it.  Conventions (KKT measure, multiplier
 ``nu``, iteration counting, feasible start, the "ate"/"att" arm problems) are the reference's.
@@ -74,7 +74,7 @@ __all__ = [
     "default_max_iter",
 ]
 
-_KIND = {"precomputed": 0, "linear": 1, "rbf": 2, "cina": 3}
+_KIND = {"precomputed": 0, "linear": 1, "rbf": 2, "cina": 3, "laplace": 4}
 DEFAULT_CACHE_MB = 1024
 _INNER_MIN_UNITS = 8192
 
@@ -565,10 +565,11 @@ def dual_solve(
         on X's device.
     lam : float or Tensor of shape () or (B,)
         Balancing penalty, finite and > 0.
-    kernel : {"rbf", "linear", "cina", "precomputed"}, default "rbf"
+    kernel : {"rbf", "linear", "laplace", "cina", "precomputed"}, default "rbf"
         Kernel of the balancing problem (see :func:`cina_ext.reference.gram`).
     gamma : float or Tensor of shape (B,), optional
-        RBF bandwidth, > 0; default per dataset ``1 / (p * mean per-feature variance)``.
+        RBF / Laplace bandwidth, > 0; default per dataset ``1 / (p * mean per-feature variance)``
+        for "rbf" and its square root for "laplace".
     scale : float, optional
         Score scale of the cina kernel, finite; default ``1 / sqrt(p)``.
     estimand : {"overlap", "ate", "att"}, default "overlap"
@@ -729,6 +730,8 @@ def dual_solve(
         _finite(X, "X", mask.unsqueeze(-1).expand_as(X))
         if kernel == "rbf":
             g_v = _rbf_gamma(X, mask) if gamma is None else _per_dataset(gamma, "gamma", B, X)
+        elif kernel == "laplace":
+            g_v = _rbf_gamma(X, mask).sqrt() if gamma is None else _per_dataset(gamma, "gamma", B, X)
         elif kernel == "cina":
             Dk = X.shape[2]
             sc = (1.0 / math.sqrt(Dk) if Dk > 0 else 1.0) if scale is None else float(scale)

@@ -670,9 +670,10 @@ def gram(
     ----------
     X : Tensor, shape (B, N, p)
         Features, float32 or float64 (keys for "cina"; the (B, N, N) Gram for "precomputed").
-    kernel : {"rbf", "linear", "cina", "precomputed"}, default "rbf"
+    kernel : {"rbf", "linear", "laplace", "cina", "precomputed"}, default "rbf"
         * ``"linear"``: ``X X'``.
         * ``"rbf"``: ``exp(-gamma ||x_i - x_j||^2)``.
+        * ``"laplace"``: ``exp(-gamma ||x_i - x_j||_2)`` (the distance, not its square).
         * ``"cina"``: X are attention keys (B, N, D); ``s = scale X X'``,
           ``lse_i = logsumexp_{j valid} s_ij``, ``k_ij = exp(s_ij - lse_i - lse_j)``: the kernel
           ``E_ij / (h_i h_j)`` of docs/method.md §3, computed in log-space.
@@ -682,7 +683,9 @@ def gram(
         features of the per-feature population variance (ddof = 0) over the valid units
         (``gamma = 1`` when ``v = 0``).  For standardised or centred features this is sklearn's
         ``gamma="scale"`` (sklearn uses the variance of all entries of X pooled, which also counts
-        the spread between feature means).
+        the spread between feature means).  For "laplace" the default is the square root of
+        this, ``1 / sqrt(p * v)``: the inverse of the typical distance scale instead of the
+        typical squared distance.
     scale : float, optional
         Score scale of the cina kernel; default ``1 / sqrt(D)``.
     mask : Tensor of bool, shape (B, N), optional
@@ -727,7 +730,7 @@ def gram(
     Xm = torch.where(mask.unsqueeze(-1), X, zero)
     if kernel == "linear":
         K = Xm @ Xm.transpose(-1, -2)
-    elif kernel == "rbf":
+    elif kernel in ("rbf", "laplace"):
         n = mask.sum(-1).clamp_min(1).to(X.dtype)  # (B,)
         mean = Xm.sum(1) / n.unsqueeze(-1)  # (B, p)
         Xc = torch.where(mask.unsqueeze(-1), X - mean.unsqueeze(1), zero)
@@ -736,12 +739,15 @@ def gram(
             var = (Xc * Xc).sum(1) / n.unsqueeze(-1)  # (B, p) per-feature variance
             v = var.mean(-1) if pdim > 0 else torch.zeros(B, dtype=X.dtype, device=X.device)
             g = torch.where(v > 0, 1.0 / (max(pdim, 1) * v.clamp_min(torch.finfo(X.dtype).tiny)), torch.ones_like(v))
+            if kernel == "laplace":
+                g = g.sqrt()
         else:
             g = per_dataset(gamma, "gamma", B, dtype=X.dtype, device=X.device)
         sq = (Xc * Xc).sum(-1)
         D2 = (sq.unsqueeze(-1) + sq.unsqueeze(-2) - 2.0 * (Xc @ Xc.transpose(-1, -2))).clamp_min(0)
         D2 = D2 - torch.diag_embed(torch.diagonal(D2, dim1=-2, dim2=-1))  # exact zeros on the diagonal
-        K = torch.exp(-g.view(B, 1, 1) * D2)
+        # laplace: the distance is the square root of the squared distance clamped at 0 above
+        K = torch.exp(-g.view(B, 1, 1) * (D2.sqrt() if kernel == "laplace" else D2))
     else:  # cina
         Dk = X.shape[2]
         sc = (1.0 / math.sqrt(Dk) if Dk > 0 else 1.0) if scale is None else float(scale)
@@ -796,10 +802,10 @@ def dual_solve(
         Signs in {-1, +1} (treated = +1) at every real unit, as numbers (not bool).
     lam : float or Tensor of shape () or (B,)
         Balancing penalty, finite and > 0.
-    kernel : {"rbf", "linear", "cina", "precomputed"}, default "rbf"
+    kernel : {"rbf", "linear", "laplace", "cina", "precomputed"}, default "rbf"
         See :func:`gram`.
     gamma : float or Tensor of shape (B,), optional
-        RBF bandwidth (default: see :func:`gram`).
+        RBF / Laplace bandwidth (default: see :func:`gram`).
     scale : float, optional
         Score scale of the cina kernel.
     estimand : {"overlap", "ate", "att"}, default "overlap"

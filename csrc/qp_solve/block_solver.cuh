@@ -147,7 +147,7 @@ struct BlockSolver {
     const double* r = Xt + k;
     double v = 0.0;
     int64_t d = 0;
-    if (kind == kQPRbf) {
+    if (kind == kQPRbf || kind == kQPLaplace) {
       for (; d + 4 <= D; d += 4) {
         const double e0 = r[d * n] - qv[d * js], e1 = r[(d + 1) * n] - qv[(d + 1) * js];
         const double e2 = r[(d + 2) * n] - qv[(d + 2) * js], e3 = r[(d + 3) * n] - qv[(d + 3) * js];
@@ -157,6 +157,7 @@ struct BlockSolver {
         const double e0 = r[d * n] - qv[d * js];
         v += e0 * e0;
       }
+      if (kind == kQPLaplace) return exp_clamped(sqrt(dmax(v, 0.0)) * -gamma);
       return exp_clamped(v * -gamma);
     }
     for (; d + 4 <= D; d += 4)
@@ -169,7 +170,7 @@ struct BlockSolver {
   // k(k, k) (the CPU solver's kdiag)
   CINA_DEV double kdiag(int k) const {
     if (kind == kQPDense) return static_cast<double>(Xs[static_cast<int64_t>(idx[k]) * N + idx[k]]);
-    if (kind == kQPRbf) return 1.0;
+    if (kind == kQPRbf || kind == kQPLaplace) return 1.0;
     double v = 0.0;
     for (int64_t d = 0; d < S.D; ++d) {
       const double xv = Xt[d * n + k];
@@ -267,7 +268,7 @@ struct BlockSolver {
     src = pb.src[q];
     qscale = pb.qscale[q];
     diag_add = pb.diag_add[q];
-    gamma = kind == kQPRbf ? S.gamma[src] : 0.0;
+    gamma = (kind == kQPRbf || kind == kQPLaplace) ? S.gamma[src] : 0.0;
     scale = S.scale;
     Xs = S.X + src * S.N * S.D;
     has_eq = pb.c != nullptr;

@@ -128,7 +128,7 @@ inline void kernel_block(int64_t kind, const CompactFeatures& f, const double* x
   const int64_t len = hi - lo, n = f.n, D = f.D;
   const double* base = f.Xt.data() + lo;
   for (int64_t t = 0; t < len; ++t) v[t] = 0.0;
-  if (kind == kQPRbf) {
+  if (kind == kQPRbf || kind == kQPLaplace) {
     int64_t d = 0;
     for (; d + 4 <= D; d += 4) {
       const double *r0 = base + d * n, *r1 = r0 + n, *r2 = r1 + n, *r3 = r2 + n;
@@ -149,7 +149,11 @@ inline void kernel_block(int64_t kind, const CompactFeatures& f, const double* x
       }
     }
     const double ng = -gamma;
-    for (int64_t t = 0; t < len; ++t) v[t] *= ng;
+    if (kind == kQPLaplace) {  // the distance, from the squared distance clamped at 0
+      for (int64_t t = 0; t < len; ++t) v[t] = ng * std::sqrt(std::max(v[t], 0.0));
+    } else {
+      for (int64_t t = 0; t < len; ++t) v[t] *= ng;
+    }
     vexp_inplace(v, len);
   } else {
     int64_t d = 0;
@@ -225,7 +229,7 @@ class Columns {
       for (int64_t k = 0; k < n_ && identity; ++k) identity = idx[k] == k;
       direct_ = identity && unit_sign && qscale_ == 1.0 && diag_add_ == 0.0;
     } else {
-      gamma_ = kind_ == kQPRbf ? S.gamma[s] : 0.0;
+      gamma_ = (kind_ == kQPRbf || kind_ == kQPLaplace) ? S.gamma[s] : 0.0;
       scale_ = S.scale;
       gather_features(S.X + s * S.N * S.D, S.D, kind_ == kQPCina ? S.lse + s * S.N : nullptr, idx,
                       feat_);
@@ -272,7 +276,7 @@ class Columns {
       const int64_t o = (*idx_)[k];
       return static_cast<double>(A_[o * N_ + o]);
     }
-    if (kind_ == kQPRbf) return 1.0;
+    if (kind_ == kQPRbf || kind_ == kQPLaplace) return 1.0;
     double v = 0.0;
     for (int64_t d = 0; d < feat_.D; ++d) {
       const double x = feat_.Xt[d * n_ + k];
@@ -1323,7 +1327,7 @@ void qp_kernel_rowsum_cpu(const QPSource<T>& src, const bool* rowmask, const boo
       const int64_t n = f.n;
       const auto& rl = rows[s];
       const int64_t nr = std::min<int64_t>(kRowTile, static_cast<int64_t>(rl.size()) - r0);
-      const double gamma = src.kind == kQPRbf ? src.gamma[s] : 0.0;
+      const double gamma = (src.kind == kQPRbf || src.kind == kQPLaplace) ? src.gamma[s] : 0.0;
       for (int64_t r = 0; r < nr; ++r) {
         const int64_t o = rl[r0 + r];
         const T* xr = src.X + (s * N + o) * D;

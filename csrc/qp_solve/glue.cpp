@@ -72,8 +72,8 @@ void check_t(const at::Tensor& t, const char* op, const char* name, at::ScalarTy
 }
 
 void check_kind(int64_t kind, const char* op) {
-  TORCH_CHECK(kind >= kQPDense && kind <= kQPCina, "cina::", op,
-              ": kind must be 0 (dense), 1 (linear), 2 (rbf) or 3 (cina), got ", kind);
+  TORCH_CHECK(kind >= kQPDense && kind <= kQPLaplace, "cina::", op,
+              ": kind must be 0 (dense), 1 (linear), 2 (rbf), 3 (cina) or 4 (laplace), got ", kind);
 }
 
 void check_source(const at::Tensor& X, int64_t kind, const at::Tensor& gamma, const at::Tensor& lse,
@@ -88,7 +88,8 @@ void check_source(const at::Tensor& X, int64_t kind, const at::Tensor& gamma, co
   if (kind == kQPDense)
     TORCH_CHECK(X.size(2) == N, "cina::", op, ": a dense source must be (S, N, N), got ",
                 X.sizes());
-  if (kind == kQPRbf) check_t(gamma, op, "gamma", at::kDouble, {S}, X.device());
+  if (kind == kQPRbf || kind == kQPLaplace)
+    check_t(gamma, op, "gamma", at::kDouble, {S}, X.device());
   if (kind == kQPCina) check_t(lse, op, "lse", at::kDouble, {S, N}, X.device());
 }
 
@@ -101,7 +102,7 @@ QPSource<T> make_source(const at::Tensor& X, int64_t kind, const at::Tensor& gam
   s.N = X.size(1);
   s.D = X.size(2);
   s.X = X.data_ptr<T>();
-  s.gamma = kind == kQPRbf ? gamma.data_ptr<double>() : nullptr;
+  s.gamma = (kind == kQPRbf || kind == kQPLaplace) ? gamma.data_ptr<double>() : nullptr;
   s.scale = scale;
   s.lse = kind == kQPCina ? lse.data_ptr<double>() : nullptr;
   return s;

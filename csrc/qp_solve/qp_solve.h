@@ -14,7 +14,9 @@
 //   kQPLinear  : k(i, j) = x_i . x_j                        X (S, N, D) features;
 //   kQPRbf     : k(i, j) = exp(-gamma_s ||x_i - x_j||^2)    X (S, N, D), gamma (S);
 //   kQPCina    : k(i, j) = exp(scale x_i.x_j - lse_i - lse_j), X (S, N, D) attention keys and
-//                lse (S, N) the row log-sum-exp over the source's valid units (qp_kernel_lse_cpu).
+//                lse (S, N) the row log-sum-exp over the source's valid units (qp_kernel_lse_cpu);
+//   kQPLaplace : k(i, j) = exp(-gamma_s ||x_i - x_j||_2)    X (S, N, D), gamma (S); the distance
+//                is sqrt(max(0, sum_d (x_id - x_jd)^2)), from the same squared distance as kQPRbf.
 // A problem uses the units where its own mask is true (a subset of its source's units: the two
 // arm problems of the "ate" estimand share one source).  Padded units return x = 0.
 //
@@ -41,7 +43,13 @@
 
 namespace cina {
 
-enum QPKernelKind : int64_t { kQPDense = 0, kQPLinear = 1, kQPRbf = 2, kQPCina = 3 };
+enum QPKernelKind : int64_t {
+  kQPDense = 0,
+  kQPLinear = 1,
+  kQPRbf = 2,
+  kQPCina = 3,
+  kQPLaplace = 4
+};
 
 template <typename T>
 struct QPSource {
@@ -50,7 +58,7 @@ struct QPSource {
   int64_t N;      // padded units
   int64_t D;      // features (N for kQPDense)
   const T* X;     // (S, N, D)
-  const double* gamma;  // (S) for kQPRbf, else unused
+  const double* gamma;  // (S) for kQPRbf and kQPLaplace, else unused
   double scale;         // kQPCina score scale
   const double* lse;    // (S, N) for kQPCina, else unused
 };

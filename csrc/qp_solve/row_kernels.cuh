@@ -88,13 +88,15 @@ qp_rowsum_kernel(QPSource<T> src, const bool* rowmask, const bool* colmask, int6
       if (cm[j]) acc += static_cast<double>(row[j]);
   } else {
     const T* xi = Xs + i * D;
-    const double g = src.kind == kQPRbf ? src.gamma[s] : 0.0;
+    const double g = (src.kind == kQPRbf || src.kind == kQPLaplace) ? src.gamma[s] : 0.0;
     const double li = src.kind == kQPCina ? src.lse[s * N + i] : 0.0;
     for (int64_t j = 0; j < N; ++j) {
       if (!cm[j]) continue;
       const T* xj = Xs + j * D;
       double v;
       if (src.kind == kQPRbf) v = exp_clamped(sqdist_rows(xj, xi, D) * -g);
+      else if (src.kind == kQPLaplace)
+        v = exp_clamped(sqrt(dmax(sqdist_rows(xj, xi, D), 0.0)) * -g);
       else if (src.kind == kQPCina)
         v = exp_clamped(src.scale * dot_rows(xj, xi, D) - src.lse[s * N + j] - li);
       else v = dot_rows(xj, xi, D);

@@ -74,7 +74,7 @@ CINA_DEV void ws_load(BlockSolver<T>& s, const WsCtl& c) {
   s.src = s.pb.src[s.q];
   s.qscale = s.pb.qscale[s.q];
   s.diag_add = s.pb.diag_add[s.q];
-  s.gamma = s.kind == kQPRbf ? s.S.gamma[s.src] : 0.0;
+  s.gamma = (s.kind == kQPRbf || s.kind == kQPLaplace) ? s.S.gamma[s.src] : 0.0;
   s.scale = s.S.scale;
   s.Xs = s.S.X + s.src * s.S.N * s.S.D;
   s.has_eq = s.pb.c != nullptr;

@@ -230,7 +230,7 @@ def kkt_from_scratch(Q, p, x, lo, up, c=None):
 # ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kernel", ["rbf", "linear", "cina", "precomputed"])
+@pytest.mark.parametrize("kernel", ["rbf", "linear", "laplace", "cina", "precomputed"])
 @pytest.mark.parametrize("estimand", ["overlap", "ate"])
 def test_emulated_dual_matches_cpu_and_reference(emulated, kernel, estimand):
     B, N, lam = 2, 24, 0.3
@@ -441,7 +441,7 @@ def test_emulated_warm_start(emulated):
 
 
 @pytest.mark.parametrize("dtype", [F32, F64])
-@pytest.mark.parametrize("kernel", ["precomputed", "linear", "rbf", "cina"])
+@pytest.mark.parametrize("kernel", ["precomputed", "linear", "rbf", "cina", "laplace"])
 def test_emulated_helper_kernels(dtype, kernel):
     """qp_kernel_lse and qp_kernel_rowsum kernels against the CPU operators."""
     X, _ = make_data(3, 37, p=5, seed=2, dtype=dtype)
@@ -450,7 +450,7 @@ def test_emulated_helper_kernels(dtype, kernel):
     mask[1] = False
     mask[1, 4] = True
     col = mask & (torch.rand(3, 37, generator=g) > 0.4)
-    kind = {"precomputed": 0, "linear": 1, "rbf": 2, "cina": 3}[kernel]
+    kind = {"precomputed": 0, "linear": 1, "rbf": 2, "cina": 3, "laplace": 4}[kernel]
     lse = torch.zeros(0, 0, dtype=F64)
     gamma = torch.zeros(0, dtype=F64)
     scale = 0.45
@@ -458,7 +458,7 @@ def test_emulated_helper_kernels(dtype, kernel):
         lse = torch.ops.cina.qp_kernel_lse(X, mask, scale)
         lse_e = emu_lse(X, mask, scale)
         assert torch.allclose(lse_e, lse, rtol=1e-13, atol=1e-13) and (lse_e[~mask] == 0).all()
-    if kernel == "rbf":
+    if kernel in ("rbf", "laplace"):
         gamma = torch.tensor([0.3, 0.7, 1.1], dtype=F64)
     Xk = R.gram(X, "rbf", gamma=0.5) if kernel == "precomputed" else X
     ref = torch.ops.cina.qp_kernel_rowsum(Xk.contiguous(), kind, gamma, scale, lse, mask, col)

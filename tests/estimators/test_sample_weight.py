@@ -74,12 +74,19 @@ CASES = [
     ("ipw-att", lambda: IPW(estimand="att"), 1e-6),
     ("ipw-overlap", lambda: IPW(estimand="overlap"), 1e-6),
     ("snipw-att", lambda: SelfNormalizedIPW(estimand="att"), 1e-6),
-    ("kernel-ate", lambda: KernelBalancing(tol=1e-9), 1e-5),
-    ("kernel-att", lambda: KernelBalancing(estimand="att", tol=1e-9), 1e-5),
-    ("kernel-linear", lambda: KernelBalancing(kernel="linear", tol=1e-10), 1e-4),
-    ("kernel-rff", lambda: KernelBalancing(approximation="rff", random_state=0), 1e-6),
-    ("kernel-rff-att", lambda: KernelBalancing(estimand="att", approximation="rff", random_state=0), 1e-6),
-    ("kernel-augmented", lambda: KernelBalancing(augment=_FixedOutcome(), tol=1e-9, random_state=0), 1e-5),
+    # fixed gamma and lam: the data-driven defaults (median heuristic, lam="auto") are rules on
+    # the distinct rows, which replication changes
+    ("kernel-ate", lambda: KernelBalancing(tol=1e-9, gamma="scale", lam=0.01), 1e-5),
+    ("kernel-att", lambda: KernelBalancing(estimand="att", tol=1e-9, gamma="scale", lam=0.01), 1e-5),
+    ("kernel-laplace", lambda: KernelBalancing(kernel="laplace", tol=1e-9, gamma="scale", lam=0.01), 1e-5),
+    ("kernel-linear", lambda: KernelBalancing(kernel="linear", tol=1e-10, lam=0.01), 1e-4),
+    ("kernel-rff", lambda: KernelBalancing(approximation="rff", gamma="scale", random_state=0), 1e-6),
+    ("kernel-rff-att", lambda: KernelBalancing(estimand="att", approximation="rff", gamma="scale", random_state=0), 1e-6),
+    (
+        "kernel-augmented",
+        lambda: KernelBalancing(augment=_FixedOutcome(), tol=1e-9, gamma="scale", lam=0.01, random_state=0),
+        1e-5,
+    ),
     ("ipw-augmented-att", lambda: IPW(estimand="att", augment=_FixedOutcome()), 1e-6),
     ("dml-ate", lambda: DoubleML(outcome_model=_FixedOutcome(), propensity_model=_FixedPropensity()), 1e-10),
     (
@@ -136,16 +143,16 @@ def test_zero_weight_units_take_no_part(data):
     s[drop] = 0.0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        est = KernelBalancing(tol=1e-9).fit(X, T, sample_weight=s)
-        ref = KernelBalancing(tol=1e-9).fit(X[~drop], T[~drop])
+        est = KernelBalancing(tol=1e-9, lam=0.01).fit(X, T, sample_weight=s)
+        ref = KernelBalancing(tol=1e-9, lam=0.01).fit(X[~drop], T[~drop])
     assert np.all(est.weights_[drop] == 0)
     assert est.ate(Y) == pytest.approx(ref.ate(Y[~drop]), abs=1e-5)
 
 
 def test_unit_weights_reproduce_the_exact_solver(data):
     X, T, _, _, _ = data
-    dense = KernelBalancing(tol=1e-9).fit(X, T, sample_weight=np.ones(T.size))
-    exact = KernelBalancing(tol=1e-9).fit(X, T)
+    dense = KernelBalancing(tol=1e-9, lam=0.01).fit(X, T, sample_weight=np.ones(T.size))
+    exact = KernelBalancing(tol=1e-9, lam=0.01).fit(X, T)
     assert dense.low_rank_ is False
     np.testing.assert_allclose(dense.weights_, exact.weights_, atol=1e-6)
 
@@ -289,3 +296,14 @@ def test_overlap_check_counts_replicated_units():
     assert a[0].replace("weighted units", "units") == b[0]
     # evenly replicated rows are no overlap problem, whatever the weights' scale
     assert _overlap_problems(np.ones(60) * 3.0, T, sample_weight=np.full(60, 3.0)) == []
+
+
+def test_weighted_kernel_balancing_refuses_lam_auto_and_reports_its_rules():
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(80, 3))
+    T = (rng.random(80) < 0.4).astype(int)
+    s = rng.integers(1, 4, size=80).astype(float)
+    with pytest.raises(ValueError, match="lam='auto'"):
+        KernelBalancing(lam="auto").fit(X, T, sample_weight=s)
+    est = KernelBalancing().fit(X, T, sample_weight=s)  # defaults: median gamma, lam 0.01
+    assert est.lam_ == 0.01 and est.lam_grid_ is None and est.gamma_ > 0

@@ -106,6 +106,21 @@ def per_arm(a, W):
     return w
 
 
+def laplace_gram(X, gamma=None):
+    """exp(-gamma ||x_i - x_j||_2) by scipy's cdist (float64), per dataset (gamma a float or one
+    per dataset); default gamma 1 / sqrt(p * mean per-feature population variance)."""
+    from scipy.spatial.distance import cdist
+
+    out = []
+    for b, Xb in enumerate(np.asarray(X.double())):
+        if gamma is None:
+            g = 1.0 / math.sqrt(Xb.shape[1] * Xb.var(0).mean())
+        else:
+            g = float(np.broadcast_to(np.asarray(gamma, dtype=float), (X.shape[0],))[b])
+        out.append(np.exp(-g * cdist(Xb, Xb)))
+    return torch.as_tensor(np.stack(out))
+
+
 def random_psd(n, rank=None, *, seed=0, dtype=F64):
     g = torch.Generator().manual_seed(seed)
     A = torch.randn(n, rank or n, generator=g, dtype=F64)
@@ -118,7 +133,7 @@ def random_psd(n, rank=None, *, seed=0, dtype=F64):
 # ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kernel", ["rbf", "linear", "precomputed", "cina"])
+@pytest.mark.parametrize("kernel", ["rbf", "linear", "laplace", "precomputed", "cina"])
 def test_overlap_matches_sklearn(kernel):
     B, N, lam = 3, 80, 0.3
     X, W = make_data(B, N, seed=1)
@@ -127,7 +142,7 @@ def test_overlap_matches_sklearn(kernel):
         K = Xin
     else:
         Xin = X
-        K = R.gram(X, kernel)
+        K = laplace_gram(X) if kernel == "laplace" else R.gram(X, kernel)
     res = solver.dual_solve(Xin, W, lam, kernel=kernel, tol=1e-9, backend="fused")
     assert bool(res.converged.all()) and float(res.kkt.max()) <= 1e-9
     for b in range(B):
@@ -154,7 +169,7 @@ def test_overlap_matches_sklearn(kernel):
 
 
 @pytest.mark.parametrize("estimand", ["overlap", "ate", "att"])
-@pytest.mark.parametrize("kernel", ["rbf", "cina", "precomputed"])
+@pytest.mark.parametrize("kernel", ["rbf", "laplace", "cina", "precomputed"])
 def test_dual_parity_with_reference(estimand, kernel):
     B, N, lam = 3, 60, 0.2
     X, W = make_data(B, N, seed=2)
@@ -174,6 +189,74 @@ def test_dual_parity_with_reference(estimand, kernel):
         assert torch.allclose(ours.intercept, ref.intercept, atol=1e-4)
     assert ours.estimand == estimand
     assert isinstance(ours, R.BalanceResult)
+
+
+@pytest.mark.parametrize("dtype", [F64, F32])
+@pytest.mark.parametrize("estimand", ["overlap", "ate", "att"])
+def test_laplace_parity_dtypes_odd_sizes_and_one_unit_arms(estimand, dtype):
+    """laplace on the compiled solver against the reference: odd sizes (N = 1 mod 4, p = 5 so the
+    feature loop has a remainder), per-dataset gamma, a mask, a dataset whose treated arm is one
+    unit and one with duplicated rows (distance 0); float64 and float32."""
+    B, N, p = 3, 37, 5
+    X, W = _solver_cases.make_data(B, N, p, seed=23)
+    g = torch.Generator().manual_seed(24)
+    mask = torch.rand(B, N, generator=g) > 0.15
+    mask[:, :2] = True
+    W[1] = -1.0
+    W[1, 0] = 1.0  # dataset 1: one treated unit
+    X[2, 5:9] = X[2, 9:13]  # dataset 2: duplicated rows
+    gamma = torch.tensor([0.3, 0.7, 1.1], dtype=F64)
+    X, W = X.to(dtype), W.to(dtype)
+    kw = dict(kernel="laplace", gamma=gamma, estimand=estimand, mask=mask)
+    tol = 1e-8 if dtype == F64 else 1e-4
+    ours = solver.dual_solve(X, W, 0.3, backend="fused", tol=tol, **kw)
+    ref = R.dual_solve(X, W, 0.3, tol=tol, **kw)
+    # the same problem solved from an independently computed Gram matrix
+    Kd = laplace_gram(torch.where(mask.unsqueeze(-1), X, 0).double(), gamma=gamma.numpy())
+    dense = R.dual_solve(Kd, W.double(), 0.3, kernel="precomputed", estimand=estimand, mask=mask, tol=1e-10)
+    assert bool(ours.converged.all()) and bool(ref.converged.all())
+    # float32: a KKT tolerance of 1e-4 leaves objectives ~1e-3 apart (the float32 reference keeps
+    # its gradient in float32)
+    rtol, atol = (1e-6, 1e-4) if dtype == F64 else (1e-3, 5e-3)
+    assert torch.allclose(ours.objective.double(), ref.objective.double(), rtol=rtol, atol=0)
+    assert torch.allclose(ours.objective.double(), dense.objective, rtol=rtol, atol=0)
+    # overlap with duplicated rows (dataset 2): alpha is not unique there, the primal
+    # f = K (alpha * W) is
+    uniq = [0, 1] if estimand == "overlap" else [0, 1, 2]
+    assert torch.allclose(ours.weights[uniq].double(), ref.weights[uniq].double(), atol=atol, rtol=0)
+    assert torch.allclose(ours.weights[uniq].double(), dense.weights[uniq], atol=atol, rtol=0)
+    if estimand == "overlap":
+        f_ours = Kd[2] @ (ours.alpha[2].double() * W[2].double())
+        f_dense = Kd[2] @ (dense.alpha[2] * W[2].double())
+        assert torch.allclose(f_ours, f_dense, atol=10 * atol, rtol=0)
+    assert (ours.weights[~mask] == 0).all()
+    assert ours.weights.dtype == dtype
+    if estimand != "att":
+        assert float(ours.weights[1, 0]) == pytest.approx(1.0)  # the one treated unit takes all
+
+
+def test_laplace_default_gamma_and_rowsum():
+    """The default laplace gamma is the square root of the default rbf gamma (1 / sqrt(p v)), and
+    the compiled kernel row sums equal the independent Gram's."""
+    X, W = make_data(2, 41, seed=25)
+    mask = torch.ones(2, 41, dtype=torch.bool)
+    mask[1, 30:] = False
+    ours = solver.dual_solve(X, W, 0.2, kernel="laplace", estimand="ate", mask=mask, tol=1e-9, backend="fused")
+    g = [1.0 / math.sqrt(X.shape[2] * X[b][mask[b]].var(0, unbiased=False).mean().item()) for b in range(2)]
+    dense = []
+    for b in range(2):
+        Kb = laplace_gram(X[b : b + 1, mask[b]], gamma=g[b])
+        Wb = W[b : b + 1, mask[b]]
+        dense.append(R.dual_solve(Kb, Wb, 0.2, kernel="precomputed", estimand="ate", tol=1e-10))
+    for b in range(2):
+        assert float(ours.objective[b]) == pytest.approx(float(dense[b].objective[0]), rel=1e-6)
+        np.testing.assert_allclose(ours.weights[b, mask[b]].numpy(), dense[b].weights[0].numpy(), atol=1e-5)
+    gam = torch.tensor(g, dtype=F64)
+    rows = torch.ops.cina.qp_kernel_rowsum(X, 4, gam, 1.0, torch.empty(0, 0, dtype=F64), mask, mask)
+    Kfull = laplace_gram(X[:1], gamma=g[0])[0]
+    np.testing.assert_allclose(rows[0].numpy(), Kfull.sum(1).numpy(), rtol=1e-12)
+    Km = laplace_gram(X[1:2, :30], gamma=g[1])[0]
+    np.testing.assert_allclose(rows[1, :30].numpy(), Km.sum(1).numpy(), rtol=1e-12)
 
 
 @pytest.mark.parametrize("loss,intercept", [("squared_hinge", True), ("hinge", False), ("squared_hinge", False)])
@@ -391,7 +474,7 @@ def test_fully_padded_and_empty_problem():
     assert empty.x.shape == (2, 0) and bool(empty.converged.all())
 
 
-@pytest.mark.parametrize("kernel", ["rbf", "cina"])
+@pytest.mark.parametrize("kernel", ["rbf", "laplace", "cina"])
 def test_thread_count_invariance(kernel):
     """Bitwise identical results for 1 and 2 threads: across datasets, and inside one dataset
     (forced with a low threshold).  With 2 threads the inner path synchronises several times per

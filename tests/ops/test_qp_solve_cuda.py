@@ -56,7 +56,7 @@ def check_same(gpu, cpu, *, rtol=1e-9, atol_w=1e-6, weights=True):
     assert bool(((gpu.iterations.cpu() - cpu.iterations).abs().double() <= lim).all())
 
 
-@pytest.mark.parametrize("kernel", ["rbf", "linear", "cina", "precomputed"])
+@pytest.mark.parametrize("kernel", ["rbf", "linear", "laplace", "cina", "precomputed"])
 @pytest.mark.parametrize("estimand", ["overlap", "ate", "att"])
 def test_dual_parity_with_cpu_and_reference(kernel, estimand):
     B, N, lam = 4, 150, 0.2
@@ -252,7 +252,7 @@ def check_optimum(gpu, cpu, *, rtol, atol_w, weights=True):
 
 
 @pytest.mark.parametrize("size", ["8", "256", "256/t64", "512"])  # (/tT: T threads in the sub-problem kernel)
-@pytest.mark.parametrize("kernel", ["rbf", "cina", "precomputed"])
+@pytest.mark.parametrize("kernel", ["rbf", "laplace", "cina", "precomputed"])
 @pytest.mark.parametrize("estimand", ["overlap", "ate", "att"])
 def test_working_set_matches_cpu(monkeypatch, size, kernel, estimand):
     monkeypatch.setenv("CINA_QP_CUDA_ALGO", "ws")

@@ -582,13 +582,55 @@ def test_gram_kernels():
     keep = mask[0].numpy()
     Xn = Xt.clone()
     Xn[0, [2, 7]] = float("nan")
-    for kern in ("linear", "rbf", "cina"):
+    for kern in ("linear", "rbf", "laplace", "cina"):
         Kp = gram(Xn, kern, mask=mask)[0]
         Ks = gram(Xt[:, keep], kern)[0]
         assert torch.allclose(Kp[keep][:, keep], Ks, rtol=1e-12, atol=1e-15)
         assert float(Kp[~keep].abs().sum()) == 0.0 and float(Kp[:, ~keep].abs().sum()) == 0.0
     Kpre = gram(gram(Xt, "rbf"), "precomputed", mask=mask)
     assert float(Kpre[0, 2].abs().sum()) == 0.0
+
+
+def test_gram_laplace_against_scipy_distances():
+    """laplace: exp(-gamma ||x_i - x_j||_2) against scipy's Euclidean distances, float64 and
+    float32; the default gamma is 1 / sqrt(p * mean per-feature variance); exact ones on the
+    diagonal and on duplicated rows (distance 0, where the squared distance may round below 0)."""
+    from scipy.spatial.distance import cdist
+
+    rng = np.random.default_rng(31)
+    X = rng.standard_normal((13, 4)) * np.array([1.0, 2.0, 0.3, 5.0]) + 3.0
+    X[5] = X[2]  # a duplicated row
+    Dm = cdist(X, X)
+    for dt, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        Xt = torch.as_tensor(X, dtype=dt)[None]
+        K = gram(Xt, "laplace", gamma=0.45)[0].double().numpy()
+        np.testing.assert_allclose(K, np.exp(-0.45 * Dm), rtol=tol, atol=tol)
+        assert K[5, 2] == 1.0 and (np.diag(K) == 1.0).all()
+        g = 1.0 / math.sqrt(4 * X.var(0).mean())
+        np.testing.assert_allclose(gram(Xt, "laplace")[0].double().numpy(), np.exp(-g * Dm), rtol=tol, atol=tol)
+    # per-dataset gamma
+    Xb = torch.as_tensor(np.stack([X, X[::-1].copy()]), dtype=torch.float64)
+    Kb = gram(Xb, "laplace", gamma=torch.tensor([0.2, 0.9], dtype=torch.float64))
+    np.testing.assert_allclose(Kb[0].numpy(), np.exp(-0.2 * Dm), rtol=1e-12)
+    np.testing.assert_allclose(Kb[1].numpy(), np.exp(-0.9 * cdist(X[::-1], X[::-1])), rtol=1e-12)
+
+
+def test_overlap_laplace_matches_svc():
+    """The overlap dual on the laplace kernel equals SVC on the same (independently computed) Gram."""
+    from scipy.spatial.distance import cdist
+    from sklearn.svm import SVC
+
+    N, lam, gamma = 70, 0.4, 0.6
+    X, W = make_data(N, p=3, shift=0.8, seed=8)
+    K = np.exp(-gamma * cdist(X, X))
+    r = dual_solve(t64(X)[None], t64(W)[None], lam, kernel="laplace", gamma=gamma, tol=1e-10)
+    svc = SVC(kernel="precomputed", C=1 / lam, tol=1e-10, shrinking=False).fit(K, W)
+    a_svc = np.zeros(N)
+    a_svc[svc.support_] = lam * np.abs(svc.dual_coef_[0])
+    Qd = np.outer(W, W) * K / lam
+    assert r.objective.item() == pytest.approx(0.5 * a_svc @ Qd @ a_svc - a_svc.sum(), rel=1e-6)
+    assert np.abs(r.alpha[0].numpy() - a_svc).max() < 1e-4
+    assert r.intercept.item() == pytest.approx(svc.intercept_[0], abs=1e-6)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -59,6 +59,7 @@ struct Problem {  // one batch: a source and its problems, all arrays exactly si
       }
       if (kind == cina::kQPLinear) k = dot;
       else if (kind == cina::kQPRbf) k = std::exp(-gamma[s] * sq);
+      else if (kind == cina::kQPLaplace) k = std::exp(-gamma[s] * std::sqrt(sq));
       else k = std::exp(scale * dot - lse[s * N + i] - lse[s * N + j]);
     }
     const double si = has_sign ? static_cast<double>(sign[pr * N + i]) : 1.0;
@@ -387,6 +388,7 @@ int main(int argc, char** argv) {
     run_all("overlap linear float32 (2-slot cache)", overlap<float>(cina::kQPLinear, 7, 1e-4),
             quick, 200);
     run_all("ate cina float32", ate_cina<float>(8, 1e-4), quick);
+    run_all("overlap laplace float64", overlap<double>(cina::kQPLaplace, 9, 1e-8), quick);
   }
   std::printf("san_qp: %s\n", failures == 0 ? "OK" : "FAILURES");
   return failures == 0 ? 0 : 1;

@@ -1,0 +1,150 @@
+"""Data-driven tuning of the kernel balancing problems (docs/method.md §8).
+
+* :func:`median_gamma`: the median heuristic for the bandwidth of the rbf and laplace kernels, on
+  a seeded subsample of at most :data:`MEDIAN_UNITS` units (all pairs among them), so its cost does
+  not grow with N.
+* :func:`select_lam`: the rule of ``lam="auto"``: among the penalties of a grid, the largest one
+  whose weighted imbalance (the largest absolute standardised mean difference of the covariates,
+  as :func:`cina_ext.diagnostics.balance_table` reports it) stays within a stated tolerance of the
+  smallest imbalance on the grid.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+from ..diagnostics import balance_table, kish_ess
+
+__all__ = [
+    "MEDIAN_UNITS",
+    "LAM_GRID",
+    "LAM_FACTOR",
+    "LAM_SLACK",
+    "median_gamma",
+    "LamSelection",
+    "select_lam",
+]
+
+#: The median heuristic looks at all pairs among at most this many units (a seeded subsample).
+MEDIAN_UNITS = 2000
+#: The relative penalties ``lam="auto"`` chooses from ("ate"/"att"): 1e-4 to 1, half a decade apart.
+LAM_GRID = tuple(float(10.0**e) for e in np.arange(-4.0, 0.01, 0.5))
+#: ``lam="auto"`` accepts an imbalance up to ``max(LAM_FACTOR * best, best + LAM_SLACK)``.
+LAM_FACTOR = 1.1
+LAM_SLACK = 0.005
+
+
+def median_gamma(Xs: np.ndarray, kernel: str, seed: int, max_units: int = MEDIAN_UNITS) -> float:
+    """The median heuristic: ``1 / median ||x_i - x_j||^2`` ("rbf") or ``1 / median ||x_i - x_j||``
+    ("laplace") over the pairs ``i < j`` of a subsample of the rows of ``Xs``.
+
+    The subsample is all rows when there are at most ``max_units``, else ``max_units`` rows drawn
+    without replacement by ``numpy.random.default_rng([seed, 1])``, so the value is a function of
+    ``(Xs, seed)``.  Pairs at distance 0 (duplicated rows) are left out of the median; when no pair
+    is at a positive distance the value is ``1 / p`` ("rbf") or ``1 / sqrt(p)`` ("laplace").
+    """
+    if kernel not in ("rbf", "laplace"):
+        raise ValueError(f"the median heuristic is for the rbf and laplace kernels, got {kernel!r}")
+    Xs = np.asarray(Xs, dtype=np.float64)
+    n, p = Xs.shape
+    if n > max_units:
+        idx = np.sort(np.random.default_rng([int(seed), 1]).choice(n, size=max_units, replace=False))
+        Z = Xs[idx]
+    else:
+        Z = Xs
+    m = Z.shape[0]
+    sq = np.einsum("ij,ij->i", Z, Z)
+    D2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * (Z @ Z.T), 0.0)
+    iu = np.triu_indices(m, k=1)
+    d2 = D2[iu]
+    d2 = d2[d2 > 0]
+    if d2.size == 0:
+        return 1.0 / p if kernel == "rbf" else 1.0 / math.sqrt(p)
+    med = float(np.median(d2)) if kernel == "rbf" else float(np.median(np.sqrt(d2)))
+    return 1.0 / med
+
+
+@dataclass
+class LamSelection:
+    """The outcome of :func:`select_lam`: the chosen ``lam`` and the grid's diagnostics."""
+
+    lam: float
+    index: int
+    grid: List[float]
+    imbalance: List[float]
+    ess_treated: List[float]
+    ess_control: List[float]
+    converged: List[bool]
+    threshold: float
+    rule: str = field(default="")
+
+    def to_dict(self) -> dict:
+        return {
+            "lam": self.lam,
+            "grid": list(self.grid),
+            "imbalance": list(self.imbalance),
+            "ess_treated": list(self.ess_treated),
+            "ess_control": list(self.ess_control),
+            "converged": list(self.converged),
+            "threshold": self.threshold,
+            "rule": self.rule,
+        }
+
+
+def select_lam(
+    X: np.ndarray,
+    T: np.ndarray,
+    weights: Sequence[np.ndarray],
+    grid: Sequence[float],
+    *,
+    estimand: str,
+    converged: Sequence[bool],
+    factor: Optional[float] = None,
+    slack: Optional[float] = None,
+) -> LamSelection:
+    """The ``lam="auto"`` rule on the solutions of a grid of penalties.
+
+    For every ``lam`` of ``grid`` (increasing), ``weights[k]`` are the balancing weights solved
+    with it.  The imbalance of each is the largest absolute weighted standardised mean difference
+    of the columns of ``X`` (``balance_table(...).max_abs_smd_after``, the SMD denominators of the
+    estimand).  With ``best`` the smallest imbalance among the converged solutions, the rule picks
+    the largest ``lam`` whose solution converged and has an imbalance of at most
+    ``max(factor * best, best + slack)`` (defaults :data:`LAM_FACTOR`, :data:`LAM_SLACK`): the least-penalised-variance point that keeps the
+    balance of the best one, up to that tolerance.  A larger ``lam`` spreads the weights (a larger
+    effective sample size) at the cost of balance.
+    """
+    factor = LAM_FACTOR if factor is None else float(factor)
+    slack = LAM_SLACK if slack is None else float(slack)
+    grid = [float(g) for g in grid]
+    if len(grid) != len(weights) or len(grid) != len(converged) or not grid:
+        raise ValueError("grid, weights and converged must have the same non-zero length")
+    if any(b <= a for a, b in zip(grid, grid[1:])):
+        raise ValueError("the lam grid must be increasing")
+    imb, e1, e0 = [], [], []
+    for w in weights:
+        rep = balance_table(X, T, w, estimand=estimand)
+        imb.append(float(rep.max_abs_smd_after))
+        e1.append(float(kish_ess(w[T == 1])))
+        e0.append(float(kish_ess(w[T == 0])))
+    conv = [bool(c) for c in converged]
+    ok = [k for k in range(len(grid)) if conv[k] and math.isfinite(imb[k])]
+    if not ok:  # nothing converged: the smallest imbalance regardless
+        ok = list(range(len(grid)))
+    best = min(imb[k] for k in ok)
+    thr = max(factor * best, best + slack)
+    k = max(k for k in ok if imb[k] <= thr)
+    return LamSelection(
+        lam=grid[k],
+        index=k,
+        grid=grid,
+        imbalance=imb,
+        ess_treated=e1,
+        ess_control=e0,
+        converged=conv,
+        threshold=thr,
+        rule=f"largest lam with max|SMD| <= max({factor:g} * best, best + {slack:g})",
+    )
