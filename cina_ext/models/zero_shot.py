@@ -73,7 +73,7 @@ MATERIALISE_LIMIT = 1 << 25  # entries of the (B, N, N) attention matrix the unr
 DEFAULT_LANDMARKS = 1024
 #: Query units per chunk of the landmark path (bounds its memory, not its result).
 LANDMARK_CHUNK = 65536
-DEFAULT_BALANCE_LAM = 0.01  # ate/att: ridge on the weights, the KernelBalancing default
+DEFAULT_BALANCE_LAM = 0.01  # ate/att: ridge on the weights, KernelBalancing(lam=0.01)
 _SD_FLOOR = 1e-8
 _RFF_SEED = 20261202  # the frequency matrix of input_features="rff" (also saved as a buffer)
 
@@ -631,7 +631,8 @@ class CInAZeroShotModel(nn.Module):
         same for the control arm against the treated.  MMD with the RBF kernel
         ``exp(-||z - z'||^2 / p)`` on the per-dataset standardised covariates ``z`` (``p`` valid
         covariates): the problem :class:`cina_ext.estimators.KernelBalancing` solves exactly with
-        its defaults, so its optimum is the exact solver's objective (plus a constant).
+        ``gamma="scale", lam=0.01``, so its optimum is the exact solver's objective (plus a
+        constant).
 
         Parameters
         ----------
