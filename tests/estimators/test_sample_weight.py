@@ -81,7 +81,11 @@ CASES = [
     ("kernel-laplace", lambda: KernelBalancing(kernel="laplace", tol=1e-9, gamma="scale", lam=0.01), 1e-5),
     ("kernel-linear", lambda: KernelBalancing(kernel="linear", tol=1e-10, lam=0.01), 1e-4),
     ("kernel-rff", lambda: KernelBalancing(approximation="rff", gamma="scale", random_state=0), 1e-6),
-    ("kernel-rff-att", lambda: KernelBalancing(estimand="att", approximation="rff", gamma="scale", random_state=0), 1e-6),
+    (
+        "kernel-rff-att",
+        lambda: KernelBalancing(estimand="att", approximation="rff", gamma="scale", random_state=0),
+        1e-6,
+    ),
     (
         "kernel-augmented",
         lambda: KernelBalancing(augment=_FixedOutcome(), tol=1e-9, gamma="scale", lam=0.01, random_state=0),
