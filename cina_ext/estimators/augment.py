@@ -73,7 +73,8 @@ def with_seed(model, seed: int):
     return m
 
 
-def _fit(model, X, y, sample_weight=None):
+def fit_weighted(model, X, y, sample_weight=None):
+    """``model.fit(X, y)``, with ``sample_weight`` when given (a clear error if the model has none)."""
     if sample_weight is None:
         return model.fit(X, y)
     try:
@@ -82,8 +83,8 @@ def _fit(model, X, y, sample_weight=None):
         if "sample_weight" not in str(exc):
             raise
         raise TypeError(
-            f"the outcome model {type(model).__name__}.fit does not accept sample_weight, which a weighted "
-            "fit needs; use one that does (e.g. HistGradientBoostingRegressor, LinearRegression)"
+            f"{type(model).__name__}.fit does not accept sample_weight, which a weighted fit needs; use a "
+            "scikit-learn model that does (e.g. HistGradientBoostingRegressor, LogisticRegression)"
         ) from None
 
 
@@ -110,8 +111,8 @@ def cross_fit_outcomes(
             t1, t0 = tr[T[tr] == 1], tr[T[tr] == 0]
             sw1 = None if sample_weight is None else sample_weight[t1]
             sw0 = None if sample_weight is None else sample_weight[t0]
-            mu1[te] = _fit(with_seed(model, s), Xs[t1], Y[t1], sw1).predict(Xs[te])
-            mu0[te] = _fit(with_seed(model, s + 1), Xs[t0], Y[t0], sw0).predict(Xs[te])
+            mu1[te] = fit_weighted(with_seed(model, s), Xs[t1], Y[t1], sw1).predict(Xs[te])
+            mu0[te] = fit_weighted(with_seed(model, s + 1), Xs[t0], Y[t0], sw0).predict(Xs[te])
     if not (np.all(np.isfinite(mu1)) and np.all(np.isfinite(mu0))):
         raise ValueError("the outcome model predicted NaN or Inf")
     return mu1, mu0

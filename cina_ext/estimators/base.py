@@ -89,21 +89,6 @@ def _standardize(X: np.ndarray, mean=None, sd=None, sample_weight=None):
     return (Z0 - mz) / sdz, mean, sd
 
 
-def _fit_weighted(model, X, y, sample_weight=None):
-    """``model.fit(X, y)``, with ``sample_weight`` when given (a clear error if the model has none)."""
-    if sample_weight is None:
-        return model.fit(X, y)
-    try:
-        return model.fit(X, y, sample_weight=sample_weight)
-    except TypeError as exc:
-        if "sample_weight" not in str(exc):
-            raise
-        raise TypeError(
-            f"{type(model).__name__}.fit does not accept sample_weight, which a weighted fit needs; "
-            "use a scikit-learn model that does (e.g. LogisticRegression, HistGradientBoostingRegressor)"
-        ) from None
-
-
 def _arm_normalise(w: np.ndarray, T: np.ndarray) -> np.ndarray:
     """``w`` scaled to sum to one within each arm (ValueError for an arm with no weight)."""
     w = np.asarray(w, dtype=np.float64)

@@ -11,9 +11,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
 from .._core.checks import check_estimand, check_outcome
-from .augment import influence_se, with_seed
+from .augment import fit_weighted, influence_se, with_seed
 from .augment import single_openmp_thread as _single_openmp_thread
-from .base import _arm_normalise, _fit_weighted, _standardize, _WeightingEstimator
+from .base import _arm_normalise, _standardize, _WeightingEstimator
 
 __all__ = ["DifferenceInMeans", "IPW", "SelfNormalizedIPW", "DoubleML"]
 
@@ -92,7 +92,7 @@ def _default_propensity_model():
 
 def _fit_propensity(model, Xs: np.ndarray, T: np.ndarray, seed: int, sample_weight=None) -> np.ndarray:
     m = with_seed(model, seed)
-    _fit_weighted(m, Xs, T, sample_weight)
+    fit_weighted(m, Xs, T, sample_weight)
     classes = list(getattr(m, "classes_", [0, 1]))
     return m.predict_proba(Xs)[:, classes.index(1)] if hasattr(m, "predict_proba") else m.predict(Xs)
 
@@ -429,8 +429,8 @@ class DoubleML(_WeightingEstimator):
             e[te] = _predict_proba(pm, Xs[tr], T[tr], Xs[te], s, part(tr))
             t1 = tr[T[tr] == 1]
             t0 = tr[T[tr] == 0]
-            m1 = _fit_weighted(with_seed(om, s), Xs[t1], Y[t1], part(t1))
-            m0 = _fit_weighted(with_seed(om, s + 1), Xs[t0], Y[t0], part(t0))
+            m1 = fit_weighted(with_seed(om, s), Xs[t1], Y[t1], part(t1))
+            m0 = fit_weighted(with_seed(om, s + 1), Xs[t0], Y[t0], part(t0))
             mu1[te] = m1.predict(Xs[te])
             mu0[te] = m0.predict(Xs[te])
 
@@ -559,6 +559,6 @@ class DoubleML(_WeightingEstimator):
 
 def _predict_proba(model, Xtr, Ttr, Xte, seed, sample_weight=None):
     m = with_seed(model, seed)
-    _fit_weighted(m, Xtr, Ttr, sample_weight)
+    fit_weighted(m, Xtr, Ttr, sample_weight)
     classes = list(getattr(m, "classes_", [0, 1]))
     return m.predict_proba(Xte)[:, classes.index(1)]
