@@ -319,7 +319,6 @@ class CInAZeroShot(_WeightingEstimator):
 
     def _fit_core(self, X, T, seed, *, bootstrap=False):
         model = self._get_model()
-        self._check_params()
         landmark_seed = seed if self._use_landmarks(X.shape[0], warn=not bootstrap) else None
         # standardised here in float64, scale-robust, before the model's own per-dataset standardisation
         # (which runs in the model's dtype): no covariate is too small or too large for it

@@ -1069,7 +1069,8 @@ def _layer_kv(layer: nn.TransformerEncoderLayer, h: Tensor) -> Tuple[Tensor, Ten
     sa = layer.self_attn
     B, n, E = h.shape
     H = sa.num_heads
-    _, k, v = torch.nn.functional.linear(layer.norm1(h), sa.in_proj_weight, sa.in_proj_bias).chunk(3, dim=-1)
+    # the key and value rows of the packed projection (the queries are not needed)
+    k, v = torch.nn.functional.linear(layer.norm1(h), sa.in_proj_weight[E:], sa.in_proj_bias[E:]).chunk(2, dim=-1)
     return tuple(t.reshape(B, n, H, E // H).transpose(1, 2) for t in (k, v))
 
 
@@ -1085,12 +1086,13 @@ def _encoder_layer(
     B, N, E = h.shape
     H = sa.num_heads
     x = layer.norm1(h)
-    q, k, v = torch.nn.functional.linear(x, sa.in_proj_weight, sa.in_proj_bias).chunk(3, dim=-1)
-    q = q.reshape(B, N, H, E // H).transpose(1, 2)
     if kv is None:
+        q, k, v = torch.nn.functional.linear(x, sa.in_proj_weight, sa.in_proj_bias).chunk(3, dim=-1)
         k, v = (t.reshape(B, N, H, E // H).transpose(1, 2) for t in (k, v))
-    else:
+    else:  # only the query rows of the packed projection: the keys and values are given
+        q = torch.nn.functional.linear(x, sa.in_proj_weight[:E], sa.in_proj_bias[:E])
         k, v = kv
+    q = q.reshape(B, N, H, E // H).transpose(1, 2)
     drop = sa.dropout if layer.training else 0.0
     a = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=drop)
     a = sa.out_proj(a.transpose(1, 2).reshape(B, N, E))
