@@ -10,7 +10,9 @@ Columns (mean absolute error of the estimate against the truth of its estimand):
   * Setoguchi / ER, "OOD": the held-out settings (``setting="ood"``: shifted coefficients and
     heterogeneous effects; denser graphs, unseen mechanisms and noise laws);
   * IHDP-A / IHDP-B: ``ihdp`` replications of each response surface (econml covariates);
-  * LaLonde-CPS / -PSID: |estimate - 1794| on the full data (an ATT benchmark);
+  * LaLonde-CPS / -PSID: |estimate - 1794| on the full data (an ATT benchmark), averaged over
+    ``--lalonde-seeds`` seeds of each method (cross-fitting folds, bandwidth subsample): one dataset
+    and one seed would rank methods by the luck of a fold split;
   * acic16 (opt-in): the first ``acic`` of the 10 ACIC 2016 settings shipped by causallib (4802
     units, 82 covariates after one-hot encoding; ``--acic-n`` subsamples, truth recomputed);
   * acic-semi (opt-in): ``acic-semi`` seeds of ``make_semi_synthetic`` on the ACIC covariates (poor
@@ -22,7 +24,8 @@ Columns (mean absolute error of the estimate against the truth of its estimand):
 ``--columns`` picks the columns (default: the eight above the opt-in ones, the synthetic four with
 ``--quick``; "all": everything), ``--methods`` the rows by label.
 The estimand is the ATE on synthetic data and IHDP and the ATT on LaLonde, for every method.
-Rows: naive, IPW, SN-IPW, DoubleML, KernelBalancing, CInA (Algorithm 1, exact bilevel), CInA-ZS
+Rows: naive, IPW, SN-IPW, DoubleML, KernelBalancing (its defaults, then with scaling="standard",
+then augmented), CInA (Algorithm 1, exact bilevel), CInA-ZS
 (the shipped zero-shot model unless ``--zs``), CInA-ZS refined by 50 solver iterations, and
 CInA-ZS-S (the shipped supervised model unless ``--zs-s``).  Time: mean wall seconds per dataset on
 the synthetic sets (fit + estimate; the zero-shot rows run batched with ``estimate_many`` and
@@ -54,6 +57,7 @@ PER_DATASET = [  # (row label, make_estimator name, constructor keywords)
     ("SN-IPW", "snipw", {}),
     ("DoubleML", "dml", {}),
     ("KernelBalancing", "kernel", {}),
+    ("KernelBalancing, standard scaling", "kernel", {"scaling": "standard"}),
     ("KernelBalancing + augment", "kernel", {"augment": True}),
     ("CInA (Alg. 1)", "cina", {}),
 ]
@@ -86,7 +90,9 @@ def _drop_constant(ds):
     return replace(ds, X=ds.X[:, keep], feature_names=[f for f, k in zip(ds.feature_names, keep) if k])
 
 
-def build_sets(count: int, n: int, ihdp: int, columns, acic: int = 5, acic_semi: int = 5, acic_n=None):
+def build_sets(
+    count: int, n: int, ihdp: int, columns, acic: int = 5, acic_semi: int = 5, acic_n=None, lalonde_seeds: int = 5
+):
     sets, estimands = {}, {}
     for j, col in enumerate(SYNTHETIC):
         if col not in columns:
@@ -103,7 +109,8 @@ def build_sets(count: int, n: int, ihdp: int, columns, acic: int = 5, acic_semi:
                 estimands[f"ihdp-{s}"] = "ate"
         for c in ("cps", "psid"):
             if f"lalonde-{c}" in columns:
-                sets[f"lalonde-{c}"] = [load_lalonde(controls=c)]
+                # the same data once per seed: run_per_dataset seeds dataset i with random_state=i
+                sets[f"lalonde-{c}"] = [load_lalonde(controls=c)] * max(1, int(lalonde_seeds))
                 estimands[f"lalonde-{c}"] = "att"
     except ImportError as exc:
         print(f"IHDP/LaLonde skipped: {exc}")
@@ -211,6 +218,7 @@ def main(argv=None):
     ap.add_argument("--acic", type=int, default=5, help="ACIC 2016 settings of the acic16 column, 1-10 (default: 5)")
     ap.add_argument("--acic-semi", type=int, default=5, help="seeds of the acic-semi column (default: 5)")
     ap.add_argument("--acic-n", type=int, default=None, help="units per ACIC dataset (default: 4802 / 2000 semi)")
+    ap.add_argument("--lalonde-seeds", type=int, default=5, help="seeds per method on each LaLonde column (default: 5)")
     ap.add_argument("--nhefs-bootstrap", type=int, default=100, help="bootstrap resamples of the NHEFS intervals")
     ap.add_argument("--quick", action="store_true", help="4 datasets per column, n=200, no real data")
     ap.add_argument("--out", default="benchmarks/out")
@@ -229,7 +237,14 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     sets, estimands = build_sets(
-        args.count, args.n, args.ihdp, columns, acic=args.acic, acic_semi=args.acic_semi, acic_n=args.acic_n
+        args.count,
+        args.n,
+        args.ihdp,
+        columns,
+        acic=args.acic,
+        acic_semi=args.acic_semi,
+        acic_n=args.acic_n,
+        lalonde_seeds=args.lalonde_seeds,
     )
 
     from cina_ext.models.checkpoint import pretrained_path
@@ -291,6 +306,7 @@ def main(argv=None):
         "acic_settings": args.acic,
         "acic_semi_seeds": args.acic_semi,
         "acic_n": args.acic_n,
+        "lalonde_seeds": args.lalonde_seeds,
         "sizes": {c: [d.n for d in v][:1] for c, v in sets.items()},
     }
     (out / "eval_accuracy.json").write_text(json.dumps({"meta": meta, "rows": results, "nhefs": nhefs}, indent=2))
@@ -312,7 +328,8 @@ def main(argv=None):
     lines = [f"Machine: {meta['machine']}", ""]
     if cols:
         lines += [
-            f"MAE of the ATE ({'; '.join(sizes)}); LaLonde: |ATT estimate - 1794|. "
+            f"MAE of the ATE ({'; '.join(sizes)}); LaLonde: |ATT estimate - 1794|, mean over "
+            f"{args.lalonde_seeds} seeds. "
             "Time: mean per synthetic dataset (the real / ACIC columns: the table below).",
             "",
             "| method | " + " | ".join(cols) + " | time / dataset (s) |",

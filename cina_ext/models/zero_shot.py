@@ -631,7 +631,7 @@ class CInAZeroShotModel(nn.Module):
         same for the control arm against the treated.  MMD with the RBF kernel
         ``exp(-||z - z'||^2 / p)`` on the per-dataset standardised covariates ``z`` (``p`` valid
         covariates): the problem :class:`cina_ext.estimators.KernelBalancing` solves exactly with
-        ``gamma="scale", lam=0.01``, so its optimum is the exact solver's objective (plus a
+        ``gamma="scale", lam=0.01, scaling="standard"``, so its optimum is the exact solver's objective (plus a
         constant).
 
         Parameters

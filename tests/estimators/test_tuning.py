@@ -74,17 +74,17 @@ def test_median_gamma_degenerate_and_bad_kernel():
 @pytest.mark.parametrize("kernel", ["rbf", "laplace"])
 def test_estimator_median_gamma_on_standardised_covariates(kernel):
     ds = make_setoguchi(120, "A", seed=1)
-    est = KernelBalancing(kernel=kernel, gamma="median", random_state=0).fit(ds.X, ds.T)
+    est = KernelBalancing(kernel=kernel, gamma="median", random_state=0, scaling="standard").fit(ds.X, ds.T)
     Zs = standardise(ds.X)
     assert est.gamma_ == pytest.approx(1.0 / brute_median(Zs.tolist(), kernel), rel=1e-10)
     d = est.summary()["details"]
     assert d["gamma"] == est.gamma_ and d["gamma_rule"] == "median"
-    auto = KernelBalancing(kernel=kernel, gamma="auto", random_state=0).fit(ds.X, ds.T)
+    auto = KernelBalancing(kernel=kernel, gamma="auto", random_state=0, scaling="standard").fit(ds.X, ds.T)
     assert auto.gamma_ == est.gamma_
     # a number is used as given; "scale" is 1/p (rbf) or 1/sqrt(p) (laplace)
     assert KernelBalancing(kernel=kernel, gamma=0.37).fit(ds.X, ds.T).gamma_ == 0.37
     p = ds.X.shape[1]
-    scale = KernelBalancing(kernel=kernel, gamma="scale").fit(ds.X, ds.T).gamma_
+    scale = KernelBalancing(kernel=kernel, gamma="scale", scaling="standard").fit(ds.X, ds.T).gamma_
     assert scale == pytest.approx(1 / p if kernel == "rbf" else 1 / math.sqrt(p))
 
 
@@ -191,7 +191,9 @@ def test_laplace_estimator_matches_the_reference_solver(estimand):
     ds = make_setoguchi(90, "B", seed=5)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        est = KernelBalancing(estimand=estimand, kernel="laplace", gamma=0.3, lam=0.05).fit(ds.X, ds.T)
+        est = KernelBalancing(estimand=estimand, kernel="laplace", gamma=0.3, lam=0.05, scaling="standard").fit(
+            ds.X, ds.T
+        )
     Z = torch.as_tensor(standardise(ds.X))[None]
     W = torch.as_tensor(2.0 * ds.T - 1.0, dtype=torch.float64)[None]
     lam_abs = 0.05 * len(ds.T) if estimand == "overlap" else 0.05

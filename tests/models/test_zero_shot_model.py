@@ -85,8 +85,8 @@ def test_balance_objective_matches_independent_formula_and_exact_solver(estimand
     got = float(m.balance_objective(X, W, mask, fm, w, idx)[0])
     want = _rbf_mmd_objective(d.X, d.T, w[0].numpy(), estimand, m.balance_lam)
     assert abs(got - want) < 1e-10 * max(1.0, abs(want))
-    # the exact solver's weights (KernelBalancing with gamma 1/p and lam 0.01) minimise the same objective
-    kb = KernelBalancing(estimand=estimand, tol=1e-9, gamma="scale", lam=0.01).fit(d.X, d.T)
+    # the exact solver's weights (KernelBalancing with gamma 1/p, lam 0.01, standard scaling) minimise the same objective
+    kb = KernelBalancing(estimand=estimand, tol=1e-9, gamma="scale", lam=0.01, scaling="standard").fit(d.X, d.T)
     best = float(m.balance_objective(X, W, mask, fm, torch.as_tensor(kb.weights_).unsqueeze(0), idx)[0])
     assert best <= got + 1e-12
     assert abs(best - _rbf_mmd_objective(d.X, d.T, kb.weights_, estimand, m.balance_lam)) < 1e-10
