@@ -2,7 +2,8 @@
 
     cina estimate FILE.csv --treatment COL --outcome COL [--covariates C1 C2 ...]
                   [--method kernel|cina|naive|ipw|snipw|dml|zero-shot] [--estimand ate|att|overlap]
-                  [--n-bootstrap N] [--alpha 0.05] [--seed S] [--dropna] [--json] [--quiet]
+                  [--n-bootstrap N] [--alpha 0.05] [--seed S] [--dropna] [--augment] [--weights COL]
+                  [--json] [--quiet]
     cina demo [--dataset auto|lalonde-cps|lalonde-psid|ihdp-a|ihdp-b|setoguchi|er]
               [--n N] [--seed S] [--methods M ...] [--estimand E] [--n-bootstrap N] [--json] [--quiet]
     cina --version
@@ -228,13 +229,18 @@ def prepare_table(
     *,
     dropna: bool = False,
     source: str = "input",
+    weights: Optional[str] = None,
 ):
     """Validate a DataFrame for estimation; returns (X DataFrame, T int array, Y float array, info).
+
+    ``weights`` names a column of frequency / survey weights: it is no covariate, and
+    ``info["sample_weight"]`` holds it as a float array (None without).
 
     Raises :class:`CLIError` with one clear message for: missing columns, a treatment/outcome
     listed as covariate, no covariates, covariates neither numeric nor text (text columns are
     kept as they are, for the estimator to one-hot encode), a non-numeric outcome, missing or
-    infinite values (unless ``dropna``), a non-binary treatment, an arm with fewer than 2 units.
+    infinite values (unless ``dropna``), a non-binary treatment, an arm with fewer than 2 units,
+    and a weights column that is not numeric, has a negative value or no positive weight in an arm.
     """
     import pandas as pd
     from pandas.api import types as pdt
@@ -244,11 +250,15 @@ def prepare_table(
     if len(set(cols)) != len(cols):
         dup = sorted({c for c in cols if cols.count(c) > 1})
         raise CLIError(f"{source}: duplicated column name(s): {_quote(dup)}")
-    missing = [c for c in (treatment, outcome) if c not in cols]
+    named = [treatment, outcome] + ([weights] if weights is not None else [])
+    missing = [c for c in named if c not in cols]
     if missing:
         raise CLIError(f"{source}: column(s) not found: {_quote(missing)}; available columns: {_quote(cols)}")
     if treatment == outcome:
         raise CLIError("--treatment and --outcome name the same column")
+    if weights is not None and weights in (treatment, outcome):
+        raise CLIError("--weights must name a column other than the treatment and the outcome")
+    special = tuple(named)
     if covariates:
         covs = list(dict.fromkeys(str(c) for c in covariates))
         missing = [c for c in covs if c not in cols]
@@ -256,12 +266,12 @@ def prepare_table(
             raise CLIError(
                 f"{source}: covariate column(s) not found: {_quote(missing)}; available columns: {_quote(cols)}"
             )
-        clash = [c for c in covs if c in (treatment, outcome)]
+        clash = [c for c in covs if c in special]
         if clash:
-            raise CLIError(f"the treatment/outcome column cannot be a covariate: {_quote(clash)}")
+            raise CLIError(f"the treatment/outcome/weights column cannot be a covariate: {_quote(clash)}")
     else:
         # every other column, except an unnamed index column written by DataFrame.to_csv
-        covs = [c for c in cols if c not in (treatment, outcome) and not c.startswith("Unnamed: ")]
+        covs = [c for c in cols if c not in special and not c.startswith("Unnamed: ")]
     if not covs:
         raise CLIError(f"{source}: no covariate columns (only the treatment and the outcome are present)")
 
@@ -281,8 +291,10 @@ def prepare_table(
         ex = df[outcome].dropna()
         example = f" (e.g. {str(ex.iloc[0])!r})" if len(ex) else ""
         raise CLIError(f"outcome column {outcome!r} is not numeric{example}")
+    if weights is not None and not numeric(weights):
+        raise CLIError(f"weights column {weights!r} is not numeric")
 
-    used = [treatment, outcome] + covs
+    used = list(special) + covs
     sub = df[used]
     bad_rows = sub.isna()
     for c in used:
@@ -324,9 +336,27 @@ def prepare_table(
             f"treatment column {treatment!r} needs at least 2 treated and 2 control units; "
             f"found {n1} treated and {n0} control"
         )
+    sw = None
+    if weights is not None:
+        sw = sub[weights].to_numpy(dtype=np.float64)
+        if (sw < 0).any():
+            raise CLIError(
+                f"weights column {weights!r} has {int((sw < 0).sum())} negative value(s); weights must be >= 0"
+            )
+        for code, label in ((1, "treated"), (0, "control")):
+            if not (sw[T == code] > 0).any():
+                raise CLIError(f"weights column {weights!r} gives every {label} unit weight 0")
     X = sub[covs].astype({c: np.float64 for c in covs if numeric(c)})
     Y = sub[outcome].to_numpy(dtype=np.float64)
-    info = {"n": int(T.size), "n_treated": n1, "n_control": n0, "dropped_rows": n_dropped, "covariates": covs}
+    info = {
+        "n": int(T.size),
+        "n_treated": n1,
+        "n_control": n0,
+        "dropped_rows": n_dropped,
+        "covariates": covs,
+        "weights": weights,
+        "sample_weight": sw,
+    }
     return X, T, Y, info
 
 
@@ -340,10 +370,10 @@ def _cmd_estimate(args) -> int:
         raise CLIError(f"--n-bootstrap must be 0 (no interval) or at least 2, got {args.n_bootstrap}")
     wanted = None
     if args.covariates:  # read only the columns the estimate needs
-        wanted = [args.treatment, args.outcome, *args.covariates]
+        wanted = [args.treatment, args.outcome, *args.covariates] + ([args.weights] if args.weights else [])
     df = _read_csv(args.file, wanted)
     X, T, Y, info = prepare_table(
-        df, args.treatment, args.outcome, args.covariates, dropna=args.dropna, source=args.file
+        df, args.treatment, args.outcome, args.covariates, dropna=args.dropna, source=args.file, weights=args.weights
     )
     if info["dropped_rows"]:
         _note(f"dropped {info['dropped_rows']} row(s) with missing or infinite values", args.quiet)
@@ -367,7 +397,10 @@ def _cmd_estimate(args) -> int:
                 )
             extra["augment"] = True
         est = make_estimator(args.method, estimand=args.estimand, random_state=args.seed, **extra)
-        est.fit(X, T)
+        if info["sample_weight"] is None:
+            est.fit(X, T)
+        else:
+            est.fit(X, T, sample_weight=info["sample_weight"])
         bar.update(1)
         effect = float(est.ate(Y))
         bar.update(1)
@@ -400,6 +433,7 @@ def _cmd_estimate(args) -> int:
             "treatment": args.treatment,
             "outcome": args.outcome,
             "covariates": info["covariates"],
+            "weights": info["weights"],
             "encoded_columns": encoded,
             "n": info["n"],
             "n_treated": info["n_treated"],
@@ -437,6 +471,10 @@ def _cmd_estimate(args) -> int:
     if encoded:
         enc = "; ".join(f"{k} -> {', '.join(v)}" for k, v in encoded.items())
         lines.append(f"  one-hot encoded (every level kept): {enc}")
+    if info["weights"] is not None:
+        lines.append(
+            f"  frequency weights: column {info['weights']!r} (total {_fmt(float(info['sample_weight'].sum()), 6)})"
+        )
     lines += [
         f"  method: {args.method}    estimand: {label}",
         f"  estimate: {_fmt(effect, 8)}",
@@ -699,6 +737,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=0.05, help="1 - confidence level (default: 0.05)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--dropna", action="store_true", help="drop rows with missing values instead of failing")
+    p.add_argument(
+        "--weights",
+        metavar="COL",
+        default=None,
+        help="column of frequency / survey weights (>= 0; a row of weight k counts as k copies); "
+        "kernel (ate, att), ipw, snipw, dml and naive take them",
+    )
     p.add_argument(
         "--augment",
         action="store_true",
