@@ -116,7 +116,8 @@ class KernelBalancing(_WeightingEstimator):
     lam : float or "auto", optional
         Relative penalty, > 0 (see the module docstring of :mod:`cina_ext.estimators.base`): the
         solver gets ``lam_abs = lam * N`` ("overlap") or ``lam_abs = lam`` ("ate"/"att").
-        Default (None): 3e-4 for "overlap"; "auto" for "ate"/"att" on the exact solver, 0.01 on
+        Default (None): 3e-4 for "overlap"; "auto" for "ate"/"att" on the exact solver (and on
+        the dense per-arm QPs of a weighted fit, where the imbalances are s-weighted), 0.01 on
         the low-rank one (``approximation="rff"``, or "auto" above ``EXACT_LIMIT`` units).
         ``"auto"`` ("ate"/"att"): the
         data-driven rule of docs/method.md §8: every relative lam of
@@ -513,13 +514,6 @@ class KernelBalancing(_WeightingEstimator):
         if self.kernel == "linear":
             Xs = Xs / math.sqrt(p)
         gamma = self._resolve_gamma(Xs[sw > 0], seed, bootstrap)  # units of weight 0 take no part
-        if self.lam == "auto":
-            raise ValueError(
-                "lam='auto' is not implemented for weighted fits (sample_weight); pass a number "
-                f"(the default without 'auto' is {_DEFAULT_LAM[estimand]:g})"
-            )
-        lam_rel = self._lam_rel(estimand, bootstrap)
-        lam_abs = _lam_abs(lam_rel, estimand, n, self.kernel)
         tol = float(self.bootstrap_tol if bootstrap else self.tol)
         treated = T == 1
         tgt = (treated if estimand == "att" else np.ones(n, dtype=bool)) & (sw > 0)
@@ -549,9 +543,79 @@ class KernelBalancing(_WeightingEstimator):
                 return Z
 
             target = wt @ Xs[tgt]
+        dtype = resolve_dtype(self.dtype)
+        auto = self._lam_auto(estimand, low_rank) and not bootstrap
+        lam_rels = list(LAM_GRID) if auto else [self._lam_rel(estimand, bootstrap)]
+        sts, cache = [], {}
+        for lam_rel in lam_rels:
+            lam_abs = _lam_abs(lam_rel, estimand, n, self.kernel)
+            st = self._solve_weighted_arms(
+                Xs,
+                T,
+                sw,
+                estimand,
+                arms,
+                tgt,
+                wt,
+                gamma,
+                lam_abs,
+                tol,
+                dtype,
+                low_rank,
+                bootstrap,
+                features if low_rank else None,
+                target if low_rank else None,
+                cache,
+            )
+            st.update(lam_abs=lam_abs, gamma=gamma, lam=lam_rel, lam_selection=None, low_rank=bool(low_rank))
+            sts.append(st)
+        k = 0
+        if auto:
+            sel = select_lam(
+                X,
+                T,
+                [st["weights"] for st in sts],
+                lam_rels,
+                estimand=estimand,
+                converged=[st["converged"] for st in sts],
+                sample_weight=sw,
+            )
+            k = sel.index
+            sts[k]["lam_selection"] = sel
+        st = sts[k]
+        if not st["converged"] and not bootstrap:
+            warnings.warn(
+                f"KernelBalancing: a weighted balancing solve did not converge (KKT / gap {st['kkt']:.3g})",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+        return st
+
+    def _solve_weighted_arms(
+        self,
+        Xs,
+        T,
+        sw,
+        estimand,
+        arms,
+        tgt,
+        wt,
+        gamma,
+        lam_abs,
+        tol,
+        dtype,
+        low_rank,
+        bootstrap,
+        features,
+        target,
+        cache,
+    ):
+        """One penalty's weighted arm problems (dense per-arm QPs or the low-rank dual); ``cache``
+        keeps the dense kernel blocks across the penalties of one fit."""
+        n = Xs.shape[0]
+        treated = T == 1
         w = np.zeros(n)
         gaps, iters, conv, obj = [], [], True, 0.0
-        dtype = resolve_dtype(self.dtype)
         for code in arms:
             idx = np.nonzero((T == code) & (sw > 0))[0]
             c = sw[idx]
@@ -563,9 +627,14 @@ class KernelBalancing(_WeightingEstimator):
                 conv &= r.converged
                 obj += r.objective
                 continue
-            Za = Xs[idx]
-            Q = 2.0 * (_kernel_block(Za, Za, self.kernel, gamma) + np.diag(lam_abs / c))
-            lin = 2.0 * _kernel_mean(Za, Xs[tgt], wt, self.kernel, gamma)
+            if code not in cache:  # the kernel blocks do not depend on the penalty: once per fit
+                Za = Xs[idx]
+                cache[code] = (
+                    _kernel_block(Za, Za, self.kernel, gamma),
+                    2.0 * _kernel_mean(Za, Xs[tgt], wt, self.kernel, gamma),
+                )
+            K, lin = cache[code]
+            Q = 2.0 * (K + np.diag(lam_abs / c))
             with torch.no_grad():
                 res = qp_solve(
                     torch.as_tensor(Q, dtype=dtype).unsqueeze(0),
@@ -579,19 +648,15 @@ class KernelBalancing(_WeightingEstimator):
                     backend=self.backend,
                 )
             w[idx] = res.x[0].double().numpy()
-            const = float(wt @ _kernel_mean(Xs[tgt], Xs[tgt], wt, self.kernel, gamma))
+            if "const" not in cache:
+                cache["const"] = float(wt @ _kernel_mean(Xs[tgt], Xs[tgt], wt, self.kernel, gamma))
+            const = cache["const"]
             gaps.append(float(res.kkt[0]))
             iters.append(int(res.iterations[0]))
             conv &= bool(res.converged[0])
             obj += float(res.objective[0]) + const
         if estimand == "att":
             w[treated] = sw[treated]
-        if not conv and not bootstrap:
-            warnings.warn(
-                f"KernelBalancing: a weighted balancing solve did not converge (KKT / gap {max(gaps):.3g})",
-                RuntimeWarning,
-                stacklevel=4,
-            )
         return {
             "weights": _arm_normalise(w, T),
             "alpha": w.copy(),
@@ -600,11 +665,6 @@ class KernelBalancing(_WeightingEstimator):
             "kkt": float(max(gaps)),
             "iterations": int(max(iters)),
             "objective": float(obj),
-            "lam_abs": lam_abs,
-            "gamma": gamma,
-            "lam": lam_rel,
-            "lam_selection": None,
-            "low_rank": bool(low_rank),
         }
 
     def _fit_core(self, X, T, seed, *, bootstrap=False, sample_weight=None):

@@ -105,6 +105,7 @@ def select_lam(
     converged: Sequence[bool],
     factor: Optional[float] = None,
     slack: Optional[float] = None,
+    sample_weight=None,
 ) -> LamSelection:
     """The ``lam="auto"`` rule on the solutions of a grid of penalties.
 
@@ -115,7 +116,8 @@ def select_lam(
     the largest ``lam`` whose solution converged and has an imbalance of at most
     ``max(factor * best, best + slack)`` (defaults :data:`LAM_FACTOR`, :data:`LAM_SLACK`): the least-penalised-variance point that keeps the
     balance of the best one, up to that tolerance.  A larger ``lam`` spreads the weights (a larger
-    effective sample size) at the cost of balance.
+    effective sample size) at the cost of balance.  ``sample_weight``: the frequency weights of a
+    weighted fit (the SMD denominators are then s-weighted; ``weights`` are the total weights).
     """
     factor = LAM_FACTOR if factor is None else float(factor)
     slack = LAM_SLACK if slack is None else float(slack)
@@ -126,7 +128,7 @@ def select_lam(
         raise ValueError("the lam grid must be increasing")
     imb, e1, e0 = [], [], []
     for w in weights:
-        rep = balance_table(X, T, w, estimand=estimand)
+        rep = balance_table(X, T, w, estimand=estimand, sample_weight=sample_weight)
         imb.append(float(rep.max_abs_smd_after))
         e1.append(float(kish_ess(w[T == 1])))
         e0.append(float(kish_ess(w[T == 0])))

@@ -302,12 +302,21 @@ def test_overlap_check_counts_replicated_units():
     assert _overlap_problems(np.ones(60) * 3.0, T, sample_weight=np.full(60, 3.0)) == []
 
 
-def test_weighted_kernel_balancing_refuses_lam_auto_and_reports_its_rules():
+@pytest.mark.parametrize("estimand", ["ate", "att"])
+def test_weighted_lam_auto_equals_the_replicated_fit(estimand):
     rng = np.random.default_rng(3)
     X = rng.normal(size=(80, 3))
+    X[:, 0] += 0.8 * (rng.random(80) < 0.4)
     T = (rng.random(80) < 0.4).astype(int)
     s = rng.integers(1, 4, size=80).astype(float)
-    with pytest.raises(ValueError, match="lam='auto'"):
-        KernelBalancing(lam="auto").fit(X, T, sample_weight=s)
-    est = KernelBalancing().fit(X, T, sample_weight=s)  # defaults: median gamma, lam 0.01
-    assert est.lam_ == 0.01 and est.lam_grid_ is None and est.gamma_ > 0
+    rep = np.repeat(np.arange(80), s.astype(int))
+    kw = dict(estimand=estimand, gamma=0.2, tol=1e-10)
+    est = KernelBalancing(**kw).fit(X, T, sample_weight=s)  # lam=None: "auto" on the dense path
+    ref = KernelBalancing(lam="auto", **kw).fit(X[rep], T[rep])
+    assert est.lam_grid_ is not None and est.lam_ == ref.lam_
+    np.testing.assert_allclose(est.lam_grid_["imbalance"], ref.lam_grid_["imbalance"], atol=1e-4)
+    total = np.bincount(rep, weights=ref.weights_, minlength=80)
+    np.testing.assert_allclose(est.weights_, total, atol=2e-5)
+    # a number is used as given, with no grid
+    fixed = KernelBalancing(lam=0.01, **kw).fit(X, T, sample_weight=s)
+    assert fixed.lam_ == 0.01 and fixed.lam_grid_ is None
