@@ -102,6 +102,32 @@ def test_default_method_is_kernel_ate():
     assert args.method == "kernel" and args.estimand == "ate"
 
 
+@pytest.mark.parametrize(
+    "extra, augmented",
+    [
+        ([], True),  # kernel balancing of the ATE: augmented by default
+        (["--estimand", "att"], True),
+        (["--no-augment"], False),
+        (["--estimand", "overlap"], False),
+        (["--method", "ipw"], False),
+        (["--method", "ipw", "--augment"], True),
+    ],
+)
+def test_default_augmentation(capsys, tmp_path, extra, augmented):
+    path = tmp_path / "d.csv"
+    _frame(n=120).to_csv(path, index=False)
+    base = ["estimate", str(path), "--treatment", "t", "--outcome", "y", "--n-bootstrap", "0", "--quiet"]
+    code, out, err = run(capsys, *base, *extra, "--json")
+    assert code == 0, err
+    p = json.loads(out)
+    assert p["augmented"] is augmented
+    # the augmented estimate has its influence-function interval even without bootstrap resamples
+    assert (p["interval"] is not None and "influence" in p["interval"]["method"]) is augmented
+    code, out, err = run(capsys, *base, *extra)
+    assert code == 0, err
+    assert ("(augmented)" in out) is augmented
+
+
 @pytest.mark.parametrize("estimand,label", [("ate", "ATE"), ("att", "ATT")])
 def test_every_output_names_its_estimand(capsys, tmp_path, estimand, label):
     path = tmp_path / "d.csv"
