@@ -393,32 +393,31 @@ class KernelBalancing(_WeightingEstimator):
 
     def _use_low_rank(self, estimand: str, n: int, p: int, bootstrap: bool) -> bool:
         mode = self.approximation
+
+        def warn_quadratic(what: str, hint: str, memory: bool = False) -> None:
+            # refits of a bootstrap repeat the fit's choice silently; the stack level is the
+            # caller of fit (fit -> _WeightingEstimator.fit -> _fit_core -> here)
+            if bootstrap or n <= EXACT_LIMIT:
+                return
+            c = exact_cost(n, p)
+            mem = f" and {c['bytes'] / 2**30:.1f} GiB" if memory else ""
+            warnings.warn(
+                f"KernelBalancing: the exact {what}solve of {n:,} units is quadratic in N: about "
+                f"{_duration(c['seconds'])} on one CPU core{mem}; {hint}",
+                UserWarning,
+                stacklevel=6,
+            )
+
         if self.kernel == "laplace":
             if mode == "rff":
                 raise ValueError(
                     "approximation='rff' has feature maps for the rbf and linear kernels; "
                     "kernel='laplace' needs the exact solver (approximation='exact')"
                 )
-            if n > EXACT_LIMIT and not bootstrap:
-                c = exact_cost(n, p)
-                warnings.warn(
-                    f"KernelBalancing: the exact laplace solve of {n:,} units is quadratic in N: about "
-                    f"{_duration(c['seconds'])} on one CPU core; only the rbf and linear kernels have the "
-                    "low-rank path",
-                    UserWarning,
-                    stacklevel=4,
-                )
+            warn_quadratic("laplace ", "only the rbf and linear kernels have the low-rank path")
             return False
         if mode == "exact":
-            if n > EXACT_LIMIT and not bootstrap:
-                c = exact_cost(n, p)
-                warnings.warn(
-                    f"KernelBalancing: the exact solve of {n:,} units is quadratic in N: about "
-                    f"{_duration(c['seconds'])} on one CPU core and {c['bytes'] / 2**30:.1f} GiB; "
-                    "approximation='rff' solves a low-rank version in O(N rank)",
-                    UserWarning,
-                    stacklevel=4,
-                )
+            warn_quadratic("", "approximation='rff' solves a low-rank version in O(N rank)", memory=True)
             return False
         if mode == "rff":
             if estimand == "overlap":
@@ -429,24 +428,17 @@ class KernelBalancing(_WeightingEstimator):
             return True
         if n <= EXACT_LIMIT:
             return False
-        c = exact_cost(n, p)
         if estimand == "overlap":
-            if not bootstrap:
-                warnings.warn(
-                    f"KernelBalancing: the exact overlap solve of {n:,} units is quadratic in N: about "
-                    f"{_duration(c['seconds'])} on one CPU core; only estimand='ate'/'att' have the "
-                    "low-rank path",
-                    UserWarning,
-                    stacklevel=4,
-                )
+            warn_quadratic("overlap ", "only estimand='ate'/'att' have the low-rank path")
             return False
         if not bootstrap:
+            c = exact_cost(n, p)
             warnings.warn(
                 f"KernelBalancing: {n:,} units: the exact solve would take about {_duration(c['seconds'])} "
                 f"(quadratic in N); solving on {self._rank()} random Fourier features instead "
                 "(approximation='exact' forces the exact solver)",
                 UserWarning,
-                stacklevel=4,
+                stacklevel=5,
             )
         return True
 
@@ -465,7 +457,7 @@ class KernelBalancing(_WeightingEstimator):
                     f"KernelBalancing: {n:,} units: {rank} random Fourier features instead of {self._rank()} "
                     "(the feature matrix would not fit in memory)",
                     UserWarning,
-                    stacklevel=4,
+                    stacklevel=5,
                 )
             fmap = RandomFourierFeatures(p, gamma, rank, seed)
             target = fmap.mean(Xs[treated] if estimand == "att" else Xs)
@@ -530,7 +522,7 @@ class KernelBalancing(_WeightingEstimator):
                 f"{WEIGHTED_DENSE_LIMIT:,}) is solved on {self._rank()} random Fourier features "
                 "(approximation='exact' forces the dense QP)",
                 UserWarning,
-                stacklevel=4,
+                stacklevel=5,
             )
         wt = sw[tgt] / sw[tgt].sum()
         if low_rank and self.kernel == "rbf":
@@ -587,7 +579,7 @@ class KernelBalancing(_WeightingEstimator):
             warnings.warn(
                 f"KernelBalancing: a weighted balancing solve did not converge (KKT / gap {st['kkt']:.3g})",
                 RuntimeWarning,
-                stacklevel=4,
+                stacklevel=5,
             )
         return st
 
@@ -710,7 +702,7 @@ class KernelBalancing(_WeightingEstimator):
             warnings.warn(
                 "KernelBalancing: " + what.format(kkt=st["kkt"], iterations=st["iterations"]),
                 RuntimeWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
         st.update(gamma=gamma, lam=lam_rels[k], lam_selection=sel if auto else None)
         return st
