@@ -111,7 +111,7 @@ class KernelBalancing(_WeightingEstimator):
         The balancing problem.
     kernel : {"rbf", "linear", "laplace"}, default "rbf"
         "rbf": ``exp(-gamma ||x-x'||^2)`` on the standardised scale; "laplace":
-        ``exp(-gamma ||x-x'||_2)`` there (exact solver only); "linear": ``x.x' / p`` on the
+        ``exp(-gamma ||x-x'||_2)`` there; "linear": ``x.x' / p`` on the
         standardised scale (mean diagonal 1).
     lam : float or "auto", optional
         Relative penalty, > 0 (see the module docstring of :mod:`cina_ext.estimators.base`): the
@@ -169,7 +169,7 @@ class KernelBalancing(_WeightingEstimator):
         "exact": the exact solver at any size (its work grows as N^2; above
         :data:`~cina_ext.estimators.low_rank.EXACT_LIMIT` units a warning states the estimated
         time and memory).  "rff": the "ate"/"att" problems on ``rank`` random Fourier features of
-        the RBF kernel (the exact feature map for "linear"), solved in their r-dimensional dual
+        the rbf or laplace kernel (the exact feature map for "linear"), solved in their r-dimensional dual
         (:mod:`cina_ext.estimators.low_rank`; O(N rank) memory and work per iteration).  "auto":
         exact up to ``EXACT_LIMIT`` units, "rff" beyond for "ate"/"att" (with a warning saying so).
     rank : int, optional
@@ -408,14 +408,6 @@ class KernelBalancing(_WeightingEstimator):
                 stacklevel=6,
             )
 
-        if self.kernel == "laplace":
-            if mode == "rff":
-                raise ValueError(
-                    "approximation='rff' has feature maps for the rbf and linear kernels; "
-                    "kernel='laplace' needs the exact solver (approximation='exact')"
-                )
-            warn_quadratic("laplace ", "only the rbf and linear kernels have the low-rank path")
-            return False
         if mode == "exact":
             warn_quadratic("", "approximation='rff' solves a low-rank version in O(N rank)", memory=True)
             return False
@@ -450,7 +442,7 @@ class KernelBalancing(_WeightingEstimator):
         memory is the largest arm's feature matrix."""
         n, p = Xs.shape
         treated = T == 1
-        if self.kernel == "rbf":
+        if self.kernel in ("rbf", "laplace"):
             rank = rank_for(n, self._rank())
             if rank < self._rank():
                 warnings.warn(
@@ -459,7 +451,7 @@ class KernelBalancing(_WeightingEstimator):
                     UserWarning,
                     stacklevel=5,
                 )
-            fmap = RandomFourierFeatures(p, gamma, rank, seed)
+            fmap = RandomFourierFeatures(p, gamma, rank, seed, kernel=self.kernel)
             target = fmap.mean(Xs[treated] if estimand == "att" else Xs)
             features = fmap.transform
         else:  # Xs is already divided by sqrt(p): the exact linear feature map
@@ -512,10 +504,6 @@ class KernelBalancing(_WeightingEstimator):
         arms = [0] if estimand == "att" else [1, 0]
         largest = max(int(np.sum((T == a) & (sw > 0))) for a in arms)
         low_rank = self.approximation == "rff" or (self.approximation == "auto" and largest > WEIGHTED_DENSE_LIMIT)
-        if low_rank and self.kernel == "laplace":
-            if self.approximation == "rff":
-                raise ValueError("approximation='rff' has no feature map for kernel='laplace'; use 'exact'")
-            low_rank = False  # laplace: the dense QP at any size
         if low_rank and self.approximation == "auto" and not bootstrap:
             warnings.warn(
                 f"KernelBalancing: a weighted fit with {largest:,} units in an arm (more than "
@@ -525,8 +513,8 @@ class KernelBalancing(_WeightingEstimator):
                 stacklevel=5,
             )
         wt = sw[tgt] / sw[tgt].sum()
-        if low_rank and self.kernel == "rbf":
-            fmap = RandomFourierFeatures(p, gamma, rank_for(n, self._rank()), seed)
+        if low_rank and self.kernel in ("rbf", "laplace"):
+            fmap = RandomFourierFeatures(p, gamma, rank_for(n, self._rank()), seed, kernel=self.kernel)
             features = fmap.transform
             target = fmap.mean(Xs[tgt], wt)
         elif low_rank:

@@ -68,17 +68,29 @@ def rank_for(n: int, rank: int) -> int:
 
 
 class RandomFourierFeatures:
-    """The random Fourier feature map of ``exp(-gamma ||z - z'||^2)`` with ``rank`` features.
+    """The random Fourier feature map of ``exp(-gamma ||z - z'||^2)`` (``kernel="rbf"``) or
+    ``exp(-gamma ||z - z'||)`` (``kernel="laplace"``) with ``rank`` features.
+
+    The frequencies are draws from the kernel's spectral density (Bochner): Gaussian with
+    variance ``2 gamma`` for rbf; for laplace the multivariate Cauchy with scale ``gamma``
+    (a Gaussian vector divided by the absolute value of one further standard normal per feature).
 
     ``transform(Z)`` gives the (n, rank) features, built in chunks of rows (temporary memory
     O(chunk x rank) beyond the result); ``mean(Z)`` their column means without storing them.
     ``dtype`` None: float64 while the result fits in :data:`FEATURE_BYTES_FLOAT64`, float32 beyond.
     """
 
-    def __init__(self, p: int, gamma: float, rank: int, seed: int, chunk: int = 65536):
+    def __init__(self, p: int, gamma: float, rank: int, seed: int, chunk: int = 65536, kernel: str = "rbf"):
+        if kernel not in ("rbf", "laplace"):
+            raise ValueError(f"random Fourier features exist here for the rbf and laplace kernels, not {kernel!r}")
         rng = np.random.default_rng(seed)
-        self.omega = rng.normal(0.0, math.sqrt(2.0 * gamma), size=(p, rank))
+        if kernel == "rbf":
+            self.omega = rng.normal(0.0, math.sqrt(2.0 * gamma), size=(p, rank))
+        else:
+            z = rng.normal(0.0, 1.0, size=(p, rank))
+            self.omega = float(gamma) * z / np.abs(rng.normal(0.0, 1.0, size=rank))
         self.phase = rng.uniform(0.0, 2.0 * math.pi, size=rank)
+        self.kernel = kernel
         self.rank = int(rank)
         self.chunk = int(chunk)
         self._scale = math.sqrt(2.0 / rank)
@@ -104,9 +116,11 @@ class RandomFourierFeatures:
         return tot / (max(1, Z.shape[0]) if weights is None else float(np.sum(weights)))
 
 
-def rff_features(Z: np.ndarray, gamma: float, rank: int, seed: int, *, dtype=None, chunk: int = 65536) -> np.ndarray:
+def rff_features(
+    Z: np.ndarray, gamma: float, rank: int, seed: int, *, dtype=None, chunk: int = 65536, kernel: str = "rbf"
+) -> np.ndarray:
     """Random Fourier features (n, rank) of the rows of ``Z`` (:class:`RandomFourierFeatures`)."""
-    return RandomFourierFeatures(Z.shape[1], gamma, rank, seed, chunk).transform(Z, dtype)
+    return RandomFourierFeatures(Z.shape[1], gamma, rank, seed, chunk, kernel).transform(Z, dtype)
 
 
 def _project_simplex(v: np.ndarray, c=None) -> np.ndarray:

@@ -177,8 +177,8 @@ def test_bad_tuning_parameters():
         KernelBalancing(gamma="silverman").fit(ds.X, ds.T)
     with pytest.raises(ValueError, match="gamma"):
         KernelBalancing(gamma=-1.0).fit(ds.X, ds.T)
-    with pytest.raises(ValueError, match="laplace"):
-        KernelBalancing(kernel="laplace", approximation="rff").fit(ds.X, ds.T)
+    with pytest.raises(ValueError, match="kernel"):
+        KernelBalancing(kernel="cosine").fit(ds.X, ds.T)
 
 
 # ----------------------------------------------------------------------------------------------
