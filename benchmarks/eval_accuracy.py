@@ -1,6 +1,7 @@
 """Paper-style accuracy table: every estimator, including zero-shot CInA, against known answers.
 
     python benchmarks/eval_accuracy.py [--n 500] [--count 20] [--ihdp 10] [--zs PATH] [--zs-s PATH]
+                                       [--zs-label LABEL] [--zs-extra LABEL=PATH ...]
                                        [--columns COL ...] [--methods LABEL ...] [--acic 5]
                                        [--acic-semi 5] [--acic-n N] [--quick] [--out benchmarks/out]
 
@@ -27,7 +28,9 @@ The estimand is the ATE on synthetic data and IHDP and the ATT on LaLonde, for e
 Rows: naive, IPW, SN-IPW, DoubleML, KernelBalancing (its defaults, then with scaling="standard",
 then augmented), CInA (Algorithm 1, exact bilevel), CInA-ZS
 (the shipped zero-shot model unless ``--zs``), CInA-ZS refined by 50 solver iterations, and
-CInA-ZS-S (the shipped supervised model unless ``--zs-s``).  Time: mean wall seconds per dataset on
+CInA-ZS-S (the shipped supervised model unless ``--zs-s``); ``--zs-label`` renames the CInA-ZS rows
+and ``--zs-extra LABEL=PATH`` adds one zero-shot row per further checkpoint (e.g. the shipped model
+next to a new one).  Time: mean wall seconds per dataset on
 the synthetic sets (fit + estimate; the zero-shot rows run batched with ``estimate_many`` and
 report the batch time divided by the number of datasets).  Writes eval_accuracy.json and .md.
 """
@@ -206,6 +209,14 @@ def main(argv=None):
     ap.add_argument("--ihdp", type=int, default=10, help="IHDP replications per surface (default: 10)")
     ap.add_argument("--zs", default=None, help="zero-shot checkpoint (default: the shipped model)")
     ap.add_argument("--zs-s", default=None, help="ZS-S checkpoint (default: the shipped ZS-S model; 'none': no row)")
+    ap.add_argument("--zs-label", default="CInA-ZS", help="label of the --zs rows (default: CInA-ZS)")
+    ap.add_argument(
+        "--zs-extra",
+        nargs="*",
+        default=[],
+        metavar="LABEL=PATH",
+        help="further zero-shot rows, one per checkpoint ('shipped' as PATH: the shipped model)",
+    )
     ap.add_argument("--refine", type=int, default=50, help="solver iterations of the refined ZS row (0: no row)")
     ap.add_argument("--skip", nargs="*", default=[], help="row labels to leave out (e.g. DoubleML)")
     ap.add_argument("--methods", nargs="*", default=None, help="row labels to keep (default: every row)")
@@ -255,9 +266,16 @@ def main(argv=None):
     elif args.zs_s == "none":
         args.zs_s = None
     rows = [(label, "per", (method, kwargs)) for label, method, kwargs in PER_DATASET]
-    rows.append(("CInA-ZS", "zs", (zs_path, 0)))
+    rows.append((args.zs_label, "zs", (zs_path, 0)))
     if args.refine:
-        rows.append((f"CInA-ZS + {args.refine} solver iterations", "zs", (zs_path, args.refine)))
+        rows.append((f"{args.zs_label} + {args.refine} solver iterations", "zs", (zs_path, args.refine)))
+    extra_zs = {}
+    for item in args.zs_extra:
+        label, sep, path = item.partition("=")
+        if not sep or not label or not path:
+            ap.error(f"--zs-extra takes LABEL=PATH, got {item!r}")
+        extra_zs[label] = pretrained_path() if path == "shipped" else path
+        rows.append((label, "zs", (extra_zs[label], 0)))
     if args.zs_s:
         rows.append(("CInA-ZS-S", "zs", (args.zs_s, 0)))
     rows = [r for r in rows if r[0] not in set(args.skip)]
@@ -301,6 +319,7 @@ def main(argv=None):
         "ihdp_replications": args.ihdp,
         "zs": zs_path,
         "zs_s": args.zs_s,
+        "zs_extra": extra_zs,
         "eval_seed": EVAL_SEED,
         "columns": columns,
         "acic_settings": args.acic,

@@ -828,7 +828,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16, help="datasets per step, over all processes (default: 16)")
     p.add_argument("--n-min", type=int, default=64, help="smallest dataset (default: 64 units)")
     p.add_argument("--n-max", type=int, default=256, help="largest dataset (default: 256 units)")
-    p.add_argument("--families", nargs="+", default=["setoguchi", "er"], choices=["setoguchi", "er"])
+    p.add_argument(
+        "--families",
+        nargs="+",
+        default=["setoguchi", "er"],
+        choices=["setoguchi", "er", "semi"],
+        help="data families (default: setoguchi er); semi: simulated treatment on scikit-learn's bundled "
+        "covariate tables (breast_cancer, diabetes, wine, digits), at most --max-features columns",
+    )
     p.add_argument("--setting", default="id", choices=["id", "ood"], help="data setting (default: id)")
     p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (default: 3e-4)")
     p.add_argument("--warmup-steps", type=int, default=50)
@@ -873,6 +880,44 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="ER family: covariates per dataset drawn from LO..HI (default: the prior's 10)",
     )
+    p.add_argument(
+        "--treated-share",
+        type=float,
+        nargs=2,
+        metavar=("LO", "HI"),
+        default=None,
+        help="every family: the expected treated share drawn from [LO, HI] per dataset, 0 < LO <= HI < 1 "
+        "(default: each prior's own; semi: 0.05 0.6)",
+    )
+    p.add_argument(
+        "--binary-share",
+        type=float,
+        nargs=2,
+        metavar=("LO", "HI"),
+        default=None,
+        help="ER family: share of binary covariates drawn from [LO, HI], 0 <= LO <= HI <= 1 (default: none)",
+    )
+    p.add_argument(
+        "--heavy-tails",
+        action="store_true",
+        help="ER family: the noise is Gaussian or Student t (3 degrees of freedom, unit variance), "
+        "a uniform choice per dataset (default: Gaussian only)",
+    )
+    p.add_argument(
+        "--assignment-strength",
+        type=float,
+        nargs=2,
+        metavar=("LO", "HI"),
+        default=None,
+        help="ER family: multiplier of the treatment-assignment slope drawn from [LO, HI], 0 < LO <= HI "
+        "(larger: poorer overlap; default: 1)",
+    )
+    p.add_argument(
+        "--propensity-clip",
+        type=float,
+        default=None,
+        help="ER family: clip the propensity to [C, 1 - C], 0 <= C < 0.5 (default: 0.05)",
+    )
     p.add_argument("--d-model", type=int, default=64, help="transformer width (default: 64)")
     p.add_argument("--layers", type=int, default=2, help="transformer encoder layers (default: 2)")
     p.add_argument("--heads", type=int, default=4, help="attention heads (default: 4)")
@@ -899,6 +944,71 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)
     return parser
+
+
+def _family_overrides(args, max_features: int) -> Dict[str, Dict[str, Any]]:
+    """The ``ZeroShotConfig.family_overrides`` that the data options of ``cina train`` ask for.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed ``cina train`` options.
+    max_features : int
+        Most covariates the model takes (caps the semi family's columns).
+
+    Returns
+    -------
+    dict
+        Per family, the :func:`cina_ext.data.sample_datasets` settings to replace.
+
+    Raises
+    ------
+    CLIError
+        An ER option without the er family, or a range out of bounds.
+    """
+    families = set(args.families)
+    out: Dict[str, Dict[str, Any]] = {f: {} for f in args.families}
+
+    def er_only(flag: str) -> None:
+        if "er" not in families:
+            raise CLIError(f"{flag} needs the er family in --families")
+
+    if args.er_covariates is not None:
+        lo, hi = args.er_covariates
+        if "er" not in families or lo < 1 or hi < lo:
+            raise CLIError(f"--er-covariates needs the er family and 1 <= LO <= HI, got {lo} {hi}")
+        if hi > max_features:
+            raise CLIError(f"--er-covariates HI={hi} exceeds --max-features")
+        out["er"]["d"] = (lo, hi)
+    if args.treated_share is not None:
+        lo, hi = args.treated_share
+        if not 0.0 < lo <= hi < 1.0:
+            raise CLIError(f"--treated-share needs 0 < LO <= HI < 1, got {lo} {hi}")
+        for fam in args.families:
+            out[fam]["treated_share"] = (float(lo), float(hi))
+    if args.binary_share is not None:
+        er_only("--binary-share")
+        lo, hi = args.binary_share
+        if not 0.0 <= lo <= hi <= 1.0:
+            raise CLIError(f"--binary-share needs 0 <= LO <= HI <= 1, got {lo} {hi}")
+        out["er"]["binary_share"] = (float(lo), float(hi))
+    if args.heavy_tails:
+        er_only("--heavy-tails")
+        out["er"]["noise_dist"] = ["gaussian", "student_t"]
+    if args.assignment_strength is not None:
+        er_only("--assignment-strength")
+        lo, hi = args.assignment_strength
+        if not 0.0 < lo <= hi:
+            raise CLIError(f"--assignment-strength needs 0 < LO <= HI, got {lo} {hi}")
+        out["er"]["assignment_strength"] = (float(lo), float(hi))
+    if args.propensity_clip is not None:
+        er_only("--propensity-clip")
+        if not 0.0 <= args.propensity_clip < 0.5:
+            raise CLIError(f"--propensity-clip needs 0 <= C < 0.5, got {args.propensity_clip}")
+        out["er"]["propensity_clip"] = float(args.propensity_clip)
+    if "semi" in families:
+        out["semi"]["max_covariates"] = int(max_features)
+    return {f: kw for f, kw in out.items() if kw}
 
 
 def _cmd_train(args) -> int:
@@ -931,14 +1041,7 @@ def _cmd_train(args) -> int:
         model_inputs = dict(max_features=args.max_features)
     if model_inputs.get("max_features", 1) < 1:
         raise CLIError(f"--max-features must be >= 1, got {args.max_features}")
-    family_overrides = {}
-    if args.er_covariates is not None:
-        lo, hi = args.er_covariates
-        if "er" not in args.families or lo < 1 or hi < lo:
-            raise CLIError(f"--er-covariates needs the er family and 1 <= LO <= HI, got {lo} {hi}")
-        if hi > model_inputs.get("max_features", 32):
-            raise CLIError(f"--er-covariates HI={hi} exceeds --max-features")
-        family_overrides = {"er": {"d": (lo, hi)}}
+    family_overrides = _family_overrides(args, model_inputs.get("max_features", 32))
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -4,7 +4,8 @@ Synthetic (always available): :func:`make_setoguchi`, :func:`make_er_dataset` (a
 :class:`ERSCM` behind it), :func:`sample_datasets` for many datasets (in- or out-of-distribution).
 Real / semi-synthetic (files inside installed packages, extra ``[data]``): :func:`load_lalonde`,
 :func:`load_nsw`, :func:`load_ihdp`, :func:`load_acic2016`, :func:`load_nhefs`.
-:func:`make_semi_synthetic` simulates treatment and outcomes on any real covariate table.
+:func:`make_semi_synthetic` simulates treatment and outcomes on any real covariate table;
+:func:`make_semi_from_table` on scikit-learn's bundled tables (the "semi" family).
 :func:`load_dataset` resolves a name.
 """
 
@@ -30,7 +31,13 @@ from .real import (
     load_nhefs,
     load_nsw,
 )
-from .semi_synthetic import SEMI_SYNTHETIC_TRANSFORMS, make_semi_synthetic
+from .semi_synthetic import (
+    SEMI_SYNTHETIC_TRANSFORMS,
+    SEMI_TABLES,
+    load_semi_table,
+    make_semi_from_table,
+    make_semi_synthetic,
+)
 from .synthetic import (
     ERSCM,
     MECHANISMS_ID,
@@ -64,6 +71,8 @@ __all__ = [
     "acic2016_covariates",
     "load_nhefs",
     "make_semi_synthetic",
+    "make_semi_from_table",
+    "load_semi_table",
     "load_dataset",
     "list_datasets",
     "data_available",
@@ -85,4 +94,5 @@ __all__ = [
     "NHEFS_TEXTBOOK_ATE",
     "NHEFS_TEXTBOOK_CI",
     "SEMI_SYNTHETIC_TRANSFORMS",
+    "SEMI_TABLES",
 ]

@@ -5,17 +5,26 @@ their joint distribution) and simulates on top of it a treatment with poor overl
 nonlinear, heterogeneous outcomes, so the effect of every unit is known. With the ACIC 2016
 covariates (:func:`cina_ext.data.acic2016_covariates`, 82 columns) it is the "acic-semi" dataset
 of :func:`cina_ext.data.load_dataset`.
+
+:func:`make_semi_from_table` does the same on the small covariate tables that ship with
+scikit-learn (:data:`SEMI_TABLES`; no network), with a random subset of their columns: the
+"semi" family of :func:`cina_ext.data.sample_datasets`, a training prior for the zero-shot model
+that keeps the evaluation tables (ACIC 2016, IHDP, LaLonde, NHEFS) out.
 """
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from functools import lru_cache
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .synthetic import CausalDataset, SeedLike
 
-__all__ = ["make_semi_synthetic", "SEMI_SYNTHETIC_TRANSFORMS"]
+__all__ = ["make_semi_synthetic", "make_semi_from_table", "load_semi_table", "SEMI_SYNTHETIC_TRANSFORMS", "SEMI_TABLES"]
+
+#: the covariate tables of the "semi" family: scikit-learn loaders (files inside the package)
+SEMI_TABLES = ("breast_cancer", "diabetes", "wine", "digits")
 
 #: the nonlinear transforms a selected (standardised, clipped) covariate goes through
 SEMI_SYNTHETIC_TRANSFORMS = ("linear", "square", "step", "tanh", "abs")
@@ -269,3 +278,139 @@ def make_semi_synthetic(
             "extreme_share": float(np.mean((e < 0.05) | (e > 0.95))),
         },
     )
+
+
+@lru_cache(maxsize=None)
+def load_semi_table(table: str) -> Tuple[np.ndarray, Tuple[str, ...]]:
+    """One covariate table of :data:`SEMI_TABLES`, its constant columns left out (cached).
+
+    The tables are scikit-learn's bundled data sets (``load_breast_cancer`` 569 x 30,
+    ``load_diabetes`` 442 x 10, ``load_wine`` 178 x 13, ``load_digits`` 1797 x 64 of which 61
+    columns are not constant); only the covariates are used, never their targets.
+
+    Parameters
+    ----------
+    table : str
+        A name of :data:`SEMI_TABLES`.
+
+    Returns
+    -------
+    X : ndarray of shape (N, d), float64, read-only
+        The covariates.
+    names : tuple of str
+        The column names.
+
+    Raises
+    ------
+    ValueError
+        An unknown table.
+    ImportError
+        scikit-learn is not installed.
+    """
+    if table not in SEMI_TABLES:
+        raise ValueError(f"table must be one of {SEMI_TABLES}, got {table!r}")
+    try:
+        from sklearn import datasets
+    except ImportError as exc:  # pragma: no cover - scikit-learn comes with the test / data extras
+        raise ImportError("the semi family needs scikit-learn (pip install scikit-learn)") from exc
+    bunch = getattr(datasets, f"load_{table}")()
+    X = np.asarray(bunch.data, dtype=np.float64)
+    given = getattr(bunch, "feature_names", None)
+    names = [str(c) for c in given] if given is not None else [f"x{j}" for j in range(X.shape[1])]
+    keep = np.flatnonzero(X.std(axis=0) > 0)
+    X = np.ascontiguousarray(X[:, keep])
+    X.setflags(write=False)
+    return X, tuple(f"{table}:{names[j]}" for j in keep)
+
+
+def make_semi_from_table(
+    n: int,
+    table: str = "wine",
+    *,
+    seed: SeedLike = 0,
+    min_covariates: int = 2,
+    max_covariates: Optional[int] = None,
+    treated_share: float = 0.25,
+    overlap: float = 1.5,
+    confounding: float = 1.0,
+    effect: float = 1.0,
+    heterogeneity: float = 0.5,
+    noise: float = 0.5,
+    max_attempts: int = 20,
+) -> CausalDataset:
+    """A semi-synthetic dataset on a random subset of the columns and rows of a bundled table.
+
+    With a generator from ``seed``: the number of covariates p is drawn uniformly from
+    ``min_covariates`` to ``min(max_covariates, width)`` (width: the table's non-constant
+    columns), then p columns without replacement; then :func:`make_semi_synthetic` draws
+    ``min(n, N)`` rows without replacement (**n is capped at the table's N rows**: no resampling,
+    so every unit is a real row) and simulates the treatment and outcomes on them. A draw that
+    leaves fewer than 2 units in an arm (or fewer than 2 non-constant columns) is redrawn, up to
+    ``max_attempts`` times, each attempt from the next child of ``seed`` (deterministic).
+
+    Parameters
+    ----------
+    n : int
+        Units wanted, >= 10 (capped at the table's rows).
+    table : str, default "wine"
+        A name of :data:`SEMI_TABLES`.
+    seed : int, SeedSequence or None, default 0
+        Seed.
+    min_covariates : int, default 2
+        Fewest covariates, >= 2.
+    max_covariates : int, optional
+        Most covariates (None: the table's width).
+    treated_share, overlap, confounding, effect, heterogeneity, noise : float
+        As for :func:`make_semi_synthetic`.
+    max_attempts : int, default 20
+        Draws tried before giving up, >= 1.
+
+    Returns
+    -------
+    CausalDataset
+        As :func:`make_semi_synthetic`; ``meta`` adds ``family`` ("semi"), ``table``, ``columns``
+        (the chosen names) and ``attempt``. The columns constant over the drawn rows are
+        dropped, so ``d`` may be below the drawn p.
+
+    Raises
+    ------
+    ValueError
+        An unknown table; ``n < 10``; ``min_covariates < 2`` or above ``max_covariates``; every
+        attempt failed.
+    """
+    X_all, names_all = load_semi_table(table)
+    width = X_all.shape[1]
+    hi = width if max_covariates is None else min(int(max_covariates), width)
+    lo = int(min_covariates)
+    if lo < 2 or hi < lo:
+        raise ValueError(f"need 2 <= min_covariates <= min(max_covariates, {width}), got {lo} and {hi}")
+    if int(n) < 10:
+        raise ValueError(f"n must be >= 10, got {n!r}")
+    n_rows = min(int(n), X_all.shape[0])
+    ss = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
+    last_error: Optional[ValueError] = None
+    for attempt, child in enumerate(ss.spawn(int(max_attempts))):
+        ss_cols, ss_sim = child.spawn(2)
+        rng = np.random.default_rng(ss_cols)
+        p = int(rng.integers(lo, hi + 1))
+        cols = np.sort(rng.choice(width, size=p, replace=False))
+        try:
+            ds = make_semi_synthetic(
+                X_all[:, cols],
+                seed=ss_sim,
+                n=n_rows,
+                treated_share=treated_share,
+                overlap=overlap,
+                confounding=confounding,
+                effect=effect,
+                heterogeneity=heterogeneity,
+                noise=noise,
+                feature_names=[names_all[j] for j in cols],
+                name=f"semi-{table}",
+            )
+        except ValueError as exc:  # an arm with < 2 units, or < 2 non-constant columns
+            last_error = exc
+            continue
+        ds.meta.update({"family": "semi", "table": table, "columns": [names_all[j] for j in cols], "attempt": attempt})
+        return ds
+    raise ValueError(f"no valid draw from table {table!r} in {max_attempts} attempts: {last_error}")

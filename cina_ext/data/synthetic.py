@@ -292,6 +292,18 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * z))  # overflow-free logistic
 
 
+def _intercept_for_mean(score: np.ndarray, share: float, clip: float = 0.0) -> float:
+    """c with mean(clip(sigmoid(c + score), clip, 1 - clip)) = share (bisection: increasing in c)."""
+    lo, hi = -50.0 - float(score.max()), 50.0 - float(score.min())
+    for _ in range(100):
+        mid = 0.5 * (lo + hi)
+        if np.clip(_sigmoid(mid + score), clip, 1.0 - clip).mean() < share:
+            lo = mid
+        else:
+            hi = mid
+    return float(0.5 * (lo + hi))
+
+
 # ---------------------------------------------------------------------------------------------
 # Setoguchi / Lee-Lessler-Stuart
 # ---------------------------------------------------------------------------------------------
@@ -372,6 +384,7 @@ def make_setoguchi(
     heterogeneous: bool = False,
     noise_sd: float = 1.0,
     coef_sd: float = 0.3,
+    treated_share: Optional[float] = None,
 ) -> CausalDataset:
     """One dataset of the Setoguchi et al. (2008) / Lee, Lessler & Stuart (2010) design.
 
@@ -428,6 +441,9 @@ def make_setoguchi(
         Outcome noise standard deviation.
     coef_sd : float, default 0.3
         Scale of the coefficient draws and of ``shift``.
+    treated_share : float, optional
+        Target share of treated units in (0, 1): the intercept b0 is replaced by the value, found
+        by bisection, at which the sample mean of the propensity equals it (None: b0 as above).
 
     Returns
     -------
@@ -438,7 +454,7 @@ def make_setoguchi(
     Raises
     ------
     ValueError
-        ``n < 2`` or an unknown scenario.
+        ``n < 2``, an unknown scenario or ``treated_share`` outside (0, 1).
 
     Examples
     --------
@@ -452,6 +468,8 @@ def make_setoguchi(
     n = int(n)
     if n < 2:
         raise ValueError(f"n must be >= 2, got {n}")
+    if treated_share is not None and not 0.0 < float(treated_share) < 1.0:
+        raise ValueError(f"treated_share must be in (0, 1), got {treated_share!r}")
     ss = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
     ss_cov, ss_coef, ss_treat, ss_noise = ss.spawn(4)
 
@@ -483,6 +501,10 @@ def make_setoguchi(
     logit = b[0] + W[:, :7] @ b[1:8]
     for mult, k, (j, l) in terms:
         logit = logit + mult * b[k] * Wc(j) * Wc(l)
+    if treated_share is not None:
+        b0 = _intercept_for_mean(logit - b[0], float(treated_share))
+        logit = logit - b[0] + b0
+        b[0] = b0
     e = _sigmoid(logit)
     T = (np.random.default_rng(ss_treat).random(n) < e).astype(np.int64)
 
@@ -504,6 +526,7 @@ def make_setoguchi(
         "heterogeneous": bool(heterogeneous),
         "noise_sd": float(noise_sd),
         "coef_sd": float(coef_sd),
+        "treated_share": None if treated_share is None else float(treated_share),
         "coefficients": {
             "beta": b.tolist(),
             "alpha": a.tolist(),
@@ -539,7 +562,9 @@ def _seed_repr(seed: SeedLike):
 MECHANISMS_ID = ("linear", "tanh", "sin", "quadratic")
 #: mechanisms held out for out-of-distribution tests
 MECHANISMS_OOD = ("cubic", "abs", "softplus", "gauss")
-_NOISES = ("gaussian", "laplace", "uniform")
+_NOISES = ("gaussian", "laplace", "uniform", "student_t")
+#: degrees of freedom of the "student_t" noise (heavy tails; finite variance needs df > 2)
+STUDENT_T_DF = 3.0
 
 
 def _mech(name: str, z: np.ndarray) -> np.ndarray:
@@ -581,13 +606,16 @@ def _resolve_mechanisms(mechanism) -> Tuple[str, ...]:
 
 
 def _draw_noise(rng: np.random.Generator, kind: str, size) -> np.ndarray:
-    """Unit-variance, zero-mean noise of the given kind."""
+    """Unit-variance, zero-mean noise of the given kind ("student_t": t with STUDENT_T_DF degrees
+    of freedom, rescaled to unit variance: heavy tails)."""
     if kind == "gaussian":
         return rng.standard_normal(size)
     if kind == "laplace":
         return rng.laplace(0.0, 1.0 / np.sqrt(2.0), size)
     if kind == "uniform":
         return rng.uniform(-np.sqrt(3.0), np.sqrt(3.0), size)
+    if kind == "student_t":
+        return rng.standard_t(STUDENT_T_DF, size) * np.sqrt((STUDENT_T_DF - 2.0) / STUDENT_T_DF)
     raise ValueError(f"unknown noise {kind!r}; choose from {_NOISES}")
 
 
@@ -642,8 +670,14 @@ class ERSCM:
       additive random mechanism sum_k w_jk g_jk(x_k) (g from ``mechanism``; |w| ~ U(0.5, 2) + shift,
       random sign) standardised with constants frozen on an internal reference sample; roots are
       pure noise. eps_j has unit variance (gaussian / laplace / uniform).
-    * Treatment: e(x) = clip(sigmoid(c + s * f_T(parents)), 0.05, 0.95) with c ~ U(-0.5, 0.5),
-      s ~ U(0.5, 1.5) * (1 + shift / 2); T = 1[u_T < e(x)] with the unit's own u_T ~ U(0, 1).
+    * Treatment: e(x) = clip(sigmoid(c + s * f_T(parents)), clip, 1 - clip) with c ~ U(-0.5, 0.5),
+      s ~ U(0.5, 1.5) * (1 + shift / 2) * ``assignment_strength``; T = 1[u_T < e(x)] with the
+      unit's own u_T ~ U(0, 1); ``clip`` is ``propensity_clip`` (default 0.05). With
+      ``treated_share`` set, c is instead solved by bisection so that the mean propensity over the
+      reference sample equals it (up to the clipping).
+    * Binary covariates (``binary_share > 0``): round(binary_share * d) random covariate nodes
+      are dichotomised, x_j = 1[x_j > q_j] with q_j ~ U(-1, 1), before their children, T and Y
+      see them (the adjustment set stays sufficient: the binary value is the node).
     * Outcome: Y = m(x) + T * tau(x) + noise * eps_Y, m a standardised additive mechanism of Y's
       covariate parents, tau(x) = tau0 + h * f_tau(x) with tau0 = +-U(0.5, 1.5) + shift,
       h ~ U(0, 0.5) * (1 + shift), f_tau a standardised mechanism of a random non-empty subset
@@ -671,10 +705,18 @@ class ERSCM:
         "mixed" (= "id", MECHANISMS_ID), "ood" (MECHANISMS_OOD), "all", one name or a list.
     noise : float, default 0.5
         Noise-to-signal standard-deviation ratio of every structural equation, >= 0.
-    noise_dist : {"gaussian", "laplace", "uniform"}, default "gaussian"
-        Distribution of the (unit-variance) noise.
+    noise_dist : {"gaussian", "laplace", "uniform", "student_t"}, default "gaussian"
+        Distribution of the (unit-variance) noise; "student_t" has heavy tails (df STUDENT_T_DF).
     shift : float, default 0.0
         Shift of the mechanism parameters (out-of-distribution).
+    treated_share : float, optional
+        Target mean propensity in (0, 1) (None: the random intercept c of the prior).
+    binary_share : float, default 0.0
+        Share of the covariates that are binary, in [0, 1].
+    assignment_strength : float, default 1.0
+        Multiplier of the treatment-assignment slope s, > 0 (larger: poorer overlap).
+    propensity_clip : float, default 0.05
+        The propensity is clipped to [clip, 1 - clip], with 0 <= clip < 0.5.
     n_reference : int, default 4096
         Size of the internal reference sample on which the standardisation constants are frozen.
 
@@ -693,7 +735,14 @@ class ERSCM:
     ------
     ValueError
         ``d < 1``; ``density`` outside [0, 1]; ``noise < 0``; an unknown ``noise_dist`` or
-        mechanism.
+        mechanism; ``treated_share`` outside (0, 1); ``binary_share`` outside [0, 1];
+        ``assignment_strength <= 0``; ``propensity_clip`` outside [0, 0.5).
+
+    Notes
+    -----
+    The options ``treated_share``, ``binary_share``, ``assignment_strength`` and
+    ``propensity_clip`` at their defaults leave every draw as it was without them (the extra
+    randomness of ``binary_share`` comes from a further child of ``seed``).
     """
 
     def __init__(
@@ -706,6 +755,10 @@ class ERSCM:
         noise: float = 0.5,
         noise_dist: str = "gaussian",
         shift: float = 0.0,
+        treated_share: Optional[float] = None,
+        binary_share: float = 0.0,
+        assignment_strength: float = 1.0,
+        propensity_clip: float = 0.05,
         n_reference: int = 4096,
     ):
         d = int(d)
@@ -717,7 +770,19 @@ class ERSCM:
             raise ValueError(f"noise must be >= 0, got {noise}")
         if noise_dist not in _NOISES:
             raise ValueError(f"noise_dist must be one of {_NOISES}, got {noise_dist!r}")
+        if treated_share is not None and not 0.0 < float(treated_share) < 1.0:
+            raise ValueError(f"treated_share must be in (0, 1), got {treated_share!r}")
+        if not 0.0 <= float(binary_share) <= 1.0:
+            raise ValueError(f"binary_share must be in [0, 1], got {binary_share!r}")
+        if not float(assignment_strength) > 0.0:
+            raise ValueError(f"assignment_strength must be > 0, got {assignment_strength!r}")
+        if not 0.0 <= float(propensity_clip) < 0.5:
+            raise ValueError(f"propensity_clip must be in [0, 0.5), got {propensity_clip!r}")
         self.d = d
+        self.treated_share = None if treated_share is None else float(treated_share)
+        self.binary_share = float(binary_share)
+        self.assignment_strength = float(assignment_strength)
+        self.propensity_clip = float(propensity_clip)
         self.density = float(density)
         self.mechanisms = _resolve_mechanisms(mechanism)
         self.noise = float(noise)
@@ -748,7 +813,7 @@ class ERSCM:
             t_pa = [int(rng.integers(0, self.t_pos))]
         self.t_fn = _AdditiveFn(t_pa, weights(len(t_pa)), mechs(len(t_pa)))
         self.t_intercept = float(rng.uniform(-0.5, 0.5))
-        self.t_scale = float(rng.uniform(0.5, 1.5) * (1.0 + shift_ / 2.0))
+        self.t_scale = float(rng.uniform(0.5, 1.5) * (1.0 + shift_ / 2.0)) * self.assignment_strength
         y_pa = [i for i in range(d) if rng.random() < self.density]
         conf = int(rng.choice(t_pa))
         if conf not in y_pa:
@@ -762,6 +827,14 @@ class ERSCM:
 
         # Column order shown to users: a random permutation (the topological order is hidden).
         self.column_order = rng.permutation(d)
+        # Binary covariate nodes and their thresholds, from a further child of the seed.
+        self.binary_nodes: List[int] = []
+        self.binary_thresholds: List[float] = []
+        n_binary = int(round(self.binary_share * d))
+        if n_binary:
+            rng_binary = np.random.default_rng(ss.spawn(1)[0])
+            self.binary_nodes = sorted(int(j) for j in rng_binary.choice(d, size=n_binary, replace=False))
+            self.binary_thresholds = [float(q) for q in rng_binary.uniform(-1.0, 1.0, size=n_binary)]
         # Freeze the standardisation constants on a reference sample of the model itself.
         self._frozen = False
         ref = self._draw_exogenous(int(n_reference), np.random.default_rng(ss_ref))
@@ -808,7 +881,8 @@ class ERSCM:
         dict
             ``d``, ``density``, ``mechanisms``, ``noise``, ``noise_dist``, ``shift``, ``seed``,
             ``nodes``, ``edges`` (pairs of names), ``treatment_intercept``, ``treatment_scale``,
-            ``tau0``, ``tau_het``.
+            ``tau0``, ``tau_het``, ``treated_share``, ``binary_nodes`` (names), ``assignment_strength``,
+            ``propensity_clip``.
         """
         names, A = self.adjacency()
         return {
@@ -825,6 +899,10 @@ class ERSCM:
             "treatment_scale": self.t_scale,
             "tau0": self.tau0,
             "tau_het": self.tau_het,
+            "treated_share": self.treated_share,
+            "binary_nodes": [names[int(np.flatnonzero(self.column_order == j)[0])] for j in self.binary_nodes],
+            "assignment_strength": self.assignment_strength,
+            "propensity_clip": self.propensity_clip,
         }
 
     # -- simulation ----------------------------------------------------------------------------
@@ -885,6 +963,7 @@ class ERSCM:
         eps, u_t, eps_y = exo["eps"], exo["u_t"], exo["eps_y"]
         n = eps.shape[0]
         Xt = np.zeros((n, self.d))  # topological order
+        threshold_of = dict(zip(self.binary_nodes, self.binary_thresholds))
         c = 1.0 / np.sqrt(1.0 + self.noise**2)
         for j, fn in enumerate(self.cov_fns):
             if freeze and fn.parents:
@@ -893,10 +972,17 @@ class ERSCM:
                 Xt[:, j] = c * (fn(Xt) + self.noise * eps[:, j])
             else:
                 Xt[:, j] = eps[:, j]
+            if j in threshold_of:
+                Xt[:, j] = (Xt[:, j] > threshold_of[j]).astype(np.float64)
         if freeze:
             for fn in (self.t_fn, self.y_fn, self.tau_fn):
                 fn.freeze(Xt)
-        e = np.clip(_sigmoid(self.t_intercept + self.t_scale * self.t_fn(Xt)), 0.05, 0.95)
+            if self.treated_share is not None:
+                self.t_intercept = _intercept_for_mean(
+                    self.t_scale * self.t_fn(Xt), self.treated_share, self.propensity_clip
+                )
+        lo_e, hi_e = self.propensity_clip, 1.0 - self.propensity_clip
+        e = np.clip(_sigmoid(self.t_intercept + self.t_scale * self.t_fn(Xt)), lo_e, hi_e)
         if do is None:
             T = (u_t < e).astype(np.int64)
         else:
@@ -996,6 +1082,10 @@ def make_er_scm(
     noise: float = 0.5,
     noise_dist: str = "gaussian",
     shift: float = 0.0,
+    treated_share: Optional[float] = None,
+    binary_share: float = 0.0,
+    assignment_strength: float = 1.0,
+    propensity_clip: float = 0.05,
 ) -> ERSCM:
     """A random Erdos-Renyi SCM (see :class:`ERSCM`), deterministic given ``seed``.
 
@@ -1007,6 +1097,8 @@ def make_er_scm(
         Seed.
     density, mechanism, noise, noise_dist, shift
         As for :class:`ERSCM`.
+    treated_share, binary_share, assignment_strength, propensity_clip
+        As for :class:`ERSCM` (the defaults leave the model unchanged).
 
     Returns
     -------
@@ -1018,7 +1110,19 @@ def make_er_scm(
     ValueError
         Invalid parameters (see :class:`ERSCM`).
     """
-    return ERSCM(d, seed=seed, density=density, mechanism=mechanism, noise=noise, noise_dist=noise_dist, shift=shift)
+    return ERSCM(
+        d,
+        seed=seed,
+        density=density,
+        mechanism=mechanism,
+        noise=noise,
+        noise_dist=noise_dist,
+        shift=shift,
+        treated_share=treated_share,
+        binary_share=binary_share,
+        assignment_strength=assignment_strength,
+        propensity_clip=propensity_clip,
+    )
 
 
 def make_er_dataset(
@@ -1031,6 +1135,10 @@ def make_er_dataset(
     noise: float = 0.5,
     noise_dist: str = "gaussian",
     shift: float = 0.0,
+    treated_share: Optional[float] = None,
+    binary_share: float = 0.0,
+    assignment_strength: float = 1.0,
+    propensity_clip: float = 0.05,
 ) -> CausalDataset:
     """n units from a random Erdos-Renyi SCM over d covariates + treatment + outcome.
 
@@ -1057,10 +1165,18 @@ def make_er_dataset(
         See above.
     noise : float, default 0.5
         Noise-to-signal ratio.
-    noise_dist : {"gaussian", "laplace", "uniform"}, default "gaussian"
-        Noise distribution.
+    noise_dist : {"gaussian", "laplace", "uniform", "student_t"}, default "gaussian"
+        Noise distribution ("student_t": heavy tails).
     shift : float, default 0.0
         Parameter shift.
+    treated_share : float, optional
+        Target mean propensity in (0, 1) (None: the prior's random intercept).
+    binary_share : float, default 0.0
+        Share of binary covariates, in [0, 1].
+    assignment_strength : float, default 1.0
+        Multiplier of the treatment-assignment slope (larger: poorer overlap).
+    propensity_clip : float, default 0.05
+        The propensity is clipped to [clip, 1 - clip].
 
     Returns
     -------
@@ -1081,7 +1197,19 @@ def make_er_dataset(
     """
     ss = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
     ss_scm, ss_units = ss.spawn(2)
-    scm = ERSCM(d, seed=ss_scm, density=density, mechanism=mechanism, noise=noise, noise_dist=noise_dist, shift=shift)
+    scm = ERSCM(
+        d,
+        seed=ss_scm,
+        density=density,
+        mechanism=mechanism,
+        noise=noise,
+        noise_dist=noise_dist,
+        shift=shift,
+        treated_share=treated_share,
+        binary_share=binary_share,
+        assignment_strength=assignment_strength,
+        propensity_clip=propensity_clip,
+    )
     ds = scm.dataset(int(n), ss_units, name="er")
     ds.meta["seed"] = _seed_repr(seed)
     return ds
@@ -1134,6 +1262,21 @@ SETTINGS: Dict[str, Dict[str, Dict[str, Any]]] = {
             "shift": 0.5,
         },
     },
+    # real covariates of scikit-learn's bundled tables (cina_ext.data.semi_synthetic.SEMI_TABLES),
+    # simulated treatment and outcomes; training only, so no held-out setting
+    "semi": {
+        "id": {
+            "table": ["breast_cancer", "diabetes", "wine", "digits"],
+            "min_covariates": 2,
+            "max_covariates": None,
+            "treated_share": (0.05, 0.6),
+            "overlap": (0.5, 3.0),
+            "confounding": (0.5, 1.5),
+            "effect": (-1.5, 1.5),
+            "heterogeneity": (0.0, 1.0),
+            "noise": (0.2, 1.0),
+        },
+    },
 }
 
 
@@ -1146,20 +1289,24 @@ def sample_datasets(
     setting: str = "id",
     **overrides,
 ) -> Iterator[CausalDataset]:
-    """Yield ``count`` datasets of ``family`` ("setoguchi" or "er"), deterministic given ``seed``.
+    """Yield ``count`` datasets of ``family`` ("setoguchi", "er" or "semi"), deterministic given ``seed``.
 
     ``n_range``: an int or (lo, hi) inclusive, drawn uniformly per dataset. ``setting``: "id"
     (the training prior) or "ood" (held-out settings; see ``SETTINGS``): for "setoguchi", OOD
     shifts the coefficient distribution by 1 sd and makes effects heterogeneous; for "er", OOD
     uses denser graphs, the held-out mechanisms (cubic, abs, softplus, gauss), non-Gaussian noise
-    and a parameter shift of 0.5. ``overrides`` replace any setting; a (lo, hi) tuple of numbers
+    and a parameter shift of 0.5. "semi" (:func:`cina_ext.data.semi_synthetic.make_semi_from_table`)
+    has only "id": a bundled scikit-learn covariate table (breast_cancer, diabetes, wine, digits;
+    never an evaluation table), 2 up to its width columns (``max_covariates`` caps it), the
+    rows capped at the table's, and a simulated treatment with treated share in (0.05, 0.6) and
+    overlap slope in (0.5, 3). ``overrides`` replace any setting; a (lo, hi) tuple of numbers
     is drawn uniformly per dataset, a list is a uniform choice. Each dataset gets its own child
     SeedSequence; ``meta["index"]`` is its position.
 
     Parameters
     ----------
-    family : {"setoguchi", "er"}
-        The synthetic family.
+    family : {"setoguchi", "er", "semi"}
+        The synthetic or semi-synthetic family.
     count : int
         Number of datasets.
     n_range : int or (int, int), default (64, 1024)
@@ -1167,7 +1314,7 @@ def sample_datasets(
     seed : int, SeedSequence or None, default 0
         Seed.
     setting : {"id", "ood"}, default "id"
-        Training prior or held-out settings.
+        Training prior or held-out settings ("semi": "id" only).
     **overrides
         Replace any entry of ``SETTINGS[family][setting]``.
 
@@ -1179,13 +1326,14 @@ def sample_datasets(
     Raises
     ------
     ValueError
-        An unknown family or setting; an invalid ``n_range``; the generators' errors.
+        An unknown family or setting (the "ood" setting of "semi"); an invalid ``n_range``; the
+        generators' errors.
     """
     family = str(family).lower()
     if family not in SETTINGS:
         raise ValueError(f"family must be one of {sorted(SETTINGS)}, got {family!r}")
     if setting not in SETTINGS[family]:
-        raise ValueError(f"setting must be 'id' or 'ood', got {setting!r}")
+        raise ValueError(f"setting of family {family!r} must be one of {sorted(SETTINGS[family])}, got {setting!r}")
     params = {**SETTINGS[family][setting], **overrides}
     ss = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
     children = ss.spawn(int(count))
@@ -1196,6 +1344,10 @@ def sample_datasets(
         kw = {k: _pick(rng, v) for k, v in params.items()}
         if family == "setoguchi":
             ds = make_setoguchi(n, seed=ss_data, **kw)
+        elif family == "semi":
+            from .semi_synthetic import make_semi_from_table
+
+            ds = make_semi_from_table(n, seed=ss_data, **kw)
         else:
             d = kw.pop("d")
             ds = make_er_dataset(n, d, seed=ss_data, **kw)

@@ -6,6 +6,7 @@ import json
 import math
 
 import numpy as np
+import pytest
 
 from cina_ext.cli import main
 from cina_ext.data import make_setoguchi
@@ -93,3 +94,53 @@ def test_train_rejects_bad_sizes(tmp_path, capsys):
     rc = main(["train", "--out", str(tmp_path / "x.pt"), "--steps", "1", "--n-min", "30", "--n-max", "10"])
     assert rc == 1
     assert "--n-min" in capsys.readouterr().err
+
+
+def test_train_prior_options_parse_into_family_overrides(tmp_path):
+    from cina_ext.cli import CLIError, _family_overrides, build_parser
+
+    def overrides(*argv, max_features=32):
+        return _family_overrides(build_parser().parse_args(["train", "--out", "x.pt", *argv]), max_features)
+
+    assert overrides() == {}
+    got = overrides(
+        "--families", "setoguchi", "er", "semi",
+        "--er-covariates", "2", "24",
+        "--treated-share", "0.05", "0.6",
+        "--binary-share", "0", "0.5",
+        "--heavy-tails",
+        "--assignment-strength", "1", "3",
+        "--propensity-clip", "0.01",
+    )  # fmt: skip
+    assert got == {
+        "setoguchi": {"treated_share": (0.05, 0.6)},
+        "er": {
+            "d": (2, 24),
+            "treated_share": (0.05, 0.6),
+            "binary_share": (0.0, 0.5),
+            "noise_dist": ["gaussian", "student_t"],
+            "assignment_strength": (1.0, 3.0),
+            "propensity_clip": 0.01,
+        },
+        "semi": {"treated_share": (0.05, 0.6), "max_covariates": 32},
+    }
+    assert overrides("--families", "semi", max_features=1024) == {"semi": {"max_covariates": 1024}}
+    for bad in (
+        ["--binary-share", "0", "0.5", "--families", "setoguchi"],
+        ["--heavy-tails", "--families", "semi"],
+        ["--treated-share", "0", "0.5"],
+        ["--treated-share", "0.5", "0.2"],
+        ["--assignment-strength", "0", "2"],
+        ["--propensity-clip", "0.5"],
+    ):
+        with pytest.raises(CLIError):
+            overrides(*bad)
+
+
+def test_train_with_the_semi_family(tmp_path, capsys):
+    out = tmp_path / "semi.pt"
+    argv = ["train", "--out", str(out), "--steps", "2", "--families", "er", "semi", "--treated-share", "0.1", "0.5"]
+    argv += ["--binary-share", "0", "0.5", "--heavy-tails", "--layers", "1", "--d-model", "16", "--heads", "2"]
+    assert main([*argv, *SMALL]) == 0
+    payload = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert payload["steps"] == 2 and math.isfinite(payload["final_loss"])

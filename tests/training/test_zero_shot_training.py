@@ -179,3 +179,24 @@ def test_family_overrides_widen_the_prior_and_are_checked():
     cfg = ZeroShotConfig(**_cfg(families=("er",), family_overrides={"er": {"d": (20, 40)}}, steps=3, model=model_cfg))
     model, history = train_zero_shot(cfg)
     assert model.input_features == "rff" and len(history["loss"]) == 3 and np.isfinite(history["loss"]).all()
+
+
+def test_semi_family_in_the_stream_and_its_overrides_must_match_on_resume(tmp_path):
+    """The semi family reaches the data stream, capped at the model's covariates, and a resume with
+    another prior (family_overrides) is refused, naming the field."""
+    zs_train = importlib.import_module("cina_ext.training.zero_shot")
+    overrides = {"semi": {"max_covariates": 6, "treated_share": (0.1, 0.2)}}
+    cfg = ZeroShotConfig(**_cfg(families=("semi",), family_overrides=overrides))
+    drawn = [zs_train._draw_dataset(cfg, step, i)[0] for step in range(3) for i in range(4)]
+    assert all(ds.meta["family"] == "semi" and 2 <= ds.d <= 6 for ds in drawn)
+    assert all(0.1 <= ds.meta["treated_share"] <= 0.2 for ds in drawn)
+    assert [d.Y[0] for d in drawn] == [zs_train._draw_dataset(cfg, s, i)[0].Y[0] for s in range(3) for i in range(4)]
+    ckpt = tmp_path / "semi.pt"
+    mixed = dict(_cfg(families=("setoguchi", "semi"), family_overrides=overrides, steps=2, checkpoint_path=str(ckpt)))
+    _, history = train_zero_shot(mixed)
+    assert len(history["loss"]) == 2 and np.isfinite(history["loss"]).all()
+    wider = {**mixed, "steps": 3, "family_overrides": {"semi": {"max_covariates": 6, "treated_share": (0.05, 0.6)}}}
+    with pytest.raises(ValueError, match="family_overrides"):
+        train_zero_shot(wider)
+    _, history = train_zero_shot({**mixed, "steps": 3})  # the same prior resumes
+    assert len(history["loss"]) == 3
