@@ -77,6 +77,20 @@ _DEFAULT_SCALING = {"overlap": "standard", "ate": "normal-scores", "att": "norma
 _AUTO_LAM_BY_DEFAULT = ("ate", "att")
 
 
+def _choose_lam(X, T, sts, lam_rels, estimand, sample_weight=None):
+    """The ``lam="auto"`` rule on the solves ``sts`` of the grid ``lam_rels`` (exact, low-rank or
+    weighted fits alike)."""
+    return select_lam(
+        X,
+        T,
+        [st["weights"] for st in sts],
+        lam_rels,
+        estimand=estimand,
+        converged=[st["converged"] for st in sts],
+        sample_weight=sample_weight,
+    )
+
+
 def _is_rule(v, rules) -> bool:
     return isinstance(v, str) and v in rules
 
@@ -547,22 +561,11 @@ class KernelBalancing(_WeightingEstimator):
                 target if low_rank else None,
                 cache,
             )
-            st.update(lam_abs=lam_abs, gamma=gamma, lam=lam_rel, lam_selection=None, low_rank=bool(low_rank))
+            st.update(lam_abs=lam_abs, gamma=gamma, lam=lam_rel, low_rank=bool(low_rank))
             sts.append(st)
-        k = 0
-        if auto:
-            sel = select_lam(
-                X,
-                T,
-                [st["weights"] for st in sts],
-                lam_rels,
-                estimand=estimand,
-                converged=[st["converged"] for st in sts],
-                sample_weight=sw,
-            )
-            k = sel.index
-            sts[k]["lam_selection"] = sel
-        st = sts[k]
+        sel = _choose_lam(X, T, sts, lam_rels, estimand, sw) if auto else None
+        st = sts[sel.index if sel is not None else 0]
+        st["lam_selection"] = sel
         if not st["converged"] and not bootstrap:
             warnings.warn(
                 f"KernelBalancing: a weighted balancing solve did not converge (KKT / gap {st['kkt']:.3g})",
@@ -674,17 +677,8 @@ class KernelBalancing(_WeightingEstimator):
                 f"the dual solver did not converge to tol={tol:g} in {{iterations}} iterations "
                 "(KKT violation {kkt:.3g}); raise max_iter or tol"
             )
-        k = 0
-        if auto:
-            sel = select_lam(
-                X,
-                T,
-                [st["weights"] for st in sts],
-                lam_rels,
-                estimand=estimand,
-                converged=[st["converged"] for st in sts],
-            )
-            k = sel.index
+        sel = _choose_lam(X, T, sts, lam_rels, estimand) if auto else None
+        k = sel.index if sel is not None else 0
         st = sts[k]
         if not st["converged"] and not bootstrap:
             warnings.warn(
@@ -692,7 +686,7 @@ class KernelBalancing(_WeightingEstimator):
                 RuntimeWarning,
                 stacklevel=4,
             )
-        st.update(gamma=gamma, lam=lam_rels[k], lam_selection=sel if auto else None)
+        st.update(gamma=gamma, lam=lam_rels[k], lam_selection=sel)
         return st
 
     def _fit_exact(self, Xs, T, estimand, gamma, lam_abs, tol):
