@@ -1197,7 +1197,7 @@ def make_er_dataset(
     """
     ss = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
     ss_scm, ss_units = ss.spawn(2)
-    scm = ERSCM(
+    scm = make_er_scm(
         d,
         seed=ss_scm,
         density=density,
