@@ -11,6 +11,7 @@ Real / semi-synthetic (files inside installed packages, extra ``[data]``): :func
 
 from __future__ import annotations
 
+from .families import SETTINGS, sample_datasets
 from .real import (
     ACIC2016_SETTINGS,
     DATA_EXTRA_HINT,
@@ -47,12 +48,10 @@ from .synthetic import (
     SETOGUCHI_ETA,
     SETOGUCHI_GAMMA,
     SETOGUCHI_SCENARIOS,
-    SETTINGS,
     CausalDataset,
     make_er_dataset,
     make_er_scm,
     make_setoguchi,
-    sample_datasets,
     setoguchi_scenario_terms,
 )
 
