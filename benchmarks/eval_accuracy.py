@@ -27,7 +27,8 @@ Columns (mean absolute error of the estimate against the truth of its estimand):
 The estimand is the ATE on synthetic data and IHDP and the ATT on LaLonde, for every method.
 Rows: naive, IPW, SN-IPW, DoubleML, KernelBalancing (its defaults, then with scaling="standard",
 then augmented), CInA (Algorithm 1, exact bilevel), CInA-ZS
-(the shipped zero-shot model unless ``--zs``), CInA-ZS refined by 50 solver iterations, and
+(the shipped zero-shot model unless ``--zs``; its defaults, then with scaling="standard"), CInA-ZS
+refined by 50 solver iterations, and
 CInA-ZS-S (the shipped supervised model unless ``--zs-s``); ``--zs-label`` renames the CInA-ZS rows
 and ``--zs-extra LABEL=PATH`` adds one zero-shot row per further checkpoint (e.g. the shipped model
 next to a new one).  Time: mean wall seconds per dataset on
@@ -191,10 +192,10 @@ def run_nhefs(rows, n_bootstrap: int):
     return {"n": ds.n, "n_treated": ds.n_treated, "d": ds.d, "n_bootstrap": n_bootstrap, "rows": out}
 
 
-def run_zero_shot(path, estimand, datasets, refine=0):
+def run_zero_shot(path, estimand, datasets, refine=0, **kwargs):
     from cina_ext.estimators import CInAZeroShot
 
-    est = CInAZeroShot.from_pretrained(path, estimand=estimand, refine=refine, batch_size=32)
+    est = CInAZeroShot.from_pretrained(path, estimand=estimand, refine=refine, batch_size=32, **kwargs)
     est.estimate_many(datasets[:1])  # warm-up (first call builds kernels / allocations)
     t0 = time.perf_counter()
     vals = est.estimate_many(datasets)
@@ -267,6 +268,7 @@ def main(argv=None):
         args.zs_s = None
     rows = [(label, "per", (method, kwargs)) for label, method, kwargs in PER_DATASET]
     rows.append((args.zs_label, "zs", (zs_path, 0)))
+    rows.append((f"{args.zs_label}, standard scaling", "zs", (zs_path, 0, {"scaling": "standard"})))
     if args.refine:
         rows.append((f"{args.zs_label} + {args.refine} solver iterations", "zs", (zs_path, args.refine)))
     extra_zs = {}
@@ -295,7 +297,7 @@ def main(argv=None):
                 if kind == "per":
                     vals, times = run_per_dataset(spec, est, dss)
                 else:
-                    vals, times = run_zero_shot(spec[0], est, dss, refine=spec[1])
+                    vals, times = run_zero_shot(spec[0], est, dss, refine=spec[1], **(spec[2] if len(spec) > 2 else {}))
             except Exception as exc:  # a failing method is reported, not hidden
                 print(f"{label} on {col} failed: {type(exc).__name__}: {exc}")
                 row[col] = None

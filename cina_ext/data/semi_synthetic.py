@@ -19,6 +19,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .._core.covariates import normal_scores
 from .synthetic import CausalDataset, SeedLike
 
 __all__ = ["make_semi_synthetic", "make_semi_from_table", "load_semi_table", "SEMI_SYNTHETIC_TRANSFORMS", "SEMI_TABLES"]
@@ -65,14 +66,6 @@ def _intercept_for_share(score: np.ndarray, share: float) -> float:
         else:
             hi = mid
     return 0.5 * (lo + hi)
-
-
-def _normal_scores(v: np.ndarray) -> np.ndarray:
-    """Rank-based normal scores: Phi^-1((rank - 1/2) / N), ties sharing their mean rank."""
-    from scipy.special import ndtri
-    from scipy.stats import rankdata
-
-    return ndtri((rankdata(v) - 0.5) / v.shape[0])
 
 
 def _random_score(rng, Z, cols, names):
@@ -237,7 +230,9 @@ def make_semi_synthetic(
     mod_cols = [prop_cols[0]] + [int(j) for j in rng.choice(others, size=min(k_m - 1, others.size), replace=False)]
 
     s, s_terms = _random_score(rng, Z, prop_cols, names)
-    s = _normal_scores(s)  # N(0, 1) margins: the overlap depends on ``overlap``, not on the draw
+    s = normal_scores(s[:, None], min_distinct=1)[
+        :, 0
+    ]  # N(0, 1) margins: the overlap depends on ``overlap``, not on the draw
     g, g_terms = _random_score(rng, Z, out_cols, names)
     h, h_terms = _random_score(rng, Z, mod_cols, names)
     logit = float(overlap) * s

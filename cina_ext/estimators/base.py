@@ -89,49 +89,6 @@ def _standardize(X: np.ndarray, mean=None, sd=None, sample_weight=None):
     return (Z0 - mz) / sdz, mean, sd
 
 
-#: Columns with at least this many distinct values are continuous for ``scaling="normal-scores"``;
-#: the others (binary, small ordinal codes) keep their values.
-NORMAL_SCORES_MIN_DISTINCT = 10
-#: The covariate representations of ``scaling=``.
-SCALINGS = ("standard", "normal-scores")
-
-
-def _normal_scores(X: np.ndarray, sample_weight=None, min_distinct: int = NORMAL_SCORES_MIN_DISTINCT):
-    """Each continuous column replaced by its normal scores ``Phi^-1(u)`` (the others unchanged).
-
-    ``u`` is the mid-rank of the value: the share of the (frequency-weighted) units below it plus
-    half the share equal to it, so ties share one score and a frequency weight acts as that many
-    copies of the row.  Monotone per column: heavy tails are pulled in and a point mass (a
-    covariate that is often exactly 0, such as earnings) becomes one well-separated value, while
-    Gaussian covariates are left nearly as they were.  ``u`` is clipped to ``[eps, 1 - eps]``,
-    ``eps`` half the smallest positive weight's share (``1/(2N)`` unweighted): only units of
-    frequency weight 0 reach the clip.
-    """
-    from scipy.special import ndtri
-
-    X = np.array(X, dtype=np.float64, copy=True)
-    n = X.shape[0]
-    if n == 0:
-        return X
-    s = np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
-    total = s.sum()
-    positive = s[s > 0]
-    if positive.size == 0:
-        return X
-    lo = 0.5 * positive.min() / total
-    hi = 1.0 - lo
-    for j in range(X.shape[1]):
-        v = X[:, j]
-        values, inverse = np.unique(v, return_inverse=True)
-        if values.size < min_distinct:
-            continue
-        mass = np.bincount(inverse, weights=s, minlength=values.size)
-        below = np.cumsum(mass) - mass
-        u = (below + 0.5 * mass) / total
-        X[:, j] = ndtri(np.clip(u, lo, hi))[inverse]
-    return X
-
-
 def _arm_normalise(w: np.ndarray, T: np.ndarray) -> np.ndarray:
     """``w`` scaled to sum to one within each arm (ValueError for an arm with no weight)."""
     w = np.asarray(w, dtype=np.float64)

@@ -11,14 +11,13 @@ import numpy as np
 import torch
 
 from .._core.checks import check_estimand, check_positive, resolve_device, resolve_dtype
+from .._core.covariates import SCALINGS, normal_scores
 from ..ops import qp_solve
 from .base import (
-    SCALINGS,
     _arm_normalise,
     _dual_solve,
     _lam_abs,
     _max_iter_arg,
-    _normal_scores,
     _standardize,
     _WeightingEstimator,
 )
@@ -366,7 +365,7 @@ class KernelBalancing(_WeightingEstimator):
     def _kernel_inputs(self, X, estimand, sample_weight=None):
         """The standardised covariates the kernel sees (after the normal scores, if chosen)."""
         if self._scaling(estimand) == "normal-scores":
-            X = _normal_scores(X, sample_weight)
+            X = normal_scores(X, sample_weight)
         Xs, _, _ = _standardize(X, sample_weight=sample_weight)
         return Xs
 

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._core.checks import check_design, check_estimand, check_outcome, seed_from, standardize_columns
+from .._core.checks import check_design, check_estimand, check_outcome, seed_from
+from .._core.covariates import SCALINGS, network_inputs
 from ..models.checkpoint import PRETRAINED_FILE, model_from_checkpoint, pretrained_path
 from ..models.zero_shot import (
     DEFAULT_LANDMARKS,
@@ -82,6 +83,21 @@ class CInAZeroShot(_WeightingEstimator):
     landmarks : int, optional
         Landmarks per dataset of the landmark path, >= 2 (default
         :data:`~cina_ext.models.zero_shot.DEFAULT_LANDMARKS`).
+    scaling : {None, "standard", "normal-scores"}, default None
+        What the covariates become before the network (and the refinement) sees them:
+        "standard" = standardised columns; "normal-scores" = every continuous column (at least 10
+        distinct values) replaced by its normal scores first, then standardised, as in
+        :class:`~cina_ext.estimators.KernelBalancing` (heavy tails and point masses such as
+        earnings at 0 become Gaussian-like, the shape of the training data; binary and other
+        discrete columns are left as they are).  None: "normal-scores" for ate/att models,
+        "standard" for overlap models (docs/method.md §8).
+    n_components : int, optional
+        Most inputs the network reads, 1 to the model's ``max_features`` (default: all of them).
+        A dataset with more covariates is projected onto its ``n_components`` leading principal
+        directions, rotated so that every input has the same variance
+        (:func:`~cina_ext._core.covariates.principal_projection`): the network's kernel on
+        the projection approximates the kernel on all the covariates, so there is no limit on
+        the number of covariates.  ``refine`` and ``balance_objective_`` use all the covariates.
     augment : bool or scikit-learn regressor, default False
         Augmented (doubly robust) estimate: ``True`` fits a cross-fitted
         HistGradientBoostingRegressor per arm (folds seeded by ``random_state``), or pass any
@@ -113,8 +129,12 @@ class CInAZeroShot(_WeightingEstimator):
     bootstrap_estimates_ : ndarray
         The replicate estimates of the last :meth:`ate_interval`.
     balance_objective_ : float
-        The training objective of the weights returned (ate/att models, up to about 5,800 units
-        since it forms the N x N RBF Gram matrix).
+        The training objective of the weights returned, on all the (scaled) covariates (ate/att
+        models, up to about 5,800 units since it forms the N x N RBF Gram matrix).
+    scaling_ : str
+        The scaling the fit used ("standard" or "normal-scores").
+    n_inputs_ : int
+        How many inputs the network read (``n_features_in_`` unless the covariates were projected).
     raw_weights_ : ndarray of shape (N,)
         With ``refine``: the network's weights before refinement.
     raw_balance_objective_ : float
@@ -139,6 +159,8 @@ class CInAZeroShot(_WeightingEstimator):
         augment=False,
         approximation: str = "auto",
         landmarks: Optional[int] = None,
+        scaling: Optional[str] = None,
+        n_components: Optional[int] = None,
     ):
         self.model = model
         self.checkpoint = checkpoint
@@ -151,6 +173,8 @@ class CInAZeroShot(_WeightingEstimator):
         self.augment = augment
         self.approximation = approximation
         self.landmarks = landmarks
+        self.scaling = scaling
+        self.n_components = n_components
 
     @classmethod
     def from_pretrained(cls, path: Optional[str] = None, **kwargs) -> "CInAZeroShot":
@@ -224,6 +248,27 @@ class CInAZeroShot(_WeightingEstimator):
             raise ValueError(f"landmarks must be an integer >= 2, got {self.landmarks!r}")
         if self.approximation == "landmarks" and not self._get_model().balancing:
             raise ValueError("approximation='landmarks' needs an ate/att model, not an overlap model")
+        if self.scaling is not None and self.scaling not in SCALINGS:
+            raise ValueError(f"scaling must be None or one of {SCALINGS}, got {self.scaling!r}")
+        width = self._get_model().max_features
+        nc = self.n_components
+        if nc is not None and (
+            isinstance(nc, bool) or not isinstance(nc, (int, np.integer)) or not 1 <= int(nc) <= width
+        ):
+            raise ValueError(
+                f"n_components must be None or an integer from 1 to the model's max_features={width}, got {nc!r}"
+            )
+
+    def _scaling(self) -> str:
+        if self.scaling is not None:
+            return str(self.scaling)
+        # as KernelBalancing: normal scores for the ate/att balancing problem, the overlap weights as the paper
+        return "normal-scores" if self._get_model().balancing else "standard"
+
+    def _inputs(self, X: np.ndarray):
+        """``(network input, full covariates)`` of one raw design (:func:`network_inputs`)."""
+        width = self._get_model().max_features if self.n_components is None else int(self.n_components)
+        return network_inputs(X, self._scaling(), width)
 
     def _use_landmarks(self, n: int, *, warn: bool, stacklevel: int = 5) -> bool:
         """Whether a dataset of ``n`` units takes the landmark path (warning as the docstring says)."""
@@ -268,11 +313,22 @@ class CInAZeroShot(_WeightingEstimator):
     def _weights_batch(self, model, items, estimand: str, diagnostics: bool = True, landmark_seed=None):
         """Weights (B, N) as float64 numpy for ``items`` = [(X, T)], plus diagnostics per dataset.
 
-        ``landmark_seed`` (an int): the landmark path, landmarks drawn with that seed."""
+        ``X`` is raw; :meth:`_inputs` makes the network's inputs and the full covariates of the
+        refinement and the objective.  ``landmark_seed`` (an int): the landmark path, landmarks
+        drawn with that seed."""
         dtype, device = self._dtype_device(model)
-        X, W, mask, fm = collate_datasets(items, dtype=dtype, device=device)  # the model checks X
+        inputs = [self._inputs(x) for x, _ in items]
+        X, W, mask, fm = collate_datasets(
+            [(net, t) for (net, _), (_, t) in zip(inputs, items)], dtype=dtype, device=device
+        )  # the model checks X
+        projected = any(net.shape[1] != full.shape[1] for net, full in inputs)
+        info: Dict[str, Tensor] = {"n_inputs": torch.tensor([net.shape[1] for net, _ in inputs])}
+        if projected and (self.refine or diagnostics):
+            Xf, _, _, fmf = collate_datasets([(full, t) for (_, full), (_, t) in zip(inputs, items)], dtype=dtype)
+            Xf, fmf = Xf.to(device), fmf.to(device)
+        else:
+            Xf, fmf = X, fm
         model.eval()
-        info: Dict[str, Tensor] = {}
         # the objective forms the (B, N, N) RBF Gram matrix: a diagnostic for moderate N only
         diagnostics = diagnostics and X.shape[0] * X.shape[1] ** 2 <= MATERIALISE_LIMIT
         with torch.no_grad():
@@ -286,13 +342,13 @@ class CInAZeroShot(_WeightingEstimator):
             if model.balancing:
                 idx = model.estimand_index(estimand, X.shape[0], X.device)
                 if diagnostics:
-                    info["balance_objective"] = model.balance_objective(X, W, mask, fm, w, idx)
+                    info["balance_objective"] = model.balance_objective(Xf, W, mask, fmf, w, idx)
                 if self.refine:
                     info["raw_weights"] = w
                     if diagnostics:
                         info["raw_balance_objective"] = info["balance_objective"]
-                    Z = model.standardise(X, mask, fm).double()
-                    gamma = 1.0 / fm.sum(-1).double().clamp_min(1.0)
+                    Z = model.standardise(Xf.double(), mask, fmf).double()
+                    gamma = 1.0 / fmf.sum(-1).double().clamp_min(1.0)
                     res = dual_solve(
                         Z,
                         W.double(),
@@ -310,7 +366,7 @@ class CInAZeroShot(_WeightingEstimator):
                     info["refine_converged"] = res.converged
                     info["refine_iterations"] = res.iterations
                     if diagnostics:
-                        info["balance_objective"] = model.balance_objective(X, W, mask, fm, w.to(dtype), idx)
+                        info["balance_objective"] = model.balance_objective(Xf, W, mask, fmf, w.to(dtype), idx)
 
         def to_numpy(t: Tensor) -> np.ndarray:
             return (t.double() if t.is_floating_point() else t).cpu().numpy()
@@ -320,11 +376,7 @@ class CInAZeroShot(_WeightingEstimator):
     def _fit_core(self, X, T, seed, *, bootstrap=False):
         model = self._get_model()
         landmark_seed = seed if self._use_landmarks(X.shape[0], warn=not bootstrap) else None
-        # standardised here in float64, scale-robust, before the model's own per-dataset standardisation
-        # (which runs in the model's dtype): no covariate is too small or too large for it
-        w, info = self._weights_batch(
-            model, [(standardize_columns(X)[0], T)], self.estimand_, landmark_seed=landmark_seed
-        )
+        w, info = self._weights_batch(model, [(X, T)], self.estimand_, landmark_seed=landmark_seed)
         state = {"weights": w[0]}
         for k, v in info.items():
             state[k] = v[0]
@@ -333,6 +385,8 @@ class CInAZeroShot(_WeightingEstimator):
     def fit(self, X, T, sample_weight=None):
         super().fit(X, T, sample_weight=sample_weight)
         st = self._state
+        self.scaling_ = self._scaling()
+        self.n_inputs_ = int(st["n_inputs"])
         if "balance_objective" in st:
             self.balance_objective_ = float(st["balance_objective"])
         if self.refine:
@@ -345,7 +399,12 @@ class CInAZeroShot(_WeightingEstimator):
         return self
 
     def _details(self):
-        d: Dict[str, Any] = {"estimand_trained": list(self._get_model().estimands), "refine": int(self.refine)}
+        d: Dict[str, Any] = {
+            "estimand_trained": list(self._get_model().estimands),
+            "refine": int(self.refine),
+            "scaling": self.scaling_,
+            "network_inputs": self.n_inputs_,
+        }
         if hasattr(self, "balance_objective_"):
             d["balance_objective"] = self.balance_objective_
         if self.refine:
@@ -375,9 +434,8 @@ class CInAZeroShot(_WeightingEstimator):
         Raises
         ------
         ValueError
-            ``Y`` of another length than ``datasets``; a dataset without an outcome; a dataset with
-            more covariates than the model's ``max_features``; an invalid design or outcome; an
-            estimand or ``refine`` the model does not support.
+            ``Y`` of another length than ``datasets``; a dataset without an outcome; an invalid
+            design or outcome; an estimand or ``refine`` the model does not support.
         TypeError
             A dataset that is neither a CausalDataset nor a tuple.
         """
@@ -391,15 +449,10 @@ class CInAZeroShot(_WeightingEstimator):
         for i, d in enumerate(datasets):
             x, t = _as_xt(d)
             dd = check_design(x, t)
-            if dd.X.shape[1] > model.max_features:
-                raise ValueError(
-                    f"dataset {i} has {dd.X.shape[1]} covariates; the model accepts at most "
-                    f"max_features={model.max_features}"
-                )
             y = Y[i] if Y is not None else (d.Y if hasattr(d, "Y") else (d[2] if len(d) > 2 else None))
             if y is None:
                 raise ValueError(f"dataset {i} has no outcome Y")
-            designs.append((standardize_columns(dd.X)[0], dd.T))
+            designs.append((dd.X, dd.T))
             outcomes.append(check_outcome(y, dd.X.shape[0], index=dd.index))
         bs = max(1, int(self.batch_size))
         seed = seed_from(self.random_state)

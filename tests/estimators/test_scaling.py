@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
+from cina_ext._core.covariates import NORMAL_SCORES_MIN_DISTINCT, normal_scores
 from cina_ext.data import make_setoguchi
 from cina_ext.estimators import KernelBalancing
-from cina_ext.estimators.base import NORMAL_SCORES_MIN_DISTINCT, _normal_scores
 
 
 def direct_normal_scores(v):
@@ -33,7 +33,7 @@ def test_normal_scores_equal_direct_computation_with_ties():
     v[:7] = 0.0  # a point mass
     b = (rng.random(40) < 0.3).astype(float)  # binary: kept as it is
     X = np.column_stack([v, b])
-    Z = _normal_scores(X)
+    Z = normal_scores(X)
     np.testing.assert_allclose(Z[:, 0], direct_normal_scores(v.tolist()), rtol=1e-12, atol=1e-12)
     np.testing.assert_array_equal(Z[:, 1], b)
     assert len(np.unique(Z[:7, 0])) == 1  # the tied zeros share one score
@@ -44,7 +44,7 @@ def test_normal_scores_leave_few_valued_columns_and_keep_order():
     rng = np.random.default_rng(1)
     few = rng.integers(0, NORMAL_SCORES_MIN_DISTINCT - 1, size=200).astype(float)
     many = rng.standard_t(2, size=200)
-    Z = _normal_scores(np.column_stack([few, many]))
+    Z = normal_scores(np.column_stack([few, many]))
     np.testing.assert_array_equal(Z[:, 0], few)
     order = np.argsort(many)
     assert np.all(np.diff(Z[order, 1]) > 0)  # strictly monotone (no ties in a continuous draw)
@@ -53,7 +53,7 @@ def test_normal_scores_leave_few_valued_columns_and_keep_order():
 
 def test_normal_scores_nearly_identity_on_gaussian_columns():
     x = np.random.default_rng(2).standard_normal(2000)
-    z = _normal_scores(x[:, None])[:, 0]
+    z = normal_scores(x[:, None])[:, 0]
     assert np.corrcoef(x, z)[0, 1] > 0.995
 
 
@@ -63,13 +63,13 @@ def test_normal_scores_frequency_weights_are_replicated_rows():
     X[:4, 0] = 0.0
     c = rng.integers(1, 4, size=30).astype(float)
     rep = np.repeat(np.arange(30), c.astype(int))
-    np.testing.assert_allclose(_normal_scores(X, c), _normal_scores(X[rep])[np.searchsorted(rep, np.arange(30))])
+    np.testing.assert_allclose(normal_scores(X, c), normal_scores(X[rep])[np.searchsorted(rep, np.arange(30))])
     # a unit of weight 0 takes no part in the others' scores and gets a finite one
     c0 = c.copy()
     c0[5] = 0.0
-    Z0 = _normal_scores(X, c0)
+    Z0 = normal_scores(X, c0)
     keep = np.arange(30) != 5
-    np.testing.assert_allclose(Z0[keep], _normal_scores(X[keep], c[keep]))
+    np.testing.assert_allclose(Z0[keep], normal_scores(X[keep], c[keep]))
     assert np.isfinite(Z0).all()
 
 
