@@ -870,6 +870,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--rff-dim", type=int, default=128, help="random Fourier features with rff (default: 128)")
     p.add_argument(
+        "--inputs",
+        default="raw",
+        choices=["raw", "standard", "normal-scores"],
+        help="what the network reads of each training dataset: raw covariates (default), or what "
+        "CInAZeroShot(scaling=...) gives it (standardised, normal scores of continuous columns, "
+        "projected onto --max-features principal directions when wider)",
+    )
+    p.add_argument(
+        "--init-from",
+        default=None,
+        metavar="PATH",
+        help="fine-tune: start from this checkpoint's weights with a fresh optimizer and schedule "
+        "('shipped' / 'shipped-s': a shipped model; the architecture options must match it)",
+    )
+    p.add_argument(
         "--max-features", type=int, default=None, help="most covariates a dataset may have (default: 32; rff: 1024)"
     )
     p.add_argument(
@@ -946,15 +961,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _family_overrides(args, max_features: int) -> Dict[str, Dict[str, Any]]:
+def _family_overrides(args, max_features: Optional[int]) -> Dict[str, Dict[str, Any]]:
     """The ``ZeroShotConfig.family_overrides`` that the data options of ``cina train`` ask for.
 
     Parameters
     ----------
     args : argparse.Namespace
         The parsed ``cina train`` options.
-    max_features : int
-        Most covariates the model takes (caps the semi family's columns).
+    max_features : int or None
+        Most covariates the model takes (caps the semi family's columns and ``--er-covariates``);
+        None: no cap (``--inputs`` projects wider datasets onto the model's width).
 
     Returns
     -------
@@ -977,8 +993,10 @@ def _family_overrides(args, max_features: int) -> Dict[str, Dict[str, Any]]:
         lo, hi = args.er_covariates
         if "er" not in families or lo < 1 or hi < lo:
             raise CLIError(f"--er-covariates needs the er family and 1 <= LO <= HI, got {lo} {hi}")
-        if hi > max_features:
-            raise CLIError(f"--er-covariates HI={hi} exceeds --max-features")
+        if max_features is not None and hi > max_features:
+            raise CLIError(
+                f"--er-covariates HI={hi} exceeds --max-features (--inputs standard or normal-scores projects)"
+            )
         out["er"]["d"] = (lo, hi)
     if args.treated_share is not None:
         lo, hi = args.treated_share
@@ -1006,7 +1024,7 @@ def _family_overrides(args, max_features: int) -> Dict[str, Dict[str, Any]]:
         if not 0.0 <= args.propensity_clip < 0.5:
             raise CLIError(f"--propensity-clip needs 0 <= C < 0.5, got {args.propensity_clip}")
         out["er"]["propensity_clip"] = float(args.propensity_clip)
-    if "semi" in families:
+    if "semi" in families and max_features is not None:
         out["semi"]["max_covariates"] = int(max_features)
     return {f: kw for f, kw in out.items() if kw}
 
@@ -1041,7 +1059,13 @@ def _cmd_train(args) -> int:
         model_inputs = dict(max_features=args.max_features)
     if model_inputs.get("max_features", 1) < 1:
         raise CLIError(f"--max-features must be >= 1, got {args.max_features}")
-    family_overrides = _family_overrides(args, model_inputs.get("max_features", 32))
+    projects = args.inputs != "raw"
+    family_overrides = _family_overrides(args, None if projects else model_inputs.get("max_features", 32))
+    init_from = args.init_from
+    if init_from in ("shipped", "shipped-s"):
+        from .models.checkpoint import pretrained_path
+
+        init_from = pretrained_path("zs-s" if init_from == "shipped-s" else "zs")
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -1102,6 +1126,8 @@ def _cmd_train(args) -> int:
             **model_inputs,
         ),
         family_overrides=family_overrides,
+        inputs=args.inputs,
+        init_from=init_from,
         progress=not (args.quiet or args.json) and rank == 0,
     )
     t0 = time.perf_counter()

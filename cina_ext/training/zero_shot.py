@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._core.covariates import network_inputs
 from ..data import sample_datasets
 from ..models.checkpoint import check_writable_target, load_checkpoint, save_atomic
 from ..models.zero_shot import CInAZeroShotModel, collate_datasets
@@ -91,6 +92,18 @@ class ZeroShotConfig:
         Per family, settings of :func:`cina_ext.data.sample_datasets` that replace the prior's
         (e.g. ``{"er": {"d": (3, 64)}}``: 2-63 covariates, drawn per dataset; a (lo, hi) tuple
         is drawn uniformly, a list is a uniform choice).
+    inputs : {"raw", "standard", "normal-scores"}, default "raw"
+        What the network reads of each training dataset.  "raw": the covariates as drawn (the
+        model standardises them; more than ``max_features`` columns are refused).  "standard" /
+        "normal-scores": what :class:`~cina_ext.estimators.CInAZeroShot` gives it with that
+        ``scaling`` (:func:`cina_ext._core.covariates.network_inputs`: the normal scores of the
+        continuous columns if asked, standardised, and projected onto ``max_features`` principal
+        directions when wider), so the network trains on the inputs it will see; the loss is
+        the balancing objective of those inputs.
+    init_from : str, optional
+        Start from the weights of this checkpoint (a training checkpoint or an exported model
+        with the same model configuration) with a fresh optimizer and schedule: fine-tuning.
+        Ignored when the run resumes its own ``checkpoint_path``.
     """
 
     families: Tuple[str, ...] = ("setoguchi", "er")
@@ -117,6 +130,8 @@ class ZeroShotConfig:
     amp: str = "none"  # "bf16": encoder under torch.autocast(bfloat16); final layer in dtype
     override: bool = False  # resume even if the checkpoint was trained with another configuration
     family_overrides: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # per family: sample_datasets settings
+    inputs: str = "raw"  # "raw" | "standard" | "normal-scores": what the network reads of each dataset
+    init_from: Optional[str] = None  # fine-tune: start from this checkpoint's weights
 
     @classmethod
     def from_any(cls, config) -> "ZeroShotConfig":
@@ -164,7 +179,8 @@ class ZeroShotConfig:
             ``batch_size`` not a positive multiple of ``world``; ``steps < 1``; ``warmup_steps < 0``;
             ``dtype`` not float32/float64; no ``families``; ``checkpoint_every < 0``;
             ``supervised_weight`` negative or not finite; ``amp`` not "none" or "bf16";
-            ``family_overrides`` naming a family not in ``families``.
+            ``family_overrides`` naming a family not in ``families``; ``inputs`` not one of "raw",
+            "standard", "normal-scores".
         """
         if self.batch_size < 1 or self.batch_size % world != 0:
             raise ValueError(f"batch_size ({self.batch_size}) must be a positive multiple of the world size ({world})")
@@ -182,9 +198,24 @@ class ZeroShotConfig:
             raise ValueError(f"supervised_weight must be a finite number >= 0, got {self.supervised_weight!r}")
         if self.amp not in ("none", "bf16"):
             raise ValueError(f"amp must be 'none' or 'bf16', got {self.amp!r}")
+        if self.inputs not in TRAINING_INPUTS:
+            raise ValueError(f"inputs must be one of {TRAINING_INPUTS}, got {self.inputs!r}")
         unknown = sorted(set(self.family_overrides) - set(self.families))
         if unknown:
             raise ValueError(f"family_overrides names families not in families {tuple(self.families)}: {unknown}")
+
+
+#: What the network may read of a training dataset (``ZeroShotConfig.inputs``).
+TRAINING_INPUTS = ("raw", "standard", "normal-scores")
+#: A field missing from an older checkpoint's configuration had this value then.
+_FIELD_DEFAULTS = {"inputs": "raw", "init_from": None}
+
+
+def _network_batch(cfg: ZeroShotConfig, batch, width: int):
+    """The datasets of a step as the network reads them (``cfg.inputs``; "raw": unchanged)."""
+    if cfg.inputs == "raw":
+        return batch
+    return [dataclasses.replace(d, X=network_inputs(d.X, cfg.inputs, width)[0], feature_names=[]) for d in batch]
 
 
 def _draw_dataset(cfg: ZeroShotConfig, step: int, index: int, n_estimands: int = 1):
@@ -244,7 +275,7 @@ def config_changes(saved: Optional[Dict[str, Any]], cfg: ZeroShotConfig) -> List
             continue
         if k == "steps" and isinstance(saved.get(k), int) and now[k] >= saved[k]:
             continue
-        if _plain(saved.get(k)) != _plain(now.get(k)):
+        if _plain(saved.get(k, _FIELD_DEFAULTS.get(k))) != _plain(now.get(k)):
             out.append(f"{k}: {saved.get(k)!r} in the checkpoint, {now.get(k)!r} now")
     return out
 
@@ -364,6 +395,14 @@ def train_zero_shot(config=None) -> Tuple[CInAZeroShotModel, Dict[str, List[floa
         step = int(ckpt["step"])
         history = {k: list(v) for k, v in ckpt["history"].items()}
         seconds_before = float(ckpt.get("train_seconds", 0.0))
+    elif cfg.init_from:
+        init = load_checkpoint(cfg.init_from, map_location=device)
+        if init.get("model_config") != model.config:
+            raise ValueError(
+                f"init_from={cfg.init_from!r} has another model configuration than config.model; "
+                "fine-tuning needs the same architecture (pass its model configuration)"
+            )
+        model.load_state_dict(init["model_state"])
     started = time.perf_counter()
 
     net: nn.Module = model
@@ -420,7 +459,7 @@ def train_zero_shot(config=None) -> Tuple[CInAZeroShotModel, Dict[str, List[floa
         idx = range(rank * per, (rank + 1) * per)
         drawn = [_draw_dataset(cfg, step, i, len(model.estimands)) for i in idx]
         batch = [d for d, _ in drawn]
-        X, W, mask, fmask = collate_datasets(batch, dtype=dtype, device=device)
+        X, W, mask, fmask = collate_datasets(_network_batch(cfg, batch, model.max_features), dtype=dtype, device=device)
         if model.balancing:
             est_idx = torch.tensor([e for _, e in drawn], dtype=torch.long, device=device)
             with amp:

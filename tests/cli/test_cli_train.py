@@ -144,3 +144,32 @@ def test_train_with_the_semi_family(tmp_path, capsys):
     assert main([*argv, *SMALL]) == 0
     payload = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert payload["steps"] == 2 and math.isfinite(payload["final_loss"])
+
+
+def test_train_fine_tunes_the_shipped_model_on_network_inputs(tmp_path, capsys):
+    """--init-from shipped --inputs normal-scores: the run starts at the shipped weights (lr 0
+    keeps them), records both options, and takes datasets wider than the model (projected)."""
+    import torch
+
+    from cina_ext.models.checkpoint import load_checkpoint, pretrained_path
+
+    out = tmp_path / "ft.pt"
+    argv = ["train", "--out", str(out), "--steps", "1", "--lr", "0", "--init-from", "shipped"]
+    argv += ["--inputs", "normal-scores", "--families", "er", "--er-covariates", "40", "40", *SMALL]
+    assert main(argv) == 0
+    assert math.isfinite(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["final_loss"])
+    ckpt = load_checkpoint(str(out))
+    shipped = load_checkpoint(pretrained_path())
+    assert ckpt["train_config"]["inputs"] == "normal-scores"
+    assert ckpt["train_config"]["init_from"] == pretrained_path()
+    for k, v in shipped["model_state"].items():
+        torch.testing.assert_close(ckpt["model_state"][k], v, rtol=0, atol=0, msg=k)
+    # raw inputs keep the cap: 40 covariates do not fit the 32-wide model
+    assert (
+        main(["train", "--out", str(tmp_path / "raw.pt"), "--er-covariates", "40", "40", "--families", "er", *SMALL])
+        != 0
+    )
+    assert "--max-features" in capsys.readouterr().err
+    # another architecture cannot start from the shipped weights
+    assert main(["train", "--out", str(tmp_path / "x.pt"), "--init-from", "shipped", "--d-model", "32", *SMALL]) != 0
+    assert "init_from" in capsys.readouterr().err

@@ -200,3 +200,47 @@ def test_semi_family_in_the_stream_and_its_overrides_must_match_on_resume(tmp_pa
         train_zero_shot(wider)
     _, history = train_zero_shot({**mixed, "steps": 3})  # the same prior resumes
     assert len(history["loss"]) == 3
+
+
+def test_network_inputs_in_training_are_what_the_estimator_gives_the_network():
+    """inputs="normal-scores": each training dataset reaches the network as CInAZeroShot would give it
+    (normal scores, standardised, projected onto max_features when wider); "raw" leaves it alone."""
+    from cina_ext._core.covariates import network_inputs
+
+    zs_train = importlib.import_module("cina_ext.training.zero_shot")
+    cfg = ZeroShotConfig(**_cfg(families=("er",), family_overrides={"er": {"d": (8, 12)}}, inputs="normal-scores"))
+    batch = [zs_train._draw_dataset(cfg, 0, i)[0] for i in range(4)]
+    assert max(d.d for d in batch) > 6
+    seen = zs_train._network_batch(cfg, batch, 6)
+    for d, s in zip(batch, seen):
+        np.testing.assert_array_equal(s.X, network_inputs(d.X, "normal-scores", 6)[0])
+        assert s.X.shape[1] == min(d.d, 6)
+        np.testing.assert_array_equal(s.T, d.T)
+    raw = ZeroShotConfig(**_cfg(families=("er",)))
+    assert zs_train._network_batch(raw, batch, 6) is batch
+    # a model of width 6 trains on 8-12 covariates (raw inputs would be refused)
+    model_cfg = dict(TINY, estimands=("ate", "att"), max_features=6)
+    wide = dict(_cfg(families=("er",), family_overrides={"er": {"d": (8, 12)}}, steps=2, model=model_cfg))
+    _, history = train_zero_shot({**wide, "inputs": "normal-scores"})
+    assert len(history["loss"]) == 2 and np.isfinite(history["loss"]).all()
+    with pytest.raises(ValueError, match="max_features"):
+        train_zero_shot(wide)
+    with pytest.raises(ValueError, match="inputs"):
+        ZeroShotConfig(**_cfg(inputs="whitened")).validate(1)
+
+
+def test_init_from_starts_from_the_weights_with_a_fresh_schedule(tmp_path):
+    first = tmp_path / "first.pt"
+    base = dict(_cfg(model=dict(TINY, estimands=BALANCE), steps=4, checkpoint_path=str(first)))
+    trained, _ = train_zero_shot(base)
+    # zero steps of learning (lr 0) from init_from: the weights are exactly the checkpoint's
+    frozen, _ = train_zero_shot({**base, "checkpoint_path": None, "init_from": str(first), "lr": 0.0, "steps": 2})
+    for (k, a), b in zip(trained.state_dict().items(), frozen.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
+    # fine-tuning goes on from there: its first loss is the trained model's, not a fresh model's
+    _, h_ft = train_zero_shot({**base, "checkpoint_path": None, "init_from": str(first), "steps": 2, "seed": 5})
+    _, h_fresh = train_zero_shot({**base, "checkpoint_path": None, "steps": 2, "seed": 5})
+    assert h_ft["loss"][0] != h_fresh["loss"][0]
+    other = dict(TINY, estimands=BALANCE, d_model=8, n_heads=2, dim_feedforward=16)
+    with pytest.raises(ValueError, match="init_from"):
+        train_zero_shot({**base, "checkpoint_path": None, "init_from": str(first), "model": other})
