@@ -26,7 +26,7 @@ Columns (mean absolute error of the estimate against the truth of its estimand):
 ``--quick``; "all": everything), ``--methods`` the rows by label.
 The estimand is the ATE on synthetic data and IHDP and the ATT on LaLonde, for every method.
 Rows: naive, IPW, SN-IPW, DoubleML, KernelBalancing (its defaults, then with scaling="standard",
-then augmented), CInA (Algorithm 1, exact bilevel), CInA-ZS
+then augmented with one and with five fold splits averaged), CInA (Algorithm 1, exact bilevel), CInA-ZS
 (the shipped zero-shot model unless ``--zs``; its defaults, then with scaling="standard"), CInA-ZS
 refined by 50 solver iterations, and
 CInA-ZS-S (the shipped supervised model unless ``--zs-s``); ``--zs-label`` renames the CInA-ZS rows
@@ -63,6 +63,7 @@ PER_DATASET = [  # (row label, make_estimator name, constructor keywords)
     ("KernelBalancing", "kernel", {}),
     ("KernelBalancing, standard scaling", "kernel", {"scaling": "standard"}),
     ("KernelBalancing + augment", "kernel", {"augment": True}),
+    ("KernelBalancing + augment, 5 splits", "kernel", {"augment": True, "augment_repeats": 5}),
     ("CInA (Alg. 1)", "cina", {}),
 ]
 COLUMNS = ["setoguchi-id", "er-id", "setoguchi-ood", "er-ood", "ihdp-a", "ihdp-b", "lalonde-cps", "lalonde-psid"]

@@ -2,8 +2,8 @@
 
     cina estimate FILE.csv --treatment COL --outcome COL [--covariates C1 C2 ...]
                   [--method kernel|cina|naive|ipw|snipw|dml|zero-shot] [--estimand ate|att|overlap]
-                  [--n-bootstrap N] [--alpha 0.05] [--seed S] [--dropna] [--[no-]augment] [--weights COL]
-                  [--json] [--quiet]
+                  [--n-bootstrap N] [--alpha 0.05] [--seed S] [--dropna] [--[no-]augment]
+                  [--augment-repeats R] [--weights COL] [--json] [--quiet]
     cina demo [--dataset auto|lalonde-cps|lalonde-psid|ihdp-a|ihdp-b|setoguchi|er]
               [--n N] [--seed S] [--methods M ...] [--estimand E] [--n-bootstrap N] [--json] [--quiet]
     cina --version
@@ -410,6 +410,13 @@ def _cmd_estimate(args) -> int:
                     f"{args.method!r} " + ("is already doubly robust" if args.method == "dml" else "does not weight")
                 )
             extra["augment"] = True
+        repeats = getattr(args, "augment_repeats", None)
+        if repeats is not None:
+            if not augment:
+                raise CLIError("--augment-repeats needs an augmented estimate (--augment)")
+            if repeats < 1:
+                raise CLIError(f"--augment-repeats must be >= 1, got {repeats}")
+            extra["augment_repeats"] = repeats
         est = make_estimator(args.method, estimand=args.estimand, random_state=args.seed, **extra)
         if info["sample_weight"] is None:
             est.fit(X, T)
@@ -468,6 +475,7 @@ def _cmd_estimate(args) -> int:
             "z": None if inference is None else inference.z,
             "pvalue": None if inference is None else inference.pvalue,
             "augmented": augment,
+            "augment_repeats": (getattr(args, "augment_repeats", None) or 1) if augment else None,
             "balance": report.to_dict(),
             "seed": args.seed,
             "time_s": elapsed,
@@ -765,6 +773,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="augmented (doubly robust) estimate: a cross-fitted outcome model plus the weighted "
         "residuals, with an influence-function interval (weighting methods); default: on for "
         "--method kernel with --estimand ate or att, off otherwise",
+    )
+    p.add_argument(
+        "--augment-repeats",
+        type=int,
+        default=None,
+        metavar="R",
+        help="fold splits of the augmentation's outcome model, their out-of-fold predictions averaged "
+        "(repeated cross-fitting; default 1)",
     )
     p.add_argument(
         "--checkpoint",

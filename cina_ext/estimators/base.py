@@ -248,6 +248,13 @@ class _WeightingEstimator(BaseEstimator):
     def _augment_model(self):
         return outcome_model(getattr(self, "augment", False))
 
+    def _augment_repeats(self) -> int:
+        """``augment_repeats``, checked: the fold splits of the cross-fitted outcome model."""
+        r = getattr(self, "augment_repeats", 1)
+        if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or r < 1:
+            raise ValueError(f"augment_repeats must be an integer >= 1 (fold splits averaged), got {r!r}")
+        return int(r)
+
     def _estimate(self, state: Dict[str, Any], X: np.ndarray, T: np.ndarray, Y: np.ndarray, seed: int):
         """``(estimate, influence values or None)``: plain or augmented (doubly robust)."""
         model = self._augment_model()
@@ -260,7 +267,7 @@ class _WeightingEstimator(BaseEstimator):
             )
         sw = state.get("sample_weight")
         Xs, _, _ = _standardize(X, sample_weight=sw)
-        mu1, mu0 = cross_fit_outcomes(model, Xs, T, Y, seed, sample_weight=sw)
+        mu1, mu0 = cross_fit_outcomes(model, Xs, T, Y, seed, sample_weight=sw, n_repeats=self._augment_repeats())
         return augmented_scores(np.asarray(state["weights"], dtype=np.float64), T, Y, mu1, mu0, est, sample_weight=sw)
 
     def has_analytic_se(self) -> bool:
@@ -424,6 +431,7 @@ class _WeightingEstimator(BaseEstimator):
         estimand = check_estimand(self._resolve_estimand(), self._allowed_estimands)
         data = check_design(X, T)
         self._check_params()
+        self._augment_repeats()
         sw = None
         if sample_weight is not None:
             sw = check_sample_weight(sample_weight, data.n, device=data.device, index=data.index)

@@ -128,6 +128,10 @@ class IPW(_WeightingEstimator):
         the balancing-weighted residuals (:mod:`cina_ext.estimators.augment`).  The weights never
         see the outcome; only the augmentation does.  ``ate_inference`` then uses the influence
         function.  Needs estimand "ate" or "att".
+    augment_repeats : int, default 1
+        Fold splits of the augmentation's cross-fitted outcome model whose out-of-fold predictions
+        are averaged (repeated cross-fitting): more splits, less dependence on the luck of one
+        split, ``augment_repeats`` times the outcome-model fits.
 
     Attributes
     ----------
@@ -173,6 +177,7 @@ class IPW(_WeightingEstimator):
         random_state=None,
         verbose: bool = False,
         augment=False,
+        augment_repeats: int = 1,
     ):
         self.estimand = estimand
         self.propensity_model = propensity_model
@@ -180,6 +185,7 @@ class IPW(_WeightingEstimator):
         self.random_state = random_state
         self.verbose = verbose
         self.augment = augment
+        self.augment_repeats = augment_repeats
 
     def _check_params(self):
         if self.clip is not None and not (0 <= float(self.clip) < 0.5):

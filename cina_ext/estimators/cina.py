@@ -90,6 +90,10 @@ class CInA(_WeightingEstimator):
         the balancing-weighted residuals (:mod:`cina_ext.estimators.augment`).  The weights never
         see the outcome; only the augmentation does.  ``ate_inference`` then uses the influence
         function.  Needs estimand "ate" or "att".
+    augment_repeats : int, default 1
+        Fold splits of the augmentation's cross-fitted outcome model whose out-of-fold predictions
+        are averaged (repeated cross-fitting): more splits, less dependence on the luck of one
+        split, ``augment_repeats`` times the outcome-model fits.
 
     Attributes
     ----------
@@ -207,6 +211,7 @@ class CInA(_WeightingEstimator):
         random_state=None,
         verbose: bool = False,
         augment=False,
+        augment_repeats: int = 1,
     ):
         self.estimand = estimand
         self.lam = lam
@@ -227,6 +232,7 @@ class CInA(_WeightingEstimator):
         self.random_state = random_state
         self.verbose = verbose
         self.augment = augment
+        self.augment_repeats = augment_repeats
 
     # -- parameters --------------------------------------------------------------------------
     def _check_params(self):

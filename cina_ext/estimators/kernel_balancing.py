@@ -195,6 +195,10 @@ class KernelBalancing(_WeightingEstimator):
         the balancing-weighted residuals (:mod:`cina_ext.estimators.augment`).  The weights never
         see the outcome; only the augmentation does.  ``ate_inference`` then uses the influence
         function.  Needs estimand "ate" or "att".
+    augment_repeats : int, default 1
+        Fold splits of the augmentation's cross-fitted outcome model whose out-of-fold predictions
+        are averaged (repeated cross-fitting): more splits, less dependence on the luck of one
+        split, ``augment_repeats`` times the outcome-model fits.
 
     Attributes
     ----------
@@ -305,6 +309,7 @@ class KernelBalancing(_WeightingEstimator):
         approximation: str = "auto",
         rank: Optional[int] = None,
         augment=False,
+        augment_repeats: int = 1,
         scaling: Optional[str] = None,
     ):
         self.estimand = estimand
@@ -325,6 +330,7 @@ class KernelBalancing(_WeightingEstimator):
         self.random_state = random_state
         self.verbose = verbose
         self.augment = augment
+        self.augment_repeats = augment_repeats
 
     def _check_params(self):
         if self.approximation not in ("auto", "exact", "rff"):

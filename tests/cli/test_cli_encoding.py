@@ -149,3 +149,23 @@ def test_every_output_names_its_estimand(capsys, tmp_path, estimand, label):
     assert code == 0 and f"estimand: {label}" in out
     code, out, _ = run(capsys, *base, "--json")
     assert code == 0 and json.loads(out)["estimand"] == estimand
+
+
+def test_augment_repeats_reach_the_estimator(capsys, tmp_path):
+    from cina_ext.estimators import KernelBalancing
+
+    path = tmp_path / "d.csv"
+    frame = _frame(n=120)
+    frame.to_csv(path, index=False)
+    base = ["estimate", str(path), "--treatment", "t", "--outcome", "y", "--n-bootstrap", "0", "--quiet", "--json"]
+    code, out, err = run(capsys, *base, "--augment-repeats", "3", "--seed", "4")
+    assert code == 0, err
+    p = json.loads(out)
+    assert p["augmented"] is True and p["augment_repeats"] == 3
+    X = frame.drop(columns=["t", "y"])
+    want = KernelBalancing(augment=True, augment_repeats=3, random_state=4).fit(X, frame["t"]).ate(frame["y"])
+    assert p["estimate"] == pytest.approx(want, rel=1e-9)
+    code, out, err = run(capsys, *base, "--augment-repeats", "0")
+    assert code != 0 and "--augment-repeats" in err
+    code, out, err = run(capsys, *base, "--no-augment", "--augment-repeats", "2")
+    assert code != 0 and "--augment" in err
