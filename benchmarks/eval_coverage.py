@@ -30,6 +30,7 @@ from cina_ext.estimators import IPW, CInAZeroShot, DoubleML, KernelBalancing  # 
 METHODS = {
     "dml": lambda s, b: DoubleML(random_state=s),
     "kb+aug": lambda s, b: KernelBalancing(augment=True, random_state=s),
+    "kb+aug5": lambda s, b: KernelBalancing(augment=True, augment_repeats=5, random_state=s),
     "ipw+aug": lambda s, b: IPW(augment=True, random_state=s),
     "zs+aug": lambda s, b: CInAZeroShot.from_pretrained(estimand="ate", augment=True, random_state=s),
     "kb-boot": lambda s, b: KernelBalancing(random_state=s),

@@ -165,6 +165,10 @@ def test_augment_repeats_reach_the_estimator(capsys, tmp_path):
     X = frame.drop(columns=["t", "y"])
     want = KernelBalancing(augment=True, augment_repeats=3, random_state=4).fit(X, frame["t"]).ate(frame["y"])
     assert p["estimate"] == pytest.approx(want, rel=1e-9)
+    code, out, err = run(capsys, *base, "--seed", "4")  # the default: five splits
+    assert code == 0, err
+    five = KernelBalancing(augment=True, augment_repeats=5, random_state=4).fit(X, frame["t"]).ate(frame["y"])
+    assert json.loads(out)["augment_repeats"] == 5 and json.loads(out)["estimate"] == pytest.approx(five, rel=1e-9)
     code, out, err = run(capsys, *base, "--augment-repeats", "0")
     assert code != 0 and "--augment-repeats" in err
     code, out, err = run(capsys, *base, "--no-augment", "--augment-repeats", "2")
