@@ -43,6 +43,17 @@ AUGMENT_FOLDS = 5
 _REPEAT_SEED_STEP = 104729
 
 
+def repeat_seed(seed: int, r: int) -> int:
+    """The seed of fold split ``r`` of repeated cross-fitting (split 0 is ``seed`` itself)."""
+    return int(seed) + _REPEAT_SEED_STEP * int(r)
+
+
+def fold_splits(Xs: np.ndarray, T: np.ndarray, k: int, seed: int):
+    """``(fold, train, test)`` of ``k`` folds stratified on ``T``, shuffled with ``seed``."""
+    folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed % (2**31 - 1))
+    return enumerate(folds.split(Xs, T))
+
+
 def single_openmp_thread():
     """Run scikit-learn's OpenMP learners on one thread.
 
@@ -115,9 +126,8 @@ def cross_fit_outcomes(
     mu1, mu0 = np.zeros(n), np.zeros(n)
     with single_openmp_thread():
         for r in range(int(n_repeats)):
-            base = seed + _REPEAT_SEED_STEP * r
-            folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=base % (2**31 - 1))
-            for f, (tr, te) in enumerate(folds.split(Xs, T)):
+            base = repeat_seed(seed, r)
+            for f, (tr, te) in fold_splits(Xs, T, k, base):
                 s = base + 7919 * (f + 1)
                 t1, t0 = tr[T[tr] == 1], tr[T[tr] == 0]
                 sw1 = None if sample_weight is None else sample_weight[t1]

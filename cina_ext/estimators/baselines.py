@@ -8,10 +8,9 @@ import numpy as np
 from scipy.stats import norm
 from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold
 
 from .._core.checks import check_estimand, check_outcome
-from .augment import fit_weighted, influence_se, with_seed
+from .augment import cross_fit_outcomes, fit_weighted, fold_splits, influence_se, repeat_seed, with_seed
 from .augment import single_openmp_thread as _single_openmp_thread
 from .base import _arm_normalise, _standardize, _WeightingEstimator
 
@@ -324,6 +323,10 @@ class DoubleML(_WeightingEstimator):
         Default ``LogisticRegression(C=1)`` on standardised covariates.
     n_folds : int, default 5
         Cross-fitting folds, at least 2 (and at most the smaller arm size).
+    n_repeats : int, default 1
+        Fold splits whose out-of-fold propensities and outcome predictions are averaged
+        (repeated cross-fitting, as ``augment_repeats`` of the weighting estimators); ``n_repeats``
+        times the fits.
     clip : float or None, default 0.01
         Propensity clipping, in [0, 0.5); None or 0: none.
     random_state : None, int or numpy Generator, optional
@@ -377,11 +380,13 @@ class DoubleML(_WeightingEstimator):
         clip: Optional[float] = 0.01,
         random_state=None,
         verbose: bool = False,
+        n_repeats: int = 1,
     ):
         self.estimand = estimand
         self.outcome_model = outcome_model
         self.propensity_model = propensity_model
         self.n_folds = n_folds
+        self.n_repeats = n_repeats
         self.clip = clip
         self.random_state = random_state
         self.verbose = verbose
@@ -389,6 +394,9 @@ class DoubleML(_WeightingEstimator):
     def _check_params(self):
         if int(self.n_folds) < 2:
             raise ValueError(f"n_folds must be at least 2, got {self.n_folds!r}")
+        r = self.n_repeats
+        if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or r < 1:
+            raise ValueError(f"n_repeats must be an integer >= 1 (fold splits averaged), got {r!r}")
         if self.clip is not None and not (0 <= float(self.clip) < 0.5):
             raise ValueError(f"clip must be in [0, 0.5) or None, got {self.clip!r}")
 
@@ -425,35 +433,28 @@ class DoubleML(_WeightingEstimator):
             r = r * sample_weight
         return {"weights": _arm_normalise(r, T), "propensity": e}
 
-    @staticmethod
-    def _cross_fit(folds, Xs, T, Y, seed, om, pm, e, mu1, mu0, sw=None):
-        def part(idx):
-            return None if sw is None else sw[idx]
-
-        for f, (tr, te) in enumerate(folds.split(Xs, T)):
-            s = seed + 7919 * (f + 1)
-            e[te] = _predict_proba(pm, Xs[tr], T[tr], Xs[te], s, part(tr))
-            t1 = tr[T[tr] == 1]
-            t0 = tr[T[tr] == 0]
-            m1 = fit_weighted(with_seed(om, s), Xs[t1], Y[t1], part(t1))
-            m0 = fit_weighted(with_seed(om, s + 1), Xs[t0], Y[t0], part(t0))
-            mu1[te] = m1.predict(Xs[te])
-            mu0[te] = m0.predict(Xs[te])
+    def _cross_fit_propensity(self, Xs, T, seed, pm, k, sw=None):
+        """Out-of-fold propensities, averaged over ``n_repeats`` splits; split ``r``, fold ``f`` are
+        those of :func:`cross_fit_outcomes` (the same folds and seeds as the outcome models)."""
+        e = np.zeros(Xs.shape[0])
+        for r in range(int(self.n_repeats)):
+            base = repeat_seed(seed, r)
+            for f, (tr, te) in fold_splits(Xs, T, k, base):
+                e[te] += _predict_proba(
+                    pm, Xs[tr], T[tr], Xs[te], base + 7919 * (f + 1), None if sw is None else sw[tr]
+                )
+        return e / int(self.n_repeats)
 
     def _scores(self, X, T, Y, seed, sw=None):
         """Per-unit AIPW scores ``psi`` (with ``sw``: their s-weighted mean is the estimate)."""
         om, pm = self._models()
         Xs, _, _ = _standardize(X, sample_weight=sw)
-        n = X.shape[0]
-        e = np.empty(n)
-        mu1 = np.empty(n)
-        mu0 = np.empty(n)
         k = int(self.n_folds)
         if min(np.sum(T == 1), np.sum(T == 0)) < k:
             raise ValueError(f"an arm has fewer than n_folds={k} units: cannot cross-fit")
-        folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed % (2**31 - 1))
         with _single_openmp_thread():
-            self._cross_fit(folds, Xs, T, Y, seed, om, pm, e, mu1, mu0, sw)
+            e = self._cross_fit_propensity(Xs, T, seed, pm, k, sw)
+        mu1, mu0 = cross_fit_outcomes(om, Xs, T, Y, seed, n_folds=k, sample_weight=sw, n_repeats=int(self.n_repeats))
         e = self._clip(e)
         if np.any((e <= 0) | (e >= 1)):
             raise ValueError("cross-fitted propensity scores reach 0 or 1 (perfect separation); set clip > 0")

@@ -58,3 +58,24 @@ def test_bad_augment_repeats(bad):
     d, *_ = _data(n=60)
     with pytest.raises(ValueError, match="augment_repeats"):
         KernelBalancing(augment=True, augment_repeats=bad).fit(d.X, d.T)
+
+
+def test_doubleml_repeats_average_propensities_and_outcomes():
+    from sklearn.linear_model import LogisticRegression
+
+    from cina_ext.estimators import DoubleML
+    from cina_ext.estimators.augment import repeat_seed
+
+    d, Xs, T, Y = _data(seed=4)
+    pm = LogisticRegression(C=1.0)
+    one, three = DoubleML(n_repeats=1), DoubleML(n_repeats=3)
+    singles = [one._cross_fit_propensity(Xs, T, repeat_seed(11, r), pm, 5) for r in range(3)]
+    np.testing.assert_allclose(three._cross_fit_propensity(Xs, T, 11, pm, 5), np.mean(singles, 0), rtol=1e-12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a = DoubleML(outcome_model=Ridge(), random_state=2).fit(d.X, d.T)
+        b = DoubleML(outcome_model=Ridge(), random_state=2, n_repeats=3).fit(d.X, d.T)
+        ea, eb = a.ate(Y), b.ate(Y)
+    assert ea != eb and abs(ea - eb) < 3 * a.se_  # another split, the same answer within noise
+    with pytest.raises(ValueError, match="n_repeats"):
+        DoubleML(n_repeats=0).fit(d.X, d.T)
