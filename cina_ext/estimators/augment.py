@@ -137,7 +137,10 @@ def cross_fit_outcomes(
     mu1 /= int(n_repeats)
     mu0 /= int(n_repeats)
     if not (np.all(np.isfinite(mu1)) and np.all(np.isfinite(mu0))):
-        raise ValueError("the outcome model predicted NaN or Inf")
+        raise ValueError(
+            f"the outcome model's predictions are not finite (NaN or Inf; max |Y| = {np.max(np.abs(Y)):.3g}); "
+            "if the outcome is that extreme, rescale Y (e.g. to thousands) and the estimate with it"
+        )
     return mu1, mu0
 
 

@@ -254,6 +254,8 @@ class SelfNormalizedIPW(IPW):
         Progress bars.
     augment : bool or scikit-learn regressor, default False
         Augmented (doubly robust) estimate, as for :class:`IPW`.
+    augment_repeats : int, default 1
+        Fold splits of the augmentation's outcome model, as for :class:`IPW`.
 
     Attributes
     ----------
