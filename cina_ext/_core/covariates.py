@@ -184,7 +184,7 @@ def network_inputs(X: np.ndarray, scaling: str, width: Optional[int]) -> Tuple[n
     Returns
     -------
     inputs : ndarray of shape (N, min(p, width))
-        The network's input (fewer columns only when N < width < p).
+        The network's input (fewer columns only when N < width < p: at most N principal directions).
     full : ndarray of shape (N, p)
         The scaled, standardised covariates (those of the refinement and the objective).
     """
@@ -196,7 +196,4 @@ def network_inputs(X: np.ndarray, scaling: str, width: Optional[int]) -> Tuple[n
     Z = standardize_columns(X)[0]
     if width is None or Z.shape[1] <= int(width):
         return Z, Z
-    net = principal_projection(Z, int(width))
-    if net.shape[1] == 0:  # no unit: nothing to project (the model refuses the empty design clearly)
-        net = Z[:, : int(width)]
-    return net, Z
+    return principal_projection(Z, int(width)), Z

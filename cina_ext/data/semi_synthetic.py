@@ -230,9 +230,8 @@ def make_semi_synthetic(
     mod_cols = [prop_cols[0]] + [int(j) for j in rng.choice(others, size=min(k_m - 1, others.size), replace=False)]
 
     s, s_terms = _random_score(rng, Z, prop_cols, names)
-    s = normal_scores(s[:, None], min_distinct=1)[
-        :, 0
-    ]  # N(0, 1) margins: the overlap depends on ``overlap``, not on the draw
+    # N(0, 1) margins: the overlap depends on ``overlap``, not on the draw
+    s = normal_scores(s[:, None], min_distinct=1)[:, 0]
     g, g_terms = _random_score(rng, Z, out_cols, names)
     h, h_terms = _random_score(rng, Z, mod_cols, names)
     logit = float(overlap) * s

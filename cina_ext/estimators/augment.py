@@ -49,9 +49,11 @@ def repeat_seed(seed: int, r: int) -> int:
 
 
 def fold_splits(Xs: np.ndarray, T: np.ndarray, k: int, seed: int):
-    """``(fold, train, test)`` of ``k`` folds stratified on ``T``, shuffled with ``seed``."""
+    """``(fold_seed, train, test)`` of ``k`` folds stratified on ``T``, shuffled with ``seed``;
+    ``fold_seed`` seeds the models fitted on that fold's training part."""
     folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed % (2**31 - 1))
-    return enumerate(folds.split(Xs, T))
+    for f, (tr, te) in enumerate(folds.split(Xs, T)):
+        yield seed + 7919 * (f + 1), tr, te
 
 
 def single_openmp_thread():
@@ -127,8 +129,7 @@ def cross_fit_outcomes(
     with single_openmp_thread():
         for r in range(int(n_repeats)):
             base = repeat_seed(seed, r)
-            for f, (tr, te) in fold_splits(Xs, T, k, base):
-                s = base + 7919 * (f + 1)
+            for s, tr, te in fold_splits(Xs, T, k, base):
                 t1, t0 = tr[T[tr] == 1], tr[T[tr] == 0]
                 sw1 = None if sample_weight is None else sample_weight[t1]
                 sw0 = None if sample_weight is None else sample_weight[t0]

@@ -89,6 +89,13 @@ def _standardize(X: np.ndarray, mean=None, sd=None, sample_weight=None):
     return (Z0 - mz) / sdz, mean, sd
 
 
+def _check_repeats(r, name: str) -> int:
+    """A count of averaged fold splits (repeated cross-fitting), checked: an integer >= 1."""
+    if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or r < 1:
+        raise ValueError(f"{name} must be an integer >= 1 (fold splits averaged), got {r!r}")
+    return int(r)
+
+
 def _arm_normalise(w: np.ndarray, T: np.ndarray) -> np.ndarray:
     """``w`` scaled to sum to one within each arm (ValueError for an arm with no weight)."""
     w = np.asarray(w, dtype=np.float64)
@@ -250,10 +257,7 @@ class _WeightingEstimator(BaseEstimator):
 
     def _augment_repeats(self) -> int:
         """``augment_repeats``, checked: the fold splits of the cross-fitted outcome model."""
-        r = getattr(self, "augment_repeats", 1)
-        if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or r < 1:
-            raise ValueError(f"augment_repeats must be an integer >= 1 (fold splits averaged), got {r!r}")
-        return int(r)
+        return _check_repeats(getattr(self, "augment_repeats", 1), "augment_repeats")
 
     def _estimate(self, state: Dict[str, Any], X: np.ndarray, T: np.ndarray, Y: np.ndarray, seed: int):
         """``(estimate, influence values or None)``: plain or augmented (doubly robust)."""

@@ -12,7 +12,7 @@ from sklearn.linear_model import LogisticRegression
 from .._core.checks import check_estimand, check_outcome
 from .augment import cross_fit_outcomes, fit_weighted, fold_splits, influence_se, repeat_seed, with_seed
 from .augment import single_openmp_thread as _single_openmp_thread
-from .base import _arm_normalise, _standardize, _WeightingEstimator
+from .base import _arm_normalise, _check_repeats, _standardize, _WeightingEstimator
 
 __all__ = ["DifferenceInMeans", "IPW", "SelfNormalizedIPW", "DoubleML"]
 
@@ -396,9 +396,7 @@ class DoubleML(_WeightingEstimator):
     def _check_params(self):
         if int(self.n_folds) < 2:
             raise ValueError(f"n_folds must be at least 2, got {self.n_folds!r}")
-        r = self.n_repeats
-        if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or r < 1:
-            raise ValueError(f"n_repeats must be an integer >= 1 (fold splits averaged), got {r!r}")
+        _check_repeats(self.n_repeats, "n_repeats")
         if self.clip is not None and not (0 <= float(self.clip) < 0.5):
             raise ValueError(f"clip must be in [0, 0.5) or None, got {self.clip!r}")
 
@@ -441,10 +439,8 @@ class DoubleML(_WeightingEstimator):
         e = np.zeros(Xs.shape[0])
         for r in range(int(self.n_repeats)):
             base = repeat_seed(seed, r)
-            for f, (tr, te) in fold_splits(Xs, T, k, base):
-                e[te] += _predict_proba(
-                    pm, Xs[tr], T[tr], Xs[te], base + 7919 * (f + 1), None if sw is None else sw[tr]
-                )
+            for s, tr, te in fold_splits(Xs, T, k, base):
+                e[te] += _predict_proba(pm, Xs[tr], T[tr], Xs[te], s, None if sw is None else sw[tr])
         return e / int(self.n_repeats)
 
     def _scores(self, X, T, Y, seed, sw=None):

@@ -330,8 +330,9 @@ class CInAZeroShot(_WeightingEstimator):
         projected = any(net.shape[1] != full.shape[1] for net, full in inputs)
         info: Dict[str, Tensor] = {"n_inputs": torch.tensor([net.shape[1] for net, _ in inputs])}
         if projected and (self.refine or diagnostics):
-            Xf, _, _, fmf = collate_datasets([(full, t) for (_, full), (_, t) in zip(inputs, items)], dtype=dtype)
-            Xf, fmf = Xf.to(device), fmf.to(device)
+            Xf, _, _, fmf = collate_datasets(
+                [(full, t) for (_, full), (_, t) in zip(inputs, items)], dtype=dtype, device=device
+            )
         else:
             Xf, fmf = X, fm
         model.eval()

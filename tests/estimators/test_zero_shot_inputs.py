@@ -77,6 +77,13 @@ def _model(seed=0):
     return CInAZeroShotModel(**TINY).double().eval()
 
 
+def _fit(est, X, T):
+    """``est.fit(X, T)`` without its overlap warnings (the tiny untrained model balances poorly)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return est.fit(X, T)
+
+
 def _direct_weights(model, Xin, T, estimand="ate"):
     X = torch.as_tensor(Xin, dtype=torch.float64)[None]
     W = torch.as_tensor(2.0 * T - 1.0, dtype=torch.float64)[None]
@@ -87,9 +94,7 @@ def _direct_weights(model, Xin, T, estimand="ate"):
 def test_too_many_covariates_are_projected_to_the_model_width():
     model = _model()
     X, T, Y = _dataset(p=14)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        est = CInAZeroShot(model=model, scaling="standard").fit(X, T)
+    est = _fit(CInAZeroShot(model=model, scaling="standard"), X, T)
     assert est.n_features_in_ == 14 and est.n_inputs_ == 6
     expected = _direct_weights(model, principal_projection(standardize_columns(X)[0], 6), T)
     np.testing.assert_allclose(est.weights_, expected, rtol=1e-10, atol=1e-12)
@@ -114,10 +119,8 @@ def test_too_many_covariates_are_projected_to_the_model_width():
 def test_n_components_picks_fewer_inputs_and_a_narrow_table_is_not_projected():
     model = _model()
     X, T, _ = _dataset(p=5)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        direct = CInAZeroShot(model=model, scaling="standard").fit(X, T)
-        fewer = CInAZeroShot(model=model, scaling="standard", n_components=3).fit(X, T)
+    direct = _fit(CInAZeroShot(model=model, scaling="standard"), X, T)
+    fewer = _fit(CInAZeroShot(model=model, scaling="standard", n_components=3), X, T)
     assert direct.n_inputs_ == 5 and fewer.n_inputs_ == 3
     np.testing.assert_allclose(direct.weights_, _direct_weights(model, standardize_columns(X)[0], T), rtol=1e-10)
     expected = _direct_weights(model, principal_projection(standardize_columns(X)[0], 3), T)
@@ -130,11 +133,9 @@ def test_normal_scores_make_the_weights_blind_to_monotone_transforms():
     bent = X.copy()
     bent[:, 0] = np.exp(2.0 * X[:, 0])  # heavy right tail, same ranks
     bent[:, 2] = X[:, 2] ** 3
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        a = CInAZeroShot(model=model).fit(X, T)
-        b = CInAZeroShot(model=model).fit(bent, T)
-        c = CInAZeroShot(model=model, scaling="standard").fit(bent, T)
+    a = _fit(CInAZeroShot(model=model), X, T)
+    b = _fit(CInAZeroShot(model=model), bent, T)
+    c = _fit(CInAZeroShot(model=model, scaling="standard"), bent, T)
     assert a.scaling_ == "normal-scores"
     np.testing.assert_allclose(a.weights_, b.weights_, rtol=1e-9, atol=1e-12)
     assert np.abs(c.weights_ - a.weights_).max() > 1e-4  # standard scaling does see the tails
@@ -145,19 +146,15 @@ def test_normal_scores_make_the_weights_blind_to_monotone_transforms():
 def test_refine_on_a_wide_table_solves_the_full_problem():
     model = _model()
     X, T, _ = _dataset(n=120, p=20)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        raw = CInAZeroShot(model=model).fit(X, T)
-        ref = CInAZeroShot(model=model, refine=300).fit(X, T)
+    raw = _fit(CInAZeroShot(model=model), X, T)
+    ref = _fit(CInAZeroShot(model=model, refine=300), X, T)
     assert ref.n_inputs_ == 6
     assert ref.balance_objective_ < raw.balance_objective_
     # the refined weights are the exact solver's on all 20 (normal-scored) covariates
     from cina_ext.estimators import KernelBalancing
 
     kb = KernelBalancing(estimand="ate", gamma="scale", lam=model.balance_lam, scaling="normal-scores")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        kb.fit(X, T)
+    _fit(kb, X, T)
     np.testing.assert_allclose(ref.weights_, kb.weights_, atol=2e-3)
 
 
