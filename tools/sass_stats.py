@@ -9,7 +9,8 @@ of a pass (benchmarks/bench_attention.py on a GPU), this gives the achieved issu
 registers, the resident blocks per SM.
 
 Needs nvcc (CUDA_HOME/bin, /usr/local/cuda/bin or PATH) and cuobjdump (PATH, the CUDA bin folder,
-or the pip package nvidia-cuda-cuobjdump).  No GPU.
+or the pip package nvidia-cuda-cuobjdump) with nvdisasm beside it (pip package
+nvidia-cuda-nvdisasm).  No GPU.
 
     python tools/sass_stats.py [--arch sm_90a] [--dp 16] [--json OUT.json]
 """
@@ -111,6 +112,9 @@ def tile_loop(sass: str, work_ops: tuple[str, ...]) -> dict | None:
         "FFMA": counts["FFMA"],
         "LDG+LDGSTS": counts["LDG"] + counts["LDGSTS"],
         "BAR": counts["BAR"],
+        # spill traffic inside the loop (what a spill costs per tile; spills outside it are rare)
+        "LDL": sum(op.startswith("LDL") for op in in_inner + outer),
+        "STL": sum(op.startswith("STL") for op in in_inner + outer),
         "top": counts.most_common(8),
     }
 
@@ -150,7 +154,9 @@ def main() -> int:
             print(res.stderr[-4000:], file=sys.stderr)
             return 1
         resources = ptxas_resources(res.stdout + res.stderr)
-        sass = subprocess.run([cuobjdump, "-sass", cubin], capture_output=True, text=True, check=True).stdout
+        # cuobjdump runs nvdisasm, which the pip packages install beside it
+        env = dict(os.environ, PATH=os.path.dirname(cuobjdump) + os.pathsep + os.environ.get("PATH", ""))
+        sass = subprocess.run([cuobjdump, "-sass", cubin], capture_output=True, text=True, check=True, env=env).stdout
     rows = []
     for chunk in re.split(r"\n\s*Function : ", sass)[1:]:
         name = chunk.split("\n", 1)[0].strip()
@@ -179,12 +185,13 @@ def main() -> int:
         "\n| kernel | registers | spills (B) | blocks/SM (regs) | tile loop instrs | HMMA | LDS | MUFU | FFMA | "
         "nested loops (instrs) |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
         print(
             f"| {r['kernel']} | {r['registers']} | {r['spill_bytes']} | {r['blocks_per_sm_by_registers']} | "
             f"{r.get('instructions', '-')} | {r.get('HMMA', '-')} | {r.get('LDS', '-')} | {r.get('MUFU', '-')} | "
-            f"{r.get('FFMA', '-')} | {r.get('inner_loops', 0)} ({r.get('inner_instructions', 0)}) |"
+            f"{r.get('FFMA', '-')} | {r.get('LDL', '-')} / {r.get('STL', '-')} | "
+            f"{r.get('inner_loops', 0)} ({r.get('inner_instructions', 0)}) |"
         )
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
