@@ -903,6 +903,13 @@ def build_parser() -> argparse.ArgumentParser:
         "projected onto --max-features principal directions when wider)",
     )
     p.add_argument(
+        "--balance-gamma",
+        default="scale",
+        choices=["scale", "median"],
+        help="ate/att: bandwidth of the objective's RBF kernel: 1/p (scale, the shipped models; "
+        "default) or KernelBalancing's median heuristic (median)",
+    )
+    p.add_argument(
         "--init-from",
         default=None,
         metavar="PATH",
@@ -1082,6 +1089,8 @@ def _cmd_train(args) -> int:
             raise CLIError(f"--rff-dim must be an even number >= 2, got {args.rff_dim}")
     elif args.max_features is not None:
         model_inputs = dict(max_features=args.max_features)
+    if args.balance_gamma != "scale":
+        model_inputs["balance_gamma"] = args.balance_gamma
     if model_inputs.get("max_features", 1) < 1:
         raise CLIError(f"--max-features must be >= 1, got {args.max_features}")
     projects = args.inputs != "raw"

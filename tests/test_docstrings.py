@@ -66,6 +66,7 @@ METHODS = {
         "loss",
         "balance_weights",
         "balance_objective",
+        "kernel_gamma",
         "standardise",
         "objective",
         "lam_abs",

@@ -60,9 +60,9 @@ class CInAZeroShot(_WeightingEstimator):
         "overlap" for eq.-L models).
     refine : int, default 0
         After the forward pass, run up to this many iterations of the exact solver on the
-        balancing problem the model was trained on (RBF kernel, ``balance_lam``), warm-started at
-        the network's weights (docs/method.md §7.2, "amortised + refined"; ate/att models only);
-        0 = pure zero-shot.
+        balancing problem the model was trained on (RBF kernel with the model's bandwidth rule,
+        ``balance_lam``), warm-started at the network's weights (docs/method.md §7.2, "amortised
+        + refined"; ate/att models only); 0 = pure zero-shot.
     backend : {"auto", "fused", "reference"}, default "auto"
         Backend of the attention operator.
     batch_size : int, default 32
@@ -355,7 +355,7 @@ class CInAZeroShot(_WeightingEstimator):
                     if diagnostics:
                         info["raw_balance_objective"] = info["balance_objective"]
                     Z = model.standardise(Xf.double(), mask, fmf).double()
-                    gamma = 1.0 / fmf.sum(-1).double().clamp_min(1.0)
+                    gamma = model.kernel_gamma(Z, mask, fmf)  # the model's bandwidth rule
                     res = dual_solve(
                         Z,
                         W.double(),

@@ -11,8 +11,8 @@ per-dataset optimisation.  Two kinds of model, chosen by ``estimands``:
 * ``("ate", "att")`` (the default; any non-empty subset): one model for both estimands, told
   which one by a learned estimand embedding added to every token.  The loss is the balancing
   objective of docs/method.md §6 evaluated on the network's weights -- ``sum_a MMD^2(arm a, target) +
-  balance_lam ||w_a||^2`` with the RBF kernel ``exp(-||z - z'||^2 / p)`` on the standardised
-  covariates (target: the whole sample for "ate", the treated for "att") -- i.e. exactly the
+  balance_lam ||w_a||^2`` with the RBF kernel ``exp(-gamma ||z - z'||^2)`` on the standardised
+  covariates (``gamma = 1/p``, or the median heuristic with ``balance_gamma="median"``) (target: the whole sample for "ate", the treated for "att") -- i.e. exactly the
   problem :class:`cina_ext.estimators.KernelBalancing` solves, so the exact solver is the model's
   ground truth and can refine its output (``CInAZeroShot(refine=...)``).  The read-out follows the
   KKT form of that problem (weights = a monotone function of the attention-computed MMD witness
@@ -63,6 +63,7 @@ __all__ = [
     "sample_landmarks",
     "DEFAULT_LAM",
     "DEFAULT_BALANCE_LAM",
+    "BALANCE_GAMMA_RULES",
     "DEFAULT_LANDMARKS",
     "MATERIALISE_LIMIT",
 ]
@@ -74,6 +75,11 @@ DEFAULT_LANDMARKS = 1024
 #: Query units per chunk of the landmark path (bounds its memory, not its result).
 LANDMARK_CHUNK = 65536
 DEFAULT_BALANCE_LAM = 0.01  # ate/att: ridge on the weights, KernelBalancing(lam=0.01)
+#: The bandwidth rules of the ate/att objective (``balance_gamma``): "scale" is ``1 / p``,
+#: "median" the median heuristic of KernelBalancing (``gamma="median"``).
+BALANCE_GAMMA_RULES = ("scale", "median")
+#: The median heuristic looks at all pairs among at most this many units (a seeded subsample).
+MEDIAN_UNITS = 2000
 _SD_FLOOR = 1e-8
 _RFF_SEED = 20261202  # the frequency matrix of input_features="rff" (also saved as a buffer)
 
@@ -115,6 +121,12 @@ class CInAZeroShotModel(nn.Module):
         ``("overlap",)`` or a non-empty subset of ``("ate", "att")`` without repeats.
     balance_lam : float, default 0.01
         ate/att ridge on the weights, positive and finite.
+    balance_gamma : {"scale", "median"}, default "scale"
+        Bandwidth of the RBF kernel of the ate/att objective, per dataset, on the standardised
+        covariates ``z``: "scale" is ``1 / p`` (``p`` valid covariates; the shipped models);
+        "median" is ``1 / median ||z_i - z_j||^2`` over the pairs of at most 2000 units (a
+        seeded subsample beyond), the default bandwidth of
+        :class:`cina_ext.estimators.KernelBalancing` (:meth:`kernel_gamma`).
     unroll : int, default 8
         Witness steps of :meth:`balance_weights`, >= 0 (0 for overlap models).
     input_features : {"pad", "rff"}, default "pad"
@@ -136,7 +148,7 @@ class CInAZeroShotModel(nn.Module):
         The estimands the model was built for.
     balancing : bool
         True for ate/att models, False for overlap models.
-    max_features, lam, balance_lam, unroll, loss_kind
+    max_features, lam, balance_lam, balance_gamma, unroll, loss_kind
         The corresponding parameters.
 
     Raises
@@ -144,7 +156,8 @@ class CInAZeroShotModel(nn.Module):
     ValueError
         Invalid ``estimands``; ``balance_lam`` or ``lam`` not positive and finite;
         ``max_features < 1``; an unknown ``loss``; ``d_model`` not divisible by ``n_heads``;
-        ``unroll < 0``; an unknown ``input_features``; ``rff_dim`` odd or below 2.
+        ``unroll < 0``; an unknown ``input_features``; ``rff_dim`` odd or below 2; an unknown
+        ``balance_gamma``.
     """
 
     def __init__(
@@ -163,8 +176,11 @@ class CInAZeroShotModel(nn.Module):
         unroll: int = 8,
         input_features: str = "pad",
         rff_dim: int = 128,
+        balance_gamma: str = "scale",
     ):
         super().__init__()
+        if balance_gamma not in BALANCE_GAMMA_RULES:
+            raise ValueError(f"balance_gamma must be one of {BALANCE_GAMMA_RULES}, got {balance_gamma!r}")
         if input_features not in ("pad", "rff"):
             raise ValueError(f"input_features must be 'pad' or 'rff', got {input_features!r}")
         if isinstance(rff_dim, bool) or int(rff_dim) != rff_dim or int(rff_dim) < 2 or int(rff_dim) % 2:
@@ -205,6 +221,8 @@ class CInAZeroShotModel(nn.Module):
         )
         if input_features != "pad":  # older checkpoints have neither key: "pad"
             self.config.update(input_features=str(input_features), rff_dim=int(rff_dim))
+        if balance_gamma != "scale":  # older checkpoints do not have the key: "scale"
+            self.config.update(balance_gamma=str(balance_gamma))
         if int(unroll) < 0:
             raise ValueError(f"unroll must be >= 0, got {unroll!r}")
         self.unroll = int(unroll) if estimands != ("overlap",) else 0
@@ -212,6 +230,7 @@ class CInAZeroShotModel(nn.Module):
         self.estimands = estimands
         self.balancing = estimands != ("overlap",)
         self.balance_lam = float(balance_lam)
+        self.balance_gamma = str(balance_gamma)
         self.max_features = int(max_features)
         self.lam = float(lam)
         self.loss_kind = str(loss)
@@ -622,6 +641,53 @@ class CInAZeroShotModel(nn.Module):
         n1 = t1.sum(-1, keepdim=True)
         return torch.where(is_att & treated, 1.0 / n1, w)
 
+    def kernel_gamma(self, Z: Tensor, mask: Tensor, feature_mask: Tensor) -> Tensor:
+        """Bandwidth (B,) of the RBF kernel of the ate/att objective (``balance_gamma``).
+
+        "scale": ``1 / p`` (``p`` valid covariates, at least 1).  "median": ``1 / median
+        ||z_i - z_j||^2`` over the pairs ``i < j`` of valid units at a positive distance, as
+        :func:`cina_ext.estimators.tuning.median_gamma` computes it; a dataset of more than
+        ``MEDIAN_UNITS`` valid units uses a subsample of that many, drawn by a generator seeded
+        with 0 (so the value is a function of the data).  ``1 / p`` where no pair is apart.
+
+        Parameters
+        ----------
+        Z : Tensor, shape (B, N, q)
+            Standardised covariates (:meth:`standardise`; padded entries 0).
+        mask : Tensor of bool, shape (B, N)
+            Valid units.
+        feature_mask : Tensor of bool, shape (B, p)
+            Valid covariates.
+
+        Returns
+        -------
+        Tensor, shape (B,)
+            ``gamma`` per dataset, in ``Z``'s dtype; no gradient flows through it.
+        """
+        p = feature_mask.sum(-1).to(Z.dtype).clamp_min(1.0)
+        if self.balance_gamma == "scale":
+            return 1.0 / p
+        out = []
+        with torch.no_grad():
+            for b in range(Z.shape[0]):
+                idx = mask[b].nonzero().squeeze(-1)
+                if idx.numel() > MEDIAN_UNITS:
+                    gen = torch.Generator().manual_seed(0)
+                    pick = torch.randperm(idx.numel(), generator=gen)[:MEDIAN_UNITS].to(idx.device)
+                    idx = idx[pick].sort().values
+                Zb = Z[b, idx].double()
+                sq = (Zb * Zb).sum(-1)
+                D2 = (sq.unsqueeze(-1) + sq.unsqueeze(-2) - 2.0 * Zb @ Zb.T).clamp_min(0.0)
+                iu = torch.triu_indices(Zb.shape[0], Zb.shape[0], offset=1, device=Zb.device)
+                d2 = D2[iu[0], iu[1]]
+                d2 = d2[d2 > 0].sort().values
+                k = d2.numel()
+                if k == 0:
+                    out.append(1.0 / p[b].double())
+                else:  # the median of an even count is the mean of the middle two (numpy's)
+                    out.append(1.0 / (0.5 * (d2[(k - 1) // 2] + d2[k // 2])))
+        return torch.stack(out).to(Z.dtype)
+
     def balance_objective(
         self, X: Tensor, W: Tensor, mask: Tensor, feature_mask: Tensor, w: Tensor, est_idx: Tensor
     ) -> Tensor:
@@ -629,10 +695,11 @@ class CInAZeroShotModel(nn.Module):
 
         ate: ``sum_a MMD^2(arm a weighted by w, whole sample) + balance_lam ||w_a||^2``; att: the
         same for the control arm against the treated.  MMD with the RBF kernel
-        ``exp(-||z - z'||^2 / p)`` on the per-dataset standardised covariates ``z`` (``p`` valid
-        covariates): the problem :class:`cina_ext.estimators.KernelBalancing` solves exactly with
-        ``gamma="scale", lam=0.01, scaling="standard"``, so its optimum is the exact solver's objective (plus a
-        constant).
+        ``exp(-gamma ||z - z'||^2)`` on the per-dataset standardised covariates ``z``, ``gamma``
+        from :meth:`kernel_gamma` (``1 / p`` for ``p`` valid covariates by default): the problem
+        :class:`cina_ext.estimators.KernelBalancing` solves exactly with ``gamma="scale"`` (or
+        "median"), ``lam=0.01``, ``scaling="standard"``, so its optimum is the exact solver's
+        objective (plus a constant).
 
         Parameters
         ----------
@@ -658,7 +725,10 @@ class CInAZeroShotModel(nn.Module):
         p = feature_mask.sum(-1).to(Z.dtype).clamp_min(1.0)
         sq = (Z * Z).sum(-1)
         D2 = (sq.unsqueeze(-1) + sq.unsqueeze(-2) - 2.0 * Z @ Z.transpose(-1, -2)).clamp_min(0.0)
-        Kr = torch.exp(-D2 / p.view(-1, 1, 1))
+        if self.balance_gamma == "scale":
+            Kr = torch.exp(-D2 / p.view(-1, 1, 1))
+        else:
+            Kr = torch.exp(-D2 * self.kernel_gamma(Z, mask, feature_mask).view(-1, 1, 1))
         mf = mask.to(Z.dtype)
         t1 = (mask & (W > 0)).to(Z.dtype)
         t0 = (mask & (W < 0)).to(Z.dtype)

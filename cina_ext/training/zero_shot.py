@@ -102,7 +102,8 @@ class ZeroShotConfig:
         the balancing objective of those inputs.
     init_from : str, optional
         Start from the weights of this checkpoint (a training checkpoint or an exported model
-        with the same model configuration) with a fresh optimizer and schedule: fine-tuning.
+        with the same architecture; the objective, ``balance_lam`` and ``balance_gamma`` of
+        ``model``, may differ) with a fresh optimizer and schedule: fine-tuning.
         Ignored when the run resumes its own ``checkpoint_path``.
     """
 
@@ -209,6 +210,18 @@ class ZeroShotConfig:
 TRAINING_INPUTS = ("raw", "standard", "normal-scores")
 #: A field missing from an older checkpoint's configuration had this value then.
 _FIELD_DEFAULTS = {"inputs": "raw", "init_from": None}
+
+
+#: Model-configuration keys of the training objective, not of the architecture: a fine-tune
+#: (``init_from``) may change them.
+OBJECTIVE_KEYS = frozenset({"balance_lam", "balance_gamma"})
+
+
+def _architecture(model_config: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """A model configuration without its objective keys (``None`` stays ``None``)."""
+    if model_config is None:
+        return None
+    return {k: _plain(v) for k, v in model_config.items() if k not in OBJECTIVE_KEYS}
 
 
 def _network_batch(cfg: ZeroShotConfig, batch, width: int):
@@ -397,10 +410,11 @@ def train_zero_shot(config=None) -> Tuple[CInAZeroShotModel, Dict[str, List[floa
         seconds_before = float(ckpt.get("train_seconds", 0.0))
     elif cfg.init_from:
         init = load_checkpoint(cfg.init_from, map_location=device)
-        if init.get("model_config") != model.config:
+        if _architecture(init.get("model_config")) != _architecture(model.config):
             raise ValueError(
-                f"init_from={cfg.init_from!r} has another model configuration than config.model; "
-                "fine-tuning needs the same architecture (pass its model configuration)"
+                f"init_from={cfg.init_from!r} has another architecture than config.model; "
+                "fine-tuning needs the same architecture (pass its model configuration; only the "
+                f"objective, {sorted(OBJECTIVE_KEYS)}, may change)"
             )
         model.load_state_dict(init["model_state"])
     started = time.perf_counter()

@@ -173,3 +173,13 @@ def test_train_fine_tunes_the_shipped_model_on_network_inputs(tmp_path, capsys):
     # another architecture cannot start from the shipped weights
     assert main(["train", "--out", str(tmp_path / "x.pt"), "--init-from", "shipped", "--d-model", "32", *SMALL]) != 0
     assert "init_from" in capsys.readouterr().err
+    # another objective can: --balance-gamma median fine-tunes the shipped weights on the median bandwidth
+    med = tmp_path / "med.pt"
+    argv = ["train", "--out", str(med), "--steps", "1", "--lr", "0", "--init-from", "shipped"]
+    assert main([*argv, "--balance-gamma", "median", "--families", "er", *SMALL]) == 0
+    capsys.readouterr()
+    ckpt = load_checkpoint(str(med))
+    assert ckpt["model_config"]["balance_gamma"] == "median"
+    assert ckpt["model_config"] == {**shipped["model_config"], "balance_gamma": "median"}
+    for k, v in shipped["model_state"].items():
+        torch.testing.assert_close(ckpt["model_state"][k], v, rtol=0, atol=0, msg=k)

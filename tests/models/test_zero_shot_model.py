@@ -97,6 +97,58 @@ def test_balance_objective_matches_independent_formula_and_exact_solver(estimand
     np.testing.assert_allclose(est.weights_, kb.weights_, atol=1e-4)
 
 
+def test_median_bandwidth_is_kernel_balancings_and_its_optimum_is_the_exact_solvers():
+    """balance_gamma="median": per dataset of a padded batch, the bandwidth is KernelBalancing's
+    median heuristic on the same standardised covariates, and the objective's minimiser is
+    KernelBalancing(gamma="median", lam=0.01)'s weights."""
+    from cina_ext.estimators import KernelBalancing
+    from cina_ext.estimators.tuning import median_gamma
+
+    torch.manual_seed(4)
+    m = CInAZeroShotModel(**dict(TINY, estimands=BALANCE, balance_gamma="median")).double()
+    assert m.config["balance_gamma"] == "median" and "balance_gamma" not in _model(4, estimands=BALANCE).config
+    ds = _datasets(3, seed=12, n_range=(30, 50))
+    items = [(d.X, d.T) for d in ds]
+    items[1] = (ds[1].X[:, :5], ds[1].T)  # fewer covariates: a feature mask
+    X, W, mask, fm = collate_datasets(items, dtype=torch.float64)
+    Z = m.standardise(X, mask, fm)
+    got = m.kernel_gamma(Z, mask, fm)
+    for i, (x, _) in enumerate(items):
+        z = (x - x.mean(0)) / x.std(0)
+        assert float(got[i]) == pytest.approx(median_gamma(z, "rbf", seed=0), rel=1e-12)
+    scale = _model(4, estimands=BALANCE)
+    torch.testing.assert_close(scale.kernel_gamma(Z, mask, fm), 1.0 / fm.sum(-1).double())
+    # the objective at the median bandwidth, and its minimiser
+    d = ds[0]
+    X1, W1, m1, f1 = collate_datasets([(d.X, d.T)], dtype=torch.float64)
+    idx = m.estimand_index("ate", 1, X1.device)
+    w = m.weights(X1, W1, m1, f1, estimand="ate")
+    kb = KernelBalancing(tol=1e-9, gamma="median", lam=0.01, scaling="standard").fit(d.X, d.T)
+    assert float(got[0]) == pytest.approx(kb.gamma_, rel=1e-12)
+    best = float(m.balance_objective(X1, W1, m1, f1, torch.as_tensor(kb.weights_).unsqueeze(0), idx)[0])
+    assert best < float(m.balance_objective(X1, W1, m1, f1, w, idx)[0])
+    est = CInAZeroShot(model=m, refine=10_000, scaling="standard").fit(d.X, d.T)
+    assert est.refine_converged_ and est.balance_objective_ == pytest.approx(best, rel=1e-6, abs=1e-10)
+    np.testing.assert_allclose(est.weights_, kb.weights_, atol=1e-4)
+    with pytest.raises(ValueError, match="balance_gamma"):
+        CInAZeroShotModel(**dict(TINY, estimands=BALANCE, balance_gamma="silverman"))
+
+
+def test_median_bandwidth_of_a_large_dataset_uses_a_fixed_subsample():
+    m = CInAZeroShotModel(**dict(TINY, estimands=BALANCE, balance_gamma="median")).double()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2300, 3))
+    x[:, 0] = rng.standard_t(2, size=2300)  # heavy tails: the median is not a moment
+    X = torch.as_tensor(x)[None]
+    mask = torch.ones(1, 2300, dtype=torch.bool)
+    fm = torch.ones(1, 3, dtype=torch.bool)
+    Z = m.standardise(X, mask, fm)
+    g1, g2 = m.kernel_gamma(Z, mask, fm), m.kernel_gamma(Z, mask, fm)
+    assert float(g1) == float(g2)  # a function of the data
+    full = torch.pdist(Z[0]).square()
+    assert float(g1) == pytest.approx(1.0 / float(full.median()), rel=0.05)  # a subsample of 2000
+
+
 def test_sdpa_encoder_layer_matches_the_torch_module():
     from cina_ext.models.zero_shot import _encoder_layer
 

@@ -244,3 +244,14 @@ def test_init_from_starts_from_the_weights_with_a_fresh_schedule(tmp_path):
     other = dict(TINY, estimands=BALANCE, d_model=8, n_heads=2, dim_feedforward=16)
     with pytest.raises(ValueError, match="init_from"):
         train_zero_shot({**base, "checkpoint_path": None, "init_from": str(first), "model": other})
+    # another objective (the median bandwidth) on the same architecture: a fine-tune that starts
+    # from the same weights and trains the new objective
+    median = dict(TINY, estimands=BALANCE, balance_gamma="median")
+    tuned, h_med = train_zero_shot(
+        {**base, "checkpoint_path": None, "init_from": str(first), "model": median, "lr": 0.0, "steps": 2}
+    )
+    assert tuned.balance_gamma == "median" and tuned.config["balance_gamma"] == "median"
+    for (k, a), b in zip(trained.state_dict().items(), tuned.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
+    _, h_scale = train_zero_shot({**base, "checkpoint_path": None, "init_from": str(first), "lr": 0.0, "steps": 2})
+    assert h_med["loss"][0] != h_scale["loss"][0]  # the same weights, another objective
