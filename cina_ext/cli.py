@@ -867,6 +867,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (default: 100)")
     p.add_argument("--no-resume", action="store_true", help="start afresh even if --out exists")
     p.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="stop (and checkpoint) after the step that ends this many seconds into the run; the same "
+        "command resumes it (default: no limit)",
+    )
+    p.add_argument(
         "--override",
         action="store_true",
         help="resume --out even if it was trained with another configuration (the fields are named)",
@@ -1147,6 +1155,7 @@ def _cmd_train(args) -> int:
         checkpoint_path=args.out,
         checkpoint_every=args.checkpoint_every,
         resume=not args.no_resume,
+        time_limit=args.time_limit,
         override=args.override,
         supervised_weight=args.supervised_weight,
         amp=args.amp,
@@ -1178,6 +1187,7 @@ def _cmd_train(args) -> int:
         payload = {
             "checkpoint": args.out,
             "steps": len(losses),
+            "last_step": history["step"][-1] if history.get("step") else 0,
             "final_loss": losses[-1] if losses else None,
             "first_loss": losses[0] if losses else None,
             "seconds": seconds,

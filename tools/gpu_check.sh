@@ -19,6 +19,12 @@
 #   profile    ncu (speed of light, occupancy, warp stalls) on tools/profile_cases.py:
 #              attention fwd+bwd 1 x 32768 x 16 (tf32x3, tf32x3p, tf32, tf32p), solver N = 20000
 #   suite      the rest of the test suite, minus slow tests (only if time is left)
+#   train      (only when named in GPU_CHECK_STEPS) fine-tune the shipped zero-shot model on the GPU
+#              for GPU_CHECK_TRAIN_SECONDS (default 240): bf16 encoder, the widened prior with the
+#              semi-synthetic family, the estimator's inputs, the median bandwidth; resumes
+#              GPU_CHECK_TRAIN_RESUME (a checkpoint carried in) if given -> OUTDIR/train/zs.pt, zs_export.pt
+#   train_eval (only when named) eval_accuracy.py's zero-shot rows, shipped model against the new
+#              one, every column                            -> OUTDIR/train/eval_accuracy.{json,md}
 # then OUTDIR/report.md.  The whole run stays inside GPU_CHECK_SECONDS (default 540 s): a step
 # gets at most what is left, and steps are skipped once the budget is spent.
 # GPU_CHECK_STEPS=build,tests,... runs only the steps named (e.g. a rerun on a warm machine);
@@ -190,13 +196,40 @@ profile() {
   "$NCU" --profile-from-start off $SECT -k regex:ws_ -c 8 "$PY" tools/profile_cases.py solver
 }
 
+train() {
+  mkdir -p "$OUT/train"
+  local ckpt="$OUT/train/zs.pt" init=(--init-from shipped)
+  if [[ -n "${GPU_CHECK_TRAIN_RESUME:-}" ]]; then
+    cp "$GPU_CHECK_TRAIN_RESUME" "$ckpt" && init=()
+  fi
+  # leave the step time to write the checkpoint and the export
+  local limit=$(( ${GPU_CHECK_TRAIN_SECONDS:-240} ))
+  (( limit > ${STEP_LIMIT:-300} - 30 )) && limit=$(( ${STEP_LIMIT:-300} - 30 ))
+  (( limit < 10 )) && limit=10
+  "$PY" -c "import sys; from cina_ext.cli import main; sys.exit(main(sys.argv[1:]))" train \
+    --out "$ckpt" --export "$OUT/train/zs_export.pt" "${init[@]}" --device cuda --amp bf16 \
+    --inputs normal-scores --balance-gamma median --families setoguchi er semi \
+    --er-covariates 2 64 --treated-share 0.05 0.6 --binary-share 0 0.5 --heavy-tails \
+    --assignment-strength 1 3 --propensity-clip 0.01 --n-min 100 --n-max 5000 \
+    --batch-size 32 --steps "${GPU_CHECK_TRAIN_STEPS:-20000}" --lr 5e-4 --seed 7 \
+    --checkpoint-every 200 --time-limit "$limit" --json
+}
+
+train_eval() {
+  local model="$OUT/train/zs_export.pt"
+  [[ -f "$model" ]] || { echo "no $model (run the train step first)"; return 3; }
+  "$PY" benchmarks/eval_accuracy.py --columns all --out "$OUT/train" --zs-s none \
+    --zs-extra "CInA-ZS (GPU fine-tune)=$model" --refine 0 \
+    --methods "KernelBalancing" "CInA-ZS" "CInA-ZS (GPU fine-tune)"
+}
+
 suite() {
   local ign=(--ignore=tests/emulator/test_cuda_emulator.py) f
   for f in $(cuda_test_files); do [[ $f == */test_ops_cuda.py ]] && ign+=("--ignore=$f"); done
   "$PY" -m pytest -q -x -p no:cacheprovider -m "not slow" tests "${ign[@]}"
 }
 
-export -f cuda_test_files env_info build import_check tests memcheck racecheck synccheck bench bench_solver breakdown profile suite
+export -f cuda_test_files env_info build import_check tests memcheck racecheck synccheck bench bench_solver breakdown profile suite train train_eval
 
 step env 60 env_info
 step build 300 build
@@ -210,6 +243,8 @@ step bench_solver 150 bench_solver
 step breakdown 60 breakdown
 step profile 90 profile
 step suite 90 suite
+step train 300 train
+step train_eval 200 train_eval
 
 # ---- report ----------------------------------------------------------------------------------
 REPORT="$OUT/report.md"
@@ -260,6 +295,14 @@ FAILED=0
     tail -20 "$OUT/bench_solver.log" 2>/dev/null
   fi
   echo
+  if [[ -f "$OUT/train.log" ]]; then
+    echo "## Zero-shot fine-tune on the GPU (train, train_eval)"
+    echo '```'
+    tail -3 "$OUT/train.log"
+    echo '```'
+    [[ -f "$OUT/train/eval_accuracy.md" ]] && sed 1d "$OUT/train/eval_accuracy.md"
+    echo
+  fi
   echo "## Build (tail)"
   echo '```'
   grep -E "error|warning: |cina_ext:|Successfully" "$OUT/build.log" 2>/dev/null | tail -15

@@ -78,6 +78,10 @@ class ZeroShotConfig:
         Resume from ``checkpoint_path`` if it exists.
     stop_after : int, optional
         Stop (and checkpoint) once this step count is reached.
+    time_limit : float, optional
+        Stop (and checkpoint) after the first step that ends this many seconds of wall time into
+        this call; a later call resumes from there (the schedule is that of ``steps``).  Under
+        DistributedDataParallel every rank stops at the same step.
     progress : bool, default False
         tqdm bar on rank 0.
     supervised_weight : float, default 0.0
@@ -126,6 +130,7 @@ class ZeroShotConfig:
     checkpoint_every: int = 0  # 0: only at the end (if checkpoint_path is set)
     resume: bool = True  # resume from checkpoint_path if it exists
     stop_after: Optional[int] = None  # stop (and checkpoint) once this step count is reached
+    time_limit: Optional[float] = None  # stop (and checkpoint) after this many seconds of this call
     progress: bool = False
     supervised_weight: float = 0.0  # ZS-S: weight of |tau_hat - tau| / sd(Y) (0 = self-supervised ZS)
     amp: str = "none"  # "bf16": encoder under torch.autocast(bfloat16); final layer in dtype
@@ -181,7 +186,7 @@ class ZeroShotConfig:
             ``dtype`` not float32/float64; no ``families``; ``checkpoint_every < 0``;
             ``supervised_weight`` negative or not finite; ``amp`` not "none" or "bf16";
             ``family_overrides`` naming a family not in ``families``; ``inputs`` not one of "raw",
-            "standard", "normal-scores".
+            "standard", "normal-scores"; ``time_limit`` not a positive number.
         """
         if self.batch_size < 1 or self.batch_size % world != 0:
             raise ValueError(f"batch_size ({self.batch_size}) must be a positive multiple of the world size ({world})")
@@ -199,6 +204,8 @@ class ZeroShotConfig:
             raise ValueError(f"supervised_weight must be a finite number >= 0, got {self.supervised_weight!r}")
         if self.amp not in ("none", "bf16"):
             raise ValueError(f"amp must be 'none' or 'bf16', got {self.amp!r}")
+        if self.time_limit is not None and not (float(self.time_limit) > 0 and math.isfinite(float(self.time_limit))):
+            raise ValueError(f"time_limit must be a positive number of seconds, got {self.time_limit!r}")
         if self.inputs not in TRAINING_INPUTS:
             raise ValueError(f"inputs must be one of {TRAINING_INPUTS}, got {self.inputs!r}")
         unknown = sorted(set(self.family_overrides) - set(self.families))
@@ -262,7 +269,17 @@ def _collate_outcomes(batch, estimands: Sequence[str], est_idx: Sequence[int], N
 
 #: Fields a resumed run may change freely: where and how often it saves, when it stops, where it runs.
 RESUMABLE_CHANGES = frozenset(
-    {"checkpoint_path", "checkpoint_every", "resume", "stop_after", "progress", "device", "backend", "override"}
+    {
+        "checkpoint_path",
+        "checkpoint_every",
+        "resume",
+        "stop_after",
+        "time_limit",
+        "progress",
+        "device",
+        "backend",
+        "override",
+    }
 )
 
 
@@ -291,6 +308,19 @@ def config_changes(saved: Optional[Dict[str, Any]], cfg: ZeroShotConfig) -> List
         if _plain(saved.get(k, _FIELD_DEFAULTS.get(k))) != _plain(now.get(k)):
             out.append(f"{k}: {saved.get(k)!r} in the checkpoint, {now.get(k)!r} now")
     return out
+
+
+def _out_of_time(started: float, limit: float, distributed: bool, device) -> bool:
+    """Whether ``limit`` seconds have passed since ``started``; under DDP, on any rank (so that
+    every rank leaves the loop at the same step)."""
+    over = time.perf_counter() - started >= float(limit)
+    if not distributed:
+        return over
+    import torch.distributed as dist
+
+    flag = torch.tensor([1.0 if over else 0.0], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item() > 0)
 
 
 def _lr_lambda(cfg: ZeroShotConfig):
@@ -516,6 +546,8 @@ def train_zero_shot(config=None) -> Tuple[CInAZeroShotModel, Dict[str, List[floa
             bar.set_postfix(loss=f"{float(logged):.4g}")
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
             checkpoint()
+        if cfg.time_limit is not None and _out_of_time(started, cfg.time_limit, distributed, device):
+            break
     if bar is not None:
         bar.close()
     if cfg.checkpoint_path and not (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):

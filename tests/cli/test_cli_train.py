@@ -137,6 +137,19 @@ def test_train_prior_options_parse_into_family_overrides(tmp_path):
             overrides(*bad)
 
 
+def test_train_time_limit_stops_early_and_the_same_command_resumes(tmp_path, capsys):
+    out = tmp_path / "limited.pt"
+    argv = ["train", "--out", str(out), "--steps", "3", "--layers", "1", "--d-model", "16", "--heads", "2", *SMALL]
+    assert main([*argv, "--time-limit", "1e-6"]) == 0  # every step ends past the limit: one step
+    first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert first["last_step"] == 1 and first["steps"] == 1
+    assert main(argv) == 0
+    second = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert second["last_step"] == 3 and second["first_loss"] == first["first_loss"]
+    assert main([*argv, "--time-limit", "0"]) != 0
+    assert "time_limit" in capsys.readouterr().err
+
+
 def test_train_with_the_semi_family(tmp_path, capsys):
     out = tmp_path / "semi.pt"
     argv = ["train", "--out", str(out), "--steps", "2", "--families", "er", "semi", "--treated-share", "0.1", "0.5"]

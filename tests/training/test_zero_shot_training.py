@@ -112,6 +112,29 @@ def test_checkpoint_resume_is_exact(tmp_path):
     assert abs(e1.ate(d.Y) - e2.ate(d.Y)) < 1e-10
 
 
+def test_time_limit_stops_with_a_checkpoint_and_the_same_command_resumes_exactly(tmp_path, monkeypatch):
+    """time_limit: the run stops after the step that crosses the limit, checkpoints there, and
+    the same configuration resumes to the uninterrupted run's result."""
+    import cina_ext.training.zero_shot as tz
+
+    ref, h_ref = train_zero_shot(_cfg(steps=6))
+    path = str(tmp_path / "zs.pt")
+    clock = iter(float(t) for t in range(1000))  # every reading of the clock is one second later
+    monkeypatch.setattr(tz.time, "perf_counter", lambda: next(clock))
+    _, h_a = train_zero_shot(_cfg(steps=6, checkpoint_path=path, checkpoint_every=0, time_limit=2.5))
+    monkeypatch.undo()
+    done = load_checkpoint(path)["step"]
+    assert 1 <= done < 6 and len(h_a["loss"]) == done
+    assert h_a["loss"] == h_ref["loss"][:done]
+    resumed, h_b = train_zero_shot(_cfg(steps=6, checkpoint_path=path, time_limit=3600.0))
+    assert h_b["loss"] == h_ref["loss"]
+    for (k, p), (_, q) in zip(ref.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(p, q), k
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="time_limit"):
+            ZeroShotConfig(**_cfg(time_limit=bad)).validate(1)
+
+
 # ---- DistributedDataParallel ---------------------------------------------------------------------
 
 
@@ -143,7 +166,8 @@ def _ddp_worker(rank, world, port, cfg, out):
 def test_ddp_two_processes_match_single_process(tmp_path):
     import torch.multiprocessing as mp
 
-    cfg = _cfg(steps=3, batch_size=4)
+    # time_limit (far off) runs the ranks' agreement on stopping at every step, and changes nothing
+    cfg = _cfg(steps=3, batch_size=4, time_limit=3600.0)
     single, h_single = train_zero_shot(cfg)
     out = str(tmp_path / "ddp.pt")
     mp.spawn(_ddp_worker, args=(2, _free_port(), cfg, out), nprocs=2, join=True)
