@@ -1,8 +1,9 @@
 """Data-driven tuning of the kernel balancing problems (docs/method.md §8).
 
-* :func:`median_gamma`: the median heuristic for the bandwidth of the rbf and laplace kernels, on
-  a seeded subsample of at most :data:`MEDIAN_UNITS` units (all pairs among them), so its cost does
-  not grow with N.
+* :func:`median_gamma` (defined in :mod:`cina_ext._core.bandwidth`, which the zero-shot model
+  shares): the median heuristic for the bandwidth of the rbf and laplace kernels, on a seeded
+  subsample of at most :data:`MEDIAN_UNITS` units (all pairs among them), so its cost does not
+  grow with N.
 * :func:`select_lam`: the rule of ``lam="auto"``: among the penalties of a grid, the largest one
   whose weighted imbalance (the largest absolute standardised mean difference of the covariates,
   as :func:`cina_ext.diagnostics.balance_table` reports it) stays within a stated tolerance of the
@@ -17,6 +18,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
+from .._core.bandwidth import MEDIAN_UNITS, median_gamma
 from ..diagnostics import balance_table, kish_ess
 
 __all__ = [
@@ -29,43 +31,11 @@ __all__ = [
     "select_lam",
 ]
 
-#: The median heuristic looks at all pairs among at most this many units (a seeded subsample).
-MEDIAN_UNITS = 2000
 #: The relative penalties ``lam="auto"`` chooses from ("ate"/"att"): 1e-4 to 1, half a decade apart.
 LAM_GRID = tuple(float(10.0**e) for e in np.arange(-4.0, 0.01, 0.5))
 #: ``lam="auto"`` accepts an imbalance up to ``max(LAM_FACTOR * best, best + LAM_SLACK)``.
 LAM_FACTOR = 1.1
 LAM_SLACK = 0.005
-
-
-def median_gamma(Xs: np.ndarray, kernel: str, seed: int, max_units: int = MEDIAN_UNITS) -> float:
-    """The median heuristic: ``1 / median ||x_i - x_j||^2`` ("rbf") or ``1 / median ||x_i - x_j||``
-    ("laplace") over the pairs ``i < j`` of a subsample of the rows of ``Xs``.
-
-    The subsample is all rows when there are at most ``max_units``, else ``max_units`` rows drawn
-    without replacement by ``numpy.random.default_rng([seed, 1])``, so the value is a function of
-    ``(Xs, seed)``.  Pairs at distance 0 (duplicated rows) are left out of the median; when no pair
-    is at a positive distance the value is ``1 / p`` ("rbf") or ``1 / sqrt(p)`` ("laplace").
-    """
-    if kernel not in ("rbf", "laplace"):
-        raise ValueError(f"the median heuristic is for the rbf and laplace kernels, got {kernel!r}")
-    Xs = np.asarray(Xs, dtype=np.float64)
-    n, p = Xs.shape
-    if n > max_units:
-        idx = np.sort(np.random.default_rng([int(seed), 1]).choice(n, size=max_units, replace=False))
-        Z = Xs[idx]
-    else:
-        Z = Xs
-    m = Z.shape[0]
-    sq = np.einsum("ij,ij->i", Z, Z)
-    D2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * (Z @ Z.T), 0.0)
-    iu = np.triu_indices(m, k=1)
-    d2 = D2[iu]
-    d2 = d2[d2 > 0]
-    if d2.size == 0:
-        return 1.0 / p if kernel == "rbf" else 1.0 / math.sqrt(p)
-    med = float(np.median(d2)) if kernel == "rbf" else float(np.median(np.sqrt(d2)))
-    return 1.0 / med
 
 
 @dataclass

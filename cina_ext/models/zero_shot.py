@@ -55,6 +55,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops, reference
+from .._core.bandwidth import median_gamma
 from .._core.constants import LOSS_KINDS
 
 __all__ = [
@@ -78,8 +79,6 @@ DEFAULT_BALANCE_LAM = 0.01  # ate/att: ridge on the weights, KernelBalancing(lam
 #: The bandwidth rules of the ate/att objective (``balance_gamma``): "scale" is ``1 / p``,
 #: "median" the median heuristic of KernelBalancing (``gamma="median"``).
 BALANCE_GAMMA_RULES = ("scale", "median")
-#: The median heuristic looks at all pairs among at most this many units (a seeded subsample).
-MEDIAN_UNITS = 2000
 _SD_FLOOR = 1e-8
 _RFF_SEED = 20261202  # the frequency matrix of input_features="rff" (also saved as a buffer)
 
@@ -644,11 +643,11 @@ class CInAZeroShotModel(nn.Module):
     def kernel_gamma(self, Z: Tensor, mask: Tensor, feature_mask: Tensor) -> Tensor:
         """Bandwidth (B,) of the RBF kernel of the ate/att objective (``balance_gamma``).
 
-        "scale": ``1 / p`` (``p`` valid covariates, at least 1).  "median": ``1 / median
-        ||z_i - z_j||^2`` over the pairs ``i < j`` of valid units at a positive distance, as
-        :func:`cina_ext.estimators.tuning.median_gamma` computes it; a dataset of more than
-        ``MEDIAN_UNITS`` valid units uses a subsample of that many, drawn by a generator seeded
-        with 0 (so the value is a function of the data).  ``1 / p`` where no pair is apart.
+        "scale": ``1 / p`` (``p`` valid covariates, at least 1).  "median":
+        :func:`cina_ext._core.bandwidth.median_gamma` on each dataset's valid units and covariates
+        (seed 0), the bandwidth ``KernelBalancing(gamma="median")`` uses on the same covariates:
+        ``1 / median ||z_i - z_j||^2`` over the pairs of at most 2000 units (a seeded subsample
+        beyond), ``1 / p`` where no pair is apart.
 
         Parameters
         ----------
@@ -667,26 +666,13 @@ class CInAZeroShotModel(nn.Module):
         p = feature_mask.sum(-1).to(Z.dtype).clamp_min(1.0)
         if self.balance_gamma == "scale":
             return 1.0 / p
+        # the covariates beyond X's width are padding: never valid
+        fm = torch.nn.functional.pad(feature_mask, (0, max(0, Z.shape[-1] - feature_mask.shape[-1])))
         out = []
-        with torch.no_grad():
-            for b in range(Z.shape[0]):
-                idx = mask[b].nonzero().squeeze(-1)
-                if idx.numel() > MEDIAN_UNITS:
-                    gen = torch.Generator().manual_seed(0)
-                    pick = torch.randperm(idx.numel(), generator=gen)[:MEDIAN_UNITS].to(idx.device)
-                    idx = idx[pick].sort().values
-                Zb = Z[b, idx].double()
-                sq = (Zb * Zb).sum(-1)
-                D2 = (sq.unsqueeze(-1) + sq.unsqueeze(-2) - 2.0 * Zb @ Zb.T).clamp_min(0.0)
-                iu = torch.triu_indices(Zb.shape[0], Zb.shape[0], offset=1, device=Zb.device)
-                d2 = D2[iu[0], iu[1]]
-                d2 = d2[d2 > 0].sort().values
-                k = d2.numel()
-                if k == 0:
-                    out.append(1.0 / p[b].double())
-                else:  # the median of an even count is the mean of the middle two (numpy's)
-                    out.append(1.0 / (0.5 * (d2[(k - 1) // 2] + d2[k // 2])))
-        return torch.stack(out).to(Z.dtype)
+        for b in range(Z.shape[0]):
+            zb = Z[b][mask[b]][:, fm[b, : Z.shape[-1]]].detach().double().cpu().numpy()
+            out.append(median_gamma(zb, "rbf", seed=0) if zb.shape[1] else 1.0)
+        return torch.tensor(out, dtype=Z.dtype, device=Z.device)
 
     def balance_objective(
         self, X: Tensor, W: Tensor, mask: Tensor, feature_mask: Tensor, w: Tensor, est_idx: Tensor

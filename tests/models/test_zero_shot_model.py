@@ -143,10 +143,14 @@ def test_median_bandwidth_of_a_large_dataset_uses_a_fixed_subsample():
     mask = torch.ones(1, 2300, dtype=torch.bool)
     fm = torch.ones(1, 3, dtype=torch.bool)
     Z = m.standardise(X, mask, fm)
+    from cina_ext.estimators.tuning import median_gamma
+
     g1, g2 = m.kernel_gamma(Z, mask, fm), m.kernel_gamma(Z, mask, fm)
     assert float(g1) == float(g2)  # a function of the data
+    z = Z[0, :, :3].numpy()
+    assert float(g1) == median_gamma(z, "rbf", seed=0) != median_gamma(z, "rbf", seed=1)  # a subsample of 2000
     full = torch.pdist(Z[0]).square()
-    assert float(g1) == pytest.approx(1.0 / float(full.median()), rel=0.05)  # a subsample of 2000
+    assert float(g1) == pytest.approx(1.0 / float(full.median()), rel=0.05)
 
 
 def test_sdpa_encoder_layer_matches_the_torch_module():

@@ -1,0 +1,46 @@
+"""The median-heuristic bandwidth of the rbf and laplace kernels, defined once: for
+:class:`~cina_ext.estimators.KernelBalancing` (``gamma="median"``, re-exported by
+:mod:`cina_ext.estimators.tuning`) and for the objective of a zero-shot model trained with
+``balance_gamma="median"`` (:meth:`~cina_ext.models.zero_shot.CInAZeroShotModel.kernel_gamma`),
+so the network learns the problem the exact solver solves (docs/method.md §5, §8)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ["MEDIAN_UNITS", "median_gamma"]
+
+#: The median heuristic looks at all pairs among at most this many units (a seeded subsample).
+MEDIAN_UNITS = 2000
+
+
+def median_gamma(Xs: np.ndarray, kernel: str, seed: int, max_units: int = MEDIAN_UNITS) -> float:
+    """The median heuristic: ``1 / median ||x_i - x_j||^2`` ("rbf") or ``1 / median ||x_i - x_j||``
+    ("laplace") over the pairs ``i < j`` of a subsample of the rows of ``Xs``.
+
+    The subsample is all rows when there are at most ``max_units``, else ``max_units`` rows drawn
+    without replacement by ``numpy.random.default_rng([seed, 1])``, so the value is a function of
+    ``(Xs, seed)``.  Pairs at distance 0 (duplicated rows) are left out of the median; when no pair
+    is at a positive distance the value is ``1 / p`` ("rbf") or ``1 / sqrt(p)`` ("laplace").
+    """
+    if kernel not in ("rbf", "laplace"):
+        raise ValueError(f"the median heuristic is for the rbf and laplace kernels, got {kernel!r}")
+    Xs = np.asarray(Xs, dtype=np.float64)
+    n, p = Xs.shape
+    if n > max_units:
+        idx = np.sort(np.random.default_rng([int(seed), 1]).choice(n, size=max_units, replace=False))
+        Z = Xs[idx]
+    else:
+        Z = Xs
+    m = Z.shape[0]
+    sq = np.einsum("ij,ij->i", Z, Z)
+    D2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * (Z @ Z.T), 0.0)
+    iu = np.triu_indices(m, k=1)
+    d2 = D2[iu]
+    d2 = d2[d2 > 0]
+    if d2.size == 0:
+        return 1.0 / p if kernel == "rbf" else 1.0 / math.sqrt(p)
+    med = float(np.median(d2)) if kernel == "rbf" else float(np.median(np.sqrt(d2)))
+    return 1.0 / med
