@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy.spatial.distance import pdist
 
 __all__ = ["MEDIAN_UNITS", "median_gamma"]
 
@@ -34,11 +35,7 @@ def median_gamma(Xs: np.ndarray, kernel: str, seed: int, max_units: int = MEDIAN
         Z = Xs[idx]
     else:
         Z = Xs
-    m = Z.shape[0]
-    sq = np.einsum("ij,ij->i", Z, Z)
-    D2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * (Z @ Z.T), 0.0)
-    iu = np.triu_indices(m, k=1)
-    d2 = D2[iu]
+    d2 = pdist(Z, "sqeuclidean")  # the pairs i < j, differences squared directly (no cancellation)
     d2 = d2[d2 > 0]
     if d2.size == 0:
         return 1.0 / p if kernel == "rbf" else 1.0 / math.sqrt(p)
