@@ -28,10 +28,11 @@ The estimand is the ATE on synthetic data and IHDP and the ATT on LaLonde, for e
 Rows: naive, IPW, SN-IPW, DoubleML (one and five fold splits averaged), KernelBalancing (its
 defaults, then with scaling="standard", then augmented with one and with five fold splits
 averaged), CInA (Algorithm 1, exact bilevel), CInA-ZS (the shipped zero-shot model unless
-``--zs``; its defaults, then with scaling="standard"), CInA-ZS refined by 50 solver iterations,
+``--zs``; its defaults, then the network's weights alone (``descent_steps=0``), then with
+scaling="standard"), CInA-ZS refined by 50 solver iterations,
 and CInA-ZS-S (the shipped supervised model unless ``--zs-s``); ``--zs-label`` renames the CInA-ZS rows
-and ``--zs-extra LABEL=PATH`` adds one zero-shot row per further checkpoint (e.g. the shipped model
-next to a new one).  Time: mean wall seconds per dataset on
+and ``--zs-extra LABEL=PATH`` adds two zero-shot rows per further checkpoint, its defaults and
+"LABEL, network only" (e.g. the shipped model next to a new one).  Time: mean wall seconds per dataset on
 the synthetic sets (fit + estimate; the zero-shot rows run batched with ``estimate_many`` and
 report the batch time divided by the number of datasets).  Writes eval_accuracy.json and .md.
 """
@@ -220,6 +221,13 @@ def main(argv=None):
         metavar="LABEL=PATH",
         help="further zero-shot rows, one per checkpoint ('shipped' as PATH: the shipped model)",
     )
+    ap.add_argument(
+        "--descent-steps",
+        type=int,
+        nargs="*",
+        default=[],
+        help="further --zs rows with these descent_steps (the default row runs the estimator's default)",
+    )
     ap.add_argument("--refine", type=int, default=50, help="solver iterations of the refined ZS row (0: no row)")
     ap.add_argument("--skip", nargs="*", default=[], help="row labels to leave out (e.g. DoubleML)")
     ap.add_argument("--methods", nargs="*", default=None, help="row labels to keep (default: every row)")
@@ -270,7 +278,10 @@ def main(argv=None):
         args.zs_s = None
     rows = [(label, "per", (method, kwargs)) for label, method, kwargs in PER_DATASET]
     rows.append((args.zs_label, "zs", (zs_path, 0)))
+    rows.append((f"{args.zs_label}, network only", "zs", (zs_path, 0, {"descent_steps": 0})))
     rows.append((f"{args.zs_label}, standard scaling", "zs", (zs_path, 0, {"scaling": "standard"})))
+    for k in args.descent_steps:
+        rows.append((f"{args.zs_label}, {k} descent steps", "zs", (zs_path, 0, {"descent_steps": k})))
     if args.refine:
         rows.append((f"{args.zs_label} + {args.refine} solver iterations", "zs", (zs_path, args.refine)))
     extra_zs = {}
@@ -280,6 +291,7 @@ def main(argv=None):
             ap.error(f"--zs-extra takes LABEL=PATH, got {item!r}")
         extra_zs[label] = pretrained_path() if path == "shipped" else path
         rows.append((label, "zs", (extra_zs[label], 0)))
+        rows.append((f"{label}, network only", "zs", (extra_zs[label], 0, {"descent_steps": 0})))
     if args.zs_s:
         rows.append(("CInA-ZS-S", "zs", (args.zs_s, 0)))
     rows = [r for r in rows if r[0] not in set(args.skip)]

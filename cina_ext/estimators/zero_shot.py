@@ -1,8 +1,8 @@
 """Zero-shot CInA estimator (Algorithm 3, docs/method.md §5): weights from one forward pass.
 
 The network is :class:`cina_ext.models.zero_shot.CInAZeroShotModel`; this module wraps it in the
-shared estimator interface, adds the optional exact-solver refinement (``refine``) and the batched
-``estimate_many``.
+shared estimator interface, adds the descent steps on the balancing objective (``descent_steps``),
+the optional exact-solver refinement (``refine``) and the batched ``estimate_many``.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from .._core.covariates import SCALINGS, network_inputs
 from ..models.checkpoint import PRETRAINED_FILE, model_from_checkpoint, pretrained_path
 from ..models.zero_shot import (
     DEFAULT_LANDMARKS,
+    DESCENT_STEPS,
     MATERIALISE_LIMIT,
     CInAZeroShotModel,
     _as_xt,
@@ -62,7 +63,7 @@ class CInAZeroShot(_WeightingEstimator):
         After the forward pass, run up to this many iterations of the exact solver on the
         balancing problem the model was trained on (RBF kernel with the model's bandwidth rule,
         ``balance_lam``), warm-started at the network's weights (docs/method.md §7.2, "amortised
-        + refined"; ate/att models only); 0 = pure zero-shot.
+        + refined"; ate/att models only), after the descent steps; 0 = no solver.
     backend : {"auto", "fused", "reference"}, default "auto"
         Backend of the attention operator.
     batch_size : int, default 32
@@ -97,7 +98,18 @@ class CInAZeroShot(_WeightingEstimator):
         directions, rotated so that every input has the same variance
         (:func:`~cina_ext._core.covariates.principal_projection`): the network's kernel on
         the projection approximates the kernel on all the covariates, so there is no limit on
-        the number of covariates.  ``refine`` and ``balance_objective_`` use all the covariates.
+        the number of covariates.  ``descent_steps``, ``refine`` and ``balance_objective_`` use all
+        the covariates.
+    descent_steps : int, optional
+        Steps of accelerated exponentiated-gradient descent on the balancing objective the model
+        was trained on, in that objective's own RBF kernel on all the covariates, starting from
+        the network's weights
+        (:meth:`~cina_ext.models.zero_shot.CInAZeroShotModel.objective_descent`; docs/method.md
+        §5): a fixed computation of ``descent_steps + 1`` products with the Gram matrix, the
+        same for every dataset, that never raises the objective.  None (default):
+        :data:`~cina_ext.models.zero_shot.DESCENT_STEPS` for ate/att models on the exact path, 0
+        on the landmark path and for overlap models; 0: the network's weights as they are.
+        Quadratic in N like ``refine``, so refused on the landmark path.
     augment : bool or scikit-learn regressor, default False
         Augmented (doubly robust) estimate: ``True`` fits a cross-fitted
         HistGradientBoostingRegressor per arm (folds seeded by ``random_state``), or pass any
@@ -140,9 +152,11 @@ class CInAZeroShot(_WeightingEstimator):
     n_inputs_ : int
         How many inputs the network read (``n_features_in_`` unless the covariates were projected).
     raw_weights_ : ndarray of shape (N,)
-        With ``refine``: the network's weights before refinement.
+        With ``descent_steps`` or ``refine``: the network's weights before them.
     raw_balance_objective_ : float
-        With ``refine``: their objective.
+        With ``descent_steps`` or ``refine``: their objective.
+    descent_steps_ : int
+        The descent steps the fit ran (0 on the landmark path by default).
     refine_kkt_, refine_converged_, refine_iterations_ : float, bool, int
         With ``refine``: the refining solve's KKT violation, convergence flag and iterations.
     """
@@ -166,6 +180,7 @@ class CInAZeroShot(_WeightingEstimator):
         landmarks: Optional[int] = None,
         scaling: Optional[str] = None,
         n_components: Optional[int] = None,
+        descent_steps: Optional[int] = None,
     ):
         self.model = model
         self.checkpoint = checkpoint
@@ -181,6 +196,7 @@ class CInAZeroShot(_WeightingEstimator):
         self.landmarks = landmarks
         self.scaling = scaling
         self.n_components = n_components
+        self.descent_steps = descent_steps
 
     @classmethod
     def from_pretrained(cls, path: Optional[str] = None, **kwargs) -> "CInAZeroShot":
@@ -246,6 +262,11 @@ class CInAZeroShot(_WeightingEstimator):
             raise ValueError(f"refine must be an integer >= 0 (solver iterations), got {self.refine!r}")
         if self.refine and not self._get_model().balancing:
             raise ValueError("refine needs an ate/att model; this one computes the overlap weights of eq. L")
+        ds = self.descent_steps
+        if ds is not None and (isinstance(ds, bool) or not isinstance(ds, (int, np.integer)) or ds < 0):
+            raise ValueError(f"descent_steps must be None or an integer >= 0, got {ds!r}")
+        if ds and not self._get_model().balancing:
+            raise ValueError("descent_steps needs an ate/att model; this one computes the overlap weights of eq. L")
         if self.approximation not in _APPROXIMATIONS:
             raise ValueError(f"approximation must be one of {_APPROXIMATIONS}, got {self.approximation!r}")
         if self.landmarks is not None and (
@@ -309,7 +330,18 @@ class CInAZeroShot(_WeightingEstimator):
                 f"refine runs the exact solver, quadratic in N; with {n:,} units use refine=0 (landmark "
                 "attention) or KernelBalancing(approximation='rff') for the solved problem"
             )
+        if use and self.descent_steps:
+            raise ValueError(
+                f"descent_steps are quadratic in N; with {n:,} units use descent_steps=None or 0 (landmark "
+                "attention) or KernelBalancing(approximation='rff') for the solved problem"
+            )
         return use
+
+    def _steps(self, landmarks: bool) -> int:
+        """The descent steps of a batch (``descent_steps``, its default resolved)."""
+        if self.descent_steps is not None:
+            return int(self.descent_steps)
+        return DESCENT_STEPS if self._get_model().balancing and not landmarks else 0
 
     @staticmethod
     def _dtype_device(model):
@@ -329,7 +361,9 @@ class CInAZeroShot(_WeightingEstimator):
         )  # the model checks X
         projected = any(net.shape[1] != full.shape[1] for net, full in inputs)
         info: Dict[str, Tensor] = {"n_inputs": torch.tensor([net.shape[1] for net, _ in inputs])}
-        if projected and (self.refine or diagnostics):
+        steps = self._steps(landmark_seed is not None)
+        info["descent_steps"] = torch.tensor([steps] * len(items))
+        if projected and (self.refine or diagnostics or steps):
             Xf, _, _, fmf = collate_datasets(
                 [(full, t) for (_, full), (_, t) in zip(inputs, items)], dtype=dtype, device=device
             )
@@ -350,10 +384,15 @@ class CInAZeroShot(_WeightingEstimator):
                 idx = model.estimand_index(estimand, X.shape[0], X.device)
                 if diagnostics:
                     info["balance_objective"] = model.balance_objective(Xf, W, mask, fmf, w, idx)
-                if self.refine:
+                if self.refine or steps:
                     info["raw_weights"] = w
                     if diagnostics:
                         info["raw_balance_objective"] = info["balance_objective"]
+                if steps:
+                    w, obj = model.objective_descent(Xf, W, mask, fmf, w, idx, steps)
+                    if diagnostics:
+                        info["balance_objective"] = obj
+                if self.refine:
                     Z = model.standardise(Xf.double(), mask, fmf).double()
                     gamma = model.kernel_gamma(Z, mask, fmf)  # the model's bandwidth rule
                     res = dual_solve(
@@ -396,10 +435,12 @@ class CInAZeroShot(_WeightingEstimator):
         self.n_inputs_ = int(st["n_inputs"])
         if "balance_objective" in st:
             self.balance_objective_ = float(st["balance_objective"])
-        if self.refine:
+        self.descent_steps_ = int(st["descent_steps"])
+        if "raw_weights" in st:
             self.raw_weights_ = np.asarray(st["raw_weights"])
             if "raw_balance_objective" in st:
                 self.raw_balance_objective_ = float(st["raw_balance_objective"])
+        if self.refine:
             self.refine_kkt_ = float(st["refine_kkt"])
             self.refine_converged_ = bool(st["refine_converged"])
             self.refine_iterations_ = int(st["refine_iterations"])
@@ -409,14 +450,16 @@ class CInAZeroShot(_WeightingEstimator):
         d: Dict[str, Any] = {
             "estimand_trained": list(self._get_model().estimands),
             "refine": int(self.refine),
+            "descent_steps": self.descent_steps_,
             "scaling": self.scaling_,
             "network_inputs": self.n_inputs_,
         }
         if hasattr(self, "balance_objective_"):
             d["balance_objective"] = self.balance_objective_
+        if hasattr(self, "raw_balance_objective_"):
+            d["raw_balance_objective"] = self.raw_balance_objective_
         if self.refine:
             d.update(
-                raw_balance_objective=getattr(self, "raw_balance_objective_", None),
                 refine_kkt=self.refine_kkt_,
                 refine_converged=self.refine_converged_,
             )

@@ -67,6 +67,10 @@ __all__ = [
     "BALANCE_GAMMA_RULES",
     "DEFAULT_LANDMARKS",
     "MATERIALISE_LIMIT",
+    "DESCENT_STEPS",
+    "DESCENT_STEP_SIZE",
+    "DESCENT_MOMENTUM",
+    "DESCENT_KERNEL_LIMIT",
 ]
 
 DEFAULT_LAM = 0.01  # relative; lam_abs = lam / n_valid (module docstring)
@@ -80,6 +84,17 @@ DEFAULT_BALANCE_LAM = 0.01  # ate/att: ridge on the weights, KernelBalancing(lam
 #: "median" the median heuristic of KernelBalancing (``gamma="median"``).
 BALANCE_GAMMA_RULES = ("scale", "median")
 _SD_FLOOR = 1e-8
+#: Descent steps on the balancing objective after the read-out (:meth:`CInAZeroShotModel.objective_descent`)
+#: that ``CInAZeroShot`` runs by default; the step size and momentum of those steps.  The step size
+#: is in units of the objective's gradient, whose l1-to-linf Lipschitz constant is at most 2 for any
+#: N (kernel entries <= 1, weights on the simplex), so one value serves every dataset size.
+DESCENT_STEPS = 32
+DESCENT_STEP_SIZE = 8.0
+DESCENT_MOMENTUM = 0.8
+#: Entries of the (B, N, N) float32 RBF Gram matrix the descent may hold (1 GiB); beyond, every
+#: step recomputes it in row blocks (same result, N^2 exponentials per step).
+DESCENT_KERNEL_LIMIT = 1 << 28
+_DESCENT_BLOCK = 1 << 22  # entries of one row block of the recomputed Gram matrix
 _RFF_SEED = 20261202  # the frequency matrix of input_features="rff" (also saved as a buffer)
 
 
@@ -732,6 +747,112 @@ class CInAZeroShotModel(nn.Module):
         att = mmd(w * t0, treated_mean) + self.balance_lam * ((w * t0) ** 2).sum(-1)
         return torch.where(est_idx == self.estimands.index("att"), att, ate)
 
+    def objective_descent(
+        self,
+        X: Tensor,
+        W: Tensor,
+        mask: Tensor,
+        feature_mask: Tensor,
+        w: Tensor,
+        est_idx: Tensor,
+        steps: int = DESCENT_STEPS,
+        *,
+        step_size: float = DESCENT_STEP_SIZE,
+        momentum: float = DESCENT_MOMENTUM,
+    ) -> Tuple[Tensor, Tensor]:
+        """``steps`` accelerated exponentiated-gradient steps on :meth:`balance_objective` from ``w``.
+
+        The read-out's witness steps descend in the network's learned kernel; these descend in the
+        objective's own RBF kernel (bandwidth from :meth:`kernel_gamma`), on every covariate of
+        ``X``, so they close the gap between the network's weights and the optimum of the problem
+        the model was trained on (docs/method.md §5).  Each step: ``g = K d^a + balance_lam w``
+        (half the gradient; ``d^a`` the imbalance of arm a against the estimand's target),
+        ``v <- momentum v - step_size g``, ``log w += v`` on the units that move (both arms for
+        "ate", the controls for "att"), renormalised per arm.  The momentum restarts (``v = 0``)
+        on a dataset whose objective rose at the last step, and the best iterate is returned, so
+        the objective never ends above its starting value.  A fixed computation (no tolerance,
+        no per-dataset iteration count): ``steps + 1`` products with the Gram matrix.
+
+        Parameters
+        ----------
+        X : Tensor, shape (B, N, p)
+            Covariates (any ``p``: the kernel is formed on all of them).
+        W : Tensor, shape (B, N)
+            Signs.
+        mask : Tensor of bool, shape (B, N)
+            Valid units.
+        feature_mask : Tensor of bool, shape (B, p)
+            Valid covariates.
+        w : Tensor, shape (B, N)
+            Starting weights (the read-out's): positive on the valid units, one per arm.
+        est_idx : Tensor, shape (B,), int64
+            Estimand index per dataset.
+        steps : int, default DESCENT_STEPS
+            Number of steps; 0 returns ``w`` (in float64) and its objective.
+        step_size, momentum : float
+            Step size (> 0) and momentum (in [0, 1)).
+
+        Returns
+        -------
+        weights : Tensor, shape (B, N), float64
+            Non-negative, one per arm ("att": the treated keep ``1/n1``).
+        objective : Tensor, shape (B,), float64
+            Their :meth:`balance_objective`.
+
+        Notes
+        -----
+        The Gram matrix is float32, held up to :data:`DESCENT_KERNEL_LIMIT` entries of (B, N, N)
+        and recomputed in row blocks beyond; the weights, logits and objective are float64.
+        """
+        if not self.balancing:
+            raise ValueError("objective_descent needs an ate/att model; this one computes the overlap weights of eq. L")
+        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
+            raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
+        if not (math.isfinite(step_size) and step_size > 0):
+            raise ValueError(f"step_size must be a positive finite number, got {step_size!r}")
+        if not (0.0 <= momentum < 1.0):
+            raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+        f64 = torch.float64
+        Z = self.standardise(X.to(f64), mask, feature_mask)
+        gram = _rbf_gram_product(Z, self.kernel_gamma(Z, mask, feature_mask))
+        treated = mask & (W > 0)
+        control = mask & (W < 0)
+        t1, t0, mf = treated.to(f64), control.to(f64), mask.to(f64)
+        is_att = torch.zeros(W.shape[0], 1, dtype=torch.bool, device=W.device)
+        if "att" in self.estimands:
+            is_att = (est_idx == self.estimands.index("att")).unsqueeze(-1)
+        n1 = t1.sum(-1, keepdim=True).clamp_min(1.0)
+        target = torch.where(is_att, t1 / n1, mf / mf.sum(-1, keepdim=True).clamp_min(1.0))
+        penalised = torch.where(is_att, control, mask)  # the weights the objective moves and penalises
+        lam = float(self.balance_lam)
+        w = torch.where(is_att & treated, 1.0 / n1, w.to(f64) * mf)
+        tiny = torch.finfo(f64).tiny
+        logits = torch.where(mask, torch.log(w.clamp_min(tiny)), torch.zeros_like(w))
+        v = torch.zeros_like(w)
+        best_w, best = w, None
+        prev = None
+        for t in range(int(steps) + 1):
+            D = torch.stack([w * t1 - target, w * t0 - target], -1)
+            KD = gram(D)
+            obj = (D * KD).sum((-1, -2)) + lam * (w * w * penalised).sum(-1)
+            if best is None:
+                best = obj
+            else:
+                better = obj < best
+                best_w = torch.where(better.unsqueeze(-1), w, best_w)
+                best = torch.where(better, obj, best)
+            if t == steps:
+                break
+            if prev is not None:
+                v = torch.where((obj > prev).unsqueeze(-1), torch.zeros_like(v), v)
+            g = torch.where(treated, KD[..., 0], KD[..., 1]) + lam * w
+            v = torch.where(penalised, momentum * v - step_size * g, torch.zeros_like(v))
+            logits = logits + v
+            w = _arm_softmax(logits, treated, control)
+            w = torch.where(is_att & treated, 1.0 / n1, w)
+            prev = obj
+        return best_w, best
+
     # -- both kinds ------------------------------------------------------------------------------
     def loss(
         self,
@@ -1155,6 +1276,41 @@ def _encoder_layer(
     h = h + layer.dropout1(a)
     y = layer.linear2(layer.dropout(layer.activation(layer.linear1(layer.norm2(h)))))
     return h + layer.dropout2(y)
+
+
+def _rbf_gram_product(Z: Tensor, gamma: Tensor):
+    """``D -> K D`` for the RBF Gram matrices ``K_b = exp(-gamma_b ||z_i - z_j||^2)`` of ``Z`` (B, N, q).
+
+    Padded units (zero rows of ``Z``) only ever multiply zero entries of ``D``.  ``K`` is formed
+    once up to :data:`DESCENT_KERNEL_LIMIT` entries, else recomputed in row blocks at every
+    product; all in float32 (a kernel entry to about 1e-6, ample for a descent direction), the
+    product returned in ``D``'s dtype.
+    """
+    B, N, _ = Z.shape
+    Z = Z.float()
+    sq = (Z * Z).sum(-1)
+    g = gamma.float().view(-1, 1, 1)
+    rows = max(1, _DESCENT_BLOCK // max(1, B * N))
+
+    def block(i0: int, i1: int) -> Tensor:
+        d2 = sq[:, i0:i1, None] + sq[:, None, :] - 2.0 * (Z[:, i0:i1] @ Z.transpose(-1, -2))
+        return torch.exp(d2.clamp_min_(0.0).mul_(-g))
+
+    if B * N * N <= DESCENT_KERNEL_LIMIT:
+        K = torch.empty(B, N, N, dtype=torch.float32, device=Z.device)
+        for i0 in range(0, N, rows):
+            K[:, i0 : i0 + rows] = block(i0, min(N, i0 + rows))
+
+        def product(D: Tensor) -> Tensor:
+            return (K @ D.float()).to(D.dtype)
+
+        return product
+
+    def product_blocks(D: Tensor) -> Tensor:
+        Df = D.float()
+        return torch.cat([block(i0, min(N, i0 + rows)) @ Df for i0 in range(0, N, rows)], 1).to(D.dtype)
+
+    return product_blocks
 
 
 def _attention_rows(K: Tensor, lse: Tensor, mask: Tensor, pair_col: Tensor, scale: float, i0: int, i1: int) -> Tensor:

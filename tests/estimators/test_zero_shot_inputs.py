@@ -94,7 +94,7 @@ def _direct_weights(model, Xin, T, estimand="ate"):
 def test_too_many_covariates_are_projected_to_the_model_width():
     model = _model()
     X, T, Y = _dataset(p=14)
-    est = _fit(CInAZeroShot(model=model, scaling="standard"), X, T)
+    est = _fit(CInAZeroShot(model=model, scaling="standard", descent_steps=0), X, T)
     assert est.n_features_in_ == 14 and est.n_inputs_ == 6
     expected = _direct_weights(model, principal_projection(standardize_columns(X)[0], 6), T)
     np.testing.assert_allclose(est.weights_, expected, rtol=1e-10, atol=1e-12)
@@ -119,8 +119,8 @@ def test_too_many_covariates_are_projected_to_the_model_width():
 def test_n_components_picks_fewer_inputs_and_a_narrow_table_is_not_projected():
     model = _model()
     X, T, _ = _dataset(p=5)
-    direct = _fit(CInAZeroShot(model=model, scaling="standard"), X, T)
-    fewer = _fit(CInAZeroShot(model=model, scaling="standard", n_components=3), X, T)
+    direct = _fit(CInAZeroShot(model=model, scaling="standard", descent_steps=0), X, T)
+    fewer = _fit(CInAZeroShot(model=model, scaling="standard", n_components=3, descent_steps=0), X, T)
     assert direct.n_inputs_ == 5 and fewer.n_inputs_ == 3
     np.testing.assert_allclose(direct.weights_, _direct_weights(model, standardize_columns(X)[0], T), rtol=1e-10)
     expected = _direct_weights(model, principal_projection(standardize_columns(X)[0], 3), T)
@@ -133,14 +133,18 @@ def test_normal_scores_make_the_weights_blind_to_monotone_transforms():
     bent = X.copy()
     bent[:, 0] = np.exp(2.0 * X[:, 0])  # heavy right tail, same ranks
     bent[:, 2] = X[:, 2] ** 3
-    a = _fit(CInAZeroShot(model=model), X, T)
-    b = _fit(CInAZeroShot(model=model), bent, T)
-    c = _fit(CInAZeroShot(model=model, scaling="standard"), bent, T)
+    a = _fit(CInAZeroShot(model=model, descent_steps=0), X, T)
+    b = _fit(CInAZeroShot(model=model, descent_steps=0), bent, T)
+    c = _fit(CInAZeroShot(model=model, scaling="standard", descent_steps=0), bent, T)
     assert a.scaling_ == "normal-scores"
     np.testing.assert_allclose(a.weights_, b.weights_, rtol=1e-9, atol=1e-12)
     assert np.abs(c.weights_ - a.weights_).max() > 1e-4  # standard scaling does see the tails
     expected = _direct_weights(model, standardize_columns(normal_scores(X))[0], T)
     np.testing.assert_allclose(a.weights_, expected, rtol=1e-10, atol=1e-12)
+    # the descent steps (on by default) balance the same normal scores: blind to the bend too
+    a2, b2 = _fit(CInAZeroShot(model=model), X, T), _fit(CInAZeroShot(model=model), bent, T)
+    assert a2.descent_steps_ > 0
+    np.testing.assert_allclose(a2.weights_, b2.weights_, rtol=1e-6, atol=1e-10)
 
 
 def test_refine_on_a_wide_table_solves_the_full_problem():
