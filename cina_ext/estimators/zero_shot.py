@@ -29,12 +29,16 @@ from ..models.zero_shot import (
 )
 from ..ops import dual_solve
 from .base import _WeightingEstimator
+from .low_rank import DEFAULT_RANK, RandomFourierFeatures, rank_for, simplex_balance
 
 __all__ = ["CInAZeroShot"]
 
 #: Above this many units ``approximation="auto"`` switches to landmark attention (and
 #: ``approximation="exact"`` warns that the network's attention is quadratic in N).
 ZERO_SHOT_EXACT_LIMIT = 20_000
+#: Above this many units the descent steps and ``refine`` work in random Fourier features of the
+#: objective's kernel (O(N r)) instead of its N x N Gram matrix (as on the landmark path).
+DESCENT_EXACT_LIMIT = 10_000
 #: Seconds per unit^2 of one exact forward pass of the shipped model on the 2-core development
 #: CPU (an order of magnitude, for the warning only; docs/benchmarks.md).
 ZERO_SHOT_SECONDS_PER_UNIT2 = 4e-8
@@ -63,13 +67,17 @@ class CInAZeroShot(_WeightingEstimator):
         After the forward pass, run up to this many iterations of the exact solver on the
         balancing problem the model was trained on (RBF kernel with the model's bandwidth rule,
         ``balance_lam``), warm-started at the network's weights (docs/method.md §7.2, "amortised
-        + refined"; ate/att models only), after the descent steps; 0 = no solver.
+        + refined"; ate/att models only), after the descent steps; 0 = no solver.  Above
+        :data:`DESCENT_EXACT_LIMIT` units and on the landmark path the solver is the low-rank dual
+        of :func:`~cina_ext.estimators.low_rank.simplex_balance` in 512 random Fourier features of
+        that kernel, warm-started at the imbalance of the weights (O(N r), any N).
     backend : {"auto", "fused", "reference"}, default "auto"
         Backend of the attention operator.
     batch_size : int, default 32
         Datasets per padded batch in :meth:`estimate_many`.
     random_state : None, int or numpy Generator, optional
-        Seed (bootstrap).
+        Seed of the bootstrap, of the landmarks and of the random Fourier features of the steps
+        and the refinement on large datasets (None: those features seeded with 0, so refits agree).
     verbose : bool, default False
         Progress bars.
     approximation : {"auto", "exact", "landmarks"}, default "auto"
@@ -107,9 +115,10 @@ class CInAZeroShot(_WeightingEstimator):
         (:meth:`~cina_ext.models.zero_shot.CInAZeroShotModel.objective_descent`; docs/method.md
         §5): a fixed computation of ``descent_steps + 1`` products with the Gram matrix, the
         same for every dataset, that never raises the objective.  None (default):
-        :data:`~cina_ext.models.zero_shot.DESCENT_STEPS` for ate/att models on the exact path, 0
-        on the landmark path and for overlap models; 0: the network's weights as they are.
-        Quadratic in N like ``refine``, so refused on the landmark path.
+        :data:`~cina_ext.models.zero_shot.DESCENT_STEPS` for ate/att models, 0 for overlap
+        models; 0: the network's weights as they are.  Above :data:`DESCENT_EXACT_LIMIT` units
+        and on the landmark path the kernel is replaced by 512 random Fourier features
+        (``K ~ Phi Phi'``): O(N r) instead of O(N^2) per step.
     augment : bool or scikit-learn regressor, default False
         Augmented (doubly robust) estimate: ``True`` fits a cross-fitted
         HistGradientBoostingRegressor per arm (folds seeded by ``random_state``), or pass any
@@ -156,9 +165,10 @@ class CInAZeroShot(_WeightingEstimator):
     raw_balance_objective_ : float
         With ``descent_steps`` or ``refine``: their objective.
     descent_steps_ : int
-        The descent steps the fit ran (0 on the landmark path by default).
+        The descent steps the fit ran.
     refine_kkt_, refine_converged_, refine_iterations_ : float, bool, int
-        With ``refine``: the refining solve's KKT violation, convergence flag and iterations.
+        With ``refine``: the refining solve's KKT violation (the low-rank solve: its duality
+        gap), convergence flag and iterations.
     """
 
     _allowed_estimands = ("ate", "att", "overlap")
@@ -325,35 +335,25 @@ class CInAZeroShot(_WeightingEstimator):
                     UserWarning,
                     stacklevel=stacklevel,
                 )
-        if use and self.refine:
-            raise ValueError(
-                f"refine runs the exact solver, quadratic in N; with {n:,} units use refine=0 (landmark "
-                "attention) or KernelBalancing(approximation='rff') for the solved problem"
-            )
-        if use and self.descent_steps:
-            raise ValueError(
-                f"descent_steps are quadratic in N; with {n:,} units use descent_steps=None or 0 (landmark "
-                "attention) or KernelBalancing(approximation='rff') for the solved problem"
-            )
         return use
 
-    def _steps(self, landmarks: bool) -> int:
-        """The descent steps of a batch (``descent_steps``, its default resolved)."""
+    def _steps(self) -> int:
+        """The descent steps (``descent_steps``, its default resolved)."""
         if self.descent_steps is not None:
             return int(self.descent_steps)
-        return DESCENT_STEPS if self._get_model().balancing and not landmarks else 0
+        return DESCENT_STEPS if self._get_model().balancing else 0
 
     @staticmethod
     def _dtype_device(model):
         p = next(model.parameters())
         return p.dtype, p.device
 
-    def _weights_batch(self, model, items, estimand: str, diagnostics: bool = True, landmark_seed=None):
+    def _weights_batch(self, model, items, estimand: str, seed: int, *, diagnostics: bool = True, landmarks=False):
         """Weights (B, N) as float64 numpy for ``items`` = [(X, T)], plus diagnostics per dataset.
 
         ``X`` is raw; :meth:`_inputs` makes the network's inputs and the full covariates of the
-        refinement and the objective.  ``landmark_seed`` (an int): the landmark path, landmarks
-        drawn with that seed."""
+        refinement and the objective.  ``landmarks``: the landmark path, landmarks drawn with
+        ``seed``."""
         dtype, device = self._dtype_device(model)
         inputs = [self._inputs(x) for x, _ in items]
         X, W, mask, fm = collate_datasets(
@@ -361,7 +361,7 @@ class CInAZeroShot(_WeightingEstimator):
         )  # the model checks X
         projected = any(net.shape[1] != full.shape[1] for net, full in inputs)
         info: Dict[str, Tensor] = {"n_inputs": torch.tensor([net.shape[1] for net, _ in inputs])}
-        steps = self._steps(landmark_seed is not None)
+        steps = self._steps()
         info["descent_steps"] = torch.tensor([steps] * len(items))
         if projected and (self.refine or diagnostics or steps):
             Xf, _, _, fmf = collate_datasets(
@@ -373,56 +373,124 @@ class CInAZeroShot(_WeightingEstimator):
         # the objective forms the (B, N, N) RBF Gram matrix: a diagnostic for moderate N only
         diagnostics = diagnostics and X.shape[0] * X.shape[1] ** 2 <= MATERIALISE_LIMIT
         with torch.no_grad():
-            if landmark_seed is None:
+            if not landmarks:
                 w = model.weights(X, W, mask, fm, estimand=estimand, backend=self.backend)
             else:
                 m = DEFAULT_LANDMARKS if self.landmarks is None else int(self.landmarks)
-                gen = torch.Generator().manual_seed(int(landmark_seed))
+                gen = torch.Generator().manual_seed(int(seed))
                 lm = sample_landmarks(W, mask, m, generator=gen)
                 w = model.weights_landmarks(X, W, lm, mask, fm, estimand=estimand)
             if model.balancing:
                 idx = model.estimand_index(estimand, X.shape[0], X.device)
+                # the steps and the solver in random Fourier features where the Gram matrix is too big
+                low_rank = landmarks or X.shape[1] > DESCENT_EXACT_LIMIT
+                if diagnostics or steps or self.refine:
+                    # the objective's kernel, computed once for the diagnostic, the steps and the solver
+                    Z = model.standardise(Xf.double(), mask, fmf)
+                    gamma = model.kernel_gamma(Z, mask, fmf)
                 if diagnostics:
-                    info["balance_objective"] = model.balance_objective(Xf, W, mask, fmf, w, idx)
+                    info["balance_objective"] = model.balance_objective(Xf, W, mask, fmf, w, idx, gamma=gamma)
                 if self.refine or steps:
                     info["raw_weights"] = w
                     if diagnostics:
                         info["raw_balance_objective"] = info["balance_objective"]
-                if steps:
-                    w, obj = model.objective_descent(Xf, W, mask, fmf, w, idx, steps)
-                    if diagnostics:
-                        info["balance_objective"] = obj
-                if self.refine:
-                    Z = model.standardise(Xf.double(), mask, fmf).double()
-                    gamma = model.kernel_gamma(Z, mask, fmf)  # the model's bandwidth rule
-                    res = dual_solve(
-                        Z,
-                        W.double(),
-                        model.balance_lam,
-                        kernel="rbf",
-                        gamma=gamma,
-                        estimand=estimand,
-                        mask=mask,
-                        x0=w.double(),
-                        max_iter=int(self.refine),
-                        backend="fused",
-                    )
-                    w = res.weights  # float64, as the solver returns it
-                    info["refine_kkt"] = res.kkt
-                    info["refine_converged"] = res.converged
-                    info["refine_iterations"] = res.iterations
-                    if diagnostics:
-                        info["balance_objective"] = model.balance_objective(Xf, W, mask, fmf, w.to(dtype), idx)
+                if low_rank and (steps or self.refine):
+                    w, extra = self._low_rank_stages(model, Z, W, mask, fmf, gamma, w, idx, steps, self._feature_seed())
+                    info.update(extra)
+                else:
+                    if steps:
+                        w, obj = model.objective_descent(Xf, W, mask, fmf, w, idx, steps, gamma=gamma)
+                        if diagnostics:
+                            info["balance_objective"] = obj
+                    if self.refine:
+                        res = dual_solve(
+                            Z,
+                            W.double(),
+                            model.balance_lam,
+                            kernel="rbf",
+                            gamma=gamma.double(),
+                            estimand=estimand,
+                            mask=mask,
+                            x0=w.double(),
+                            max_iter=int(self.refine),
+                            backend="fused",
+                        )
+                        w = res.weights  # float64, as the solver returns it
+                        info["refine_kkt"] = res.kkt
+                        info["refine_converged"] = res.converged
+                        info["refine_iterations"] = res.iterations
+                        if diagnostics:
+                            info["balance_objective"] = model.balance_objective(
+                                Xf, W, mask, fmf, w.to(dtype), idx, gamma=gamma
+                            )
 
         def to_numpy(t: Tensor) -> np.ndarray:
             return (t.double() if t.is_floating_point() else t).cpu().numpy()
 
         return to_numpy(w), {k: to_numpy(v) for k, v in info.items()}
 
+    def _feature_seed(self) -> int:
+        """The seed of the random Fourier features: ``random_state``'s, and 0 without one, so that
+        the default estimator gives the same weights at every fit."""
+        return 0 if self.random_state is None else seed_from(self.random_state)
+
+    def _low_rank_stages(self, model, Z, W, mask, fm, gamma, w, idx, steps: int, seed: int):
+        """The landmark path's descent steps and refinement, one dataset at a time, in random Fourier
+        features of the objective's kernel (``K ~ Phi Phi'``,
+        :data:`~cina_ext.estimators.low_rank.DEFAULT_RANK` of them, seeded by ``seed``): O(N r) work
+        and memory instead of O(N^2).
+
+        The refinement is the low-rank dual of :func:`~cina_ext.estimators.low_rank.simplex_balance`
+        per moving arm, warm-started at the imbalance of the weights it receives; ``refine_kkt``
+        is then its duality gap.  Returns the weights (B, N) float64 and the refinement's account."""
+        B, N = W.shape
+        out = torch.zeros(B, N, dtype=torch.float64, device=W.device)
+        account: Dict[str, list] = {"refine_kkt": [], "refine_converged": [], "refine_iterations": []}
+        att_index = model.estimands.index("att") if "att" in model.estimands else -1
+        lam = float(model.balance_lam)
+        for b in range(B):
+            m = mask[b]
+            cols = torch.nn.functional.pad(fm[b], (0, max(0, Z.shape[-1] - fm.shape[-1])))[: Z.shape[-1]]
+            zb = Z[b][m][:, cols].float()
+            n = zb.shape[0]
+            # seeded by ``seed`` alone: a dataset's features do not depend on its place in the batch
+            fmap = RandomFourierFeatures(zb.shape[1], float(gamma[b]), rank_for(n, DEFAULT_RANK), int(seed))
+            phi_t = fmap.transform_tensor(zb)
+            phi = phi_t.cpu().numpy()
+            Wb = W[b][m].unsqueeze(0)
+            wb = w[b][m].double().unsqueeze(0)
+            if steps:
+                ones = torch.ones(1, n, dtype=torch.bool, device=W.device)
+                # with features the covariates are not read: a placeholder of the right batch shape
+                wb, _ = model.objective_descent(
+                    Wb.unsqueeze(-1), Wb, ones, ones[:, :1], wb, idx[b : b + 1], steps, features=phi_t[None]
+                )
+            wn = wb[0].cpu().numpy().copy()
+            if self.refine:
+                treated = Wb[0].cpu().numpy() > 0
+                att = int(idx[b]) == att_index
+                target = phi[treated].astype(np.float64).mean(0) if att else phi.astype(np.float64).mean(0)
+                gaps, its, ok = [], [], True
+                for arm in [False] if att else [True, False]:
+                    sel = treated == arm
+                    start = wn[sel] / wn[sel].sum()
+                    theta0 = phi[sel].T.astype(np.float64) @ start - target
+                    r = simplex_balance(phi[sel], target, lam, max_iter=int(self.refine), theta0=theta0)
+                    wn[sel] = r.weights
+                    gaps.append(r.gap)
+                    its.append(r.iterations)
+                    ok = ok and r.converged
+                account["refine_kkt"].append(max(gaps))
+                account["refine_iterations"].append(max(its))
+                account["refine_converged"].append(ok)
+            out[b, m] = torch.from_numpy(wn).to(out.device)
+        extra = {k: torch.tensor(v) for k, v in account.items() if v}
+        return out, extra
+
     def _fit_core(self, X, T, seed, *, bootstrap=False):
         model = self._get_model()
-        landmark_seed = seed if self._use_landmarks(X.shape[0], warn=not bootstrap) else None
-        w, info = self._weights_batch(model, [(X, T)], self.estimand_, landmark_seed=landmark_seed)
+        use = self._use_landmarks(X.shape[0], warn=not bootstrap)
+        w, info = self._weights_batch(model, [(X, T)], self.estimand_, seed, landmarks=use)
         state = {"weights": w[0]}
         for k, v in info.items():
             state[k] = v[0]
@@ -519,8 +587,9 @@ class CInAZeroShot(_WeightingEstimator):
                 model,
                 [designs[i] for i in ids],
                 estimand,
+                seed + s,
                 diagnostics=False,
-                landmark_seed=(seed + s) if use else None,
+                landmarks=use,
             )
             for j, i in enumerate(ids):
                 x, t = designs[i]

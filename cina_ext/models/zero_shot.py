@@ -690,7 +690,14 @@ class CInAZeroShotModel(nn.Module):
         return torch.tensor(out, dtype=Z.dtype, device=Z.device)
 
     def balance_objective(
-        self, X: Tensor, W: Tensor, mask: Tensor, feature_mask: Tensor, w: Tensor, est_idx: Tensor
+        self,
+        X: Tensor,
+        W: Tensor,
+        mask: Tensor,
+        feature_mask: Tensor,
+        w: Tensor,
+        est_idx: Tensor,
+        gamma: Optional[Tensor] = None,
     ) -> Tensor:
         """Per-dataset balancing objective (B,) of weights ``w`` (docs/method.md §6), >= 0.
 
@@ -716,6 +723,8 @@ class CInAZeroShotModel(nn.Module):
             Weights (e.g. from :meth:`balance_weights`).
         est_idx : Tensor, shape (B,), int64
             Estimand index per dataset.
+        gamma : Tensor, shape (B,), optional
+            The bandwidths, if already computed (:meth:`kernel_gamma` of the standardised ``X``).
 
         Returns
         -------
@@ -726,7 +735,9 @@ class CInAZeroShotModel(nn.Module):
         p = feature_mask.sum(-1).to(Z.dtype).clamp_min(1.0)
         sq = (Z * Z).sum(-1)
         D2 = (sq.unsqueeze(-1) + sq.unsqueeze(-2) - 2.0 * Z @ Z.transpose(-1, -2)).clamp_min(0.0)
-        if self.balance_gamma == "scale":
+        if gamma is not None:
+            Kr = torch.exp(-D2 * gamma.to(Z.dtype).view(-1, 1, 1))
+        elif self.balance_gamma == "scale":
             Kr = torch.exp(-D2 / p.view(-1, 1, 1))
         else:
             Kr = torch.exp(-D2 * self.kernel_gamma(Z, mask, feature_mask).view(-1, 1, 1))
@@ -759,6 +770,8 @@ class CInAZeroShotModel(nn.Module):
         *,
         step_size: float = DESCENT_STEP_SIZE,
         momentum: float = DESCENT_MOMENTUM,
+        features: Optional[Tensor] = None,
+        gamma: Optional[Tensor] = None,
     ) -> Tuple[Tensor, Tensor]:
         """``steps`` accelerated exponentiated-gradient steps on :meth:`balance_objective` from ``w``.
 
@@ -791,6 +804,13 @@ class CInAZeroShotModel(nn.Module):
             Number of steps; 0 returns ``w`` (in float64) and its objective.
         step_size, momentum : float
             Step size (> 0) and momentum (in [0, 1)).
+        features : Tensor, shape (B, N, r), optional
+            A feature map of the objective's kernel, ``K ~ features features'`` (e.g. random
+            Fourier features of the standardised covariates): the steps then cost O(N r) instead
+            of O(N^2), and the objective returned is that of the approximate kernel.  Default:
+            the exact RBF Gram matrix.
+        gamma : Tensor, shape (B,), optional
+            The exact kernel's bandwidths, if already computed (default :meth:`kernel_gamma`).
 
         Returns
         -------
@@ -804,6 +824,10 @@ class CInAZeroShotModel(nn.Module):
         The Gram matrix is float32, held up to :data:`DESCENT_KERNEL_LIMIT` entries of (B, N, N)
         and recomputed in row blocks beyond; the weights, logits and objective are float64.
         """
+        if features is not None and (features.dim() != 3 or tuple(features.shape[:2]) != tuple(W.shape)):
+            raise ValueError(
+                f"features must have shape (B, N, r) = {tuple(W.shape)} + (r,), got {tuple(features.shape)}"
+            )
         if not self.balancing:
             raise ValueError("objective_descent needs an ate/att model; this one computes the overlap weights of eq. L")
         if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
@@ -813,8 +837,11 @@ class CInAZeroShotModel(nn.Module):
         if not (0.0 <= momentum < 1.0):
             raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
         f64 = torch.float64
-        Z = self.standardise(X.to(f64), mask, feature_mask)
-        gram = _rbf_gram_product(Z, self.kernel_gamma(Z, mask, feature_mask))
+        if features is None:
+            Z = self.standardise(X.to(f64), mask, feature_mask)
+            gram = _rbf_gram_product(Z, self.kernel_gamma(Z, mask, feature_mask) if gamma is None else gamma)
+        else:
+            gram = _feature_gram_product(features * mask.unsqueeze(-1).to(features.dtype))
         treated = mask & (W > 0)
         control = mask & (W < 0)
         t1, t0, mf = treated.to(f64), control.to(f64), mask.to(f64)
@@ -1311,6 +1338,18 @@ def _rbf_gram_product(Z: Tensor, gamma: Tensor):
         return torch.cat([block(i0, min(N, i0 + rows)) @ Df for i0 in range(0, N, rows)], 1).to(D.dtype)
 
     return product_blocks
+
+
+def _feature_gram_product(Phi: Tensor):
+    """``D -> Phi (Phi' D)``: the product with the low-rank Gram matrix ``Phi Phi'`` of features
+    ``Phi`` (B, N, r), in ``Phi``'s dtype, the product returned in ``D``'s dtype."""
+    Pt = Phi.transpose(-1, -2)
+
+    def product(D: Tensor) -> Tensor:
+        Dp = D.to(Phi.dtype)
+        return (Phi @ (Pt @ Dp)).to(D.dtype)
+
+    return product
 
 
 def _attention_rows(K: Tensor, lse: Tensor, mask: Tensor, pair_col: Tensor, scale: float, i0: int, i1: int) -> Tensor:

@@ -220,3 +220,12 @@ def test_defaults_by_estimand_and_path():
         assert ra.lam_ in LAM_GRID and len(ra.lam_grid_["imbalance"]) == len(LAM_GRID)
     o = KernelBalancing(estimand="overlap").fit(ds.X, ds.T)
     assert o.gamma_ == pytest.approx(1 / p) and o.lam_ == 3e-4 and o.lam_grid_ is None
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 7, 10, 1001, 4000])
+def test_single_partition_median_is_numpys_median(n):
+    from cina_ext._core.bandwidth import _median
+
+    rng = np.random.default_rng(n)
+    for a in (rng.standard_normal(n), rng.integers(0, 3, n).astype(float)):  # ties as well
+        assert _median(a.copy()) == np.median(a)  # bit for bit

@@ -109,24 +109,29 @@ def test_estimator_switches_to_landmarks_above_the_limit(monkeypatch):
     d = make_setoguchi(900, "G", seed=3)
     exact = CInAZeroShot.from_pretrained(random_state=0, approximation="exact", descent_steps=0).fit(d.X, d.T)
     monkeypatch.setattr(zs_est, "ZERO_SHOT_EXACT_LIMIT", 500)
-    auto = CInAZeroShot.from_pretrained(random_state=0, landmarks=256)
+    auto = CInAZeroShot.from_pretrained(random_state=0, landmarks=256, descent_steps=0)
     with pytest.warns(UserWarning, match="landmark"):
         auto.fit(d.X, d.T)
     assert not np.allclose(auto.weights_, exact.weights_)  # another path ran ...
     assert np.corrcoef(auto.weights_, exact.weights_)[0, 1] > 0.99  # ... and tracks the exact one
     assert abs(auto.ate(d.Y) - exact.ate(d.Y)) < 0.05 * np.std(d.Y)
-    again = CInAZeroShot.from_pretrained(random_state=0, landmarks=256)
+    again = CInAZeroShot.from_pretrained(random_state=0, landmarks=256, descent_steps=0)
     with pytest.warns(UserWarning):
         again.fit(d.X, d.T)
     np.testing.assert_array_equal(again.weights_, auto.weights_)  # landmarks seeded by random_state
     with pytest.warns(UserWarning, match="quadratic"):
         CInAZeroShot.from_pretrained(approximation="exact").fit(d.X, d.T)
-    many = CInAZeroShot.from_pretrained(random_state=0, landmarks=256)
+    many = CInAZeroShot.from_pretrained(random_state=0, landmarks=256, descent_steps=0)
     with pytest.warns(UserWarning, match="landmark"):
         ests = many.estimate_many([(d.X, d.T, d.Y), (d.X[:400], d.T[:400], d.Y[:400])])
     assert abs(ests[0] - exact.ate(d.Y)) < 0.05 * np.std(d.Y)
-    with pytest.raises(ValueError, match="refine"):
-        CInAZeroShot.from_pretrained(refine=5, landmarks=256).fit(d.X, d.T)
+    # refine works on the landmark path too (the low-rank dual, O(N r))
+    refined = CInAZeroShot.from_pretrained(refine=300, landmarks=256, random_state=0)
+    with pytest.warns(UserWarning, match="landmark"):
+        refined.fit(d.X, d.T)
+    assert 0 < refined.refine_iterations_ <= 300
+    assert not np.allclose(refined.weights_, auto.weights_)
+    assert abs(refined.ate(d.Y) - exact.ate(d.Y)) < 0.05 * np.std(d.Y)
 
 
 def test_estimator_rejects_bad_approximation_arguments():
