@@ -117,9 +117,7 @@ def main(argv=None):
         "|---" * (len(cols) + 2) + "|",
     ]
     for label, r in rows.items():
-        lines.append(
-            f"| {label} | " + " | ".join(fmt(r["mae"][c]) for c in cols) + f" | {r['seconds'][cols[0]]:.4f} |"
-        )
+        lines.append(f"| {label} | " + " | ".join(fmt(r["mae"][c]) for c in cols) + f" | {r['seconds'][cols[0]]:.4f} |")
     text = "\n".join(lines) + "\n"
     with open(prefix + ".md", "w") as f:
         f.write(text)

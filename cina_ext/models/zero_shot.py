@@ -87,10 +87,11 @@ _SD_FLOOR = 1e-8
 #: Descent steps on the balancing objective after the read-out (:meth:`CInAZeroShotModel.objective_descent`)
 #: that ``CInAZeroShot`` runs by default; the step size and momentum of those steps.  The step size
 #: is in units of the objective's gradient, whose l1-to-linf Lipschitz constant is at most 2 for any
-#: N (kernel entries <= 1, weights on the simplex), so one value serves every dataset size.
+#: N (kernel entries <= 1, weights on the simplex), so one value serves every dataset size; an
+#: exact line search on every step makes a large one safe (docs/method.md §5).
 DESCENT_STEPS = 32
-DESCENT_STEP_SIZE = 8.0
-DESCENT_MOMENTUM = 0.8
+DESCENT_STEP_SIZE = 32.0
+DESCENT_MOMENTUM = 0.9
 #: Entries of the (B, N, N) float32 RBF Gram matrix the descent may hold (1 GiB); beyond, every
 #: step recomputes it in row blocks (same result, N^2 exponentials per step).
 DESCENT_KERNEL_LIMIT = 1 << 28
@@ -780,11 +781,13 @@ class CInAZeroShotModel(nn.Module):
         ``X``, so they close the gap between the network's weights and the optimum of the problem
         the model was trained on (docs/method.md §5).  Each step: ``g = K d^a + balance_lam w``
         (half the gradient; ``d^a`` the imbalance of arm a against the estimand's target),
-        ``v <- momentum v - step_size g``, ``log w += v`` on the units that move (both arms for
-        "ate", the controls for "att"), renormalised per arm.  The momentum restarts (``v = 0``)
-        on a dataset whose objective rose at the last step, and the best iterate is returned, so
-        the objective never ends above its starting value.  A fixed computation (no tolerance,
-        no per-dataset iteration count): ``steps + 1`` products with the Gram matrix.
+        ``v <- momentum v - step_size g``, ``w' = softmax(log w + v)`` per arm on the units that
+        move (both arms for "ate", the controls for "att"), then an exact line search on the
+        segment from ``w`` to ``w'``: the objective is quadratic along it, and the product with
+        ``w'`` that the next gradient needs gives its curvature, so the search costs no further
+        product.  The step taken, ``w + t (w' - w)`` with ``t`` in [0, 1], never raises the
+        objective, and the momentum is scaled by ``t``.  A fixed computation (no tolerance, no
+        per-dataset iteration count): ``steps + 1`` products with the Gram matrix.
 
         Parameters
         ----------
@@ -854,30 +857,40 @@ class CInAZeroShotModel(nn.Module):
         lam = float(self.balance_lam)
         w = torch.where(is_att & treated, 1.0 / n1, w.to(f64) * mf)
         tiny = torch.finfo(f64).tiny
-        logits = torch.where(mask, torch.log(w.clamp_min(tiny)), torch.zeros_like(w))
+
+        def imbalance(w: Tensor) -> Tensor:
+            return torch.stack([w * t1 - target, w * t0 - target], -1)
+
+        def objective(D: Tensor, KD: Tensor, w: Tensor) -> Tensor:
+            return (D * KD).sum((-1, -2)) + lam * (w * w * penalised).sum(-1)
+
+        D = imbalance(w)
+        KD = gram(D)
+        obj = objective(D, KD, w)
+        best_w, best = w, obj
         v = torch.zeros_like(w)
-        best_w, best = w, None
-        prev = None
-        for t in range(int(steps) + 1):
-            D = torch.stack([w * t1 - target, w * t0 - target], -1)
-            KD = gram(D)
-            obj = (D * KD).sum((-1, -2)) + lam * (w * w * penalised).sum(-1)
-            if best is None:
-                best = obj
-            else:
-                better = obj < best
-                best_w = torch.where(better.unsqueeze(-1), w, best_w)
-                best = torch.where(better, obj, best)
-            if t == steps:
-                break
-            if prev is not None:
-                v = torch.where((obj > prev).unsqueeze(-1), torch.zeros_like(v), v)
+        for _ in range(int(steps)):
             g = torch.where(treated, KD[..., 0], KD[..., 1]) + lam * w
             v = torch.where(penalised, momentum * v - step_size * g, torch.zeros_like(v))
-            logits = logits + v
-            w = _arm_softmax(logits, treated, control)
-            w = torch.where(is_att & treated, 1.0 / n1, w)
-            prev = obj
+            logits = torch.where(mask, torch.log(w.clamp_min(tiny)), torch.zeros_like(w))
+            w_new = _arm_softmax(logits + v, treated, control)
+            w_new = torch.where(is_att & treated, 1.0 / n1, w_new)
+            # exact line search on the segment w -> w_new (inside the simplexes): the objective is
+            # quadratic along it and K (w_new - w) = K w_new - K w costs no further product
+            dw = w_new - w
+            dD = imbalance(w_new) - D
+            dKD = gram(dD + D) - KD
+            slope = (dD * KD).sum((-1, -2)) + lam * (w * dw * penalised).sum(-1)
+            curv = (dD * dKD).sum((-1, -2)) + lam * (dw * dw * penalised).sum(-1)
+            t = torch.where(curv > 0, (-slope / curv.clamp_min(tiny)).clamp(0.0, 1.0), (slope < 0).to(f64))
+            w = w + t.unsqueeze(-1) * dw
+            D = D + t.view(-1, 1, 1) * dD
+            KD = KD + t.view(-1, 1, 1) * dKD
+            v = v * t.unsqueeze(-1)  # the momentum of the step actually taken (0 when none was)
+            obj = objective(D, KD, w)
+            better = obj < best
+            best_w = torch.where(better.unsqueeze(-1), w, best_w)
+            best = torch.where(better, obj, best)
         return best_w, best
 
     # -- both kinds ------------------------------------------------------------------------------

@@ -86,20 +86,24 @@ def test_blocked_gram_products_match_the_materialised_matrix(monkeypatch):
     monkeypatch.setattr(zs, "DESCENT_KERNEL_LIMIT", 0)  # recompute the Gram matrix at every step
     monkeypatch.setattr(zs, "_DESCENT_BLOCK", 7 * 50)  # in blocks of 7 rows (the last one short)
     blocked, ob = m.objective_descent(X, W, mask, fm, w, idx, 10)
-    torch.testing.assert_close(blocked, full, rtol=1e-6, atol=1e-9)
-    torch.testing.assert_close(ob, of, rtol=1e-6, atol=1e-12)
+    # the same steps up to the float32 rounding of the blocked products (amplified by the steps)
+    torch.testing.assert_close(blocked, full, rtol=2e-5, atol=1e-7)
+    torch.testing.assert_close(ob, of, rtol=1e-5, atol=1e-12)
 
 
-def test_momentum_restart_keeps_a_too_large_step_from_diverging():
-    """A step size far above the stable range: the restart and the best iterate keep the result
-    at or below the start, where plain steps of that size blow the objective up."""
+def test_line_search_keeps_a_too_large_step_from_diverging():
+    """A step size far above the stable range: the line search (and the best iterate) keep the
+    result at or below the start, where plain steps of that size blow the objective up."""
     m = _median_model()
     d = _datasets(1, seed=24, n_range=(60, 60))[0]
     X, W, mask, fm, idx, w = _one(d, m, "ate")
     start = float(m.balance_objective(X, W, mask, fm, w, idx)[0])
     ws, obj = m.objective_descent(X, W, mask, fm, w, idx, 20, step_size=500.0, momentum=0.9)
-    assert float(obj[0]) <= start * (1 + 1e-6)
+    assert float(obj[0]) < start
     assert bool(torch.isfinite(ws).all())
+    # every step is a line search: the objective never rises from one step to the next
+    objs = [float(m.objective_descent(X, W, mask, fm, w, idx, k, step_size=500.0)[1][0]) for k in range(8)]
+    assert all(b <= a * (1 + 1e-9) for a, b in zip(objs, objs[1:])), objs
 
 
 def test_descent_bad_arguments_raise():
