@@ -435,8 +435,9 @@ class CInAZeroShot(_WeightingEstimator):
         return 0 if self.random_state is None else seed_from(self.random_state)
 
     def _low_rank_stages(self, model, Z, W, mask, fm, gamma, w, idx, steps: int, seed: int):
-        """The landmark path's descent steps and refinement, one dataset at a time, in random Fourier
-        features of the objective's kernel (``K ~ Phi Phi'``,
+        """The descent steps and refinement of large datasets (the landmark path, or more than
+        :data:`DESCENT_EXACT_LIMIT` units), one dataset at a time, in random Fourier features of
+        the objective's kernel (``K ~ Phi Phi'``,
         :data:`~cina_ext.estimators.low_rank.DEFAULT_RANK` of them, seeded by ``seed``): O(N r) work
         and memory instead of O(N^2).
 
@@ -469,13 +470,15 @@ class CInAZeroShot(_WeightingEstimator):
             if self.refine:
                 treated = Wb[0].cpu().numpy() > 0
                 att = int(idx[b]) == att_index
-                target = phi[treated].astype(np.float64).mean(0) if att else phi.astype(np.float64).mean(0)
+                # float64 sums over the float32 features, without a float64 copy of them
+                target = (phi[treated] if att else phi).mean(0, dtype=np.float64)
                 gaps, its, ok = [], [], True
                 for arm in [False] if att else [True, False]:
                     sel = treated == arm
-                    start = wn[sel] / wn[sel].sum()
-                    theta0 = phi[sel].T.astype(np.float64) @ start - target
-                    r = simplex_balance(phi[sel], target, lam, max_iter=int(self.refine), theta0=theta0)
+                    arm_phi = phi[sel]
+                    start = (wn[sel] / wn[sel].sum()).astype(arm_phi.dtype)
+                    theta0 = (start @ arm_phi).astype(np.float64) - target  # a starting point only
+                    r = simplex_balance(arm_phi, target, lam, max_iter=int(self.refine), theta0=theta0)
                     wn[sel] = r.weights
                     gaps.append(r.gap)
                     its.append(r.iterations)
