@@ -827,10 +827,15 @@ class CInAZeroShotModel(nn.Module):
         The Gram matrix is float32, held up to :data:`DESCENT_KERNEL_LIMIT` entries of (B, N, N)
         and recomputed in row blocks beyond; the weights, logits and objective are float64.
         """
-        if features is not None and (features.dim() != 3 or tuple(features.shape[:2]) != tuple(W.shape)):
-            raise ValueError(
-                f"features must have shape (B, N, r) = {tuple(W.shape)} + (r,), got {tuple(features.shape)}"
-            )
+        if features is not None:
+            if features.dim() != 3 or tuple(features.shape[:2]) != tuple(W.shape):
+                raise ValueError(
+                    f"features must have shape (B, N, r) = {tuple(W.shape)} + (r,), got {tuple(features.shape)}"
+                )
+            if features.device != W.device:
+                raise ValueError(f"features are on {features.device}, the signs W on {W.device}")
+            if not features.is_floating_point() or not bool(torch.isfinite(features[mask]).all()):
+                raise ValueError("features must be floating point and finite on the valid units")
         if not self.balancing:
             raise ValueError("objective_descent needs an ate/att model; this one computes the overlap weights of eq. L")
         if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:

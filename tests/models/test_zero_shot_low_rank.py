@@ -39,6 +39,15 @@ def test_descent_with_an_exact_factor_of_the_kernel_matches_the_gram_path(estima
     assert float(obj_feat[0]) < float(m.balance_objective(X, W, mask, fm, w, idx)[0])
     with pytest.raises(ValueError, match="features must have shape"):
         m.objective_descent(X, W, mask, fm, w, idx, 2, features=Phi[:, :10])
+    bad = Phi.clone()
+    bad[0, 3, 1] = float("nan")
+    with pytest.raises(ValueError, match="finite"):
+        m.objective_descent(X, W, mask, fm, w, idx, 2, features=bad)
+    with pytest.raises(ValueError, match="floating point"):
+        m.objective_descent(X, W, mask, fm, w, idx, 2, features=Phi.long())
+    if torch.cuda.is_available():
+        with pytest.raises(ValueError, match="signs W on"):
+            m.objective_descent(X, W, mask, fm, w, idx, 2, features=Phi.cuda())
 
 
 def test_descent_on_a_padded_batch_ignores_the_padded_rows_of_the_features():
