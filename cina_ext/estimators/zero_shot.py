@@ -580,9 +580,18 @@ class CInAZeroShot(_WeightingEstimator):
         out = np.empty(len(designs))
         # similar sizes share a batch (less padding); results go back to the caller's order
         order = sorted(range(len(designs)), key=lambda i: designs[i][0].shape[0])
+
+        def regime(i: int):
+            # what a dataset gets alone (landmarks or not, steps in features or not): a batch never
+            # mixes two regimes, so estimate_many gives each dataset what fit gives it
+            n = designs[i][0].shape[0]
+            return self._use_landmarks(n, warn=False), n > DESCENT_EXACT_LIMIT
+
+        starts = [s for s in range(len(order)) if s == 0 or regime(order[s]) != regime(order[s - 1])]
+        ends = starts[1:] + [len(order)]
+        batches = [(k, order[k : min(k + bs, e)]) for s, e in zip(starts, ends) for k in range(s, e, bs)]
         warned = False
-        for s in range(0, len(order), bs):
-            ids = order[s : s + bs]
+        for s, ids in batches:
             n_max = designs[ids[-1]][0].shape[0]  # the batch's largest dataset (sorted by size)
             use = self._use_landmarks(n_max, warn=not warned, stacklevel=3)
             warned = warned or n_max > ZERO_SHOT_EXACT_LIMIT

@@ -179,3 +179,17 @@ def test_random_fourier_features_of_a_tensor_are_the_numpy_ones(kernel):
     f32 = fmap.transform_tensor(torch.as_tensor(Z, dtype=torch.float32))
     assert f32.dtype == torch.float32
     np.testing.assert_allclose(f32.numpy(), ref, atol=1e-5)
+
+
+def test_estimate_many_never_batches_across_the_descent_limit(monkeypatch):
+    import importlib
+
+    zs_est = importlib.import_module("cina_ext.estimators.zero_shot")
+    monkeypatch.setattr(zs_est, "DESCENT_EXACT_LIMIT", 350)
+    m = _median_model()
+    ds = [make_setoguchi(n, "A", seed=n) for n in (300, 320, 400)]
+    est = CInAZeroShot(model=m, scaling="standard", batch_size=3, random_state=4)
+    many = est.estimate_many([(d.X, d.T, d.Y) for d in ds])
+    single = [est.fit(d.X, d.T).ate(d.Y) for d in ds]
+    # the two small datasets take the Gram matrix, the large one the features, as fit does
+    np.testing.assert_allclose(many, single, atol=1e-4)
