@@ -834,7 +834,8 @@ class CInAZeroShotModel(nn.Module):
                 )
             if features.device != W.device:
                 raise ValueError(f"features are on {features.device}, the signs W on {W.device}")
-            if not features.is_floating_point() or not bool(torch.isfinite(features[mask]).all()):
+            # a row with NaN or Inf has a non-finite sum: one pass, no copy of the features
+            if not features.is_floating_point() or not bool(torch.isfinite(features.sum(-1))[mask].all()):
                 raise ValueError("features must be floating point and finite on the valid units")
         if not self.balancing:
             raise ValueError("objective_descent needs an ate/att model; this one computes the overlap weights of eq. L")
@@ -849,7 +850,9 @@ class CInAZeroShotModel(nn.Module):
             Z = self.standardise(X.to(f64), mask, feature_mask)
             gram = _rbf_gram_product(Z, self.kernel_gamma(Z, mask, feature_mask) if gamma is None else gamma)
         else:
-            gram = _feature_gram_product(features * mask.unsqueeze(-1).to(features.dtype))
+            # padded rows zeroed (a copy only where there is padding: the features can be GBs)
+            fz = features if bool(mask.all()) else features * mask.unsqueeze(-1).to(features.dtype)
+            gram = _feature_gram_product(fz)
         treated = mask & (W > 0)
         control = mask & (W < 0)
         t1, t0, mf = treated.to(f64), control.to(f64), mask.to(f64)
