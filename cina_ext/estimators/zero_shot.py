@@ -348,12 +348,15 @@ class CInAZeroShot(_WeightingEstimator):
         p = next(model.parameters())
         return p.dtype, p.device
 
-    def _weights_batch(self, model, items, estimand: str, seed: int, *, diagnostics: bool = True, landmarks=False):
+    def _weights_batch(
+        self, model, items, estimand: str, seed: int, feature_seed: int, *, diagnostics: bool = True, landmarks=False
+    ):
         """Weights (B, N) as float64 numpy for ``items`` = [(X, T)], plus diagnostics per dataset.
 
         ``X`` is raw; :meth:`_inputs` makes the network's inputs and the full covariates of the
         refinement and the objective.  ``landmarks``: the landmark path, landmarks drawn with
-        ``seed``."""
+        ``seed``.  ``feature_seed``: the random Fourier features of large datasets
+        (:meth:`_feature_seed`, drawn once per fit or ``estimate_many`` call)."""
         dtype, device = self._dtype_device(model)
         inputs = [self._inputs(x) for x, _ in items]
         X, W, mask, fm = collate_datasets(
@@ -395,7 +398,7 @@ class CInAZeroShot(_WeightingEstimator):
                     if diagnostics:
                         info["raw_balance_objective"] = info["balance_objective"]
                 if low_rank and (steps or self.refine):
-                    w, extra = self._low_rank_stages(model, Z, W, mask, fmf, gamma, w, idx, steps, self._feature_seed())
+                    w, extra = self._low_rank_stages(model, Z, W, mask, fmf, gamma, w, idx, steps, feature_seed)
                     info.update(extra)
                 else:
                     if steps:
@@ -431,7 +434,9 @@ class CInAZeroShot(_WeightingEstimator):
 
     def _feature_seed(self) -> int:
         """The seed of the random Fourier features: ``random_state``'s, and 0 without one, so that
-        the default estimator gives the same weights at every fit."""
+        the default estimator gives the same weights at every fit.  A numpy Generator is drawn
+        from once per fit (the bootstraps of that fit share its features) and once per
+        :meth:`estimate_many` call."""
         return 0 if self.random_state is None else seed_from(self.random_state)
 
     def _low_rank_stages(self, model, Z, W, mask, fm, gamma, w, idx, steps: int, seed: int):
@@ -451,8 +456,7 @@ class CInAZeroShot(_WeightingEstimator):
         lam = float(model.balance_lam)
         for b in range(B):
             m = mask[b]
-            cols = torch.nn.functional.pad(fm[b], (0, max(0, Z.shape[-1] - fm.shape[-1])))[: Z.shape[-1]]
-            zb = Z[b][m][:, cols].float()
+            zb = model.valid_block(Z, mask, fm, b).float()
             n = zb.shape[0]
             # seeded by ``seed`` alone: a dataset's features do not depend on its place in the batch
             fmap = RandomFourierFeatures(zb.shape[1], float(gamma[b]), rank_for(n, DEFAULT_RANK), int(seed))
@@ -493,13 +497,14 @@ class CInAZeroShot(_WeightingEstimator):
     def _fit_core(self, X, T, seed, *, bootstrap=False):
         model = self._get_model()
         use = self._use_landmarks(X.shape[0], warn=not bootstrap)
-        w, info = self._weights_batch(model, [(X, T)], self.estimand_, seed, landmarks=use)
+        w, info = self._weights_batch(model, [(X, T)], self.estimand_, seed, self._fit_feature_seed, landmarks=use)
         state = {"weights": w[0]}
         for k, v in info.items():
             state[k] = v[0]
         return state
 
     def fit(self, X, T, sample_weight=None):
+        self._fit_feature_seed = self._feature_seed()
         super().fit(X, T, sample_weight=sample_weight)
         st = self._state
         self.scaling_ = self._scaling()
@@ -577,6 +582,7 @@ class CInAZeroShot(_WeightingEstimator):
             outcomes.append(check_outcome(y, dd.X.shape[0], index=dd.index))
         bs = max(1, int(self.batch_size))
         seed = seed_from(self.random_state)
+        feature_seed = self._feature_seed()
         out = np.empty(len(designs))
         # similar sizes share a batch (less padding); results go back to the caller's order
         order = sorted(range(len(designs)), key=lambda i: designs[i][0].shape[0])
@@ -600,6 +606,7 @@ class CInAZeroShot(_WeightingEstimator):
                 [designs[i] for i in ids],
                 estimand,
                 seed + s,
+                feature_seed,
                 diagnostics=False,
                 landmarks=use,
             )

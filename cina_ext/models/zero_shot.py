@@ -682,13 +682,22 @@ class CInAZeroShotModel(nn.Module):
         p = feature_mask.sum(-1).to(Z.dtype).clamp_min(1.0)
         if self.balance_gamma == "scale":
             return 1.0 / p
-        # the covariates beyond X's width are padding: never valid
-        fm = torch.nn.functional.pad(feature_mask, (0, max(0, Z.shape[-1] - feature_mask.shape[-1])))
         out = []
         for b in range(Z.shape[0]):
-            zb = Z[b][mask[b]][:, fm[b, : Z.shape[-1]]].detach().double().cpu().numpy()
+            zb = self.valid_block(Z, mask, feature_mask, b).detach().double().cpu().numpy()
             out.append(median_gamma(zb, "rbf", seed=0) if zb.shape[1] else 1.0)
         return torch.tensor(out, dtype=Z.dtype, device=Z.device)
+
+    @staticmethod
+    def valid_block(Z: Tensor, mask: Tensor, feature_mask: Tensor, b: int) -> Tensor:
+        """Dataset ``b``'s valid units and covariates of ``Z`` (B, N, q): shape (n_b, p_b).
+
+        ``feature_mask`` (B, p) may be narrower or wider than ``q``: the covariates beyond its
+        width are padding, never valid, and its entries beyond ``q`` have no column."""
+        q = Z.shape[-1]
+        fm = feature_mask[b]
+        cols = torch.nn.functional.pad(fm, (0, max(0, q - fm.shape[0])))[:q]
+        return Z[b][mask[b]][:, cols]
 
     def balance_objective(
         self,

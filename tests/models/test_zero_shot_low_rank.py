@@ -193,3 +193,30 @@ def test_estimate_many_never_batches_across_the_descent_limit(monkeypatch):
     single = [est.fit(d.X, d.T).ate(d.Y) for d in ds]
     # the two small datasets take the Gram matrix, the large one the features, as fit does
     np.testing.assert_allclose(many, single, atol=1e-4)
+
+
+def test_a_generator_random_state_gives_one_feature_map_per_estimate_many_call(monkeypatch):
+    import importlib
+
+    zs_est = importlib.import_module("cina_ext.estimators.zero_shot")
+    monkeypatch.setattr(zs_est, "DESCENT_EXACT_LIMIT", 250)
+    m = _median_model()
+    d = make_setoguchi(300, "A", seed=9)
+    est = CInAZeroShot(model=m, scaling="standard", batch_size=1, random_state=np.random.default_rng(2))
+    # the same dataset twice, in two batches: the same features, so the same estimate
+    many = est.estimate_many([(d.X, d.T, d.Y), (d.X, d.T, d.Y)])
+    assert many[0] == many[1]
+    # and a fit's features differ from another draw's, but not within the fit
+    a = CInAZeroShot(model=m, scaling="standard", random_state=np.random.default_rng(2)).fit(d.X, d.T)
+    b = CInAZeroShot(model=m, scaling="standard", random_state=np.random.default_rng(2)).fit(d.X, d.T)
+    np.testing.assert_array_equal(a.weights_, b.weights_)
+
+
+def test_valid_block_selects_a_datasets_units_and_covariates():
+    Z = torch.arange(2 * 4 * 3, dtype=torch.float64).reshape(2, 4, 3)
+    mask = torch.tensor([[True, False, True, True], [True, True, False, False]])
+    narrow = torch.tensor([[True, False], [True, True]])  # a third column is padding
+    blk = CInAZeroShotModel.valid_block(Z, mask, narrow, 0)
+    torch.testing.assert_close(blk, Z[0][[0, 2, 3]][:, [0]])
+    wide = torch.tensor([[True, True, False, True], [False, True, True, True]])  # no fourth column
+    torch.testing.assert_close(CInAZeroShotModel.valid_block(Z, mask, wide, 1), Z[1][:2][:, [1, 2]])
