@@ -7,6 +7,7 @@ the optional exact-solver refinement (``refine``) and the batched ``estimate_man
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from typing import Any, Dict, Optional, Sequence
@@ -20,6 +21,7 @@ from .._core.covariates import SCALINGS, network_inputs
 from ..models.checkpoint import PRETRAINED_FILE, model_from_checkpoint, pretrained_path
 from ..models.zero_shot import (
     DEFAULT_LANDMARKS,
+    DESCENT_KERNEL_LIMIT,
     DESCENT_STEPS,
     MATERIALISE_LIMIT,
     CInAZeroShotModel,
@@ -37,8 +39,9 @@ __all__ = ["CInAZeroShot"]
 #: ``approximation="exact"`` warns that the network's attention is quadratic in N).
 ZERO_SHOT_EXACT_LIMIT = 20_000
 #: Above this many units the descent steps and ``refine`` work in random Fourier features of the
-#: objective's kernel (O(N r)) instead of its N x N Gram matrix (as on the landmark path).
-DESCENT_EXACT_LIMIT = 10_000
+#: objective's kernel (O(N r)) instead of its N x N Gram matrix (as on the landmark path): the
+#: largest N whose float32 Gram matrix the descent holds (DESCENT_KERNEL_LIMIT entries, 1 GiB).
+DESCENT_EXACT_LIMIT = math.isqrt(DESCENT_KERNEL_LIMIT)
 #: Seconds per unit^2 of one exact forward pass of the shipped model on the 2-core development
 #: CPU (an order of magnitude, for the warning only; docs/benchmarks.md).
 ZERO_SHOT_SECONDS_PER_UNIT2 = 4e-8

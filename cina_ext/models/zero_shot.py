@@ -92,8 +92,9 @@ _SD_FLOOR = 1e-8
 DESCENT_STEPS = 32
 DESCENT_STEP_SIZE = 32.0
 DESCENT_MOMENTUM = 0.9
-#: Entries of the (B, N, N) float32 RBF Gram matrix the descent may hold (1 GiB); beyond, every
-#: step recomputes it in row blocks (same result, N^2 exponentials per step).
+#: Entries of the (B, N, N) float32 RBF Gram matrix the descent may hold (1 GiB): a larger batch
+#: runs in sub-batches; a single dataset beyond it has its Gram matrix recomputed in row blocks at
+#: every step (same result, N^2 exponentials per step).
 DESCENT_KERNEL_LIMIT = 1 << 28
 _DESCENT_BLOCK = 1 << 22  # entries of one row block of the recomputed Gram matrix
 _RFF_SEED = 20261202  # the frequency matrix of input_features="rff" (also saved as a buffer)
@@ -834,7 +835,8 @@ class CInAZeroShotModel(nn.Module):
         Notes
         -----
         The Gram matrix is float32, held up to :data:`DESCENT_KERNEL_LIMIT` entries of (B, N, N)
-        and recomputed in row blocks beyond; the weights, logits and objective are float64.
+        (a larger batch runs in sub-batches that fit), recomputed in row blocks at every step
+        only for a single dataset beyond it; the weights, logits and objective are float64.
         """
         if features is not None:
             if features.dim() != 3 or tuple(features.shape[:2]) != tuple(W.shape):
@@ -854,6 +856,27 @@ class CInAZeroShotModel(nn.Module):
             raise ValueError(f"step_size must be a positive finite number, got {step_size!r}")
         if not (0.0 <= momentum < 1.0):
             raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+        B, N = W.shape
+        per = DESCENT_KERNEL_LIMIT // max(1, N * N)
+        if features is None and 1 <= per < B:
+            # the datasets are independent: sub-batches whose Gram matrices fit the limit are
+            # held once, where the whole batch's would be recomputed at every step
+            parts = [
+                self.objective_descent(
+                    X[i : i + per],
+                    W[i : i + per],
+                    mask[i : i + per],
+                    feature_mask[i : i + per],
+                    w[i : i + per],
+                    est_idx[i : i + per],
+                    steps,
+                    step_size=step_size,
+                    momentum=momentum,
+                    gamma=None if gamma is None else gamma[i : i + per],
+                )
+                for i in range(0, B, per)
+            ]
+            return torch.cat([q[0] for q in parts]), torch.cat([q[1] for q in parts])
         f64 = torch.float64
         if features is None:
             Z = self.standardise(X.to(f64), mask, feature_mask)

@@ -91,6 +91,33 @@ def test_blocked_gram_products_match_the_materialised_matrix(monkeypatch):
     torch.testing.assert_close(ob, of, rtol=1e-5, atol=1e-12)
 
 
+def test_a_batch_beyond_the_kernel_limit_runs_in_sub_batches_that_hold_their_gram_matrix(monkeypatch):
+    m = _median_model()
+    ds = _datasets(5, seed=25, n_range=(30, 40))
+    X, W, mask, fm = collate_datasets([(d.X, d.T) for d in ds], dtype=torch.float64)
+    idx = m.estimand_index(["ate", "att", "ate", "att", "ate"], 5, X.device)
+    with torch.no_grad():
+        w = m.weights(X, W, mask, fm, estimand=["ate", "att", "ate", "att", "ate"])
+    whole, ow = m.objective_descent(X, W, mask, fm, w, idx, 10)
+    N = X.shape[1]
+    formed = []
+    real = zs._rbf_gram_product
+
+    def spy(Z, gamma):
+        formed.append(Z.shape[0])
+        return real(Z, gamma)
+
+    monkeypatch.setattr(zs, "_rbf_gram_product", spy)
+    monkeypatch.setattr(zs, "DESCENT_KERNEL_LIMIT", 2 * N * N)  # two datasets' Gram matrices
+    monkeypatch.setattr(zs, "_DESCENT_BLOCK", 0)  # any recomputation would be one row at a time
+    parts, op = m.objective_descent(X, W, mask, fm, w, idx, 10)
+    assert formed == [2, 2, 1]
+    # each dataset's steps are its own: the sub-batches give the whole batch's result, up to the
+    # float32 rounding of a product of another batch shape (amplified by the steps)
+    torch.testing.assert_close(parts, whole, rtol=2e-5, atol=1e-7)
+    torch.testing.assert_close(op, ow, rtol=1e-5, atol=1e-12)
+
+
 def test_line_search_keeps_a_too_large_step_from_diverging():
     """A step size far above the stable range: the line search (and the best iterate) keep the
     result at or below the start, where plain steps of that size blow the objective up."""
