@@ -176,3 +176,51 @@ def test_bad_input_parameters(kwargs, match):
     X, T, _ = _dataset(p=3)
     with pytest.raises(ValueError, match=match):
         CInAZeroShot(model=_model(), **kwargs).fit(X, T)
+
+
+def test_the_refinement_starts_from_the_support_of_the_weights_it_receives():
+    from cina_ext.estimators.zero_shot import _support_start
+
+    w = torch.tensor(
+        [[0.5, 0.004, 0.496, 0.2, 0.8, 0.0, 0.7], [0.3, 0.7, 0.001, 0.999, 0.0, 0.0, 0.0]], dtype=torch.float64
+    )
+    W = torch.tensor([[1, 1, 1, -1, -1, -1, 1], [1, 1, -1, -1, 1, 1, 1]], dtype=torch.float64)
+    mask = torch.tensor([[True] * 6 + [False], [True] * 4 + [False] * 3])
+    got = _support_start(w, W, mask, rel=0.01)
+    # dataset 0: the treated 0.004 is below 1% of 0.5 and goes; a padded unit never counts
+    torch.testing.assert_close(
+        got[0],
+        torch.tensor([0.5, 0.0, 0.496, 0.2, 0.8, 0.0, 0.0], dtype=torch.float64)
+        / torch.tensor([0.996, 1, 0.996, 1, 1, 1, 1], dtype=torch.float64),
+    )
+    # dataset 1: the control 0.001 is below 1% of 0.999; each arm sums to 1
+    torch.testing.assert_close(got[1], torch.tensor([0.3, 0.7, 0.0, 1.0, 0.0, 0.0, 0.0], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("estimand", ["ate", "att"])
+def test_refinement_from_the_support_reaches_the_optimum_of_the_dense_start(estimand, monkeypatch):
+    import cina_ext.estimators.zero_shot as zs_est
+    from cina_ext.data import make_setoguchi
+
+    d = make_setoguchi(300, "G", seed=8)
+    torch.manual_seed(3)
+    model = (
+        CInAZeroShotModel(
+            max_features=16,
+            d_model=16,
+            n_heads=2,
+            n_layers=1,
+            key_dim=4,
+            estimands=("ate", "att"),
+            balance_gamma="median",
+        )
+        .double()
+        .eval()
+    )
+    kw = dict(model=model, estimand=estimand, refine=20_000, descent_steps=0)
+    sparse = _fit(CInAZeroShot(**kw), d.X, d.T)
+    monkeypatch.setattr(zs_est, "_support_start", lambda w, W, mask: w)  # the dense start
+    dense = _fit(CInAZeroShot(**kw), d.X, d.T)
+    assert sparse.refine_converged_ and dense.refine_converged_
+    np.testing.assert_allclose(sparse.weights_, dense.weights_, atol=2e-4)
+    assert sparse.balance_objective_ == pytest.approx(dense.balance_objective_, rel=1e-5)
