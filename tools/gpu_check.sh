@@ -25,6 +25,9 @@
 #              GPU_CHECK_TRAIN_RESUME (a checkpoint carried in) if given -> OUTDIR/train/zs.pt, zs_export.pt
 #   train_eval (only when named) eval_accuracy.py's zero-shot rows, shipped model against the new
 #              one, every column                            -> OUTDIR/train/eval_accuracy.{json,md}
+#   zs_vs_solver (only when named) benchmarks/zeroshot_vs_solver.py --device cuda: the batched
+#              zero-shot model against KernelBalancing (lam auto and lam 0.01) on the GPU
+#                                                           -> OUTDIR/zs_vs_solver/zeroshot_vs_solver.{json,md}
 # then OUTDIR/report.md.  The whole run stays inside GPU_CHECK_SECONDS (default 540 s): a step
 # gets at most what is left, and steps are skipped once the budget is spent.
 # GPU_CHECK_STEPS=build,tests,... runs only the steps named (e.g. a rerun on a warm machine);
@@ -223,13 +226,18 @@ train_eval() {
     --methods "KernelBalancing" "CInA-ZS" "CInA-ZS (GPU fine-tune)"
 }
 
+zs_vs_solver() {
+  "$PY" benchmarks/zeroshot_vs_solver.py --device cuda --sizes 500 2000 5000 --counts 64 16 8 \
+    --repeats 2 --out "$OUT/zs_vs_solver"
+}
+
 suite() {
   local ign=(--ignore=tests/emulator/test_cuda_emulator.py) f
   for f in $(cuda_test_files); do [[ $f == */test_ops_cuda.py ]] && ign+=("--ignore=$f"); done
   "$PY" -m pytest -q -x -p no:cacheprovider -m "not slow" tests "${ign[@]}"
 }
 
-export -f cuda_test_files env_info build import_check tests memcheck racecheck synccheck bench bench_solver breakdown profile suite train train_eval
+export -f cuda_test_files env_info build import_check tests memcheck racecheck synccheck bench bench_solver breakdown profile suite train train_eval zs_vs_solver
 
 step env 60 env_info
 step build 300 build
@@ -245,6 +253,7 @@ step profile 90 profile
 step suite 90 suite
 step train 300 train
 step train_eval 200 train_eval
+step zs_vs_solver 150 zs_vs_solver
 
 # ---- report ----------------------------------------------------------------------------------
 REPORT="$OUT/report.md"
@@ -301,6 +310,11 @@ FAILED=0
     tail -3 "$OUT/train.log"
     echo '```'
     [[ -f "$OUT/train/eval_accuracy.md" ]] && sed 1d "$OUT/train/eval_accuracy.md"
+    echo
+  fi
+  if [[ -f "$OUT/zs_vs_solver/zeroshot_vs_solver.md" ]]; then
+    echo "## Zero-shot against the exact solver on the GPU (zs_vs_solver)"
+    cat "$OUT/zs_vs_solver/zeroshot_vs_solver.md"
     echo
   fi
   echo "## Build (tail)"
