@@ -32,6 +32,7 @@ from ..models.zero_shot import (
 from ..ops import dual_solve
 from .base import _WeightingEstimator
 from .low_rank import DEFAULT_RANK, RandomFourierFeatures, rank_for, simplex_balance
+from .tuning import LAM_GRID, select_lam
 
 __all__ = ["CInAZeroShot"]
 
@@ -127,6 +128,18 @@ class CInAZeroShot(_WeightingEstimator):
         models; 0: the network's weights as they are.  Above :data:`DESCENT_EXACT_LIMIT` units
         and on the landmark path the kernel is replaced by 512 random Fourier features
         (``K ~ Phi Phi'``): O(N r) instead of O(N^2) per step.
+    lam : float or "auto", optional
+        The penalty of the objective the descent steps and ``refine`` minimise.  None (default):
+        the one the model was trained on (``balance_lam``; 0.01 for the shipped model); a
+        number > 0: that one.  "auto": chosen per dataset by KernelBalancing's rule
+        (:func:`~cina_ext.estimators.tuning.select_lam`, docs/method.md §8) on the solutions of
+        the descent steps, which run on every penalty of
+        :data:`~cina_ext.estimators.tuning.LAM_GRID` at once from the network's weights (each
+        product with a dataset's Gram matrix serves the whole grid); the weights returned are
+        the steps' at the chosen penalty (then ``refine``, at that penalty).  Needs
+        ``descent_steps > 0``.  As KernelBalancing's, the rule runs on the exact path only: above
+        :data:`DESCENT_EXACT_LIMIT` units and on the landmark path the model's penalty is used.
+        A bootstrap refit (``ate_interval``) keeps the fitted ``lam_``.
     augment : bool or scikit-learn regressor, default False
         Augmented (doubly robust) estimate: ``True`` fits a cross-fitted
         HistGradientBoostingRegressor per arm (folds seeded by ``random_state``), or pass any
@@ -174,6 +187,11 @@ class CInAZeroShot(_WeightingEstimator):
         With ``descent_steps`` or ``refine``: their objective.
     descent_steps_ : int
         The descent steps the fit ran.
+    lam_ : float
+        The penalty the fit used (ate/att models).
+    lam_grid_ : dict or None
+        With ``lam="auto"`` on the exact path: the rule's grid, imbalances, effective sample sizes
+        and threshold (as ``KernelBalancing.lam_grid_``); else None.
     refine_kkt_, refine_converged_, refine_iterations_ : float, bool, int
         With ``refine``: the refining solve's KKT violation (the low-rank solve: its duality
         gap), convergence flag and iterations.
@@ -199,6 +217,7 @@ class CInAZeroShot(_WeightingEstimator):
         scaling: Optional[str] = None,
         n_components: Optional[int] = None,
         descent_steps: Optional[int] = None,
+        lam=None,
     ):
         self.model = model
         self.checkpoint = checkpoint
@@ -215,6 +234,7 @@ class CInAZeroShot(_WeightingEstimator):
         self.scaling = scaling
         self.n_components = n_components
         self.descent_steps = descent_steps
+        self.lam = lam
 
     @classmethod
     def from_pretrained(cls, path: Optional[str] = None, **kwargs) -> "CInAZeroShot":
@@ -285,6 +305,18 @@ class CInAZeroShot(_WeightingEstimator):
             raise ValueError(f"descent_steps must be None or an integer >= 0, got {ds!r}")
         if ds and not self._get_model().balancing:
             raise ValueError("descent_steps needs an ate/att model; this one computes the overlap weights of eq. L")
+        lam = self.lam
+        if lam is not None and not (isinstance(lam, str) and lam == "auto"):
+            if isinstance(lam, (bool, str)) or not isinstance(lam, (int, float, np.integer, np.floating)):
+                raise ValueError(f"lam must be None, 'auto' or a positive number, got {lam!r}")
+            if not (math.isfinite(float(lam)) and float(lam) > 0):
+                raise ValueError(f"lam must be None, 'auto' or a positive number, got {lam!r}")
+        if lam is not None and not self._get_model().balancing:
+            raise ValueError("lam needs an ate/att model; this one computes the overlap weights of eq. L")
+        if lam == "auto" and self._steps() == 0:
+            raise ValueError(
+                "lam='auto' chooses the penalty from the descent steps' solutions: descent_steps must be > 0"
+            )
         if self.approximation not in _APPROXIMATIONS:
             raise ValueError(f"approximation must be one of {_APPROXIMATIONS}, got {self.approximation!r}")
         if self.landmarks is not None and (
@@ -357,15 +389,26 @@ class CInAZeroShot(_WeightingEstimator):
         return p.dtype, p.device
 
     def _weights_batch(
-        self, model, items, estimand: str, seed: int, feature_seed: int, *, diagnostics: bool = True, landmarks=False
+        self,
+        model,
+        items,
+        estimand: str,
+        seed: int,
+        feature_seed: int,
+        *,
+        diagnostics: bool = True,
+        landmarks=False,
+        lam_fixed: Optional[float] = None,
     ):
         """Weights (B, N) as float64 numpy for ``items`` = [(X, T)], plus diagnostics per dataset.
 
         ``X`` is raw; :meth:`_inputs` makes the network's inputs and the full covariates of the
         refinement and the objective.  ``landmarks``: the landmark path, landmarks drawn with
         ``seed``.  ``feature_seed``: the random Fourier features of large datasets
-        (:meth:`_feature_seed`, drawn once per fit or ``estimate_many`` call)."""
+        (:meth:`_feature_seed`, drawn once per fit or ``estimate_many`` call).  ``lam_fixed``: the
+        penalty, overriding ``lam`` (a bootstrap refit keeps the fitted ``lam_``)."""
         dtype, device = self._dtype_device(model)
+        selections = None
         inputs = [self._inputs(x) for x, _ in items]
         X, W, mask, fm = collate_datasets(
             [(net, t) for (net, _), (_, t) in zip(inputs, items)], dtype=dtype, device=device
@@ -392,32 +435,62 @@ class CInAZeroShot(_WeightingEstimator):
                 lm = sample_landmarks(W, mask, m, generator=gen)
                 w = model.weights_landmarks(X, W, lm, mask, fm, estimand=estimand)
             if model.balancing:
-                idx = model.estimand_index(estimand, X.shape[0], X.device)
+                B = X.shape[0]
+                idx = model.estimand_index(estimand, B, X.device)
                 # the steps and the solver in random Fourier features where the Gram matrix is too big
                 low_rank = landmarks or X.shape[1] > DESCENT_EXACT_LIMIT
+                # the penalty: the model's, a given one, or chosen below ("auto", exact path only)
+                choose = lam_fixed is None and self.lam == "auto" and not low_rank and steps > 0
+                if lam_fixed is not None:
+                    lam_value = float(lam_fixed)
+                elif self.lam is None or self.lam == "auto":
+                    lam_value = float(model.balance_lam)
+                else:
+                    lam_value = float(self.lam)
+                lam_t = torch.full((B,), lam_value, dtype=torch.float64, device=X.device)
                 if diagnostics or steps or self.refine:
                     # the objective's kernel, computed once for the diagnostic, the steps and the solver
                     Z = model.standardise(Xf.double(), mask, fmf)
                     gamma = model.kernel_gamma(Z, mask, fmf)
-                if diagnostics:
-                    info["balance_objective"] = model.balance_objective(Xf, W, mask, fmf, w, idx, gamma=gamma)
                 if self.refine or steps:
                     info["raw_weights"] = w
-                    if diagnostics:
-                        info["raw_balance_objective"] = info["balance_objective"]
+                raw = w
                 if low_rank and (steps or self.refine):
-                    w, extra = self._low_rank_stages(model, Z, W, mask, fmf, gamma, w, idx, steps, feature_seed)
+                    w, extra = self._low_rank_stages(
+                        model, Z, W, mask, fmf, gamma, w, idx, steps, feature_seed, lam_value
+                    )
                     info.update(extra)
                 else:
-                    if steps:
-                        w, obj = model.objective_descent(Xf, W, mask, fmf, w, idx, steps, gamma=gamma)
+                    if choose:
+                        # every penalty of the grid at once (a dataset's products serve them all),
+                        # then KernelBalancing's rule on the approximate solutions
+                        grid = torch.tensor(LAM_GRID, dtype=torch.float64, device=X.device)
+                        wg, og = model.objective_descent(
+                            Xf, W, mask, fmf, w, idx, steps, gamma=gamma, lam=grid.expand(B, -1)
+                        )
+                        chosen = []
+                        for b, (x, t) in enumerate(items):
+                            n = x.shape[0]
+                            sols = [wg[b, k, :n].cpu().numpy() for k in range(len(LAM_GRID))]
+                            chosen.append(
+                                select_lam(x, t, sols, LAM_GRID, estimand=estimand, converged=[True] * len(sols))
+                            )
+                        k = torch.tensor([c.index for c in chosen], device=X.device)
+                        rows = torch.arange(B, device=X.device)
+                        w, obj = wg[rows, k], og[rows, k]
+                        lam_t = grid[k]
+                        selections = chosen
+                        if diagnostics:
+                            info["balance_objective"] = obj
+                    elif steps:
+                        w, obj = model.objective_descent(Xf, W, mask, fmf, w, idx, steps, gamma=gamma, lam=lam_t)
                         if diagnostics:
                             info["balance_objective"] = obj
                     if self.refine:
                         res = dual_solve(
                             Z,
                             W.double(),
-                            model.balance_lam,
+                            lam_t if B > 1 else float(lam_t[0]),
                             kernel="rbf",
                             gamma=gamma.double(),
                             estimand=estimand,
@@ -432,13 +505,31 @@ class CInAZeroShot(_WeightingEstimator):
                         info["refine_iterations"] = res.iterations
                         if diagnostics:
                             info["balance_objective"] = model.balance_objective(
-                                Xf, W, mask, fmf, w.to(dtype), idx, gamma=gamma
+                                Xf, W, mask, fmf, w.to(dtype), idx, gamma=gamma, lam=lam_t
                             )
+                info["lam"] = lam_t
+                if diagnostics:
+                    # the objective (at the penalty used) of the network's weights, and of the
+                    # weights returned where no stage ran
+                    info["raw_balance_objective"] = model.balance_objective(
+                        Xf, W, mask, fmf, raw, idx, gamma=gamma, lam=lam_t
+                    )
+                    if "balance_objective" not in info:
+                        info["balance_objective"] = (
+                            info["raw_balance_objective"]
+                            if w is raw
+                            else model.balance_objective(Xf, W, mask, fmf, w.to(dtype), idx, gamma=gamma, lam=lam_t)
+                        )
+                    if not (self.refine or steps):
+                        del info["raw_balance_objective"]
 
         def to_numpy(t: Tensor) -> np.ndarray:
             return (t.double() if t.is_floating_point() else t).cpu().numpy()
 
-        return to_numpy(w), {k: to_numpy(v) for k, v in info.items()}
+        out = {k: to_numpy(v) for k, v in info.items()}
+        if selections is not None:
+            out["lam_selection"] = selections
+        return to_numpy(w), out
 
     def _feature_seed(self) -> int:
         """The seed of the random Fourier features: ``random_state``'s, and 0 without one, so that
@@ -447,7 +538,7 @@ class CInAZeroShot(_WeightingEstimator):
         :meth:`estimate_many` call."""
         return 0 if self.random_state is None else seed_from(self.random_state)
 
-    def _low_rank_stages(self, model, Z, W, mask, fm, gamma, w, idx, steps: int, seed: int):
+    def _low_rank_stages(self, model, Z, W, mask, fm, gamma, w, idx, steps: int, seed: int, lam: float):
         """The descent steps and refinement of large datasets (the landmark path, or more than
         :data:`DESCENT_EXACT_LIMIT` units), one dataset at a time, in random Fourier features of
         the objective's kernel (``K ~ Phi Phi'``,
@@ -456,12 +547,12 @@ class CInAZeroShot(_WeightingEstimator):
 
         The refinement is the low-rank dual of :func:`~cina_ext.estimators.low_rank.simplex_balance`
         per moving arm, warm-started at the imbalance of the weights it receives; ``refine_kkt``
-        is then its duality gap.  Returns the weights (B, N) float64 and the refinement's account."""
+        is then its duality gap.  ``lam``: the objective's penalty.  Returns the weights (B, N)
+        float64 and the refinement's account."""
         B, N = W.shape
         out = torch.zeros(B, N, dtype=torch.float64, device=W.device)
         account: Dict[str, list] = {"refine_kkt": [], "refine_converged": [], "refine_iterations": []}
         att_index = model.estimands.index("att") if "att" in model.estimands else -1
-        lam = float(model.balance_lam)
         for b in range(B):
             m = mask[b]
             zb = model.valid_block(Z, mask, fm, b).float()
@@ -476,7 +567,7 @@ class CInAZeroShot(_WeightingEstimator):
                 ones = torch.ones(1, n, dtype=torch.bool, device=W.device)
                 # with features the covariates are not read: a placeholder of the right batch shape
                 wb, _ = model.objective_descent(
-                    Wb.unsqueeze(-1), Wb, ones, ones[:, :1], wb, idx[b : b + 1], steps, features=phi_t[None]
+                    Wb.unsqueeze(-1), Wb, ones, ones[:, :1], wb, idx[b : b + 1], steps, features=phi_t[None], lam=lam
                 )
             wn = wb[0].cpu().numpy().copy()
             if self.refine:
@@ -505,7 +596,10 @@ class CInAZeroShot(_WeightingEstimator):
     def _fit_core(self, X, T, seed, *, bootstrap=False):
         model = self._get_model()
         use = self._use_landmarks(X.shape[0], warn=not bootstrap)
-        w, info = self._weights_batch(model, [(X, T)], self.estimand_, seed, self._fit_feature_seed, landmarks=use)
+        keep = self.lam_ if bootstrap and self.lam == "auto" else None  # a refit keeps the fitted penalty
+        w, info = self._weights_batch(
+            model, [(X, T)], self.estimand_, seed, self._fit_feature_seed, landmarks=use, lam_fixed=keep
+        )
         state = {"weights": w[0]}
         for k, v in info.items():
             state[k] = v[0]
@@ -520,6 +614,10 @@ class CInAZeroShot(_WeightingEstimator):
         if "balance_objective" in st:
             self.balance_objective_ = float(st["balance_objective"])
         self.descent_steps_ = int(st["descent_steps"])
+        if "lam" in st:
+            self.lam_ = float(st["lam"])
+        sel = st.get("lam_selection")
+        self.lam_grid_ = sel.to_dict() if sel is not None else None
         if "raw_weights" in st:
             self.raw_weights_ = np.asarray(st["raw_weights"])
             if "raw_balance_objective" in st:
@@ -535,6 +633,7 @@ class CInAZeroShot(_WeightingEstimator):
             "estimand_trained": list(self._get_model().estimands),
             "refine": int(self.refine),
             "descent_steps": self.descent_steps_,
+            "lam": getattr(self, "lam_", None),
             "scaling": self.scaling_,
             "network_inputs": self.n_inputs_,
         }

@@ -48,7 +48,7 @@ Choices (documented here, docs/method.md marks them as ours)
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -709,6 +709,7 @@ class CInAZeroShotModel(nn.Module):
         w: Tensor,
         est_idx: Tensor,
         gamma: Optional[Tensor] = None,
+        lam: Union[None, float, Tensor] = None,
     ) -> Tensor:
         """Per-dataset balancing objective (B,) of weights ``w`` (docs/method.md §6), >= 0.
 
@@ -736,6 +737,8 @@ class CInAZeroShotModel(nn.Module):
             Estimand index per dataset.
         gamma : Tensor, shape (B,), optional
             The bandwidths, if already computed (:meth:`kernel_gamma` of the standardised ``X``).
+        lam : float or Tensor of shape (B,), optional
+            The penalty; default ``balance_lam``, the one the model was trained on.
 
         Returns
         -------
@@ -743,6 +746,7 @@ class CInAZeroShotModel(nn.Module):
             The objective per dataset; forms the (B, N, N) RBF Gram matrix.
         """
         Z = self.standardise(X, mask, feature_mask)
+        lam = self._penalty(lam, W.shape[0], Z)
         p = feature_mask.sum(-1).to(Z.dtype).clamp_min(1.0)
         sq = (Z * Z).sum(-1)
         D2 = (sq.unsqueeze(-1) + sq.unsqueeze(-2) - 2.0 * Z @ Z.transpose(-1, -2)).clamp_min(0.0)
@@ -762,12 +766,25 @@ class CInAZeroShotModel(nn.Module):
             return (d.unsqueeze(-2) @ Kr @ d.unsqueeze(-1)).reshape(-1)
 
         all_mean = mf / mf.sum(-1, keepdim=True)
-        ate = mmd(w * t1, all_mean) + mmd(w * t0, all_mean) + self.balance_lam * ((w * t1) ** 2 + (w * t0) ** 2).sum(-1)
+        ate = mmd(w * t1, all_mean) + mmd(w * t0, all_mean) + lam * ((w * t1) ** 2 + (w * t0) ** 2).sum(-1)
         if "att" not in self.estimands:
             return ate
         treated_mean = t1 / t1.sum(-1, keepdim=True)
-        att = mmd(w * t0, treated_mean) + self.balance_lam * ((w * t0) ** 2).sum(-1)
+        att = mmd(w * t0, treated_mean) + lam * ((w * t0) ** 2).sum(-1)
         return torch.where(est_idx == self.estimands.index("att"), att, ate)
+
+    def _penalty(self, lam, B: int, like: Tensor) -> Tensor:
+        """``lam`` (None: ``balance_lam``; a number; a (B,) tensor) as a (B,) tensor like ``like``."""
+        if lam is None:
+            lam = float(self.balance_lam)
+        t = torch.as_tensor(lam, dtype=like.dtype, device=like.device)
+        if t.dim() == 0:
+            t = t.expand(B)
+        if tuple(t.shape) != (B,):
+            raise ValueError(f"lam must be a number or have shape ({B},), got shape {tuple(t.shape)}")
+        if not bool(torch.isfinite(t).all()) or bool((t <= 0).any()):
+            raise ValueError("lam must be finite and > 0")
+        return t
 
     def objective_descent(
         self,
@@ -783,6 +800,7 @@ class CInAZeroShotModel(nn.Module):
         momentum: float = DESCENT_MOMENTUM,
         features: Optional[Tensor] = None,
         gamma: Optional[Tensor] = None,
+        lam: Union[None, float, Tensor] = None,
     ) -> Tuple[Tensor, Tensor]:
         """``steps`` accelerated exponentiated-gradient steps on :meth:`balance_objective` from ``w``.
 
@@ -824,12 +842,16 @@ class CInAZeroShotModel(nn.Module):
             the exact RBF Gram matrix.
         gamma : Tensor, shape (B,), optional
             The exact kernel's bandwidths, if already computed (default :meth:`kernel_gamma`).
+        lam : float or Tensor of shape (B,) or (B, L), optional
+            The objective's penalty: default ``balance_lam``, the one the model was trained on;
+            (B,) one per dataset; (B, L) a grid of ``L`` penalties per dataset, all descended at
+            once from ``w``: each product with a dataset's Gram matrix serves its ``L`` problems.
 
         Returns
         -------
-        weights : Tensor, shape (B, N), float64
+        weights : Tensor, shape (B, N) (a grid: (B, L, N)), float64
             Non-negative, one per arm ("att": the treated keep ``1/n1``).
-        objective : Tensor, shape (B,), float64
+        objective : Tensor, shape (B,) (a grid: (B, L)), float64
             Their :meth:`balance_objective`.
 
         Notes
@@ -857,6 +879,9 @@ class CInAZeroShotModel(nn.Module):
         if not (0.0 <= momentum < 1.0):
             raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
         B, N = W.shape
+        grid = torch.is_tensor(lam) and lam.dim() == 2
+        if grid and lam.shape[0] != B:
+            raise ValueError(f"a lam grid must have shape ({B}, L), got {tuple(lam.shape)}")
         per = DESCENT_KERNEL_LIMIT // max(1, N * N)
         if features is None and 1 <= per < B:
             # the datasets are independent: sub-batches whose Gram matrices fit the limit are
@@ -873,6 +898,7 @@ class CInAZeroShotModel(nn.Module):
                     step_size=step_size,
                     momentum=momentum,
                     gamma=None if gamma is None else gamma[i : i + per],
+                    lam=lam[i : i + per] if torch.is_tensor(lam) and lam.dim() > 0 else lam,
                 )
                 for i in range(0, B, per)
             ]
@@ -885,6 +911,20 @@ class CInAZeroShotModel(nn.Module):
             # padded rows zeroed (a copy only where there is padding: the features can be GBs)
             fz = features if bool(mask.all()) else features * mask.unsqueeze(-1).to(features.dtype)
             gram = _feature_gram_product(fz)
+        if grid:
+            # the L problems of a dataset as L rows of one (B L, N) batch that share its kernel:
+            # their imbalances are the 2 L columns of one product
+            L = lam.shape[1]
+            lam_rows = self._penalty(lam.reshape(-1), B * L, torch.empty((), dtype=f64, device=W.device))
+            one = gram
+
+            def gram(D: Tensor) -> Tensor:
+                Dc = D.reshape(B, L, N, 2).permute(0, 2, 1, 3).reshape(B, N, 2 * L)
+                return one(Dc).reshape(B, N, L, 2).permute(0, 2, 1, 3).reshape(B * L, N, 2)
+
+            W, mask, w, est_idx = (t.repeat_interleave(L, 0) for t in (W, mask, w, est_idx))
+        else:
+            lam_rows = self._penalty(lam, B, torch.empty((), dtype=f64, device=W.device))
         treated = mask & (W > 0)
         control = mask & (W < 0)
         t1, t0, mf = treated.to(f64), control.to(f64), mask.to(f64)
@@ -894,13 +934,13 @@ class CInAZeroShotModel(nn.Module):
         n1 = t1.sum(-1, keepdim=True).clamp_min(1.0)
         target = torch.where(is_att, t1 / n1, mf / mf.sum(-1, keepdim=True).clamp_min(1.0))
         penalised = torch.where(is_att, control, mask)  # the weights the objective moves and penalises
-        lam = float(self.balance_lam)
+        lam = lam_rows.unsqueeze(-1)  # (rows, 1)
         w = torch.where(is_att & treated, 1.0 / n1, w.to(f64) * mf)
         tiny = torch.finfo(f64).tiny
 
         D = torch.stack([w * t1 - target, w * t0 - target], -1)  # the imbalance of each arm
         KD = gram(D)
-        obj = (D * KD).sum((-1, -2)) + lam * (w * w * penalised).sum(-1)
+        obj = (D * KD).sum((-1, -2)) + lam_rows * (w * w * penalised).sum(-1)
         best_w, best = w, obj
         v = torch.zeros_like(w)
         for _ in range(int(steps)):
@@ -915,8 +955,8 @@ class CInAZeroShotModel(nn.Module):
             dD = torch.stack([dw * t1, dw * t0], -1)  # the targets cancel
             dKD = gram(D + dD) - KD
             pdw = dw * penalised
-            slope = (dD * KD).sum((-1, -2)) + lam * (w * pdw).sum(-1)
-            curv = (dD * dKD).sum((-1, -2)) + lam * (dw * pdw).sum(-1)
+            slope = (dD * KD).sum((-1, -2)) + lam_rows * (w * pdw).sum(-1)
+            curv = (dD * dKD).sum((-1, -2)) + lam_rows * (dw * pdw).sum(-1)
             t = torch.where(curv > 0, (-slope / curv.clamp_min(tiny)).clamp(0.0, 1.0), (slope < 0).to(f64))
             w = w + t.unsqueeze(-1) * dw
             D = D + t.view(-1, 1, 1) * dD
@@ -926,6 +966,8 @@ class CInAZeroShotModel(nn.Module):
             better = obj < best
             best_w = torch.where(better.unsqueeze(-1), w, best_w)
             best = torch.where(better, obj, best)
+        if grid:
+            return best_w.reshape(B, -1, N), best.reshape(B, -1)
         return best_w, best
 
     # -- both kinds ------------------------------------------------------------------------------
