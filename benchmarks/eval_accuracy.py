@@ -29,7 +29,8 @@ Rows: naive, IPW, SN-IPW, DoubleML (one and five fold splits averaged), KernelBa
 defaults, then with scaling="standard", then at the fixed lam 0.01 of the zero-shot model's
 objective instead of lam="auto", then augmented with one and with five fold splits
 averaged), CInA (Algorithm 1, exact bilevel), CInA-ZS (the shipped zero-shot model unless
-``--zs``; its defaults, then the network's weights alone (``descent_steps=0``), then with
+``--zs``; its defaults, then with ``lam="auto"`` (KernelBalancing's penalty rule on the descent
+steps' solutions), then the network's weights alone (``descent_steps=0``), then with
 scaling="standard"), CInA-ZS refined by 50 solver iterations,
 and CInA-ZS-S (the shipped supervised model unless ``--zs-s``); ``--zs-label`` renames the CInA-ZS rows
 and ``--zs-extra LABEL=PATH`` adds two zero-shot rows per further checkpoint, its defaults and
@@ -280,6 +281,7 @@ def main(argv=None):
         args.zs_s = None
     rows = [(label, "per", (method, kwargs)) for label, method, kwargs in PER_DATASET]
     rows.append((args.zs_label, "zs", (zs_path, 0)))
+    rows.append((f"{args.zs_label}, lam auto", "zs", (zs_path, 0, {"lam": "auto"})))
     rows.append((f"{args.zs_label}, network only", "zs", (zs_path, 0, {"descent_steps": 0})))
     rows.append((f"{args.zs_label}, standard scaling", "zs", (zs_path, 0, {"scaling": "standard"})))
     for k in args.descent_steps:

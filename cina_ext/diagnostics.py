@@ -43,7 +43,15 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["BalanceReport", "balance_table", "love_plot", "overlap_plot", "kish_ess", "weight_summary"]
+__all__ = [
+    "BalanceReport",
+    "balance_table",
+    "max_abs_smd_after_many",
+    "love_plot",
+    "overlap_plot",
+    "kish_ess",
+    "weight_summary",
+]
 
 _ARMS = (("treated", 1), ("control", 0))
 
@@ -152,6 +160,13 @@ def _wmean_var(x: np.ndarray, w: np.ndarray, s: Optional[np.ndarray] = None):
     else:
         v = (w @ (x - m) ** 2) / denom
     return m, v
+
+
+def _constant_columns(X: np.ndarray) -> np.ndarray:
+    """The columns of ``X`` with one value (bool, shape (p,))."""
+    if X.shape[0] == 0:
+        return np.ones(X.shape[1], dtype=bool)
+    return np.all(X == X[:1], axis=0)
 
 
 def _smd(diff: np.ndarray, sd: np.ndarray) -> np.ndarray:
@@ -401,6 +416,66 @@ class BalanceReport:
         )
 
 
+def max_abs_smd_after_many(X, T, weights, *, estimand: str = "ate") -> np.ndarray:
+    """``balance_table(X, T, w, estimand=estimand).max_abs_smd_after`` for every row ``w`` of
+    ``weights`` (L, N) at once, without frequency weights: the column scaling and the SMD
+    denominators (unweighted) are computed once, the weighted means as one product.
+
+    Parameters
+    ----------
+    X : array-like of shape (N, p)
+        Covariates (validated as :func:`balance_table` does).
+    T : array-like of shape (N,)
+        Binary treatment.
+    weights : array-like of shape (L, N)
+        Non-negative weights, one set per row, normalised per arm here.
+    estimand : {"ate", "att", "overlap"}, default "ate"
+        Chooses the SMD denominator.
+
+    Returns
+    -------
+    ndarray of shape (L,)
+        The largest absolute SMD after weighting, per row.
+
+    Raises
+    ------
+    ValueError
+        An invalid design; ``weights`` not (L, N), non-finite or negative; an unknown estimand;
+        a row whose weights of an arm sum to zero.
+    """
+    from ._core.checks import check_design
+
+    data = check_design(X, T, allow_constant=True)
+    Wm = np.asarray(weights, dtype=np.float64)
+    if Wm.ndim != 2 or Wm.shape[1] != data.n:
+        raise ValueError(f"weights must have shape (L, {data.n}), got {Wm.shape}")
+    if not np.all(np.isfinite(Wm)) or np.any(Wm < 0):
+        raise ValueError("weights must be finite and non-negative")
+    if estimand not in ("ate", "att", "overlap"):
+        raise ValueError(f"estimand must be 'ate', 'att' or 'overlap', got {estimand!r}")
+    Xa, Ta = data.X, data.T
+    col_scale = np.max(np.abs(Xa), axis=0) if Xa.shape[0] else np.ones(Xa.shape[1])
+    col_scale = np.where(col_scale > 0, col_scale, 1.0)
+    Xa = Xa / col_scale  # as balance_table: moments of the scaled columns
+    after, var_before = {}, {}
+    for arm, code in _ARMS:
+        sel = Ta == code
+        x = Xa[sel]
+        _, var_before[arm] = _wmean_var(x, np.full(x.shape[0], 1.0 / max(1, x.shape[0])))
+        tot = Wm[:, sel].sum(1, keepdims=True)
+        if np.any(tot <= 0):
+            raise ValueError(f"the weights of the {arm} arm sum to zero")
+        after[arm] = (Wm[:, sel] / tot) @ x
+    if estimand == "att":
+        sd = np.sqrt(var_before["treated"])
+    else:
+        sd = np.sqrt((var_before["treated"] + var_before["control"]) / 2.0)
+    const = _constant_columns(Xa)
+    sd = np.where(const, 0.0, sd)
+    diff = np.where(const, 0.0, after["treated"] - after["control"])
+    return np.array([float(np.max(np.abs(_smd(d, sd)))) for d in diff])
+
+
 def balance_table(
     X,
     T,
@@ -512,6 +587,9 @@ def balance_table(
         sd_formula = "pooled sqrt((s1^2 + s0^2)/2) (unweighted)"
     diff_b = stats["treated"]["mb"] - stats["control"]["mb"]
     diff_a = stats["treated"]["ma"] - stats["control"]["ma"]
+    # a constant column is balanced by any weights: its moments are rounding noise, not an SMD
+    const = _constant_columns(Xa)
+    sd, diff_b, diff_a = (np.where(const, 0.0, a) for a in (sd, diff_b, diff_a))
     with np.errstate(divide="ignore", invalid="ignore"):
         vr_b = stats["treated"]["vb"] / stats["control"]["vb"]
         vr_a = stats["treated"]["va"] / stats["control"]["va"]

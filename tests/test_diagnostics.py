@@ -138,3 +138,37 @@ def test_love_plot_missing_matplotlib(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
     with pytest.raises(ImportError, match=r"cina-ext\[plot\]"):
         love_plot(rep)
+
+
+@pytest.mark.parametrize("estimand", ["ate", "att", "overlap"])
+def test_max_abs_smd_after_many_is_balance_tables_for_every_row(estimand):
+    from cina_ext.diagnostics import max_abs_smd_after_many
+
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((60, 4)) * [1.0, 1e6, 1e-6, 3.0]
+    X[:, 3] = 2.0  # a constant column: SD 0, SMD 0 after any weights
+    T = (rng.random(60) < 0.4).astype(int)
+    Wm = rng.random((7, 60)) ** 3
+    Wm[2, T == 0] = 0.0
+    Wm[2, np.nonzero(T == 0)[0][0]] = 1.0  # one control carries its arm
+    got = max_abs_smd_after_many(X, T, Wm, estimand=estimand)
+    want = [balance_table(X, T, w, estimand=estimand).max_abs_smd_after for w in Wm]
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
+    with pytest.raises(ValueError, match="shape"):
+        max_abs_smd_after_many(X, T, Wm[:, :10], estimand=estimand)
+    bad = Wm.copy()
+    bad[1, T == 1] = 0.0
+    with pytest.raises(ValueError, match="treated arm sum to zero"):
+        max_abs_smd_after_many(X, T, bad, estimand=estimand)
+    bad[1, 0] = -1.0
+    with pytest.raises(ValueError, match="non-negative"):
+        max_abs_smd_after_many(X, T, bad, estimand=estimand)
+
+
+def test_a_constant_column_has_smd_zero_before_and_after_any_weights():
+    rng = np.random.default_rng(6)
+    X = np.column_stack([rng.standard_normal(40), np.full(40, 0.1)])  # 0.1: no exact binary mean
+    T = (np.arange(40) % 3 == 0).astype(int)
+    for _ in range(5):
+        rep = balance_table(X, T, rng.random(40) ** 3)
+        assert rep.smd_before[1] == 0.0 and rep.smd_after[1] == 0.0

@@ -19,7 +19,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from .._core.bandwidth import MEDIAN_UNITS, median_gamma
-from ..diagnostics import balance_table, kish_ess
+from ..diagnostics import balance_table, kish_ess, max_abs_smd_after_many
 
 __all__ = [
     "MEDIAN_UNITS",
@@ -97,9 +97,15 @@ def select_lam(
     if any(b <= a for a, b in zip(grid, grid[1:])):
         raise ValueError("the lam grid must be increasing")
     imb, e1, e0 = [], [], []
+    if sample_weight is None:  # one pass for the whole grid
+        imb = [
+            float(v)
+            for v in max_abs_smd_after_many(X, T, np.stack([np.asarray(w) for w in weights]), estimand=estimand)
+        ]
     for w in weights:
-        rep = balance_table(X, T, w, estimand=estimand, sample_weight=sample_weight)
-        imb.append(float(rep.max_abs_smd_after))
+        if sample_weight is not None:
+            rep = balance_table(X, T, w, estimand=estimand, sample_weight=sample_weight)
+            imb.append(float(rep.max_abs_smd_after))
         e1.append(float(kish_ess(w[T == 1])))
         e0.append(float(kish_ess(w[T == 0])))
     conv = [bool(c) for c in converged]
