@@ -31,7 +31,8 @@ objective instead of lam="auto", then augmented with one and with five fold spli
 averaged), CInA (Algorithm 1, exact bilevel), CInA-ZS (the shipped zero-shot model unless
 ``--zs``; its defaults, then with ``lam="auto"`` (KernelBalancing's penalty rule on the descent
 steps' solutions), then the network's weights alone (``descent_steps=0``), then with
-scaling="standard"), CInA-ZS refined by 50 solver iterations,
+scaling="standard"), CInA-ZS refined by 50 solver iterations (``--refine``; with the model's
+penalty and with ``lam="auto"``),
 and CInA-ZS-S (the shipped supervised model unless ``--zs-s``); ``--zs-label`` renames the CInA-ZS rows
 and ``--zs-extra LABEL=PATH`` adds two zero-shot rows per further checkpoint, its defaults and
 "LABEL, network only" (e.g. the shipped model next to a new one).  Time: mean wall seconds per dataset on
@@ -288,6 +289,13 @@ def main(argv=None):
         rows.append((f"{args.zs_label}, {k} descent steps", "zs", (zs_path, 0, {"descent_steps": k})))
     if args.refine:
         rows.append((f"{args.zs_label} + {args.refine} solver iterations", "zs", (zs_path, args.refine)))
+        rows.append(
+            (
+                f"{args.zs_label}, lam auto + {args.refine} solver iterations",
+                "zs",
+                (zs_path, args.refine, {"lam": "auto"}),
+            )
+        )
     extra_zs = {}
     for item in args.zs_extra:
         label, sep, path = item.partition("=")
