@@ -49,8 +49,8 @@ ZERO_SHOT_SECONDS_PER_UNIT2 = 4e-8
 _APPROXIMATIONS = ("auto", "exact", "landmarks")
 #: The exact refinement starts from the weights it receives with, per arm, those below this
 #: fraction of the arm's largest set to 0: the optimum is sparse and the working-set solver spends
-#: an iteration on every unit it must empty (LaLonde-PSID, ATT: 2,872 iterations from the dense
-#: weights, 591 from their support; docs/method.md §5).
+#: an iteration on every unit it must empty (LaLonde-PSID, ATT, refined to convergence: 2,853
+#: iterations from the descent's dense weights, 584 from their support; docs/method.md §5).
 REFINE_SUPPORT = 0.01
 
 
