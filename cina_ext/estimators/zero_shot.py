@@ -462,24 +462,9 @@ class CInAZeroShot(_WeightingEstimator):
                     info.update(extra)
                 else:
                     if choose:
-                        # every penalty of the grid at once (a dataset's products serve them all),
-                        # then KernelBalancing's rule on the approximate solutions
-                        grid = torch.tensor(LAM_GRID, dtype=torch.float64, device=X.device)
-                        wg, og = model.objective_descent(
-                            Xf, W, mask, fmf, w, idx, steps, gamma=gamma, lam=grid.expand(B, -1)
+                        w, obj, lam_t, selections = self._descent_choosing_lam(
+                            model, items, estimand, (Xf, W, mask, fmf), w, idx, steps, gamma
                         )
-                        chosen = []
-                        for b, (x, t) in enumerate(items):
-                            n = x.shape[0]
-                            sols = [wg[b, k, :n].cpu().numpy() for k in range(len(LAM_GRID))]
-                            chosen.append(
-                                select_lam(x, t, sols, LAM_GRID, estimand=estimand, converged=[True] * len(sols))
-                            )
-                        k = torch.tensor([c.index for c in chosen], device=X.device)
-                        rows = torch.arange(B, device=X.device)
-                        w, obj = wg[rows, k], og[rows, k]
-                        lam_t = grid[k]
-                        selections = chosen
                         if diagnostics:
                             info["balance_objective"] = obj
                     elif steps:
@@ -530,6 +515,25 @@ class CInAZeroShot(_WeightingEstimator):
         if selections is not None:
             out["lam_selection"] = selections
         return to_numpy(w), out
+
+    @staticmethod
+    def _descent_choosing_lam(model, items, estimand: str, batch, w, idx, steps: int, gamma):
+        """``lam="auto"``: the descent steps on every penalty of :data:`LAM_GRID` at once (a
+        dataset's products serve the whole grid), then KernelBalancing's rule on each dataset's
+        approximate solutions, judged on its raw covariates (``items``).  ``batch`` is the
+        collated (X, W, mask, feature_mask) of the objective.  Returns the weights (B, N) and
+        objectives (B,) at the chosen penalties, those penalties (B,) and the rule's selections."""
+        X, W, mask, fm = batch
+        B = W.shape[0]
+        grid = torch.tensor(LAM_GRID, dtype=torch.float64, device=W.device)
+        wg, og = model.objective_descent(X, W, mask, fm, w, idx, steps, gamma=gamma, lam=grid.expand(B, -1))
+        chosen = []
+        for b, (x, t) in enumerate(items):
+            sols = [wg[b, k, : x.shape[0]].cpu().numpy() for k in range(len(LAM_GRID))]
+            chosen.append(select_lam(x, t, sols, LAM_GRID, estimand=estimand, converged=[True] * len(sols)))
+        k = torch.tensor([c.index for c in chosen], device=W.device)
+        rows = torch.arange(B, device=W.device)
+        return wg[rows, k], og[rows, k], grid[k], chosen
 
     def _feature_seed(self) -> int:
         """The seed of the random Fourier features: ``random_state``'s, and 0 without one, so that
