@@ -162,6 +162,22 @@ def _wmean_var(x: np.ndarray, w: np.ndarray, s: Optional[np.ndarray] = None):
     return m, v
 
 
+def _scaled_columns(X: np.ndarray):
+    """``X`` with each column divided by its largest magnitude, and those scales: SMDs and
+    variance ratios do not depend on them, and the moments neither overflow for huge covariates
+    nor underflow for tiny ones."""
+    col_scale = np.max(np.abs(X), axis=0) if X.shape[0] else np.ones(X.shape[1])
+    col_scale = np.where(col_scale > 0, col_scale, 1.0)
+    return X / col_scale, col_scale
+
+
+def _smd_denominator(var_treated: np.ndarray, var_control: np.ndarray, estimand: str):
+    """The SMD denominator of ``estimand`` from the unweighted arm variances, and its formula."""
+    if estimand == "att":
+        return np.sqrt(var_treated), "treated SD s1 (unweighted)"
+    return np.sqrt((var_treated + var_control) / 2.0), "pooled sqrt((s1^2 + s0^2)/2) (unweighted)"
+
+
 def _constant_columns(X: np.ndarray) -> np.ndarray:
     """The columns of ``X`` with one value (bool, shape (p,))."""
     if X.shape[0] == 0:
@@ -453,10 +469,8 @@ def max_abs_smd_after_many(X, T, weights, *, estimand: str = "ate") -> np.ndarra
         raise ValueError("weights must be finite and non-negative")
     if estimand not in ("ate", "att", "overlap"):
         raise ValueError(f"estimand must be 'ate', 'att' or 'overlap', got {estimand!r}")
-    Xa, Ta = data.X, data.T
-    col_scale = np.max(np.abs(Xa), axis=0) if Xa.shape[0] else np.ones(Xa.shape[1])
-    col_scale = np.where(col_scale > 0, col_scale, 1.0)
-    Xa = Xa / col_scale  # as balance_table: moments of the scaled columns
+    Xa, _ = _scaled_columns(data.X)  # as balance_table: moments of the scaled columns
+    Ta = data.T
     after, var_before = {}, {}
     for arm, code in _ARMS:
         sel = Ta == code
@@ -466,10 +480,7 @@ def max_abs_smd_after_many(X, T, weights, *, estimand: str = "ate") -> np.ndarra
         if np.any(tot <= 0):
             raise ValueError(f"the weights of the {arm} arm sum to zero")
         after[arm] = (Wm[:, sel] / tot) @ x
-    if estimand == "att":
-        sd = np.sqrt(var_before["treated"])
-    else:
-        sd = np.sqrt((var_before["treated"] + var_before["control"]) / 2.0)
+    sd, _ = _smd_denominator(var_before["treated"], var_before["control"], estimand)
     const = _constant_columns(Xa)
     sd = np.where(const, 0.0, sd)
     diff = np.where(const, 0.0, after["treated"] - after["control"])
@@ -554,13 +565,9 @@ def balance_table(
         raise ValueError(f"estimand must be 'ate', 'att' or 'overlap', got {estimand!r}")
     sw = None if sample_weight is None else check_sample_weight(sample_weight, data.n, index=data.index)
 
-    # moments of each column divided by its largest magnitude (SMD and variance ratios do not depend
-    # on it): no overflow for huge covariates, no underflow for tiny ones; means and SDs are
-    # reported back in the original units
-    Xa, Ta = data.X, data.T
-    col_scale = np.max(np.abs(Xa), axis=0) if Xa.shape[0] else np.ones(Xa.shape[1])
-    col_scale = np.where(col_scale > 0, col_scale, 1.0)
-    Xa = Xa / col_scale
+    # moments of the scaled columns; means and SDs are reported back in the original units
+    Xa, col_scale = _scaled_columns(data.X)
+    Ta = data.T
     stats = {}
     for arm, code in _ARMS:
         sel = Ta == code
@@ -579,12 +586,7 @@ def balance_table(
         m1, v1 = _wmean_var(x, wn, sa)
         stats[arm] = dict(mb=m0, vb=v0, ma=m1, va=v1, w=wa, n=n_a, s=sa)
 
-    if estimand == "att":
-        sd = np.sqrt(stats["treated"]["vb"])
-        sd_formula = "treated SD s1 (unweighted)"
-    else:
-        sd = np.sqrt((stats["treated"]["vb"] + stats["control"]["vb"]) / 2.0)
-        sd_formula = "pooled sqrt((s1^2 + s0^2)/2) (unweighted)"
+    sd, sd_formula = _smd_denominator(stats["treated"]["vb"], stats["control"]["vb"], estimand)
     diff_b = stats["treated"]["mb"] - stats["control"]["mb"]
     diff_a = stats["treated"]["ma"] - stats["control"]["ma"]
     # a constant column is balanced by any weights: its moments are rounding noise, not an SMD

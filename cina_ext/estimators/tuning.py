@@ -96,18 +96,18 @@ def select_lam(
         raise ValueError("grid, weights and converged must have the same non-zero length")
     if any(b <= a for a, b in zip(grid, grid[1:])):
         raise ValueError("the lam grid must be increasing")
-    imb, e1, e0 = [], [], []
     if sample_weight is None:  # one pass for the whole grid
         imb = [
             float(v)
             for v in max_abs_smd_after_many(X, T, np.stack([np.asarray(w) for w in weights]), estimand=estimand)
         ]
-    for w in weights:
-        if sample_weight is not None:
-            rep = balance_table(X, T, w, estimand=estimand, sample_weight=sample_weight)
-            imb.append(float(rep.max_abs_smd_after))
-        e1.append(float(kish_ess(w[T == 1])))
-        e0.append(float(kish_ess(w[T == 0])))
+    else:
+        imb = [
+            float(balance_table(X, T, w, estimand=estimand, sample_weight=sample_weight).max_abs_smd_after)
+            for w in weights
+        ]
+    e1 = [float(kish_ess(w[T == 1])) for w in weights]
+    e0 = [float(kish_ess(w[T == 0])) for w in weights]
     conv = [bool(c) for c in converged]
     ok = [k for k in range(len(grid)) if conv[k] and math.isfinite(imb[k])]
     if not ok:  # nothing converged: the smallest imbalance regardless

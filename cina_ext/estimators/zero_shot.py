@@ -306,11 +306,9 @@ class CInAZeroShot(_WeightingEstimator):
         if ds and not self._get_model().balancing:
             raise ValueError("descent_steps needs an ate/att model; this one computes the overlap weights of eq. L")
         lam = self.lam
-        if lam is not None and not (isinstance(lam, str) and lam == "auto"):
-            if isinstance(lam, (bool, str)) or not isinstance(lam, (int, float, np.integer, np.floating)):
-                raise ValueError(f"lam must be None, 'auto' or a positive number, got {lam!r}")
-            if not (math.isfinite(float(lam)) and float(lam) > 0):
-                raise ValueError(f"lam must be None, 'auto' or a positive number, got {lam!r}")
+        number = isinstance(lam, (int, float, np.integer, np.floating)) and not isinstance(lam, bool)
+        if not (lam is None or lam == "auto" or (number and math.isfinite(float(lam)) and float(lam) > 0)):
+            raise ValueError(f"lam must be None, 'auto' or a positive number, got {lam!r}")
         if lam is not None and not self._get_model().balancing:
             raise ValueError("lam needs an ate/att model; this one computes the overlap weights of eq. L")
         if lam == "auto" and self._steps() == 0:
@@ -440,7 +438,7 @@ class CInAZeroShot(_WeightingEstimator):
                 # the steps and the solver in random Fourier features where the Gram matrix is too big
                 low_rank = landmarks or X.shape[1] > DESCENT_EXACT_LIMIT
                 # the penalty: the model's, a given one, or chosen below ("auto", exact path only)
-                choose = lam_fixed is None and self.lam == "auto" and not low_rank and steps > 0
+                choose = lam_fixed is None and self.lam == "auto" and not low_rank  # _check_params: steps > 0
                 if lam_fixed is not None:
                     lam_value = float(lam_fixed)
                 elif self.lam is None or self.lam == "auto":
@@ -475,7 +473,7 @@ class CInAZeroShot(_WeightingEstimator):
                         res = dual_solve(
                             Z,
                             W.double(),
-                            lam_t if B > 1 else float(lam_t[0]),
+                            lam_t,
                             kernel="rbf",
                             gamma=gamma.double(),
                             estimand=estimand,

@@ -746,7 +746,7 @@ class CInAZeroShotModel(nn.Module):
             The objective per dataset; forms the (B, N, N) RBF Gram matrix.
         """
         Z = self.standardise(X, mask, feature_mask)
-        lam = self._penalty(lam, W.shape[0], Z)
+        lam = self._penalty(lam, W.shape[0], Z.dtype, Z.device)
         p = feature_mask.sum(-1).to(Z.dtype).clamp_min(1.0)
         sq = (Z * Z).sum(-1)
         D2 = (sq.unsqueeze(-1) + sq.unsqueeze(-2) - 2.0 * Z @ Z.transpose(-1, -2)).clamp_min(0.0)
@@ -773,11 +773,11 @@ class CInAZeroShotModel(nn.Module):
         att = mmd(w * t0, treated_mean) + lam * ((w * t0) ** 2).sum(-1)
         return torch.where(est_idx == self.estimands.index("att"), att, ate)
 
-    def _penalty(self, lam, B: int, like: Tensor) -> Tensor:
-        """``lam`` (None: ``balance_lam``; a number; a (B,) tensor) as a (B,) tensor like ``like``."""
+    def _penalty(self, lam, B: int, dtype: torch.dtype, device) -> Tensor:
+        """``lam`` (None: ``balance_lam``; a number; a (B,) tensor) as a (B,) tensor."""
         if lam is None:
             lam = float(self.balance_lam)
-        t = torch.as_tensor(lam, dtype=like.dtype, device=like.device)
+        t = torch.as_tensor(lam, dtype=dtype, device=device)
         if t.dim() == 0:
             t = t.expand(B)
         if tuple(t.shape) != (B,):
@@ -915,7 +915,7 @@ class CInAZeroShotModel(nn.Module):
             # the L problems of a dataset as L rows of one (B L, N) batch that share its kernel:
             # their imbalances are the 2 L columns of one product
             L = lam.shape[1]
-            lam_rows = self._penalty(lam.reshape(-1), B * L, torch.empty((), dtype=f64, device=W.device))
+            lam_rows = self._penalty(lam.reshape(-1), B * L, f64, W.device)
             one = gram
 
             def gram(D: Tensor) -> Tensor:
@@ -924,7 +924,7 @@ class CInAZeroShotModel(nn.Module):
 
             W, mask, w, est_idx = (t.repeat_interleave(L, 0) for t in (W, mask, w, est_idx))
         else:
-            lam_rows = self._penalty(lam, B, torch.empty((), dtype=f64, device=W.device))
+            lam_rows = self._penalty(lam, B, f64, W.device)
         treated = mask & (W > 0)
         control = mask & (W < 0)
         t1, t0, mf = treated.to(f64), control.to(f64), mask.to(f64)
