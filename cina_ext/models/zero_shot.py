@@ -913,14 +913,13 @@ class CInAZeroShotModel(nn.Module):
             gram = _feature_gram_product(fz)
         if grid:
             # the L problems of a dataset as L rows of one (B L, N) batch that share its kernel:
-            # their imbalances are the 2 L columns of one product
+            # their imbalances are the 2 L rows of one product
             L = lam.shape[1]
             lam_rows = self._penalty(lam.reshape(-1), B * L, f64, W.device)
             one = gram
 
             def gram(D: Tensor) -> Tensor:
-                Dc = D.reshape(B, L, N, 2).permute(0, 2, 1, 3).reshape(B, N, 2 * L)
-                return one(Dc).reshape(B, N, L, 2).permute(0, 2, 1, 3).reshape(B * L, N, 2)
+                return one(D.reshape(B, 2 * L, N)).reshape(B * L, 2, N)
 
             W, mask, w, est_idx = (t.repeat_interleave(L, 0) for t in (W, mask, w, est_idx))
         else:
@@ -934,34 +933,48 @@ class CInAZeroShotModel(nn.Module):
         n1 = t1.sum(-1, keepdim=True).clamp_min(1.0)
         target = torch.where(is_att, t1 / n1, mf / mf.sum(-1, keepdim=True).clamp_min(1.0))
         penalised = torch.where(is_att, control, mask)  # the weights the objective moves and penalises
+        fixed = is_att & treated  # the ATT's treated weights, 1 / n1 throughout
+        pen = penalised.to(f64)
         lam = lam_rows.unsqueeze(-1)  # (rows, 1)
-        w = torch.where(is_att & treated, 1.0 / n1, w.to(f64) * mf)
+        w = torch.where(fixed, 1.0 / n1, w.to(f64) * mf)
         tiny = torch.finfo(f64).tiny
+        neg = torch.tensor(float("-inf"), dtype=f64, device=W.device)
 
-        D = torch.stack([w * t1 - target, w * t0 - target], -1)  # the imbalance of each arm
+        def imbalance(w: Tensor) -> Tensor:  # (rows, 2, N): each arm's weights against the target
+            return torch.stack([w * t1 - target, w * t0 - target], 1)
+
+        def own_arm(KD: Tensor) -> Tensor:  # each unit's entry of the product with its own arm's imbalance
+            return KD[:, 0] * t1 + KD[:, 1] * t0
+
+        D = imbalance(w)
         KD = gram(D)
-        obj = (D * KD).sum((-1, -2)) + lam_rows * (w * w * penalised).sum(-1)
+        obj = (D * KD).sum((-1, -2)) + lam_rows * (w * w * pen).sum(-1)
+        gk = own_arm(KD)  # (K d^a)_i: half the gradient of the imbalance term
         best_w, best = w, obj
         v = torch.zeros_like(w)
         for _ in range(int(steps)):
-            g = torch.where(treated, KD[..., 0], KD[..., 1]) + lam * w
-            v = torch.where(penalised, momentum * v - step_size * g, torch.zeros_like(v))
-            logits = torch.where(mask, torch.log(w.clamp_min(tiny)), torch.zeros_like(w))
-            w_new = _arm_softmax(logits + v, treated, control)
-            w_new = torch.where(is_att & treated, 1.0 / n1, w_new)
+            g = gk + lam * w  # half the gradient (the penalty term counts on the moving units only: dw is 0 elsewhere)
+            v = (momentum * v - step_size * g) * pen
+            # the exponentiated-gradient step w' ~ w exp(v) within each arm, shifted by the arm's
+            # largest v (the clamp keeps padding and an empty arm at exp(<= 0) times w = 0)
+            m1 = torch.where(treated, v, neg).amax(-1, keepdim=True)
+            m0 = torch.where(control, v, neg).amax(-1, keepdim=True)
+            e = w * torch.exp((v - torch.where(treated, m1, m0)).clamp_max_(0.0))
+            s1 = (e * t1).sum(-1, keepdim=True).clamp_min_(tiny)
+            s0 = (e * t0).sum(-1, keepdim=True).clamp_min_(tiny)
+            w_new = torch.where(fixed, w, e / torch.where(treated, s1, s0))
             # exact line search on the segment w -> w_new (inside the simplexes): the objective is
-            # quadratic along it and K (w_new - w) = K w_new - K w costs no further product
+            # quadratic along it, with slope g . dw and curvature dw . (K dD + lam dw) on the moving
+            # units, and the product with w_new is the one the next gradient needs
             dw = w_new - w
-            dD = torch.stack([dw * t1, dw * t0], -1)  # the targets cancel
-            dKD = gram(D + dD) - KD
-            pdw = dw * penalised
-            slope = (dD * KD).sum((-1, -2)) + lam_rows * (w * pdw).sum(-1)
-            curv = (dD * dKD).sum((-1, -2)) + lam_rows * (dw * pdw).sum(-1)
+            dgk = own_arm(gram(imbalance(w_new))) - gk
+            slope = (dw * g).sum(-1)
+            curv = (dw * (dgk + lam * dw)).sum(-1)
             t = torch.where(curv > 0, (-slope / curv.clamp_min(tiny)).clamp(0.0, 1.0), (slope < 0).to(f64))
-            w = w + t.unsqueeze(-1) * dw
-            D = D + t.view(-1, 1, 1) * dD
-            KD = KD + t.view(-1, 1, 1) * dKD
-            v = v * t.unsqueeze(-1)  # the momentum of the step actually taken (0 when none was)
+            tc = t.unsqueeze(-1)
+            w = w + tc * dw
+            gk = gk + tc * dgk
+            v = v * tc  # the momentum of the step actually taken (0 when none was)
             obj = obj + t * (2.0 * slope + t * curv)  # the objective is quadratic along the segment
             better = obj < best
             best_w = torch.where(better.unsqueeze(-1), w, best_w)
@@ -1396,7 +1409,8 @@ def _encoder_layer(
 
 
 def _rbf_gram_product(Z: Tensor, gamma: Tensor):
-    """``D -> K D`` for the RBF Gram matrices ``K_b = exp(-gamma_b ||z_i - z_j||^2)`` of ``Z`` (B, N, q).
+    """``D -> D K`` (``D`` of shape (B, k, N): k rows per dataset) for the RBF Gram matrices
+    ``K_b = exp(-gamma_b ||z_i - z_j||^2)`` of ``Z`` (B, N, q).
 
     Padded units (zero rows of ``Z``) only ever multiply zero entries of ``D``.  ``K`` is formed
     once up to :data:`DESCENT_KERNEL_LIMIT` entries, else recomputed in row blocks at every
@@ -1419,29 +1433,28 @@ def _rbf_gram_product(Z: Tensor, gamma: Tensor):
             K[:, i0 : i0 + rows] = block(i0, min(N, i0 + rows))
 
         def product(D: Tensor) -> Tensor:
-            # K is symmetric: (D' K)' = K D, and the row-major (B, 2, N) x (B, N, N) product
-            # streams K about twice as fast on the CPU as (B, N, N) x (B, N, 2)
-            Dt = D.float().transpose(-1, -2).contiguous()
-            return torch.bmm(Dt, K).transpose(-1, -2).to(D.dtype)
+            # the row-major (B, k, N) x (B, N, N) product streams K about twice as fast on the CPU
+            # as (B, N, N) x (B, N, k); K is symmetric, so D K is (K D')'
+            return torch.bmm(D.float(), K).to(D.dtype)
 
         return product
 
     def product_blocks(D: Tensor) -> Tensor:
-        Df = D.float()
-        return torch.cat([block(i0, min(N, i0 + rows)) @ Df for i0 in range(0, N, rows)], 1).to(D.dtype)
+        Df = D.float().transpose(-1, -2)
+        return (
+            torch.cat([block(i0, min(N, i0 + rows)) @ Df for i0 in range(0, N, rows)], 1).transpose(-1, -2).to(D.dtype)
+        )
 
     return product_blocks
 
 
 def _feature_gram_product(Phi: Tensor):
-    """``D -> Phi (Phi' D)``: the product with the low-rank Gram matrix ``Phi Phi'`` of features
-    ``Phi`` (B, N, r), in ``Phi``'s dtype, the product returned in ``D``'s dtype."""
+    """``D -> (D Phi) Phi'`` (``D`` of shape (B, k, N)): the product with the low-rank Gram matrix
+    ``Phi Phi'`` of features ``Phi`` (B, N, r), in ``Phi``'s dtype, returned in ``D``'s dtype."""
     Pt = Phi.transpose(-1, -2)
 
     def product(D: Tensor) -> Tensor:
-        # as (D' Phi) Phi', transposed back: the row-major order streams Phi faster on the CPU
-        Dt = D.to(Phi.dtype).transpose(-1, -2).contiguous()
-        return ((Dt @ Phi) @ Pt).transpose(-1, -2).to(D.dtype)
+        return ((D.to(Phi.dtype) @ Phi) @ Pt).to(D.dtype)
 
     return product
 
