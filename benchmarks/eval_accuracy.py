@@ -30,8 +30,10 @@ defaults, then with scaling="standard", then at the fixed lam 0.01 of the zero-s
 objective instead of lam="auto", then augmented with one and with five fold splits
 averaged), CInA (Algorithm 1, exact bilevel), CInA-ZS (the shipped zero-shot model unless
 ``--zs``; its defaults, then with ``lam="auto"`` (KernelBalancing's penalty rule on the descent
-steps' solutions), then the network's weights alone (``descent_steps=0``), then with
-scaling="standard"), CInA-ZS refined by 50 solver iterations (``--refine``; with the model's
+steps' solutions), then the network's weights alone (``descent_steps=0``), then with the
+network's exact pass instead of the pass against landmarks before the steps
+(``approximation="exact"``), then with scaling="standard"; ``--descent-steps K`` and
+``--landmarks M`` add rows), CInA-ZS refined by 50 solver iterations (``--refine``; with the model's
 penalty and with ``lam="auto"``),
 and CInA-ZS-S (the shipped supervised model unless ``--zs-s``); ``--zs-label`` renames the CInA-ZS rows
 and ``--zs-extra LABEL=PATH`` adds two zero-shot rows per further checkpoint, its defaults and
@@ -232,6 +234,13 @@ def main(argv=None):
         default=[],
         help="further --zs rows with these descent_steps (the default row runs the estimator's default)",
     )
+    ap.add_argument(
+        "--landmarks",
+        type=int,
+        nargs="*",
+        default=[],
+        help="further --zs rows with approximation='landmarks' and these landmark counts",
+    )
     ap.add_argument("--refine", type=int, default=50, help="solver iterations of the refined ZS row (0: no row)")
     ap.add_argument("--skip", nargs="*", default=[], help="row labels to leave out (e.g. DoubleML)")
     ap.add_argument("--methods", nargs="*", default=None, help="row labels to keep (default: every row)")
@@ -284,9 +293,14 @@ def main(argv=None):
     rows.append((args.zs_label, "zs", (zs_path, 0)))
     rows.append((f"{args.zs_label}, lam auto", "zs", (zs_path, 0, {"lam": "auto"})))
     rows.append((f"{args.zs_label}, network only", "zs", (zs_path, 0, {"descent_steps": 0})))
+    rows.append((f"{args.zs_label}, exact pass", "zs", (zs_path, 0, {"approximation": "exact"})))
     rows.append((f"{args.zs_label}, standard scaling", "zs", (zs_path, 0, {"scaling": "standard"})))
     for k in args.descent_steps:
         rows.append((f"{args.zs_label}, {k} descent steps", "zs", (zs_path, 0, {"descent_steps": k})))
+    for m in args.landmarks:
+        rows.append(
+            (f"{args.zs_label}, {m} landmarks", "zs", (zs_path, 0, {"approximation": "landmarks", "landmarks": m}))
+        )
     if args.refine:
         rows.append((f"{args.zs_label} + {args.refine} solver iterations", "zs", (zs_path, args.refine)))
         rows.append(

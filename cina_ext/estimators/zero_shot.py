@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -39,8 +39,16 @@ __all__ = ["CInAZeroShot"]
 #: Above this many units ``approximation="auto"`` switches to landmark attention (and
 #: ``approximation="exact"`` warns that the network's attention is quadratic in N).
 ZERO_SHOT_EXACT_LIMIT = 20_000
+#: The fewest landmarks of the network's pass under ``approximation="auto"`` when the exact
+#: descent steps follow it at the model's penalty (ate/att models, ``descent_steps > 0``, at most
+#: DESCENT_EXACT_LIMIT units): the count is ``2 sqrt(N)``, at least this and at most
+#: DEFAULT_LANDMARKS (:func:`warm_start_landmarks`).  The steps start from its weights; started
+#: from that pass they give the MAE of the exact pass within a few per cent on the columns of
+#: benchmarks/eval_accuracy.py, for half to a tenth of the network's time (docs/benchmarks.md,
+#: "the network's pass against landmarks").
+WARM_START_LANDMARKS = 64
 #: Above this many units the descent steps and ``refine`` work in random Fourier features of the
-#: objective's kernel (O(N r)) instead of its N x N Gram matrix (as on the landmark path): the
+#: objective's kernel (O(N r)) instead of its N x N Gram matrix, whatever the network's pass: the
 #: largest N whose float32 Gram matrix the descent holds (DESCENT_KERNEL_LIMIT entries, 1 GiB).
 DESCENT_EXACT_LIMIT = math.isqrt(DESCENT_KERNEL_LIMIT)
 #: Seconds per unit^2 of one exact forward pass of the shipped model on the 2-core development
@@ -77,7 +85,7 @@ class CInAZeroShot(_WeightingEstimator):
         balancing problem the model was trained on (RBF kernel with the model's bandwidth rule,
         ``balance_lam``), warm-started at the network's weights (docs/method.md §7.2, "amortised
         + refined"; ate/att models only), after the descent steps; 0 = no solver.  Above
-        :data:`DESCENT_EXACT_LIMIT` units and on the landmark path the solver is the low-rank dual
+        :data:`DESCENT_EXACT_LIMIT` units the solver is the low-rank dual
         of :func:`~cina_ext.estimators.low_rank.simplex_balance` in 512 random Fourier features of
         that kernel, warm-started at the imbalance of the weights (O(N r), any N).
     backend : {"auto", "fused", "reference"}, default "auto"
@@ -90,16 +98,25 @@ class CInAZeroShot(_WeightingEstimator):
     verbose : bool, default False
         Progress bars.
     approximation : {"auto", "exact", "landmarks"}, default "auto"
-        "exact": the full forward pass, whose attention layers are quadratic in N (above
-        :data:`ZERO_SHOT_EXACT_LIMIT` units a warning states the estimated time).  "landmarks":
-        every attention of the network against ``landmarks`` units sampled from the dataset
-        (stratified by arm, seeded by ``random_state``;
+        The network's pass.  "exact": the full forward pass, whose attention layers are
+        quadratic in N (above :data:`ZERO_SHOT_EXACT_LIMIT` units a warning states the
+        estimated time).  "landmarks": every attention of the network against ``landmarks``
+        units sampled from the dataset (stratified by arm, seeded as the random features are:
+        by ``random_state``, 0 without one;
         :meth:`~cina_ext.models.zero_shot.CInAZeroShotModel.weights_landmarks`): O(N m) work,
         O(N) memory; a dataset of at most ``landmarks`` units gets the exact pass.  "auto":
-        exact up to ``ZERO_SHOT_EXACT_LIMIT`` units, landmarks beyond (with a warning saying so).
-        ate/att models only.
+        where the exact descent steps follow at a given penalty (ate/att models,
+        ``descent_steps > 0``, ``lam`` not "auto", at most :data:`DESCENT_EXACT_LIMIT` units),
+        the pass against :func:`warm_start_landmarks` landmarks (``2 sqrt(N)``, at least
+        :data:`WARM_START_LANDMARKS`), which starts the steps about as well as the exact pass
+        does (measured on every evaluation column, docs/benchmarks.md) at a fraction of its
+        cost; otherwise exact up to
+        ``ZERO_SHOT_EXACT_LIMIT`` units and against ``DEFAULT_LANDMARKS`` landmarks beyond
+        (with a warning saying so).  A dataset's landmarks do not depend on the other datasets
+        of an :meth:`estimate_many` batch.  "landmarks": ate/att models only.
     landmarks : int, optional
-        Landmarks per dataset of the landmark path, >= 2 (default
+        Landmarks per dataset of every landmark pass, >= 2 (default: :func:`warm_start_landmarks`
+        before the exact descent steps, else
         :data:`~cina_ext.models.zero_shot.DEFAULT_LANDMARKS`).
     scaling : {None, "standard", "normal-scores"}, default None
         What the covariates become before the network (and the refinement) sees them:
@@ -126,7 +143,7 @@ class CInAZeroShot(_WeightingEstimator):
         same for every dataset, that never raises the objective.  None (default):
         :data:`~cina_ext.models.zero_shot.DESCENT_STEPS` for ate/att models, 0 for overlap
         models; 0: the network's weights as they are.  Above :data:`DESCENT_EXACT_LIMIT` units
-        and on the landmark path the kernel is replaced by 512 random Fourier features
+        the kernel is replaced by 512 random Fourier features
         (``K ~ Phi Phi'``): O(N r) instead of O(N^2) per step.
     lam : float or "auto", optional
         The penalty of the objective the descent steps and ``refine`` minimise.  None (default):
@@ -137,8 +154,8 @@ class CInAZeroShot(_WeightingEstimator):
         :data:`~cina_ext.estimators.tuning.LAM_GRID` at once from the network's weights (each
         product with a dataset's Gram matrix serves the whole grid); the weights returned are
         the steps' at the chosen penalty (then ``refine``, at that penalty).  Needs
-        ``descent_steps > 0``.  As KernelBalancing's, the rule runs on the exact path only: above
-        :data:`DESCENT_EXACT_LIMIT` units and on the landmark path the model's penalty is used.
+        ``descent_steps > 0``.  As KernelBalancing's, the rule runs on the exact kernel only: above
+        :data:`DESCENT_EXACT_LIMIT` units the model's penalty is used.
         A bootstrap refit (``ate_interval``) keeps the fitted ``lam_``.
     augment : bool or scikit-learn regressor, default False
         Augmented (doubly robust) estimate: ``True`` fits a cross-fitted
@@ -345,15 +362,25 @@ class CInAZeroShot(_WeightingEstimator):
         width = self._get_model().max_features if self.n_components is None else int(self.n_components)
         return network_inputs(X, self._scaling(), width)
 
-    def _use_landmarks(self, n: int, *, warn: bool, stacklevel: int = 5) -> bool:
-        """Whether a dataset of ``n`` units takes the landmark path (warning as the docstring says)."""
+    def _landmark_count(self, n: int, *, warn: bool, stacklevel: int = 5) -> int:
+        """Landmarks of the network's pass over a dataset of ``n`` units, 0 for the exact pass
+        (the rule of ``approximation``, warning as the docstring says)."""
         mode = self.approximation
-        m = DEFAULT_LANDMARKS if self.landmarks is None else int(self.landmarks)
+        model = self._get_model()
         if mode == "landmarks":
-            use = n > m
-        elif n <= ZERO_SHOT_EXACT_LIMIT:
-            return False
-        elif mode == "exact" or not self._get_model().balancing:
+            m = DEFAULT_LANDMARKS if self.landmarks is None else int(self.landmarks)
+            return m if n > m else 0
+        if mode == "auto" and model.balancing and self._steps() > 0 and self.lam != "auto" and n <= DESCENT_EXACT_LIMIT:
+            # the exact descent steps follow: the network's weights are their starting point, and
+            # a pass against a few landmarks starts them as well as the exact pass does ("auto"
+            # penalties keep the exact pass: its small-penalty solutions, far from converged after
+            # the steps, depend on the start, and the choice moved with it, docs/benchmarks.md)
+            m = warm_start_landmarks(n) if self.landmarks is None else int(self.landmarks)
+            return m if n > m else 0
+        if n <= ZERO_SHOT_EXACT_LIMIT:
+            return 0
+        m = DEFAULT_LANDMARKS if self.landmarks is None else int(self.landmarks)
+        if mode == "exact" or not model.balancing:
             if warn:
                 warnings.warn(
                     f"CInAZeroShot: {n:,} units: the network's attention layers are quadratic in N (about "
@@ -362,18 +389,16 @@ class CInAZeroShot(_WeightingEstimator):
                     UserWarning,
                     stacklevel=stacklevel,
                 )
-            return False
-        else:
-            use = True
-            if warn:
-                warnings.warn(
-                    f"CInAZeroShot: {n:,} units > {ZERO_SHOT_EXACT_LIMIT:,}: every attention of the network "
-                    f"runs against {m:,} landmark units (approximation='auto'; 'exact' forces the quadratic "
-                    "forward pass)",
-                    UserWarning,
-                    stacklevel=stacklevel,
-                )
-        return use
+            return 0
+        if warn:
+            warnings.warn(
+                f"CInAZeroShot: {n:,} units > {ZERO_SHOT_EXACT_LIMIT:,}: every attention of the network "
+                f"runs against {m:,} landmark units (approximation='auto'; 'exact' forces the quadratic "
+                "forward pass)",
+                UserWarning,
+                stacklevel=stacklevel,
+            )
+        return m if n > m else 0
 
     def _steps(self) -> int:
         """The descent steps (``descent_steps``, its default resolved)."""
@@ -391,18 +416,18 @@ class CInAZeroShot(_WeightingEstimator):
         model,
         items,
         estimand: str,
-        seed: int,
+        landmark_seed: int,
         feature_seed: int,
         *,
         diagnostics: bool = True,
-        landmarks=False,
+        landmarks: int = 0,
         lam_fixed: Optional[float] = None,
     ):
         """Weights (B, N) as float64 numpy for ``items`` = [(X, T)], plus diagnostics per dataset.
 
         ``X`` is raw; :meth:`_inputs` makes the network's inputs and the full covariates of the
-        refinement and the objective.  ``landmarks``: the landmark path, landmarks drawn with
-        ``seed``.  ``feature_seed``: the random Fourier features of large datasets
+        refinement and the objective.  ``landmarks``: the landmarks of the network's pass (0: the
+        exact pass), drawn with ``landmark_seed``.  ``feature_seed``: the random Fourier features of large datasets
         (:meth:`_feature_seed`, drawn once per fit or ``estimate_many`` call).  ``lam_fixed``: the
         penalty, overriding ``lam`` (a bootstrap refit keeps the fitted ``lam_``)."""
         dtype, device = self._dtype_device(model)
@@ -428,15 +453,14 @@ class CInAZeroShot(_WeightingEstimator):
             if not landmarks:
                 w = model.weights(X, W, mask, fm, estimand=estimand, backend=self.backend)
             else:
-                m = DEFAULT_LANDMARKS if self.landmarks is None else int(self.landmarks)
-                gen = torch.Generator().manual_seed(int(seed))
-                lm = sample_landmarks(W, mask, m, generator=gen)
+                lm = _dataset_landmarks(W, mask, int(landmarks), int(landmark_seed))
                 w = model.weights_landmarks(X, W, lm, mask, fm, estimand=estimand)
             if model.balancing:
                 B = X.shape[0]
                 idx = model.estimand_index(estimand, B, X.device)
-                # the steps and the solver in random Fourier features where the Gram matrix is too big
-                low_rank = landmarks or X.shape[1] > DESCENT_EXACT_LIMIT
+                # the steps and the solver in random Fourier features where the Gram matrix is too
+                # big (the network's approximation, landmarks or not, is a separate choice)
+                low_rank = X.shape[1] > DESCENT_EXACT_LIMIT
                 # the penalty: the model's, a given one, or chosen below ("auto", exact path only)
                 choose = lam_fixed is None and self.lam == "auto" and not low_rank  # _check_params: steps > 0
                 if lam_fixed is not None:
@@ -541,7 +565,7 @@ class CInAZeroShot(_WeightingEstimator):
         return 0 if self.random_state is None else seed_from(self.random_state)
 
     def _low_rank_stages(self, model, Z, W, mask, fm, gamma, w, idx, steps: int, seed: int, lam: float):
-        """The descent steps and refinement of large datasets (the landmark path, or more than
+        """The descent steps and refinement of large datasets (more than
         :data:`DESCENT_EXACT_LIMIT` units), one dataset at a time, in random Fourier features of
         the objective's kernel (``K ~ Phi Phi'``,
         :data:`~cina_ext.estimators.low_rank.DEFAULT_RANK` of them, seeded by ``seed``): O(N r) work
@@ -597,11 +621,11 @@ class CInAZeroShot(_WeightingEstimator):
 
     def _fit_core(self, X, T, seed, *, bootstrap=False):
         model = self._get_model()
-        use = self._use_landmarks(X.shape[0], warn=not bootstrap)
+        use = self._landmark_count(X.shape[0], warn=not bootstrap)
         keep = self.lam_ if bootstrap and self.lam == "auto" else None  # a refit keeps the fitted penalty
-        w, info = self._weights_batch(
-            model, [(X, T)], self.estimand_, seed, self._fit_feature_seed, landmarks=use, lam_fixed=keep
-        )
+        # the landmarks are seeded as the random features are: refits of the default estimator agree
+        fs = self._fit_feature_seed
+        w, info = self._weights_batch(model, [(X, T)], self.estimand_, fs, fs, landmarks=use, lam_fixed=keep)
         state = {"weights": w[0]}
         for k, v in info.items():
             state[k] = v[0]
@@ -690,7 +714,6 @@ class CInAZeroShot(_WeightingEstimator):
             designs.append((dd.X, dd.T))
             outcomes.append(check_outcome(y, dd.X.shape[0], index=dd.index))
         bs = max(1, int(self.batch_size))
-        seed = seed_from(self.random_state)
         feature_seed = self._feature_seed()
         out = np.empty(len(designs))
         # similar sizes share a batch (less padding); results go back to the caller's order
@@ -700,7 +723,7 @@ class CInAZeroShot(_WeightingEstimator):
             # what a dataset gets alone (landmarks or not, steps in features or not): a batch never
             # mixes two regimes, so estimate_many gives each dataset what fit gives it
             n = designs[i][0].shape[0]
-            return self._use_landmarks(n, warn=False), n > DESCENT_EXACT_LIMIT
+            return self._landmark_count(n, warn=False), n > DESCENT_EXACT_LIMIT
 
         starts = [s for s in range(len(order)) if s == 0 or regime(order[s]) != regime(order[s - 1])]
         ends = starts[1:] + [len(order)]
@@ -708,13 +731,13 @@ class CInAZeroShot(_WeightingEstimator):
         warned = False
         for s, ids in batches:
             n_max = designs[ids[-1]][0].shape[0]  # the batch's largest dataset (sorted by size)
-            use = self._use_landmarks(n_max, warn=not warned, stacklevel=3)
+            use = self._landmark_count(n_max, warn=not warned, stacklevel=3)
             warned = warned or n_max > ZERO_SHOT_EXACT_LIMIT
             w, _ = self._weights_batch(
                 model,
                 [designs[i] for i in ids],
                 estimand,
-                seed + s,
+                feature_seed,
                 feature_seed,
                 diagnostics=False,
                 landmarks=use,
@@ -724,6 +747,30 @@ class CInAZeroShot(_WeightingEstimator):
                 n = x.shape[0]
                 out[i] = float(np.sum(w[j, :n] * (2.0 * t - 1.0) * outcomes[i]))
         return out
+
+
+def warm_start_landmarks(n: int) -> int:
+    """Landmarks of the network's pass before the exact descent steps for a dataset of ``n``
+    units: ``ceil(2 sqrt(n))`` within [:data:`WARM_START_LANDMARKS`, ``DEFAULT_LANDMARKS``].  The
+    landmark means' noise falls as ``1 / sqrt(m)`` and the pass costs O(n m), so this count keeps
+    the pass at O(n^1.5), below the steps' O(n^2) (measured, docs/benchmarks.md)."""
+    return int(min(DEFAULT_LANDMARKS, max(WARM_START_LANDMARKS, math.ceil(2.0 * math.sqrt(max(0, n))))))
+
+
+def _dataset_landmarks(W: Tensor, mask: Tensor, m: int, seed: int) -> Tuple[Tensor, Tensor, Tensor]:
+    """:func:`sample_landmarks` for each dataset of the batch with its own generator seeded by
+    ``seed``: a dataset's landmarks do not depend on its place in a batch, so
+    :meth:`CInAZeroShot.estimate_many` gives it the landmarks ``fit`` gives it."""
+    rows = [
+        sample_landmarks(W[b : b + 1], mask[b : b + 1], m, generator=torch.Generator().manual_seed(seed))
+        for b in range(W.shape[0])
+    ]
+    M = max(r[0].shape[1] for r in rows)
+
+    def pad(t: Tensor) -> Tensor:
+        return torch.nn.functional.pad(t, (0, M - t.shape[1]))
+
+    return tuple(torch.cat([pad(r[k]) for r in rows]) for k in range(3))
 
 
 def _support_start(w: Tensor, W: Tensor, mask: Tensor, rel: float = REFINE_SUPPORT) -> Tensor:

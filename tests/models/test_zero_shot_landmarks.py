@@ -109,6 +109,7 @@ def test_estimator_switches_to_landmarks_above_the_limit(monkeypatch):
     d = make_setoguchi(900, "G", seed=3)
     exact = CInAZeroShot.from_pretrained(random_state=0, approximation="exact", descent_steps=0).fit(d.X, d.T)
     monkeypatch.setattr(zs_est, "ZERO_SHOT_EXACT_LIMIT", 500)
+    monkeypatch.setattr(zs_est, "DESCENT_EXACT_LIMIT", 400)  # the large-dataset regime at 900 units
     auto = CInAZeroShot.from_pretrained(random_state=0, landmarks=256, descent_steps=0)
     with pytest.warns(UserWarning, match="landmark"):
         auto.fit(d.X, d.T)

@@ -101,7 +101,11 @@ def _objective(model, d, w, estimand="ate"):
 
 
 @pytest.mark.parametrize("estimand", ["ate", "att"])
-def test_landmark_refine_reaches_the_low_rank_optimum_near_the_exact_one(estimand):
+def test_landmark_refine_reaches_the_low_rank_optimum_near_the_exact_one(estimand, monkeypatch):
+    import importlib
+
+    # the feature path of large datasets, at a size this test can afford
+    monkeypatch.setattr(importlib.import_module("cina_ext.estimators.zero_shot"), "DESCENT_EXACT_LIMIT", 399)
     m = _median_model()
     d = make_setoguchi(400, "G", seed=5)
     kw = dict(model=m, estimand=estimand, approximation="landmarks", landmarks=48, scaling="standard", random_state=2)
@@ -133,7 +137,10 @@ def test_landmark_refine_reaches_the_low_rank_optimum_near_the_exact_one(estiman
     assert best <= got * (1 + 1e-9) and got - best < 0.1 * (start - best)
 
 
-def test_landmark_descent_steps_run_in_features_and_lower_the_objective():
+def test_landmark_descent_steps_run_in_features_and_lower_the_objective(monkeypatch):
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module("cina_ext.estimators.zero_shot"), "DESCENT_EXACT_LIMIT", 299)
     m = _median_model()
     d = make_setoguchi(300, "A", seed=6)
     kw = dict(model=m, approximation="landmarks", landmarks=40, scaling="standard", random_state=1)
