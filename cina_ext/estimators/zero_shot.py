@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -420,14 +420,14 @@ class CInAZeroShot(_WeightingEstimator):
         feature_seed: int,
         *,
         diagnostics: bool = True,
-        landmarks: int = 0,
+        landmarks: Union[int, Sequence[int]] = 0,
         lam_fixed: Optional[float] = None,
     ):
         """Weights (B, N) as float64 numpy for ``items`` = [(X, T)], plus diagnostics per dataset.
 
         ``X`` is raw; :meth:`_inputs` makes the network's inputs and the full covariates of the
-        refinement and the objective.  ``landmarks``: the landmarks of the network's pass (0: the
-        exact pass), drawn with ``landmark_seed``.  ``feature_seed``: the random Fourier features of large datasets
+        refinement and the objective.  ``landmarks``: the landmarks of the network's pass, one count
+        for the batch or one per dataset (0: the exact pass), drawn with ``landmark_seed``.  ``feature_seed``: the random Fourier features of large datasets
         (:meth:`_feature_seed`, drawn once per fit or ``estimate_many`` call).  ``lam_fixed``: the
         penalty, overriding ``lam`` (a bootstrap refit keeps the fitted ``lam_``)."""
         dtype, device = self._dtype_device(model)
@@ -453,7 +453,8 @@ class CInAZeroShot(_WeightingEstimator):
             if not landmarks:
                 w = model.weights(X, W, mask, fm, estimand=estimand, backend=self.backend)
             else:
-                lm = _dataset_landmarks(W, mask, int(landmarks), int(landmark_seed))
+                counts = [int(landmarks)] * len(items) if np.isscalar(landmarks) else [int(m) for m in landmarks]
+                lm = _dataset_landmarks(W, mask, counts, int(landmark_seed))
                 w = model.weights_landmarks(X, W, lm, mask, fm, estimand=estimand)
             if model.balancing:
                 B = X.shape[0]
@@ -723,7 +724,7 @@ class CInAZeroShot(_WeightingEstimator):
             # what a dataset gets alone (landmarks or not, steps in features or not): a batch never
             # mixes two regimes, so estimate_many gives each dataset what fit gives it
             n = designs[i][0].shape[0]
-            return self._landmark_count(n, warn=False), n > DESCENT_EXACT_LIMIT
+            return self._landmark_count(n, warn=False) > 0, n > DESCENT_EXACT_LIMIT
 
         starts = [s for s in range(len(order)) if s == 0 or regime(order[s]) != regime(order[s - 1])]
         ends = starts[1:] + [len(order)]
@@ -731,8 +732,10 @@ class CInAZeroShot(_WeightingEstimator):
         warned = False
         for s, ids in batches:
             n_max = designs[ids[-1]][0].shape[0]  # the batch's largest dataset (sorted by size)
-            use = self._landmark_count(n_max, warn=not warned, stacklevel=3)
+            self._landmark_count(n_max, warn=not warned, stacklevel=3)  # the warning, once
             warned = warned or n_max > ZERO_SHOT_EXACT_LIMIT
+            # each dataset's own count (it grows with N): the count fit would give it
+            counts = [self._landmark_count(designs[i][0].shape[0], warn=False) for i in ids]
             w, _ = self._weights_batch(
                 model,
                 [designs[i] for i in ids],
@@ -740,7 +743,7 @@ class CInAZeroShot(_WeightingEstimator):
                 feature_seed,
                 feature_seed,
                 diagnostics=False,
-                landmarks=use,
+                landmarks=counts if counts[-1] else 0,
             )
             for j, i in enumerate(ids):
                 x, t = designs[i]
@@ -757,13 +760,13 @@ def warm_start_landmarks(n: int) -> int:
     return int(min(DEFAULT_LANDMARKS, max(WARM_START_LANDMARKS, math.ceil(2.0 * math.sqrt(max(0, n))))))
 
 
-def _dataset_landmarks(W: Tensor, mask: Tensor, m: int, seed: int) -> Tuple[Tensor, Tensor, Tensor]:
-    """:func:`sample_landmarks` for each dataset of the batch with its own generator seeded by
-    ``seed``: a dataset's landmarks do not depend on its place in a batch, so
-    :meth:`CInAZeroShot.estimate_many` gives it the landmarks ``fit`` gives it."""
+def _dataset_landmarks(W: Tensor, mask: Tensor, counts: Sequence[int], seed: int) -> Tuple[Tensor, Tensor, Tensor]:
+    """:func:`sample_landmarks` for each dataset ``b`` of the batch, ``counts[b]`` of them, with
+    its own generator seeded by ``seed``: a dataset's landmarks do not depend on its place in a
+    batch, so :meth:`CInAZeroShot.estimate_many` gives it the landmarks ``fit`` gives it."""
     rows = [
         sample_landmarks(W[b : b + 1], mask[b : b + 1], m, generator=torch.Generator().manual_seed(seed))
-        for b in range(W.shape[0])
+        for b, m in enumerate(counts)
     ]
     M = max(r[0].shape[1] for r in rows)
 

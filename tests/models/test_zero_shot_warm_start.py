@@ -102,3 +102,23 @@ def test_the_landmark_start_descends_as_well_as_the_exact_one():
         assert not np.allclose(auto.raw_weights_, exact.raw_weights_)
         assert auto.balance_objective_ < auto.raw_balance_objective_
         assert auto.balance_objective_ <= 1.1 * exact.balance_objective_
+
+
+def test_sizes_with_different_landmark_counts_share_a_batch(monkeypatch):
+    """Above 1024 units the count grows with N; estimate_many still batches such datasets, each
+    with its own count, and gives each what fit gives it."""
+    m = _median_model()
+    ds = [make_setoguchi(n, "C", seed=n) for n in (1100, 1300)]
+    assert zs_est.warm_start_landmarks(1100) != zs_est.warm_start_landmarks(1300)
+    calls = []
+    real = CInAZeroShot._weights_batch
+
+    def spy(self, model, items, *args, **kwargs):
+        calls.append((len(items), kwargs.get("landmarks")))
+        return real(self, model, items, *args, **kwargs)
+
+    single = [CInAZeroShot(model=m, scaling="standard").fit(d.X, d.T).ate(d.Y) for d in ds]
+    monkeypatch.setattr(CInAZeroShot, "_weights_batch", spy)
+    many = CInAZeroShot(model=m, scaling="standard").estimate_many([(d.X, d.T, d.Y) for d in ds])
+    assert calls == [(2, [zs_est.warm_start_landmarks(1100), zs_est.warm_start_landmarks(1300)])]
+    np.testing.assert_allclose(many, single, rtol=1e-6, atol=1e-9)
