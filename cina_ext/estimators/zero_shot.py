@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -416,19 +416,19 @@ class CInAZeroShot(_WeightingEstimator):
         model,
         items,
         estimand: str,
-        landmark_seed: int,
         feature_seed: int,
         *,
         diagnostics: bool = True,
-        landmarks: Union[int, Sequence[int]] = 0,
+        landmarks: Optional[Sequence[int]] = None,
         lam_fixed: Optional[float] = None,
     ):
         """Weights (B, N) as float64 numpy for ``items`` = [(X, T)], plus diagnostics per dataset.
 
         ``X`` is raw; :meth:`_inputs` makes the network's inputs and the full covariates of the
-        refinement and the objective.  ``landmarks``: the landmarks of the network's pass, one count
-        for the batch or one per dataset (0: the exact pass), drawn with ``landmark_seed``.  ``feature_seed``: the random Fourier features of large datasets
-        (:meth:`_feature_seed`, drawn once per fit or ``estimate_many`` call).  ``lam_fixed``: the
+        refinement and the objective.  ``landmarks``: the landmark count of the network's pass per
+        dataset (None or zeros: the exact pass).  ``feature_seed`` (:meth:`_feature_seed`, drawn
+        once per fit or ``estimate_many`` call) seeds the landmarks and the random Fourier
+        features of large datasets.  ``lam_fixed``: the
         penalty, overriding ``lam`` (a bootstrap refit keeps the fitted ``lam_``)."""
         dtype, device = self._dtype_device(model)
         selections = None
@@ -450,11 +450,10 @@ class CInAZeroShot(_WeightingEstimator):
         # the objective forms the (B, N, N) RBF Gram matrix: a diagnostic for moderate N only
         diagnostics = diagnostics and X.shape[0] * X.shape[1] ** 2 <= MATERIALISE_LIMIT
         with torch.no_grad():
-            if not landmarks:
+            if landmarks is None or not any(landmarks):
                 w = model.weights(X, W, mask, fm, estimand=estimand, backend=self.backend)
             else:
-                counts = [int(landmarks)] * len(items) if np.isscalar(landmarks) else [int(m) for m in landmarks]
-                lm = _dataset_landmarks(W, mask, counts, int(landmark_seed))
+                lm = _dataset_landmarks(W, mask, [int(m) for m in landmarks], int(feature_seed))
                 w = model.weights_landmarks(X, W, lm, mask, fm, estimand=estimand)
             if model.balancing:
                 B = X.shape[0]
@@ -625,8 +624,9 @@ class CInAZeroShot(_WeightingEstimator):
         use = self._landmark_count(X.shape[0], warn=not bootstrap)
         keep = self.lam_ if bootstrap and self.lam == "auto" else None  # a refit keeps the fitted penalty
         # the landmarks are seeded as the random features are: refits of the default estimator agree
-        fs = self._fit_feature_seed
-        w, info = self._weights_batch(model, [(X, T)], self.estimand_, fs, fs, landmarks=use, lam_fixed=keep)
+        w, info = self._weights_batch(
+            model, [(X, T)], self.estimand_, self._fit_feature_seed, landmarks=[use], lam_fixed=keep
+        )
         state = {"weights": w[0]}
         for k, v in info.items():
             state[k] = v[0]
@@ -741,9 +741,8 @@ class CInAZeroShot(_WeightingEstimator):
                 [designs[i] for i in ids],
                 estimand,
                 feature_seed,
-                feature_seed,
                 diagnostics=False,
-                landmarks=counts if counts[-1] else 0,
+                landmarks=counts,
             )
             for j, i in enumerate(ids):
                 x, t = designs[i]
