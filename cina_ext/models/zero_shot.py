@@ -801,6 +801,7 @@ class CInAZeroShotModel(nn.Module):
         features: Optional[Tensor] = None,
         gamma: Optional[Tensor] = None,
         lam: Union[None, float, Tensor] = None,
+        backend: str = "auto",
     ) -> Tuple[Tensor, Tensor]:
         """``steps`` accelerated exponentiated-gradient steps on :meth:`balance_objective` from ``w``.
 
@@ -846,6 +847,10 @@ class CInAZeroShotModel(nn.Module):
             The objective's penalty: default ``balance_lam``, the one the model was trained on;
             (B,) one per dataset; (B, L) a grid of ``L`` penalties per dataset, all descended at
             once from ``w``: each product with a dataset's Gram matrix serves its ``L`` problems.
+        backend : {"auto", "fused", "reference"}
+            For the held exact Gram matrix: :func:`cina_ext.ops.balance_descent` (the compiled CPU
+            kernel under "auto" on the CPU) or its PyTorch twin; the feature and blockwise products
+            always run the twin's loop (:func:`cina_ext.reference.balance_descent.descent_steps`).
 
         Returns
         -------
@@ -899,86 +904,53 @@ class CInAZeroShotModel(nn.Module):
                     momentum=momentum,
                     gamma=None if gamma is None else gamma[i : i + per],
                     lam=lam[i : i + per] if torch.is_tensor(lam) and lam.dim() > 0 else lam,
+                    backend=backend,
                 )
                 for i in range(0, B, per)
             ]
             return torch.cat([q[0] for q in parts]), torch.cat([q[1] for q in parts])
         f64 = torch.float64
+        K = gram = None
         if features is None:
             Z = self.standardise(X.to(f64), mask, feature_mask)
-            gram = _rbf_gram_product(Z, self.kernel_gamma(Z, mask, feature_mask) if gamma is None else gamma)
+            gamma = self.kernel_gamma(Z, mask, feature_mask) if gamma is None else gamma
+            if B * N * N <= DESCENT_KERNEL_LIMIT:
+                K = _rbf_gram(Z, gamma)
+            else:
+                gram = _rbf_gram_product(Z, gamma)
         else:
             # padded rows zeroed (a copy only where there is padding: the features can be GBs)
             fz = features if bool(mask.all()) else features * mask.unsqueeze(-1).to(features.dtype)
             gram = _feature_gram_product(fz)
+        L = lam.shape[1] if grid else 1
+        # the L problems of a dataset are L rows of one (B L, N) batch that share its kernel
+        lam_rows = self._penalty(lam.reshape(-1) if grid else lam, B * L, f64, W.device)
         if grid:
-            # the L problems of a dataset as L rows of one (B L, N) batch that share its kernel:
-            # their imbalances are the 2 L rows of one product
-            L = lam.shape[1]
-            lam_rows = self._penalty(lam.reshape(-1), B * L, f64, W.device)
-            one = gram
-
-            def gram(D: Tensor) -> Tensor:
-                return one(D.reshape(B, 2 * L, N)).reshape(B * L, 2, N)
-
             W, mask, w, est_idx = (t.repeat_interleave(L, 0) for t in (W, mask, w, est_idx))
-        else:
-            lam_rows = self._penalty(lam, B, f64, W.device)
         treated = mask & (W > 0)
         control = mask & (W < 0)
-        t1, t0, mf = treated.to(f64), control.to(f64), mask.to(f64)
+        t1, mf = treated.to(f64), mask.to(f64)
         is_att = torch.zeros(W.shape[0], 1, dtype=torch.bool, device=W.device)
         if "att" in self.estimands:
             is_att = (est_idx == self.estimands.index("att")).unsqueeze(-1)
         n1 = t1.sum(-1, keepdim=True).clamp_min(1.0)
         target = torch.where(is_att, t1 / n1, mf / mf.sum(-1, keepdim=True).clamp_min(1.0))
-        penalised = torch.where(is_att, control, mask)  # the weights the objective moves and penalises
-        fixed = is_att & treated  # the ATT's treated weights, 1 / n1 throughout
-        pen = penalised.to(f64)
-        lam = lam_rows.unsqueeze(-1)  # (rows, 1)
-        w = torch.where(fixed, 1.0 / n1, w.to(f64) * mf)
-        tiny = torch.finfo(f64).tiny
-        neg = torch.tensor(float("-inf"), dtype=f64, device=W.device)
+        moving = torch.where(is_att, control, mask)  # the weights the objective moves and penalises
+        w = torch.where(is_att & treated, 1.0 / n1, w.to(f64) * mf)  # the ATT's treated keep 1 / n1
+        arm = torch.where(treated, 1, torch.where(control, 0, -1)).to(torch.int8)
+        if K is not None:
+            best_w, best = ops.balance_descent(
+                K, w, arm, target, moving, lam_rows, int(steps), step_size, momentum, backend=backend
+            )
+        else:
+            one = gram
 
-        def imbalance(w: Tensor) -> Tensor:  # (rows, 2, N): each arm's weights against the target
-            return torch.stack([w * t1 - target, w * t0 - target], 1)
+            def rows_product(D: Tensor) -> Tensor:  # (B L, 2, N) -> the products with each row's kernel
+                return one(D.reshape(B, 2 * L, N)).reshape(B * L, 2, N)
 
-        def own_arm(KD: Tensor) -> Tensor:  # each unit's entry of the product with its own arm's imbalance
-            return KD[:, 0] * t1 + KD[:, 1] * t0
-
-        D = imbalance(w)
-        KD = gram(D)
-        obj = (D * KD).sum((-1, -2)) + lam_rows * (w * w * pen).sum(-1)
-        gk = own_arm(KD)  # (K d^a)_i: half the gradient of the imbalance term
-        best_w, best = w, obj
-        v = torch.zeros_like(w)
-        for _ in range(int(steps)):
-            g = gk + lam * w  # half the gradient (the penalty term counts on the moving units only: dw is 0 elsewhere)
-            v = (momentum * v - step_size * g) * pen
-            # the exponentiated-gradient step w' ~ w exp(v) within each arm, shifted by the arm's
-            # largest v (the clamp keeps padding and an empty arm at exp(<= 0) times w = 0)
-            m1 = torch.where(treated, v, neg).amax(-1, keepdim=True)
-            m0 = torch.where(control, v, neg).amax(-1, keepdim=True)
-            e = w * torch.exp((v - torch.where(treated, m1, m0)).clamp_max_(0.0))
-            s1 = (e * t1).sum(-1, keepdim=True).clamp_min_(tiny)
-            s0 = (e * t0).sum(-1, keepdim=True).clamp_min_(tiny)
-            w_new = torch.where(fixed, w, e / torch.where(treated, s1, s0))
-            # exact line search on the segment w -> w_new (inside the simplexes): the objective is
-            # quadratic along it, with slope g . dw and curvature dw . (K dD + lam dw) on the moving
-            # units, and the product with w_new is the one the next gradient needs
-            dw = w_new - w
-            dgk = own_arm(gram(imbalance(w_new))) - gk
-            slope = (dw * g).sum(-1)
-            curv = (dw * (dgk + lam * dw)).sum(-1)
-            t = torch.where(curv > 0, (-slope / curv.clamp_min(tiny)).clamp(0.0, 1.0), (slope < 0).to(f64))
-            tc = t.unsqueeze(-1)
-            w = w + tc * dw
-            gk = gk + tc * dgk
-            v = v * tc  # the momentum of the step actually taken (0 when none was)
-            obj = obj + t * (2.0 * slope + t * curv)  # the objective is quadratic along the segment
-            better = obj < best
-            best_w = torch.where(better.unsqueeze(-1), w, best_w)
-            best = torch.where(better, obj, best)
+            best_w, best = reference.descent_steps(
+                rows_product, w, arm, target, moving, lam_rows, int(steps), step_size, momentum
+            )
         if grid:
             return best_w.reshape(B, -1, N), best.reshape(B, -1)
         return best_w, best
@@ -1408,42 +1380,41 @@ def _encoder_layer(
     return h + layer.dropout2(y)
 
 
-def _rbf_gram_product(Z: Tensor, gamma: Tensor):
-    """``D -> D K`` (``D`` of shape (B, k, N): k rows per dataset) for the RBF Gram matrices
-    ``K_b = exp(-gamma_b ||z_i - z_j||^2)`` of ``Z`` (B, N, q).
+def _rbf_block(Z: Tensor, sq: Tensor, g: Tensor, i0: int, i1: int) -> Tensor:
+    """Rows ``i0:i1`` of the float32 RBF Gram matrices ``exp(-g ||z_i - z_j||^2)`` (B, i1 - i0, N)."""
+    d2 = sq[:, i0:i1, None] + sq[:, None, :] - 2.0 * (Z[:, i0:i1] @ Z.transpose(-1, -2))
+    return torch.exp(d2.clamp_min_(0.0).mul_(-g))
 
-    Padded units (zero rows of ``Z``) only ever multiply zero entries of ``D``.  ``K`` is formed
-    once up to :data:`DESCENT_KERNEL_LIMIT` entries, else recomputed in row blocks at every
-    product; all in float32 (a kernel entry to about 1e-6, ample for a descent direction), the
-    product returned in ``D``'s dtype.
-    """
+
+def _rbf_gram(Z: Tensor, gamma: Tensor) -> Tensor:
+    """The float32 RBF Gram matrices ``K_b = exp(-gamma_b ||z_i - z_j||^2)`` (B, N, N) of ``Z``
+    (B, N, q), formed in row blocks (a kernel entry to about 1e-6, ample for a descent direction;
+    padded units, zero rows of ``Z``, get rows that only ever meet zero weights)."""
+    B, N, _ = Z.shape
+    Z = Z.float()
+    sq = (Z * Z).sum(-1)
+    g = gamma.float().view(-1, 1, 1)
+    rows = max(1, _DESCENT_BLOCK // max(1, B * N))
+    K = torch.empty(B, N, N, dtype=torch.float32, device=Z.device)
+    for i0 in range(0, N, rows):
+        K[:, i0 : i0 + rows] = _rbf_block(Z, sq, g, i0, min(N, i0 + rows))
+    return K
+
+
+def _rbf_gram_product(Z: Tensor, gamma: Tensor):
+    """``D -> D K`` (``D`` of shape (B, k, N): k rows per dataset) for the RBF Gram matrices of
+    ``Z`` (B, N, q) recomputed in float32 row blocks at every product (for a Gram matrix too big
+    to hold: :func:`_rbf_gram` holds it), returned in ``D``'s dtype."""
     B, N, _ = Z.shape
     Z = Z.float()
     sq = (Z * Z).sum(-1)
     g = gamma.float().view(-1, 1, 1)
     rows = max(1, _DESCENT_BLOCK // max(1, B * N))
 
-    def block(i0: int, i1: int) -> Tensor:
-        d2 = sq[:, i0:i1, None] + sq[:, None, :] - 2.0 * (Z[:, i0:i1] @ Z.transpose(-1, -2))
-        return torch.exp(d2.clamp_min_(0.0).mul_(-g))
-
-    if B * N * N <= DESCENT_KERNEL_LIMIT:
-        K = torch.empty(B, N, N, dtype=torch.float32, device=Z.device)
-        for i0 in range(0, N, rows):
-            K[:, i0 : i0 + rows] = block(i0, min(N, i0 + rows))
-
-        def product(D: Tensor) -> Tensor:
-            # the row-major (B, k, N) x (B, N, N) product streams K about twice as fast on the CPU
-            # as (B, N, N) x (B, N, k); K is symmetric, so D K is (K D')'
-            return torch.bmm(D.float(), K).to(D.dtype)
-
-        return product
-
     def product_blocks(D: Tensor) -> Tensor:
         Df = D.float().transpose(-1, -2)
-        return (
-            torch.cat([block(i0, min(N, i0 + rows)) @ Df for i0 in range(0, N, rows)], 1).transpose(-1, -2).to(D.dtype)
-        )
+        blocks = [_rbf_block(Z, sq, g, i0, min(N, i0 + rows)) @ Df for i0 in range(0, N, rows)]
+        return torch.cat(blocks, 1).transpose(-1, -2).to(D.dtype)
 
     return product_blocks
 

@@ -6,6 +6,8 @@ pure-PyTorch twin of :mod:`cina_ext.reference` instead.
   (:mod:`.attention_hinge`);
 * :func:`qp_solve`, :func:`dual_solve` -- the batched box-QP / balancing-dual solver
   (:mod:`.qp_solve`);
+* :func:`balance_descent` -- exponentiated-gradient steps on the kernel balancing objective, CPU
+  kernel (:mod:`.balance_descent`);
 * :func:`attention_hinge_packed`, :func:`dual_solve_packed`, :func:`qp_solve_packed` -- the same
   on many datasets of different sizes stored back to back with offsets (:mod:`.packed`).
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 from .._core.backend import resolve_backend
 from .._core.extension import extension_error, has_cuda_kernels, has_extension
 from .attention_hinge import attention_hinge
+from .balance_descent import balance_descent
 from .packed import (
     attention_hinge_packed,
     dual_solve_packed,
@@ -25,6 +28,7 @@ from .qp_solve import BalanceResult, QPResult, default_max_iter, dual_solve, qp_
 
 __all__ = [
     "attention_hinge",
+    "balance_descent",
     "qp_solve",
     "dual_solve",
     "default_max_iter",

@@ -101,13 +101,13 @@ def test_a_batch_beyond_the_kernel_limit_runs_in_sub_batches_that_hold_their_gra
     whole, ow = m.objective_descent(X, W, mask, fm, w, idx, 10)
     N = X.shape[1]
     formed = []
-    real = zs._rbf_gram_product
+    real = zs._rbf_gram
 
     def spy(Z, gamma):
         formed.append(Z.shape[0])
         return real(Z, gamma)
 
-    monkeypatch.setattr(zs, "_rbf_gram_product", spy)
+    monkeypatch.setattr(zs, "_rbf_gram", spy)
     monkeypatch.setattr(zs, "DESCENT_KERNEL_LIMIT", 2 * N * N)  # two datasets' Gram matrices
     monkeypatch.setattr(zs, "_DESCENT_BLOCK", 0)  # any recomputation would be one row at a time
     parts, op = m.objective_descent(X, W, mask, fm, w, idx, 10)
