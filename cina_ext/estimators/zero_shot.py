@@ -89,7 +89,9 @@ class CInAZeroShot(_WeightingEstimator):
         of :func:`~cina_ext.estimators.low_rank.simplex_balance` in 512 random Fourier features of
         that kernel, warm-started at the imbalance of the weights (O(N r), any N).
     backend : {"auto", "fused", "reference"}, default "auto"
-        Backend of the attention operator.
+        Backend of the attention operator and of the descent steps
+        (:func:`cina_ext.ops.balance_descent`: its compiled kernel is CPU only, "auto" runs the
+        PyTorch twin on CUDA).
     batch_size : int, default 32
         Datasets per padded batch in :meth:`estimate_many`.
     random_state : None, int or numpy Generator, optional
@@ -485,12 +487,14 @@ class CInAZeroShot(_WeightingEstimator):
                 else:
                     if choose:
                         w, obj, lam_t, selections = self._descent_choosing_lam(
-                            model, items, estimand, (Xf, W, mask, fmf), w, idx, steps, gamma
+                            model, items, estimand, (Xf, W, mask, fmf), w, idx, steps, gamma, self.backend
                         )
                         if diagnostics:
                             info["balance_objective"] = obj
                     elif steps:
-                        w, obj = model.objective_descent(Xf, W, mask, fmf, w, idx, steps, gamma=gamma, lam=lam_t)
+                        w, obj = model.objective_descent(
+                            Xf, W, mask, fmf, w, idx, steps, gamma=gamma, lam=lam_t, backend=self.backend
+                        )
                         if diagnostics:
                             info["balance_objective"] = obj
                     if self.refine:
@@ -539,7 +543,7 @@ class CInAZeroShot(_WeightingEstimator):
         return to_numpy(w), out
 
     @staticmethod
-    def _descent_choosing_lam(model, items, estimand: str, batch, w, idx, steps: int, gamma):
+    def _descent_choosing_lam(model, items, estimand: str, batch, w, idx, steps: int, gamma, backend: str = "auto"):
         """``lam="auto"``: the descent steps on every penalty of :data:`LAM_GRID` at once (a
         dataset's products serve the whole grid), then KernelBalancing's rule on each dataset's
         approximate solutions, judged on its raw covariates (``items``).  ``batch`` is the
@@ -548,7 +552,9 @@ class CInAZeroShot(_WeightingEstimator):
         X, W, mask, fm = batch
         B = W.shape[0]
         grid = torch.tensor(LAM_GRID, dtype=torch.float64, device=W.device)
-        wg, og = model.objective_descent(X, W, mask, fm, w, idx, steps, gamma=gamma, lam=grid.expand(B, -1))
+        wg, og = model.objective_descent(
+            X, W, mask, fm, w, idx, steps, gamma=gamma, lam=grid.expand(B, -1), backend=backend
+        )
         chosen = []
         for b, (x, t) in enumerate(items):
             sols = [wg[b, k, : x.shape[0]].cpu().numpy() for k in range(len(LAM_GRID))]

@@ -50,6 +50,21 @@ def test_median_gamma_equals_brute_force(kernel, n):
     assert got == pytest.approx(1.0 / brute_median(Z.tolist(), kernel), rel=1e-12)
 
 
+def test_median_gammas_of_many_blocks_equal_one_at_a_time():
+    """The thread-pooled batch gives each block the value median_gamma gives it alone (bitwise),
+    in order, for brute-force-checked values too."""
+    from cina_ext._core.bandwidth import median_gammas
+
+    rng = np.random.default_rng(4)
+    blocks = [rng.normal(size=(n, 3)) * (1 + i) for i, n in enumerate((5, 40, 2, 300, 17, 60))]
+    for kernel in ("rbf", "laplace"):
+        many = median_gammas(blocks, kernel, seed=3)
+        assert many == [median_gamma(b, kernel, seed=3) for b in blocks]
+        assert many[0] == pytest.approx(1.0 / brute_median(blocks[0].tolist(), kernel))
+    assert median_gammas([], "rbf", seed=0) == []
+    assert median_gammas(blocks[:1], "rbf", seed=0) == [median_gamma(blocks[0], "rbf", seed=0)]
+
+
 def test_median_gamma_subsample_is_seeded_and_bounded():
     rng = np.random.default_rng(4)
     Z = rng.standard_normal((60, 2))

@@ -13,6 +13,7 @@ from cina_ext.models.zero_shot import collate_datasets, sample_landmarks
 
 from _zero_shot_cases import BALANCE, OVERLAP, _datasets, _model, _threads  # noqa: F401
 
+zs = importlib.import_module("cina_ext.models.zero_shot")
 zs_est = importlib.import_module("cina_ext.estimators.zero_shot")
 
 
@@ -39,13 +40,24 @@ def test_every_unit_a_landmark_is_the_exact_forward_pass(estimand):
         torch.testing.assert_close(got, exact, rtol=1e-7, atol=1e-9)
 
 
-def test_chunking_does_not_change_the_result():
+def test_chunking_does_not_change_the_result(monkeypatch):
     model = _model(seed=4, estimands=BALANCE, unroll=2)
     X, W, mask, fm = collate_datasets(_datasets(2, seed=6, n_range=(60, 90)), dtype=torch.float64)
     lm = sample_landmarks(W, mask, 24, generator=torch.Generator().manual_seed(1))
     a = model.weights_landmarks(X, W, lm, mask, fm, chunk=5)
     b = model.weights_landmarks(X, W, lm, mask, fm, chunk=1000)
     torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    # the read-out's kernel rows recomputed in chunks at every witness step instead of held once
+    monkeypatch.setattr(zs, "_NYSTROM_HOLD", 0)
+    for chunk in (5, 1000):
+        c = model.weights_landmarks(X, W, lm, mask, fm, chunk=chunk)
+        torch.testing.assert_close(c, b, rtol=1e-9, atol=1e-12)
+    X32 = X.float()
+    model32 = model.float()
+    c32 = model32.weights_landmarks(X32, W.float(), lm, mask, fm, chunk=7)
+    monkeypatch.setattr(zs, "_NYSTROM_HOLD", 1 << 24)
+    b32 = model32.weights_landmarks(X32, W.float(), lm, mask, fm, chunk=7)
+    torch.testing.assert_close(c32, b32, rtol=1e-5, atol=1e-7)
     # still weights: non-negative, one per arm, zero on padding
     assert bool((a >= 0).all()) and bool((a[~mask] == 0).all())
     for arm in (W > 0, W < 0):
