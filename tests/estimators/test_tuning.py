@@ -244,3 +244,9 @@ def test_single_partition_median_is_numpys_median(n):
     rng = np.random.default_rng(n)
     for a in (rng.standard_normal(n), rng.integers(0, 3, n).astype(float)):  # ties as well
         assert _median(a.copy()) == np.median(a)  # bit for bit
+        # the smallest values left out by rank (the zero distances), a monotone transform after
+        for skip in {0, min(1, n - 1), n // 3, n - 1}:
+            kept = np.sort(a)[skip:]
+            assert _median(a.copy(), skip=skip) == np.median(kept)
+            b = np.abs(a)
+            assert _median(b.copy(), skip=skip, transform=np.sqrt) == np.median(np.sqrt(np.sort(b)[skip:]))
