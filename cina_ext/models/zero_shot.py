@@ -850,8 +850,9 @@ class CInAZeroShotModel(nn.Module):
             once from ``w``: each product with a dataset's Gram matrix serves its ``L`` problems.
         backend : {"auto", "fused", "reference"}
             For the held exact Gram matrix: :func:`cina_ext.ops.balance_descent` (the compiled CPU
-            kernel under "auto" on the CPU) or its PyTorch twin; the feature and blockwise products
-            always run the twin's loop (:func:`cina_ext.reference.balance_descent.descent_steps`).
+            kernel under "auto" or "fused" on the CPU) or its PyTorch twin ("reference", and on
+            CUDA, where the kernel does not exist); the feature and blockwise products always run
+            the twin's loop (:func:`cina_ext.reference.balance_descent.descent_steps`).
 
         Returns
         -------
@@ -940,8 +941,10 @@ class CInAZeroShotModel(nn.Module):
         w = torch.where(is_att & treated, 1.0 / n1, w.to(f64) * mf)  # the ATT's treated keep 1 / n1
         arm = torch.where(treated, 1, torch.where(control, 0, -1)).to(torch.int8)
         if K is not None:
+            # "fused" names the compiled kernels where they exist: the descent has none on CUDA
+            desc_backend = "auto" if backend == "fused" and K.device.type != "cpu" else backend
             best_w, best = ops.balance_descent(
-                K, w, arm, target, moving, lam_rows, int(steps), step_size, momentum, backend=backend
+                K, w, arm, target, moving, lam_rows, int(steps), step_size, momentum, backend=desc_backend
             )
         else:
             one = gram

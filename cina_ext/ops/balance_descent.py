@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from .._core.backend import resolve_backend
+from .._core.constants import BACKENDS
 from .._core.extension import has_extension
 from ..reference.balance_descent import balance_descent as _reference_balance_descent
 
@@ -136,13 +137,19 @@ def balance_descent(
     (torch.Size([1, 3]), True)
     """
     _check(K, w, arm, target, moving, lam, steps, step_size, momentum)
-    choice = resolve_backend(backend, K.device) if backend != "reference" else "reference"
-    if choice == "fused" and (K.device.type != "cpu" or K.dtype != torch.float32):
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "reference":
+        choice = "reference"
+    elif K.device.type != "cpu" or K.dtype != torch.float32:
+        # no kernel for these by design (CUDA: the twin's batched products suit the device)
         if backend == "fused":
             raise RuntimeError(
                 f"backend='fused': the compiled balance_descent kernel takes float32 K on the CPU, got {K.dtype} on {K.device}"
             )
         choice = "reference"
+    else:
+        choice = resolve_backend(backend, K.device)  # the CPU kernel, or the twin with a warning if unbuilt
     if choice == "reference" or not has_extension():
         return _reference_balance_descent(K, w, arm, target, moving, lam, steps, step_size, momentum)
     return torch.ops.cina.balance_descent(

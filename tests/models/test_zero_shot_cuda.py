@@ -39,8 +39,9 @@ def _pair():
         dict(estimand="att"),
         dict(approximation="landmarks", landmarks=128, random_state=3),
         dict(approximation="landmarks", landmarks=128, random_state=3, refine=40),
+        dict(backend="fused"),  # the compiled attention; the descent has no CUDA kernel: its twin runs
     ],
-    ids=["network", "descent", "refine", "att", "landmarks", "landmarks-refine"],
+    ids=["network", "descent", "refine", "att", "landmarks", "landmarks-refine", "fused"],
 )
 def test_weights_on_the_device_match_the_cpu(kw):
     cpu, dev = _pair()

@@ -202,3 +202,21 @@ def test_estimator_descent_steps_validation():
     assert overlap.descent_steps_ == 0
     lm = CInAZeroShot(model=m, approximation="landmarks", landmarks=8, random_state=0).fit(d.X, d.T)
     assert lm.descent_steps_ == zs.DESCENT_STEPS  # the default runs them on the landmark path too
+
+
+def test_descent_backends_agree():
+    """The compiled steps (the CPU default) and their PyTorch twin take the same steps, up to the
+    float32 products' summation order; "fused" is the default's kernel exactly."""
+    m = _median_model()
+    ds = _datasets(3, seed=27, n_range=(40, 70))
+    X, W, mask, fm = collate_datasets([(d.X, d.T) for d in ds], dtype=torch.float64)
+    idx = m.estimand_index(["ate", "att", "ate"], 3, X.device)
+    with torch.no_grad():
+        w = m.weights(X, W, mask, fm, estimand=["ate", "att", "ate"])
+    auto = m.objective_descent(X, W, mask, fm, w, idx, 12)
+    fused = m.objective_descent(X, W, mask, fm, w, idx, 12, backend="fused")
+    twin = m.objective_descent(X, W, mask, fm, w, idx, 12, backend="reference")
+    assert torch.equal(auto[0], fused[0]) and torch.equal(auto[1], fused[1])
+    torch.testing.assert_close(twin[0], auto[0], rtol=2e-5, atol=1e-7)
+    torch.testing.assert_close(twin[1], auto[1], rtol=1e-5, atol=1e-12)
+    assert not torch.equal(twin[0], auto[0])  # two implementations, not one called twice

@@ -161,6 +161,8 @@ def test_auto_uses_the_kernel_and_float64_K_runs_the_twin():
     assert torch.equal(d[0], r[0])
     with pytest.raises(RuntimeError, match="float32 K on the CPU"):
         ops.balance_descent(K.double(), *args[1:], 8, STEP, MOM, backend="fused")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        ops.balance_descent(*args, 8, STEP, MOM, backend="cuda")
 
 
 def test_bad_inputs_raise_clear_errors():
