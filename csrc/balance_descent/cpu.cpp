@@ -6,8 +6,10 @@
 // batched product of the PyTorch twin streams all B matrices through memory at every step).
 //
 // Threads (at::parallel_for; this file is compiled with -fopenmp, see CMakeLists.txt): one row
-// per task when there are at least as many rows as threads, else the rows one after another
-// with each product split across the threads.
+// per task when there are at least as many rows as threads and a matrix is small, else the rows
+// one after another with each product split across the threads (so they share one matrix in
+// cache).  Either way each entry of a product is one thread's dot product: the results do not
+// depend on the number of threads.
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -203,7 +205,10 @@ void balance_descent_cpu(const DescentProblems& pr, const DescentOptions& opt,
                          const DescentOutputs& out) {
   if (pr.R == 0) return;
   const int64_t threads = at::get_num_threads();
-  if (pr.R >= threads || pr.N <= 256) {
+  // From kSplitUnits units a matrix (4 MB) no longer fits in cache once per thread, but one
+  // shared by all threads still may: the threads then work on one row at a time.
+  constexpr int64_t kSplitUnits = 1024;
+  if ((pr.R >= threads && pr.N < kSplitUnits) || pr.N <= 256) {
     at::parallel_for(0, pr.R, 1, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) solve_row(pr, opt, out, r, false);
     });

@@ -232,14 +232,18 @@ def test_baseline_variant_matches_the_twin():
 def test_one_and_two_threads_agree_bitwise():
     args = make_problems(3, 1, 400, seed=18)  # one row per thread
     one_row = make_problems(1, 1, 400, seed=19)  # one row, its products split across threads
+    big = make_problems(3, 1, 1100, seed=20)  # large matrices: the rows in turn, products split
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
         a = ops.balance_descent(*args, 10, STEP, MOM, backend="fused")
         a1 = ops.balance_descent(*one_row, 10, STEP, MOM, backend="fused")
+        a2 = ops.balance_descent(*big, 3, STEP, MOM, backend="fused")
         torch.set_num_threads(2)
         b = ops.balance_descent(*args, 10, STEP, MOM, backend="fused")
         b1 = ops.balance_descent(*one_row, 10, STEP, MOM, backend="fused")
+        b2 = ops.balance_descent(*big, 3, STEP, MOM, backend="fused")
     finally:
         torch.set_num_threads(before)
-    assert torch.equal(a[0], b[0]) and torch.equal(a1[0], b1[0])
+    assert torch.equal(a[0], b[0]) and torch.equal(a1[0], b1[0]) and torch.equal(a2[0], b2[0])
+    check_against_float64_twin(big, steps=3)
