@@ -8,7 +8,7 @@ forms them), ATE problems with 40% treated, the model's step size and momentum; 
 (bench_balance_descent.json / .md) the milliseconds per problem of ``ops.balance_descent`` with
 ``backend="fused"`` and ``backend="reference"`` (the fastest of ``--repeats`` calls), their ratio,
 and the largest weight difference relative to the float64 twin.  ``--grid L``: L penalties per
-matrix (the ``lam="auto"`` grid is 9).
+matrix sharing its arms (the ``lam="auto"`` grid is 9), which the kernel steps together.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ def problems(B, L, N, seed=0):
     Z = torch.randn(B, N, 8, generator=g)
     K = torch.exp(-(torch.cdist(Z, Z) ** 2) / 8)
     R = B * L
-    arm = (torch.rand(R, N, generator=g) < 0.4).to(torch.int8)
+    # a grid's rows share their dataset's arms (as lam="auto" passes them): the kernel steps them together
+    arm = (torch.rand(B, N, generator=g) < 0.4).to(torch.int8).repeat_interleave(L, 0)
     t1, t0 = (arm == 1).to(F64), (arm == 0).to(F64)
     target = torch.full((R, N), 1.0 / N, dtype=F64)
     w = torch.where(arm == 1, t1 / t1.sum(-1, keepdim=True), t0 / t0.sum(-1, keepdim=True))

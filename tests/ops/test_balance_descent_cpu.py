@@ -247,3 +247,48 @@ def test_one_and_two_threads_agree_bitwise():
         torch.set_num_threads(before)
     assert torch.equal(a[0], b[0]) and torch.equal(a1[0], b1[0]) and torch.equal(a2[0], b2[0])
     check_against_float64_twin(big, steps=3)
+
+
+def make_grid(B, L, N, *, att=False, pad=0, seed=0):
+    """B datasets with L penalties each: the L rows of a dataset share its matrix, arms, target
+    and start and differ only in lam (what the zero-shot estimator's lam="auto" passes)."""
+    K, w, arm, target, moving, _ = make_problems(B, 1, N, att=att, pad=pad, seed=seed)
+    rep = [t.repeat_interleave(L, 0) for t in (w, arm, target, moving)]
+    lam = torch.tensor([1e-4, 3e-3, 0.1, 1.0, 2e-2, 5e-4, 0.3, 7e-3, 1e-2][:L], dtype=F64).repeat(B)
+    return (K, *rep, lam)
+
+
+@pytest.mark.parametrize(
+    "B,L,N,att,pad",
+    [
+        (3, 9, 60, False, 0),  # a grid per dataset, one group per thread
+        (2, 5, 45, True, 3),  # ATT, padding, a tail of the 8-lane sums
+        (1, 9, 301, False, 0),  # one group: its products split across the threads
+        (2, 3, 1030, True, 0),  # large matrices: the groups in turn
+    ],
+)
+def test_a_grid_steps_together_and_each_row_gets_its_own_steps(B, L, N, att, pad):
+    args = make_grid(B, L, N, att=att, pad=pad, seed=B * 10 + N)
+    steps = 3 if N > 1000 else STEPS
+    wf, of = check_against_float64_twin(args, steps=steps)
+    K, w, arm, target, moving, lam = args
+    # every row alone (its matrix, one row): bit for bit the row of the grid
+    for r in range(B * L):
+        b = r // L
+        wa, oa = ops.balance_descent(
+            K[b : b + 1],
+            *(t[r : r + 1] for t in (w, arm, target, moving, lam)),
+            steps,
+            STEP,
+            MOM,
+            backend="fused",
+        )
+        assert torch.equal(wa[0], wf[r]) and torch.equal(oa[0], of[r])
+    # and the threads do not change a grid either
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = ops.balance_descent(*args, steps, STEP, MOM, backend="fused")
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one[0], wf) and torch.equal(one[1], of)
