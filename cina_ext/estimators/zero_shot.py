@@ -96,8 +96,10 @@ class CInAZeroShot(_WeightingEstimator):
     batch_size : int, default 32
         Datasets per padded batch in :meth:`estimate_many`.
     random_state : None, int or numpy Generator, optional
-        Seed of the bootstrap, of the landmarks and of the random Fourier features of the steps
-        and the refinement on large datasets (None: those features seeded with 0, so refits agree).
+        Seed of the bootstrap, of the landmarks, of the median bandwidth's subsample of the
+        objective (datasets of more than 2000 units; the subsample ``KernelBalancing`` draws with
+        the same ``random_state``) and of the random Fourier features of the steps and the
+        refinement on large datasets (None: all but the bootstrap seeded with 0, so refits agree).
     verbose : bool, default False
         Progress bars.
     approximation : {"auto", "exact", "landmarks"}, default "auto"
@@ -212,6 +214,10 @@ class CInAZeroShot(_WeightingEstimator):
         The descent steps the fit ran.
     lam_ : float
         The penalty the fit used (ate/att models).
+    gamma_ : float
+        The bandwidth of the objective's RBF kernel on the scaled covariates (ate/att models, with
+        ``descent_steps``, ``refine`` or the objective diagnostic): the model's rule,
+        ``KernelBalancing``'s median heuristic for the shipped models.
     lam_grid_ : dict or None
         With ``lam="auto"`` on the exact path: the rule's grid, imbalances, effective sample sizes
         and threshold (as ``KernelBalancing.lam_grid_``); else None.
@@ -479,7 +485,9 @@ class CInAZeroShot(_WeightingEstimator):
                 if diagnostics or steps or self.refine:
                     # the objective's kernel, computed once for the diagnostic, the steps and the solver
                     Z = model.standardise(Xf.double(), mask, fmf)
-                    gamma = model.kernel_gamma(Z, mask, fmf)
+                    # seeded as KernelBalancing seeds its bandwidth (random_state; 0 without one)
+                    gamma = model.kernel_gamma(Z, mask, fmf, seed=feature_seed)
+                    info["gamma"] = gamma
                 if self.refine or steps:
                     info["raw_weights"] = w
                 raw = w
@@ -623,7 +631,8 @@ class CInAZeroShot(_WeightingEstimator):
         return wg[rows, k], og[rows, k], grid[k], chosen, solved
 
     def _feature_seed(self) -> int:
-        """The seed of the random Fourier features: ``random_state``'s, and 0 without one, so that
+        """The seed of the landmarks, the bandwidth subsample and the random Fourier features:
+        ``random_state``'s, and 0 without one, so that
         the default estimator gives the same weights at every fit.  A numpy Generator is drawn
         from once per fit (the bootstraps of that fit share its features) and once per
         :meth:`estimate_many` call."""
@@ -708,6 +717,8 @@ class CInAZeroShot(_WeightingEstimator):
         self.descent_steps_ = int(st["descent_steps"])
         if "lam" in st:
             self.lam_ = float(st["lam"])
+        if "gamma" in st:
+            self.gamma_ = float(st["gamma"])
         sel = st.get("lam_selection")
         self.lam_grid_ = sel.to_dict() if sel is not None else None
         if "raw_weights" in st:

@@ -657,14 +657,14 @@ class CInAZeroShotModel(nn.Module):
         n1 = t1.sum(-1, keepdim=True)
         return torch.where(is_att & treated, 1.0 / n1, w)
 
-    def kernel_gamma(self, Z: Tensor, mask: Tensor, feature_mask: Tensor) -> Tensor:
+    def kernel_gamma(self, Z: Tensor, mask: Tensor, feature_mask: Tensor, seed: int = 0) -> Tensor:
         """Bandwidth (B,) of the RBF kernel of the ate/att objective (``balance_gamma``).
 
         "scale": ``1 / p`` (``p`` valid covariates, at least 1).  "median":
         :func:`cina_ext._core.bandwidth.median_gamma` on each dataset's valid units and covariates
-        (seed 0), the bandwidth ``KernelBalancing(gamma="median")`` uses on the same covariates:
-        ``1 / median ||z_i - z_j||^2`` over the pairs of at most 2000 units (a seeded subsample
-        beyond), ``1 / p`` where no pair is apart.
+        with ``seed``, the bandwidth ``KernelBalancing(gamma="median", random_state=seed)`` uses on
+        the same covariates: ``1 / median ||z_i - z_j||^2`` over the pairs of at most 2000 units
+        (a subsample drawn with ``seed`` beyond), ``1 / p`` where no pair is apart.
 
         Parameters
         ----------
@@ -674,6 +674,8 @@ class CInAZeroShotModel(nn.Module):
             Valid units.
         feature_mask : Tensor of bool, shape (B, p)
             Valid covariates.
+        seed : int, default 0
+            Seeds the subsample of datasets with more than 2000 units.
 
         Returns
         -------
@@ -686,7 +688,7 @@ class CInAZeroShotModel(nn.Module):
         blocks = [self.valid_block(Z, mask, feature_mask, b).detach().double().cpu().numpy() for b in range(Z.shape[0])]
         with_cols = [i for i, zb in enumerate(blocks) if zb.shape[1]]
         out = [1.0] * len(blocks)
-        for i, g in zip(with_cols, median_gammas([blocks[i] for i in with_cols], "rbf", seed=0)):
+        for i, g in zip(with_cols, median_gammas([blocks[i] for i in with_cols], "rbf", seed=int(seed))):
             out[i] = g
         return torch.tensor(out, dtype=Z.dtype, device=Z.device)
 

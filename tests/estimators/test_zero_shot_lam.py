@@ -210,3 +210,25 @@ def test_lalonde_psid_lam_auto_refined_is_kernel_balancing():
     assert zs.lam_ == kb.lam_
     # measured: 1853.3 (KernelBalancing) and 1853.6 dollars; without the refinement 2035, at lam 3.2e-3
     assert zs.ate(ds.Y) == pytest.approx(kb.ate(ds.Y), abs=10.0)
+
+
+def test_the_bandwidth_subsample_is_seeded_by_random_state_as_kernel_balancings():
+    """Above 2000 units the median bandwidth comes from a subsample: the zero-shot estimator draws
+    it with its ``random_state``, as KernelBalancing does, so at one seed both solve the same
+    problem (refined to convergence: the same weights), and two seeds give two bandwidths."""
+    from cina_ext._core.bandwidth import median_gamma
+    from cina_ext.estimators import KernelBalancing
+
+    m = _median_model()
+    d = make_setoguchi(2100, "A", seed=47)
+    X, W, mask, fm = collate_datasets([(d.X, d.T)], dtype=torch.float64)
+    Z = m.standardise(X, mask, fm)
+    block = Z[0].numpy()
+    g = {s: float(m.kernel_gamma(Z, mask, fm, seed=s)[0]) for s in (1, 2)}
+    assert g[1] == median_gamma(block, "rbf", 1) and g[2] == median_gamma(block, "rbf", 2)
+    assert g[1] != g[2]
+    zs = _fit(CInAZeroShot(model=m, scaling="standard", lam=0.01, refine=50_000, random_state=2), d.X, d.T)
+    kb = KernelBalancing(scaling="standard", lam=0.01, random_state=2).fit(d.X, d.T)
+    assert kb.gamma_ == pytest.approx(g[2], rel=1e-12) and zs.gamma_ == pytest.approx(g[2], rel=1e-12)
+    assert zs.refine_converged_
+    np.testing.assert_allclose(zs.weights_, kb.weights_, atol=2e-4)
