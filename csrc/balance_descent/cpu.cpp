@@ -51,7 +51,10 @@ typedef float v8f __attribute__((vector_size(32)));
 #define CINA_HSUM8(a) \
   ((((a)[0] + (a)[1]) + ((a)[2] + (a)[3])) + (((a)[4] + (a)[5]) + ((a)[6] + (a)[7])))
 
-// Four dot products at once: four independent chains (one is bound by the FMA latency).
+// Four dot products at once: four independent chains (one is bound by the FMA latency).  With
+// kSharedRow the four have one row of K (t[q].k all equal), loaded once for the four products;
+// the arithmetic of each product is the same either way.
+template <bool kSharedRow>
 void dot4(const DotTask* t, int64_t n) {
   const int64_t n8 = n & ~int64_t{7};
   const float *k0 = t[0].k, *k1 = t[1].k, *k2 = t[2].k, *k3 = t[3].k;
@@ -62,13 +65,13 @@ void dot4(const DotTask* t, int64_t n) {
     CINA_LOAD8(x, k0 + i);
     CINA_LOAD8(y, e0 + i);
     a0 += x * y;
-    CINA_LOAD8(x, k1 + i);
+    if constexpr (!kSharedRow) CINA_LOAD8(x, k1 + i);
     CINA_LOAD8(y, e1 + i);
     a1 += x * y;
-    CINA_LOAD8(x, k2 + i);
+    if constexpr (!kSharedRow) CINA_LOAD8(x, k2 + i);
     CINA_LOAD8(y, e2 + i);
     a2 += x * y;
-    CINA_LOAD8(x, k3 + i);
+    if constexpr (!kSharedRow) CINA_LOAD8(x, k3 + i);
     CINA_LOAD8(y, e3 + i);
     a3 += x * y;
   }
@@ -78,37 +81,6 @@ void dot4(const DotTask* t, int64_t n) {
     s1 += k1[i] * e1[i];
     s2 += k2[i] * e2[i];
     s3 += k3[i] * e3[i];
-  }
-  *t[0].out = s0;
-  *t[1].out = s1;
-  *t[2].out = s2;
-  *t[3].out = s3;
-}
-
-// Four dot products with one row of K (t[q].k all equal): one load of K serves four products.
-void dot4_shared_row(const DotTask* t, int64_t n) {
-  const int64_t n8 = n & ~int64_t{7};
-  const float* k = t[0].k;
-  const float *e0 = t[0].e, *e1 = t[1].e, *e2 = t[2].e, *e3 = t[3].e;
-  v8f a0 = {}, a1 = {}, a2 = {}, a3 = {};
-  for (int64_t i = 0; i < n8; i += 8) {
-    v8f x, y;
-    CINA_LOAD8(x, k + i);
-    CINA_LOAD8(y, e0 + i);
-    a0 += x * y;
-    CINA_LOAD8(y, e1 + i);
-    a1 += x * y;
-    CINA_LOAD8(y, e2 + i);
-    a2 += x * y;
-    CINA_LOAD8(y, e3 + i);
-    a3 += x * y;
-  }
-  float s0 = CINA_HSUM8(a0), s1 = CINA_HSUM8(a1), s2 = CINA_HSUM8(a2), s3 = CINA_HSUM8(a3);
-  for (int64_t i = n8; i < n; ++i) {
-    s0 += k[i] * e0[i];
-    s1 += k[i] * e1[i];
-    s2 += k[i] * e2[i];
-    s3 += k[i] * e3[i];
   }
   *t[0].out = s0;
   *t[1].out = s1;
@@ -161,7 +133,7 @@ void group_product(const Group& gp, int64_t j0, int64_t j1, double* out1, double
       }
       t[m++] = {gp.K + j * gp.N, gp.arm[j] > 0 ? gp.d1 : gp.d0, out1 + j};
       if (m == 4) {
-        dot4(t, gp.n);
+        dot4<false>(t, gp.n);
         m = 0;
       }
     }
@@ -191,11 +163,11 @@ void group_product(const Group& gp, int64_t j0, int64_t j1, double* out1, double
       }
     }
     int64_t q = 0;
-    for (; q + 4 <= m; q += 4) dot4_shared_row(unit.data() + q, gp.n);
+    for (; q + 4 <= m; q += 4) dot4<true>(unit.data() + q, gp.n);
     for (; q < m; ++q) {
       pending[np++] = unit[q];
       if (np == 4) {
-        dot4(pending, gp.n);
+        dot4<false>(pending, gp.n);
         np = 0;
       }
     }
