@@ -73,6 +73,7 @@ from torch import Tensor
 from .constants import ESTIMANDS, FLOAT_DTYPES, MIN_ARM_SIZE
 
 __all__ = [
+    "penalty_grid",
     "MIN_ARM_SIZE",
     "MAX_LEVELS",
     "DesignData",
@@ -686,6 +687,17 @@ def converged_and_finite(x: Tensor, objective: Tensor, converged: Tensor) -> Ten
     to infinity (an indefinite matrix along an unbounded direction) is never reported converged."""
     finite = torch.isfinite(x).all(-1) & torch.isfinite(objective)
     return converged & finite
+
+
+def penalty_grid(lam, B: int) -> int:
+    """The grid size ``L`` of a ``lam`` of shape (B, L) (a grid of penalties per dataset: the
+    ``B * L`` problems of :func:`cina_ext.ops.dual_solve` that share each dataset), 0 for a number
+    or a () / (B,) tensor.  Only the shape is checked here; :func:`per_dataset` checks the values."""
+    if not isinstance(lam, Tensor) or lam.dim() != 2:
+        return 0
+    if lam.shape[0] != B or lam.shape[1] == 0:
+        raise ValueError(f"a lam grid must have shape ({B}, L) with L >= 1, got {tuple(lam.shape)}")
+    return int(lam.shape[1])
 
 
 def per_dataset(v, name: str, B: int, *, dtype: torch.dtype, device, check: bool = True) -> Tensor:

@@ -695,14 +695,14 @@ class KernelBalancing(_WeightingEstimator):
         return st
 
     def _fit_exact(self, Xs, T, estimand, gamma, lam_abs, tol):
-        """The exact solves, one per penalty of ``lam_abs``: one batched call on the dataset
-        stacked once per penalty (a per-dataset ``lam``)."""
+        """The exact solves, one per penalty of ``lam_abs``: one batched call with the penalties as
+        a grid on the one dataset (its covariates held once, its kernel mean computed once)."""
         G = len(lam_abs)
         dtype = resolve_dtype(self.dtype)
         device = resolve_device(self.device, getattr(getattr(self, "_data", None), "device", None))
-        Xt = torch.as_tensor(Xs, dtype=dtype, device=device).unsqueeze(0).expand(G, -1, -1).contiguous()
-        Wt = torch.as_tensor(2.0 * T - 1.0, dtype=dtype, device=device).unsqueeze(0).expand(G, -1).contiguous()
-        lam_t = torch.tensor(lam_abs, dtype=torch.float64) if G > 1 else lam_abs[0]
+        Xt = torch.as_tensor(Xs, dtype=dtype, device=device).unsqueeze(0)
+        Wt = torch.as_tensor(2.0 * T - 1.0, dtype=dtype, device=device).unsqueeze(0)
+        lam_t = torch.tensor([lam_abs], dtype=torch.float64) if G > 1 else lam_abs[0]
         kw = dict(kernel=self.kernel, estimand=estimand, loss=self.loss, tol=tol, max_iter=_max_iter_arg(self.max_iter))
         if self.kernel in ("rbf", "laplace"):
             kw["gamma"] = gamma

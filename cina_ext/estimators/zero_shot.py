@@ -600,14 +600,14 @@ class CInAZeroShot(_WeightingEstimator):
         if refine:
             Wr = W.double().repeat_interleave(L, 0)
             mr = mask.repeat_interleave(L, 0)
-            res = dual_solve(
-                Z.double().repeat_interleave(L, 0),
-                Wr,
-                grid.repeat(B),
+            res = dual_solve(  # the grid's problems share each dataset's covariates and kernel mean
+                Z.double(),
+                W.double(),
+                grid.expand(B, -1),
                 kernel="rbf",
-                gamma=gamma.double().repeat_interleave(L),
+                gamma=gamma.double(),
                 estimand=estimand,
-                mask=mr,
+                mask=mask,
                 x0=_support_start(wg.reshape(B * L, N).double(), Wr, mr),
                 max_iter=int(refine),
                 backend="fused",

@@ -55,6 +55,7 @@ from .._core.checks import (
     check_nonnegative_diagonal,
     check_tensor,
     converged_and_finite,
+    penalty_grid,
     per_dataset,
 )
 from .._core.constants import ESTIMANDS, FLOAT_DTYPES, KERNELS
@@ -563,8 +564,13 @@ def dual_solve(
     W : Tensor, shape (B, N)
         Treatment signs, -1 (control) or +1 (treated) at every real unit, as numbers (not bool);
         on X's device.
-    lam : float or Tensor of shape () or (B,)
-        Balancing penalty, finite and > 0.
+    lam : float or Tensor of shape (), (B,) or (B, L)
+        Balancing penalty, finite and > 0.  (B, L): a grid of ``L`` penalties per dataset, solved
+        as ``B * L`` problems, row ``b * L + l`` the dataset ``b`` at ``lam[b, l]``: every result
+        (and ``x0``) has ``B * L`` rows, the same as for ``X``, ``W``, ``mask`` and a per-dataset
+        ``gamma`` repeated ``L`` times each (``repeat_interleave``), without the copies, and with
+        each dataset's kernel mean (ate/att) computed once for its grid instead of once per
+        problem.  ``tol`` and ``max_iter`` stay per dataset.
     kernel : {"rbf", "linear", "laplace", "cina", "precomputed"}, default "rbf"
         Kernel of the balancing problem (see :func:`cina_ext.reference.gram`).
     gamma : float or Tensor of shape (B,), optional
@@ -678,6 +684,7 @@ def dual_solve(
     tol_v = _tol_vector(tol, B)
     it_v = _iter_vector(max_iter, B)
     cache_bytes = _cache_bytes(cache_mb)
+    L = penalty_grid(lam, B)
     mode = solver_backend(backend, X.device)
     if mode == "reference":
         return _reference_dual_solve(
@@ -715,7 +722,7 @@ def dual_solve(
     if bool(((n1 == 0) | (n0 == 0)).any()):
         bad = torch.nonzero((n1 == 0) | (n0 == 0)).flatten().tolist()
         raise ValueError(f"dataset(s) {bad} have an empty treatment arm among the real units")
-    lam_v = _per_dataset(lam, "lam", B, X)
+    lam_v = _per_dataset(lam.reshape(-1), "lam", B * L, X) if L else _per_dataset(lam, "lam", B, X)
     Xc = X.contiguous()
     kind = _KIND[kernel]
     g_v = None
@@ -738,6 +745,27 @@ def dual_solve(
             if not math.isfinite(sc):
                 raise ValueError(f"scale must be finite, got {scale!r}")
             lse = torch.ops.cina.qp_kernel_lse(Xc.detach(), mask.contiguous(), sc)
+    kbar = None
+    if estimand != "overlap":  # the kernel mean each arm is balanced against, once per dataset
+        empty = torch.zeros(0, dtype=torch.float64, device=dev)
+        g_arg = g_v.to(dev) if g_v is not None else empty
+        lse_arg = lse if lse is not None else empty.reshape(0, 0)
+        if estimand == "ate":
+            rows = torch.ops.cina.qp_kernel_rowsum(
+                Xc.detach(), kind, g_arg, sc, lse_arg, mask.contiguous(), mask.contiguous()
+            )
+            kbar = (rows / mask.sum(-1, keepdim=True).to(torch.float64)).to(dt)
+        else:  # att: controls against the treated mean
+            rows = torch.ops.cina.qp_kernel_rowsum(
+                Xc.detach(), kind, g_arg, sc, lse_arg, control.contiguous(), treated.contiguous()
+            )
+            kbar = (rows / n1.unsqueeze(-1).to(torch.float64)).to(dt)
+    ar = torch.arange(B, dtype=torch.int64)
+    if L:  # from here on one row per problem; the kernel reads its dataset's X through ``ar``
+        rep = lambda t: None if t is None else t.repeat_interleave(L, 0)  # noqa: E731
+        Wf, mask, treated, control, n1, n0, kbar = (rep(t) for t in (Wf, mask, treated, control, n1, n0, kbar))
+        ar, tol_v, it_v = rep(ar), rep(tol_v), rep(it_v)
+        B = B * L
     if x0 is not None:
         _tensor(x0, "x0", 2)
         if tuple(x0.shape) != (B, N):
@@ -745,7 +773,6 @@ def dual_solve(
         _finite(x0.to(dt), "x0", mask)
         x0 = torch.where(mask, x0.to(dtype=dt, device=dev), zero)
     mask_c = mask.contiguous()
-    ar = torch.arange(B, dtype=torch.int64)
 
     if estimand == "overlap":
         upper = 1.0 if loss == "hinge" else math.inf
@@ -805,21 +832,12 @@ def dual_solve(
             estimand=estimand,
         )
 
-    empty = torch.zeros(0, dtype=torch.float64, device=dev)
-    g_arg = g_v.to(dev) if g_v is not None else empty
-    lse_arg = lse if lse is not None else empty.reshape(0, 0)
     if estimand == "ate":
-        rows = torch.ops.cina.qp_kernel_rowsum(Xc.detach(), kind, g_arg, sc, lse_arg, mask_c, mask_c)
-        kbar = (rows / mask.sum(-1, keepdim=True).to(torch.float64)).to(dt)
         pm = torch.cat([treated, control], 0)
         src = torch.cat([ar, ar])
         pvec = torch.where(pm, 2.0 * torch.cat([kbar, kbar], 0), zero)
         lam2 = torch.cat([lam_v, lam_v])
-    else:  # att: controls against the treated mean
-        rows = torch.ops.cina.qp_kernel_rowsum(
-            Xc.detach(), kind, g_arg, sc, lse_arg, control.contiguous(), treated.contiguous()
-        )
-        kbar = (rows / n1.unsqueeze(-1).to(torch.float64)).to(dt)
+    else:  # att
         pm = control
         src = ar
         pvec = torch.where(pm, 2.0 * kbar, zero)
@@ -1020,6 +1038,7 @@ def _(
     X, W, lam, kernel, gamma, scale, estimand, intercept, loss, mask, tol, max_iter, x0, backend, cache_mb, shrinking
 ):
     B, N = W.shape
+    B = lam.numel() if lam.dim() == 2 else B  # a (B, L) grid: B * L problems
     return (
         X.new_empty((B, N)),
         X.new_empty((B, N)),

@@ -55,7 +55,7 @@ from .._core.checks import bound_tensor as _bound_tensor
 from .._core.checks import check_finite_tensor as _check_finite
 from .._core.checks import check_float as _check_float
 from .._core.checks import check_mask as _check_mask
-from .._core.checks import check_nonnegative_diagonal, converged_and_finite, per_dataset
+from .._core.checks import check_nonnegative_diagonal, converged_and_finite, penalty_grid, per_dataset
 from .._core.checks import check_tensor as _check_tensor
 from .._core.constants import ESTIMANDS, KERNELS
 from .._core.constants import LOSS_KINDS as LOSSES
@@ -800,8 +800,11 @@ def dual_solve(
         "precomputed").
     W : Tensor, shape (B, N)
         Signs in {-1, +1} (treated = +1) at every real unit, as numbers (not bool).
-    lam : float or Tensor of shape () or (B,)
-        Balancing penalty, finite and > 0.
+    lam : float or Tensor of shape (), (B,) or (B, L)
+        Balancing penalty, finite and > 0.  (B, L): a grid of ``L`` penalties per dataset, solved
+        as ``B * L`` problems, row ``b * L + l`` the dataset ``b`` at ``lam[b, l]``: every result
+        (and ``x0``) has ``B * L`` rows, as if ``X``, ``W``, ``mask`` and a per-dataset ``gamma``
+        were repeated ``L`` times each (``repeat_interleave``).
     kernel : {"rbf", "linear", "laplace", "cina", "precomputed"}, default "rbf"
         See :func:`gram`.
     gamma : float or Tensor of shape (B,), optional
@@ -868,6 +871,25 @@ def dual_solve(
     if W.dtype == torch.bool or W.is_complex():
         raise TypeError(f"W must hold the signs -1/+1 as numbers, got {W.dtype}")
     mask = _check_mask(mask, B, N, X.device)
+    L = penalty_grid(lam, B)
+    if L:  # the grid's problems: each dataset repeated once per penalty
+        if isinstance(gamma, Tensor) and gamma.dim() == 1:
+            gamma = gamma.repeat_interleave(L, 0)
+        return dual_solve(
+            X.repeat_interleave(L, 0),
+            W.repeat_interleave(L, 0),
+            lam.reshape(-1),
+            kernel=kernel,
+            gamma=gamma,
+            scale=scale,
+            estimand=estimand,
+            intercept=intercept,
+            loss=loss,
+            mask=mask.repeat_interleave(L, 0),
+            tol=tol,
+            max_iter=max_iter,
+            x0=x0,
+        )
     Wf = W.to(dtype=X.dtype, device=X.device)
     if bool((mask & ~((Wf == 1) | (Wf == -1))).any()):
         raise ValueError("W must be -1 (control) or +1 (treated) at every real unit")

@@ -834,3 +834,49 @@ def test_opcheck_with_and_without_optional_arguments(with_optionals):
         8192,
     )
     torch.library.opcheck(torch.ops.cina.qp_solve_batch.default, args, test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.parametrize("estimand", ["ate", "att", "overlap"])
+@pytest.mark.parametrize("kernel", ["rbf", "laplace", "linear"])
+def test_a_penalty_grid_is_the_repeated_datasets_without_the_copies(estimand, kernel):
+    # lam of shape (B, L): B * L problems, row b * L + l the dataset b at lam[b, l]; the same
+    # arithmetic as the datasets stacked once per penalty, so the same bits (padding, odd sizes,
+    # per-dataset gamma, warm start, per-dataset max_iter included)
+    g = torch.Generator().manual_seed(21)
+    B, N, L = 3, 37, 4
+    X = torch.randn(B, N, 3, generator=g, dtype=F64)
+    W = torch.where(torch.rand(B, N, generator=g) < 0.4, 1.0, -1.0).to(F64)
+    W[:, :2] = torch.tensor([1.0, -1.0], dtype=F64)  # both arms among the real units
+    mask = torch.rand(B, N, generator=g) < 0.85
+    mask[:, :2] = True
+    lam = torch.tensor([0.01, 0.03, 0.3, 1.0], dtype=F64) * torch.tensor([[1.0], [2.0], [0.5]], dtype=F64)
+    kw = dict(kernel=kernel, estimand=estimand, backend="fused", tol=1e-9)
+    if kernel != "linear":
+        kw["gamma"] = torch.tensor([0.2, 0.35, 0.25], dtype=F64)
+    rep = dict(kw)
+    if kernel != "linear":
+        rep["gamma"] = kw["gamma"].repeat_interleave(L)
+    grid = solver.dual_solve(X, W, lam, mask=mask, **kw)
+    stacked = solver.dual_solve(
+        X.repeat_interleave(L, 0), W.repeat_interleave(L, 0), lam.reshape(-1), mask=mask.repeat_interleave(L, 0), **rep
+    )
+    assert grid.weights.shape == (B * L, N)
+    for a, b in zip(
+        (grid.weights, grid.alpha, grid.objective, grid.kkt, grid.iterations, grid.converged),
+        (stacked.weights, stacked.alpha, stacked.objective, stacked.kkt, stacked.iterations, stacked.converged),
+    ):
+        assert torch.equal(a, b)
+    assert bool(grid.converged.all())
+    if kernel == "rbf":  # against the reference twin, which takes the same grid
+        ref = R.dual_solve(X, W, lam, mask=mask, **{k: v for k, v in kw.items() if k != "backend"})
+        assert bool(ref.converged.all())
+        assert torch.allclose(grid.objective, ref.objective, rtol=1e-6, atol=1e-9)
+    # a warm start has one row per problem; per-dataset max_iter applies to its L problems
+    half = solver.dual_solve(X, W, lam, mask=mask, x0=grid.alpha, max_iter=torch.tensor([0, 5, 0]), **kw)
+    assert (half.iterations.reshape(B, L)[[0, 2]] == 0).all() and (half.iterations.reshape(B, L)[1] <= 5).all()
+    with pytest.raises(ValueError, match="lam grid must have shape"):
+        solver.dual_solve(X, W, lam[:2], mask=mask, **kw)
+    with pytest.raises(ValueError, match="x0 must have shape"):
+        solver.dual_solve(X, W, lam, mask=mask, x0=grid.alpha[:B], **kw)
+    with pytest.raises(ValueError, match="lam must be finite"):
+        solver.dual_solve(X, W, -lam, mask=mask, **kw)
