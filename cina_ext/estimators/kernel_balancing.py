@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Optional
+from typing import List, Optional
 
 import numpy as np
 import torch
@@ -135,7 +135,8 @@ class KernelBalancing(_WeightingEstimator):
         ``"auto"`` ("ate"/"att"): the
         data-driven rule of docs/method.md §8: every relative lam of
         :data:`~cina_ext.estimators.tuning.LAM_GRID` (1e-4 to 1, half a decade apart) is solved
-        (one batched solve), and the largest one whose weighted imbalance (the largest absolute
+        (on the CPU along the path, largest first, each solve warm-started near the last
+        solution; on CUDA one batched solve), and the largest one whose weighted imbalance (the largest absolute
         standardised mean difference of the covariates, as :meth:`balance` reports it) is at most
         ``max(1.1 * best, best + 0.005)``, ``best`` the smallest on the grid, is kept
         (:func:`~cina_ext.estimators.tuning.select_lam`).  Bootstrap refits reuse the chosen value.
@@ -695,38 +696,50 @@ class KernelBalancing(_WeightingEstimator):
         return st
 
     def _fit_exact(self, Xs, T, estimand, gamma, lam_abs, tol):
-        """The exact solves, one per penalty of ``lam_abs``: one batched call with the penalties as
-        a grid on the one dataset (its covariates held once, its kernel mean computed once)."""
+        """The exact solves, one per penalty of ``lam_abs``, as a grid on the one dataset (its
+        covariates held once, its kernel mean computed once per call).
+
+        A grid of ate/att penalties on the CPU is solved along the path, largest penalty first,
+        as many penalties per call as the solver has threads (it solves one problem per thread),
+        each call warm-started at the solution of the smallest penalty solved so far: the
+        solution moves little from one penalty to the next, and the solves of the small,
+        ill-conditioned penalties start near their optimum (about half the iterations on the
+        benchmark datasets; docs/benchmarks.md).  On CUDA, whose solver runs every problem of
+        a call side by side, the grid is one call from the solver's own start."""
         G = len(lam_abs)
         dtype = resolve_dtype(self.dtype)
         device = resolve_device(self.device, getattr(getattr(self, "_data", None), "device", None))
         Xt = torch.as_tensor(Xs, dtype=dtype, device=device).unsqueeze(0)
         Wt = torch.as_tensor(2.0 * T - 1.0, dtype=dtype, device=device).unsqueeze(0)
-        lam_t = torch.tensor([lam_abs], dtype=torch.float64) if G > 1 else lam_abs[0]
         kw = dict(kernel=self.kernel, estimand=estimand, loss=self.loss, tol=tol, max_iter=_max_iter_arg(self.max_iter))
         if self.kernel in ("rbf", "laplace"):
             kw["gamma"] = gamma
         if estimand == "overlap":
             kw["intercept"] = bool(self.intercept)
-        with torch.no_grad():
-            res = _dual_solve(Xt, Wt, lam_t, backend=self.backend, **kw)
-        out = []
-        for b in range(G):
-            w = res.weights[b].detach().cpu().double().numpy()
-            converged = bool(res.converged[b])
-            out.append(
-                {
-                    "weights": _arm_normalise(w, T),
-                    "alpha": res.alpha[b].detach().cpu().double().numpy(),
-                    "intercept": float(res.intercept[b]) if getattr(res, "intercept", None) is not None else 0.0,
-                    "converged": converged,
-                    "kkt": float(res.kkt[b]),
-                    "iterations": int(res.iterations[b]),
-                    "objective": float(res.objective[b]),
-                    "lam_abs": lam_abs[b],
+        path = G > 1 and estimand in ("ate", "att") and Xt.device.type == "cpu"
+        order = sorted(range(G), key=lambda k: -lam_abs[k]) if path else list(range(G))
+        per_call = max(1, torch.get_num_threads()) if path else G
+        out: List[Optional[dict]] = [None] * G
+        start = None
+        for s in range(0, G, per_call):
+            ks = order[s : s + per_call]
+            lam_t = torch.tensor([[lam_abs[k] for k in ks]], dtype=torch.float64) if G > 1 else lam_abs[0]
+            init = None if start is None else start.expand(len(ks), -1).contiguous()
+            with torch.no_grad():
+                res = _dual_solve(Xt, Wt, lam_t, backend=self.backend, init=init, **kw)
+            for j, k in enumerate(ks):
+                out[k] = {
+                    "weights": _arm_normalise(res.weights[j].detach().cpu().double().numpy(), T),
+                    "alpha": res.alpha[j].detach().cpu().double().numpy(),
+                    "intercept": float(res.intercept[j]) if getattr(res, "intercept", None) is not None else 0.0,
+                    "converged": bool(res.converged[j]),
+                    "kkt": float(res.kkt[j]),
+                    "iterations": int(res.iterations[j]),
+                    "objective": float(res.objective[j]),
+                    "lam_abs": lam_abs[k],
                     "low_rank": False,
                 }
-            )
+            start = res.alpha[-1:].detach()  # the smallest penalty of this call (order is decreasing)
         return out
 
     def fit(self, X, T, sample_weight=None):
