@@ -631,3 +631,21 @@ def test_emulated_bad_algorithm_settings_raise(monkeypatch, var, value):
     X, W = make_data(1, 10, seed=1)
     with pytest.raises(RuntimeError, match=var):
         solver.dual_solve(X, W, 0.1)
+
+
+@pytest.mark.parametrize("estimand", ["ate", "att"])
+def test_emulated_penalty_grid_is_the_repeated_datasets(emulated, estimand):
+    # lam of shape (B, L): the CUDA kernels read each problem's dataset through the problem ->
+    # dataset map (as the two arms of "ate" do); the grid gives the bits of the repeated datasets
+    B, N, L = 2, 20, 3
+    X, W = make_data(B, N, seed=17)
+    lam = torch.tensor([[0.03, 0.3, 1.0], [0.01, 0.1, 0.5]], dtype=F64)
+    grid = solver.dual_solve(X, W, lam, estimand=estimand, tol=1e-9)
+    assert emulated["calls"], "the emulator was not used"
+    stacked = solver.dual_solve(
+        X.repeat_interleave(L, 0), W.repeat_interleave(L, 0), lam.reshape(-1), estimand=estimand, tol=1e-9
+    )
+    assert grid.weights.shape == (B * L, N) and bool(grid.converged.all())
+    assert torch.equal(grid.weights, stacked.weights) and torch.equal(grid.iterations, stacked.iterations)
+    ref = R.dual_solve(X, W, lam, estimand=estimand, tol=1e-9)
+    assert torch.allclose(grid.objective, ref.objective, rtol=1e-8, atol=1e-12)

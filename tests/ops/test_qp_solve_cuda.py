@@ -306,3 +306,21 @@ def test_working_set_generic_qp_and_float32(monkeypatch):
     ref = R.dual_solve(X.double(), W.double(), 0.1, tol=1e-10)
     assert res.alpha.dtype == F32 and bool(res.converged.all())
     assert torch.allclose(res.objective.double().cpu(), ref.objective, rtol=1e-4)
+
+
+@pytest.mark.parametrize("estimand", ["ate", "att", "overlap"])
+def test_a_penalty_grid_on_cuda_is_the_repeated_datasets(estimand):
+    # lam of shape (B, L): the problems read their dataset's X through the problem -> dataset map
+    # (as the two arms of "ate" do), so the grid equals the datasets repeated L times, and the CPU
+    X, W = make_data(3, 90, seed=41)
+    L = 4
+    lam = torch.tensor([0.01, 0.03, 0.3, 1.0], dtype=F64).expand(3, -1) * torch.tensor([[1.0], [2.0], [0.5]], dtype=F64)
+    kw = dict(estimand=estimand, tol=1e-9)
+    grid = solver.dual_solve(X.to(DEV), W.to(DEV), lam, backend="fused", **kw)
+    stacked = solver.dual_solve(
+        X.repeat_interleave(L, 0).to(DEV), W.repeat_interleave(L, 0).to(DEV), lam.reshape(-1), backend="fused", **kw
+    )
+    assert grid.weights.shape == (3 * L, 90)
+    assert torch.equal(grid.weights, stacked.weights) and torch.equal(grid.iterations, stacked.iterations)
+    cpu = solver.dual_solve(X, W, lam, backend="fused", shrinking=False, **kw)
+    check_same(grid, cpu)
