@@ -751,9 +751,8 @@ def dual_solve(
         g_arg = g_v.to(dev) if g_v is not None else empty
         lse_arg = lse if lse is not None else empty.reshape(0, 0)
         if estimand == "ate":
-            rows = torch.ops.cina.qp_kernel_rowsum(
-                Xc.detach(), kind, g_arg, sc, lse_arg, mask.contiguous(), mask.contiguous()
-            )
+            mc = mask.contiguous()
+            rows = torch.ops.cina.qp_kernel_rowsum(Xc.detach(), kind, g_arg, sc, lse_arg, mc, mc)
             kbar = (rows / mask.sum(-1, keepdim=True).to(torch.float64)).to(dt)
         else:  # att: controls against the treated mean
             rows = torch.ops.cina.qp_kernel_rowsum(
@@ -763,7 +762,7 @@ def dual_solve(
     ar = torch.arange(B, dtype=torch.int64)
     if L:  # from here on one row per problem; the kernel reads its dataset's X through ``ar``
         rep = lambda t: None if t is None else t.repeat_interleave(L, 0)  # noqa: E731
-        Wf, mask, treated, control, n1, n0, kbar = (rep(t) for t in (Wf, mask, treated, control, n1, n0, kbar))
+        Wf, mask, treated, control, n1, kbar = (rep(t) for t in (Wf, mask, treated, control, n1, kbar))
         ar, tol_v, it_v = rep(ar), rep(tol_v), rep(it_v)
         B = B * L
     if x0 is not None:
