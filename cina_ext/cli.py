@@ -854,6 +854,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-min", type=int, default=64, help="smallest dataset (default: 64 units)")
     p.add_argument("--n-max", type=int, default=256, help="largest dataset (default: 256 units)")
     p.add_argument(
+        "--n-draw",
+        default="dataset",
+        choices=["dataset", "step"],
+        help="dataset: every dataset's size uniform on --n-min..--n-max (default); step: one "
+        "log-uniform size s per step, its datasets s/2..s units (a batch is padded to its largest)",
+    )
+    p.add_argument(
+        "--unit-budget",
+        type=int,
+        default=None,
+        metavar="UNITS",
+        help="with --n-draw step: the most units of a step over all processes; a step of size s "
+        "trains floor(UNITS / s) datasets, at most --batch-size (default: always --batch-size)",
+    )
+    p.add_argument(
         "--families",
         nargs="+",
         default=["setoguchi", "er"],
@@ -934,6 +949,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar=("LO", "HI"),
         default=None,
         help="ER family: covariates per dataset drawn from LO..HI (default: the prior's 10)",
+    )
+    p.add_argument(
+        "--er-covariates-log",
+        action="store_true",
+        help="with --er-covariates: draw from 16 values spaced geometrically over LO..HI, so narrow "
+        "and wide tables are drawn equally often per doubling (default: uniform on LO..HI)",
     )
     p.add_argument(
         "--treated-share",
@@ -1022,6 +1043,8 @@ def _family_overrides(args, max_features: Optional[int]) -> Dict[str, Dict[str, 
     CLIError
         An ER option without the er family, or a range out of bounds.
     """
+    from .data import geometric_ints
+
     families = set(args.families)
     out: Dict[str, Dict[str, Any]] = {f: {} for f in args.families}
 
@@ -1037,7 +1060,10 @@ def _family_overrides(args, max_features: Optional[int]) -> Dict[str, Dict[str, 
             raise CLIError(
                 f"--er-covariates HI={hi} exceeds --max-features (--inputs standard or normal-scores projects)"
             )
-        out["er"]["d"] = (lo, hi)
+        # a list is a uniform choice, a tuple a uniform draw (cina_ext.data.sample_datasets)
+        out["er"]["d"] = geometric_ints(lo, hi, 16) if args.er_covariates_log else (lo, hi)
+    elif args.er_covariates_log:
+        raise CLIError("--er-covariates-log needs --er-covariates LO HI")
     if args.treated_share is not None:
         lo, hi = args.treated_share
         if not 0.0 < lo <= hi < 1.0:
@@ -1079,6 +1105,8 @@ def _cmd_train(args) -> int:
 
     if args.n_min < 2 or args.n_max < args.n_min:
         raise CLIError(f"need 2 <= --n-min <= --n-max, got {args.n_min} and {args.n_max}")
+    if args.unit_budget is not None and (args.n_draw != "step" or args.unit_budget < 1):
+        raise CLIError(f"--unit-budget needs --n-draw step and a positive number, got {args.unit_budget}")
     estimands = tuple(dict.fromkeys(args.estimands))
     if "overlap" in estimands and len(estimands) > 1:
         raise CLIError("--estimands: 'overlap' (eq. L) cannot be combined with ate/att in one model")
@@ -1145,6 +1173,8 @@ def _cmd_train(args) -> int:
         families=tuple(args.families),
         setting=args.setting,
         n_range=(args.n_min, args.n_max),
+        n_draw=args.n_draw,
+        unit_budget=args.unit_budget,
         batch_size=args.batch_size,
         steps=args.steps,
         lr=args.lr,

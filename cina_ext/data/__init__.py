@@ -11,7 +11,7 @@ Real / semi-synthetic (files inside installed packages, extra ``[data]``): :func
 
 from __future__ import annotations
 
-from .families import SETTINGS, sample_datasets
+from .families import SETTINGS, geometric_ints, sample_datasets
 from .real import (
     ACIC2016_SETTINGS,
     DATA_EXTRA_HINT,
@@ -62,6 +62,7 @@ __all__ = [
     "make_er_dataset",
     "make_er_scm",
     "sample_datasets",
+    "geometric_ints",
     "setoguchi_scenario_terms",
     "load_lalonde",
     "load_nsw",

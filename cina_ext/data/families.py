@@ -9,14 +9,14 @@ It lives apart from both generators so that each of them stays free of the other
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterator, Tuple, Union
+from typing import Any, Dict, Iterator, List, Tuple, Union
 
 import numpy as np
 
 from .semi_synthetic import make_semi_from_table
 from .synthetic import SETOGUCHI_SCENARIOS, CausalDataset, SeedLike, make_er_dataset, make_setoguchi
 
-__all__ = ["SETTINGS", "sample_datasets"]
+__all__ = ["SETTINGS", "geometric_ints", "sample_datasets"]
 
 
 def _draw_n(rng: np.random.Generator, n_range) -> int:
@@ -37,6 +37,44 @@ def _pick(rng: np.random.Generator, v):
     if isinstance(v, list):
         return v[int(rng.integers(0, len(v)))]
     return v
+
+
+def geometric_ints(lo: int, hi: int, count: int) -> List[int]:
+    """Up to ``count`` distinct integers from ``lo`` to ``hi`` (both included), spaced geometrically.
+
+    As a setting of :func:`sample_datasets` (a list is a uniform choice), each doubling of the
+    range is drawn about equally often: e.g. covariate counts from 2 to 256.
+
+    Parameters
+    ----------
+    lo, hi : int
+        ``1 <= lo <= hi``.
+    count : int
+        At least 2 (1 when ``lo == hi``); fewer values come back where rounding merges neighbours.
+
+    Returns
+    -------
+    list of int
+        Increasing; starts at ``lo`` and ends at ``hi``.
+
+    Raises
+    ------
+    ValueError
+        ``lo < 1``, ``hi < lo``, or ``count < 2`` with ``lo < hi``.
+
+    Examples
+    --------
+    >>> from cina_ext.data import geometric_ints
+    >>> geometric_ints(2, 256, 8)
+    [2, 4, 8, 16, 32, 64, 128, 256]
+    """
+    lo, hi, count = int(lo), int(hi), int(count)
+    if lo < 1 or hi < lo or count < (1 if lo == hi else 2):
+        raise ValueError(f"geometric_ints needs 1 <= lo <= hi and count >= 2 (1 if lo == hi), got {lo}, {hi}, {count}")
+    if lo == hi:
+        return [lo]
+    vals = np.unique(np.rint(np.geomspace(lo, hi, count)).astype(np.int64))
+    return [int(v) for v in vals]
 
 
 #: default settings per family and setting ("id" = training prior, "ood" = held out)

@@ -8,6 +8,8 @@
 * **Data stream**: the datasets of step ``s`` are a pure function of ``(seed, s, index in the
   global batch)``, so resuming needs no data-loader state and, under DistributedDataParallel,
   rank ``r`` draws the disjoint slice ``[r * B / world, (r + 1) * B / world)`` of the global batch.
+  With ``n_draw="step"`` the step's size, and so its batch under ``unit_budget``, is a pure
+  function of ``(seed, s)``: every rank draws the same one.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from ..data import sample_datasets
 from ..models.checkpoint import check_writable_target, load_checkpoint, save_atomic
 from ..models.zero_shot import CInAZeroShotModel, collate_datasets
 
-__all__ = ["ZeroShotConfig", "train_zero_shot", "config_changes", "RESUMABLE_CHANGES"]
+__all__ = ["ZeroShotConfig", "train_zero_shot", "config_changes", "RESUMABLE_CHANGES", "step_size", "step_batch"]
 
 
 @dataclass
@@ -46,6 +48,17 @@ class ZeroShotConfig:
         Setting of :func:`cina_ext.data.sample_datasets`.
     n_range : (int, int), default (64, 256)
         Units per dataset.
+    n_draw : {"dataset", "step"}, default "dataset"
+        How the sizes are drawn from ``n_range``.  "dataset": each dataset uniformly on its own.
+        "step": each step first draws one size ``s`` log-uniformly, then each of its datasets
+        draws uniformly from ``[max(lo, s // 2), s]``; a batch is padded to its largest dataset,
+        so this keeps the padding under 2x while small and large datasets are drawn equally
+        often per decade (a wide range such as 100-5,000 units).
+    unit_budget : int, optional
+        With ``n_draw="step"``: the most units of a step over the global batch.  A step of size
+        ``s`` trains ``max(world, floor(unit_budget / s))`` datasets, rounded down to a multiple of
+        the world size and at most ``batch_size``, so a step's cost grows less than its size
+        does.  None: always ``batch_size``.
     batch_size : int, default 16
         Global batch (datasets per step, summed over ranks); a positive multiple of the world size.
     steps : int, default 1000
@@ -114,6 +127,8 @@ class ZeroShotConfig:
     families: Tuple[str, ...] = ("setoguchi", "er")
     setting: str = "id"
     n_range: Tuple[int, int] = (64, 256)
+    n_draw: str = "dataset"  # "dataset" | "step": one log-uniform size per step (see the docstring)
+    unit_budget: Optional[int] = None  # with n_draw="step": the most units of a step, over all ranks
     batch_size: int = 16  # global batch (datasets per step, summed over ranks)
     steps: int = 1000
     lr: float = 3e-4
@@ -186,7 +201,9 @@ class ZeroShotConfig:
             ``dtype`` not float32/float64; no ``families``; ``checkpoint_every < 0``;
             ``supervised_weight`` negative or not finite; ``amp`` not "none" or "bf16";
             ``family_overrides`` naming a family not in ``families``; ``inputs`` not one of "raw",
-            "standard", "normal-scores"; ``time_limit`` not a positive number.
+            "standard", "normal-scores"; ``time_limit`` not a positive number; ``n_range`` not
+            ``2 <= lo <= hi``; ``n_draw`` not "dataset" or "step"; ``unit_budget`` without
+            ``n_draw="step"`` or below one unit per rank.
         """
         if self.batch_size < 1 or self.batch_size % world != 0:
             raise ValueError(f"batch_size ({self.batch_size}) must be a positive multiple of the world size ({world})")
@@ -206,6 +223,22 @@ class ZeroShotConfig:
             raise ValueError(f"amp must be 'none' or 'bf16', got {self.amp!r}")
         if self.time_limit is not None and not (float(self.time_limit) > 0 and math.isfinite(float(self.time_limit))):
             raise ValueError(f"time_limit must be a positive number of seconds, got {self.time_limit!r}")
+        lo, hi = _n_bounds(self.n_range)
+        if not 2 <= lo <= hi:
+            raise ValueError(f"n_range must be an int or (lo, hi) with 2 <= lo <= hi, got {self.n_range!r}")
+        if self.n_draw not in ("dataset", "step"):
+            raise ValueError(f"n_draw must be 'dataset' or 'step', got {self.n_draw!r}")
+        if self.unit_budget is not None:
+            if self.n_draw != "step":
+                raise ValueError("unit_budget needs n_draw='step' (the budget is shared by the datasets of one size)")
+            if (
+                isinstance(self.unit_budget, bool)
+                or int(self.unit_budget) != self.unit_budget
+                or self.unit_budget < world
+            ):
+                raise ValueError(
+                    f"unit_budget must be an integer >= the world size ({world}), got {self.unit_budget!r}"
+                )
         if self.inputs not in TRAINING_INPUTS:
             raise ValueError(f"inputs must be one of {TRAINING_INPUTS}, got {self.inputs!r}")
         unknown = sorted(set(self.family_overrides) - set(self.families))
@@ -216,7 +249,7 @@ class ZeroShotConfig:
 #: What the network may read of a training dataset (``ZeroShotConfig.inputs``).
 TRAINING_INPUTS = ("raw", "standard", "normal-scores")
 #: A field missing from an older checkpoint's configuration had this value then.
-_FIELD_DEFAULTS = {"inputs": "raw", "init_from": None}
+_FIELD_DEFAULTS = {"inputs": "raw", "init_from": None, "n_draw": "dataset", "unit_budget": None}
 
 
 #: Model-configuration keys of the training objective, not of the architecture: a fine-tune
@@ -238,13 +271,49 @@ def _network_batch(cfg: ZeroShotConfig, batch, width: int):
     return [dataclasses.replace(d, X=network_inputs(d.X, cfg.inputs, width)[0], feature_names=[]) for d in batch]
 
 
-def _draw_dataset(cfg: ZeroShotConfig, step: int, index: int, n_estimands: int = 1):
-    """Dataset ``index`` of step ``step`` and the index of the estimand it trains (pure function)."""
+def _n_bounds(n_range) -> Tuple[int, int]:
+    """``n_range`` (an int or (lo, hi)) as (lo, hi)."""
+    if isinstance(n_range, (int, np.integer)):
+        return int(n_range), int(n_range)
+    lo, hi = n_range
+    return int(lo), int(hi)
+
+
+def step_size(cfg: ZeroShotConfig, step: int) -> Optional[int]:
+    """The size of step ``step`` under ``n_draw="step"`` (log-uniform on ``n_range``); None otherwise.
+
+    A pure function of ``(seed, step)``, so every rank and every resume agrees on it.
+    """
+    if cfg.n_draw != "step":
+        return None
+    lo, hi = _n_bounds(cfg.n_range)
+    # its own spawn key: never the stream of a dataset of the step ([seed, step, index])
+    u = np.random.default_rng(np.random.SeedSequence([int(cfg.seed), int(step)], spawn_key=(1,))).random()
+    return int(min(hi, max(lo, round(math.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))))))
+
+
+def step_batch(cfg: ZeroShotConfig, size: Optional[int], world: int) -> int:
+    """Datasets in the global batch of a step of ``size`` units (see ``ZeroShotConfig.unit_budget``)."""
+    if cfg.unit_budget is None or size is None:
+        return int(cfg.batch_size)
+    fit = max(world, int(cfg.unit_budget) // int(size))
+    return int(min(cfg.batch_size, fit - fit % world))
+
+
+def _draw_dataset(cfg: ZeroShotConfig, step: int, index: int, n_estimands: int = 1, size: Optional[int] = None):
+    """Dataset ``index`` of step ``step`` and the index of the estimand it trains (pure function).
+
+    ``size``: the step's size under ``n_draw="step"`` (:func:`step_size`); the dataset then has
+    ``max(lo, size // 2)`` to ``size`` units.
+    """
     ss = np.random.SeedSequence([int(cfg.seed), int(step), int(index)])
     fam_rng = np.random.default_rng(ss.spawn(1)[0])
     family = cfg.families[int(fam_rng.integers(0, len(cfg.families)))]
     est = int(fam_rng.integers(0, max(1, int(n_estimands))))
-    n_range = tuple(cfg.n_range) if not isinstance(cfg.n_range, int) else cfg.n_range
+    if size is None:  # as drawn before n_draw existed (an int draws nothing)
+        n_range = tuple(cfg.n_range) if not isinstance(cfg.n_range, int) else cfg.n_range
+    else:
+        n_range = (max(_n_bounds(cfg.n_range)[0], int(size) // 2), int(size))
     extra = dict(cfg.family_overrides.get(family, {}))
     return next(iter(sample_datasets(family, 1, n_range, seed=ss, setting=cfg.setting, **extra))), est
 
@@ -492,7 +561,6 @@ def train_zero_shot(config=None) -> Tuple[CInAZeroShotModel, Dict[str, List[floa
         except ImportError:  # tqdm is an optional extra
             bar = None
 
-    per = cfg.batch_size // world
     model.train()
     if cfg.supervised_weight > 0 and not model.balancing:
         raise ValueError("supervised_weight (ZS-S) needs an ate/att model (model estimands), not an overlap one")
@@ -500,8 +568,10 @@ def train_zero_shot(config=None) -> Tuple[CInAZeroShotModel, Dict[str, List[floa
         torch.autocast(device_type=device.type, dtype=torch.bfloat16) if cfg.amp == "bf16" else contextlib.nullcontext()
     )
     while step < end:
+        size = step_size(cfg, step)
+        per = step_batch(cfg, size, world) // world
         idx = range(rank * per, (rank + 1) * per)
-        drawn = [_draw_dataset(cfg, step, i, len(model.estimands)) for i in idx]
+        drawn = [_draw_dataset(cfg, step, i, len(model.estimands), size) for i in idx]
         batch = [d for d, _ in drawn]
         X, W, mask, fmask = collate_datasets(_network_batch(cfg, batch, model.max_features), dtype=dtype, device=device)
         if model.balancing:

@@ -196,3 +196,32 @@ def test_train_fine_tunes_the_shipped_model_on_network_inputs(tmp_path, capsys):
     assert ckpt["model_config"] == {**shipped["model_config"], "balance_gamma": "median"}
     for k, v in shipped["model_state"].items():
         torch.testing.assert_close(ckpt["model_state"][k], v, rtol=0, atol=0, msg=k)
+
+
+def test_train_step_sizes_unit_budget_and_log_spaced_covariates(tmp_path, capsys):
+    """--n-draw step --unit-budget reach the configuration the checkpoint records, and
+    --er-covariates-log turns the covariate range into a geometric choice; misuse is refused."""
+    from cina_ext.cli import CLIError, _family_overrides, build_parser
+    from cina_ext.models.checkpoint import load_checkpoint
+
+    out = tmp_path / "steps.pt"
+    argv = ["train", "--out", str(out), "--steps", "2", "--layers", "1", "--d-model", "16", "--heads", "2"]
+    argv += ["--n-draw", "step", "--unit-budget", "40", "--batch-size", "2", "--n-min", "16", "--n-max", "40"]
+    assert main([*argv, "--json", "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["steps"] == 2
+    cfg = load_checkpoint(str(out))["train_config"]
+    assert cfg["n_draw"] == "step" and cfg["unit_budget"] == 40 and list(cfg["n_range"]) == [16, 40]
+
+    def overrides(*more):
+        return _family_overrides(build_parser().parse_args(["train", "--out", "x.pt", "--families", "er", *more]), None)
+
+    d = overrides("--er-covariates", "2", "256", "--er-covariates-log")["er"]["d"]
+    assert isinstance(d, list) and d[0] == 2 and d[-1] == 256 and len(d) == 16
+    ratios = np.array(d[1:]) / np.array(d[:-1])
+    assert ratios.max() < 1.6 and ratios.min() > 1.2  # geometric, not even, steps
+    assert overrides("--er-covariates", "2", "256")["er"]["d"] == (2, 256)
+    with pytest.raises(CLIError, match="--er-covariates"):
+        overrides("--er-covariates-log")
+    for bad in (["--unit-budget", "100"], ["--n-draw", "step", "--unit-budget", "0"]):
+        assert main(["train", "--out", str(tmp_path / "bad.pt"), *bad, *SMALL]) != 0
+        assert "--unit-budget" in capsys.readouterr().err

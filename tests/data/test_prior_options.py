@@ -101,3 +101,15 @@ def test_sample_datasets_draws_the_option_ranges():
     assert all(0.05 <= s <= 0.6 for s in shares) and len(set(shares)) == 12
     assert {ds.meta["scm"]["noise_dist"] for ds in sets} == {"gaussian", "student_t"}
     assert len({ds.d for ds in sets}) > 5
+
+
+def test_geometric_ints_span_the_range_in_even_ratios_and_check_their_arguments():
+    from cina_ext.data import geometric_ints
+
+    vals = geometric_ints(2, 256, 8)
+    assert vals == sorted(set(vals)) and vals[0] == 2 and vals[-1] == 256
+    np.testing.assert_allclose(np.array(vals[1:]) / np.array(vals[:-1]), 2.0)
+    assert geometric_ints(5, 5, 1) == [5] and geometric_ints(2, 3, 10) == [2, 3]  # rounding merges
+    for bad in ((0, 4, 3), (5, 4, 3), (2, 9, 1)):
+        with pytest.raises(ValueError, match="geometric_ints"):
+            geometric_ints(*bad)

@@ -279,3 +279,69 @@ def test_init_from_starts_from_the_weights_with_a_fresh_schedule(tmp_path):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
     _, h_scale = train_zero_shot({**base, "checkpoint_path": None, "init_from": str(first), "lr": 0.0, "steps": 2})
     assert h_med["loss"][0] != h_scale["loss"][0]  # the same weights, another objective
+
+
+def test_step_sizes_are_log_uniform_and_the_unit_budget_bounds_each_step():
+    """n_draw="step": one size per step, log-uniform on n_range (as many steps per decade), every
+    dataset of the step within [size / 2, size]; unit_budget cuts the batch of the large steps to
+    the budget (a multiple of the world size, at least one dataset per rank), never the small ones."""
+    zs_train = importlib.import_module("cina_ext.training.zero_shot")
+    cfg = ZeroShotConfig(**_cfg(families=("setoguchi", "er"), n_range=(100, 10000), n_draw="step", unit_budget=4000))
+    cfg.validate(1)
+    sizes = np.array([zs_train.step_size(cfg, s) for s in range(4000)])
+    assert sizes.min() >= 100 and sizes.max() <= 10000
+    # log-uniform: each decade holds half the steps (a uniform draw would put 91% above 1,000)
+    assert 0.45 < np.mean(sizes < 1000) < 0.55, np.mean(sizes < 1000)
+    assert [zs_train.step_size(cfg, s) for s in range(5)] == list(sizes[:5])  # a pure function
+    other = ZeroShotConfig(**{**_cfg(n_range=(100, 10000), n_draw="step"), "seed": 1})
+    assert [zs_train.step_size(other, s) for s in range(20)] != list(sizes[:20])
+    for step in range(6):
+        size = int(sizes[step])
+        for i in range(3):
+            n = zs_train._draw_dataset(cfg, step, i, 1, size)[0].n
+            assert max(100, size // 2) <= n <= size, (step, size, n)
+    for size in (100, 250, 1000, 2000, 9000):
+        for world in (1, 2):
+            b = zs_train.step_batch(cfg, size, world)
+            assert b % world == 0 and world <= b <= cfg.batch_size
+            assert b == cfg.batch_size or b * size <= 4000 or b == world, (size, world, b)
+    assert zs_train.step_batch(cfg, 100, 1) == 4 and zs_train.step_batch(cfg, 2000, 1) == 2
+    assert zs_train.step_batch(cfg, 9000, 2) == 2  # over the budget: still one dataset per rank
+    plain = ZeroShotConfig(**_cfg())
+    assert zs_train.step_size(plain, 0) is None and zs_train.step_batch(plain, None, 1) == plain.batch_size
+
+
+def test_training_with_step_sizes_runs_each_step_on_its_batch():
+    """The loop trains each step on step_batch datasets of the step's size; bad settings are refused."""
+    zs_train = importlib.import_module("cina_ext.training.zero_shot")
+    cfg = _cfg(n_range=(12, 48), n_draw="step", unit_budget=60, steps=5, model=dict(TINY, estimands=BALANCE))
+    seen = []
+    real = zs_train._draw_dataset
+
+    def spy(c, step, index, n_estimands=1, size=None):
+        out = real(c, step, index, n_estimands, size)
+        seen.append((step, size, out[0].n))
+        return out
+
+    zs_train._draw_dataset = spy
+    try:
+        _, history = train_zero_shot(cfg)
+    finally:
+        zs_train._draw_dataset = real
+    assert len(history["loss"]) == 5 and np.isfinite(history["loss"]).all()
+    c = ZeroShotConfig(**cfg)
+    for step in range(5):
+        drawn = [(sz, n) for s, sz, n in seen if s == step]
+        size = zs_train.step_size(c, step)
+        assert len(drawn) == zs_train.step_batch(c, size, 1)
+        assert all(sz == size and max(12, size // 2) <= n <= size for sz, n in drawn)
+    # the budget of 60 units gives these five steps batches of 1 to 4 datasets
+    assert len({len([1 for s, _, _ in seen if s == step]) for step in range(5)}) >= 3
+    for bad, match in (
+        (dict(n_draw="per-batch"), "n_draw"),
+        (dict(unit_budget=100), "unit_budget"),
+        (dict(n_draw="step", unit_budget=0), "unit_budget"),
+        (dict(n_range=(30, 10)), "n_range"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            ZeroShotConfig(**_cfg(**bad)).validate(1)
