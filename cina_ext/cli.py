@@ -869,6 +869,14 @@ def build_parser() -> argparse.ArgumentParser:
         "trains floor(UNITS / s) datasets, at most --batch-size (default: always --batch-size)",
     )
     p.add_argument(
+        "--data-workers",
+        type=int,
+        default=0,
+        metavar="K",
+        help="worker processes (per process of the run) that draw the coming steps' datasets while "
+        "a step trains; the same data and run with any K (default 0: drawn between the steps)",
+    )
+    p.add_argument(
         "--families",
         nargs="+",
         default=["setoguchi", "er"],
@@ -1105,6 +1113,8 @@ def _cmd_train(args) -> int:
 
     if args.n_min < 2 or args.n_max < args.n_min:
         raise CLIError(f"need 2 <= --n-min <= --n-max, got {args.n_min} and {args.n_max}")
+    if args.data_workers < 0:
+        raise CLIError(f"--data-workers must be >= 0, got {args.data_workers}")
     if args.unit_budget is not None and (args.n_draw != "step" or args.unit_budget < 1):
         raise CLIError(f"--unit-budget needs --n-draw step and a positive number, got {args.unit_budget}")
     estimands = tuple(dict.fromkeys(args.estimands))
@@ -1175,6 +1185,7 @@ def _cmd_train(args) -> int:
         n_range=(args.n_min, args.n_max),
         n_draw=args.n_draw,
         unit_budget=args.unit_budget,
+        data_workers=args.data_workers,
         batch_size=args.batch_size,
         steps=args.steps,
         lr=args.lr,

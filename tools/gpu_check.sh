@@ -22,7 +22,8 @@
 #   train      (only when named in GPU_CHECK_STEPS) fine-tune the shipped zero-shot model on the GPU
 #              for GPU_CHECK_TRAIN_SECONDS (default 240): bf16 encoder, the widened prior with the
 #              semi-synthetic family (100-5,000 units drawn per step, 2-256 ER covariates), the
-#              estimator's inputs, the median bandwidth; resumes
+#              estimator's inputs, the median bandwidth, GPU_CHECK_TRAIN_WORKERS (default 12) processes
+#              drawing the data ahead of the loop; resumes
 #              GPU_CHECK_TRAIN_RESUME (a checkpoint carried in) if given -> OUTDIR/train/zs.pt, zs_export.pt
 #   train_eval (only when named) eval_accuracy.py's zero-shot rows, shipped model against the new
 #              one, every column                            -> OUTDIR/train/eval_accuracy.{json,md}
@@ -216,6 +217,7 @@ train() {
     --er-covariates 2 256 --er-covariates-log --treated-share 0.05 0.6 --binary-share 0 0.5 \
     --heavy-tails --assignment-strength 1 3 --propensity-clip 0.01 --n-min 100 --n-max 5000 \
     --n-draw step --unit-budget 40000 --batch-size 32 --steps "${GPU_CHECK_TRAIN_STEPS:-20000}" --lr 5e-4 --seed 7 \
+    --data-workers "${GPU_CHECK_TRAIN_WORKERS:-12}" \
     --checkpoint-every 200 --time-limit "$limit" --json
 }
 

@@ -122,6 +122,12 @@ class ZeroShotConfig:
         with the same architecture; the objective, ``balance_lam`` and ``balance_gamma`` of
         ``model``, may differ) with a fresh optimizer and schedule: fine-tuning.
         Ignored when the run resumes its own ``checkpoint_path``.
+    data_workers : int, default 0
+        Worker processes (per rank) that draw the datasets of the coming steps, and their
+        network inputs, while the current step trains; 0: drawn in the loop.  The datasets are a
+        pure function of ``(seed, step, index)``, so the stream, and the run, are the same with
+        any number of workers.  On a GPU a step should take far less time than drawing its
+        datasets on the CPU (docs/benchmarks.md).
     """
 
     families: Tuple[str, ...] = ("setoguchi", "er")
@@ -153,6 +159,7 @@ class ZeroShotConfig:
     family_overrides: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # per family: sample_datasets settings
     inputs: str = "raw"  # "raw" | "standard" | "normal-scores": what the network reads of each dataset
     init_from: Optional[str] = None  # fine-tune: start from this checkpoint's weights
+    data_workers: int = 0  # processes drawing the coming steps' datasets (the same stream with any number)
 
     @classmethod
     def from_any(cls, config) -> "ZeroShotConfig":
@@ -203,7 +210,7 @@ class ZeroShotConfig:
             ``family_overrides`` naming a family not in ``families``; ``inputs`` not one of "raw",
             "standard", "normal-scores"; ``time_limit`` not a positive number; ``n_range`` not
             ``2 <= lo <= hi``; ``n_draw`` not "dataset" or "step"; ``unit_budget`` without
-            ``n_draw="step"`` or below one unit per rank.
+            ``n_draw="step"`` or below one unit per rank; ``data_workers`` not an integer >= 0.
         """
         if self.batch_size < 1 or self.batch_size % world != 0:
             raise ValueError(f"batch_size ({self.batch_size}) must be a positive multiple of the world size ({world})")
@@ -241,6 +248,8 @@ class ZeroShotConfig:
                 )
         if self.inputs not in TRAINING_INPUTS:
             raise ValueError(f"inputs must be one of {TRAINING_INPUTS}, got {self.inputs!r}")
+        if isinstance(self.data_workers, bool) or int(self.data_workers) != self.data_workers or self.data_workers < 0:
+            raise ValueError(f"data_workers must be an integer >= 0, got {self.data_workers!r}")
         unknown = sorted(set(self.family_overrides) - set(self.families))
         if unknown:
             raise ValueError(f"family_overrides names families not in families {tuple(self.families)}: {unknown}")
@@ -249,7 +258,7 @@ class ZeroShotConfig:
 #: What the network may read of a training dataset (``ZeroShotConfig.inputs``).
 TRAINING_INPUTS = ("raw", "standard", "normal-scores")
 #: A field missing from an older checkpoint's configuration had this value then.
-_FIELD_DEFAULTS = {"inputs": "raw", "init_from": None, "n_draw": "dataset", "unit_budget": None}
+_FIELD_DEFAULTS = {"inputs": "raw", "init_from": None, "n_draw": "dataset", "unit_budget": None, "data_workers": 0}
 
 
 #: Model-configuration keys of the training objective, not of the architecture: a fine-tune
@@ -264,11 +273,92 @@ def _architecture(model_config: Optional[Dict[str, Any]]) -> Optional[Dict[str, 
     return {k: _plain(v) for k, v in model_config.items() if k not in OBJECTIVE_KEYS}
 
 
-def _network_batch(cfg: ZeroShotConfig, batch, width: int):
-    """The datasets of a step as the network reads them (``cfg.inputs``; "raw": unchanged)."""
-    if cfg.inputs == "raw":
-        return batch
-    return [dataclasses.replace(d, X=network_inputs(d.X, cfg.inputs, width)[0], feature_names=[]) for d in batch]
+def _draw_for_network(cfg: ZeroShotConfig, step: int, index: int, n_estimands: int, size: Optional[int], width: int):
+    """:func:`_draw_dataset` and the dataset's network inputs (None for ``inputs="raw"``): the
+    task of a data worker, or of the loop without them."""
+    d, est = _draw_dataset(cfg, step, index, n_estimands, size)
+    net = None if cfg.inputs == "raw" else network_inputs(d.X, cfg.inputs, width)[0]
+    return d, est, net
+
+
+_WORKER_LIMITS = None
+
+
+def _worker_start() -> None:
+    """One thread per data worker, for torch and for numpy's BLAS: the cores are the other
+    workers' (and the loop's); several BLAS threads per worker made the stream slower than none."""
+    global _WORKER_LIMITS
+    torch.set_num_threads(1)
+    from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
+
+    _WORKER_LIMITS = threadpool_limits(limits=1, user_api="blas")  # held for the worker's life
+
+
+class _StepData:
+    """The datasets of each step for one rank: drawn in the loop (``workers=0``) or by worker
+    processes that run ``ahead`` steps ahead of it, one task per dataset.  ``get(step)`` returns
+    ``(drawn, network_batch)``: the ``(dataset, estimand index)`` pairs and the datasets as the
+    network reads them; the same values either way."""
+
+    def __init__(self, cfg: ZeroShotConfig, rank: int, world: int, n_estimands: int, width: int, end: int):
+        self.cfg, self.rank, self.world, self.n_est, self.width, self.end = cfg, rank, world, n_estimands, width, end
+        self.workers = int(cfg.data_workers)
+        self.ahead = 2 * self.workers
+        self.pending: Dict[int, Tuple[Optional[int], list]] = {}
+        self.pool = None
+        if self.workers:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            # fork where there is one, as torch's DataLoader does: the workers only run numpy
+            # (no torch, no CUDA) and need not re-import the caller's script, as spawned ones do
+            methods = multiprocessing.get_all_start_methods()
+            context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+            self.pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_worker_start)
+
+    def _indices(self, step: int):
+        size = step_size(self.cfg, step)
+        per = step_batch(self.cfg, size, self.world) // self.world
+        return size, range(self.rank * per, (self.rank + 1) * per)
+
+    def _submit(self, step: int) -> None:
+        size, idx = self._indices(step)
+        args = (self.n_est, size, self.width)
+        self.pending[step] = (size, [self.pool.submit(_draw_for_network, self.cfg, step, i, *args) for i in idx])
+
+    def get(self, step: int):
+        if self.pool is None:
+            from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
+
+            size, idx = self._indices(step)
+            # one BLAS thread, as in a worker: a threaded product sums in another order, and the
+            # data must not depend on where they are drawn
+            with threadpool_limits(limits=1, user_api="blas"):
+                out = [_draw_for_network(self.cfg, step, i, self.n_est, size, self.width) for i in idx]
+        else:
+            from concurrent.futures.process import BrokenProcessPool
+
+            for s in range(step, min(self.end, step + self.ahead + 1)):
+                if s not in self.pending:
+                    self._submit(s)
+            _, futures = self.pending.pop(step)
+            try:
+                out = [f.result() for f in futures]
+            except BrokenProcessPool as exc:
+                raise RuntimeError(
+                    "a data worker process died (data_workers / --data-workers); where workers are "
+                    "spawned, a script that trains must do so under `if __name__ == '__main__':`. "
+                    "data_workers=0 draws the same data in the training loop"
+                ) from exc
+        drawn = [(d, e) for d, e, _ in out]
+        batch = [d if net is None else dataclasses.replace(d, X=net, feature_names=[]) for d, _, net in out]
+        return drawn, batch
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = None
+        self.pending.clear()
 
 
 def _n_bounds(n_range) -> Tuple[int, int]:
@@ -348,6 +438,7 @@ RESUMABLE_CHANGES = frozenset(
         "device",
         "backend",
         "override",
+        "data_workers",
     }
 )
 
@@ -567,57 +658,62 @@ def train_zero_shot(config=None) -> Tuple[CInAZeroShotModel, Dict[str, List[floa
     amp = (
         torch.autocast(device_type=device.type, dtype=torch.bfloat16) if cfg.amp == "bf16" else contextlib.nullcontext()
     )
-    while step < end:
-        size = step_size(cfg, step)
-        per = step_batch(cfg, size, world) // world
-        idx = range(rank * per, (rank + 1) * per)
-        drawn = [_draw_dataset(cfg, step, i, len(model.estimands), size) for i in idx]
-        batch = [d for d, _ in drawn]
-        X, W, mask, fmask = collate_datasets(_network_batch(cfg, batch, model.max_features), dtype=dtype, device=device)
-        if model.balancing:
-            est_idx = torch.tensor([e for _, e in drawn], dtype=torch.long, device=device)
-            with amp:
-                K, V, b = net(X, W, mask, fmask, est_idx)
-            K, V, b = K.to(dtype), V.to(dtype), b.to(dtype)
-            w = model.balance_weights(K, V, b, W, mask, est_idx, backend=cfg.backend)
-            loss = model.balance_objective(X, W, mask, fmask, w, est_idx).mean()
-            if cfg.supervised_weight > 0:  # ZS-S (docs/method.md §5): |tau_hat - tau| on datasets with known truth
-                Y, tau, sdY = _collate_outcomes(
-                    batch, model.estimands, [e for _, e in drawn], X.shape[1], dtype=dtype, device=device
-                )
-                tau_hat = (w * torch.where(mask, W, torch.zeros_like(W)) * Y).sum(-1)
-                known = torch.isfinite(tau)
-                err = torch.where(known, (tau_hat - torch.nan_to_num(tau)).abs() / sdY, torch.zeros_like(tau))
-                loss = loss + cfg.supervised_weight * err.mean()
-        else:
-            with amp:
-                K, V, b = net(X, W, mask, fmask)
-            K, V, b = K.to(dtype), V.to(dtype), b.to(dtype)
-            loss = model.objective(K, V, b, W, mask, backend=cfg.backend)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip and cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        lr_now = opt.param_groups[0]["lr"]
-        opt.step()
-        sched.step()
-        step += 1
-        logged = loss.detach().clone()
-        if distributed:
-            dist.all_reduce(logged)
-            logged /= world
-        if not math.isfinite(float(logged)):
-            raise FloatingPointError(f"training loss became non-finite at step {step}")
-        history["step"].append(step)
-        history["loss"].append(float(logged))
-        history["lr"].append(float(lr_now))
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{float(logged):.4g}")
-        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-            checkpoint()
-        if cfg.time_limit is not None and _out_of_time(started, cfg.time_limit, distributed, device):
-            break
+    data = _StepData(cfg, rank, world, len(model.estimands), model.max_features, end)
+    try:
+        while step < end:
+            drawn, batch = data.get(step)
+            X, W, mask, fmask = collate_datasets(batch, dtype=dtype, device=device)
+            if model.balancing:
+                est_idx = torch.tensor([e for _, e in drawn], dtype=torch.long, device=device)
+                with amp:
+                    K, V, b = net(X, W, mask, fmask, est_idx)
+                K, V, b = K.to(dtype), V.to(dtype), b.to(dtype)
+                w = model.balance_weights(K, V, b, W, mask, est_idx, backend=cfg.backend)
+                loss = model.balance_objective(X, W, mask, fmask, w, est_idx).mean()
+                if cfg.supervised_weight > 0:  # ZS-S (docs/method.md §5): |tau_hat - tau| on datasets with known truth
+                    Y, tau, sdY = _collate_outcomes(
+                        [d for d, _ in drawn],
+                        model.estimands,
+                        [e for _, e in drawn],
+                        X.shape[1],
+                        dtype=dtype,
+                        device=device,
+                    )
+                    tau_hat = (w * torch.where(mask, W, torch.zeros_like(W)) * Y).sum(-1)
+                    known = torch.isfinite(tau)
+                    err = torch.where(known, (tau_hat - torch.nan_to_num(tau)).abs() / sdY, torch.zeros_like(tau))
+                    loss = loss + cfg.supervised_weight * err.mean()
+            else:
+                with amp:
+                    K, V, b = net(X, W, mask, fmask)
+                K, V, b = K.to(dtype), V.to(dtype), b.to(dtype)
+                loss = model.objective(K, V, b, W, mask, backend=cfg.backend)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip and cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            lr_now = opt.param_groups[0]["lr"]
+            opt.step()
+            sched.step()
+            step += 1
+            logged = loss.detach().clone()
+            if distributed:
+                dist.all_reduce(logged)
+                logged /= world
+            if not math.isfinite(float(logged)):
+                raise FloatingPointError(f"training loss became non-finite at step {step}")
+            history["step"].append(step)
+            history["loss"].append(float(logged))
+            history["lr"].append(float(lr_now))
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{float(logged):.4g}")
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                checkpoint()
+            if cfg.time_limit is not None and _out_of_time(started, cfg.time_limit, distributed, device):
+                break
+    finally:
+        data.close()
     if bar is not None:
         bar.close()
     if cfg.checkpoint_path and not (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):

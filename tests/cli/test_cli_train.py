@@ -207,10 +207,11 @@ def test_train_step_sizes_unit_budget_and_log_spaced_covariates(tmp_path, capsys
     out = tmp_path / "steps.pt"
     argv = ["train", "--out", str(out), "--steps", "2", "--layers", "1", "--d-model", "16", "--heads", "2"]
     argv += ["--n-draw", "step", "--unit-budget", "40", "--batch-size", "2", "--n-min", "16", "--n-max", "40"]
-    assert main([*argv, "--json", "--quiet"]) == 0
+    assert main([*argv, "--data-workers", "1", "--json", "--quiet"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["steps"] == 2
     cfg = load_checkpoint(str(out))["train_config"]
     assert cfg["n_draw"] == "step" and cfg["unit_budget"] == 40 and list(cfg["n_range"]) == [16, 40]
+    assert cfg["data_workers"] == 1
 
     def overrides(*more):
         return _family_overrides(build_parser().parse_args(["train", "--out", "x.pt", "--families", "er", *more]), None)
@@ -222,6 +223,6 @@ def test_train_step_sizes_unit_budget_and_log_spaced_covariates(tmp_path, capsys
     assert overrides("--er-covariates", "2", "256")["er"]["d"] == (2, 256)
     with pytest.raises(CLIError, match="--er-covariates"):
         overrides("--er-covariates-log")
-    for bad in (["--unit-budget", "100"], ["--n-draw", "step", "--unit-budget", "0"]):
+    for bad in (["--unit-budget", "100"], ["--n-draw", "step", "--unit-budget", "0"], ["--data-workers", "-1"]):
         assert main(["train", "--out", str(tmp_path / "bad.pt"), *bad, *SMALL]) != 0
-        assert "--unit-budget" in capsys.readouterr().err
+        assert bad[-2] in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """Training the zero-shot model (Algorithm 2): loss, reproducibility, checkpoints, DDP, bf16."""
 
+import dataclasses
 import importlib
 import os
 import socket
@@ -233,15 +234,17 @@ def test_network_inputs_in_training_are_what_the_estimator_gives_the_network():
 
     zs_train = importlib.import_module("cina_ext.training.zero_shot")
     cfg = ZeroShotConfig(**_cfg(families=("er",), family_overrides={"er": {"d": (8, 12)}}, inputs="normal-scores"))
-    batch = [zs_train._draw_dataset(cfg, 0, i)[0] for i in range(4)]
-    assert max(d.d for d in batch) > 6
-    seen = zs_train._network_batch(cfg, batch, 6)
-    for d, s in zip(batch, seen):
+    drawn, seen = zs_train._StepData(cfg, 0, 1, 1, 6, end=1).get(0)
+    batch = [d for d, _ in drawn]
+    assert len(batch) == cfg.batch_size and max(d.d for d in batch) > 6
+    for i, (d, s) in enumerate(zip(batch, seen)):
+        np.testing.assert_array_equal(d.X, zs_train._draw_dataset(cfg, 0, i)[0].X)
         np.testing.assert_array_equal(s.X, network_inputs(d.X, "normal-scores", 6)[0])
         assert s.X.shape[1] == min(d.d, 6)
         np.testing.assert_array_equal(s.T, d.T)
     raw = ZeroShotConfig(**_cfg(families=("er",)))
-    assert zs_train._network_batch(raw, batch, 6) is batch
+    drawn, seen = zs_train._StepData(raw, 0, 1, 1, 6, end=1).get(0)
+    assert all(s is d for s, (d, _) in zip(seen, drawn))
     # a model of width 6 trains on 8-12 covariates (raw inputs would be refused)
     model_cfg = dict(TINY, estimands=("ate", "att"), max_features=6)
     wide = dict(_cfg(families=("er",), family_overrides={"er": {"d": (8, 12)}}, steps=2, model=model_cfg))
@@ -309,6 +312,55 @@ def test_step_sizes_are_log_uniform_and_the_unit_budget_bounds_each_step():
     assert zs_train.step_batch(cfg, 9000, 2) == 2  # over the budget: still one dataset per rank
     plain = ZeroShotConfig(**_cfg())
     assert zs_train.step_size(plain, 0) is None and zs_train.step_batch(plain, None, 1) == plain.batch_size
+
+
+def test_data_workers_train_the_same_run_as_the_loop_and_are_checked():
+    """data_workers=2 draws the coming steps in worker processes: the same datasets, so the same
+    losses and weights as drawing them in the loop (network inputs, step sizes, both families)."""
+    cfg = _cfg(
+        families=("setoguchi", "er"),
+        n_range=(12, 48),
+        n_draw="step",
+        unit_budget=90,
+        steps=4,
+        inputs="normal-scores",
+        model=dict(TINY, estimands=BALANCE),
+    )
+    loop_model, loop = train_zero_shot(cfg)
+    work_model, work = train_zero_shot({**cfg, "data_workers": 2})
+    assert loop["loss"] == work["loss"] and len(loop["loss"]) == 4
+    for a, b in zip(loop_model.state_dict().values(), work_model.state_dict().values()):
+        assert torch.equal(a, b)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="data_workers"):
+            ZeroShotConfig(**_cfg(data_workers=bad)).validate(1)
+
+
+def test_a_step_drawn_in_the_loop_and_by_a_worker_is_the_same_to_the_bit():
+    """Wide covariates (projected onto the network's inputs: products large enough for a threaded
+    BLAS): the loop's draw, with two BLAS threads offered, equals a worker's, which has one."""
+    from threadpoolctl import threadpool_limits
+
+    zs_train = importlib.import_module("cina_ext.training.zero_shot")
+    cfg = ZeroShotConfig(
+        families=("er",),
+        n_range=(400, 500),
+        batch_size=2,
+        inputs="normal-scores",
+        family_overrides={"er": {"d": (250, 256)}},
+    )
+    with threadpool_limits(limits=2, user_api="blas"):
+        loop = zs_train._StepData(cfg, 0, 1, 1, 32, end=1).get(0)
+    pool = zs_train._StepData(dataclasses.replace(cfg, data_workers=1), 0, 1, 1, 32, end=1)
+    try:
+        work = pool.get(0)
+    finally:
+        pool.close()
+    for (a, _), (b, _), na, nb in zip(loop[0], work[0], loop[1], work[1]):
+        assert a.d >= 250 and na.X.shape[1] == 32
+        for key in ("X", "T", "Y", "mu0", "mu1"):
+            np.testing.assert_array_equal(getattr(a, key), getattr(b, key))
+        np.testing.assert_array_equal(na.X, nb.X)
 
 
 def test_training_with_step_sizes_runs_each_step_on_its_batch():
