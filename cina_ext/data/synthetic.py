@@ -666,32 +666,24 @@ class _AdditiveFn:
             for m in dict.fromkeys(self.mechs)
         ]
 
-    def raw(self, X: np.ndarray, cache: Optional["_MechanismColumns"] = None) -> np.ndarray:
-        cache = _MechanismColumns(X) if cache is None else cache
-        out = np.zeros(X.shape[0])
+    def raw(self, mech: _MechanismColumns) -> np.ndarray:
+        """``sum_k w_k g_k(x[:, k])`` on the columns of ``mech.X`` (zeros without parents)."""
+        out = np.zeros(mech.X.shape[0])
         for m, cols, w in self._groups:
-            out += cache.columns(m, cols) @ w
+            out += mech.columns(m, cols) @ w
         return out
 
     def freeze_on(self, r: np.ndarray) -> None:
-        """Freeze the standardisation on ``r = self.raw(X_ref)``."""
+        """Freeze the standardisation on ``r = self.raw(...)`` of the reference sample."""
         self.loc = float(r.mean())
         sd = float(r.std())
         self.scale = sd if sd > 1e-8 else 1.0
 
-    def freeze(self, X_ref: np.ndarray, cache: Optional["_MechanismColumns"] = None) -> None:
-        self.freeze_on(self.raw(X_ref, cache))
-
     def standardised(self, r: np.ndarray) -> np.ndarray:
-        """``self(X)`` from ``r = self.raw(X)``."""
+        """f(x) from ``r = self.raw(...)``."""
         # bounded at _NODE_CLIP reference sds: in deep graphs (dozens of covariates) the quadratic
         # and exponential-type mechanisms otherwise compound a rare outlier into an overflow
         return np.clip((r - self.loc) / self.scale, -_NODE_CLIP, _NODE_CLIP)
-
-    def __call__(self, X: np.ndarray, cache: Optional["_MechanismColumns"] = None) -> np.ndarray:
-        if not self.parents:
-            return np.zeros(X.shape[0])
-        return self.standardised(self.raw(X, cache))
 
     def describe(self) -> Dict[str, Any]:
         return {"parents": list(self.parents), "weights": self.weights.tolist(), "mechanisms": list(self.mechs)}
@@ -1010,7 +1002,7 @@ class ERSCM:
         mech = _MechanismColumns(Xt)  # filled as the nodes become final
         for j, fn in enumerate(self.cov_fns):
             if fn.parents:
-                r = fn.raw(Xt, mech)
+                r = fn.raw(mech)
                 if freeze:
                     fn.freeze_on(r)
                 Xt[:, j] = c * (fn.standardised(r) + self.noise * eps[:, j])
@@ -1018,11 +1010,12 @@ class ERSCM:
                 Xt[:, j] = eps[:, j]
             if j in threshold_of:
                 Xt[:, j] = (Xt[:, j] > threshold_of[j]).astype(np.float64)
-        raws = [fn.raw(Xt, mech) for fn in (self.t_fn, self.y_fn, self.tau_fn)]  # each has parents
+        outputs = (self.t_fn, self.y_fn, self.tau_fn)  # each has parents
+        raws = [fn.raw(mech) for fn in outputs]
         if freeze:
-            for fn, r in zip((self.t_fn, self.y_fn, self.tau_fn), raws):
+            for fn, r in zip(outputs, raws):
                 fn.freeze_on(r)
-        f_t, f_y, f_tau = (fn.standardised(r) for fn, r in zip((self.t_fn, self.y_fn, self.tau_fn), raws))
+        f_t, f_y, f_tau = (fn.standardised(r) for fn, r in zip(outputs, raws))
         if freeze and self.treated_share is not None:
             self.t_intercept = _intercept_for_mean(self.t_scale * f_t, self.treated_share, self.propensity_clip)
         lo_e, hi_e = self.propensity_clip, 1.0 - self.propensity_clip

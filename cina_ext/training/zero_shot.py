@@ -304,7 +304,7 @@ class _StepData:
         self.cfg, self.rank, self.world, self.n_est, self.width, self.end = cfg, rank, world, n_estimands, width, end
         self.workers = int(cfg.data_workers)
         self.ahead = 2 * self.workers
-        self.pending: Dict[int, Tuple[Optional[int], list]] = {}
+        self.pending: Dict[int, list] = {}  # step -> the futures of its datasets
         self.pool = None
         if self.workers:
             import multiprocessing
@@ -324,7 +324,7 @@ class _StepData:
     def _submit(self, step: int) -> None:
         size, idx = self._indices(step)
         args = (self.n_est, size, self.width)
-        self.pending[step] = (size, [self.pool.submit(_draw_for_network, self.cfg, step, i, *args) for i in idx])
+        self.pending[step] = [self.pool.submit(_draw_for_network, self.cfg, step, i, *args) for i in idx]
 
     def get(self, step: int):
         if self.pool is None:
@@ -341,7 +341,7 @@ class _StepData:
             for s in range(step, min(self.end, step + self.ahead + 1)):
                 if s not in self.pending:
                     self._submit(s)
-            _, futures = self.pending.pop(step)
+            futures = self.pending.pop(step)
             try:
                 out = [f.result() for f in futures]
             except BrokenProcessPool as exc:
